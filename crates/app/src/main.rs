@@ -1,0 +1,119 @@
+//! `tracker`: the Task Tracker binary. It wires settings, the database and
+//! the commands together; the work is done by the library crates.
+//!
+//! Exit codes: 0 success, 1 failure, 2 configuration error (or bad arguments).
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use db_core::{Created, Db, Settings, Source};
+
+#[derive(Debug, Parser)]
+#[command(name = "tracker", version, about = "Task Tracker: API server and database tools")]
+struct Cli {
+    /// Write logs as JSON lines instead of human-readable text.
+    #[arg(long, global = true)]
+    log_json: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Database tools.
+    #[command(subcommand)]
+    Db(DbCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DbCommand {
+    /// Print the resolved settings (password redacted), the server and a ping.
+    Check,
+    /// Create the configured database if it does not exist (PostgreSQL, MySQL).
+    Create,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_json);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&anyhow::Error::new(e).context("starting the async runtime")),
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+/// Prints the error on one line and picks the exit code: 2 for configuration
+/// errors, 1 for the rest.
+fn fail(e: &anyhow::Error) -> ExitCode {
+    let message = format!("{e:#}").replace('\n', "; ");
+    let _ = writeln!(std::io::stderr(), "error: {message}");
+    let config = e
+        .chain()
+        .filter_map(|cause| cause.downcast_ref::<db_core::Error>())
+        .any(db_core::Error::is_config);
+    ExitCode::from(if config { 2 } else { 1 })
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = Settings::load(&Source::from_process()?)?;
+    match cli.command {
+        Command::Db(DbCommand::Check) => db_check(&settings).await,
+        Command::Db(DbCommand::Create) => db_create(&settings).await,
+    }
+}
+
+async fn db_check(settings: &Settings) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "settings:")?;
+    for (name, value) in settings.describe() {
+        writeln!(out, "  {name:<26} {value}")?;
+    }
+    out.flush()?;
+    let db = Db::connect(settings).await?;
+    let health = db.health().await.context("asking the server for its version")?;
+    writeln!(out, "connected:")?;
+    writeln!(out, "  {:<26} {}", "backend", health.backend)?;
+    writeln!(out, "  {:<26} {}", "server_version", health.server_version)?;
+    writeln!(
+        out,
+        "  {:<26} {:.3} ms",
+        "ping",
+        health.round_trip.as_secs_f64() * 1000.0
+    )?;
+    db.close().await;
+    Ok(())
+}
+
+async fn db_create(settings: &Settings) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match db_core::create_database(settings).await? {
+        Created::Created(name) => writeln!(out, "created database \"{name}\"")?,
+        Created::Existed(name) => writeln!(out, "database \"{name}\" exists already")?,
+        Created::NotNeeded => writeln!(
+            out,
+            "SQLite: nothing to create ({} is created on first connect)",
+            settings.url.target()
+        )?,
+    }
+    Ok(())
+}

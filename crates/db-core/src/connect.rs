@@ -1,0 +1,383 @@
+//! From settings to driver options, a reachable server and pools. This module
+//! is the only place that turns settings into connections.
+
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use sea_orm::sqlx::mysql::{MySqlConnectOptions, MySqlSslMode};
+use sea_orm::sqlx::pool::PoolOptions;
+use sea_orm::sqlx::postgres::{PgConnectOptions, PgSslMode};
+use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sea_orm::sqlx::{self, ConnectOptions, Connection};
+use sea_orm::{DatabaseConnection, DbBackend};
+
+use crate::error::{Error, Result, scrub};
+use crate::settings::{LogLevel, Settings, SslMode};
+
+/// The pools behind a [`Db`](crate::Db): one for writes and one for reads (the
+/// same pool, except on SQLite, where one writer connection serialises writes
+/// in-process and a pool of read-only connections reads concurrently).
+pub(crate) struct Pools {
+    pub write: DatabaseConnection,
+    pub read: DatabaseConnection,
+}
+
+/// Driver options for one backend, built from settings.
+pub(crate) enum Options {
+    Postgres(PgConnectOptions),
+    MySql(MySqlConnectOptions),
+    Sqlite(SqliteConnectOptions),
+}
+
+fn log_level(level: LogLevel) -> log::LevelFilter {
+    match level {
+        LogLevel::Off => log::LevelFilter::Off,
+        LogLevel::Error => log::LevelFilter::Error,
+        LogLevel::Warn => log::LevelFilter::Warn,
+        LogLevel::Info => log::LevelFilter::Info,
+        LogLevel::Debug => log::LevelFilter::Debug,
+        LogLevel::Trace => log::LevelFilter::Trace,
+    }
+}
+
+fn with_logging<O: ConnectOptions>(options: O, s: &Settings) -> O {
+    let options = options.log_statements(log_level(s.log_statements));
+    match s.slow_statement_threshold {
+        Some(threshold) => options.log_slow_statements(log::LevelFilter::Warn, threshold),
+        None => options.log_slow_statements(log::LevelFilter::Off, Duration::ZERO),
+    }
+}
+
+fn config_error(s: &Settings, e: &sqlx::Error) -> Error {
+    Error::Config(format!(
+        "database URL: {}",
+        scrub(&e.to_string(), s.url.password().as_deref())
+    ))
+}
+
+impl Options {
+    /// Builds the driver options: the URL parsed by the driver's own parser,
+    /// then every knob from the settings.
+    pub(crate) fn new(s: &Settings) -> Result<Self> {
+        let url = s.url.expose();
+        Ok(match s.url.backend() {
+            DbBackend::Postgres => {
+                let mut o = PgConnectOptions::from_str(url).map_err(|e| config_error(s, &e))?;
+                // The URL form of an IPv6 address keeps its brackets, which the
+                // tokio resolver does not accept.
+                if let Some(bare) = o.get_host().strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+                    let bare = bare.to_owned();
+                    o = o.host(&bare);
+                }
+                o = o.statement_cache_capacity(s.statement_cache_capacity);
+                if o.get_application_name().is_none()
+                    && let Some(name) = &s.application_name
+                {
+                    o = o.application_name(name);
+                }
+                if let Some(timeout) = s.statement_timeout {
+                    o = o.options([("statement_timeout", format!("{}ms", timeout.as_millis()))]);
+                }
+                if let Some(schema) = &s.schema {
+                    o = o.options([("search_path", schema)]);
+                }
+                if let Some(mode) = s.ssl_mode {
+                    o = o.ssl_mode(match mode {
+                        SslMode::Disable => PgSslMode::Disable,
+                        SslMode::Prefer => PgSslMode::Prefer,
+                        SslMode::Require => PgSslMode::Require,
+                        SslMode::VerifyFull => PgSslMode::VerifyFull,
+                    });
+                }
+                if let Some(cert) = &s.ssl_root_cert {
+                    o = o.ssl_root_cert(cert);
+                }
+                Options::Postgres(with_logging(o, s))
+            }
+            DbBackend::MySql => {
+                let mut o = MySqlConnectOptions::from_str(url).map_err(|e| config_error(s, &e))?;
+                if let Some(bare) = o.get_host().strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+                    let bare = bare.to_owned();
+                    o = o.host(&bare);
+                }
+                o = o.statement_cache_capacity(s.statement_cache_capacity);
+                if let Some(mode) = s.ssl_mode {
+                    o = o.ssl_mode(match mode {
+                        SslMode::Disable => MySqlSslMode::Disabled,
+                        SslMode::Prefer => MySqlSslMode::Preferred,
+                        SslMode::Require => MySqlSslMode::Required,
+                        SslMode::VerifyFull => MySqlSslMode::VerifyIdentity,
+                    });
+                }
+                if let Some(cert) = &s.ssl_root_cert {
+                    o = o.ssl_ca(cert);
+                }
+                Options::MySql(with_logging(o, s))
+            }
+            _ => {
+                let o = SqliteConnectOptions::from_str(url)
+                    .map_err(|e| config_error(s, &e))?
+                    .foreign_keys(true)
+                    .busy_timeout(s.sqlite_busy_timeout);
+                Options::Sqlite(with_logging(o, s))
+            }
+        })
+    }
+
+    /// The same server with another database: the maintenance database for
+    /// creating and dropping databases.
+    pub(crate) fn with_database(self, database: &str) -> Self {
+        match self {
+            Options::Postgres(o) => Options::Postgres(o.database(database)),
+            Options::MySql(o) => Options::MySql(o.database(database)),
+            sqlite => sqlite,
+        }
+    }
+}
+
+/// Whether the URL names an in-memory SQLite database, where every connection
+/// would see a database of its own.
+fn sqlite_in_memory(url: &str) -> bool {
+    url.contains(":memory:") || url.contains("mode=memory")
+}
+
+/// Whether a SQLite URL asks for the file to be created.
+fn sqlite_creates(url: &str) -> bool {
+    url::Url::parse(url)
+        .map(|u| u.query_pairs().any(|(k, v)| k == "mode" && v == "rwc"))
+        .unwrap_or(false)
+}
+
+fn pool_options<DB: sqlx::Database>(s: &Settings, max: u32, min: u32) -> PoolOptions<DB> {
+    let mut pool = PoolOptions::<DB>::new()
+        .max_connections(max)
+        .min_connections(min.min(max))
+        .acquire_timeout(s.acquire_timeout)
+        .idle_timeout(s.idle_timeout)
+        .max_lifetime(s.max_lifetime)
+        // A ping on every checkout costs a round trip per query; ping only
+        // connections that sat idle long enough to have been dropped by a
+        // firewall or a server restart.
+        .test_before_acquire(false);
+    if let Some(threshold) = s.ping_after_idle {
+        pool = pool.before_acquire(move |conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= threshold {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        });
+    }
+    pool
+}
+
+/// Waits until the server accepts a connection, retrying with exponential
+/// backoff until the connect deadline. Fails at once when retrying cannot help
+/// (bad credentials, unknown database, TLS failure).
+async fn wait_for_server<O>(options: &O, s: &Settings, user: &str, database: &str) -> Result<()>
+where
+    O: ConnectOptions,
+    O::Connection: Sized,
+{
+    let target = s.url.target();
+    let start = Instant::now();
+    let deadline = start + s.connect_deadline;
+    let mut delay = Duration::from_millis(100);
+    let mut attempt = 1u32;
+    loop {
+        let reason = match tokio::time::timeout(s.connect_timeout, options.connect()).await {
+            Ok(Ok(conn)) => {
+                let _ = conn.close().await;
+                if attempt > 1 {
+                    tracing::info!(%target, attempt, "database is up");
+                }
+                return Ok(());
+            }
+            Ok(Err(e)) => transient_reason(&e, s, &target, user, database)?,
+            Err(_) => format!(
+                "no answer within {} (DB_CONNECT_TIMEOUT)",
+                humantime::format_duration(s.connect_timeout)
+            ),
+        };
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(Error::Unreachable {
+                target,
+                reason,
+                waited: round_to_millis(now - start),
+            });
+        }
+        let pause = delay.min(deadline - now);
+        tracing::warn!(
+            %target,
+            attempt,
+            "database not ready ({reason}); retrying in {}",
+            humantime::format_duration(round_to_millis(pause))
+        );
+        tokio::time::sleep(pause).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+        attempt += 1;
+    }
+}
+
+fn round_to_millis(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis() as u64)
+}
+
+/// Classifies a failed connection attempt: `Ok(reason)` when a later attempt
+/// may succeed, `Err` when it cannot.
+fn transient_reason(
+    e: &sqlx::Error,
+    s: &Settings,
+    target: &str,
+    user: &str,
+    database: &str,
+) -> Result<String> {
+    let password = s.url.password();
+    let text = |t: &str| scrub(t, password.as_deref());
+    match e {
+        sqlx::Error::Io(io) => Ok(text(&io.to_string()).to_lowercase()),
+        sqlx::Error::Database(d) => {
+            let code = d.code().unwrap_or_default().into_owned();
+            let mysql = d
+                .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                .map(|m| m.number());
+            match (code.as_str(), mysql) {
+                ("28P01" | "28000", _) | (_, Some(1045 | 1698)) => Err(Error::Auth {
+                    target: target.to_owned(),
+                    user: user.to_owned(),
+                }),
+                ("3D000", _) | (_, Some(1049)) => Err(Error::UnknownDatabase {
+                    target: target.to_owned(),
+                    database: database.to_owned(),
+                }),
+                // Starting up, shutting down, or out of connection slots.
+                ("57P03" | "57P01" | "53300", _) | (_, Some(1040 | 1053)) => Ok(text(d.message())),
+                _ => Err(Error::Rejected {
+                    target: target.to_owned(),
+                    reason: text(d.message()),
+                }),
+            }
+        }
+        other => Err(Error::Rejected {
+            target: target.to_owned(),
+            reason: text(&other.to_string()),
+        }),
+    }
+}
+
+/// Opens the pools for `s`, waiting for the server as the settings allow.
+pub(crate) async fn open(s: &Settings) -> Result<Pools> {
+    match Options::new(s)? {
+        Options::Postgres(o) => {
+            let user = o.get_username().to_owned();
+            let database = o.get_database().unwrap_or(&user).to_owned();
+            wait_for_server(&o, s, &user, &database).await?;
+            let pool = pool_options::<sqlx::Postgres>(s, s.max_connections, s.min_connections)
+                .connect_lazy_with(o);
+            let conn = DatabaseConnection::from(pool);
+            Ok(Pools {
+                read: conn.clone(),
+                write: conn,
+            })
+        }
+        Options::MySql(o) => {
+            let user = o.get_username().to_owned();
+            let database = o.get_database().unwrap_or_default().to_owned();
+            wait_for_server(&o, s, &user, &database).await?;
+            let pool = pool_options::<sqlx::MySql>(s, s.max_connections, s.min_connections)
+                .connect_lazy_with(o);
+            let conn = DatabaseConnection::from(pool);
+            Ok(Pools {
+                read: conn.clone(),
+                write: conn,
+            })
+        }
+        Options::Sqlite(o) => open_sqlite(s, o).await,
+    }
+}
+
+async fn open_sqlite(s: &Settings, o: SqliteConnectOptions) -> Result<Pools> {
+    let url = s.url.expose();
+    let target = s.url.target();
+    let reject = |e: sqlx::Error| {
+        let mut reason = e.to_string();
+        if !sqlite_creates(url) && reason.contains("unable to open") {
+            reason.push_str(" (add ?mode=rwc to the URL to create it)");
+        }
+        Error::Rejected {
+            target: target.clone(),
+            reason,
+        }
+    };
+    if sqlite_in_memory(url) {
+        // Each connection to `:memory:` is a database of its own: one connection.
+        let pool = pool_options::<sqlx::Sqlite>(s, 1, 1)
+            .connect_with(o)
+            .await
+            .map_err(reject)?;
+        let conn = DatabaseConnection::from(pool);
+        return Ok(Pools {
+            read: conn.clone(),
+            write: conn,
+        });
+    }
+    if sqlite_creates(url)
+        && let Some(parent) = o.get_filename().parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent).map_err(|e| Error::Rejected {
+            target: target.clone(),
+            reason: format!("cannot create the folder {}: {e}", parent.display()),
+        })?;
+    }
+    // One writer: SQLite allows one write transaction at a time, and waiting in
+    // the pool queue is fair and cheap, where waiting on the file lock is
+    // neither. WAL lets the readers read while it writes.
+    let writer = pool_options::<sqlx::Sqlite>(s, 1, 1)
+        .connect_with(
+            o.clone()
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal),
+        )
+        .await
+        .map_err(reject)?;
+    let readers = pool_options::<sqlx::Sqlite>(s, s.max_connections, s.min_connections)
+        .connect_lazy_with(o.read_only(true).create_if_missing(false));
+    Ok(Pools {
+        write: DatabaseConnection::from(writer),
+        read: DatabaseConnection::from(readers),
+    })
+}
+
+/// Connects once to the server's maintenance database (`postgres` on
+/// PostgreSQL, `information_schema` on MySQL) for administrative statements.
+pub(crate) async fn maintenance(s: &Settings) -> Result<(DatabaseConnection, String)> {
+    let options = Options::new(s)?;
+    let (name, options) = match options {
+        Options::Postgres(o) => {
+            let name = o.get_database().unwrap_or(o.get_username()).to_owned();
+            (name, Options::Postgres(o).with_database("postgres"))
+        }
+        Options::MySql(o) => {
+            let name = o.get_database().unwrap_or_default().to_owned();
+            (name, Options::MySql(o).with_database("information_schema"))
+        }
+        Options::Sqlite(_) => return Err(Error::Config("SQLite has no maintenance database".to_owned())),
+    };
+    let conn = match options {
+        Options::Postgres(o) => {
+            let user = o.get_username().to_owned();
+            wait_for_server(&o, s, &user, "postgres").await?;
+            DatabaseConnection::from(pool_options::<sqlx::Postgres>(s, 1, 0).connect_lazy_with(o))
+        }
+        Options::MySql(o) => {
+            let user = o.get_username().to_owned();
+            wait_for_server(&o, s, &user, "information_schema").await?;
+            DatabaseConnection::from(pool_options::<sqlx::MySql>(s, 1, 0).connect_lazy_with(o))
+        }
+        Options::Sqlite(_) => unreachable!("handled above"),
+    };
+    Ok((conn, name))
+}

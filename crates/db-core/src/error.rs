@@ -1,0 +1,186 @@
+//! The one error type of this crate.
+
+use std::time::Duration;
+
+use sea_orm::{DbErr, RuntimeErr, sqlx};
+
+/// Everything that can go wrong between settings and a finished unit of work.
+///
+/// Messages are single lines, lower-case, and never contain a password: values
+/// of `DB_PASS` and `DATABASE_URL` are never echoed, and driver messages are
+/// scrubbed of the password before they are stored here.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A setting is missing, malformed or out of range. The message names the
+    /// setting (`DB_PORT`, or a key in a configuration file) and what was expected.
+    #[error("{0}")]
+    Config(String),
+
+    /// The server did not accept a connection before the connect deadline.
+    #[error("cannot connect to {target}: {reason} (gave up after {})", humantime::format_duration(*.waited))]
+    Unreachable {
+        /// Where we tried to connect (never includes credentials).
+        target: String,
+        /// The last failure, e.g. `connection refused`.
+        reason: String,
+        /// How long we kept trying.
+        waited: Duration,
+    },
+
+    /// The server rejected the credentials. Retrying cannot help.
+    #[error("{target}: authentication failed for user \"{user}\" (check DB_USER and DB_PASS, or DATABASE_URL)")]
+    Auth {
+        /// Where we tried to connect.
+        target: String,
+        /// The user name that was rejected.
+        user: String,
+    },
+
+    /// The server answered, but the configured database does not exist.
+    #[error("{target}: database \"{database}\" does not exist (create it with `tracker db create`)")]
+    UnknownDatabase {
+        /// Where we tried to connect.
+        target: String,
+        /// The missing database.
+        database: String,
+    },
+
+    /// The connection was refused by the server for another reason (TLS, protocol,
+    /// server configuration); retrying would not help.
+    #[error("{target}: {reason}")]
+    Rejected {
+        /// Where we tried to connect.
+        target: String,
+        /// What the server or the TLS layer said.
+        reason: String,
+    },
+
+    /// No pooled connection became free within the acquire timeout: the pool is
+    /// exhausted or the server stopped answering.
+    #[error("no database connection available within the acquire timeout (pool exhausted or server unreachable)")]
+    PoolTimeout,
+
+    /// The connection to the server broke while in use.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+
+    /// A named lock could not be taken in time.
+    #[error("timed out after {} waiting for {what}", humantime::format_duration(*.waited))]
+    LockTimeout {
+        /// What the lock protects, e.g. `the migration lock`.
+        what: String,
+        /// How long we waited.
+        waited: Duration,
+    },
+
+    /// [`Session::commit`](crate::Session::commit) was called while a clone of the
+    /// session was still alive (for example inside a spawned task).
+    #[error("cannot commit: the session is still in use elsewhere")]
+    SessionInUse,
+
+    /// Any other database error (constraint violation, syntax, ...).
+    #[error(transparent)]
+    Db(DbErr),
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// True for configuration errors, which binaries report with exit code 2.
+    pub fn is_config(&self) -> bool {
+        matches!(self, Error::Config(_))
+    }
+
+    /// True when the database could not be reached or had no free connection:
+    /// the caller's request was fine and may succeed later (HTTP 503).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Error::Unreachable { .. } | Error::PoolTimeout | Error::Unavailable(_)
+        )
+    }
+
+    /// The underlying SeaORM error, if this is one.
+    pub fn db_err(&self) -> Option<&DbErr> {
+        match self {
+            Error::Db(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<DbErr> for Error {
+    fn from(err: DbErr) -> Self {
+        match &err {
+            DbErr::ConnectionAcquire(_) => Error::PoolTimeout,
+            DbErr::Conn(RuntimeErr::SqlxError(e))
+            | DbErr::Exec(RuntimeErr::SqlxError(e))
+            | DbErr::Query(RuntimeErr::SqlxError(e)) => match &**e {
+                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => Error::PoolTimeout,
+                sqlx::Error::Io(io) => Error::Unavailable(io.to_string()),
+                sqlx::Error::Protocol(_) | sqlx::Error::Tls(_) => Error::Unavailable(e.to_string()),
+                sqlx::Error::Database(d) if is_admin_shutdown(d.code().as_deref()) => {
+                    Error::Unavailable(d.message().to_owned())
+                }
+                _ => Error::Db(err),
+            },
+            DbErr::Conn(_) => Error::Unavailable(err.to_string()),
+            _ => Error::Db(err),
+        }
+    }
+}
+
+/// PostgreSQL SQLSTATEs that mean the server is going away (shutdown, crash
+/// recovery, restart): the connection is lost, not the request wrong.
+fn is_admin_shutdown(code: Option<&str>) -> bool {
+    matches!(code, Some("57P01" | "57P02" | "57P03" | "08006" | "08003"))
+}
+
+/// Errors a transaction may be retried after: the database aborted it because
+/// of a conflict with a concurrent transaction, not because it was wrong.
+///
+/// Implement it for your own error type (delegating to its database variant) to
+/// use it with [`Db::transaction`](crate::Db::transaction).
+pub trait Retryable {
+    /// True when running the same transaction again may succeed.
+    fn is_retryable(&self) -> bool;
+}
+
+impl Retryable for DbErr {
+    fn is_retryable(&self) -> bool {
+        let (DbErr::Exec(RuntimeErr::SqlxError(e))
+        | DbErr::Query(RuntimeErr::SqlxError(e))
+        | DbErr::Conn(RuntimeErr::SqlxError(e))) = self
+        else {
+            return false;
+        };
+        let sqlx::Error::Database(d) = &**e else {
+            return false;
+        };
+        // PostgreSQL: serialization_failure, deadlock_detected.
+        if matches!(d.code().as_deref(), Some("40001" | "40P01")) {
+            return true;
+        }
+        // MySQL/MariaDB: ER_LOCK_DEADLOCK (the transaction was rolled back).
+        d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+            .is_some_and(|m| m.number() == 1213)
+    }
+}
+
+impl Retryable for Error {
+    fn is_retryable(&self) -> bool {
+        self.db_err().is_some_and(Retryable::is_retryable)
+    }
+}
+
+/// Replaces every occurrence of `secret` (and of its percent-encoded form) in
+/// `text` with `***`. Used on driver messages before they are stored.
+pub(crate) fn scrub(text: &str, secret: Option<&str>) -> String {
+    let Some(secret) = secret.filter(|s| !s.is_empty()) else {
+        return text.to_owned();
+    };
+    let encoded = crate::url::encode(secret);
+    text.replace(secret, "***").replace(&encoded, "***")
+}

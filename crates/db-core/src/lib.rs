@@ -1,0 +1,51 @@
+//! The database foundation: settings → connection → sessions, on SeaORM 2.
+//!
+//! - [`Settings`] are loaded in layers from a [`Source`] (built-in defaults,
+//!   `config/default.toml`, `config/{APP_ENV}.toml`, environment variables). The
+//!   seed's `DB_HOST`, `DB_PORT`, `DB_NAME`, `DB_USER`, `DB_PASS` select
+//!   PostgreSQL; `DATABASE_URL` overrides them; with nothing set, a SQLite file
+//!   `data/tracker.db` is used. The password is a secret that no `Debug`,
+//!   `Display`, error or log line shows.
+//! - [`Db::connect`] waits for the server within a deadline and returns a
+//!   cheap-to-clone handle on tuned pools.
+//! - [`Db::begin`] / [`Db::read`] hand out [`Session`]s, one unit of work each,
+//!   rolled back unless committed; [`Db::transaction`] retries a unit of work
+//!   that lost a serialization conflict or deadlock.
+//! - [`create_database`], [`Db::health`] and, with the `testing` feature,
+//!   per-test databases ([`testing::TestDb`]).
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), db_core::Error> {
+//! use db_core::{Db, Settings, Source};
+//! use sea_orm::ConnectionTrait;
+//!
+//! let settings = Settings::load(&Source::new().var("DATABASE_URL", "sqlite::memory:"))?;
+//! let db = Db::connect(&settings).await?;
+//! let session = db.begin().await?;
+//! session.execute_unprepared("CREATE TABLE t (id INTEGER PRIMARY KEY)").await?;
+//! session.commit().await?;
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+mod admin;
+mod connect;
+mod db;
+mod error;
+mod session;
+mod settings;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod url;
+
+pub use admin::{Created, create_database, drop_database, quote_ident};
+pub use db::{Db, Health, Stats};
+pub use error::{Error, Result, Retryable};
+pub use session::{Access, Session, SessionOptions};
+pub use settings::{
+    DEFAULT_SQLITE_PATH, LogLevel, SETTINGS, SettingInfo, Settings, Source, SslMode,
+};
+pub use url::{DatabaseUrl, Parts, backend_name};
+
+/// The SeaORM this crate is built on, for users who want the same version.
+pub use sea_orm;

@@ -1,0 +1,186 @@
+//! Sessions: one scoped unit of work per request or job.
+
+use std::fmt;
+use std::sync::Arc;
+
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, ExecResult,
+    IsolationLevel, QueryResult, Statement,
+};
+
+use crate::error::{Error, Result};
+
+/// How a session reads and writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Writes, in a transaction on the primary.
+    ReadWrite,
+    /// Reads only. Without an isolation level each statement runs on its own
+    /// (no `BEGIN`/`COMMIT` round trips); with one, in a read-only transaction.
+    /// Read-only sessions use the read pool.
+    ReadOnly,
+}
+
+/// Options for [`Db::session`](crate::Db::session) and
+/// [`Db::transaction`](crate::Db::transaction).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionOptions {
+    pub(crate) access: Access,
+    pub(crate) isolation: Option<IsolationLevel>,
+    pub(crate) max_attempts: u32,
+}
+
+impl SessionOptions {
+    /// A read-write transaction at the server's default isolation level.
+    pub fn read_write() -> Self {
+        SessionOptions {
+            access: Access::ReadWrite,
+            isolation: None,
+            max_attempts: 5,
+        }
+    }
+
+    /// A read-only session.
+    pub fn read_only() -> Self {
+        SessionOptions {
+            access: Access::ReadOnly,
+            ..Self::read_write()
+        }
+    }
+
+    /// Runs in a transaction at this isolation level.
+    pub fn isolation(mut self, level: IsolationLevel) -> Self {
+        self.isolation = Some(level);
+        self
+    }
+
+    /// How many times [`Db::transaction`](crate::Db::transaction) runs the work
+    /// when it keeps failing with a serialization failure or a deadlock
+    /// (default 5, at least 1).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// The access mode.
+    pub fn access(&self) -> Access {
+        self.access
+    }
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        Self::read_write()
+    }
+}
+
+#[derive(Clone)]
+enum Conn {
+    Tx(Arc<DatabaseTransaction>),
+    Direct(DatabaseConnection),
+}
+
+/// One unit of work. Use it wherever SeaORM takes a connection
+/// (`Entity::find().all(&session)`), then [`commit`](Session::commit).
+///
+/// A read-write session is a transaction: dropped without `commit` (early
+/// return, `?`, panic, cancelled request) it is rolled back. Clones share the
+/// same transaction, so a session can be moved into the future that uses it;
+/// `commit` needs the last one.
+#[derive(Clone)]
+pub struct Session {
+    conn: Conn,
+    access: Access,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("access", &self.access)
+            .field("transaction", &matches!(self.conn, Conn::Tx(_)))
+            .finish()
+    }
+}
+
+impl Session {
+    pub(crate) fn transaction(tx: DatabaseTransaction, access: Access) -> Self {
+        Session {
+            conn: Conn::Tx(Arc::new(tx)),
+            access,
+        }
+    }
+
+    pub(crate) fn direct(conn: DatabaseConnection, access: Access) -> Self {
+        Session {
+            conn: Conn::Direct(conn),
+            access,
+        }
+    }
+
+    /// Whether this session may write.
+    pub fn access(&self) -> Access {
+        self.access
+    }
+
+    /// Commits the work. For a read-only session without a transaction this
+    /// does nothing.
+    pub async fn commit(self) -> Result<()> {
+        match self.conn {
+            Conn::Tx(tx) => {
+                let tx = Arc::try_unwrap(tx).map_err(|_| Error::SessionInUse)?;
+                tx.commit().await.map_err(Error::from)
+            }
+            Conn::Direct(_) => Ok(()),
+        }
+    }
+
+    /// Rolls the work back now (dropping the session does it too, a moment later).
+    pub async fn rollback(self) -> Result<()> {
+        match self.conn {
+            Conn::Tx(tx) => match Arc::try_unwrap(tx) {
+                Ok(tx) => tx.rollback().await.map_err(Error::from),
+                // Another clone is alive; it rolls back when it is dropped.
+                Err(_) => Ok(()),
+            },
+            Conn::Direct(_) => Ok(()),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ConnectionTrait for Session {
+    fn get_database_backend(&self) -> DbBackend {
+        match &self.conn {
+            Conn::Tx(tx) => tx.get_database_backend(),
+            Conn::Direct(c) => c.get_database_backend(),
+        }
+    }
+
+    async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
+        match &self.conn {
+            Conn::Tx(tx) => tx.execute_raw(stmt).await,
+            Conn::Direct(c) => c.execute_raw(stmt).await,
+        }
+    }
+
+    async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
+        match &self.conn {
+            Conn::Tx(tx) => tx.execute_unprepared(sql).await,
+            Conn::Direct(c) => c.execute_unprepared(sql).await,
+        }
+    }
+
+    async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
+        match &self.conn {
+            Conn::Tx(tx) => tx.query_one_raw(stmt).await,
+            Conn::Direct(c) => c.query_one_raw(stmt).await,
+        }
+    }
+
+    async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        match &self.conn {
+            Conn::Tx(tx) => tx.query_all_raw(stmt).await,
+            Conn::Direct(c) => c.query_all_raw(stmt).await,
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! Connection URLs: built from parts with percent-encoding, parsed and checked
+//! with the drivers' own parsers, displayed only with the password redacted.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use percent_encoding::{NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use sea_orm::DbBackend;
+use sea_orm::sqlx::mysql::MySqlConnectOptions;
+use sea_orm::sqlx::postgres::PgConnectOptions;
+use sea_orm::sqlx::sqlite::SqliteConnectOptions;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::error::{Error, Result, scrub};
+
+/// Percent-encodes every byte that is not an ASCII letter or digit, so any
+/// user name, password or database name survives inside a URL.
+pub(crate) fn encode(part: &str) -> String {
+    utf8_percent_encode(part, NON_ALPHANUMERIC).to_string()
+}
+
+/// A database URL. The whole string is a secret because it may carry a password:
+/// `Debug` and `Display` show it with the password replaced by `***`.
+#[derive(Clone)]
+pub struct DatabaseUrl {
+    url: SecretString,
+    backend: DbBackend,
+}
+
+/// The parts of a PostgreSQL connection, as the `DB_*` variables give them.
+#[derive(Debug)]
+pub struct Parts<'a> {
+    /// Host name, IPv4 or IPv6 address (brackets optional), or a Unix socket
+    /// directory (starting with `/`).
+    pub host: &'a str,
+    /// TCP port.
+    pub port: u16,
+    /// Database name.
+    pub database: &'a str,
+    /// User name.
+    pub user: &'a str,
+    /// Password, possibly empty.
+    pub password: &'a SecretString,
+}
+
+impl DatabaseUrl {
+    /// Parses and checks a URL: `postgres://` (or `postgresql://`), `mysql://`
+    /// (or `mariadb://`) or `sqlite:`. `setting` names where the URL came from,
+    /// for the error message; the URL itself never appears in an error.
+    pub fn parse(url: &str, setting: &str) -> Result<Self> {
+        let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or_default();
+        let backend = match scheme.to_ascii_lowercase().as_str() {
+            "postgres" | "postgresql" => DbBackend::Postgres,
+            "mysql" | "mariadb" => DbBackend::MySql,
+            "sqlite" => DbBackend::Sqlite,
+            _ => {
+                // Echo the scheme only when it clearly is one; the text before the
+                // first `:` of a malformed value could be part of a password.
+                let is_scheme = !scheme.is_empty()
+                    && scheme.len() <= 20
+                    && scheme.chars().all(|c| c.is_ascii_alphanumeric() || c == '+')
+                    && url[scheme.len()..].starts_with("://");
+                let shown = if is_scheme {
+                    format!(" \"{scheme}\"")
+                } else {
+                    String::new()
+                };
+                return Err(Error::Config(format!(
+                    "{setting}: unknown scheme{shown}: expected postgres://, mysql:// or sqlite:"
+                )));
+            }
+        };
+        let this = DatabaseUrl {
+            url: SecretString::from(url),
+            backend,
+        };
+        // Check with the driver's own parser now, so a bad URL is a configuration
+        // error at load time and never reaches SeaORM, whose error would quote it.
+        let checked = match backend {
+            DbBackend::Postgres => PgConnectOptions::from_str(url).map(drop),
+            DbBackend::MySql => MySqlConnectOptions::from_str(url).map(drop),
+            _ => SqliteConnectOptions::from_str(url).map(drop),
+        };
+        if let Err(e) = checked {
+            let reason = scrub(&e.to_string(), this.password().as_deref());
+            let reason = reason.strip_prefix("error with configuration: ").unwrap_or(&reason);
+            return Err(Error::Config(format!(
+                "{setting}: not a valid {} URL: {reason}",
+                backend_name(backend)
+            )));
+        }
+        Ok(this)
+    }
+
+    /// Builds a PostgreSQL URL from parts, percent-encoding user, password and
+    /// database name, bracketing IPv6 addresses and passing socket directories
+    /// as the `host` parameter.
+    pub fn from_parts(parts: &Parts<'_>) -> Self {
+        let user = encode(parts.user);
+        let password = parts.password.expose_secret();
+        let auth = if password.is_empty() {
+            user
+        } else {
+            format!("{user}:{}", encode(password))
+        };
+        let database = encode(parts.database);
+        let port = parts.port;
+        let host = parts.host;
+        let url = if host.starts_with('/') {
+            format!("postgres://{auth}@localhost:{port}/{database}?host={}", encode(host))
+        } else if host.contains(':') && !host.starts_with('[') {
+            format!("postgres://{auth}@[{host}]:{port}/{database}")
+        } else {
+            format!("postgres://{auth}@{host}:{port}/{database}")
+        };
+        DatabaseUrl {
+            url: SecretString::from(url),
+            backend: DbBackend::Postgres,
+        }
+    }
+
+    /// A SQLite database file, created if missing.
+    pub fn sqlite_file(path: impl Into<PathBuf>) -> Self {
+        let path: PathBuf = path.into();
+        DatabaseUrl {
+            url: SecretString::from(format!("sqlite://{}?mode=rwc", path.display())),
+            backend: DbBackend::Sqlite,
+        }
+    }
+
+    /// The same server and credentials with another database (for creating
+    /// and dropping databases, and for per-test databases).
+    pub fn with_database(&self, database: &str) -> Self {
+        let mut url = match url::Url::parse(self.expose()) {
+            Ok(url) => url,
+            Err(_) => return self.clone(),
+        };
+        url.set_path(&format!("/{}", encode(database)));
+        DatabaseUrl {
+            url: SecretString::from(url.to_string()),
+            backend: self.backend,
+        }
+    }
+
+    /// Which database server this URL is for.
+    pub fn backend(&self) -> DbBackend {
+        self.backend
+    }
+
+    /// The URL with its password. Only the code that builds connect options calls it.
+    pub fn expose(&self) -> &str {
+        self.url.expose_secret()
+    }
+
+    /// The decoded password, if the URL has one.
+    pub(crate) fn password(&self) -> Option<String> {
+        let url = url::Url::parse(self.expose()).ok()?;
+        let password = url.password()?;
+        Some(percent_decode_str(password).decode_utf8_lossy().into_owned())
+    }
+
+    /// The URL with the password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        let raw = self.expose();
+        match url::Url::parse(raw) {
+            Ok(mut url) => {
+                if url.password().is_some() {
+                    let _ = url.set_password(Some("***"));
+                }
+                for (key, _) in url.query_pairs() {
+                    if key == "password" {
+                        return "<URL with a password parameter, not shown>".to_owned();
+                    }
+                }
+                url.to_string()
+            }
+            Err(_) => format!("{}:<not shown>", backend_name(self.backend)),
+        }
+    }
+
+    /// Where this URL points, without credentials: `host:port/database`, a
+    /// socket path, or a SQLite file.
+    pub fn target(&self) -> String {
+        match self.backend {
+            DbBackend::Sqlite => match SqliteConnectOptions::from_str(self.expose()) {
+                Ok(o) => format!("sqlite {}", o.get_filename().display()),
+                Err(_) => "sqlite".to_owned(),
+            },
+            DbBackend::Postgres => match PgConnectOptions::from_str(self.expose()) {
+                Ok(o) => describe_server("postgres", o.get_host(), o.get_port(), o.get_socket(), o.get_database()),
+                Err(_) => "postgres".to_owned(),
+            },
+            _ => match MySqlConnectOptions::from_str(self.expose()) {
+                Ok(o) => describe_server("mysql", o.get_host(), o.get_port(), o.get_socket(), o.get_database()),
+                Err(_) => "mysql".to_owned(),
+            },
+        }
+    }
+}
+
+fn describe_server(
+    kind: &str,
+    host: &str,
+    port: u16,
+    socket: Option<&PathBuf>,
+    database: Option<&str>,
+) -> String {
+    let place = match socket {
+        Some(path) => path.display().to_string(),
+        None => format!("{host}:{port}"),
+    };
+    match database {
+        Some(db) => format!("{kind} {place}/{db}"),
+        None => format!("{kind} {place}"),
+    }
+}
+
+/// The lower-case name of a backend, as used in messages and `db check`.
+pub fn backend_name(backend: DbBackend) -> &'static str {
+    match backend {
+        DbBackend::Postgres => "postgres",
+        DbBackend::MySql => "mysql",
+        _ => "sqlite",
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("DatabaseUrl").field(&self.redacted()).finish()
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
