@@ -11,7 +11,11 @@ use clap::{Parser, Subcommand};
 use db_core::{Created, Db, Settings, Source};
 
 #[derive(Debug, Parser)]
-#[command(name = "tracker", version, about = "Task Tracker: API server and database tools")]
+#[command(
+    name = "tracker",
+    version,
+    about = "Task Tracker: API server and database tools"
+)]
 struct Cli {
     /// Write logs as JSON lines instead of human-readable text.
     #[arg(long, global = true)]
@@ -90,7 +94,10 @@ async fn db_check(settings: &Settings) -> anyhow::Result<()> {
     }
     out.flush()?;
     let db = Db::connect(settings).await?;
-    let health = db.health().await.context("asking the server for its version")?;
+    let health = db
+        .health()
+        .await
+        .context("asking the server for its version")?;
     writeln!(out, "connected:")?;
     writeln!(out, "  {:<26} {}", "backend", health.backend)?;
     writeln!(out, "  {:<26} {}", "server_version", health.server_version)?;

@@ -73,7 +73,11 @@ pub async fn drop_database(settings: &Settings) -> Result<()> {
         ),
         _ => format!("DROP DATABASE IF EXISTS {}", quote_ident(backend, &name)),
     };
-    let result = conn.execute_unprepared(&sql).await.map(drop).map_err(Error::from);
+    let result = conn
+        .execute_unprepared(&sql)
+        .await
+        .map(drop)
+        .map_err(Error::from);
     let _ = conn.close().await;
     result
 }

@@ -1,6 +1,7 @@
 //! From settings to driver options, a reachable server and pools. This module
 //! is the only place that turns settings into connections.
 
+use std::io::ErrorKind;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
@@ -65,7 +66,11 @@ impl Options {
                 let mut o = PgConnectOptions::from_str(url).map_err(|e| config_error(s, &e))?;
                 // The URL form of an IPv6 address keeps its brackets, which the
                 // tokio resolver does not accept.
-                if let Some(bare) = o.get_host().strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+                if let Some(bare) = o
+                    .get_host()
+                    .strip_prefix('[')
+                    .and_then(|h| h.strip_suffix(']'))
+                {
                     let bare = bare.to_owned();
                     o = o.host(&bare);
                 }
@@ -96,7 +101,11 @@ impl Options {
             }
             DbBackend::MySql => {
                 let mut o = MySqlConnectOptions::from_str(url).map_err(|e| config_error(s, &e))?;
-                if let Some(bare) = o.get_host().strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+                if let Some(bare) = o
+                    .get_host()
+                    .strip_prefix('[')
+                    .and_then(|h| h.strip_suffix(']'))
+                {
                     let bare = bare.to_owned();
                     o = o.host(&bare);
                 }
@@ -237,6 +246,23 @@ fn transient_reason(
     let password = s.url.password();
     let text = |t: &str| scrub(t, password.as_deref());
     match e {
+        // Certificate and handshake problems surface as invalid data; they do
+        // not go away by waiting. Everything else on the wire (refused, reset,
+        // timed out, unknown host) may be a server that is still starting.
+        sqlx::Error::Io(io)
+            if matches!(
+                io.kind(),
+                ErrorKind::InvalidData
+                    | ErrorKind::InvalidInput
+                    | ErrorKind::PermissionDenied
+                    | ErrorKind::Unsupported
+            ) =>
+        {
+            Err(Error::Rejected {
+                target: target.to_owned(),
+                reason: text(&io.to_string()),
+            })
+        }
         sqlx::Error::Io(io) => Ok(text(&io.to_string()).to_lowercase()),
         sqlx::Error::Database(d) => {
             let code = d.code().unwrap_or_default().into_owned();
@@ -364,7 +390,11 @@ pub(crate) async fn maintenance(s: &Settings) -> Result<(DatabaseConnection, Str
             let name = o.get_database().unwrap_or_default().to_owned();
             (name, Options::MySql(o).with_database("information_schema"))
         }
-        Options::Sqlite(_) => return Err(Error::Config("SQLite has no maintenance database".to_owned())),
+        Options::Sqlite(_) => {
+            return Err(Error::Config(
+                "SQLite has no maintenance database".to_owned(),
+            ));
+        }
     };
     let conn = match options {
         Options::Postgres(o) => {

@@ -113,7 +113,10 @@ impl Db {
         let (pool, access_mode) = match options.access {
             Access::ReadWrite => (&self.inner.pools.write, None),
             Access::ReadOnly if options.isolation.is_none() => {
-                return Ok(Session::direct(self.inner.pools.read.clone(), Access::ReadOnly));
+                return Ok(Session::direct(
+                    self.inner.pools.read.clone(),
+                    Access::ReadOnly,
+                ));
             }
             Access::ReadOnly => (&self.inner.pools.read, Some(AccessMode::ReadOnly)),
         };
@@ -152,7 +155,11 @@ impl Db {
     ///     .await?;
     /// # Ok(()) }
     /// ```
-    pub async fn transaction<T, E, F, Fut>(&self, options: SessionOptions, mut work: F) -> Result<T, E>
+    pub async fn transaction<T, E, F, Fut>(
+        &self,
+        options: SessionOptions,
+        mut work: F,
+    ) -> Result<T, E>
     where
         F: FnMut(Session) -> Fut,
         Fut: Future<Output = Result<T, E>>,
@@ -177,7 +184,10 @@ impl Db {
             self.inner.retries.fetch_add(1, Ordering::Relaxed);
             let cap = Duration::from_millis(10 << attempt.min(6));
             let pause = rand::rng().random_range(Duration::ZERO..=cap);
-            tracing::info!(attempt, "transaction conflicted with a concurrent one; retrying");
+            tracing::info!(
+                attempt,
+                "transaction conflicted with a concurrent one; retrying"
+            );
             tokio::time::sleep(pause).await;
             attempt += 1;
         }

@@ -29,7 +29,9 @@ pub enum Error {
     },
 
     /// The server rejected the credentials. Retrying cannot help.
-    #[error("{target}: authentication failed for user \"{user}\" (check DB_USER and DB_PASS, or DATABASE_URL)")]
+    #[error(
+        "{target}: authentication failed for user \"{user}\" (check DB_USER and DB_PASS, or DATABASE_URL)"
+    )]
     Auth {
         /// Where we tried to connect.
         target: String,
@@ -38,7 +40,9 @@ pub enum Error {
     },
 
     /// The server answered, but the configured database does not exist.
-    #[error("{target}: database \"{database}\" does not exist (create it with `tracker db create`)")]
+    #[error(
+        "{target}: database \"{database}\" does not exist (create it with `tracker db create`)"
+    )]
     UnknownDatabase {
         /// Where we tried to connect.
         target: String,
@@ -58,7 +62,9 @@ pub enum Error {
 
     /// No pooled connection became free within the acquire timeout: the pool is
     /// exhausted or the server stopped answering.
-    #[error("no database connection available within the acquire timeout (pool exhausted or server unreachable)")]
+    #[error(
+        "no database connection available within the acquire timeout (pool exhausted or server unreachable)"
+    )]
     PoolTimeout,
 
     /// The connection to the server broke while in use.

@@ -91,8 +91,8 @@ impl Source {
         let mut source = Source::from_vars(std::env::vars_os());
         let dotenv = Path::new(".env");
         if dotenv.exists() {
-            let entries = dotenvy::from_path_iter(dotenv)
-                .map_err(|e| Error::Config(dotenv_message(&e)))?;
+            let entries =
+                dotenvy::from_path_iter(dotenv).map_err(|e| Error::Config(dotenv_message(&e)))?;
             for entry in entries {
                 let (name, value) = entry.map_err(|e| Error::Config(dotenv_message(&e)))?;
                 if !source.vars.contains_key(&name) && !source.not_unicode.contains(&name) {
@@ -275,29 +275,124 @@ macro_rules! settings_table {
 }
 
 settings_table![
-    ("url", "DATABASE_URL", "", "postgres://, mysql:// or sqlite: URL; wins over the DB_* parts"),
-    ("host", "DB_HOST", "", "PostgreSQL host, IP address or socket directory"),
+    (
+        "url",
+        "DATABASE_URL",
+        "",
+        "postgres://, mysql:// or sqlite: URL; wins over the DB_* parts"
+    ),
+    (
+        "host",
+        "DB_HOST",
+        "",
+        "PostgreSQL host, IP address or socket directory"
+    ),
     ("port", "DB_PORT", "5432", "PostgreSQL port"),
     ("name", "DB_NAME", "", "database name"),
     ("user", "DB_USER", "", "user name"),
     ("pass", "DB_PASS", "", "password"),
-    ("max_connections", "DB_MAX_CONNECTIONS", "10", "pool size upper bound"),
-    ("min_connections", "DB_MIN_CONNECTIONS", "1", "connections kept open when idle"),
-    ("connect_timeout", "DB_CONNECT_TIMEOUT", "5s", "time for one connection attempt"),
-    ("connect_deadline", "DB_CONNECT_DEADLINE", "30s", "how long startup waits for the server (0s: no retry)"),
-    ("acquire_timeout", "DB_ACQUIRE_TIMEOUT", "5s", "wait for a free pooled connection, then fail (HTTP 503)"),
-    ("idle_timeout", "DB_IDLE_TIMEOUT", "10m", "close idle connections above the minimum after this (off: never)"),
-    ("max_lifetime", "DB_MAX_LIFETIME", "30m", "replace connections after this age (off: never)"),
-    ("ping_after_idle", "DB_PING_AFTER_IDLE", "30s", "ping a pooled connection before use if idle this long (off: never)"),
-    ("statement_timeout", "DB_STATEMENT_TIMEOUT", "30s", "PostgreSQL statement_timeout (off: none)"),
-    ("schema", "DB_SCHEMA", "", "PostgreSQL search_path, comma-separated"),
-    ("application_name", "DB_APPLICATION_NAME", "tracker", "PostgreSQL application_name"),
-    ("ssl_mode", "DB_SSL_MODE", "prefer", "disable, prefer, require or verify-full"),
-    ("ssl_root_cert", "DB_SSL_ROOT_CERT", "", "CA certificate file for verify-full"),
-    ("log_statements", "DB_LOG_STATEMENTS", "debug", "level of the per-statement log line (off, error, warn, info, debug, trace)"),
-    ("slow_statement_threshold", "DB_SLOW_STATEMENT_THRESHOLD", "1s", "log statements slower than this at warn (off: never)"),
-    ("sqlite_busy_timeout", "DB_SQLITE_BUSY_TIMEOUT", "5s", "SQLite wait for a lock held by another process"),
-    ("statement_cache_capacity", "DB_STATEMENT_CACHE_CAPACITY", "100", "prepared statements cached per connection (0: off, for PgBouncer)"),
+    (
+        "max_connections",
+        "DB_MAX_CONNECTIONS",
+        "10",
+        "pool size upper bound"
+    ),
+    (
+        "min_connections",
+        "DB_MIN_CONNECTIONS",
+        "1",
+        "connections kept open when idle"
+    ),
+    (
+        "connect_timeout",
+        "DB_CONNECT_TIMEOUT",
+        "5s",
+        "time for one connection attempt"
+    ),
+    (
+        "connect_deadline",
+        "DB_CONNECT_DEADLINE",
+        "30s",
+        "how long startup waits for the server (0s: no retry)"
+    ),
+    (
+        "acquire_timeout",
+        "DB_ACQUIRE_TIMEOUT",
+        "5s",
+        "wait for a free pooled connection, then fail (HTTP 503)"
+    ),
+    (
+        "idle_timeout",
+        "DB_IDLE_TIMEOUT",
+        "10m",
+        "close idle connections above the minimum after this (off: never)"
+    ),
+    (
+        "max_lifetime",
+        "DB_MAX_LIFETIME",
+        "30m",
+        "replace connections after this age (off: never)"
+    ),
+    (
+        "ping_after_idle",
+        "DB_PING_AFTER_IDLE",
+        "30s",
+        "ping a pooled connection before use if idle this long (off: never)"
+    ),
+    (
+        "statement_timeout",
+        "DB_STATEMENT_TIMEOUT",
+        "30s",
+        "PostgreSQL statement_timeout (off: none)"
+    ),
+    (
+        "schema",
+        "DB_SCHEMA",
+        "",
+        "PostgreSQL search_path, comma-separated"
+    ),
+    (
+        "application_name",
+        "DB_APPLICATION_NAME",
+        "tracker",
+        "PostgreSQL application_name"
+    ),
+    (
+        "ssl_mode",
+        "DB_SSL_MODE",
+        "prefer",
+        "disable, prefer, require or verify-full"
+    ),
+    (
+        "ssl_root_cert",
+        "DB_SSL_ROOT_CERT",
+        "",
+        "CA certificate file for verify-full"
+    ),
+    (
+        "log_statements",
+        "DB_LOG_STATEMENTS",
+        "debug",
+        "level of the per-statement log line (off, error, warn, info, debug, trace)"
+    ),
+    (
+        "slow_statement_threshold",
+        "DB_SLOW_STATEMENT_THRESHOLD",
+        "1s",
+        "log statements slower than this at warn (off: never)"
+    ),
+    (
+        "sqlite_busy_timeout",
+        "DB_SQLITE_BUSY_TIMEOUT",
+        "5s",
+        "SQLite wait for a lock held by another process"
+    ),
+    (
+        "statement_cache_capacity",
+        "DB_STATEMENT_CACHE_CAPACITY",
+        "100",
+        "prepared statements cached per connection (0: off, for PgBouncer)"
+    ),
 ];
 
 /// The `DB_*` parts of the seed's contract, which `DATABASE_URL` overrides.
@@ -371,22 +466,37 @@ impl Settings {
             ("max_lifetime", opt(self.max_lifetime)),
             ("ping_after_idle", opt(self.ping_after_idle)),
             ("log_statements", self.log_statements.as_str().to_owned()),
-            ("slow_statement_threshold", opt(self.slow_statement_threshold)),
+            (
+                "slow_statement_threshold",
+                opt(self.slow_statement_threshold),
+            ),
         ];
         if self.url.backend() == DbBackend::Postgres {
             rows.push(("statement_timeout", opt(self.statement_timeout)));
-            rows.push(("schema", self.schema.clone().unwrap_or_else(|| "(server default)".to_owned())));
+            rows.push((
+                "schema",
+                self.schema
+                    .clone()
+                    .unwrap_or_else(|| "(server default)".to_owned()),
+            ));
             rows.push((
                 "application_name",
-                self.application_name.clone().unwrap_or_else(|| "(none)".to_owned()),
+                self.application_name
+                    .clone()
+                    .unwrap_or_else(|| "(none)".to_owned()),
             ));
         }
         if server {
             rows.push((
                 "ssl_mode",
-                self.ssl_mode.map_or("(from URL, default prefer)", SslMode::as_str).to_owned(),
+                self.ssl_mode
+                    .map_or("(from URL, default prefer)", SslMode::as_str)
+                    .to_owned(),
             ));
-            rows.push(("statement_cache_capacity", self.statement_cache_capacity.to_string()));
+            rows.push((
+                "statement_cache_capacity",
+                self.statement_cache_capacity.to_string(),
+            ));
         } else {
             rows.push(("sqlite_busy_timeout", dur(self.sqlite_busy_timeout)));
         }
@@ -496,10 +606,13 @@ impl Layers {
             .build()
             .map_err(|e| Error::Config(format!("configuration: {e}")))?;
         let mut values = BTreeMap::new();
-        for (key, value) in merged.collect().map_err(|e| Error::Config(format!("configuration: {e}")))? {
-            let text = value
-                .into_string()
-                .map_err(|_| Error::Config(format!("{}: expected a single value", self.origin(&key))))?;
+        for (key, value) in merged
+            .collect()
+            .map_err(|e| Error::Config(format!("configuration: {e}")))?
+        {
+            let text = value.into_string().map_err(|_| {
+                Error::Config(format!("{}: expected a single value", self.origin(&key)))
+            })?;
             values.insert(key, text);
         }
 
@@ -667,7 +780,10 @@ fn file_error(shown: &str, e: &config::ConfigError) -> Error {
             Some(n) if n > 0 => format!(" at line {n}"),
             _ => String::new(),
         };
-        return Error::Config(format!("{shown}: not valid TOML{at}: {}", toml.message().trim()));
+        return Error::Config(format!(
+            "{shown}: not valid TOML{at}: {}",
+            toml.message().trim()
+        ));
     }
     Error::Config(format!("{shown}: {e}"))
 }

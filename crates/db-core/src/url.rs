@@ -59,7 +59,9 @@ impl DatabaseUrl {
                 // first `:` of a malformed value could be part of a password.
                 let is_scheme = !scheme.is_empty()
                     && scheme.len() <= 20
-                    && scheme.chars().all(|c| c.is_ascii_alphanumeric() || c == '+')
+                    && scheme
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '+')
                     && url[scheme.len()..].starts_with("://");
                 let shown = if is_scheme {
                     format!(" \"{scheme}\"")
@@ -84,7 +86,9 @@ impl DatabaseUrl {
         };
         if let Err(e) = checked {
             let reason = scrub(&e.to_string(), this.password().as_deref());
-            let reason = reason.strip_prefix("error with configuration: ").unwrap_or(&reason);
+            let reason = reason
+                .strip_prefix("error with configuration: ")
+                .unwrap_or(&reason);
             return Err(Error::Config(format!(
                 "{setting}: not a valid {} URL: {reason}",
                 backend_name(backend)
@@ -108,7 +112,10 @@ impl DatabaseUrl {
         let port = parts.port;
         let host = parts.host;
         let url = if host.starts_with('/') {
-            format!("postgres://{auth}@localhost:{port}/{database}?host={}", encode(host))
+            format!(
+                "postgres://{auth}@localhost:{port}/{database}?host={}",
+                encode(host)
+            )
         } else if host.contains(':') && !host.starts_with('[') {
             format!("postgres://{auth}@[{host}]:{port}/{database}")
         } else {
@@ -157,7 +164,11 @@ impl DatabaseUrl {
     pub(crate) fn password(&self) -> Option<String> {
         let url = url::Url::parse(self.expose()).ok()?;
         let password = url.password()?;
-        Some(percent_decode_str(password).decode_utf8_lossy().into_owned())
+        Some(
+            percent_decode_str(password)
+                .decode_utf8_lossy()
+                .into_owned(),
+        )
     }
 
     /// The URL with the password replaced by `***`.
@@ -188,11 +199,23 @@ impl DatabaseUrl {
                 Err(_) => "sqlite".to_owned(),
             },
             DbBackend::Postgres => match PgConnectOptions::from_str(self.expose()) {
-                Ok(o) => describe_server("postgres", o.get_host(), o.get_port(), o.get_socket(), o.get_database()),
+                Ok(o) => describe_server(
+                    "postgres",
+                    o.get_host(),
+                    o.get_port(),
+                    o.get_socket(),
+                    o.get_database(),
+                ),
                 Err(_) => "postgres".to_owned(),
             },
             _ => match MySqlConnectOptions::from_str(self.expose()) {
-                Ok(o) => describe_server("mysql", o.get_host(), o.get_port(), o.get_socket(), o.get_database()),
+                Ok(o) => describe_server(
+                    "mysql",
+                    o.get_host(),
+                    o.get_port(),
+                    o.get_socket(),
+                    o.get_database(),
+                ),
                 Err(_) => "mysql".to_owned(),
             },
         }
@@ -227,7 +250,9 @@ pub fn backend_name(backend: DbBackend) -> &'static str {
 
 impl fmt::Debug for DatabaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("DatabaseUrl").field(&self.redacted()).finish()
+        f.debug_tuple("DatabaseUrl")
+            .field(&self.redacted())
+            .finish()
     }
 }
 

@@ -9,7 +9,7 @@
 //! test returns early and a note on standard error says which suites did not
 //! run. These two variables are the only ones this module reads.
 //!
-//! ```ignore
+//! ```no_run
 //! db_core::backend_tests! {
 //!     async fn it_works(t: db_core::testing::TestDb) {
 //!         t.db.ping().await.unwrap();
@@ -26,6 +26,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
+
+mod postgres_server;
+
+pub use postgres_server::{PrivatePostgres, StopMode, free_port};
 
 use crate::admin::{create_database, drop_database};
 use crate::connect::maintenance;
@@ -82,7 +86,11 @@ impl Backend {
 fn note_skipped(backend: Backend, var: &str) {
     static POSTGRES: Once = Once::new();
     static MYSQL: Once = Once::new();
-    let once = if backend == Backend::Postgres { &POSTGRES } else { &MYSQL };
+    let once = if backend == Backend::Postgres {
+        &POSTGRES
+    } else {
+        &MYSQL
+    };
     once.call_once(|| {
         // Written straight to the stream: the test harness captures `eprintln!`
         // of passing tests, and this note must be seen.
@@ -110,15 +118,15 @@ impl TestDb {
     /// configured. Panics with a clear message when it is configured but
     /// cannot be used: a configured server that is down is a failure, not a skip.
     pub async fn new(backend: Backend) -> Option<TestDb> {
-        let settings = Self::fresh_settings(backend).await?;
+        let (settings, dir) = Self::fresh_settings(backend).await?;
         let db = Db::connect(&settings)
             .await
             .unwrap_or_else(|e| panic!("connecting to the test database: {e}"));
         Some(TestDb {
-            settings: settings.0,
+            settings,
             db,
             backend,
-            _dir: settings.1,
+            _dir: dir,
         })
     }
 
@@ -133,9 +141,9 @@ impl TestDb {
         sweep_stale(&server).await;
         let mut settings = server.clone();
         settings.url = server.url.with_database(&unique_name());
-        create_database(&settings)
-            .await
-            .unwrap_or_else(|e| panic!("creating a test database ({}): {e}", settings.url.target()));
+        create_database(&settings).await.unwrap_or_else(|e| {
+            panic!("creating a test database ({}): {e}", settings.url.target())
+        });
         Some((settings, None))
     }
 

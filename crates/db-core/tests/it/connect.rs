@@ -1,0 +1,276 @@
+//! Connecting: waiting for a server, failing fast when waiting cannot help,
+//! TLS and per-connection settings, passwords that need encoding.
+
+use std::time::{Duration, Instant};
+
+use db_core::testing::{Backend, PrivatePostgres, TestDb, free_port};
+use db_core::{DatabaseUrl, Db, Error, Settings, Source};
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
+
+fn settings(url: &str) -> Settings {
+    Settings::new(DatabaseUrl::parse(url, "DATABASE_URL").unwrap())
+}
+
+async fn scalar(db: &Db, sql: &str) -> String {
+    let row = db
+        .conn()
+        .query_one_raw(Statement::from_string(db.backend(), sql))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get_by_index::<String>(0)
+        .or_else(|_| row.try_get_by_index::<bool>(0).map(|b| b.to_string()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_unreachable_server_fails_after_the_deadline_with_the_reason() {
+    let port = free_port().unwrap();
+    let mut s = settings(&format!("postgres://u:secret@127.0.0.1:{port}/d"));
+    s.connect_deadline = Duration::from_millis(1500);
+    let start = Instant::now();
+    let err = Db::connect(&s).await.unwrap_err();
+    let waited = start.elapsed();
+    let message = err.to_string();
+    assert!(matches!(err, Error::Unreachable { .. }), "{err:?}");
+    assert!(
+        message.starts_with(&format!(
+            "cannot connect to postgres 127.0.0.1:{port}/d: connection refused"
+        )),
+        "{message}"
+    );
+    assert!(!message.contains("secret"));
+    assert!(
+        waited >= s.connect_deadline,
+        "gave up early, after {waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn ipv6_hosts_are_dialled_as_addresses_not_names() {
+    let port = free_port().unwrap();
+    let source = Source::new()
+        .var("DB_HOST", "::1")
+        .var("DB_PORT", port.to_string())
+        .var("DB_NAME", "d")
+        .var("DB_USER", "u")
+        .var("DB_CONNECT_DEADLINE", "0s");
+    let s = Settings::load(&source).unwrap();
+    let message = Db::connect(&s).await.unwrap_err().to_string();
+    // A name lookup of "[::1]" would fail with "failed to lookup address".
+    assert!(message.contains("connection refused"), "{message}");
+}
+
+#[tokio::test]
+async fn an_in_memory_sqlite_database_works() {
+    let db = Db::connect(&settings("sqlite::memory:")).await.unwrap();
+    db.conn()
+        .execute_unprepared("CREATE TABLE t (x INTEGER)")
+        .await
+        .unwrap();
+    let session = db.begin().await.unwrap();
+    session
+        .execute_unprepared("INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    session.commit().await.unwrap();
+    let read = db.read().await.unwrap();
+    let rows = read
+        .query_all_raw(Statement::from_string(DbBackend::Sqlite, "SELECT x FROM t"))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+}
+
+#[tokio::test]
+async fn sqlite_in_a_missing_folder_says_how_to_create_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/missing/x.db", dir.path().display());
+    let message = Db::connect(&settings(&url)).await.unwrap_err().to_string();
+    assert!(
+        message.contains("(add ?mode=rwc to the URL to create it)"),
+        "{message}"
+    );
+    // With mode=rwc, the folder and the file are created.
+    let db = Db::connect(&settings(&format!("{url}?mode=rwc")))
+        .await
+        .unwrap();
+    db.ping().await.unwrap();
+    assert!(dir.path().join("missing/x.db").exists());
+}
+
+#[tokio::test]
+async fn sqlite_runs_in_wal_mode_with_foreign_keys() {
+    let t = TestDb::new(Backend::Sqlite).await.unwrap();
+    assert_eq!(scalar(&t.db, "PRAGMA journal_mode").await, "wal");
+    let row =
+        t.db.reader()
+            .query_one_raw(Statement::from_string(
+                DbBackend::Sqlite,
+                "PRAGMA foreign_keys",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(row.try_get_by_index::<i32>(0).unwrap(), 1);
+    // The read pool cannot write.
+    let read = t.db.read().await.unwrap();
+    let err = read
+        .execute_unprepared("CREATE TABLE nope (x INTEGER)")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("readonly"), "{err}");
+}
+
+#[tokio::test]
+async fn postgres_connections_carry_the_session_settings() {
+    let Some(mut s) = Backend::Postgres.server_settings() else {
+        return;
+    };
+    s.statement_timeout = Some(Duration::from_millis(2500));
+    s.application_name = Some("db-core-test".to_owned());
+    s.schema = Some("pg_catalog,public".to_owned());
+    let db = Db::connect(&s).await.unwrap();
+    assert_eq!(scalar(&db, "SHOW statement_timeout").await, "2500ms");
+    assert_eq!(scalar(&db, "SHOW application_name").await, "db-core-test");
+    assert_eq!(scalar(&db, "SHOW search_path").await, "pg_catalog,public");
+    // The timeout is enforced.
+    let err = db
+        .conn()
+        .execute_unprepared("SELECT pg_sleep(10)")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("statement timeout"), "{err}");
+}
+
+#[tokio::test]
+async fn ssl_modes_are_honoured_on_postgres() {
+    let Some(base) = Backend::Postgres.server_settings() else {
+        return;
+    };
+    let ssl_in_use = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+    let mut s = base.clone();
+    s.ssl_mode = Some(db_core::SslMode::Require);
+    let db = Db::connect(&s).await.unwrap();
+    assert_eq!(scalar(&db, ssl_in_use).await, "true");
+
+    let mut s = base.clone();
+    s.ssl_mode = Some(db_core::SslMode::Disable);
+    let db = Db::connect(&s).await.unwrap();
+    assert_eq!(scalar(&db, ssl_in_use).await, "false");
+
+    // The test server's certificate is self-signed: verify-full refuses it at
+    // once instead of retrying until the deadline.
+    let mut s = base;
+    s.ssl_mode = Some(db_core::SslMode::VerifyFull);
+    s.connect_deadline = Duration::from_secs(30);
+    let start = Instant::now();
+    let err = Db::connect(&s).await.unwrap_err();
+    assert!(matches!(err, Error::Rejected { .. }), "{err:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "it retried a TLS failure"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_database_fails_at_once_and_says_so() {
+    let Some(mut s) = Backend::Postgres.server_settings() else {
+        return;
+    };
+    s.url = s.url.with_database("tracker_no_such_database");
+    s.connect_deadline = Duration::from_secs(30);
+    let start = Instant::now();
+    let err = Db::connect(&s).await.unwrap_err();
+    assert!(matches!(err, Error::UnknownDatabase { .. }), "{err:?}");
+    assert!(err.to_string().ends_with(
+        "database \"tracker_no_such_database\" does not exist (create it with `tracker db create`)"
+    ));
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "it retried an unknown database"
+    );
+}
+
+/// The seed's parts with a password full of URL syntax reach a server that
+/// checks passwords (scram-sha-256), for the superuser and for a new role.
+#[tokio::test]
+async fn hostile_passwords_reach_a_password_checking_server() {
+    if Backend::Postgres.server_settings().is_none() {
+        return;
+    }
+    let password = "p@ss:w/rd?#%&=";
+    let server = tokio::task::spawn_blocking(move || PrivatePostgres::start(password))
+        .await
+        .unwrap()
+        .expect("starting a private PostgreSQL");
+    let role_password = "sp ace/ü@:?#";
+    server
+        .psql(
+            "postgres",
+            &format!("CREATE ROLE \"app user\" LOGIN PASSWORD '{role_password}'"),
+        )
+        .unwrap();
+    for (user, pass) in [("postgres", password), ("app user", role_password)] {
+        let source = Source::new()
+            .var("DB_HOST", "127.0.0.1")
+            .var("DB_PORT", server.port().to_string())
+            .var("DB_NAME", "postgres")
+            .var("DB_USER", user)
+            .var("DB_PASS", pass);
+        let db = Db::connect(&Settings::load(&source).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(scalar(&db, "SELECT current_user::text").await, user);
+        db.close().await;
+    }
+
+    // A wrong password is an authentication error, reported at once.
+    let source = Source::new()
+        .var("DB_HOST", "127.0.0.1")
+        .var("DB_PORT", server.port().to_string())
+        .var("DB_NAME", "postgres")
+        .var("DB_USER", "postgres")
+        .var("DB_PASS", "wrong-password");
+    let start = Instant::now();
+    let err = Db::connect(&Settings::load(&source).unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Auth { .. }), "{err:?}");
+    assert!(!err.to_string().contains("wrong-password"));
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "it retried bad credentials"
+    );
+}
+
+/// A server that comes up inside the connect deadline is waited for.
+#[tokio::test]
+async fn a_server_coming_up_inside_the_deadline_is_waited_for() {
+    if Backend::Postgres.server_settings().is_none() {
+        return;
+    }
+    let server = tokio::task::spawn_blocking(|| PrivatePostgres::init("pw"))
+        .await
+        .unwrap()
+        .expect("initialising a private PostgreSQL");
+    let server = std::sync::Arc::new(server);
+    let mut s = settings(&server.url("postgres"));
+    s.connect_deadline = Duration::from_secs(60);
+    let starter = {
+        let server = server.clone();
+        std::thread::spawn(move || {
+            // The server starts a while after the application does.
+            std::thread::sleep(Duration::from_millis(1500));
+            server.start_again()
+        })
+    };
+    let start = Instant::now();
+    let db = Db::connect(&s)
+        .await
+        .expect("connects once the server is up");
+    assert!(start.elapsed() >= Duration::from_millis(1500));
+    db.ping().await.unwrap();
+    starter.join().unwrap().unwrap();
+    db.close().await;
+}

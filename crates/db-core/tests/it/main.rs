@@ -1,0 +1,8 @@
+//! db-core's integration tests, one binary. Server suites run when
+//! `TEST_POSTGRES_URL` / `TEST_MYSQL_URL` are set (see `db_core::testing`).
+
+mod admin;
+mod connect;
+mod session;
+mod settings;
+mod url;

@@ -1,0 +1,234 @@
+//! Loading settings: layers, precedence, warnings and one-line errors.
+
+use std::time::Duration;
+
+use db_core::{DEFAULT_SQLITE_PATH, Settings, Source, SslMode};
+use sea_orm::DbBackend;
+
+fn load(source: &Source) -> Settings {
+    Settings::load(source).unwrap_or_else(|e| panic!("unexpected error: {e}"))
+}
+
+fn error(source: &Source) -> String {
+    match Settings::load(source) {
+        Ok(s) => panic!("expected an error, got {s:?}"),
+        Err(e) => {
+            assert!(e.is_config(), "not a configuration error: {e:?}");
+            e.to_string()
+        }
+    }
+}
+
+/// A source whose configuration folder is an empty temporary one, so the
+/// tests never read a `config/` folder of the working directory.
+fn isolated() -> (Source, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    (Source::new().config_dir(dir.path()), dir)
+}
+
+#[test]
+fn nothing_set_means_the_embedded_sqlite_file() {
+    let (source, _dir) = isolated();
+    let s = load(&source);
+    assert_eq!(s.url.backend(), DbBackend::Sqlite);
+    assert_eq!(s.url.target(), format!("sqlite {DEFAULT_SQLITE_PATH}"));
+    assert!(s.warnings().is_empty());
+}
+
+#[test]
+fn seed_variables_select_postgres_with_port_5432_by_default() {
+    let (source, _dir) = isolated();
+    let s = load(
+        &source
+            .var("DB_HOST", "db.internal")
+            .var("DB_NAME", "tracker")
+            .var("DB_USER", "app")
+            .var("DB_PASS", "secret"),
+    );
+    assert_eq!(s.url.backend(), DbBackend::Postgres);
+    assert_eq!(s.url.target(), "postgres db.internal:5432/tracker");
+    assert_eq!(
+        s.url.redacted(),
+        "postgres://app:***@db.internal:5432/tracker"
+    );
+}
+
+#[test]
+fn database_url_wins_over_parts_with_one_warning_naming_them() {
+    let (source, _dir) = isolated();
+    let s = load(
+        &source
+            .var("DATABASE_URL", "mysql://root@127.0.0.1:3306/tracker")
+            .var("DB_HOST", "ignored")
+            .var("DB_PASS", "ignored-too"),
+    );
+    assert_eq!(s.url.backend(), DbBackend::MySql);
+    assert_eq!(
+        s.warnings(),
+        ["DATABASE_URL is set, so DB_HOST, DB_PASS are ignored"]
+    );
+}
+
+#[test]
+fn files_are_layered_under_the_environment() {
+    let (source, dir) = isolated();
+    std::fs::write(
+        dir.path().join("default.toml"),
+        "max_connections = 4\nacquire_timeout = \"2s\"\nssl_mode = \"require\"\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("production.toml"), "max_connections = 20\n").unwrap();
+
+    let defaults_only = load(&source);
+    assert_eq!(defaults_only.max_connections, 4);
+    assert_eq!(defaults_only.acquire_timeout, Duration::from_secs(2));
+
+    let production = load(&source.clone().var("APP_ENV", "production"));
+    assert_eq!(production.max_connections, 20);
+    assert_eq!(production.acquire_timeout, Duration::from_secs(2));
+    assert_eq!(production.ssl_mode, Some(SslMode::Require));
+
+    let env_wins = load(
+        &source
+            .var("APP_ENV", "production")
+            .var("DB_MAX_CONNECTIONS", "7"),
+    );
+    assert_eq!(env_wins.max_connections, 7);
+}
+
+#[test]
+fn a_missing_app_env_file_is_fine() {
+    let (source, _dir) = isolated();
+    assert_eq!(load(&source.var("APP_ENV", "staging")).max_connections, 10);
+}
+
+#[test]
+fn knobs_parse_with_units_and_off() {
+    let (source, _dir) = isolated();
+    let s = load(
+        &source
+            .var("DATABASE_URL", "postgres://u@h/d")
+            .var("DB_STATEMENT_TIMEOUT", "off")
+            .var("DB_IDLE_TIMEOUT", "90s")
+            .var("DB_MAX_LIFETIME", "1h")
+            .var("DB_PING_AFTER_IDLE", "0s")
+            .var("DB_SLOW_STATEMENT_THRESHOLD", "250ms")
+            .var("DB_SCHEMA", "tracker,public")
+            .var("DB_APPLICATION_NAME", "tracker-worker")
+            .var("DB_MIN_CONNECTIONS", "0")
+            .var("DB_STATEMENT_CACHE_CAPACITY", "0"),
+    );
+    assert_eq!(s.statement_timeout, None);
+    assert_eq!(s.idle_timeout, Some(Duration::from_secs(90)));
+    assert_eq!(s.max_lifetime, Some(Duration::from_secs(3600)));
+    assert_eq!(s.ping_after_idle, None);
+    assert_eq!(s.slow_statement_threshold, Some(Duration::from_millis(250)));
+    assert_eq!(s.schema.as_deref(), Some("tracker,public"));
+    assert_eq!(s.application_name.as_deref(), Some("tracker-worker"));
+    assert_eq!(s.min_connections, 0);
+    assert_eq!(s.statement_cache_capacity, 0);
+    assert!(s.warnings().is_empty(), "{:?}", s.warnings());
+}
+
+#[test]
+fn a_password_that_looks_like_a_number_is_kept_as_written() {
+    let (source, _dir) = isolated();
+    let s = load(
+        &source
+            .var("DB_HOST", "h")
+            .var("DB_NAME", "d")
+            .var("DB_USER", "u")
+            .var("DB_PASS", "007"),
+    );
+    assert_eq!(s.url.expose(), "postgres://u:007@h:5432/d");
+}
+
+#[test]
+fn postgres_only_settings_on_sqlite_are_ignored_with_a_warning() {
+    let (source, _dir) = isolated();
+    let s = load(
+        &source
+            .var("DB_STATEMENT_TIMEOUT", "5s")
+            .var("DB_SSL_MODE", "require"),
+    );
+    assert_eq!(
+        s.warnings(),
+        [
+            "DB_STATEMENT_TIMEOUT applies to PostgreSQL only and is ignored for sqlite",
+            "DB_SSL_MODE does not apply to SQLite and is ignored",
+        ]
+    );
+}
+
+#[test]
+fn unknown_db_variables_are_warned_about() {
+    let (source, _dir) = isolated();
+    let s = load(&source.var("DB_PROT", "5432"));
+    assert_eq!(
+        s.warnings(),
+        [
+            "DB_PROT is not a setting of ours and is ignored (see the configuration table in README.md)"
+        ]
+    );
+}
+
+#[test]
+fn file_errors_name_the_file_and_key_and_never_quote_the_file() {
+    let (source, dir) = isolated();
+    let path = dir.path().join("default.toml");
+    let shown = path.display().to_string();
+
+    std::fs::write(&path, "pass = \"hunter2\nport = 1\n").unwrap();
+    let message = error(&source);
+    assert!(
+        message.starts_with(&format!("{shown}: not valid TOML at line 1")),
+        "{message}"
+    );
+    assert!(!message.contains("hunter2"), "{message}");
+
+    std::fs::write(&path, "prot = 5432\n").unwrap();
+    assert_eq!(
+        error(&source),
+        format!("{shown}: unknown key `prot` (see the configuration table in README.md)")
+    );
+
+    std::fs::write(
+        &path,
+        "host = \"h\"\nname = \"d\"\nuser = \"u\"\nport = \"abc\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        error(&source),
+        format!("{shown}: port=\"abc\": expected a port number 1-65535")
+    );
+
+    std::fs::write(&path, "port = [5432]\n").unwrap();
+    assert_eq!(
+        error(&source),
+        format!("{shown}: `port` must be a single value, not a table or list")
+    );
+}
+
+#[test]
+fn debug_of_settings_and_source_never_shows_the_password() {
+    let (source, _dir) = isolated();
+    let password = "Sup3r-S3cret/pw";
+    let source = source
+        .var("DB_HOST", "h")
+        .var("DB_NAME", "d")
+        .var("DB_USER", "u")
+        .var("DB_PASS", password);
+    let s = load(&source);
+    let encoded = "Sup3r%2DS3cret%2Fpw";
+    for text in [
+        format!("{s:?}"),
+        format!("{:?}", s.url),
+        format!("{}", s.url),
+        format!("{source:?}"),
+        format!("{:?}", s.describe()),
+    ] {
+        assert!(!text.contains(password), "{text}");
+        assert!(!text.contains(encoded), "{text}");
+    }
+    assert!(s.url.expose().contains(encoded));
+}
