@@ -263,7 +263,13 @@ fn transient_reason(
                 reason: text(&io.to_string()),
             })
         }
-        sqlx::Error::Io(io) => Ok(text(&io.to_string()).to_lowercase()),
+        sqlx::Error::Io(io) => Ok(match io.kind() {
+            ErrorKind::ConnectionRefused => "connection refused".to_owned(),
+            ErrorKind::ConnectionReset => "connection reset".to_owned(),
+            ErrorKind::TimedOut => "timed out".to_owned(),
+            ErrorKind::NotFound => "no such socket".to_owned(),
+            _ => text(&io.to_string()),
+        }),
         sqlx::Error::Database(d) => {
             let code = d.code().unwrap_or_default().into_owned();
             let mysql = d

@@ -116,8 +116,16 @@ impl Source {
 /// A `.env` error without the offending line, which may hold a password.
 fn dotenv_message(e: &dotenvy::Error) -> String {
     match e {
-        dotenvy::Error::LineParse(_, index) => {
-            format!(".env: cannot parse the line at byte {index}: expected NAME=value")
+        dotenvy::Error::LineParse(line, _) => {
+            // Name the line by its number; its text may hold a password.
+            let number = std::fs::read_to_string(".env").ok().and_then(|text| {
+                let first = line.lines().next().unwrap_or_default();
+                text.lines().position(|l| l == first).map(|i| i + 1)
+            });
+            match number {
+                Some(n) => format!(".env: cannot parse line {n}: expected NAME=value"),
+                None => ".env: cannot parse a line: expected NAME=value".to_owned(),
+            }
         }
         dotenvy::Error::Io(io) => format!(".env: cannot read: {io}"),
         dotenvy::Error::EnvVar(_) => ".env: a referenced variable is not set".to_owned(),

@@ -1,0 +1,166 @@
+//! `tracker db check` and `tracker db create` against real databases.
+
+use std::ffi::OsString;
+
+use db_core::testing::{Backend, PrivatePostgres, free_port};
+
+use crate::cli::{PASSWORD, assert_no_secret, text, tracker};
+
+fn os(s: impl Into<String>) -> OsString {
+    OsString::from(s.into())
+}
+
+#[test]
+fn db_check_on_a_fresh_checkout_uses_the_embedded_sqlite_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = tracker(dir.path(), &["db", "check"], &[]);
+    let (stdout, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(
+        stdout.contains("backend                    sqlite"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("url                        sqlite://data/tracker.db?mode=rwc"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("server_version"), "{stdout}");
+    assert!(stdout.contains(" ms\n"), "{stdout}");
+    assert!(dir.path().join("data/tracker.db").is_file());
+}
+
+#[test]
+fn db_check_on_postgres_shows_the_server_and_redacts_the_password() {
+    let Some(server) = Backend::Postgres.server_settings() else {
+        return;
+    };
+    // The shared server trusts local connections, so any password gets in;
+    // this checks what is printed.
+    let mut url = url_with_password(server.url.expose());
+    url.push_str("?sslmode=disable");
+    let dir = tempfile::tempdir().unwrap();
+    let output = tracker(dir.path(), &["db", "check"], &[("DATABASE_URL", os(url))]);
+    assert_no_secret(&output);
+    let (stdout, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(
+        stdout.contains("backend                    postgres"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(":***@127.0.0.1:5432/"), "{stdout}");
+    assert!(
+        stdout.contains("statement_timeout          30s"),
+        "{stdout}"
+    );
+}
+
+fn url_with_password(url: &str) -> String {
+    let mut parsed = url::Url::parse(url).unwrap();
+    parsed.set_password(Some("Tr4ck%2DS3cr3t%2Fpw")).unwrap();
+    parsed.to_string()
+}
+
+#[test]
+fn db_check_reaches_a_password_checking_server_with_the_seed_variables() {
+    if Backend::Postgres.server_settings().is_none() {
+        return;
+    }
+    let hostile = "p@ss:w/rd?#%&=";
+    let server = PrivatePostgres::start(hostile).expect("starting a private PostgreSQL");
+    let dir = tempfile::tempdir().unwrap();
+    let vars = [
+        ("DB_HOST", os("127.0.0.1")),
+        ("DB_PORT", os(server.port().to_string())),
+        ("DB_NAME", os("postgres")),
+        ("DB_USER", os("postgres")),
+        ("DB_PASS", os(hostile)),
+    ];
+    let output = tracker(dir.path(), &["db", "check"], &vars);
+    let (stdout, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stdout.contains("server_version"), "{stdout}");
+    for stream in [&stdout, &stderr] {
+        assert!(
+            !stream.contains(hostile) && !stream.contains("p%40ss"),
+            "{stream}"
+        );
+    }
+}
+
+#[test]
+fn db_check_on_an_unreachable_server_fails_after_the_deadline() {
+    let port = free_port().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let vars = [
+        ("DB_HOST", os("127.0.0.1")),
+        ("DB_PORT", os(port.to_string())),
+        ("DB_NAME", os("tracker")),
+        ("DB_USER", os("app")),
+        ("DB_PASS", os(PASSWORD)),
+        ("DB_CONNECT_DEADLINE", os("1s")),
+    ];
+    let output = tracker(dir.path(), &["db", "check"], &vars);
+    assert_no_secret(&output);
+    let (_, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    let expected = format!(
+        "error: cannot connect to postgres 127.0.0.1:{port}/tracker: connection refused (gave up after 1s"
+    );
+    assert!(last.starts_with(&expected), "{stderr}");
+    // Each retry was announced with its reason.
+    assert!(
+        stderr.contains("database not ready (connection refused); retrying in"),
+        "{stderr}"
+    );
+}
+
+fn db_create_twice(backend: Backend) {
+    let Some(server) = backend.server_settings() else {
+        return;
+    };
+    let name = format!("tracker_test_cli_{}", std::process::id());
+    let mut settings = server.clone();
+    settings.url = server.url.with_database(&name);
+    let dir = tempfile::tempdir().unwrap();
+    let vars = [("DATABASE_URL", os(settings.url.expose()))];
+    let first = tracker(dir.path(), &["db", "create"], &vars);
+    let second = tracker(dir.path(), &["db", "create"], &vars);
+    let check = tracker(dir.path(), &["db", "check"], &vars);
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(db_core::drop_database(&settings))
+        .unwrap();
+    assert_eq!(
+        text(&first).0,
+        format!("created database \"{name}\"\n"),
+        "{:?}",
+        text(&first)
+    );
+    assert_eq!(
+        text(&second).0,
+        format!("database \"{name}\" exists already\n")
+    );
+    assert_eq!(check.status.code(), Some(0), "{:?}", text(&check));
+}
+
+#[test]
+fn db_create_creates_once_on_postgres() {
+    db_create_twice(Backend::Postgres);
+}
+
+#[test]
+fn db_create_creates_once_on_mysql() {
+    db_create_twice(Backend::MySql);
+}
+
+#[test]
+fn db_create_is_a_no_op_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = tracker(dir.path(), &["db", "create"], &[]);
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(
+        text(&output).0,
+        "SQLite: nothing to create (sqlite data/tracker.db is created on first connect)\n"
+    );
+}

@@ -1,0 +1,6 @@
+//! The `tracker` binary, run as a user runs it: a real process, its exit
+//! code and its output.
+
+mod cli;
+mod config_table;
+mod db_commands;
