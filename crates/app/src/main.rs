@@ -27,6 +27,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Apply or inspect migrations (the same commands as the `migration` binary).
+    Migrate(migration::cli::MigrateArgs),
     /// Database tools.
     #[command(subcommand)]
     Db(DbCommand),
@@ -58,16 +60,20 @@ fn main() -> ExitCode {
 fn fail(e: &anyhow::Error) -> ExitCode {
     let message = format!("{e:#}").replace('\n', "; ");
     let _ = writeln!(std::io::stderr(), "error: {message}");
-    let config = e
-        .chain()
-        .filter_map(|cause| cause.downcast_ref::<db_core::Error>())
-        .any(db_core::Error::is_config);
+    let config = e.chain().any(|cause| {
+        cause
+            .downcast_ref::<db_core::Error>()
+            .is_some_and(db_core::Error::is_config)
+            || cause
+                .downcast_ref::<migration::Error>()
+                .is_some_and(migration::Error::is_config)
+    });
     ExitCode::from(if config { 2 } else { 1 })
 }
 
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(db_core::DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
@@ -80,8 +86,17 @@ fn init_logging(json: bool) {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Migrate(args) = &cli.command
+        && let migration::cli::MigrateCommand::Generate { name } = &args.command
+    {
+        // Writing a file needs no database, nor valid database settings.
+        return Ok(migration::generate(name)?);
+    }
     let settings = Settings::load(&Source::from_process()?)?;
     match cli.command {
+        Command::Migrate(args) => {
+            Ok(migration::run(&settings, &args, &mut std::io::stdout().lock()).await?)
+        }
         Command::Db(DbCommand::Check) => db_check(&settings).await,
         Command::Db(DbCommand::Create) => db_create(&settings).await,
     }

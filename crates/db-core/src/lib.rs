@@ -47,5 +47,9 @@ pub use settings::{
 };
 pub use url::{DatabaseUrl, Parts, backend_name};
 
+/// The log filter binaries use when `RUST_LOG` is not set: `info`, without
+/// PostgreSQL's notices and the migrator's step-by-step lines.
+pub const DEFAULT_LOG_FILTER: &str = "info,sqlx::postgres::notice=warn,sea_orm_migration=warn";
+
 /// The SeaORM this crate is built on, for users who want the same version.
 pub use sea_orm;

@@ -4,3 +4,4 @@
 mod cli;
 mod config_table;
 mod db_commands;
+mod migrate_commands;

@@ -1,0 +1,48 @@
+# Task Tracker workspace recipes: thin wrappers over cargo and the migration
+# CLI. Every recipe reads the same configuration as the app (environment,
+# .env, config/*.toml). `just --list` shows them.
+
+# sea-orm-cli flags for entity/src/generated, chosen once: the compact format
+# (relations as an enum, `Linked` impls for the task tree in entity/src/links.rs),
+# serde derives, no version banner, without the migration table.
+entity_flags := "--entity-format compact --with-serde both --banner-version off --ignore-tables seaql_migrations"
+
+# List the recipes.
+default:
+    @just --list
+
+# Run the app: `just run` serves on 127.0.0.1:8000 (SQLite unless configured); `just run db check`.
+run *ARGS:
+    cargo run -p app -- {{ARGS}}
+
+# Run every test (server suites too when TEST_POSTGRES_URL / TEST_MYSQL_URL are set).
+test *ARGS:
+    cargo test --workspace {{ARGS}}
+
+# Apply pending migrations (all, or `-n N`).
+migrate *ARGS:
+    cargo run -q -p migration -- up {{ARGS}}
+
+# Revert the last migration (or `-n N`).
+migrate-down *ARGS:
+    cargo run -q -p migration -- down {{ARGS}}
+
+# Show which migrations are applied (read-only).
+migrate-status:
+    cargo run -q -p migration -- status
+
+# Drop every table and apply all migrations.
+migrate-fresh:
+    cargo run -q -p migration -- fresh
+
+# Write a new migration file into migration/src: `just migration add_task_priority`.
+migration NAME:
+    cargo run -q -p migration -- generate {{NAME}}
+
+# Regenerate entity/src/generated from a scratch database on the configured PostgreSQL server.
+entities:
+    cargo run -q -p migration -- entities -- {{entity_flags}}
+
+# Fail with a diff if entity/src/generated is not what the migrations generate.
+check-entities:
+    cargo run -q -p migration -- entities --check -- {{entity_flags}}

@@ -1,0 +1,69 @@
+//! The migrate command line, shared by the `migration` binary and
+//! `tracker migrate`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// `entity/src/generated` of the workspace this binary was built from.
+fn default_entities_dir() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .unwrap_or(manifest)
+        .join("entity/src/generated")
+}
+
+/// `migrate` arguments.
+#[derive(Debug, clap::Args)]
+pub struct MigrateArgs {
+    /// How long to wait for the migration lock when another process holds it.
+    #[arg(long, global = true, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub lock_timeout: Duration,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: MigrateCommand,
+}
+
+/// Migrate commands. All but `status` and `generate` take the migration lock.
+#[derive(Debug, clap::Subcommand)]
+pub enum MigrateCommand {
+    /// Apply pending migrations: all, or the next N.
+    Up {
+        /// How many to apply.
+        #[arg(short = 'n', long = "num")]
+        num: Option<u32>,
+    },
+    /// Revert applied migrations: the last one, or the last N.
+    Down {
+        /// How many to revert.
+        #[arg(short = 'n', long = "num", default_value_t = 1)]
+        num: u32,
+    },
+    /// List migrations and whether they are applied (read-only: creates nothing).
+    Status,
+    /// Drop every table, then apply all migrations.
+    Fresh,
+    /// Revert all applied migrations, then apply all.
+    Refresh,
+    /// Revert all applied migrations and drop the migration table.
+    Reset,
+    /// Regenerate the entities with sea-orm-cli from a scratch PostgreSQL
+    /// database (on the configured server) migrated with these migrations.
+    Entities {
+        /// Compare instead of writing; fail with a diff if they differ.
+        #[arg(long)]
+        check: bool,
+        /// The folder of generated entities.
+        #[arg(long, default_value_os_t = default_entities_dir())]
+        dir: PathBuf,
+        /// sea-orm-cli `generate entity` flags (the justfile records them).
+        #[arg(last = true)]
+        flags: Vec<String>,
+    },
+    /// Write a new migration file into migration/src and register it.
+    Generate {
+        /// A name like `add_task_priority` (letters, digits, `_`).
+        name: String,
+    },
+}

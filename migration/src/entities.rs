@@ -1,0 +1,132 @@
+//! Generating `entity/src/generated` with `sea-orm-cli generate entity` from a
+//! scratch PostgreSQL database migrated with our migrations, and checking that
+//! the committed files are what it writes.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+
+use db_core::{Db, Settings, create_database, drop_database};
+use sea_orm::DbBackend;
+use sea_orm_migration::MigratorTrait;
+
+use crate::runner::Error;
+
+/// The `sea-orm-cli` version the committed entities come from.
+pub const SEA_ORM_CLI_VERSION: &str = "2.0.4";
+
+/// Generates entities for migrator `M` with `sea-orm-cli` and `flags`. With
+/// `check`, compares them with `dir` and fails with a unified diff if they
+/// differ; otherwise replaces `dir` with them (removing stale files).
+pub async fn entities<M: MigratorTrait>(
+    settings: &Settings,
+    dir: &Path,
+    flags: &[String],
+    check: bool,
+    out: &mut impl Write,
+) -> Result<(), Error> {
+    if settings.url.backend() != DbBackend::Postgres {
+        return Err(Error::Entities(
+            "entities are generated from PostgreSQL (from SQLite, ids come out i64): \
+             point DATABASE_URL or DB_* at a PostgreSQL server"
+                .to_owned(),
+        ));
+    }
+    check_cli_version()?;
+    let mut scratch = settings.clone();
+    let name = format!(
+        "tracker_entities_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default()
+    );
+    scratch.url = settings.url.with_database(&name);
+    create_database(&scratch).await?;
+    let generated = tempfile::Builder::new().prefix("entities-").tempdir()?;
+    let result = async {
+        let db = Db::connect(&scratch).await?;
+        let migrated = M::up(db.conn(), None).await;
+        db.close().await;
+        migrated?;
+        run_cli(&scratch, generated.path(), flags)
+    }
+    .await;
+    drop_database(&scratch).await?;
+    result?;
+
+    if check {
+        let diff = Command::new("diff")
+            .arg("-ru")
+            .arg(dir)
+            .arg(generated.path())
+            .output()?;
+        if diff.status.success() {
+            writeln!(
+                out,
+                "{} matches what sea-orm-cli {SEA_ORM_CLI_VERSION} generates",
+                dir.display()
+            )?;
+            return Ok(());
+        }
+        let text = String::from_utf8_lossy(&diff.stdout)
+            .replace(&generated.path().display().to_string(), "(generated)");
+        out.write_all(text.as_bytes())?;
+        return Err(Error::Entities(format!(
+            "{} differs from what the migrations generate (diff above); run `just entities` and commit the result",
+            dir.display()
+        )));
+    }
+    if dir.exists() {
+        if !dir.join("mod.rs").is_file() {
+            return Err(Error::Entities(format!(
+                "{} has no mod.rs; refusing to replace a folder that is not generated entities",
+                dir.display()
+            )));
+        }
+        std::fs::remove_dir_all(dir)?;
+    }
+    std::fs::create_dir_all(dir)?;
+    for entry in std::fs::read_dir(generated.path())? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), dir.join(entry.file_name()))?;
+    }
+    writeln!(out, "regenerated {}", dir.display())?;
+    Ok(())
+}
+
+fn check_cli_version() -> Result<(), Error> {
+    let install =
+        format!("install it with `cargo install sea-orm-cli@{SEA_ORM_CLI_VERSION} --locked`");
+    let output = Command::new("sea-orm-cli")
+        .arg("--version")
+        .output()
+        .map_err(|_| Error::Entities(format!("sea-orm-cli is not installed; {install}")))?;
+    let version = String::from_utf8_lossy(&output.stdout);
+    if version.split_whitespace().nth(1) != Some(SEA_ORM_CLI_VERSION) {
+        return Err(Error::Entities(format!(
+            "found {}, expected sea-orm-cli {SEA_ORM_CLI_VERSION}; {install}",
+            version.trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Runs the generator. The URL goes in through the environment, not the
+/// command line, where other users could read the password.
+fn run_cli(settings: &Settings, out: &Path, flags: &[String]) -> Result<(), Error> {
+    let output = Command::new("sea-orm-cli")
+        .args(["generate", "entity", "--output-dir"])
+        .arg(out)
+        .args(flags)
+        .env("DATABASE_URL", settings.url.expose())
+        .output()?;
+    if !output.status.success() {
+        return Err(Error::Entities(format!(
+            "sea-orm-cli failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,119 @@
+//! The Task Tracker schema: employees, and tasks that form a tree.
+//!
+//! - Deleting an employee sets `assignee_id` to NULL on their tasks.
+//! - Deleting a task deletes its subtasks, recursively (`parent_id` cascades).
+//! - `parent_id` and `assignee_id` are indexed, so walking a subtree or
+//!   listing an employee's tasks uses an index at every level.
+
+use sea_orm_migration::sea_orm::DbBackend;
+use sea_orm_migration::{prelude::*, schema::*};
+
+#[derive(DeriveMigrationName)]
+pub struct Migration;
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table(Employees::Table)
+                    .col(pk_auto(Employees::Id))
+                    .col(string_len(Employees::FullName, 255))
+                    .col(string_len(Employees::Position, 255))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_employees_full_name")
+                    .table(Employees::Table)
+                    .col(Employees::FullName)
+                    .to_owned(),
+            )
+            .await?;
+
+        let mut parent_index = Index::create()
+            .name("idx_tasks_parent_id")
+            .table(Tasks::Table)
+            .col(Tasks::ParentId)
+            .to_owned();
+        let mut assignee_index = Index::create()
+            .name("idx_tasks_assignee_id")
+            .table(Tasks::Table)
+            .col(Tasks::AssigneeId)
+            .to_owned();
+        let mut tasks = Table::create()
+            .table(Tasks::Table)
+            .col(pk_auto(Tasks::Id))
+            .col(string_len(Tasks::Title, 255))
+            .col(integer_null(Tasks::ParentId))
+            .col(integer_null(Tasks::AssigneeId))
+            .col(date_null(Tasks::Deadline))
+            .col(string_len(Tasks::Status, 64))
+            .foreign_key(
+                ForeignKey::create()
+                    .name("fk_tasks_parent_id")
+                    .from(Tasks::Table, Tasks::ParentId)
+                    .to(Tasks::Table, Tasks::Id)
+                    .on_delete(ForeignKeyAction::Cascade),
+            )
+            .foreign_key(
+                ForeignKey::create()
+                    .name("fk_tasks_assignee_id")
+                    .from(Tasks::Table, Tasks::AssigneeId)
+                    .to(Employees::Table, Employees::Id)
+                    .on_delete(ForeignKeyAction::SetNull),
+            )
+            .to_owned();
+        // MySQL creates an index for every foreign key that has none; declaring
+        // ours inside CREATE TABLE lets it use them instead of adding twins.
+        let mysql = manager.get_database_backend() == DbBackend::MySql;
+        if mysql {
+            tasks.index(&mut parent_index).index(&mut assignee_index);
+        }
+        manager.create_table(tasks).await?;
+        if !mysql {
+            manager.create_index(parent_index).await?;
+            manager.create_index(assignee_index).await?;
+        }
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_tasks_title")
+                    .table(Tasks::Table)
+                    .col(Tasks::Title)
+                    .to_owned(),
+            )
+            .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_table(Table::drop().table(Tasks::Table).to_owned())
+            .await?;
+        manager
+            .drop_table(Table::drop().table(Employees::Table).to_owned())
+            .await
+    }
+}
+
+#[derive(DeriveIden)]
+enum Employees {
+    Table,
+    Id,
+    FullName,
+    Position,
+}
+
+#[derive(DeriveIden)]
+enum Tasks {
+    Table,
+    Id,
+    Title,
+    ParentId,
+    AssigneeId,
+    Deadline,
+    Status,
+}

@@ -1,0 +1,298 @@
+//! Applying migration commands under the migration lock.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use db_core::{Db, Settings};
+use sea_orm::{
+    ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, SqliteTransactionMode,
+    TransactionOptions, TransactionTrait,
+};
+use sea_orm_migration::{IntoSchemaManagerConnection, MigrationStatus, MigratorTrait};
+
+use crate::Migrator;
+use crate::cli::{MigrateArgs, MigrateCommand};
+use crate::lock::ServerLock;
+
+/// What can go wrong while migrating.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Settings, connection or lock problems.
+    #[error(transparent)]
+    Db(#[from] db_core::Error),
+    /// A migration failed; on PostgreSQL and SQLite its changes were rolled back.
+    #[error("migration failed: {0}")]
+    Migration(String),
+    /// Writing a new migration file failed.
+    #[error("generating a migration: {0}")]
+    Generate(String),
+    /// Generating or checking the entities failed.
+    #[error("entities: {0}")]
+    Entities(String),
+    /// Writing the report failed.
+    #[error("writing the report: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+impl Error {
+    /// True for configuration errors (exit code 2).
+    pub fn is_config(&self) -> bool {
+        matches!(self, Error::Db(e) if e.is_config())
+    }
+}
+
+impl From<DbErr> for Error {
+    fn from(e: DbErr) -> Self {
+        match db_core::Error::from(e) {
+            db_core::Error::Db(e) => Error::Migration(e.to_string()),
+            other => Error::Db(other),
+        }
+    }
+}
+
+/// The folder holding this crate's sources, where `generate` writes.
+const MIGRATION_DIR: &str = env!("CARGO_MANIFEST_DIR");
+
+/// Runs a migrate command for the project's [`Migrator`], reporting to `out`.
+pub async fn run(
+    settings: &Settings,
+    args: &MigrateArgs,
+    out: &mut impl Write,
+) -> Result<(), Error> {
+    run_with::<Migrator>(settings, args, out).await
+}
+
+/// Applies every pending migration under the lock and returns their names:
+/// what `tracker serve` does at startup when it may migrate.
+pub async fn up(settings: &Settings, lock_timeout: Duration) -> Result<Vec<String>, Error> {
+    let db = connect(settings).await?;
+    let result = locked(&db, lock_timeout, async |conn| {
+        let before = pending_names::<Migrator, _>(&conn.executor()).await?;
+        Migrator::up(conn.executor(), None).await?;
+        Ok(before)
+    })
+    .await;
+    db.close().await;
+    result
+}
+
+/// Names of the migrations not applied yet, read without creating anything.
+pub async fn pending(db: &Db) -> Result<Vec<String>, Error> {
+    pending_names::<Migrator, _>(db.conn()).await
+}
+
+/// Writes a new, empty migration into this crate's sources and registers it
+/// in [`Migrator`](crate::Migrator). Needs no database.
+pub fn generate(name: &str) -> Result<(), Error> {
+    if !std::path::Path::new(MIGRATION_DIR)
+        .join("src/lib.rs")
+        .is_file()
+    {
+        return Err(Error::Generate(format!(
+            "the migration sources are not at {MIGRATION_DIR}; run this from a checkout of the workspace"
+        )));
+    }
+    sea_orm_cli::run_migrate_generate(MIGRATION_DIR, name, true)
+        .map_err(|e| Error::Generate(e.to_string()))
+}
+
+/// [`run`] for any migrator (tests use one with a migration that fails).
+pub async fn run_with<M: MigratorTrait>(
+    settings: &Settings,
+    args: &MigrateArgs,
+    out: &mut impl Write,
+) -> Result<(), Error> {
+    if let MigrateCommand::Generate { name } = &args.command {
+        return generate(name);
+    }
+    if let MigrateCommand::Entities { check, dir, flags } = &args.command {
+        return crate::entities::entities::<M>(settings, dir, flags, *check, out).await;
+    }
+    let db = connect(settings).await?;
+    let result = execute::<M>(&db, args, out).await;
+    db.close().await;
+    result
+}
+
+/// A small pool of our own: migrations never run on an application's pool,
+/// and run without the application's statement timeout.
+async fn connect(settings: &Settings) -> Result<Db, Error> {
+    let mut settings = settings.clone();
+    settings.statement_timeout = None;
+    settings.max_connections = 3;
+    settings.min_connections = 0;
+    // SQLite waits this long inside each attempt at the lock; the lock
+    // timeout bounds the attempts.
+    settings.sqlite_busy_timeout = Duration::from_millis(200);
+    Ok(Db::connect(&settings).await?)
+}
+
+async fn execute<M: MigratorTrait>(
+    db: &Db,
+    args: &MigrateArgs,
+    out: &mut impl Write,
+) -> Result<(), Error> {
+    if let MigrateCommand::Status = args.command {
+        // Read-only: never creates the migration table.
+        let all = M::get_migration_with_status_read_only(db.conn()).await?;
+        let pending = all
+            .iter()
+            .filter(|m| m.status() == MigrationStatus::Pending)
+            .count();
+        for migration in &all {
+            let status = match migration.status() {
+                MigrationStatus::Applied => "applied",
+                MigrationStatus::Pending => "pending",
+            };
+            writeln!(out, "{status:<8} {}", migration.name())?;
+        }
+        writeln!(out, "{} applied, {pending} pending", all.len() - pending)?;
+        return Ok(());
+    }
+    let command = &args.command;
+    let (before, after) = locked(db, args.lock_timeout, async |conn| {
+        let before = applied_names::<M, _>(&conn.executor()).await?;
+        match command {
+            MigrateCommand::Up { num } => M::up(conn.executor(), *num).await?,
+            MigrateCommand::Down { num } => M::down(conn.executor(), Some(*num)).await?,
+            MigrateCommand::Fresh => M::fresh(conn.executor()).await?,
+            MigrateCommand::Refresh => M::refresh(conn.executor()).await?,
+            MigrateCommand::Reset => M::reset(conn.executor()).await?,
+            MigrateCommand::Status
+            | MigrateCommand::Generate { .. }
+            | MigrateCommand::Entities { .. } => {
+                unreachable!("handled before taking the lock")
+            }
+        }
+        let after = applied_names::<M, _>(&conn.executor()).await?;
+        Ok((before, after))
+    })
+    .await?;
+    for name in before.iter().filter(|n| !after.contains(n)) {
+        writeln!(out, "reverted {name}")?;
+    }
+    for name in after.iter().filter(|n| {
+        !before.contains(n) || matches!(command, MigrateCommand::Fresh | MigrateCommand::Refresh)
+    }) {
+        writeln!(out, "applied  {name}")?;
+    }
+    let pending = M::get_pending_migrations_read_only(db.conn()).await?.len();
+    writeln!(out, "{} applied, {pending} pending", after.len())?;
+    Ok(())
+}
+
+async fn applied_names<M: MigratorTrait, C: ConnectionTrait>(
+    conn: &C,
+) -> Result<Vec<String>, Error> {
+    Ok(M::get_applied_migrations_read_only(conn)
+        .await?
+        .iter()
+        .map(|m| m.name().to_owned())
+        .collect())
+}
+
+async fn pending_names<M: MigratorTrait, C: ConnectionTrait>(
+    conn: &C,
+) -> Result<Vec<String>, Error> {
+    Ok(M::get_pending_migrations_read_only(conn)
+        .await?
+        .iter()
+        .map(|m| m.name().to_owned())
+        .collect())
+}
+
+/// Where migrations run while the lock is held: the pool (PostgreSQL,
+/// MySQL, with a server lock on another connection) or the exclusive
+/// transaction that is the lock (SQLite).
+enum Locked<'a> {
+    Pool(&'a sea_orm::DatabaseConnection),
+    Transaction(&'a DatabaseTransaction),
+}
+
+impl<'a> Locked<'a> {
+    /// A SeaORM executor on it, for one migrator call.
+    fn executor(&self) -> sea_orm::DatabaseExecutor<'a> {
+        match self {
+            Locked::Pool(c) => (*c).into_database_executor(),
+            Locked::Transaction(t) => (*t).into_database_executor(),
+        }
+    }
+}
+
+/// Runs `work` while holding the migration lock, waiting for it at most
+/// `timeout`.
+async fn locked<T>(
+    db: &Db,
+    timeout: Duration,
+    work: impl AsyncFnOnce(Locked<'_>) -> Result<T, Error>,
+) -> Result<T, Error> {
+    if db.backend() == DbBackend::Sqlite {
+        // SQLite's own procedure for schema changes: foreign keys off (only
+        // possible outside a transaction), change, check, commit, back on.
+        // Without it, dropping a referenced table fails and table rebuilds
+        // cascade. The writer pool has one connection, so the pragma applies
+        // to the connection the transaction runs on.
+        let conn = db.conn();
+        conn.execute_unprepared("PRAGMA foreign_keys = OFF").await?;
+        let result = async {
+            let tx = begin_exclusive(db, timeout).await?;
+            let value = work(Locked::Transaction(&tx)).await?;
+            let violations = tx.query_all_raw(sea_orm::Statement::from_string(DbBackend::Sqlite, "PRAGMA foreign_key_check")).await?;
+            if let Some(row) = violations.first() {
+                let table: String = row.try_get_by_index(0).unwrap_or_default();
+                return Err(Error::Migration(format!(
+                    "the migrations leave rows in {table} that violate a foreign key; nothing was applied"
+                )));
+            }
+            tx.commit().await?;
+            Ok(value)
+        }
+        .await;
+        conn.execute_unprepared("PRAGMA foreign_keys = ON").await?;
+        return result;
+    }
+    let lock = ServerLock::acquire(db, timeout).await?;
+    let result = work(Locked::Pool(db.conn())).await;
+    lock.release().await;
+    result
+}
+
+/// On SQLite the lock is an exclusive transaction on the writer connection,
+/// and the migrations run inside it: all of them apply, or none.
+async fn begin_exclusive(db: &Db, timeout: Duration) -> Result<DatabaseTransaction, Error> {
+    let start = Instant::now();
+    let mut announced = false;
+    loop {
+        let attempt = db
+            .conn()
+            .begin_with_options(TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Exclusive),
+                ..Default::default()
+            })
+            .await;
+        match attempt {
+            Ok(tx) => return Ok(tx),
+            Err(e) if e.to_string().contains("locked") || e.to_string().contains("busy") => {
+                if start.elapsed() >= timeout {
+                    return Err(db_core::Error::LockTimeout {
+                        what: format!(
+                            "the migration lock (an exclusive transaction on {})",
+                            db.target()
+                        ),
+                        waited: start.elapsed(),
+                    }
+                    .into());
+                }
+                if !announced {
+                    tracing::info!(
+                        target = db.target(),
+                        "waiting for the migration lock: another connection is writing to the database"
+                    );
+                    announced = true;
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Every migrate command on every backend, through the same entry point as
+//! the binaries.
+
+use db_core::testing::{Backend, TestDb};
+use sea_orm_migration::prelude::*;
+
+use crate::support::{migrate, migrate_with, strings, tables};
+
+const FIRST: &str = "m20261124_000001_create_employees_and_tasks";
+
+db_core::backend_tests! {
+    async fn status_reports_without_creating_anything(t: TestDb) {
+        let report = migrate(&t.settings, &["status"]).await;
+        assert_eq!(report, format!("pending  {FIRST}\n0 applied, 1 pending\n"));
+        assert!(tables(&t.db).await.is_empty(), "status created {:?}", tables(&t.db).await);
+    }
+
+    async fn up_down_fresh_refresh_reset(t: TestDb) {
+        assert_eq!(migrate(&t.settings, &["up"]).await, format!("applied  {FIRST}\n1 applied, 0 pending\n"));
+        assert_eq!(migrate(&t.settings, &["up"]).await, "1 applied, 0 pending\n");
+        assert_eq!(migrate(&t.settings, &["status"]).await, format!("applied  {FIRST}\n1 applied, 0 pending\n"));
+
+        assert_eq!(migrate(&t.settings, &["down"]).await, format!("reverted {FIRST}\n0 applied, 1 pending\n"));
+        assert_eq!(tables(&t.db).await, ["seaql_migrations"]);
+
+        migrate(&t.settings, &["up", "-n", "1"]).await;
+        crate::support::exec(&t.db, "INSERT INTO employees (full_name, position) VALUES ('Ann', 'dev')").await;
+        assert_eq!(migrate(&t.settings, &["fresh"]).await, format!("applied  {FIRST}\n1 applied, 0 pending\n"));
+        assert!(strings(&t.db, "SELECT full_name FROM employees").await.is_empty(), "fresh kept rows");
+
+        assert_eq!(migrate(&t.settings, &["refresh"]).await, format!("applied  {FIRST}\n1 applied, 0 pending\n"));
+        assert_eq!(tables(&t.db).await, ["employees", "seaql_migrations", "tasks"]);
+
+        assert_eq!(migrate(&t.settings, &["reset"]).await, format!("reverted {FIRST}\n0 applied, 1 pending\n"));
+        assert!(tables(&t.db).await.is_empty());
+    }
+}
+
+/// The project's migration, then one that creates a table and fails.
+struct FailingMigrator;
+
+struct FailsHalfWay;
+
+impl MigrationName for FailsHalfWay {
+    fn name(&self) -> &str {
+        "m20990101_000001_fails_half_way"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for FailsHalfWay {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table("doomed")
+                    .col(ColumnDef::new("id").integer().not_null().primary_key())
+                    .to_owned(),
+            )
+            .await?;
+        Err(DbErr::Migration(
+            "deliberately failing after creating a table".to_owned(),
+        ))
+    }
+}
+
+#[async_trait::async_trait]
+impl MigratorTrait for FailingMigrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        let mut all = migration::Migrator::migrations();
+        all.push(Box::new(FailsHalfWay));
+        all
+    }
+}
+
+/// PostgreSQL runs each migration in a transaction: the failing one leaves no
+/// table and no record, the one before it stays applied.
+#[tokio::test]
+async fn a_failed_migration_leaves_nothing_behind_on_postgres() {
+    let Some(t) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let err = migrate_with::<FailingMigrator>(&t.settings, &["up"])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("deliberately failing"), "{err}");
+    assert_eq!(
+        tables(&t.db).await,
+        ["employees", "seaql_migrations", "tasks"]
+    );
+    assert_eq!(
+        strings(&t.db, "SELECT version FROM seaql_migrations").await,
+        [FIRST]
+    );
+}
+
+/// On SQLite the whole run is one transaction: nothing is applied.
+#[tokio::test]
+async fn a_failed_migration_applies_nothing_on_sqlite() {
+    let t = TestDb::new(Backend::Sqlite).await.unwrap();
+    let err = migrate_with::<FailingMigrator>(&t.settings, &["up"])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("deliberately failing"), "{err}");
+    assert!(tables(&t.db).await.is_empty(), "{:?}", tables(&t.db).await);
+    // The database is usable afterwards.
+    migrate(&t.settings, &["up"]).await;
+    assert_eq!(
+        tables(&t.db).await,
+        ["employees", "seaql_migrations", "tasks"]
+    );
+}

@@ -1,0 +1,129 @@
+//! The migration lock: real concurrent processes, and bounded waiting.
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use db_core::Settings;
+use db_core::testing::TestDb;
+use sea_orm_migration::prelude::*;
+
+use crate::support::{migrate_with, strings};
+
+/// Starts `n` `migration up` processes at once against the database of
+/// `settings`; every process must succeed and each migration must be
+/// reported applied by exactly one of them.
+fn concurrent_up(settings: &Settings, n: usize) {
+    let children: Vec<_> = (0..n)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_migration"))
+                .arg("up")
+                .env_clear()
+                .env("DATABASE_URL", settings.url.expose())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("starting migration")
+        })
+        .collect();
+    let mut applied = 0;
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "a migrator failed: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        applied += stdout.matches("applied  ").count();
+    }
+    assert_eq!(applied, migration::Migrator::migrations().len());
+}
+
+fn names() -> Vec<String> {
+    migration::Migrator::migrations()
+        .iter()
+        .map(|m| m.name().to_owned())
+        .collect()
+}
+
+/// The project's migrations, then one that takes its time.
+struct SlowMigrator;
+struct Slow;
+
+static SLOW_STARTED: AtomicBool = AtomicBool::new(false);
+
+impl MigrationName for Slow {
+    fn name(&self) -> &str {
+        "m20990101_000002_slow"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Slow {
+    async fn up(&self, _: &SchemaManager) -> Result<(), DbErr> {
+        SLOW_STARTED.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl MigratorTrait for SlowMigrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        let mut all = migration::Migrator::migrations();
+        all.push(Box::new(Slow));
+        all
+    }
+}
+
+db_core::backend_tests! {
+    async fn eight_concurrent_migrators_apply_each_migration_once(t: TestDb) {
+        let settings = t.settings.clone();
+        tokio::task::spawn_blocking(move || concurrent_up(&settings, 8)).await.unwrap();
+        let recorded = strings(&t.db, "SELECT version FROM seaql_migrations ORDER BY version").await;
+        assert_eq!(recorded, names());
+    }
+}
+
+/// While one migrator holds the lock, another gives up after its lock
+/// timeout with a message that says what it waited for. (One test for all
+/// backends: the slow migration's flag is process-wide.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_the_lock_is_bounded_and_explained() {
+    for backend in [
+        db_core::testing::Backend::Sqlite,
+        db_core::testing::Backend::Postgres,
+        db_core::testing::Backend::MySql,
+    ] {
+        let Some(t) = TestDb::new(backend).await else {
+            continue;
+        };
+        SLOW_STARTED.store(false, Ordering::SeqCst);
+        let holder = {
+            let settings = t.settings.clone();
+            tokio::spawn(async move { migrate_with::<SlowMigrator>(&settings, &["up"]).await })
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !SLOW_STARTED.load(Ordering::SeqCst) {
+            assert!(
+                Instant::now() < deadline,
+                "the slow migration never started"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let err = migrate_with::<migration::Migrator>(&t.settings, &["--lock-timeout", "1s", "up"])
+            .await
+            .unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.starts_with("timed out after 1s"),
+            "{backend:?}: {message}"
+        );
+        assert!(
+            message.contains("waiting for the migration lock ("),
+            "{backend:?}: {message}"
+        );
+        holder.await.unwrap().expect("the lock holder finishes");
+    }
+}

@@ -1,0 +1,120 @@
+//! The entity drift check (`just check-entities`): it passes for the
+//! committed entities and fails with a readable diff when a migration adds a
+//! column that the entities do not have.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use db_core::testing::Backend;
+use sea_orm_migration::prelude::*;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// The flags the justfile records for `sea-orm-cli generate entity`.
+fn justfile_flags() -> Vec<String> {
+    let justfile = std::fs::read_to_string(workspace().join("justfile")).unwrap();
+    let line = justfile
+        .lines()
+        .find_map(|l| l.strip_prefix("entity_flags := "))
+        .expect("the justfile records entity_flags");
+    line.trim_matches('"')
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn cli_installed() -> bool {
+    let installed = std::process::Command::new("sea-orm-cli")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !installed {
+        let _ = writeln!(
+            std::io::stderr(),
+            "note: sea-orm-cli is not installed: the entity drift tests did not run \
+             (cargo install sea-orm-cli@{} --locked)",
+            migration::SEA_ORM_CLI_VERSION
+        );
+    }
+    installed
+}
+
+/// The project's migrations plus one that adds `tasks.priority`.
+struct DriftMigrator;
+struct AddPriority;
+
+impl MigrationName for AddPriority {
+    fn name(&self) -> &str {
+        "m20990101_000003_add_task_priority"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for AddPriority {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .alter_table(
+                Table::alter()
+                    .table("tasks")
+                    .add_column(ColumnDef::new("priority").integer().not_null().default(0))
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
+#[async_trait::async_trait]
+impl MigratorTrait for DriftMigrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        let mut all = migration::Migrator::migrations();
+        all.push(Box::new(AddPriority));
+        all
+    }
+}
+
+#[tokio::test]
+async fn the_committed_entities_are_what_the_migrations_generate() {
+    let Some(server) = Backend::Postgres.server_settings() else {
+        return;
+    };
+    if !cli_installed() {
+        return;
+    }
+    let dir = workspace().join("entity/src/generated");
+    let mut out = Vec::new();
+    let result = migration::entities::<migration::Migrator>(
+        &server,
+        &dir,
+        &justfile_flags(),
+        true,
+        &mut out,
+    )
+    .await;
+    let report = String::from_utf8_lossy(&out);
+    assert!(result.is_ok(), "{report}{result:?}");
+}
+
+#[tokio::test]
+async fn a_new_column_without_regenerated_entities_fails_with_a_diff() {
+    let Some(server) = Backend::Postgres.server_settings() else {
+        return;
+    };
+    if !cli_installed() {
+        return;
+    }
+    let dir = workspace().join("entity/src/generated");
+    let mut out = Vec::new();
+    let err =
+        migration::entities::<DriftMigrator>(&server, &dir, &justfile_flags(), true, &mut out)
+            .await
+            .unwrap_err();
+    let diff = String::from_utf8_lossy(&out);
+    assert!(err.to_string().contains("run `just entities`"), "{err}");
+    assert!(diff.contains("+    pub priority: i32,"), "{diff}");
+    assert!(diff.contains("tasks.rs"), "{diff}");
+}
