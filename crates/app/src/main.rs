@@ -4,10 +4,13 @@
 //! Exit codes: 0 success, 1 failure, 2 configuration error (or bad arguments).
 
 use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use db_core::sea_orm::DbBackend;
 use db_core::{Created, Db, Settings, Source};
 
 #[derive(Debug, Parser)]
@@ -21,17 +24,33 @@ struct Cli {
     #[arg(long, global = true)]
     log_json: bool,
 
+    /// What to do; `serve` when omitted.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Serve the Task Tracker API (the default command).
+    Serve(ServeArgs),
+    /// Add a few employees and a task tree to an empty database.
+    Seed,
     /// Apply or inspect migrations (the same commands as the `migration` binary).
     Migrate(migration::cli::MigrateArgs),
     /// Database tools.
     #[command(subcommand)]
     Db(DbCommand),
+}
+
+#[derive(Debug, Default, clap::Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    addr: Option<SocketAddr>,
+    /// Apply pending migrations before serving (under the migration lock).
+    /// Always done on SQLite.
+    #[arg(long)]
+    migrate: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -86,20 +105,115 @@ fn init_logging(json: bool) {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Command::Migrate(args) = &cli.command
+    if let Some(Command::Migrate(args)) = &cli.command
         && let migration::cli::MigrateCommand::Generate { name } = &args.command
     {
         // Writing a file needs no database, nor valid database settings.
         return Ok(migration::generate(name)?);
     }
     let settings = Settings::load(&Source::from_process()?)?;
-    match cli.command {
+    match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
+        Command::Serve(args) => serve(&settings, args).await,
+        Command::Seed => seed(&settings).await,
         Command::Migrate(args) => {
             Ok(migration::run(&settings, &args, &mut std::io::stdout().lock()).await?)
         }
         Command::Db(DbCommand::Check) => db_check(&settings).await,
         Command::Db(DbCommand::Create) => db_create(&settings).await,
     }
+}
+
+/// How long startup waits for another process's migration lock.
+const MIGRATION_LOCK_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How long shutdown waits for in-flight requests.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// Connects, first applying pending migrations on SQLite or when asked; on a
+/// server database with pending migrations and no `--migrate`, refuses.
+async fn prepare_database(settings: &Settings, migrate: bool) -> anyhow::Result<Db> {
+    if migrate || settings.url.backend() == DbBackend::Sqlite {
+        for name in migration::up(settings, MIGRATION_LOCK_TIMEOUT).await? {
+            tracing::info!("applied migration {name}");
+        }
+    }
+    let db = Db::connect(settings).await?;
+    let pending = migration::pending(&db).await?;
+    if !pending.is_empty() {
+        anyhow::bail!(
+            "{} has {} pending migration(s) ({}): run `tracker migrate up` first, or start with --migrate",
+            db.target(),
+            pending.len(),
+            pending.join(", ")
+        );
+    }
+    Ok(db)
+}
+
+async fn serve(settings: &Settings, args: ServeArgs) -> anyhow::Result<()> {
+    let addr = args
+        .addr
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8000)));
+    let db = prepare_database(settings, args.migrate).await?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))?;
+    tracing::info!(
+        "serving http://{} from {}",
+        listener.local_addr()?,
+        db.target()
+    );
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel();
+    let shutdown = async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing requests in flight");
+        let _ = stopping_tx.send(());
+    };
+    let server = tracker::http::serve(listener, tracker::Tracker::new(db.clone()), shutdown);
+    let drain_deadline = async {
+        if stopping_rx.await.is_ok() {
+            tokio::time::sleep(DRAIN_TIMEOUT).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        result = server => result.context("serving")?,
+        () = drain_deadline => tracing::warn!("requests still running after {DRAIN_TIMEOUT:?}; stopping anyway"),
+    }
+    db.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM: {e}");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}
+
+async fn seed(settings: &Settings) -> anyhow::Result<()> {
+    let db = prepare_database(settings, false).await?;
+    let (employees, tasks) = tracker::seed(&tracker::Tracker::new(db.clone())).await?;
+    let mut out = std::io::stdout().lock();
+    if employees == 0 {
+        writeln!(out, "the database has employees already; nothing added")?;
+    } else {
+        writeln!(out, "added {employees} employees and {tasks} tasks")?;
+    }
+    db.close().await;
+    Ok(())
 }
 
 async fn db_check(settings: &Settings) -> anyhow::Result<()> {

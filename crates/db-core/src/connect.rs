@@ -3,6 +3,8 @@
 
 use std::io::ErrorKind;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sea_orm::sqlx::mysql::{MySqlConnectOptions, MySqlSslMode};
@@ -21,6 +23,33 @@ use crate::settings::{LogLevel, Settings, SslMode};
 pub(crate) struct Pools {
     pub write: DatabaseConnection,
     pub read: DatabaseConnection,
+    /// Statements run through either pool.
+    pub statements: Arc<AtomicU64>,
+}
+
+impl Pools {
+    fn new(mut write: DatabaseConnection, read: Option<DatabaseConnection>) -> Self {
+        let statements = Arc::new(AtomicU64::new(0));
+        let count = |conn: &mut DatabaseConnection| {
+            let statements = statements.clone();
+            conn.set_metric_callback(move |_| {
+                statements.fetch_add(1, Ordering::Relaxed);
+            });
+        };
+        count(&mut write);
+        let read = match read {
+            Some(mut read) => {
+                count(&mut read);
+                read
+            }
+            None => write.clone(),
+        };
+        Pools {
+            write,
+            read,
+            statements,
+        }
+    }
 }
 
 /// Driver options for one backend, built from settings.
@@ -308,11 +337,7 @@ pub(crate) async fn open(s: &Settings) -> Result<Pools> {
             wait_for_server(&o, s, &user, &database).await?;
             let pool = pool_options::<sqlx::Postgres>(s, s.max_connections, s.min_connections)
                 .connect_lazy_with(o);
-            let conn = DatabaseConnection::from(pool);
-            Ok(Pools {
-                read: conn.clone(),
-                write: conn,
-            })
+            Ok(Pools::new(DatabaseConnection::from(pool), None))
         }
         Options::MySql(o) => {
             let user = o.get_username().to_owned();
@@ -320,11 +345,7 @@ pub(crate) async fn open(s: &Settings) -> Result<Pools> {
             wait_for_server(&o, s, &user, &database).await?;
             let pool = pool_options::<sqlx::MySql>(s, s.max_connections, s.min_connections)
                 .connect_lazy_with(o);
-            let conn = DatabaseConnection::from(pool);
-            Ok(Pools {
-                read: conn.clone(),
-                write: conn,
-            })
+            Ok(Pools::new(DatabaseConnection::from(pool), None))
         }
         Options::Sqlite(o) => open_sqlite(s, o).await,
     }
@@ -349,11 +370,7 @@ async fn open_sqlite(s: &Settings, o: SqliteConnectOptions) -> Result<Pools> {
             .connect_with(o)
             .await
             .map_err(reject)?;
-        let conn = DatabaseConnection::from(pool);
-        return Ok(Pools {
-            read: conn.clone(),
-            write: conn,
-        });
+        return Ok(Pools::new(DatabaseConnection::from(pool), None));
     }
     if sqlite_creates(url)
         && let Some(parent) = o.get_filename().parent()
@@ -377,10 +394,10 @@ async fn open_sqlite(s: &Settings, o: SqliteConnectOptions) -> Result<Pools> {
         .map_err(reject)?;
     let readers = pool_options::<sqlx::Sqlite>(s, s.max_connections, s.min_connections)
         .connect_lazy_with(o.read_only(true).create_if_missing(false));
-    Ok(Pools {
-        write: DatabaseConnection::from(writer),
-        read: DatabaseConnection::from(readers),
-    })
+    Ok(Pools::new(
+        DatabaseConnection::from(writer),
+        Some(DatabaseConnection::from(readers)),
+    ))
 }
 
 /// Connects once to the server's maintenance database (`postgres` on

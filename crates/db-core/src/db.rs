@@ -58,6 +58,9 @@ pub struct Stats {
     /// Transactions that [`Db::transaction`] ran again after a serialization
     /// failure or deadlock.
     pub transaction_retries: u64,
+    /// Statements executed through SeaORM on this handle's pools (a way to
+    /// see N+1 queries in tests).
+    pub statements: u64,
 }
 
 impl Db {
@@ -126,9 +129,13 @@ impl Db {
         let sqlite_transaction_mode = (self.inner.backend == DbBackend::Sqlite
             && options.access == Access::ReadWrite)
             .then_some(SqliteTransactionMode::Immediate);
+        // SQLite transactions are always serializable; it only warns about a level.
+        let isolation_level = options
+            .isolation
+            .filter(|_| self.inner.backend != DbBackend::Sqlite);
         let tx = pool
             .begin_with_options(TransactionOptions {
-                isolation_level: options.isolation,
+                isolation_level,
                 access_mode,
                 sqlite_transaction_mode,
             })
@@ -197,6 +204,7 @@ impl Db {
     pub fn stats(&self) -> Stats {
         Stats {
             transaction_retries: self.inner.retries.load(Ordering::Relaxed),
+            statements: self.inner.pools.statements.load(Ordering::Relaxed),
         }
     }
 

@@ -1,0 +1,402 @@
+//! The tracker's operations. Each is one unit of work: reads run on a
+//! read-only session, writes in a read-write session through
+//! [`Db::transaction`], which commits once, rolls back on any error and
+//! retries serialization conflicts.
+
+use chrono::NaiveDate;
+use db_core::{Db, SessionOptions};
+use entity::{employees, tasks};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ActiveValue::Unchanged, ConnectionTrait, DbBackend, DbErr,
+    EntityTrait, IsolationLevel, ModelTrait, QueryOrder, QuerySelect, SqlErr, Statement,
+};
+
+use crate::error::{Error, Kind, Result};
+
+/// An employee as stored.
+pub type Employee = employees::Model;
+/// A task as stored.
+pub type Task = tasks::Model;
+
+/// The fields of an employee, for create and full replace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmployeeInput {
+    /// Full name.
+    pub full_name: String,
+    /// Job title.
+    pub position: String,
+}
+
+/// The fields of a task, for create and full replace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskInput {
+    /// Title.
+    pub title: String,
+    /// Free-form status, e.g. `todo`.
+    pub status: String,
+    /// The parent task, if this is a subtask.
+    pub parent_id: Option<i32>,
+    /// The employee assigned, if any.
+    pub assignee_id: Option<i32>,
+    /// Due date.
+    pub deadline: Option<NaiveDate>,
+}
+
+/// A page of a list ordered by id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    /// Rows to skip.
+    pub skip: u64,
+    /// Rows to return at most.
+    pub limit: u64,
+}
+
+impl Default for Page {
+    fn default() -> Self {
+        Page {
+            skip: 0,
+            limit: 100,
+        }
+    }
+}
+
+/// The tracker service: cheap to clone, one per application.
+#[derive(Debug, Clone)]
+pub struct Tracker {
+    db: Db,
+}
+
+fn not_found(kind: Kind) -> impl Fn(DbErr) -> Error {
+    move |e| match e {
+        DbErr::RecordNotUpdated | DbErr::RecordNotFound(_) => Error::NotFound(kind),
+        other => other.into(),
+    }
+}
+
+fn is_foreign_key_violation(e: &Error) -> bool {
+    matches!(e, Error::Db(db_core::Error::Db(db))
+        if matches!(db.sql_err(), Some(SqlErr::ForeignKeyConstraintViolation(_))))
+}
+
+impl Tracker {
+    /// A tracker on `db`, whose schema is migrated.
+    pub fn new(db: Db) -> Self {
+        Tracker { db }
+    }
+
+    /// The database handle.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    // --- employees -------------------------------------------------------
+
+    /// Creates an employee.
+    pub async fn create_employee(&self, input: EmployeeInput) -> Result<Employee> {
+        self.db
+            .transaction(SessionOptions::read_write(), |tx| {
+                let input = input.clone();
+                async move {
+                    let row = employees::ActiveModel {
+                        full_name: Set(input.full_name),
+                        position: Set(input.position),
+                        ..Default::default()
+                    };
+                    Ok(row.insert(&tx).await?)
+                }
+            })
+            .await
+    }
+
+    /// A page of employees, by id.
+    pub async fn list_employees(&self, page: Page) -> Result<Vec<Employee>> {
+        let read = self.db.read().await?;
+        Ok(employees::Entity::find()
+            .order_by_asc(employees::Column::Id)
+            .offset(page.skip)
+            .limit(page.limit)
+            .all(&read)
+            .await?)
+    }
+
+    /// One employee.
+    pub async fn employee(&self, id: i32) -> Result<Employee> {
+        let read = self.db.read().await?;
+        employees::Entity::find_by_id(id)
+            .one(&read)
+            .await?
+            .ok_or(Error::NotFound(Kind::Employee))
+    }
+
+    /// Replaces every field of an employee.
+    pub async fn update_employee(&self, id: i32, input: EmployeeInput) -> Result<Employee> {
+        self.db
+            .transaction(SessionOptions::read_write(), |tx| {
+                let input = input.clone();
+                async move {
+                    employees::ActiveModel {
+                        id: Unchanged(id),
+                        full_name: Set(input.full_name),
+                        position: Set(input.position),
+                    }
+                    .update(&tx)
+                    .await
+                    .map_err(not_found(Kind::Employee))
+                }
+            })
+            .await
+    }
+
+    /// Deletes an employee and returns it; their tasks become unassigned.
+    pub async fn delete_employee(&self, id: i32) -> Result<Employee> {
+        self.db
+            .transaction(SessionOptions::read_write(), |tx| async move {
+                let employee = employees::Entity::find_by_id(id)
+                    .one(&tx)
+                    .await?
+                    .ok_or(Error::NotFound(Kind::Employee))?;
+                employee.clone().delete(&tx).await?;
+                Ok(employee)
+            })
+            .await
+    }
+
+    /// The tasks assigned to an employee, by id.
+    pub async fn employee_tasks(&self, id: i32) -> Result<Vec<Task>> {
+        let read = self.db.read().await?;
+        let employee = employees::Entity::find_by_id(id)
+            .one(&read)
+            .await?
+            .ok_or(Error::NotFound(Kind::Employee))?;
+        Ok(employee
+            .find_related(tasks::Entity)
+            .order_by_asc(tasks::Column::Id)
+            .all(&read)
+            .await?)
+    }
+
+    // --- tasks -----------------------------------------------------------
+
+    /// Creates a task.
+    pub async fn create_task(&self, input: TaskInput) -> Result<Task> {
+        let result = self
+            .db
+            .transaction(SessionOptions::read_write(), |tx| {
+                let input = input.clone();
+                async move {
+                    let row = tasks::ActiveModel {
+                        title: Set(input.title),
+                        status: Set(input.status),
+                        parent_id: Set(input.parent_id),
+                        assignee_id: Set(input.assignee_id),
+                        deadline: Set(input.deadline),
+                        ..Default::default()
+                    };
+                    Ok(row.insert(&tx).await?)
+                }
+            })
+            .await;
+        self.explain_references(result, &input).await
+    }
+
+    /// A page of tasks, by id.
+    pub async fn list_tasks(&self, page: Page) -> Result<Vec<Task>> {
+        let read = self.db.read().await?;
+        Ok(tasks::Entity::find()
+            .order_by_asc(tasks::Column::Id)
+            .offset(page.skip)
+            .limit(page.limit)
+            .all(&read)
+            .await?)
+    }
+
+    /// A page of tasks with their assignees, in one query.
+    pub async fn list_tasks_with_assignees(
+        &self,
+        page: Page,
+    ) -> Result<Vec<(Task, Option<Employee>)>> {
+        let read = self.db.read().await?;
+        Ok(tasks::Entity::find()
+            .find_also_related(employees::Entity)
+            .order_by_asc(tasks::Column::Id)
+            .offset(page.skip)
+            .limit(page.limit)
+            .all(&read)
+            .await?)
+    }
+
+    /// One task.
+    pub async fn task(&self, id: i32) -> Result<Task> {
+        let read = self.db.read().await?;
+        tasks::Entity::find_by_id(id)
+            .one(&read)
+            .await?
+            .ok_or(Error::NotFound(Kind::Task))
+    }
+
+    /// One task with its assignee, in one query.
+    pub async fn task_with_assignee(&self, id: i32) -> Result<(Task, Option<Employee>)> {
+        let read = self.db.read().await?;
+        tasks::Entity::find_by_id(id)
+            .find_also_related(employees::Entity)
+            .one(&read)
+            .await?
+            .ok_or(Error::NotFound(Kind::Task))
+    }
+
+    /// Replaces every field of a task. A new parent must not be the task
+    /// itself or one of its subtasks; that check and the update run in one
+    /// serializable transaction, so two concurrent moves cannot make a cycle.
+    pub async fn update_task(&self, id: i32, input: TaskInput) -> Result<Task> {
+        let options = match input.parent_id {
+            Some(_) => SessionOptions::read_write().isolation(IsolationLevel::Serializable),
+            None => SessionOptions::read_write(),
+        };
+        let result = self
+            .db
+            .transaction(options, |tx| {
+                let input = input.clone();
+                async move {
+                    if let Some(parent) = input.parent_id
+                        && is_ancestor_or_self(&tx, id, parent).await?
+                    {
+                        let message = if parent == id {
+                            "a task cannot be its own parent".to_owned()
+                        } else {
+                            format!("task {parent} is a subtask of task {id}")
+                        };
+                        return Err(Error::Invalid {
+                            field: "parent_id",
+                            message,
+                        });
+                    }
+                    tasks::ActiveModel {
+                        id: Unchanged(id),
+                        title: Set(input.title),
+                        status: Set(input.status),
+                        parent_id: Set(input.parent_id),
+                        assignee_id: Set(input.assignee_id),
+                        deadline: Set(input.deadline),
+                    }
+                    .update(&tx)
+                    .await
+                    .map_err(not_found(Kind::Task))
+                }
+            })
+            .await;
+        self.explain_references(result, &input).await
+    }
+
+    /// Deletes a task and returns it; its subtasks are deleted with it.
+    pub async fn delete_task(&self, id: i32) -> Result<Task> {
+        self.db
+            .transaction(SessionOptions::read_write(), |tx| async move {
+                let task = tasks::Entity::find_by_id(id)
+                    .one(&tx)
+                    .await?
+                    .ok_or(Error::NotFound(Kind::Task))?;
+                task.clone().delete(&tx).await?;
+                Ok(task)
+            })
+            .await
+    }
+
+    /// Every descendant of a task (not the task itself), by id, in one
+    /// recursive query over the indexed `parent_id`.
+    pub async fn subtree(&self, id: i32) -> Result<Vec<Task>> {
+        let read = self.db.read().await?;
+        let backend = read.get_database_backend();
+        let param = if backend == DbBackend::Postgres {
+            "$1"
+        } else {
+            "?"
+        };
+        // UNION (not UNION ALL) ends the recursion even if a cycle was
+        // written behind the service's back.
+        let sql = format!(
+            "WITH RECURSIVE subtree (id) AS ( \
+                 SELECT id FROM tasks WHERE parent_id = {param} \
+                 UNION \
+                 SELECT t.id FROM tasks t JOIN subtree s ON t.parent_id = s.id \
+             ) \
+             SELECT tasks.* FROM tasks JOIN subtree ON tasks.id = subtree.id ORDER BY tasks.id"
+        );
+        let found = tasks::Entity::find()
+            .from_raw_sql(Statement::from_sql_and_values(backend, sql, [id.into()]))
+            .all(&read)
+            .await?;
+        if found.is_empty() && tasks::Entity::find_by_id(id).one(&read).await?.is_none() {
+            return Err(Error::NotFound(Kind::Task));
+        }
+        Ok(found)
+    }
+
+    /// Turns a foreign-key violation into an error that names the field and
+    /// the missing row (looked up after the failed transaction is gone).
+    async fn explain_references<T>(&self, result: Result<T>, input: &TaskInput) -> Result<T> {
+        let err = match result {
+            Err(e) if is_foreign_key_violation(&e) => e,
+            other => return other,
+        };
+        let read = self.db.read().await?;
+        if let Some(parent) = input.parent_id
+            && tasks::Entity::find_by_id(parent)
+                .one(&read)
+                .await?
+                .is_none()
+        {
+            return Err(Error::Invalid {
+                field: "parent_id",
+                message: format!("task {parent} does not exist"),
+            });
+        }
+        if let Some(assignee) = input.assignee_id
+            && employees::Entity::find_by_id(assignee)
+                .one(&read)
+                .await?
+                .is_none()
+        {
+            return Err(Error::Invalid {
+                field: "assignee_id",
+                message: format!("employee {assignee} does not exist"),
+            });
+        }
+        Err(err)
+    }
+}
+
+/// Whether `task` is `candidate` or one of its ancestors, i.e. whether making
+/// `candidate` the parent of `task` would close a cycle. Walks up from
+/// `candidate`: a few index lookups, whatever the size of the subtree.
+async fn is_ancestor_or_self(
+    conn: &impl ConnectionTrait,
+    task: i32,
+    candidate: i32,
+) -> Result<bool> {
+    if task == candidate {
+        return Ok(true);
+    }
+    let backend = conn.get_database_backend();
+    let (a, b) = if backend == DbBackend::Postgres {
+        ("$1", "$2")
+    } else {
+        ("?", "?")
+    };
+    let sql = format!(
+        "WITH RECURSIVE ancestors (id, parent_id) AS ( \
+             SELECT id, parent_id FROM tasks WHERE id = {a} \
+             UNION \
+             SELECT t.id, t.parent_id FROM tasks t JOIN ancestors a ON t.id = a.parent_id \
+         ) \
+         SELECT COUNT(*) FROM ancestors WHERE id = {b}"
+    );
+    let row = conn
+        .query_one_raw(Statement::from_sql_and_values(
+            backend,
+            sql,
+            [candidate.into(), task.into()],
+        ))
+        .await?
+        .ok_or_else(|| DbErr::Custom("COUNT(*) returned no row".to_owned()))?;
+    Ok(row.try_get_by_index::<i64>(0)? > 0)
+}

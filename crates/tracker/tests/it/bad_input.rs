@@ -1,0 +1,332 @@
+//! Bad input, one row per mistake: each gets a 4xx with a JSON `detail`
+//! naming what is wrong, never a 500, and the database is unchanged.
+
+use db_core::testing::TestDb;
+use migration::{Migrator, MigratorTrait};
+use serde_json::{Value, json};
+
+use crate::support::Server;
+
+/// `(method, path, body, expected status, a `loc` or `detail` the answer must name)`.
+type Case = (&'static str, &'static str, Option<Vec<u8>>, u16, Value);
+
+fn body(value: Value) -> Option<Vec<u8>> {
+    Some(value.to_string().into_bytes())
+}
+
+fn task_with(field: &str, value: Value) -> Option<Vec<u8>> {
+    let mut task = json!({"title": "t", "status": "todo"});
+    task[field] = value;
+    body(task)
+}
+
+fn loc(parts: &[&str]) -> Value {
+    json!(parts)
+}
+
+fn cases() -> Vec<Case> {
+    let long = "x".repeat(256);
+    vec![
+        ("GET", "/tasks/abc/", None, 422, loc(&["path", "task_id"])),
+        (
+            "GET",
+            "/employees/1.5/",
+            None,
+            422,
+            loc(&["path", "employee_id"]),
+        ),
+        (
+            "GET",
+            "/tasks/99999999999/",
+            None,
+            404,
+            json!("Task not found"),
+        ),
+        ("GET", "/tasks/-1/", None, 404, json!("Task not found")),
+        (
+            "GET",
+            "/tasks/0/subtree/",
+            None,
+            404,
+            json!("Task not found"),
+        ),
+        ("GET", "/tasks/?skip=-1", None, 422, loc(&["query", "skip"])),
+        (
+            "GET",
+            "/tasks/?limit=-5",
+            None,
+            422,
+            loc(&["query", "limit"]),
+        ),
+        (
+            "GET",
+            "/tasks/?limit=abc",
+            None,
+            422,
+            loc(&["query", "limit"]),
+        ),
+        (
+            "GET",
+            "/tasks/?limit=100000",
+            None,
+            422,
+            loc(&["query", "limit"]),
+        ),
+        (
+            "GET",
+            "/employees/?skip=99999999999999999999",
+            None,
+            422,
+            loc(&["query", "skip"]),
+        ),
+        (
+            "POST",
+            "/employees/",
+            body(json!({})),
+            422,
+            loc(&["body", "full_name"]),
+        ),
+        (
+            "POST",
+            "/employees/",
+            body(json!({"full_name": 5, "position": "x"})),
+            422,
+            loc(&["body", "full_name"]),
+        ),
+        (
+            "POST",
+            "/employees/",
+            body(json!({"full_name": "x", "position": null})),
+            422,
+            loc(&["body", "position"]),
+        ),
+        (
+            "POST",
+            "/employees/",
+            Some(b"hello".to_vec()),
+            422,
+            loc(&["body"]),
+        ),
+        (
+            "POST",
+            "/employees/",
+            Some(b"{\"full_name\": \"\xff\xfe\", \"position\": \"x\"}".to_vec()),
+            422,
+            loc(&["body"]),
+        ),
+        (
+            "POST",
+            "/employees/",
+            body(json!([1, 2])),
+            422,
+            loc(&["body"]),
+        ),
+        ("POST", "/employees/", None, 422, loc(&["body"])),
+        (
+            "POST",
+            "/employees/",
+            Some(vec![b' '; 100 * 1024]),
+            413,
+            json!("Request body too large (limit 65536 bytes)"),
+        ),
+        (
+            "PUT",
+            "/employees/1/",
+            body(json!({"full_name": "x"})),
+            422,
+            loc(&["body", "position"]),
+        ),
+        (
+            "POST",
+            "/tasks/",
+            task_with("parent_id", json!("")),
+            422,
+            loc(&["body", "parent_id"]),
+        ),
+        (
+            "POST",
+            "/tasks/",
+            task_with("parent_id", json!("null")),
+            422,
+            loc(&["body", "parent_id"]),
+        ),
+        (
+            "POST",
+            "/tasks/",
+            task_with("assignee_id", json!("abc")),
+            422,
+            loc(&["body", "assignee_id"]),
+        ),
+        (
+            "POST",
+            "/tasks/",
+            task_with("assignee_id", json!(1.5)),
+            422,
+            loc(&["body", "assignee_id"]),
+        ),
+        (
+            "POST",
+            "/tasks/",
+            task_with("assignee_id", json!(true)),
+            422,
+            loc(&["body", "assignee_id"]),
+        ),
+        (
+            "POST",
+            "/tasks/",
+            task_with("parent_id", json!(99_999_999_999_i64)),
+            422,
+            loc(&["body", "parent_id"]),
+        ),
+        (
+            "POST",
+            "/tasks/",
+            task_with("parent_id", json!(999)),
+            422,
+            loc(&["body", "parent_id"]),
+        ),
+        (
+            "POST",
+            "/tasks/",
+            task_with("assignee_id", json!(999)),
+            422,
+            loc(&["body", "assignee_id"]),
+        ),
+        (
+            "POST",
+            "/tasks/",
+            task_with("deadline", json!("2026-13-01")),
+            422,
+            loc(&["body", "deadline"]),
+        ),
+        (
+            "POST",
+            "/tasks/",
+            task_with("deadline", json!("01/02/2026")),
+            422,
+            loc(&["body", "deadline"]),
+        ),
+        (
+            "POST",
+            "/tasks/",
+            task_with("deadline", json!("")),
+            422,
+            loc(&["body", "deadline"]),
+        ),
+        (
+            "POST",
+            "/tasks/",
+            task_with("deadline", json!(20260101)),
+            422,
+            loc(&["body", "deadline"]),
+        ),
+        (
+            "POST",
+            "/tasks/",
+            task_with("title", json!(long)),
+            422,
+            loc(&["body", "title"]),
+        ),
+        (
+            "POST",
+            "/tasks/",
+            task_with("title", json!("nul\u{0}byte")),
+            422,
+            loc(&["body", "title"]),
+        ),
+        (
+            "POST",
+            "/tasks/",
+            body(json!({"status": "todo"})),
+            422,
+            loc(&["body", "title"]),
+        ),
+        (
+            "PUT",
+            "/tasks/1/",
+            task_with("parent_id", json!(1)),
+            422,
+            loc(&["body", "parent_id"]),
+        ),
+        (
+            "PUT",
+            "/tasks/1/",
+            task_with("parent_id", json!(2)),
+            422,
+            loc(&["body", "parent_id"]),
+        ),
+        (
+            "PUT",
+            "/tasks/999/",
+            task_with("status", json!("done")),
+            404,
+            json!("Task not found"),
+        ),
+        (
+            "DELETE",
+            "/employees/999/",
+            None,
+            404,
+            json!("Employee not found"),
+        ),
+        ("DELETE", "/tasks/999/", None, 404, json!("Task not found")),
+        (
+            "PATCH",
+            "/tasks/1/",
+            body(json!({})),
+            405,
+            json!("Method Not Allowed"),
+        ),
+        (
+            "POST",
+            "/tasks/1/",
+            body(json!({})),
+            405,
+            json!("Method Not Allowed"),
+        ),
+        ("GET", "/nope", None, 404, json!("Not Found")),
+        (
+            "GET",
+            "/tasks/1/subtree/extra",
+            None,
+            404,
+            json!("Not Found"),
+        ),
+    ]
+}
+
+/// Every row of both tables, as text: equal before and after means unchanged.
+async fn snapshot(s: &Server) -> (Value, Value) {
+    let employees = s.get("/employees/?limit=1000").await.1;
+    let tasks = s.get("/tasks/?limit=1000").await.1;
+    (employees, tasks)
+}
+
+db_core::backend_tests! {
+    async fn every_bad_request_is_a_4xx_that_names_the_problem(t: TestDb) {
+        Migrator::up(t.db.conn(), None).await.unwrap();
+        let s = Server::on(t).await;
+        s.post("/employees/", json!({"full_name": "Ann", "position": "dev"})).await;
+        s.post("/tasks/", json!({"title": "root", "status": "todo", "assignee_id": 1})).await;
+        s.post("/tasks/", json!({"title": "child", "status": "todo", "parent_id": 1})).await;
+        let before = snapshot(&s).await;
+
+        let cases = cases();
+        assert!(cases.len() >= 20);
+        let mut failures = Vec::new();
+        for (method, path, body, expected, names) in cases {
+            let (status, answer) = s.call(method, path, body.as_deref()).await;
+            let detail = &answer["detail"];
+            let named = match detail {
+                Value::Array(errors) => errors.iter().any(|e| e["loc"] == names),
+                other => *other == names,
+            };
+            if status != expected || !named {
+                failures.push(format!("{method} {path}: expected {expected} naming {names}, got {status} {answer}"));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+        assert_eq!(snapshot(&s).await, before, "a bad request changed the database");
+        s.stop().await;
+    }
+}
