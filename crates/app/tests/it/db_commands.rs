@@ -164,3 +164,16 @@ fn db_create_is_a_no_op_on_sqlite() {
         "SQLite: nothing to create (sqlite data/tracker.db is created on first connect)\n"
     );
 }
+
+#[test]
+fn seed_fills_an_empty_database_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = tracker(dir.path(), &["seed"], &[]);
+    assert_eq!(first.status.code(), Some(0), "{:?}", text(&first));
+    assert_eq!(text(&first).0, "added 3 employees and 7 tasks\n");
+    let second = tracker(dir.path(), &["seed"], &[]);
+    assert_eq!(
+        text(&second).0,
+        "the database has employees already; nothing added\n"
+    );
+}

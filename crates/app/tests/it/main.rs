@@ -5,3 +5,4 @@ mod cli;
 mod config_table;
 mod db_commands;
 mod migrate_commands;
+mod serve;

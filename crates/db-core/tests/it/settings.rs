@@ -232,3 +232,34 @@ fn debug_of_settings_and_source_never_shows_the_password() {
     }
     assert!(s.url.expose().contains(encoded));
 }
+
+#[test]
+fn every_setting_is_documented_in_the_readme_and_env_example() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let example = std::fs::read_to_string(root.join(".env.example")).unwrap();
+    for setting in db_core::SETTINGS {
+        assert!(
+            readme.contains(&format!("| `{}` |", setting.var)),
+            "README.md lacks {}",
+            setting.var
+        );
+        assert!(
+            example.contains(&format!("{}=", setting.var)),
+            ".env.example lacks {}",
+            setting.var
+        );
+        if !setting.default.is_empty() {
+            let row = readme
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{}` |", setting.var)))
+                .unwrap();
+            assert!(
+                row.contains(&format!("`{}`", setting.default)),
+                "README.md's default for {} is not {}",
+                setting.var,
+                setting.default
+            );
+        }
+    }
+}
