@@ -20,6 +20,57 @@ pub(crate) fn encode(part: &str) -> String {
     utf8_percent_encode(part, NON_ALPHANUMERIC).to_string()
 }
 
+/// The URL parameters sqlx's PostgreSQL parser understands.
+const POSTGRES_PARAMETERS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
+
+/// The URL parameters sqlx's MySQL parser understands.
+const MYSQL_PARAMETERS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslca",
+    "ssl-ca",
+    "charset",
+    "collation",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "socket",
+    "timezone",
+    "time-zone",
+];
+
+/// The URL path for a database name, or, for `.` and `..` (which URL
+/// parsers treat as path segments to normalise away, even percent-encoded),
+/// an empty path and a `dbname` parameter.
+fn database_part(database: &str) -> (String, Vec<String>) {
+    if database == "." || database == ".." {
+        (String::new(), vec![format!("dbname={}", encode(database))])
+    } else {
+        (encode(database), Vec::new())
+    }
+}
+
 /// A database URL. The whole string is a secret because it may carry a password:
 /// `Debug` and `Display` show it with the password replaced by `***`.
 #[derive(Clone)]
@@ -77,6 +128,29 @@ impl DatabaseUrl {
             url: SecretString::from(url),
             backend,
         };
+        // sqlx ignores unknown parameters, and for PostgreSQL logs their values:
+        // a misspelt `password` would end up in the log. Refuse them instead.
+        let known = match backend {
+            DbBackend::Postgres => POSTGRES_PARAMETERS,
+            DbBackend::MySql => MYSQL_PARAMETERS,
+            _ => &[],
+        };
+        if backend != DbBackend::Sqlite
+            && let Ok(parsed) = url::Url::parse(url)
+        {
+            for (key, _) in parsed.query_pairs() {
+                let options_key = backend == DbBackend::Postgres
+                    && key.starts_with("options[")
+                    && key.ends_with(']');
+                if !known.contains(&&*key) && !options_key {
+                    return Err(Error::Config(format!(
+                        "{setting}: unknown {} URL parameter `{key}` (known: {})",
+                        backend_name(backend),
+                        known.join(", ")
+                    )));
+                }
+            }
+        }
         // Check with the driver's own parser now, so a bad URL is a configuration
         // error at load time and never reaches SeaORM, whose error would quote it.
         let checked = match backend {
@@ -108,18 +182,23 @@ impl DatabaseUrl {
         } else {
             format!("{user}:{}", encode(password))
         };
-        let database = encode(parts.database);
+        let (path, mut query) = database_part(parts.database);
         let port = parts.port;
         let host = parts.host;
-        let url = if host.starts_with('/') {
-            format!(
-                "postgres://{auth}@localhost:{port}/{database}?host={}",
-                encode(host)
-            )
-        } else if host.contains(':') && !host.starts_with('[') {
-            format!("postgres://{auth}@[{host}]:{port}/{database}")
+        if host.starts_with('/') {
+            query.push(format!("host={}", encode(host)));
+        }
+        let query = if query.is_empty() {
+            String::new()
         } else {
-            format!("postgres://{auth}@{host}:{port}/{database}")
+            format!("?{}", query.join("&"))
+        };
+        let url = if host.starts_with('/') {
+            format!("postgres://{auth}@localhost:{port}/{path}{query}")
+        } else if host.contains(':') && !host.starts_with('[') {
+            format!("postgres://{auth}@[{host}]:{port}/{path}{query}")
+        } else {
+            format!("postgres://{auth}@{host}:{port}/{path}{query}")
         };
         DatabaseUrl {
             url: SecretString::from(url),
@@ -143,7 +222,12 @@ impl DatabaseUrl {
             Ok(url) => url,
             Err(_) => return self.clone(),
         };
-        url.set_path(&format!("/{}", encode(database)));
+        let (path, query) = database_part(database);
+        url.set_path(&format!("/{path}"));
+        for pair in query {
+            let (key, value) = pair.split_once('=').unwrap_or((&pair, ""));
+            url.query_pairs_mut().append_pair(key, value);
+        }
         DatabaseUrl {
             url: SecretString::from(url.to_string()),
             backend: self.backend,

@@ -8,7 +8,8 @@ use db_core::{Db, SessionOptions};
 use entity::{employees, tasks};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ActiveValue::Unchanged, ConnectionTrait, DbBackend, DbErr,
-    EntityTrait, IsolationLevel, ModelTrait, QueryOrder, QuerySelect, SqlErr, Statement,
+    EntityTrait, IntoActiveModel, IsolationLevel, ModelTrait, QueryOrder, QuerySelect, SqlErr,
+    Statement,
 };
 
 use crate::error::{Error, Kind, Result};
@@ -287,6 +288,24 @@ impl Tracker {
         self.explain_references(result, &input).await
     }
 
+    /// Loads a task, changes its status and returns the updated row, in one
+    /// transaction with the row locked, so concurrent status changes do not
+    /// overwrite each other's other fields.
+    pub async fn set_task_status(&self, id: i32, status: &str) -> Result<Task> {
+        self.db
+            .transaction(SessionOptions::read_write(), |tx| async move {
+                let task = tasks::Entity::find_by_id(id)
+                    .lock_exclusive()
+                    .one(&tx)
+                    .await?
+                    .ok_or(Error::NotFound(Kind::Task))?;
+                let mut row = task.into_active_model();
+                row.status = Set(status.to_owned());
+                Ok(row.update(&tx).await?)
+            })
+            .await
+    }
+
     /// Deletes a task and returns it; its subtasks are deleted with it.
     pub async fn delete_task(&self, id: i32) -> Result<Task> {
         self.db
@@ -329,6 +348,47 @@ impl Tracker {
             return Err(Error::NotFound(Kind::Task));
         }
         Ok(found)
+    }
+
+    /// Bulk import: inserts employees and tasks with their ids, in one
+    /// transaction and multi-row statements, then moves the id counters past
+    /// the largest id. A task's parent must come before it.
+    pub async fn import(&self, employees: &[Employee], tasks: &[Task]) -> Result<()> {
+        // Rows per statement, below every backend's limit on bound parameters.
+        const ROWS: usize = 5000;
+        let session = self.db.begin().await?;
+        for chunk in employees.chunks(ROWS) {
+            employees::Entity::insert_many(
+                chunk
+                    .iter()
+                    .cloned()
+                    .map(IntoActiveModel::into_active_model),
+            )
+            .exec_without_returning(&session)
+            .await?;
+        }
+        for chunk in tasks.chunks(ROWS) {
+            tasks::Entity::insert_many(
+                chunk
+                    .iter()
+                    .cloned()
+                    .map(IntoActiveModel::into_active_model),
+            )
+            .exec_without_returning(&session)
+            .await?;
+        }
+        // MySQL and SQLite move their counters past explicit ids by themselves;
+        // PostgreSQL identity sequences do not.
+        if session.get_database_backend() == DbBackend::Postgres {
+            session
+                .execute_unprepared(
+                    "SELECT setval(pg_get_serial_sequence('employees', 'id'), COALESCE(MAX(id), 0) + 1, false) FROM employees;
+                     SELECT setval(pg_get_serial_sequence('tasks', 'id'), COALESCE(MAX(id), 0) + 1, false) FROM tasks;",
+                )
+                .await?;
+        }
+        session.commit().await?;
+        Ok(())
     }
 
     /// Turns a foreign-key violation into an error that names the field and

@@ -95,6 +95,11 @@ const CASES: &[Case] = &[
         expected: "DATABASE_URL: not a valid postgres URL: invalid port number",
     },
     Case {
+        vars: &[("DATABASE_URL", "postgres://app@db/tracker?passwrd={pw}")],
+        files: &[],
+        expected: "DATABASE_URL: unknown postgres URL parameter `passwrd` (known: sslmode, ssl-mode, sslrootcert, ssl-root-cert, ssl-ca, sslcert, ssl-cert, sslkey, ssl-key, statement-cache-capacity, host, hostaddr, port, dbname, user, password, application_name, options)",
+    },
+    Case {
         vars: &[("DATABASE_URL", "sqlite:data/x.db?mode=bogus")],
         files: &[],
         expected: "DATABASE_URL: not a valid sqlite URL: unknown value \"bogus\" for `mode`",

@@ -85,6 +85,32 @@ fn hostile_passwords_survive_the_round_trip() {
 #[test]
 fn user_and_database_names_are_encoded_too() {
     assert_round_trip("localhost", 6543, "my db/ü", "user@corp", "pw");
+    // URL parsers normalise these path segments away, even percent-encoded.
+    assert_round_trip("localhost", 5432, ".", "u", "pw");
+    assert_round_trip("localhost", 5432, "..", "u", "pw");
+}
+
+#[test]
+fn unknown_url_parameters_are_refused_without_their_value() {
+    let message = DatabaseUrl::parse("postgres://u@h/d?passwrd=hunter2", "DATABASE_URL")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message
+            .starts_with("DATABASE_URL: unknown postgres URL parameter `passwrd` (known: sslmode,"),
+        "{message}"
+    );
+    assert!(!message.contains("hunter2"));
+    DatabaseUrl::parse(
+        "postgres://u@h/d?sslmode=require&options[statement_timeout]=5s",
+        "DATABASE_URL",
+    )
+    .unwrap();
+    DatabaseUrl::parse(
+        "mysql://u@h/d?ssl-mode=required&charset=utf8mb4",
+        "DATABASE_URL",
+    )
+    .unwrap();
 }
 
 #[test]

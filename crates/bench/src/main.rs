@@ -1,0 +1,88 @@
+//! `bench`: run the tracker workload against the configured database (the
+//! same settings as `tracker`) and print one JSON line per operation on
+//! standard output, then a comparison table on standard error.
+//!
+//! Exit codes: 0 success, 1 failure (including a wrong answer), 2 configuration
+//! error or bad arguments.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+use bench::workload::OPS;
+use bench::{Options, STACKS};
+use clap::Parser;
+use db_core::{Settings, Source};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bench",
+    about = "The tracker benchmark workload, three stacks side by side"
+)]
+struct Cli {
+    /// Data set size and operation counts; 1 = 1,000 employees, 100,000 tasks.
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// Operations to run, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = OPS.map(String::from))]
+    ops: Vec<String>,
+    /// Stacks to run, comma-separated.
+    #[arg(long = "stack", value_delimiter = ',', default_values_t = STACKS.map(String::from))]
+    stacks: Vec<String>,
+    /// Seed of the id generator.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Statement logs would dominate the timings: sqlx and SeaORM speak at warn
+    // only, unless RUST_LOG says otherwise.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!(
+            "{},sqlx=warn,sea_orm=warn",
+            db_core::DEFAULT_LOG_FILTER
+        ))
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+    let result = tokio::runtime::Runtime::new()
+        .map_err(|e| anyhow::Error::new(e).context("starting the async runtime"))
+        .and_then(|runtime| runtime.block_on(run(cli)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "error: {}",
+                format!("{e:#}").replace('\n', "; ")
+            );
+            let usage = e.chain().any(|cause| {
+                cause
+                    .downcast_ref::<db_core::Error>()
+                    .is_some_and(db_core::Error::is_config)
+                    || matches!(
+                        cause.downcast_ref::<bench::Error>(),
+                        Some(bench::Error::Usage(_))
+                    )
+            });
+            ExitCode::from(if usage { 2 } else { 1 })
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = Settings::load(&Source::from_process()?)?;
+    let options = Options {
+        scale: cli.scale,
+        ops: cli.ops,
+        stacks: cli.stacks,
+        seed: cli.seed,
+    };
+    tracing::info!(target = %settings.url.target(), scale = options.scale, "benchmark");
+    let records = bench::run(&settings, &options, &mut std::io::stdout().lock()).await?;
+    let _ = write!(std::io::stderr(), "\n{}", bench::summary(&records));
+    Ok(())
+}

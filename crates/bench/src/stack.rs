@@ -1,0 +1,595 @@
+//! The three stacks, each answering the workload's operations its own way.
+
+use db_core::Db;
+use entity::{employees, tasks};
+use sea_orm::sqlx;
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ConnectionTrait, DatabaseConnection, DbBackend,
+    EntityTrait, IntoActiveModel, QueryOrder, QuerySelect, Statement, TransactionTrait,
+};
+use tracker::{Employee, Page, Task, TaskInput, Tracker};
+
+use crate::Error;
+use crate::workload::{PAGE, Workload};
+
+/// A task with its assignee, as `get` and `list` return them.
+pub type TaskAndAssignee = (Task, Option<Employee>);
+
+/// One stack under test.
+#[derive(Debug)]
+pub enum Stack {
+    /// This project: db-core settings and sessions, `entity`, the tracker service.
+    Tracker(Tracker),
+    /// Plain SeaORM with `Database::connect` defaults and the same entity queries.
+    SeaOrm(DatabaseConnection),
+    /// Hand-written SQL, prepared statements through sqlx, on the tracker's pool.
+    Raw(Raw),
+}
+
+/// The tracker's sqlx pools, for hand-written SQL.
+#[derive(Debug, Clone)]
+pub enum Raw {
+    /// PostgreSQL.
+    Postgres(sqlx::PgPool),
+    /// MySQL / MariaDB.
+    MySql(sqlx::MySqlPool),
+    /// SQLite: the writer and the readers.
+    Sqlite(sqlx::SqlitePool, sqlx::SqlitePool),
+}
+
+impl Raw {
+    /// The pools behind `db`.
+    pub fn of(db: &Db) -> Raw {
+        match db.backend() {
+            DbBackend::Postgres => Raw::Postgres(db.conn().get_postgres_connection_pool().clone()),
+            DbBackend::MySql => Raw::MySql(db.conn().get_mysql_connection_pool().clone()),
+            _ => Raw::Sqlite(
+                db.conn().get_sqlite_connection_pool().clone(),
+                db.reader().get_sqlite_connection_pool().clone(),
+            ),
+        }
+    }
+}
+
+fn db_err(e: sqlx::Error) -> Error {
+    Error::Raw(e.to_string())
+}
+
+impl Stack {
+    /// The stack's name in the output.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Stack::Tracker(_) => "tracker",
+            Stack::SeaOrm(_) => "seaorm-defaults",
+            Stack::Raw(_) => "raw",
+        }
+    }
+
+    /// Loads the whole data set into freshly migrated tables.
+    pub async fn load(&self, w: &Workload) -> Result<(), Error> {
+        let (employees, tasks) = (w.employee_rows(), w.task_rows());
+        match self {
+            Stack::Tracker(t) => Ok(t.import(&employees, &tasks).await?),
+            Stack::SeaOrm(db) => {
+                // What a user writes with SeaORM alone: batched insert_many in a
+                // transaction, then the sequence fix-up by hand.
+                let tx = db.begin().await?;
+                for chunk in employees.chunks(5000) {
+                    employees::Entity::insert_many(
+                        chunk
+                            .iter()
+                            .cloned()
+                            .map(IntoActiveModel::into_active_model),
+                    )
+                    .exec_without_returning(&tx)
+                    .await?;
+                }
+                for chunk in tasks.chunks(5000) {
+                    tasks::Entity::insert_many(
+                        chunk
+                            .iter()
+                            .cloned()
+                            .map(IntoActiveModel::into_active_model),
+                    )
+                    .exec_without_returning(&tx)
+                    .await?;
+                }
+                if tx.get_database_backend() == DbBackend::Postgres {
+                    tx.execute_unprepared(SETVAL).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+            Stack::Raw(raw) => raw.load(&employees, &tasks).await,
+        }
+    }
+
+    /// One task by id with its assignee.
+    pub async fn get(&self, id: i32) -> Result<Option<TaskAndAssignee>, Error> {
+        match self {
+            Stack::Tracker(t) => match t.task_with_assignee(id).await {
+                Ok(found) => Ok(Some(found)),
+                Err(tracker::Error::NotFound(_)) => Ok(None),
+                Err(e) => Err(e.into()),
+            },
+            Stack::SeaOrm(db) => Ok(tasks::Entity::find_by_id(id)
+                .find_also_related(employees::Entity)
+                .one(db)
+                .await?),
+            Stack::Raw(raw) => raw.get(id).await,
+        }
+    }
+
+    /// Inserts a task assigned to `assignee`; returns it with its new id.
+    pub async fn create(&self, n: usize, assignee: i32) -> Result<Task, Error> {
+        let title = format!("New task {n}");
+        match self {
+            Stack::Tracker(t) => Ok(t
+                .create_task(TaskInput {
+                    title,
+                    status: "todo".to_owned(),
+                    parent_id: None,
+                    assignee_id: Some(assignee),
+                    deadline: None,
+                })
+                .await?),
+            Stack::SeaOrm(db) => Ok(tasks::ActiveModel {
+                title: Set(title),
+                status: Set("todo".to_owned()),
+                parent_id: Set(None),
+                assignee_id: Set(Some(assignee)),
+                deadline: Set(None),
+                ..Default::default()
+            }
+            .insert(db)
+            .await?),
+            Stack::Raw(raw) => raw.create(&title, assignee).await,
+        }
+    }
+
+    /// Loads a task, changes its status, commits, returns the updated row.
+    pub async fn update(&self, id: i32, status: &str) -> Result<Task, Error> {
+        match self {
+            Stack::Tracker(t) => Ok(t.set_task_status(id, status).await?),
+            Stack::SeaOrm(db) => {
+                let tx = db.begin().await?;
+                let task = tasks::Entity::find_by_id(id)
+                    .lock_exclusive()
+                    .one(&tx)
+                    .await?
+                    .ok_or_else(|| Error::WrongAnswer(format!("task {id} is missing")))?;
+                let mut row = task.into_active_model();
+                row.status = Set(status.to_owned());
+                let task = row.update(&tx).await?;
+                tx.commit().await?;
+                Ok(task)
+            }
+            Stack::Raw(raw) => raw.update(id, status).await,
+        }
+    }
+
+    /// A page of tasks from `offset`, by id, with assignees.
+    pub async fn list(&self, offset: u64) -> Result<Vec<TaskAndAssignee>, Error> {
+        match self {
+            Stack::Tracker(t) => Ok(t
+                .list_tasks_with_assignees(Page {
+                    skip: offset,
+                    limit: PAGE,
+                })
+                .await?),
+            Stack::SeaOrm(db) => Ok(tasks::Entity::find()
+                .find_also_related(employees::Entity)
+                .order_by_asc(tasks::Column::Id)
+                .offset(offset)
+                .limit(PAGE)
+                .all(db)
+                .await?),
+            Stack::Raw(raw) => raw.list(offset).await,
+        }
+    }
+
+    /// Every descendant of a task, by id.
+    pub async fn subtree(&self, id: i32) -> Result<Vec<Task>, Error> {
+        match self {
+            Stack::Tracker(t) => Ok(t.subtree(id).await?),
+            Stack::SeaOrm(db) => {
+                let backend = db.get_database_backend();
+                Ok(tasks::Entity::find()
+                    .from_raw_sql(Statement::from_sql_and_values(
+                        backend,
+                        subtree_sql(backend),
+                        [id.into()],
+                    ))
+                    .all(db)
+                    .await?)
+            }
+            Stack::Raw(raw) => raw.subtree(id).await,
+        }
+    }
+
+    /// Closes the stack's own pools (the raw stack shares the tracker's).
+    pub async fn close(&self) {
+        match self {
+            Stack::Tracker(t) => t.db().close().await,
+            Stack::SeaOrm(db) => {
+                let _ = db.close_by_ref().await;
+            }
+            Stack::Raw(_) => {}
+        }
+    }
+}
+
+const SETVAL: &str = "SELECT setval(pg_get_serial_sequence('employees', 'id'), COALESCE(MAX(id), 0) + 1, false) FROM employees;
+SELECT setval(pg_get_serial_sequence('tasks', 'id'), COALESCE(MAX(id), 0) + 1, false) FROM tasks;";
+
+fn subtree_sql(backend: DbBackend) -> String {
+    let param = if backend == DbBackend::Postgres {
+        "$1"
+    } else {
+        "?"
+    };
+    format!(
+        "WITH RECURSIVE subtree (id) AS ( \
+             SELECT id FROM tasks WHERE parent_id = {param} \
+             UNION \
+             SELECT t.id FROM tasks t JOIN subtree s ON t.parent_id = s.id \
+         ) \
+         SELECT tasks.* FROM tasks JOIN subtree ON tasks.id = subtree.id ORDER BY tasks.id"
+    )
+}
+
+/// A task's columns, as sqlx decodes them.
+type TaskRow = (
+    i32,
+    String,
+    Option<i32>,
+    Option<i32>,
+    Option<chrono::NaiveDate>,
+    String,
+);
+
+/// A task's columns and its assignee's, from one row of a LEFT JOIN.
+type JoinedRow = (
+    i32,
+    String,
+    Option<i32>,
+    Option<i32>,
+    Option<chrono::NaiveDate>,
+    String,
+    Option<String>,
+    Option<String>,
+);
+
+fn task((id, title, parent_id, assignee_id, deadline, status): TaskRow) -> Task {
+    Task {
+        id,
+        title,
+        parent_id,
+        assignee_id,
+        deadline,
+        status,
+    }
+}
+
+fn joined(
+    (id, title, parent_id, assignee_id, deadline, status, full_name, position): JoinedRow,
+) -> TaskAndAssignee {
+    let assignee = match (assignee_id, full_name, position) {
+        (Some(id), Some(full_name), Some(position)) => Some(Employee {
+            id,
+            full_name,
+            position,
+        }),
+        _ => None,
+    };
+    (
+        task((id, title, parent_id, assignee_id, deadline, status)),
+        assignee,
+    )
+}
+
+/// A task and its assignee, by a LEFT JOIN.
+macro_rules! joined {
+    ($rest:literal) => {
+        concat!(
+            "SELECT t.id, t.title, t.parent_id, t.assignee_id, t.deadline, t.status, ",
+            "e.full_name AS employee_full_name, e.position AS employee_position ",
+            "FROM tasks t LEFT JOIN employees e ON e.id = t.assignee_id",
+            $rest
+        )
+    };
+}
+
+impl Raw {
+    async fn get(&self, id: i32) -> Result<Option<TaskAndAssignee>, Error> {
+        let row: Option<JoinedRow> = match self {
+            Raw::Postgres(pool) => {
+                sqlx::query_as(joined!(" WHERE t.id = $1"))
+                    .bind(id)
+                    .fetch_optional(pool)
+                    .await
+            }
+            Raw::MySql(pool) => {
+                sqlx::query_as(joined!(" WHERE t.id = ?"))
+                    .bind(id)
+                    .fetch_optional(pool)
+                    .await
+            }
+            Raw::Sqlite(_, readers) => {
+                sqlx::query_as(joined!(" WHERE t.id = ?"))
+                    .bind(id)
+                    .fetch_optional(readers)
+                    .await
+            }
+        }
+        .map_err(db_err)?;
+        Ok(row.map(joined))
+    }
+
+    async fn list(&self, offset: u64) -> Result<Vec<TaskAndAssignee>, Error> {
+        let offset = offset as i64;
+        let limit = PAGE as i64;
+        let rows: Vec<JoinedRow> = match self {
+            Raw::Postgres(pool) => {
+                sqlx::query_as(joined!(" ORDER BY t.id LIMIT $1 OFFSET $2"))
+                    .bind(limit)
+                    .bind(offset)
+                    .fetch_all(pool)
+                    .await
+            }
+            Raw::MySql(pool) => {
+                sqlx::query_as(joined!(" ORDER BY t.id LIMIT ? OFFSET ?"))
+                    .bind(limit)
+                    .bind(offset)
+                    .fetch_all(pool)
+                    .await
+            }
+            Raw::Sqlite(_, readers) => {
+                sqlx::query_as(joined!(" ORDER BY t.id LIMIT ? OFFSET ?"))
+                    .bind(limit)
+                    .bind(offset)
+                    .fetch_all(readers)
+                    .await
+            }
+        }
+        .map_err(db_err)?;
+        Ok(rows.into_iter().map(joined).collect())
+    }
+
+    async fn subtree(&self, id: i32) -> Result<Vec<Task>, Error> {
+        let rows: Vec<TaskRow> = match self {
+            Raw::Postgres(pool) => {
+                sqlx::query_as(sqlx::AssertSqlSafe(subtree_sql(DbBackend::Postgres)))
+                    .bind(id)
+                    .fetch_all(pool)
+                    .await
+            }
+            Raw::MySql(pool) => {
+                sqlx::query_as(sqlx::AssertSqlSafe(subtree_sql(DbBackend::MySql)))
+                    .bind(id)
+                    .fetch_all(pool)
+                    .await
+            }
+            Raw::Sqlite(_, readers) => {
+                sqlx::query_as(sqlx::AssertSqlSafe(subtree_sql(DbBackend::Sqlite)))
+                    .bind(id)
+                    .fetch_all(readers)
+                    .await
+            }
+        }
+        .map_err(db_err)?;
+        Ok(rows.into_iter().map(task).collect())
+    }
+
+    async fn create(&self, title: &str, assignee: i32) -> Result<Task, Error> {
+        let row: TaskRow = match self {
+            Raw::Postgres(pool) => sqlx::query_as(
+                "INSERT INTO tasks (title, parent_id, assignee_id, deadline, status) \
+                 VALUES ($1, NULL, $2, NULL, 'todo') \
+                 RETURNING id, title, parent_id, assignee_id, deadline, status",
+            )
+            .bind(title)
+            .bind(assignee)
+            .fetch_one(pool)
+            .await
+            .map_err(db_err)?,
+            Raw::MySql(pool) => {
+                let mut conn = pool.acquire().await.map_err(db_err)?;
+                let done = sqlx::query(
+                    "INSERT INTO tasks (title, parent_id, assignee_id, deadline, status) VALUES (?, NULL, ?, NULL, 'todo')",
+                )
+                .bind(title)
+                .bind(assignee)
+                .execute(&mut *conn)
+                .await
+                .map_err(db_err)?;
+                sqlx::query_as("SELECT id, title, parent_id, assignee_id, deadline, status FROM tasks WHERE id = ?")
+                    .bind(done.last_insert_id() as i64)
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(db_err)?
+            }
+            Raw::Sqlite(writer, _) => sqlx::query_as(
+                "INSERT INTO tasks (title, parent_id, assignee_id, deadline, status) \
+                 VALUES (?, NULL, ?, NULL, 'todo') \
+                 RETURNING id, title, parent_id, assignee_id, deadline, status",
+            )
+            .bind(title)
+            .bind(assignee)
+            .fetch_one(writer)
+            .await
+            .map_err(db_err)?,
+        };
+        Ok(task(row))
+    }
+
+    async fn update(&self, id: i32, status: &str) -> Result<Task, Error> {
+        const SELECT_PG: &str = "SELECT id, title, parent_id, assignee_id, deadline, status FROM tasks WHERE id = $1 FOR UPDATE";
+        const SELECT_MY: &str = "SELECT id, title, parent_id, assignee_id, deadline, status FROM tasks WHERE id = ? FOR UPDATE";
+        let row: TaskRow = match self {
+            Raw::Postgres(pool) => {
+                let mut tx = pool.begin().await.map_err(db_err)?;
+                let _: TaskRow = sqlx::query_as(SELECT_PG)
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                let row = sqlx::query_as(
+                    "UPDATE tasks SET status = $1 WHERE id = $2 \
+                     RETURNING id, title, parent_id, assignee_id, deadline, status",
+                )
+                .bind(status)
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                tx.commit().await.map_err(db_err)?;
+                row
+            }
+            Raw::MySql(pool) => {
+                let mut tx = pool.begin().await.map_err(db_err)?;
+                let mut row: TaskRow = sqlx::query_as(SELECT_MY)
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                sqlx::query("UPDATE tasks SET status = ? WHERE id = ?")
+                    .bind(status)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                tx.commit().await.map_err(db_err)?;
+                row.5 = status.to_owned();
+                row
+            }
+            Raw::Sqlite(writer, _) => {
+                let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(db_err)?;
+                let _: TaskRow = sqlx::query_as(
+                    "SELECT id, title, parent_id, assignee_id, deadline, status FROM tasks WHERE id = ?",
+                )
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                let row = sqlx::query_as(
+                    "UPDATE tasks SET status = ? WHERE id = ? \
+                     RETURNING id, title, parent_id, assignee_id, deadline, status",
+                )
+                .bind(status)
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                tx.commit().await.map_err(db_err)?;
+                row
+            }
+        };
+        Ok(task(row))
+    }
+
+    async fn load(&self, employees: &[Employee], tasks: &[Task]) -> Result<(), Error> {
+        match self {
+            Raw::Postgres(pool) => {
+                // COPY, the fastest way into PostgreSQL.
+                let mut conn = pool.acquire().await.map_err(db_err)?;
+                let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(db_err)?;
+                let mut copy = tx
+                    .copy_in_raw("COPY employees (id, full_name, position) FROM STDIN")
+                    .await
+                    .map_err(db_err)?;
+                let mut buffer = String::new();
+                for e in employees {
+                    buffer.push_str(&format!("{}\t{}\t{}\n", e.id, e.full_name, e.position));
+                }
+                copy.send(buffer.as_bytes()).await.map_err(db_err)?;
+                copy.finish().await.map_err(db_err)?;
+                let mut copy = tx
+                    .copy_in_raw("COPY tasks (id, title, parent_id, assignee_id, deadline, status) FROM STDIN")
+                    .await
+                    .map_err(db_err)?;
+                let null = |v: Option<String>| v.unwrap_or_else(|| "\\N".to_owned());
+                for chunk in tasks.chunks(10_000) {
+                    buffer.clear();
+                    for t in chunk {
+                        buffer.push_str(&format!(
+                            "{}\t{}\t{}\t{}\t{}\t{}\n",
+                            t.id,
+                            t.title,
+                            null(t.parent_id.map(|v| v.to_string())),
+                            null(t.assignee_id.map(|v| v.to_string())),
+                            null(t.deadline.map(|v| v.to_string())),
+                            t.status
+                        ));
+                    }
+                    copy.send(buffer.as_bytes()).await.map_err(db_err)?;
+                }
+                copy.finish().await.map_err(db_err)?;
+                sqlx::raw_sql(SETVAL)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                tx.commit().await.map_err(db_err)?;
+                Ok(())
+            }
+            Raw::MySql(pool) => {
+                let mut tx = pool.begin().await.map_err(db_err)?;
+                for chunk in employees.chunks(5000) {
+                    let mut q =
+                        sqlx::QueryBuilder::new("INSERT INTO employees (id, full_name, position) ");
+                    q.push_values(chunk, |mut b, e| {
+                        b.push_bind(e.id)
+                            .push_bind(&e.full_name)
+                            .push_bind(&e.position);
+                    });
+                    q.build().execute(&mut *tx).await.map_err(db_err)?;
+                }
+                for chunk in tasks.chunks(5000) {
+                    let mut q = sqlx::QueryBuilder::new(
+                        "INSERT INTO tasks (id, title, parent_id, assignee_id, deadline, status) ",
+                    );
+                    q.push_values(chunk, |mut b, t| {
+                        b.push_bind(t.id)
+                            .push_bind(&t.title)
+                            .push_bind(t.parent_id)
+                            .push_bind(t.assignee_id)
+                            .push_bind(t.deadline)
+                            .push_bind(&t.status);
+                    });
+                    q.build().execute(&mut *tx).await.map_err(db_err)?;
+                }
+                tx.commit().await.map_err(db_err)?;
+                Ok(())
+            }
+            Raw::Sqlite(writer, _) => {
+                let mut tx = writer.begin().await.map_err(db_err)?;
+                for chunk in employees.chunks(5000) {
+                    let mut q =
+                        sqlx::QueryBuilder::new("INSERT INTO employees (id, full_name, position) ");
+                    q.push_values(chunk, |mut b, e| {
+                        b.push_bind(e.id)
+                            .push_bind(&e.full_name)
+                            .push_bind(&e.position);
+                    });
+                    q.build().execute(&mut *tx).await.map_err(db_err)?;
+                }
+                for chunk in tasks.chunks(5000) {
+                    let mut q = sqlx::QueryBuilder::new(
+                        "INSERT INTO tasks (id, title, parent_id, assignee_id, deadline, status) ",
+                    );
+                    q.push_values(chunk, |mut b, t| {
+                        b.push_bind(t.id)
+                            .push_bind(&t.title)
+                            .push_bind(t.parent_id)
+                            .push_bind(t.assignee_id)
+                            .push_bind(t.deadline)
+                            .push_bind(&t.status);
+                    });
+                    q.build().execute(&mut *tx).await.map_err(db_err)?;
+                }
+                tx.commit().await.map_err(db_err)?;
+                Ok(())
+            }
+        }
+    }
+}

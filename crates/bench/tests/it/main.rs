@@ -1,0 +1,78 @@
+//! The benchmark runs once, at a tiny scale, with every answer checked, so
+//! its code cannot rot. (No timing is asserted: speed is for `just bench`.)
+
+use bench::workload::{OPS, Workload};
+use bench::{Options, STACKS};
+use db_core::testing::TestDb;
+
+fn options(scale: f64) -> Options {
+    Options {
+        scale,
+        ops: OPS.map(String::from).to_vec(),
+        stacks: STACKS.map(String::from).to_vec(),
+        seed: 7,
+    }
+}
+
+db_core::backend_tests! {
+    async fn every_stack_answers_every_op_correctly(t: TestDb) {
+        let mut out = Vec::new();
+        let records = bench::run(&t.settings, &options(0.002), &mut out).await.unwrap();
+        assert_eq!(records.len(), OPS.len() * STACKS.len());
+        let lines: Vec<serde_json::Value> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), records.len());
+        for (line, record) in lines.iter().zip(&records) {
+            for key in ["stack", "op", "n", "secs", "ops_per_s"] {
+                assert!(line.get(key).is_some(), "{line} lacks {key}");
+            }
+            assert_eq!(line["op"], record.op.as_str());
+            assert!(record.n > 0);
+        }
+        let load = &records[0];
+        assert_eq!((load.op.as_str(), load.n), ("load", 2 + 200));
+        let summary = bench::summary(&records);
+        assert!(summary.lines().count() == OPS.len() + 1, "{summary}");
+    }
+}
+
+#[test]
+fn the_workload_follows_its_definition() {
+    let w = Workload::new(1.0);
+    assert_eq!((w.employees, w.tasks), (1000, 100_000));
+    assert_eq!(
+        [w.n("get"), w.n("get_concurrent"), w.n("subtree")],
+        [20_000, 50_000, 300]
+    );
+    assert_eq!(Workload::new(0.01).n("get"), 2000);
+    assert_eq!(Workload::new(0.1).n("get"), 20_000);
+    // Task 10 has 10 children, 100 grandchildren, 1000 great-grandchildren
+    // and one great-great-grandchild (100000).
+    assert_eq!(w.descendants(10), 1111);
+    assert_eq!(w.descendants(99), 1110);
+    let tasks = w.task_rows();
+    assert_eq!(tasks[9].parent_id, Some(1));
+    assert_eq!(tasks[0].assignee_id, w.assignee(1));
+    assert_eq!(w.assignee(10), None);
+    assert!(
+        tasks
+            .iter()
+            .all(|t| t.assignee_id.is_none_or(|a| (1..=1000).contains(&a)))
+    );
+    assert_eq!(tasks[363].deadline.unwrap().to_string(), "2026-12-31");
+    assert_eq!(tasks[364].deadline.unwrap().to_string(), "2026-01-01");
+    assert_eq!(tasks[3].status, "todo");
+}
+
+#[test]
+fn unknown_names_are_refused() {
+    let mut bad = options(1.0);
+    bad.ops.push("fly".into());
+    assert_eq!(
+        bad.validate().unwrap_err().to_string(),
+        "unknown op \"fly\"; expected one of load,get,get_concurrent,create,update,list,subtree"
+    );
+}
