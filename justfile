@@ -46,3 +46,18 @@ entities:
 # Fail with a diff if entity/src/generated is not what the migrations generate.
 check-entities:
     cargo run -q -p migration -- entities --check -- {{entity_flags}}
+
+# Benchmark scale: `SCALE=0.1 just bench`.
+SCALE := env_var_or_default("SCALE", "1")
+# Where the benchmarks run: a PostgreSQL database they may wipe.
+BENCH_DATABASE_URL := env_var_or_default("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/tracker_bench")
+
+# Benchmark the three stacks on PostgreSQL (JSON lines on stdout, the comparison on stderr).
+bench:
+    cargo build --release -q -p app -p bench
+    DATABASE_URL="{{BENCH_DATABASE_URL}}" target/release/tracker db create >&2
+    DATABASE_URL="{{BENCH_DATABASE_URL}}" target/release/bench --scale {{SCALE}}
+
+# Benchmark GET /tasks/{id}/ over HTTP with wrk, against the same run's get_concurrent.
+bench-http:
+    BENCH_DATABASE_URL="{{BENCH_DATABASE_URL}}" scripts/bench-http.sh
