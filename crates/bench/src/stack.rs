@@ -229,12 +229,12 @@ fn subtree_sql(backend: DbBackend) -> String {
         "?"
     };
     format!(
-        "WITH RECURSIVE subtree (id) AS ( \
-             SELECT id FROM tasks WHERE parent_id = {param} \
+        "WITH RECURSIVE subtree AS ( \
+             SELECT * FROM tasks WHERE parent_id = {param} \
              UNION \
-             SELECT t.id FROM tasks t JOIN subtree s ON t.parent_id = s.id \
+             SELECT t.* FROM tasks t JOIN subtree s ON t.parent_id = s.id \
          ) \
-         SELECT tasks.* FROM tasks JOIN subtree ON tasks.id = subtree.id ORDER BY tasks.id"
+         SELECT id, title, parent_id, assignee_id, deadline, status FROM subtree ORDER BY id"
     )
 }
 
@@ -288,13 +288,16 @@ fn joined(
     )
 }
 
-/// A task and its assignee, by a LEFT JOIN.
+/// Tasks (from `$from`, the table or a page of it) and their assignees, by
+/// a LEFT JOIN.
 macro_rules! joined {
-    ($rest:literal) => {
+    ($from:literal, $rest:literal) => {
         concat!(
             "SELECT t.id, t.title, t.parent_id, t.assignee_id, t.deadline, t.status, ",
             "e.full_name AS employee_full_name, e.position AS employee_position ",
-            "FROM tasks t LEFT JOIN employees e ON e.id = t.assignee_id",
+            "FROM ",
+            $from,
+            " t LEFT JOIN employees e ON e.id = t.assignee_id",
             $rest
         )
     };
@@ -304,19 +307,19 @@ impl Raw {
     async fn get(&self, id: i32) -> Result<Option<TaskAndAssignee>, Error> {
         let row: Option<JoinedRow> = match self {
             Raw::Postgres(pool) => {
-                sqlx::query_as(joined!(" WHERE t.id = $1"))
+                sqlx::query_as(joined!("tasks", " WHERE t.id = $1"))
                     .bind(id)
                     .fetch_optional(pool)
                     .await
             }
             Raw::MySql(pool) => {
-                sqlx::query_as(joined!(" WHERE t.id = ?"))
+                sqlx::query_as(joined!("tasks", " WHERE t.id = ?"))
                     .bind(id)
                     .fetch_optional(pool)
                     .await
             }
             Raw::Sqlite(_, readers) => {
-                sqlx::query_as(joined!(" WHERE t.id = ?"))
+                sqlx::query_as(joined!("tasks", " WHERE t.id = ?"))
                     .bind(id)
                     .fetch_optional(readers)
                     .await
@@ -331,25 +334,34 @@ impl Raw {
         let limit = PAGE as i64;
         let rows: Vec<JoinedRow> = match self {
             Raw::Postgres(pool) => {
-                sqlx::query_as(joined!(" ORDER BY t.id LIMIT $1 OFFSET $2"))
-                    .bind(limit)
-                    .bind(offset)
-                    .fetch_all(pool)
-                    .await
+                sqlx::query_as(joined!(
+                    "(SELECT * FROM tasks ORDER BY id LIMIT $1 OFFSET $2)",
+                    " ORDER BY t.id"
+                ))
+                .bind(limit)
+                .bind(offset)
+                .fetch_all(pool)
+                .await
             }
             Raw::MySql(pool) => {
-                sqlx::query_as(joined!(" ORDER BY t.id LIMIT ? OFFSET ?"))
-                    .bind(limit)
-                    .bind(offset)
-                    .fetch_all(pool)
-                    .await
+                sqlx::query_as(joined!(
+                    "(SELECT * FROM tasks ORDER BY id LIMIT ? OFFSET ?)",
+                    " ORDER BY t.id"
+                ))
+                .bind(limit)
+                .bind(offset)
+                .fetch_all(pool)
+                .await
             }
             Raw::Sqlite(_, readers) => {
-                sqlx::query_as(joined!(" ORDER BY t.id LIMIT ? OFFSET ?"))
-                    .bind(limit)
-                    .bind(offset)
-                    .fetch_all(readers)
-                    .await
+                sqlx::query_as(joined!(
+                    "(SELECT * FROM tasks ORDER BY id LIMIT ? OFFSET ?)",
+                    " ORDER BY t.id"
+                ))
+                .bind(limit)
+                .bind(offset)
+                .fetch_all(readers)
+                .await
             }
         }
         .map_err(db_err)?;
@@ -530,6 +542,10 @@ impl Raw {
                     .await
                     .map_err(db_err)?;
                 tx.commit().await.map_err(db_err)?;
+                sqlx::raw_sql("ANALYZE employees, tasks")
+                    .execute(pool)
+                    .await
+                    .map_err(db_err)?;
                 Ok(())
             }
             Raw::MySql(pool) => {
@@ -559,6 +575,10 @@ impl Raw {
                     q.build().execute(&mut *tx).await.map_err(db_err)?;
                 }
                 tx.commit().await.map_err(db_err)?;
+                sqlx::raw_sql("ANALYZE TABLE employees, tasks")
+                    .execute(pool)
+                    .await
+                    .map_err(db_err)?;
                 Ok(())
             }
             Raw::Sqlite(writer, _) => {
@@ -588,6 +608,10 @@ impl Raw {
                     q.build().execute(&mut *tx).await.map_err(db_err)?;
                 }
                 tx.commit().await.map_err(db_err)?;
+                sqlx::raw_sql("ANALYZE")
+                    .execute(writer)
+                    .await
+                    .map_err(db_err)?;
                 Ok(())
             }
         }

@@ -114,6 +114,12 @@ impl Db {
     /// A session with the given options.
     pub async fn session(&self, options: SessionOptions) -> Result<Session> {
         let (pool, access_mode) = match options.access {
+            Access::ReadWrite if options.single_statement => {
+                return Ok(Session::direct(
+                    self.inner.pools.write.clone(),
+                    Access::ReadWrite,
+                ));
+            }
             Access::ReadWrite => (&self.inner.pools.write, None),
             Access::ReadOnly if options.isolation.is_none() => {
                 return Ok(Session::direct(

@@ -29,6 +29,7 @@
 #![warn(missing_docs)]
 
 mod admin;
+mod cached;
 mod connect;
 mod db;
 mod error;
@@ -39,6 +40,7 @@ pub mod testing;
 mod url;
 
 pub use admin::{Created, create_database, drop_database, quote_ident};
+pub use cached::CachedStatement;
 pub use db::{Db, Health, Stats};
 pub use error::{Error, Result, Retryable};
 pub use session::{Access, Session, SessionOptions};

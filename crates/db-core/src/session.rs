@@ -28,6 +28,7 @@ pub struct SessionOptions {
     pub(crate) access: Access,
     pub(crate) isolation: Option<IsolationLevel>,
     pub(crate) max_attempts: u32,
+    pub(crate) single_statement: bool,
 }
 
 impl SessionOptions {
@@ -37,6 +38,18 @@ impl SessionOptions {
             access: Access::ReadWrite,
             isolation: None,
             max_attempts: 5,
+            single_statement: false,
+        }
+    }
+
+    /// A write that is one statement (an `INSERT ... RETURNING`, an
+    /// `UPDATE ... RETURNING`): atomic by itself, so it runs on the primary
+    /// without `BEGIN` and `COMMIT`, two round trips saved. The caller
+    /// promises one statement; a second would commit separately.
+    pub fn single_statement() -> Self {
+        SessionOptions {
+            single_statement: true,
+            ..Self::read_write()
         }
     }
 

@@ -4,12 +4,12 @@
 //! retries serialization conflicts.
 
 use chrono::NaiveDate;
-use db_core::{Db, SessionOptions};
+use db_core::{CachedStatement, Db, SessionOptions};
 use entity::{employees, tasks};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ActiveValue::Unchanged, ConnectionTrait, DbBackend, DbErr,
-    EntityTrait, IntoActiveModel, IsolationLevel, ModelTrait, QueryOrder, QuerySelect, SqlErr,
-    Statement,
+    EntityTrait, IntoActiveModel, IsolationLevel, LoaderTrait, ModelTrait, QueryOrder, QuerySelect,
+    QueryTrait, SelectTwoModel, SelectorTrait, SqlErr, Statement,
 };
 
 use crate::error::{Error, Kind, Result};
@@ -74,6 +74,58 @@ fn not_found(kind: Kind) -> impl Fn(DbErr) -> Error {
     }
 }
 
+// The hot lookups, built once per backend (building a SeaORM query can cost
+// more CPU than the database spends answering it).
+static TASK: CachedStatement =
+    CachedStatement::new(|backend| tasks::Entity::find_by_id(0).build(backend));
+static EMPLOYEE: CachedStatement =
+    CachedStatement::new(|backend| employees::Entity::find_by_id(0).build(backend));
+static TASK_WITH_ASSIGNEE: CachedStatement = CachedStatement::new(|backend| {
+    tasks::Entity::find_by_id(0)
+        .find_also_related(employees::Entity)
+        .build(backend)
+});
+// Every descendant, as full rows. UNION (not UNION ALL) ends the recursion
+// even if a cycle was written behind the service's back.
+static SUBTREE: CachedStatement = CachedStatement::new(|backend| {
+    let param = placeholder(backend, 1);
+    Statement::from_sql_and_values(
+        backend,
+        format!(
+            "WITH RECURSIVE subtree AS ( \
+                 SELECT * FROM tasks WHERE parent_id = {param} \
+                 UNION \
+                 SELECT t.* FROM tasks t JOIN subtree s ON t.parent_id = s.id \
+             ) \
+             SELECT * FROM subtree ORDER BY id"
+        ),
+        [0.into()],
+    )
+});
+// How many of `candidate`'s ancestors (itself included) are `task`.
+static ANCESTOR: CachedStatement = CachedStatement::new(|backend| {
+    let (a, b) = (placeholder(backend, 1), placeholder(backend, 2));
+    Statement::from_sql_and_values(
+        backend,
+        format!(
+            "WITH RECURSIVE ancestors (id, parent_id) AS ( \
+                 SELECT id, parent_id FROM tasks WHERE id = {a} \
+                 UNION \
+                 SELECT t.id, t.parent_id FROM tasks t JOIN ancestors a ON t.id = a.parent_id \
+             ) \
+             SELECT COUNT(*) FROM ancestors WHERE id = {b}"
+        ),
+        [0.into(), 0.into()],
+    )
+});
+
+fn placeholder(backend: DbBackend, n: usize) -> String {
+    match backend {
+        DbBackend::Postgres => format!("${n}"),
+        _ => "?".to_owned(),
+    }
+}
+
 fn is_foreign_key_violation(e: &Error) -> bool {
     matches!(e, Error::Db(db_core::Error::Db(db))
         if matches!(db.sql_err(), Some(SqlErr::ForeignKeyConstraintViolation(_))))
@@ -90,12 +142,23 @@ impl Tracker {
         &self.db
     }
 
+    /// A write that is one `INSERT`/`UPDATE ... RETURNING` needs no
+    /// `BEGIN`/`COMMIT`; without `RETURNING` (MySQL), SeaORM reads the row back
+    /// with a second statement, which belongs in the same transaction.
+    fn one_statement_write(&self) -> SessionOptions {
+        if self.db.conn().support_returning() {
+            SessionOptions::single_statement()
+        } else {
+            SessionOptions::read_write()
+        }
+    }
+
     // --- employees -------------------------------------------------------
 
     /// Creates an employee.
     pub async fn create_employee(&self, input: EmployeeInput) -> Result<Employee> {
         self.db
-            .transaction(SessionOptions::read_write(), |tx| {
+            .transaction(self.one_statement_write(), |tx| {
                 let input = input.clone();
                 async move {
                     let row = employees::ActiveModel {
@@ -123,7 +186,9 @@ impl Tracker {
     /// One employee.
     pub async fn employee(&self, id: i32) -> Result<Employee> {
         let read = self.db.read().await?;
-        employees::Entity::find_by_id(id)
+        let stmt = EMPLOYEE.statement(read.get_database_backend(), [id.into()])?;
+        employees::Entity::find()
+            .from_raw_sql(stmt)
             .one(&read)
             .await?
             .ok_or(Error::NotFound(Kind::Employee))
@@ -132,7 +197,7 @@ impl Tracker {
     /// Replaces every field of an employee.
     pub async fn update_employee(&self, id: i32, input: EmployeeInput) -> Result<Employee> {
         self.db
-            .transaction(SessionOptions::read_write(), |tx| {
+            .transaction(self.one_statement_write(), |tx| {
                 let input = input.clone();
                 async move {
                     employees::ActiveModel {
@@ -182,7 +247,7 @@ impl Tracker {
     pub async fn create_task(&self, input: TaskInput) -> Result<Task> {
         let result = self
             .db
-            .transaction(SessionOptions::read_write(), |tx| {
+            .transaction(self.one_statement_write(), |tx| {
                 let input = input.clone();
                 async move {
                     let row = tasks::ActiveModel {
@@ -211,25 +276,29 @@ impl Tracker {
             .await?)
     }
 
-    /// A page of tasks with their assignees, in one query.
+    /// A page of tasks with their assignees, in two queries: the page, then
+    /// its assignees by id. (Joining first would join every skipped row.)
     pub async fn list_tasks_with_assignees(
         &self,
         page: Page,
     ) -> Result<Vec<(Task, Option<Employee>)>> {
         let read = self.db.read().await?;
-        Ok(tasks::Entity::find()
-            .find_also_related(employees::Entity)
+        let tasks = tasks::Entity::find()
             .order_by_asc(tasks::Column::Id)
             .offset(page.skip)
             .limit(page.limit)
             .all(&read)
-            .await?)
+            .await?;
+        let assignees = tasks.load_one(employees::Entity, &read).await?;
+        Ok(tasks.into_iter().zip(assignees).collect())
     }
 
     /// One task.
     pub async fn task(&self, id: i32) -> Result<Task> {
         let read = self.db.read().await?;
-        tasks::Entity::find_by_id(id)
+        let stmt = TASK.statement(read.get_database_backend(), [id.into()])?;
+        tasks::Entity::find()
+            .from_raw_sql(stmt)
             .one(&read)
             .await?
             .ok_or(Error::NotFound(Kind::Task))
@@ -238,11 +307,14 @@ impl Tracker {
     /// One task with its assignee, in one query.
     pub async fn task_with_assignee(&self, id: i32) -> Result<(Task, Option<Employee>)> {
         let read = self.db.read().await?;
-        tasks::Entity::find_by_id(id)
-            .find_also_related(employees::Entity)
-            .one(&read)
+        let stmt = TASK_WITH_ASSIGNEE.statement(read.get_database_backend(), [id.into()])?;
+        let row = read
+            .query_one_raw(stmt)
             .await?
-            .ok_or(Error::NotFound(Kind::Task))
+            .ok_or(Error::NotFound(Kind::Task))?;
+        Ok(SelectTwoModel::<Task, Employee>::from_raw_query_result(
+            row,
+        )?)
     }
 
     /// Replaces every field of a task. A new parent must not be the task
@@ -251,7 +323,7 @@ impl Tracker {
     pub async fn update_task(&self, id: i32, input: TaskInput) -> Result<Task> {
         let options = match input.parent_id {
             Some(_) => SessionOptions::read_write().isolation(IsolationLevel::Serializable),
-            None => SessionOptions::read_write(),
+            None => self.one_statement_write(),
         };
         let result = self
             .db
@@ -324,28 +396,11 @@ impl Tracker {
     /// recursive query over the indexed `parent_id`.
     pub async fn subtree(&self, id: i32) -> Result<Vec<Task>> {
         let read = self.db.read().await?;
-        let backend = read.get_database_backend();
-        let param = if backend == DbBackend::Postgres {
-            "$1"
-        } else {
-            "?"
-        };
-        // UNION (not UNION ALL) ends the recursion even if a cycle was
-        // written behind the service's back.
-        let sql = format!(
-            "WITH RECURSIVE subtree (id) AS ( \
-                 SELECT id FROM tasks WHERE parent_id = {param} \
-                 UNION \
-                 SELECT t.id FROM tasks t JOIN subtree s ON t.parent_id = s.id \
-             ) \
-             SELECT tasks.* FROM tasks JOIN subtree ON tasks.id = subtree.id ORDER BY tasks.id"
-        );
-        let found = tasks::Entity::find()
-            .from_raw_sql(Statement::from_sql_and_values(backend, sql, [id.into()]))
-            .all(&read)
-            .await?;
-        if found.is_empty() && tasks::Entity::find_by_id(id).one(&read).await?.is_none() {
-            return Err(Error::NotFound(Kind::Task));
+        let stmt = SUBTREE.statement(read.get_database_backend(), [id.into()])?;
+        let found = tasks::Entity::find().from_raw_sql(stmt).all(&read).await?;
+        if found.is_empty() {
+            // No descendants, or no such task: tell them apart.
+            self.task(id).await?;
         }
         Ok(found)
     }
@@ -388,6 +443,14 @@ impl Tracker {
                 .await?;
         }
         session.commit().await?;
+        // Fresh statistics, or the planner guesses: without them PostgreSQL
+        // answered a subtree with a sequential scan per level.
+        let analyze = match self.db.backend() {
+            DbBackend::Postgres => "ANALYZE employees, tasks",
+            DbBackend::MySql => "ANALYZE TABLE employees, tasks",
+            _ => "ANALYZE",
+        };
+        self.db.conn().execute_unprepared(analyze).await?;
         Ok(())
     }
 
@@ -436,26 +499,9 @@ async fn is_ancestor_or_self(
     if task == candidate {
         return Ok(true);
     }
-    let backend = conn.get_database_backend();
-    let (a, b) = if backend == DbBackend::Postgres {
-        ("$1", "$2")
-    } else {
-        ("?", "?")
-    };
-    let sql = format!(
-        "WITH RECURSIVE ancestors (id, parent_id) AS ( \
-             SELECT id, parent_id FROM tasks WHERE id = {a} \
-             UNION \
-             SELECT t.id, t.parent_id FROM tasks t JOIN ancestors a ON t.id = a.parent_id \
-         ) \
-         SELECT COUNT(*) FROM ancestors WHERE id = {b}"
-    );
+    let stmt = ANCESTOR.statement(conn.get_database_backend(), [candidate.into(), task.into()])?;
     let row = conn
-        .query_one_raw(Statement::from_sql_and_values(
-            backend,
-            sql,
-            [candidate.into(), task.into()],
-        ))
+        .query_one_raw(stmt)
         .await?
         .ok_or_else(|| DbErr::Custom("COUNT(*) returned no row".to_owned()))?;
     Ok(row.try_get_by_index::<i64>(0)? > 0)
