@@ -13,6 +13,10 @@ use bench::{Options, STACKS};
 use clap::Parser;
 use db_core::{Settings, Source};
 
+// The same allocator as the `tracker` binary, for every stack alike.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "bench",

@@ -23,6 +23,7 @@
 
 mod error;
 pub mod http;
+mod import;
 mod seed;
 mod service;
 

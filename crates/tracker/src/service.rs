@@ -78,6 +78,8 @@ fn not_found(kind: Kind) -> impl Fn(DbErr) -> Error {
 // more CPU than the database spends answering it).
 static TASK: CachedStatement =
     CachedStatement::new(|backend| tasks::Entity::find_by_id(0).build(backend));
+static TASK_FOR_UPDATE: CachedStatement =
+    CachedStatement::new(|backend| tasks::Entity::find_by_id(0).lock_exclusive().build(backend));
 static EMPLOYEE: CachedStatement =
     CachedStatement::new(|backend| employees::Entity::find_by_id(0).build(backend));
 static TASK_WITH_ASSIGNEE: CachedStatement = CachedStatement::new(|backend| {
@@ -366,8 +368,9 @@ impl Tracker {
     pub async fn set_task_status(&self, id: i32, status: &str) -> Result<Task> {
         self.db
             .transaction(SessionOptions::read_write(), |tx| async move {
-                let task = tasks::Entity::find_by_id(id)
-                    .lock_exclusive()
+                let stmt = TASK_FOR_UPDATE.statement(tx.get_database_backend(), [id.into()])?;
+                let task = tasks::Entity::find()
+                    .from_raw_sql(stmt)
                     .one(&tx)
                     .await?
                     .ok_or(Error::NotFound(Kind::Task))?;
@@ -403,55 +406,6 @@ impl Tracker {
             self.task(id).await?;
         }
         Ok(found)
-    }
-
-    /// Bulk import: inserts employees and tasks with their ids, in one
-    /// transaction and multi-row statements, then moves the id counters past
-    /// the largest id. A task's parent must come before it.
-    pub async fn import(&self, employees: &[Employee], tasks: &[Task]) -> Result<()> {
-        // Rows per statement, below every backend's limit on bound parameters.
-        const ROWS: usize = 5000;
-        let session = self.db.begin().await?;
-        for chunk in employees.chunks(ROWS) {
-            employees::Entity::insert_many(
-                chunk
-                    .iter()
-                    .cloned()
-                    .map(IntoActiveModel::into_active_model),
-            )
-            .exec_without_returning(&session)
-            .await?;
-        }
-        for chunk in tasks.chunks(ROWS) {
-            tasks::Entity::insert_many(
-                chunk
-                    .iter()
-                    .cloned()
-                    .map(IntoActiveModel::into_active_model),
-            )
-            .exec_without_returning(&session)
-            .await?;
-        }
-        // MySQL and SQLite move their counters past explicit ids by themselves;
-        // PostgreSQL identity sequences do not.
-        if session.get_database_backend() == DbBackend::Postgres {
-            session
-                .execute_unprepared(
-                    "SELECT setval(pg_get_serial_sequence('employees', 'id'), COALESCE(MAX(id), 0) + 1, false) FROM employees;
-                     SELECT setval(pg_get_serial_sequence('tasks', 'id'), COALESCE(MAX(id), 0) + 1, false) FROM tasks;",
-                )
-                .await?;
-        }
-        session.commit().await?;
-        // Fresh statistics, or the planner guesses: without them PostgreSQL
-        // answered a subtree with a sequential scan per level.
-        let analyze = match self.db.backend() {
-            DbBackend::Postgres => "ANALYZE employees, tasks",
-            DbBackend::MySql => "ANALYZE TABLE employees, tasks",
-            _ => "ANALYZE",
-        };
-        self.db.conn().execute_unprepared(analyze).await?;
-        Ok(())
     }
 
     /// Turns a foreign-key violation into an error that names the field and

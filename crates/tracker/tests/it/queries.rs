@@ -96,3 +96,41 @@ db_core::backend_tests! {
         assert_eq!(tracker.subtree(1).await.unwrap().len(), 12);
     }
 }
+
+db_core::backend_tests! {
+    async fn import_keeps_ids_and_any_text_and_moves_the_counters(t: TestDb) {
+        Migrator::up(t.db.conn(), None).await.unwrap();
+        let tracker = Tracker::new(t.db.clone());
+        let odd = ["tab\there", "new\nline", "back\\slash", "\\N", "quote'\"", "ünï cödé", ""];
+        let employees: Vec<tracker::Employee> = odd
+            .iter()
+            .enumerate()
+            .map(|(i, s)| tracker::Employee { id: i as i32 + 10, full_name: s.to_string(), position: format!("{s}!") })
+            .collect();
+        let tasks: Vec<tracker::Task> = odd
+            .iter()
+            .enumerate()
+            .map(|(i, s)| tracker::Task {
+                id: i as i32 + 100,
+                title: s.to_string(),
+                parent_id: (i > 0).then_some(100),
+                assignee_id: Some(i as i32 + 10),
+                deadline: chrono::NaiveDate::from_ymd_opt(2026, 2, i as u32 + 1),
+                status: "todo".into(),
+            })
+            .collect();
+        tracker.import(&employees, &tasks).await.unwrap();
+        assert_eq!(tracker.list_employees(Page { skip: 0, limit: 100 }).await.unwrap(), employees);
+        assert_eq!(tracker.list_tasks(Page { skip: 0, limit: 100 }).await.unwrap(), tasks);
+        let next = tracker
+            .create_task(TaskInput { title: "after".into(), status: "todo".into(), parent_id: None, assignee_id: None, deadline: None })
+            .await
+            .unwrap();
+        assert!(next.id > 106, "the id counter was not moved: {}", next.id);
+        let next = tracker
+            .create_employee(EmployeeInput { full_name: "after".into(), position: "x".into() })
+            .await
+            .unwrap();
+        assert!(next.id > 16, "the id counter was not moved: {}", next.id);
+    }
+}
