@@ -61,3 +61,8 @@ bench:
 # Benchmark GET /tasks/{id}/ over HTTP with wrk, against the same run's get_concurrent.
 bench-http:
     BENCH_DATABASE_URL="{{BENCH_DATABASE_URL}}" scripts/bench-http.sh
+
+# Fault injection (database restarts and crashes under load, pool exhaustion, startup with the server down, killed and concurrent migrators) and 100k-case property tests; prints the figures.
+chaos:
+    CHAOS=1 cargo test --workspace -- chaos --test-threads=1
+    PROPTEST_CASES=100000 cargo test -p db-core -- properties any_parts

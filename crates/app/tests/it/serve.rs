@@ -12,14 +12,18 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// A running `tracker` process and the lines it wrote to standard error.
-struct Running {
+pub(crate) struct Running {
     child: Child,
-    base: String,
+    pub(crate) base: String,
     stderr: Arc<Mutex<Vec<String>>>,
 }
 
 /// Starts `tracker ARGS` in `dir` and waits until it says where it serves.
-async fn start(dir: &std::path::Path, args: &[&str], vars: &[(&str, OsString)]) -> Running {
+pub(crate) async fn start(
+    dir: &std::path::Path,
+    args: &[&str],
+    vars: &[(&str, OsString)],
+) -> Running {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tracker"));
     command
         .args(args)
@@ -62,7 +66,7 @@ async fn start(dir: &std::path::Path, args: &[&str], vars: &[(&str, OsString)]) 
 }
 
 impl Running {
-    fn terminate(&self) {
+    pub(crate) fn terminate(&self) {
         let pid = self.child.id().expect("running");
         let status = std::process::Command::new("kill")
             .args(["-TERM", &pid.to_string()])
@@ -72,7 +76,7 @@ impl Running {
     }
 
     /// Waits for the process to exit; returns its code and how long it took.
-    async fn wait(&mut self, limit: Duration) -> (Option<i32>, Duration) {
+    pub(crate) async fn wait(&mut self, limit: Duration) -> (Option<i32>, Duration) {
         let start = Instant::now();
         let status = tokio::time::timeout(limit, self.child.wait())
             .await
@@ -81,7 +85,7 @@ impl Running {
         (status.code(), start.elapsed())
     }
 
-    fn logs(&self) -> Vec<String> {
+    pub(crate) fn logs(&self) -> Vec<String> {
         self.stderr.lock().unwrap().clone()
     }
 }

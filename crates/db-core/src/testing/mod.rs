@@ -102,6 +102,28 @@ fn note_skipped(backend: Backend, var: &str) {
     });
 }
 
+/// Whether the long fault-injection tests (`just chaos`) should run: when
+/// `CHAOS` is set. Otherwise a one-time note says they did not.
+pub fn chaos_enabled() -> bool {
+    static NOTE: Once = Once::new();
+    let enabled = std::env::var_os("CHAOS").is_some_and(|v| !v.is_empty());
+    if !enabled {
+        NOTE.call_once(|| {
+            let _ = writeln!(
+                std::io::stderr(),
+                "note: CHAOS is not set: the fault-injection tests of this binary did not run (just chaos runs them)"
+            );
+        });
+    }
+    enabled
+}
+
+/// Prints a figure of a fault-injection test where `just chaos` shows it,
+/// past the test harness's capture.
+pub fn report(line: &str) {
+    let _ = writeln!(std::io::stderr(), "chaos: {line}");
+}
+
 /// A database of its own for one test. Dropping it drops the database.
 #[derive(Debug)]
 pub struct TestDb {

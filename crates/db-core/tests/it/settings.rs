@@ -263,3 +263,78 @@ fn every_setting_is_documented_in_the_readme_and_env_example() {
         }
     }
 }
+
+mod properties {
+    use db_core::{SETTINGS, Settings, Source};
+    use proptest::prelude::*;
+
+    fn cases() -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(256)
+    }
+
+    /// A value the way people write them: numbers, durations, words, URLs,
+    /// garbage, empty.
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[0-9]{0,6}",
+            "-?[0-9]{1,3}(ms|s|m|h|x)?",
+            "(off|on|disable|prefer|require|verify-full|debug|trace|0s)",
+            "(postgres|mysql|sqlite|mongodb|postgresql)://[a-z]{0,5}(:[0-9a-z]{0,4})?@?[a-z.]{0,8}(:[0-9]{0,6})?/[a-z]{0,6}(\\?[a-z_-]{1,12}=[a-z0-9]{0,4})?",
+            "sqlite:[a-z/]{0,10}(\\?mode=[a-z]{0,4})?",
+            any::<String>(),
+        ]
+    }
+
+    fn name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(
+                SETTINGS
+                    .iter()
+                    .map(|s| s.var.to_owned())
+                    .collect::<Vec<_>>()
+            ),
+            Just("APP_ENV".to_owned()),
+            "DB_[A-Z_]{1,10}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+        /// Any environment either loads or fails with one line that names a
+        /// setting, and the password never shows, loaded or not.
+        #[test]
+        fn any_environment_loads_or_names_the_setting_in_one_line(
+            vars in prop::collection::vec((name(), value()), 0..6),
+            password in "[a-zA-Z0-9@:/?#%&= ]{4,16}",
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let password = format!("PW§{password}");
+            let mut source = Source::new().config_dir(dir.path());
+            for (name, value) in &vars {
+                source = source.var(name.clone(), value.clone());
+            }
+            source = source.var("DB_PASS", password.clone());
+            let encoded: String = password.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect();
+            match Settings::load(&source) {
+                Ok(settings) => {
+                    for text in [format!("{settings:?}"), format!("{:?}", settings.describe()), settings.warnings().join("\n")] {
+                        prop_assert!(!text.contains(&password) && !text.contains(&encoded), "{}", text);
+                    }
+                }
+                Err(e) => {
+                    prop_assert!(e.is_config());
+                    let message = e.to_string();
+                    prop_assert!(!message.contains('\n'), "{}", message);
+                    prop_assert!(!message.contains(&password) && !message.contains(&encoded), "{}", message);
+                    let names_one = SETTINGS.iter().any(|s| message.starts_with(s.var))
+                        || message.starts_with("APP_ENV");
+                    prop_assert!(names_one, "{}", message);
+                }
+            }
+        }
+    }
+}

@@ -2,6 +2,7 @@
 //! route table, every kind of bad input, and the service's queries.
 
 mod bad_input;
+mod injection;
 mod queries;
 mod routes;
 mod support;
