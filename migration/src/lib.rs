@@ -3,11 +3,14 @@
 //! - [`Migrator`] lists the migrations (`sea-orm-migration`); add one with
 //!   `just migration NAME`. Migrations define their own identifiers and never
 //!   import `entity`, so an old migration keeps its meaning when models change.
-//! - [`run`] applies a [`cli::MigrateArgs`] command under a migration lock:
-//!   a PostgreSQL advisory lock, a MySQL `GET_LOCK`, or an exclusive SQLite
-//!   transaction, held around reading the pending list and applying it, so
-//!   concurrent deploys apply each migration exactly once. The `migration`
-//!   binary and `tracker migrate` both call it.
+//! - [`run`] applies a [`cli::MigrateArgs`] command under a migration lock,
+//!   held around reading the pending list and applying it, so concurrent
+//!   deploys apply each migration exactly once: on PostgreSQL a
+//!   transaction-level advisory lock and on SQLite an exclusive transaction,
+//!   each in the one transaction that runs every migration of the command
+//!   (all apply or none); on MySQL, whose DDL cannot be rolled back, a
+//!   `GET_LOCK`. The `migration` binary and `tracker migrate` both call it.
+//!   Migrations connect to `DB_MIGRATION_URL` when it is set.
 //!
 //! ```no_run
 //! # async fn example(settings: db_core::Settings) -> Result<(), migration::Error> {

@@ -1,15 +1,21 @@
-//! The migration lock on database servers: a PostgreSQL advisory lock or a
-//! MySQL named lock, held on a connection of its own for as long as the
-//! migrations run. If the process dies, the server drops the connection and
-//! with it the lock, so a killed migrator never leaves a stale lock behind.
+//! The migration lock on database servers.
+//!
+//! - PostgreSQL: a transaction-level advisory lock taken inside the
+//!   transaction that runs every migration. It ends with the transaction,
+//!   or with the connection if the process dies, and works through a
+//!   transaction-pooling PgBouncer, where a session-level lock would be held
+//!   by whichever client shared the server connection last.
+//! - MySQL: a named lock (`GET_LOCK`) held on a connection of its own for as
+//!   long as the migrations run (MySQL cannot roll DDL back, so there is no
+//!   transaction to hold it in); it too dies with the connection.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use db_core::Db;
 use sea_orm::sqlx::pool::PoolConnection;
-use sea_orm::sqlx::{self, Connection, MySql, Postgres};
-use sea_orm::{DbBackend, DbErr, RuntimeErr};
+use sea_orm::sqlx::{self, Connection, MySql};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, RuntimeErr, Statement};
 
 use crate::runner::Error;
 
@@ -23,105 +29,123 @@ const MYSQL_NAME: &str = "CONCAT('tracker_migrate:', SHA1(DATABASE()))";
 
 const POLL: Duration = Duration::from_millis(200);
 
-pub(crate) enum ServerLock {
-    Postgres(PoolConnection<Postgres>),
-    MySql(PoolConnection<MySql>),
-}
-
 fn db_err(e: sqlx::Error) -> Error {
     Error::from(DbErr::Query(RuntimeErr::SqlxError(Arc::new(e))))
 }
 
-impl ServerLock {
-    /// Takes the lock, polling until `timeout`; says once what it waits for.
+/// Bounded waiting for a lock, announced once.
+struct Waiting {
+    what: String,
+    timeout: Duration,
+    start: Instant,
+    announced: bool,
+}
+
+impl Waiting {
+    fn new(what: String, timeout: Duration) -> Self {
+        Waiting {
+            what,
+            timeout,
+            start: Instant::now(),
+            announced: false,
+        }
+    }
+
+    /// After a failed attempt: gives up past the timeout, else pauses.
+    async fn pause(&mut self) -> Result<(), Error> {
+        if self.start.elapsed() >= self.timeout {
+            return Err(db_core::Error::LockTimeout {
+                what: self.what.clone(),
+                waited: self.start.elapsed(),
+            }
+            .into());
+        }
+        if !self.announced {
+            tracing::info!("waiting for {}, held by another migrator", self.what);
+            self.announced = true;
+        }
+        tokio::time::sleep(POLL).await;
+        Ok(())
+    }
+
+    fn done(&self) {
+        if self.announced {
+            tracing::info!("took {}", self.what);
+        }
+    }
+}
+
+/// Takes the PostgreSQL migration lock for the rest of `tx`.
+pub(crate) async fn postgres(
+    tx: &DatabaseTransaction,
+    db: &Db,
+    timeout: Duration,
+) -> Result<(), Error> {
+    let what = format!(
+        "the migration lock (advisory lock {POSTGRES_KEY} on {})",
+        db.target()
+    );
+    let mut waiting = Waiting::new(what, timeout);
+    loop {
+        let row = tx
+            .query_one_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT pg_try_advisory_xact_lock($1)",
+                [POSTGRES_KEY.into()],
+            ))
+            .await?
+            .ok_or_else(|| {
+                Error::Migration("pg_try_advisory_xact_lock returned no row".to_owned())
+            })?;
+        if row.try_get_by_index::<bool>(0)? {
+            waiting.done();
+            return Ok(());
+        }
+        waiting.pause().await?;
+    }
+}
+
+/// The MySQL migration lock, held by its connection until released.
+pub(crate) struct MySqlLock(PoolConnection<MySql>);
+
+impl MySqlLock {
+    /// Takes the lock, waiting at most `timeout`.
     pub(crate) async fn acquire(db: &Db, timeout: Duration) -> Result<Self, Error> {
-        let start = Instant::now();
-        let mut lock = match db.backend() {
-            DbBackend::Postgres => {
-                let pool = db.conn().get_postgres_connection_pool();
-                ServerLock::Postgres(pool.acquire().await.map_err(db_err)?)
-            }
-            _ => {
-                let pool = db.conn().get_mysql_connection_pool();
-                ServerLock::MySql(pool.acquire().await.map_err(db_err)?)
-            }
-        };
-        let mut announced = false;
+        let mut conn = db
+            .conn()
+            .get_mysql_connection_pool()
+            .acquire()
+            .await
+            .map_err(db_err)?;
+        let what = format!("the migration lock (GET_LOCK on {})", db.target());
+        let mut waiting = Waiting::new(what, timeout);
         loop {
-            if lock.try_take().await? {
-                if announced {
-                    tracing::info!("took the migration lock");
-                }
-                return Ok(lock);
+            let got: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT GET_LOCK({MYSQL_NAME}, 0)"
+            )))
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db_err)?;
+            if got == Some(1) {
+                waiting.done();
+                break;
             }
-            let what = lock.describe(db);
-            if start.elapsed() >= timeout {
-                return Err(db_core::Error::LockTimeout {
-                    what,
-                    waited: start.elapsed(),
-                }
-                .into());
-            }
-            if !announced {
-                tracing::info!("waiting for {what}, held by another migrator");
-                announced = true;
-            }
-            tokio::time::sleep(POLL).await;
+            waiting.pause().await?;
         }
-    }
-
-    fn describe(&self, db: &Db) -> String {
-        match self {
-            ServerLock::Postgres(_) => format!(
-                "the migration lock (advisory lock {POSTGRES_KEY} on {})",
-                db.target()
-            ),
-            ServerLock::MySql(_) => format!("the migration lock (GET_LOCK on {})", db.target()),
-        }
-    }
-
-    async fn try_take(&mut self) -> Result<bool, Error> {
-        match self {
-            ServerLock::Postgres(conn) => sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(POSTGRES_KEY)
-                .fetch_one(&mut **conn)
-                .await
-                .map_err(db_err),
-            ServerLock::MySql(conn) => {
-                let got: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                    "SELECT GET_LOCK({MYSQL_NAME}, 0)"
-                )))
-                .fetch_one(&mut **conn)
-                .await
-                .map_err(db_err)?;
-                Ok(got == Some(1))
-            }
-        }
+        Ok(MySqlLock(conn))
     }
 
     /// Releases the lock. If that fails, the connection is closed, which
     /// releases it too.
     pub(crate) async fn release(self) {
-        match self {
-            ServerLock::Postgres(mut conn) => {
-                let released = sqlx::query("SELECT pg_advisory_unlock($1)")
-                    .bind(POSTGRES_KEY)
-                    .execute(&mut *conn)
-                    .await;
-                if released.is_err() {
-                    let _ = conn.detach().close().await;
-                }
-            }
-            ServerLock::MySql(mut conn) => {
-                let released = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "SELECT RELEASE_LOCK({MYSQL_NAME})"
-                )))
-                .execute(&mut *conn)
-                .await;
-                if released.is_err() {
-                    let _ = conn.detach().close().await;
-                }
-            }
+        let mut conn = self.0;
+        let released = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT RELEASE_LOCK({MYSQL_NAME})"
+        )))
+        .execute(&mut *conn)
+        .await;
+        if released.is_err() {
+            let _ = conn.detach().close().await;
         }
     }
 }

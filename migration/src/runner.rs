@@ -12,7 +12,7 @@ use sea_orm_migration::{IntoSchemaManagerConnection, MigrationStatus, MigratorTr
 
 use crate::Migrator;
 use crate::cli::{MigrateArgs, MigrateCommand};
-use crate::lock::ServerLock;
+use crate::lock::{self, MySqlLock};
 
 /// What can go wrong while migrating.
 #[derive(Debug, thiserror::Error)]
@@ -21,7 +21,7 @@ pub enum Error {
     /// Settings, connection or lock problems.
     #[error(transparent)]
     Db(#[from] db_core::Error),
-    /// A migration failed; on PostgreSQL and SQLite its changes were rolled back.
+    /// A migration failed; on PostgreSQL and SQLite the whole command was rolled back.
     #[error("migration failed: {0}")]
     Migration(String),
     /// Writing a new migration file failed.
@@ -119,6 +119,10 @@ pub async fn run_with<M: MigratorTrait>(
 /// and run without the application's statement timeout.
 async fn connect(settings: &Settings) -> Result<Db, Error> {
     let mut settings = settings.clone();
+    if let Some(url) = settings.migration_url.take() {
+        settings.url = url;
+    }
+    settings.replicas = Vec::new();
     settings.statement_timeout = None;
     settings.max_connections = 3;
     settings.min_connections = 0;
@@ -252,7 +256,16 @@ async fn locked<T>(
         conn.execute_unprepared("PRAGMA foreign_keys = ON").await?;
         return result;
     }
-    let lock = ServerLock::acquire(db, timeout).await?;
+    if db.backend() == DbBackend::Postgres {
+        // One transaction takes the lock and runs every migration: all of them
+        // apply or none, and the lock ends with it.
+        let tx = db.conn().begin().await?;
+        lock::postgres(&tx, db, timeout).await?;
+        let value = work(Locked::Transaction(&tx)).await?;
+        tx.commit().await?;
+        return Ok(value);
+    }
+    let lock = MySqlLock::acquire(db, timeout).await?;
     let result = work(Locked::Pool(db.conn())).await;
     lock.release().await;
     result

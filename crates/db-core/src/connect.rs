@@ -15,6 +15,7 @@ use sea_orm::sqlx::{self, ConnectOptions, Connection};
 use sea_orm::{DatabaseConnection, DbBackend};
 
 use crate::error::{Error, Result, scrub};
+use crate::replicas::Replicas;
 use crate::settings::{LogLevel, Settings, SslMode};
 
 /// The pools behind a [`Db`](crate::Db): one for writes and one for reads (the
@@ -23,32 +24,71 @@ use crate::settings::{LogLevel, Settings, SslMode};
 pub(crate) struct Pools {
     pub write: DatabaseConnection,
     pub read: DatabaseConnection,
-    /// Statements run through either pool.
+    /// Read replicas, if any; read-only sessions prefer them to `read`.
+    pub replicas: Arc<Replicas>,
+    /// Statements run through any of the pools.
     pub statements: Arc<AtomicU64>,
 }
 
-impl Pools {
-    fn new(mut write: DatabaseConnection, read: Option<DatabaseConnection>) -> Self {
-        let statements = Arc::new(AtomicU64::new(0));
-        let count = |conn: &mut DatabaseConnection| {
-            let statements = statements.clone();
-            conn.set_metric_callback(move |_| {
-                statements.fetch_add(1, Ordering::Relaxed);
-            });
-        };
-        count(&mut write);
-        let read = match read {
-            Some(mut read) => {
-                count(&mut read);
-                read
-            }
-            None => write.clone(),
-        };
-        Pools {
-            write,
-            read,
-            statements,
+fn count_statements(conn: &mut DatabaseConnection, statements: &Arc<AtomicU64>) {
+    let statements = statements.clone();
+    conn.set_metric_callback(move |_| {
+        statements.fetch_add(1, Ordering::Relaxed);
+    });
+}
+
+/// A pool on a PostgreSQL or MySQL server that connects when first used.
+pub(crate) struct ServerPool {
+    pub conn: DatabaseConnection,
+}
+
+impl ServerPool {
+    pub(crate) async fn close(self) {
+        let _ = self.conn.close_by_ref().await;
+    }
+}
+
+/// A lazily connecting pool for the server of `s` (no waiting, no check).
+pub(crate) fn server_pool(s: &Settings, statements: &Arc<AtomicU64>) -> Result<ServerPool> {
+    let mut conn = match Options::new(s)? {
+        Options::Postgres(o) => DatabaseConnection::from(
+            pool_options::<sqlx::Postgres>(s, s.max_connections, s.min_connections)
+                .connect_lazy_with(o),
+        ),
+        Options::MySql(o) => DatabaseConnection::from(
+            pool_options::<sqlx::MySql>(s, s.max_connections, s.min_connections)
+                .connect_lazy_with(o),
+        ),
+        Options::Sqlite(_) => {
+            return Err(Error::Config(
+                "a server pool cannot be a SQLite database".to_owned(),
+            ));
         }
+    };
+    count_statements(&mut conn, statements);
+    Ok(ServerPool { conn })
+}
+
+/// One connection attempt to the server of `s`, within its connect timeout.
+pub(crate) async fn probe(s: &Settings) -> std::result::Result<(), String> {
+    async fn attempt<O>(o: &O, timeout: Duration) -> std::result::Result<(), String>
+    where
+        O: ConnectOptions,
+        O::Connection: Sized,
+    {
+        match tokio::time::timeout(timeout, o.connect()).await {
+            Ok(Ok(conn)) => {
+                let _ = conn.close().await;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timed out".to_owned()),
+        }
+    }
+    match Options::new(s).map_err(|e| e.to_string())? {
+        Options::Postgres(o) => attempt(&o, s.connect_timeout).await,
+        Options::MySql(o) => attempt(&o, s.connect_timeout).await,
+        Options::Sqlite(_) => Ok(()),
     }
 }
 
@@ -330,28 +370,46 @@ fn transient_reason(
 
 /// Opens the pools for `s`, waiting for the server as the settings allow.
 pub(crate) async fn open(s: &Settings) -> Result<Pools> {
-    match Options::new(s)? {
+    let statements = Arc::new(AtomicU64::new(0));
+    let (write, read) = match Options::new(s)? {
         Options::Postgres(o) => {
             let user = o.get_username().to_owned();
             let database = o.get_database().unwrap_or(&user).to_owned();
             wait_for_server(&o, s, &user, &database).await?;
-            let pool = pool_options::<sqlx::Postgres>(s, s.max_connections, s.min_connections)
-                .connect_lazy_with(o);
-            Ok(Pools::new(DatabaseConnection::from(pool), None))
+            (server_pool(s, &statements)?.conn, None)
         }
         Options::MySql(o) => {
             let user = o.get_username().to_owned();
             let database = o.get_database().unwrap_or_default().to_owned();
             wait_for_server(&o, s, &user, &database).await?;
-            let pool = pool_options::<sqlx::MySql>(s, s.max_connections, s.min_connections)
-                .connect_lazy_with(o);
-            Ok(Pools::new(DatabaseConnection::from(pool), None))
+            (server_pool(s, &statements)?.conn, None)
         }
-        Options::Sqlite(o) => open_sqlite(s, o).await,
+        Options::Sqlite(o) => open_sqlite(s, o).await?,
+    };
+    let mut write = write;
+    if s.url.backend() == DbBackend::Sqlite {
+        count_statements(&mut write, &statements);
     }
+    let read = match read {
+        Some(mut read) => {
+            count_statements(&mut read, &statements);
+            read
+        }
+        None => write.clone(),
+    };
+    Ok(Pools {
+        write,
+        read,
+        replicas: Replicas::open(s, &statements)?,
+        statements,
+    })
 }
 
-async fn open_sqlite(s: &Settings, o: SqliteConnectOptions) -> Result<Pools> {
+/// The writer and, for a file, the readers.
+async fn open_sqlite(
+    s: &Settings,
+    o: SqliteConnectOptions,
+) -> Result<(DatabaseConnection, Option<DatabaseConnection>)> {
     let url = s.url.expose();
     let target = s.url.target();
     let reject = |e: sqlx::Error| {
@@ -370,7 +428,7 @@ async fn open_sqlite(s: &Settings, o: SqliteConnectOptions) -> Result<Pools> {
             .connect_with(o)
             .await
             .map_err(reject)?;
-        return Ok(Pools::new(DatabaseConnection::from(pool), None));
+        return Ok((DatabaseConnection::from(pool), None));
     }
     if sqlite_creates(url)
         && let Some(parent) = o.get_filename().parent()
@@ -394,7 +452,7 @@ async fn open_sqlite(s: &Settings, o: SqliteConnectOptions) -> Result<Pools> {
         .map_err(reject)?;
     let readers = pool_options::<sqlx::Sqlite>(s, s.max_connections, s.min_connections)
         .connect_lazy_with(o.read_only(true).create_if_missing(false));
-    Ok(Pools::new(
+    Ok((
         DatabaseConnection::from(writer),
         Some(DatabaseConnection::from(readers)),
     ))

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -50,6 +50,58 @@ pub struct Health {
     pub server_version: String,
     /// Round-trip time of one ping on a pooled connection.
     pub round_trip: Duration,
+}
+
+/// A replica as [`Db::replica_status`] sees it.
+#[derive(Debug, Clone)]
+pub struct ReplicaStatus {
+    /// Where it is, without credentials.
+    pub target: String,
+    /// Whether read-only sessions go there now.
+    pub up: bool,
+    /// How far its replay is behind (zero when it has replayed all it received).
+    pub lag: Option<Duration>,
+}
+
+/// A request's or job's view of the database: read-only sessions go to the
+/// replicas until the scope starts a read-write session, then to the
+/// primary, so the scope reads its own writes. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    db: Db,
+    wrote: Arc<AtomicBool>,
+}
+
+impl Scope {
+    /// A read-only session: on a replica, or on the primary once this scope wrote.
+    pub async fn read(&self) -> Result<Session> {
+        if self.wrote.load(Ordering::Relaxed) {
+            return Ok(Session::direct(
+                self.db.inner.pools.write.clone(),
+                Access::ReadOnly,
+            ));
+        }
+        self.db.read().await
+    }
+
+    /// A read-write session on the primary; later reads of this scope follow it there.
+    pub async fn begin(&self) -> Result<Session> {
+        self.wrote.store(true, Ordering::Relaxed);
+        self.db.begin().await
+    }
+
+    /// [`Db::transaction`] within this scope.
+    pub async fn transaction<T, E, F, Fut>(&self, options: SessionOptions, work: F) -> Result<T, E>
+    where
+        F: FnMut(Session) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: From<Error> + Retryable,
+    {
+        if options.access() == Access::ReadWrite {
+            self.wrote.store(true, Ordering::Relaxed);
+        }
+        self.db.transaction(options, work).await
+    }
 }
 
 /// Counters since [`Db::connect`].
@@ -113,21 +165,20 @@ impl Db {
 
     /// A session with the given options.
     pub async fn session(&self, options: SessionOptions) -> Result<Session> {
+        let pools = &self.inner.pools;
         let (pool, access_mode) = match options.access {
             Access::ReadWrite if options.single_statement => {
-                return Ok(Session::direct(
-                    self.inner.pools.write.clone(),
-                    Access::ReadWrite,
-                ));
+                return Ok(Session::direct(pools.write.clone(), Access::ReadWrite));
             }
-            Access::ReadWrite => (&self.inner.pools.write, None),
+            Access::ReadWrite => (&pools.write, None),
             Access::ReadOnly if options.isolation.is_none() => {
-                return Ok(Session::direct(
-                    self.inner.pools.read.clone(),
-                    Access::ReadOnly,
-                ));
+                return Ok(if pools.replicas.is_empty() {
+                    Session::direct(pools.read.clone(), Access::ReadOnly)
+                } else {
+                    Session::routed(pools.replicas.clone(), pools.read.clone())
+                });
             }
-            Access::ReadOnly => (&self.inner.pools.read, Some(AccessMode::ReadOnly)),
+            Access::ReadOnly => (&pools.read, Some(AccessMode::ReadOnly)),
         };
         // SQLite: a write transaction takes the write lock at BEGIN, so it
         // waits for other writers there instead of failing with "database is
@@ -139,13 +190,22 @@ impl Db {
         let isolation_level = options
             .isolation
             .filter(|_| self.inner.backend != DbBackend::Sqlite);
-        let tx = pool
-            .begin_with_options(TransactionOptions {
-                isolation_level,
-                access_mode,
-                sqlite_transaction_mode,
-            })
-            .await?;
+        let tx_options = TransactionOptions {
+            isolation_level,
+            access_mode,
+            sqlite_transaction_mode,
+        };
+        let tx = if options.access == Access::ReadOnly && !pools.replicas.is_empty() {
+            pools
+                .replicas
+                .route(
+                    pool,
+                    |c| async move { c.begin_with_options(tx_options).await },
+                )
+                .await?
+        } else {
+            pool.begin_with_options(tx_options).await?
+        };
         Ok(Session::transaction(tx, options.access))
     }
 
@@ -204,6 +264,45 @@ impl Db {
             tokio::time::sleep(pause).await;
             attempt += 1;
         }
+    }
+
+    /// A view for one request or job that reads from replicas until it
+    /// writes, and from the primary after (read-your-writes).
+    pub fn scope(&self) -> Scope {
+        Scope {
+            db: self.clone(),
+            wrote: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Each replica: where it is, whether reads go there, and how far behind
+    /// the primary it is (PostgreSQL; `None` when unknown).
+    pub async fn replica_status(&self) -> Vec<ReplicaStatus> {
+        let mut status = Vec::new();
+        for replica in self.inner.pools.replicas.all() {
+            let lag = if self.inner.backend == DbBackend::Postgres {
+                let sql = "SELECT CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
+                           ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) END::float8";
+                let conn = replica.conn();
+                let query = conn.query_one_raw(Statement::from_string(DbBackend::Postgres, sql));
+                match tokio::time::timeout(Duration::from_secs(2), query).await {
+                    Ok(Ok(Some(row))) => row
+                        .try_get_by_index::<Option<f64>>(0)
+                        .ok()
+                        .flatten()
+                        .map(|s| Duration::from_secs_f64(s.max(0.0))),
+                    _ => None,
+                }
+            } else {
+                None
+            };
+            status.push(ReplicaStatus {
+                target: replica.target().to_owned(),
+                up: replica.is_up(),
+                lag,
+            });
+        }
+        status
     }
 
     /// Counters since connect.

@@ -119,22 +119,37 @@ impl Error {
 
 impl From<DbErr> for Error {
     fn from(err: DbErr) -> Self {
-        match &err {
-            DbErr::ConnectionAcquire(_) => Error::PoolTimeout,
-            DbErr::Conn(RuntimeErr::SqlxError(e))
-            | DbErr::Exec(RuntimeErr::SqlxError(e))
-            | DbErr::Query(RuntimeErr::SqlxError(e)) => match &**e {
-                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => Error::PoolTimeout,
-                sqlx::Error::Io(io) => Error::Unavailable(io.to_string()),
-                sqlx::Error::Protocol(_) | sqlx::Error::Tls(_) => Error::Unavailable(e.to_string()),
-                sqlx::Error::Database(d) if is_admin_shutdown(d.code().as_deref()) => {
-                    Error::Unavailable(d.message().to_owned())
-                }
-                _ => Error::Db(err),
-            },
-            DbErr::Conn(_) => Error::Unavailable(err.to_string()),
-            _ => Error::Db(err),
-        }
+        connection_failure(&err).unwrap_or(Error::Db(err))
+    }
+}
+
+impl Error {
+    /// Whether `err` means the server could not be reached, went away, or
+    /// had no free connection: the statement itself was not at fault.
+    pub(crate) fn unreachable(err: &DbErr) -> bool {
+        connection_failure(err).is_some()
+    }
+}
+
+/// The connection-level failure behind `err`, if that is what it is.
+fn connection_failure(err: &DbErr) -> Option<Error> {
+    match err {
+        DbErr::ConnectionAcquire(_) => Some(Error::PoolTimeout),
+        DbErr::Conn(RuntimeErr::SqlxError(e))
+        | DbErr::Exec(RuntimeErr::SqlxError(e))
+        | DbErr::Query(RuntimeErr::SqlxError(e)) => match &**e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => Some(Error::PoolTimeout),
+            sqlx::Error::Io(io) => Some(Error::Unavailable(io.to_string())),
+            sqlx::Error::Protocol(_) | sqlx::Error::Tls(_) => {
+                Some(Error::Unavailable(e.to_string()))
+            }
+            sqlx::Error::Database(d) if is_admin_shutdown(d.code().as_deref()) => {
+                Some(Error::Unavailable(d.message().to_owned()))
+            }
+            _ => None,
+        },
+        DbErr::Conn(_) => Some(Error::Unavailable(err.to_string())),
+        _ => None,
     }
 }
 

@@ -33,6 +33,7 @@ mod cached;
 mod connect;
 mod db;
 mod error;
+mod replicas;
 mod session;
 mod settings;
 #[cfg(feature = "testing")]
@@ -41,7 +42,7 @@ mod url;
 
 pub use admin::{Created, create_database, drop_database, quote_ident};
 pub use cached::CachedStatement;
-pub use db::{Db, Health, Stats};
+pub use db::{Db, Health, ReplicaStatus, Scope, Stats};
 pub use error::{Error, Result, Retryable};
 pub use session::{Access, Session, SessionOptions};
 pub use settings::{

@@ -9,6 +9,7 @@ use sea_orm::{
 };
 
 use crate::error::{Error, Result};
+use crate::replicas::Replicas;
 
 /// How a session reads and writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,6 +92,8 @@ impl Default for SessionOptions {
 enum Conn {
     Tx(Arc<DatabaseTransaction>),
     Direct(DatabaseConnection),
+    /// Reads on the replicas, falling back to the primary.
+    Routed(Arc<Replicas>, DatabaseConnection),
 }
 
 /// One unit of work. Use it wherever SeaORM takes a connection
@@ -130,6 +133,13 @@ impl Session {
         }
     }
 
+    pub(crate) fn routed(replicas: Arc<Replicas>, primary: DatabaseConnection) -> Self {
+        Session {
+            conn: Conn::Routed(replicas, primary),
+            access: Access::ReadOnly,
+        }
+    }
+
     /// Whether this session may write.
     pub fn access(&self) -> Access {
         self.access
@@ -143,7 +153,7 @@ impl Session {
                 let tx = Arc::try_unwrap(tx).map_err(|_| Error::SessionInUse)?;
                 tx.commit().await.map_err(Error::from)
             }
-            Conn::Direct(_) => Ok(()),
+            Conn::Direct(_) | Conn::Routed(..) => Ok(()),
         }
     }
 
@@ -155,7 +165,7 @@ impl Session {
                 // Another clone is alive; it rolls back when it is dropped.
                 Err(_) => Ok(()),
             },
-            Conn::Direct(_) => Ok(()),
+            Conn::Direct(_) | Conn::Routed(..) => Ok(()),
         }
     }
 }
@@ -165,7 +175,7 @@ impl ConnectionTrait for Session {
     fn get_database_backend(&self) -> DbBackend {
         match &self.conn {
             Conn::Tx(tx) => tx.get_database_backend(),
-            Conn::Direct(c) => c.get_database_backend(),
+            Conn::Direct(c) | Conn::Routed(_, c) => c.get_database_backend(),
         }
     }
 
@@ -173,6 +183,14 @@ impl ConnectionTrait for Session {
         match &self.conn {
             Conn::Tx(tx) => tx.execute_raw(stmt).await,
             Conn::Direct(c) => c.execute_raw(stmt).await,
+            Conn::Routed(replicas, primary) => {
+                replicas
+                    .route(primary, |c| {
+                        let stmt = stmt.clone();
+                        async move { c.execute_raw(stmt).await }
+                    })
+                    .await
+            }
         }
     }
 
@@ -180,6 +198,11 @@ impl ConnectionTrait for Session {
         match &self.conn {
             Conn::Tx(tx) => tx.execute_unprepared(sql).await,
             Conn::Direct(c) => c.execute_unprepared(sql).await,
+            Conn::Routed(replicas, primary) => {
+                replicas
+                    .route(primary, |c| async move { c.execute_unprepared(sql).await })
+                    .await
+            }
         }
     }
 
@@ -187,6 +210,14 @@ impl ConnectionTrait for Session {
         match &self.conn {
             Conn::Tx(tx) => tx.query_one_raw(stmt).await,
             Conn::Direct(c) => c.query_one_raw(stmt).await,
+            Conn::Routed(replicas, primary) => {
+                replicas
+                    .route(primary, |c| {
+                        let stmt = stmt.clone();
+                        async move { c.query_one_raw(stmt).await }
+                    })
+                    .await
+            }
         }
     }
 
@@ -194,6 +225,14 @@ impl ConnectionTrait for Session {
         match &self.conn {
             Conn::Tx(tx) => tx.query_all_raw(stmt).await,
             Conn::Direct(c) => c.query_all_raw(stmt).await,
+            Conn::Routed(replicas, primary) => {
+                replicas
+                    .route(primary, |c| {
+                        let stmt = stmt.clone();
+                        async move { c.query_all_raw(stmt).await }
+                    })
+                    .await
+            }
         }
     }
 }

@@ -256,6 +256,12 @@ pub struct Settings {
     /// Prepared statements cached per connection; 0 turns the cache off, as a
     /// transaction-pooling PgBouncer needs (`DB_STATEMENT_CACHE_CAPACITY`).
     pub statement_cache_capacity: usize,
+    /// Read replicas (`DB_REPLICA_URLS`, or `DB_REPLICA_HOSTS` with the
+    /// primary's credentials); read-only sessions go to them.
+    pub replicas: Vec<DatabaseUrl>,
+    /// Where migrations connect instead of [`url`](Self::url), e.g. straight to
+    /// the primary when the application goes through a pooler (`DB_MIGRATION_URL`).
+    pub migration_url: Option<DatabaseUrl>,
     warnings: Vec<String>,
 }
 
@@ -401,6 +407,24 @@ settings_table![
         "100",
         "prepared statements cached per connection (0: off, for PgBouncer)"
     ),
+    (
+        "replica_urls",
+        "DB_REPLICA_URLS",
+        "",
+        "read replicas, comma-separated URLs; read-only sessions go there"
+    ),
+    (
+        "replica_hosts",
+        "DB_REPLICA_HOSTS",
+        "",
+        "read replicas as host[:port], comma-separated, with the primary's credentials and database"
+    ),
+    (
+        "migration_url",
+        "DB_MIGRATION_URL",
+        "",
+        "where migrations connect instead (e.g. the primary itself, bypassing a pooler)"
+    ),
 ];
 
 /// The `DB_*` parts of the seed's contract, which `DATABASE_URL` overrides.
@@ -438,6 +462,8 @@ impl Settings {
             slow_statement_threshold: Some(Duration::from_secs(1)),
             sqlite_busy_timeout: Duration::from_secs(5),
             statement_cache_capacity: 100,
+            replicas: Vec::new(),
+            migration_url: None,
             warnings: Vec::new(),
         }
     }
@@ -507,6 +533,12 @@ impl Settings {
             ));
         } else {
             rows.push(("sqlite_busy_timeout", dur(self.sqlite_busy_timeout)));
+        }
+        for replica in &self.replicas {
+            rows.push(("replica", replica.redacted()));
+        }
+        if let Some(url) = &self.migration_url {
+            rows.push(("migration_url", url.redacted()));
         }
         rows
     }
@@ -719,6 +751,19 @@ impl Layers {
         if let Some(n) = v.number("statement_cache_capacity", 0, 100_000)? {
             s.statement_cache_capacity = n as usize;
         }
+        s.replicas = v.replicas(&s.url)?;
+        if let Some(raw) = v.text("migration_url")? {
+            let url = DatabaseUrl::parse(raw.trim(), &v.origin("migration_url"))?;
+            if url.backend() != backend {
+                return Err(Error::Config(format!(
+                    "{}: a {} URL, but the database is {}",
+                    v.origin("migration_url"),
+                    backend_name(url.backend()),
+                    backend_name(backend)
+                )));
+            }
+            s.migration_url = Some(url);
+        }
 
         if backend != DbBackend::Postgres {
             for key in POSTGRES_ONLY {
@@ -858,6 +903,57 @@ impl Values<'_> {
                 )))
             }
         }
+    }
+
+    /// Replica URLs from `DB_REPLICA_URLS` or `DB_REPLICA_HOSTS` (not both),
+    /// for the same kind of server as `primary`.
+    fn replicas(&self, primary: &DatabaseUrl) -> Result<Vec<DatabaseUrl>> {
+        let urls = self.text("replica_urls")?;
+        let hosts = self.text("replica_hosts")?;
+        let (list, key) = match (urls, hosts) {
+            (None, None) => return Ok(Vec::new()),
+            (Some(_), Some(_)) => {
+                return Err(Error::Config(format!(
+                    "{} and {} are both set: use one",
+                    self.origin("replica_urls"),
+                    self.origin("replica_hosts")
+                )));
+            }
+            (Some(list), None) => (list, "replica_urls"),
+            (None, Some(list)) => (list, "replica_hosts"),
+        };
+        let origin = self.origin(key);
+        if primary.backend() == DbBackend::Sqlite {
+            return Err(Error::Config(format!(
+                "{origin}: read replicas need a PostgreSQL or MySQL primary, not SQLite"
+            )));
+        }
+        let mut replicas = Vec::new();
+        for item in list.split(',').map(str::trim) {
+            if item.is_empty() {
+                return Err(Error::Config(format!(
+                    "{origin}: an empty entry in the list"
+                )));
+            }
+            let url = if key == "replica_urls" {
+                DatabaseUrl::parse(item, &origin)?
+            } else {
+                primary.with_host(item).ok_or_else(|| {
+                    Error::Config(format!(
+                        "{origin}=\"{item}\": expected host or host:port, comma-separated"
+                    ))
+                })?
+            };
+            if url.backend() != primary.backend() {
+                return Err(Error::Config(format!(
+                    "{origin}: a {} replica for a {} primary",
+                    backend_name(url.backend()),
+                    backend_name(primary.backend())
+                )));
+            }
+            replicas.push(url);
+        }
+        Ok(replicas)
     }
 
     /// `DATABASE_URL`, else the `DB_*` parts, else the embedded SQLite default.

@@ -234,6 +234,43 @@ impl DatabaseUrl {
         }
     }
 
+    /// The same credentials and database on another server, given as
+    /// `host`, `host:port`, `ipv6`, or `[ipv6]:port`. `None` if that does not
+    /// parse.
+    pub fn with_host(&self, host_port: &str) -> Option<Self> {
+        let mut url = url::Url::parse(self.expose()).ok()?;
+        let (host, port) = if let Some(rest) = host_port.strip_prefix('[') {
+            let (host, after) = rest.split_once(']')?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => Some(p.parse::<u16>().ok().filter(|p| *p > 0)?),
+                None if after.is_empty() => None,
+                None => return None,
+            };
+            (format!("[{host}]"), port)
+        } else if host_port.matches(':').count() == 1 {
+            let (host, port) = host_port.split_once(':')?;
+            (
+                host.to_owned(),
+                Some(port.parse::<u16>().ok().filter(|p| *p > 0)?),
+            )
+        } else if host_port.contains(':') {
+            (format!("[{host_port}]"), None)
+        } else {
+            (host_port.to_owned(), None)
+        };
+        if host.is_empty() || host.contains(['/', '@', '?', '#', ' ']) {
+            return None;
+        }
+        url.set_host(Some(&host)).ok()?;
+        if let Some(port) = port {
+            url.set_port(Some(port)).ok()?;
+        }
+        Some(DatabaseUrl {
+            url: SecretString::from(url.to_string()),
+            backend: self.backend,
+        })
+    }
+
     /// Which database server this URL is for.
     pub fn backend(&self) -> DbBackend {
         self.backend

@@ -1,0 +1,165 @@
+//! Read replicas: read-only sessions go to them round-robin; one that fails
+//! is skipped (the statement runs again on the next one, then on the
+//! primary) until a background probe finds it answering again.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+
+use sea_orm::{DatabaseConnection, DbErr};
+
+use crate::connect::{ServerPool, probe, server_pool};
+use crate::error::{Error, Result};
+use crate::settings::Settings;
+
+/// How often a replica marked down is tried again.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// One replica: its pool, and whether reads may go there.
+pub(crate) struct Replica {
+    settings: Settings,
+    target: String,
+    pool: RwLock<ServerPool>,
+    up: AtomicBool,
+    statements: Arc<AtomicU64>,
+}
+
+impl Replica {
+    /// The replica's pool, opened lazily: a replica that is down at startup
+    /// does not hold the application up.
+    fn new(settings: Settings, statements: Arc<AtomicU64>) -> Result<Self> {
+        let pool = server_pool(&settings, &statements)?;
+        Ok(Replica {
+            target: settings.url.target(),
+            settings,
+            pool: RwLock::new(pool),
+            up: AtomicBool::new(true),
+            statements,
+        })
+    }
+
+    pub(crate) fn target(&self) -> &str {
+        &self.target
+    }
+
+    pub(crate) fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn conn(&self) -> DatabaseConnection {
+        self.pool
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .conn
+            .clone()
+    }
+
+    fn mark_down(&self, reason: &str) {
+        if self.up.swap(false, Ordering::Relaxed) {
+            tracing::warn!(replica = %self.target, "replica unavailable ({reason}); reading from the others");
+        }
+    }
+
+    /// Tries the replica; if it answers, gives it a fresh pool (the old
+    /// connections died with the outage) and marks it up.
+    async fn revive(&self) {
+        if probe(&self.settings).await.is_err() {
+            return;
+        }
+        let Ok(fresh) = server_pool(&self.settings, &self.statements) else {
+            return;
+        };
+        let old = std::mem::replace(
+            &mut *self.pool.write().unwrap_or_else(|e| e.into_inner()),
+            fresh,
+        );
+        tokio::spawn(async move { old.close().await });
+        self.up.store(true, Ordering::Relaxed);
+        tracing::info!(replica = %self.target, "replica is back");
+    }
+}
+
+/// The replicas of one [`Db`](crate::Db).
+pub(crate) struct Replicas {
+    list: Vec<Replica>,
+    next: AtomicUsize,
+}
+
+impl Replicas {
+    /// Pools for every replica in `settings`, and a task that revives the
+    /// ones marked down for as long as the set lives.
+    pub(crate) fn open(settings: &Settings, statements: &Arc<AtomicU64>) -> Result<Arc<Self>> {
+        let list = settings
+            .replicas
+            .iter()
+            .map(|url| {
+                let mut s = settings.clone();
+                s.url = url.clone();
+                s.replicas = Vec::new();
+                // A replica with no free connection within a second is skipped
+                // for this statement, not waited for.
+                s.acquire_timeout = s.acquire_timeout.min(Duration::from_secs(1));
+                Replica::new(s, statements.clone())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let replicas = Arc::new(Replicas {
+            list,
+            next: AtomicUsize::new(0),
+        });
+        if !replicas.list.is_empty() {
+            tokio::spawn(monitor(Arc::downgrade(&replicas)));
+        }
+        Ok(replicas)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    pub(crate) fn all(&self) -> &[Replica] {
+        &self.list
+    }
+
+    /// The replicas that are up, starting with the next in turn.
+    fn in_turn(&self) -> impl Iterator<Item = &Replica> {
+        let n = self.list.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(move |i| &self.list[(start + i) % n])
+            .filter(|r| r.is_up())
+    }
+
+    /// Runs `work` on a replica, moving on to the next one (and finally to
+    /// `primary`) when a replica cannot be reached. Only for reads, which
+    /// may run twice.
+    pub(crate) async fn route<T, F, Fut>(
+        &self,
+        primary: &DatabaseConnection,
+        work: F,
+    ) -> Result<T, DbErr>
+    where
+        F: Fn(DatabaseConnection) -> Fut,
+        Fut: Future<Output = Result<T, DbErr>>,
+    {
+        for replica in self.in_turn() {
+            match work(replica.conn()).await {
+                Err(e) if Error::unreachable(&e) => replica.mark_down(&e.to_string()),
+                done => return done,
+            }
+        }
+        work(primary.clone()).await
+    }
+}
+
+async fn monitor(replicas: Weak<Replicas>) {
+    loop {
+        tokio::time::sleep(PROBE_INTERVAL).await;
+        let Some(replicas) = replicas.upgrade() else {
+            return;
+        };
+        for replica in replicas.list.iter().filter(|r| !r.is_up()) {
+            replica.revive().await;
+        }
+    }
+}
