@@ -66,3 +66,7 @@ bench-http:
 chaos:
     CHAOS=1 cargo test --workspace -- chaos --test-threads=1
     PROPTEST_CASES=100000 cargo test -p db-core -- properties any_parts
+
+# get/get_concurrent on a private PostgreSQL: direct, through PgBouncer, and with a streaming replica.
+bench-scaling:
+    SCALE="{{SCALE}}" scripts/bench-scaling.sh

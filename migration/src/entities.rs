@@ -33,7 +33,7 @@ pub async fn entities<M: MigratorTrait>(
         ));
     }
     check_cli_version()?;
-    let mut scratch = settings.clone();
+    let mut scratch = crate::runner::for_migrations(settings);
     let name = format!(
         "tracker_entities_{}_{}",
         std::process::id(),
@@ -42,7 +42,7 @@ pub async fn entities<M: MigratorTrait>(
             .map(|d| d.subsec_nanos())
             .unwrap_or_default()
     );
-    scratch.url = settings.url.with_database(&name);
+    scratch.url = scratch.url.with_database(&name);
     create_database(&scratch).await?;
     let generated = tempfile::Builder::new().prefix("entities-").tempdir()?;
     let result = async {

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use db_core::{Db, Settings};
+use db_core::{Db, SessionOptions, Settings};
 use sea_orm::{
     ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, SqliteTransactionMode,
     TransactionOptions, TransactionTrait,
@@ -77,9 +77,23 @@ pub async fn up(settings: &Settings, lock_timeout: Duration) -> Result<Vec<Strin
     result
 }
 
+/// The settings migrations connect with: `DB_MIGRATION_URL` if set (a
+/// direct connection, so not through the transaction pooler), no replicas.
+pub(crate) fn for_migrations(settings: &Settings) -> Settings {
+    let mut settings = settings.clone();
+    if let Some(url) = settings.migration_url.take() {
+        settings.url = url;
+        settings.transaction_pooler = false;
+    }
+    settings.replicas = Vec::new();
+    settings
+}
+
 /// Names of the migrations not applied yet, read without creating anything.
 pub async fn pending(db: &Db) -> Result<Vec<String>, Error> {
-    pending_names::<Migrator, _>(db.conn()).await
+    // On the primary: a replica may not have replayed the latest migration yet.
+    let read = db.session(SessionOptions::read_only().on_primary()).await?;
+    pending_names::<Migrator, _>(&read).await
 }
 
 /// Writes a new, empty migration into this crate's sources and registers it
@@ -118,11 +132,7 @@ pub async fn run_with<M: MigratorTrait>(
 /// A small pool of our own: migrations never run on an application's pool,
 /// and run without the application's statement timeout.
 async fn connect(settings: &Settings) -> Result<Db, Error> {
-    let mut settings = settings.clone();
-    if let Some(url) = settings.migration_url.take() {
-        settings.url = url;
-    }
-    settings.replicas = Vec::new();
+    let mut settings = for_migrations(settings);
     settings.statement_timeout = None;
     settings.max_connections = 3;
     settings.min_connections = 0;
@@ -139,7 +149,8 @@ async fn execute<M: MigratorTrait>(
 ) -> Result<(), Error> {
     if let MigrateCommand::Status = args.command {
         // Read-only: never creates the migration table.
-        let all = M::get_migration_with_status_read_only(db.conn()).await?;
+        let read = db.read().await?;
+        let all = M::get_migration_with_status_read_only(&read).await?;
         let pending = all
             .iter()
             .filter(|m| m.status() == MigrationStatus::Pending)
@@ -181,7 +192,8 @@ async fn execute<M: MigratorTrait>(
     }) {
         writeln!(out, "applied  {name}")?;
     }
-    let pending = M::get_pending_migrations_read_only(db.conn()).await?.len();
+    let read = db.read().await?;
+    let pending = M::get_pending_migrations_read_only(&read).await?.len();
     writeln!(out, "{} applied, {pending} pending", after.len())?;
     Ok(())
 }
@@ -259,10 +271,13 @@ async fn locked<T>(
     if db.backend() == DbBackend::Postgres {
         // One transaction takes the lock and runs every migration: all of them
         // apply or none, and the lock ends with it.
-        let tx = db.conn().begin().await?;
-        lock::postgres(&tx, db, timeout).await?;
-        let value = work(Locked::Transaction(&tx)).await?;
-        tx.commit().await?;
+        let session = db.begin().await?;
+        let tx = session.as_transaction().ok_or_else(|| {
+            Error::Migration("a read-write session without a transaction".to_owned())
+        })?;
+        lock::postgres(tx, db, timeout).await?;
+        let value = work(Locked::Transaction(tx)).await?;
+        session.commit().await?;
         return Ok(value);
     }
     let lock = MySqlLock::acquire(db, timeout).await?;

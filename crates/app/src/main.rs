@@ -237,6 +237,18 @@ async fn db_check(settings: &Settings) -> anyhow::Result<()> {
         "ping",
         health.round_trip.as_secs_f64() * 1000.0
     )?;
+    for replica in db.replica_status().await {
+        let state = if replica.up { "up" } else { "down" };
+        let lag = replica.lag.map_or_else(
+            || "unknown".to_owned(),
+            |lag| format!("{:.3} s", lag.as_secs_f64()),
+        );
+        writeln!(
+            out,
+            "  {:<26} {} ({state}, lag {lag})",
+            "replica", replica.target
+        )?;
+    }
     db.close().await;
     Ok(())
 }

@@ -78,6 +78,9 @@ pub struct Options {
     pub stacks: Vec<String>,
     /// Seed of the id generator.
     pub seed: u64,
+    /// Run against the data already loaded at this scale (no fresh tables,
+    /// no `load`), e.g. to compare connection setups on the same data.
+    pub reuse: bool,
 }
 
 impl Options {
@@ -98,6 +101,11 @@ impl Options {
                     STACKS.join(",")
                 )));
             }
+        }
+        if self.reuse && self.ops.iter().any(|op| op == "load") {
+            return Err(Error::Usage(
+                "--reuse skips the load: leave `load` out of --ops".to_owned(),
+            ));
         }
         if !(self.scale > 0.0 && self.scale.is_finite()) {
             return Err(Error::Usage(format!(
@@ -146,15 +154,17 @@ pub async fn run(
         .filter(|s| options.stacks.iter().any(|o| o == *s))
     {
         // Fresh tables for every stack; `load` fills them, reported or not.
-        migration::run(
-            settings,
-            &migration::cli::MigrateArgs {
-                lock_timeout: Duration::from_secs(60),
-                command: migration::cli::MigrateCommand::Fresh,
-            },
-            &mut std::io::sink(),
-        )
-        .await?;
+        if !options.reuse {
+            migration::run(
+                settings,
+                &migration::cli::MigrateArgs {
+                    lock_timeout: Duration::from_secs(60),
+                    command: migration::cli::MigrateCommand::Fresh,
+                },
+                &mut std::io::sink(),
+            )
+            .await?;
+        }
         let (stack, tracker_db) = open(name, settings).await?;
         let result = run_stack(&stack, &w, options, out, &mut records).await;
         stack.close().await;
@@ -199,7 +209,7 @@ async fn run_stack(
     let mut rng = StdRng::seed_from_u64(options.seed);
     for op in OPS {
         let reported = options.ops.iter().any(|o| o == op);
-        if !reported && op != "load" {
+        if !reported && (op != "load" || options.reuse) {
             continue;
         }
         let n = w.n(op);

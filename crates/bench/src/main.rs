@@ -35,6 +35,9 @@ struct Cli {
     /// Seed of the id generator.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Use the data already loaded at this scale: no fresh tables, no load.
+    #[arg(long)]
+    reuse: bool,
 }
 
 fn main() -> ExitCode {
@@ -84,6 +87,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         ops: cli.ops,
         stacks: cli.stacks,
         seed: cli.seed,
+        reuse: cli.reuse,
     };
     tracing::info!(target = %settings.url.target(), scale = options.scale, "benchmark");
     let records = bench::run(&settings, &options, &mut std::io::stdout().lock()).await?;

@@ -143,17 +143,25 @@ impl Options {
                     let bare = bare.to_owned();
                     o = o.host(&bare);
                 }
-                o = o.statement_cache_capacity(s.statement_cache_capacity);
                 if o.get_application_name().is_none()
                     && let Some(name) = &s.application_name
                 {
                     o = o.application_name(name);
                 }
-                if let Some(timeout) = s.statement_timeout {
-                    o = o.options([("statement_timeout", format!("{}ms", timeout.as_millis()))]);
-                }
-                if let Some(schema) = &s.schema {
-                    o = o.options([("search_path", schema)]);
+                if s.transaction_pooler {
+                    // A shared server connection keeps no statement of ours,
+                    // and PgBouncer refuses the `options` startup parameter:
+                    // sessions set these per transaction instead.
+                    o = o.statement_cache_capacity(0);
+                } else {
+                    o = o.statement_cache_capacity(s.statement_cache_capacity);
+                    if let Some(timeout) = s.statement_timeout {
+                        o = o
+                            .options([("statement_timeout", format!("{}ms", timeout.as_millis()))]);
+                    }
+                    if let Some(schema) = &s.schema {
+                        o = o.options([("search_path", schema)]);
+                    }
                 }
                 if let Some(mode) = s.ssl_mode {
                     o = o.ssl_mode(match mode {

@@ -27,6 +27,8 @@ pub struct Db {
 
 struct Inner {
     pools: Pools,
+    /// Through a transaction pooler, what each transaction runs first.
+    pooler_setup: Option<String>,
     backend: DbBackend,
     target: String,
     retries: AtomicU64,
@@ -50,6 +52,28 @@ pub struct Health {
     pub server_version: String,
     /// Round-trip time of one ping on a pooled connection.
     pub round_trip: Duration,
+}
+
+/// What every transaction through a transaction pooler sets after
+/// `DEALLOCATE ALL` (which drops the prepared statements other clients left
+/// on the shared server connection: sqlx names its statements the same way
+/// on every connection): the per-connection settings, for this transaction.
+fn pooler_setup(settings: &Settings) -> String {
+    let mut sql = String::new();
+    if let Some(timeout) = settings.statement_timeout {
+        sql.push_str(&format!(
+            "; SET LOCAL statement_timeout = {}",
+            timeout.as_millis()
+        ));
+    }
+    if let Some(schema) = &settings.schema {
+        let schemas: Vec<String> = schema
+            .split(',')
+            .map(|s| crate::admin::quote_ident(DbBackend::Postgres, s.trim()))
+            .collect();
+        sql.push_str(&format!("; SET LOCAL search_path = {}", schemas.join(", ")));
+    }
+    sql
 }
 
 /// A replica as [`Db::replica_status`] sees it.
@@ -124,6 +148,7 @@ impl Db {
         Ok(Db {
             inner: Arc::new(Inner {
                 pools,
+                pooler_setup: settings.transaction_pooler.then(|| pooler_setup(settings)),
                 backend: settings.url.backend(),
                 target: settings.url.target(),
                 retries: AtomicU64::new(0),
@@ -166,18 +191,26 @@ impl Db {
     /// A session with the given options.
     pub async fn session(&self, options: SessionOptions) -> Result<Session> {
         let pools = &self.inner.pools;
+        let pooled = self.inner.pooler_setup.is_some();
         let (pool, access_mode) = match options.access {
-            Access::ReadWrite if options.single_statement => {
+            // Through a transaction pooler every statement runs in a
+            // transaction: outside one, consecutive messages of a statement
+            // may reach different server connections.
+            Access::ReadWrite if options.single_statement && !pooled => {
                 return Ok(Session::direct(pools.write.clone(), Access::ReadWrite));
             }
             Access::ReadWrite => (&pools.write, None),
-            Access::ReadOnly if options.isolation.is_none() => {
+            Access::ReadOnly if options.on_primary && options.isolation.is_none() && !pooled => {
+                return Ok(Session::direct(pools.write.clone(), Access::ReadOnly));
+            }
+            Access::ReadOnly if options.isolation.is_none() && !pooled => {
                 return Ok(if pools.replicas.is_empty() {
                     Session::direct(pools.read.clone(), Access::ReadOnly)
                 } else {
                     Session::routed(pools.replicas.clone(), pools.read.clone())
                 });
             }
+            Access::ReadOnly if options.on_primary => (&pools.write, Some(AccessMode::ReadOnly)),
             Access::ReadOnly => (&pools.read, Some(AccessMode::ReadOnly)),
         };
         // SQLite: a write transaction takes the write lock at BEGIN, so it
@@ -190,12 +223,21 @@ impl Db {
         let isolation_level = options
             .isolation
             .filter(|_| self.inner.backend != DbBackend::Sqlite);
-        let tx_options = TransactionOptions {
-            isolation_level,
-            access_mode,
-            sqlite_transaction_mode,
+        // Through a transaction pooler, SeaORM's own `SET TRANSACTION` would
+        // be a prepared statement run before the server connection is clean:
+        // the setup sends it as plain text after `DEALLOCATE ALL` instead.
+        let tx_options = match &self.inner.pooler_setup {
+            Some(_) => TransactionOptions::default(),
+            None => TransactionOptions {
+                isolation_level,
+                access_mode,
+                sqlite_transaction_mode,
+            },
         };
-        let tx = if options.access == Access::ReadOnly && !pools.replicas.is_empty() {
+        let tx = if options.access == Access::ReadOnly
+            && !options.on_primary
+            && !pools.replicas.is_empty()
+        {
             pools
                 .replicas
                 .route(
@@ -206,6 +248,17 @@ impl Db {
         } else {
             pool.begin_with_options(tx_options).await?
         };
+        if let Some(setup) = &self.inner.pooler_setup {
+            let mut sql = "DEALLOCATE ALL".to_owned();
+            if let Some(level) = isolation_level {
+                sql.push_str(&format!("; SET TRANSACTION ISOLATION LEVEL {level}"));
+            }
+            if access_mode == Some(AccessMode::ReadOnly) {
+                sql.push_str("; SET TRANSACTION READ ONLY");
+            }
+            sql.push_str(setup);
+            tx.execute_unprepared(&sql).await?;
+        }
         Ok(Session::transaction(tx, options.access))
     }
 
@@ -327,8 +380,9 @@ impl Db {
             DbBackend::MySql => "SELECT VERSION()",
             _ => "SELECT sqlite_version()",
         };
-        let row = self
-            .conn()
+        // On the primary; through a pooler, in a transaction like every statement.
+        let session = self.session(SessionOptions::single_statement()).await?;
+        let row = session
             .query_one_raw(Statement::from_string(self.inner.backend, sql))
             .await?
             .ok_or_else(|| Error::Unavailable("the server returned no version".to_owned()))?;

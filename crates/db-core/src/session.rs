@@ -30,6 +30,7 @@ pub struct SessionOptions {
     pub(crate) isolation: Option<IsolationLevel>,
     pub(crate) max_attempts: u32,
     pub(crate) single_statement: bool,
+    pub(crate) on_primary: bool,
 }
 
 impl SessionOptions {
@@ -40,6 +41,7 @@ impl SessionOptions {
             isolation: None,
             max_attempts: 5,
             single_statement: false,
+            on_primary: false,
         }
     }
 
@@ -60,6 +62,13 @@ impl SessionOptions {
             access: Access::ReadOnly,
             ..Self::read_write()
         }
+    }
+
+    /// Reads from the primary, not from replicas: for reads that must see
+    /// the latest committed state (a read-write session always does).
+    pub fn on_primary(mut self) -> Self {
+        self.on_primary = true;
+        self
     }
 
     /// Runs in a transaction at this isolation level.
@@ -137,6 +146,15 @@ impl Session {
         Session {
             conn: Conn::Routed(replicas, primary),
             access: Access::ReadOnly,
+        }
+    }
+
+    /// The SeaORM transaction behind this session, for APIs that take one
+    /// (such as a migrator); `None` for a session without a transaction.
+    pub fn as_transaction(&self) -> Option<&DatabaseTransaction> {
+        match &self.conn {
+            Conn::Tx(tx) => Some(tx),
+            _ => None,
         }
     }
 

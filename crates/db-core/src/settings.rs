@@ -262,6 +262,12 @@ pub struct Settings {
     /// Where migrations connect instead of [`url`](Self::url), e.g. straight to
     /// the primary when the application goes through a pooler (`DB_MIGRATION_URL`).
     pub migration_url: Option<DatabaseUrl>,
+    /// The server is reached through a transaction-pooling PgBouncer
+    /// (`DB_TRANSACTION_POOLER`): every session is a transaction that starts
+    /// by dropping prepared statements left on the shared server connection,
+    /// the statement cache is off, and `statement_timeout` and `search_path`
+    /// are set per transaction.
+    pub transaction_pooler: bool,
     warnings: Vec<String>,
 }
 
@@ -425,6 +431,12 @@ settings_table![
         "",
         "where migrations connect instead (e.g. the primary itself, bypassing a pooler)"
     ),
+    (
+        "transaction_pooler",
+        "DB_TRANSACTION_POOLER",
+        "false",
+        "true when DATABASE_URL goes through a transaction-pooling PgBouncer"
+    ),
 ];
 
 /// The `DB_*` parts of the seed's contract, which `DATABASE_URL` overrides.
@@ -463,6 +475,7 @@ impl Settings {
             sqlite_busy_timeout: Duration::from_secs(5),
             statement_cache_capacity: 100,
             replicas: Vec::new(),
+            transaction_pooler: false,
             migration_url: None,
             warnings: Vec::new(),
         }
@@ -539,6 +552,9 @@ impl Settings {
         }
         if let Some(url) = &self.migration_url {
             rows.push(("migration_url", url.redacted()));
+        }
+        if self.transaction_pooler {
+            rows.push(("transaction_pooler", "true".to_owned()));
         }
         rows
     }
@@ -752,6 +768,25 @@ impl Layers {
             s.statement_cache_capacity = n as usize;
         }
         s.replicas = v.replicas(&s.url)?;
+        if let Some(raw) = v.text("transaction_pooler")? {
+            s.transaction_pooler = match raw.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => true,
+                "false" | "0" | "no" | "off" => false,
+                _ => {
+                    return Err(Error::Config(format!(
+                        "{}=\"{raw}\": expected true or false",
+                        v.origin("transaction_pooler")
+                    )));
+                }
+            };
+            if s.transaction_pooler && backend != DbBackend::Postgres {
+                return Err(Error::Config(format!(
+                    "{}: transaction pooling is for PostgreSQL (PgBouncer), not {}",
+                    v.origin("transaction_pooler"),
+                    backend_name(backend)
+                )));
+            }
+        }
         if let Some(raw) = v.text("migration_url")? {
             let url = DatabaseUrl::parse(raw.trim(), &v.origin("migration_url"))?;
             if url.backend() != backend {

@@ -175,6 +175,34 @@ const CASES: &[Case] = &[
         expected: "DB_PASS: not valid UTF-8",
     },
     Case {
+        vars: parts_and![("DB_TRANSACTION_POOLER", "maybe")],
+        files: &[],
+        expected: "DB_TRANSACTION_POOLER=\"maybe\": expected true or false",
+    },
+    Case {
+        vars: parts_and![("DB_REPLICA_HOSTS", "replica:port")],
+        files: &[],
+        expected: "DB_REPLICA_HOSTS=\"replica:port\": expected host or host:port, comma-separated",
+    },
+    Case {
+        vars: parts_and![
+            ("DB_REPLICA_HOSTS", "replica"),
+            ("DB_REPLICA_URLS", "postgres://app:{pw}@replica/tracker")
+        ],
+        files: &[],
+        expected: "DB_REPLICA_URLS and DB_REPLICA_HOSTS are both set: use one",
+    },
+    Case {
+        vars: &[("DB_REPLICA_URLS", "postgres://app:{pw}@replica/tracker")],
+        files: &[],
+        expected: "DB_REPLICA_URLS: read replicas need a PostgreSQL or MySQL primary, not SQLite",
+    },
+    Case {
+        vars: parts_and![("DB_MIGRATION_URL", "mysql://root@db/tracker")],
+        files: &[],
+        expected: "DB_MIGRATION_URL: a mysql URL, but the database is postgres",
+    },
+    Case {
         vars: &[("APP_ENV", "../etc")],
         files: &[],
         expected: "APP_ENV=\"../etc\": expected a name like production (letters, digits, - and _)",

@@ -6,4 +6,5 @@ mod cli;
 mod config_table;
 mod db_commands;
 mod migrate_commands;
+mod scaling;
 mod serve;

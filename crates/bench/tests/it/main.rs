@@ -11,6 +11,7 @@ fn options(scale: f64) -> Options {
         ops: OPS.map(String::from).to_vec(),
         stacks: STACKS.map(String::from).to_vec(),
         seed: 7,
+        reuse: false,
     }
 }
 

@@ -27,8 +27,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rand::Rng;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
+mod pgbouncer;
 mod postgres_server;
 
+pub use pgbouncer::PgBouncer;
 pub use postgres_server::{PrivatePostgres, StopMode, free_port};
 
 use crate::admin::{create_database, drop_database};

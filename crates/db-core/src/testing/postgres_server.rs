@@ -135,6 +135,57 @@ impl PrivatePostgres {
         })
     }
 
+    /// A streaming replica of this server (`pg_basebackup -R`), started on a
+    /// port of its own.
+    pub fn start_replica(&self) -> io::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("tracker-pg-replica-")
+            .tempdir()?;
+        if is_root() {
+            Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(dir.path())
+                .status()?;
+        }
+        let data = dir.path().join("data");
+        let mut command = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"])
+                .arg(self.bin.join("pg_basebackup"));
+            c
+        } else {
+            Command::new(self.bin.join("pg_basebackup"))
+        };
+        let output = command
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-D",
+            ])
+            .arg(&data)
+            .args(["-R", "-X", "stream", "--no-sync", "--checkpoint=fast"])
+            .env("PGPASSWORD", &self.password)
+            .output()?;
+        if !output.status.success() {
+            return Err(io::Error::other(format!(
+                "pg_basebackup: {}",
+                String::from_utf8_lossy(&output.stderr)
+            )));
+        }
+        let replica = PrivatePostgres {
+            dir,
+            bin: self.bin.clone(),
+            port: free_port()?,
+            password: self.password.clone(),
+        };
+        replica.start_again()?;
+        Ok(replica)
+    }
+
     /// Starts the (stopped) server again on the same port, waiting until it
     /// accepts connections.
     pub fn start_again(&self) -> io::Result<()> {

@@ -3,6 +3,7 @@
 
 mod admin;
 mod connect;
+mod replicas;
 mod session;
 mod settings;
 mod url;

@@ -1,0 +1,242 @@
+//! Beyond one server, on real processes: a streaming replica serving the
+//! GET routes, and PgBouncer in transaction-pooling mode in front of the
+//! primary (Debian's `pgbouncer`).
+
+use std::ffi::OsString;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use db_core::testing::{Backend, PgBouncer, PrivatePostgres, StopMode, free_port, report};
+use serde_json::{Value, json};
+
+use crate::cli::{text, tracker};
+use crate::serve::start;
+
+fn os(s: impl Into<String>) -> OsString {
+    OsString::from(s.into())
+}
+
+fn pgbouncer_installed() -> bool {
+    let installed = std::process::Command::new("pgbouncer")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !installed {
+        eprintln!("pgbouncer is not installed (apt-get install pgbouncer); skipping");
+    }
+    installed
+}
+
+/// With a replica configured, `GET /tasks/{id}/` is answered by the replica:
+/// it still answers with the primary stopped, while writes (which never go
+/// to the replica) fail with 503. `db check` shows the replica and its lag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_routes_are_served_by_the_replica_and_writes_never_are() {
+    if Backend::Postgres.server_settings().is_none() {
+        return;
+    }
+    let (primary, replica) = tokio::task::spawn_blocking(|| {
+        let primary = PrivatePostgres::start("scaling-pw").expect("primary");
+        primary.psql("postgres", "CREATE DATABASE tracker").unwrap();
+        let replica = primary.start_replica().expect("replica");
+        (Arc::new(primary), replica)
+    })
+    .await
+    .unwrap();
+    let vars = [
+        ("DATABASE_URL", os(primary.url("tracker"))),
+        ("DB_REPLICA_URLS", os(replica.url("tracker"))),
+        ("DB_ACQUIRE_TIMEOUT", os("1s")),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+
+    let check = tracker(dir.path(), &["db", "check"], &vars);
+    let (stdout, stderr) = text(&check);
+    assert_eq!(check.status.code(), Some(0), "{stderr}");
+    let line = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("replica ") && l.contains("lag"))
+        .unwrap_or_default();
+    assert!(
+        line.contains(&format!("127.0.0.1:{}/tracker (up, lag ", replica.port())),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("scaling-pw"));
+
+    let addr = format!("127.0.0.1:{}", free_port().unwrap());
+    let mut app = start(dir.path(), &["serve", "--addr", &addr, "--migrate"], &vars).await;
+    let client = reqwest::Client::new();
+    let created: Value = client
+        .post(format!("{}/tasks/", app.base))
+        .json(&json!({"title": "replicated", "status": "todo"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_i64().unwrap();
+    let url = format!("{}/tasks/{id}/", app.base);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let response = client.get(&url).send().await.unwrap();
+        if response.status() == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the task never reached the replica"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Only the replica is left: reads succeed, writes cannot.
+    tokio::task::spawn_blocking({
+        let primary = primary.clone();
+        move || primary.stop(StopMode::Fast)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    for _ in 0..10 {
+        let response = client.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 200, "a read needed the primary");
+        assert_eq!(
+            response.json::<Value>().await.unwrap()["title"],
+            "replicated"
+        );
+    }
+    let write = client
+        .post(format!("{}/tasks/", app.base))
+        .json(&json!({"title": "nowhere to go", "status": "todo"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        write.status(),
+        503,
+        "a write went somewhere other than the primary"
+    );
+    report(
+        "replica: with the primary stopped, 10/10 GET /tasks/{id}/ answered 200 from the replica; POST answered 503",
+    );
+
+    tokio::task::spawn_blocking({
+        let primary = primary.clone();
+        move || primary.start_again()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let write = client
+            .post(format!("{}/tasks/", app.base))
+            .json(&json!({"title": "primary is back", "status": "todo"}))
+            .send()
+            .await
+            .unwrap();
+        if write.status() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "writes did not resume");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    app.terminate();
+    assert_eq!(app.wait(Duration::from_secs(10)).await.0, Some(0));
+    drop(replica);
+}
+
+/// Through PgBouncer in transaction-pooling mode (`DB_TRANSACTION_POOLER`):
+/// concurrent migrators apply each migration once (the lock is a
+/// transaction-level one), and the app serves concurrent requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_and_its_migrations_work_through_pgbouncer() {
+    if Backend::Postgres.server_settings().is_none() || !pgbouncer_installed() {
+        return;
+    }
+    let (server, bouncer) = tokio::task::spawn_blocking(|| {
+        let server = PrivatePostgres::start("bouncer-pw").expect("postgres");
+        server.psql("postgres", "CREATE DATABASE tracker").unwrap();
+        let bouncer = PgBouncer::start(&server, "tracker").expect("pgbouncer");
+        (server, bouncer)
+    })
+    .await
+    .unwrap();
+    let vars = vec![
+        ("DATABASE_URL", os(bouncer.url("tracker"))),
+        ("DB_TRANSACTION_POOLER", os("true")),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let migrators: Vec<_> = (0..6)
+        .map(|_| {
+            let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tracker"));
+            command
+                .args(["migrate", "up"])
+                .current_dir(dir.path())
+                .env_clear();
+            for (name, value) in &vars {
+                command.env(name, value);
+            }
+            command
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            command.spawn().unwrap()
+        })
+        .collect();
+    let mut applied = 0;
+    for migrator in migrators {
+        let output = migrator.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        applied += String::from_utf8_lossy(&output.stdout)
+            .matches("applied  ")
+            .count();
+    }
+    assert_eq!(applied, 1, "the migration was applied {applied} times");
+    assert_eq!(
+        server
+            .psql("tracker", "SELECT COUNT(*) FROM seaql_migrations")
+            .unwrap(),
+        "1"
+    );
+
+    let addr = format!("127.0.0.1:{}", free_port().unwrap());
+    let mut app = start(dir.path(), &["serve", "--addr", &addr], &vars).await;
+    let client = reqwest::Client::new();
+    let requests: Vec<_> = (0..64)
+        .map(|n| {
+            let (client, base) = (client.clone(), app.base.clone());
+            tokio::spawn(async move {
+                let created: Value = client
+                    .post(format!("{base}/employees/"))
+                    .json(&json!({"full_name": format!("e{n}"), "position": "bouncer"}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                let id = created["id"].as_i64().unwrap();
+                client
+                    .get(format!("{base}/employees/{id}/"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            })
+        })
+        .collect();
+    for request in requests {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+    report(&format!(
+        "pgbouncer (transaction pooling, port {}): 6 concurrent migrators applied the migration once; 64 concurrent create+get pairs all 200",
+        bouncer.port()
+    ));
+    app.terminate();
+    assert_eq!(app.wait(Duration::from_secs(10)).await.0, Some(0));
+}

@@ -1,0 +1,115 @@
+//! A PgBouncer in transaction-pooling mode in front of a private
+//! PostgreSQL, for tests (Debian's `pgbouncer` package).
+
+use std::io;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::postgres_server::{PrivatePostgres, free_port};
+use crate::url::encode;
+
+/// A running PgBouncer; stopped on drop.
+#[derive(Debug)]
+pub struct PgBouncer {
+    _dir: tempfile::TempDir,
+    child: Child,
+    port: u16,
+    password: String,
+}
+
+impl PgBouncer {
+    /// Starts PgBouncer on a free port, pooling `database` of `server` per
+    /// transaction, with the server's superuser and password.
+    pub fn start(server: &PrivatePostgres, database: &str) -> io::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("tracker-pgbouncer-")
+            .tempdir()?;
+        let port = free_port()?;
+        let config = format!(
+            "[databases]\n\
+             {database} = host=127.0.0.1 port={upstream} dbname={database}\n\
+             [pgbouncer]\n\
+             listen_addr = 127.0.0.1\n\
+             listen_port = {port}\n\
+             unix_socket_dir =\n\
+             auth_type = plain\n\
+             auth_file = {dir}/users.txt\n\
+             pool_mode = transaction\n\
+             default_pool_size = 20\n\
+             max_client_conn = 500\n\
+             ignore_startup_parameters = extra_float_digits\n\
+             logfile = {dir}/pgbouncer.log\n\
+             pidfile = {dir}/pgbouncer.pid\n",
+            upstream = server.port(),
+            dir = dir.path().display(),
+        );
+        std::fs::write(dir.path().join("pgbouncer.ini"), config)?;
+        std::fs::write(
+            dir.path().join("users.txt"),
+            format!(
+                "\"postgres\" \"{}\"\n",
+                server.password().replace('"', "\"\"")
+            ),
+        )?;
+        let is_root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        let mut command = if is_root {
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()?;
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--", "pgbouncer"]);
+            c
+        } else {
+            Command::new("pgbouncer")
+        };
+        let child = command
+            .arg(dir.path().join("pgbouncer.ini"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let bouncer = PgBouncer {
+            _dir: dir,
+            child,
+            port,
+            password: server.password().to_owned(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return Err(io::Error::other("pgbouncer did not start listening"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(bouncer)
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A URL for `database` through PgBouncer, as the superuser.
+    pub fn url(&self, database: &str) -> String {
+        format!(
+            "postgres://postgres:{}@127.0.0.1:{}/{}",
+            encode(&self.password),
+            self.port,
+            encode(database)
+        )
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        // When started through runuser, the child is runuser, not PgBouncer.
+        if let Ok(pid) = std::fs::read_to_string(self._dir.path().join("pgbouncer.pid")) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

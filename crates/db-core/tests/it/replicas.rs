@@ -1,0 +1,128 @@
+//! Read replicas on a real streaming replica: where each query runs,
+//! read-your-writes, lag, and failover without failed requests.
+
+use std::time::{Duration, Instant};
+
+use db_core::testing::{Backend, PrivatePostgres, StopMode};
+use db_core::{DatabaseUrl, Db, Session, Settings};
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
+
+async fn in_recovery(session: &Session) -> bool {
+    let row = session
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT pg_is_in_recovery()",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get_by_index::<bool>(0).unwrap()
+}
+
+async fn count(session: &Session) -> i64 {
+    let row = session
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT COUNT(*) FROM t",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get_by_index::<i64>(0).unwrap()
+}
+
+/// Polls `check` until it holds, for at most 20 s.
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_go_to_the_replica_writes_to_the_primary_and_reads_survive_its_loss() {
+    if Backend::Postgres.server_settings().is_none() {
+        return;
+    }
+    let (primary, replica) = tokio::task::spawn_blocking(|| {
+        let primary = PrivatePostgres::start("replica-test-pw").expect("primary");
+        let replica = primary.start_replica().expect("replica");
+        (primary, replica)
+    })
+    .await
+    .unwrap();
+    let mut settings =
+        Settings::new(DatabaseUrl::parse(&primary.url("postgres"), "DATABASE_URL").unwrap());
+    settings.replicas =
+        vec![DatabaseUrl::parse(&replica.url("postgres"), "DB_REPLICA_URLS").unwrap()];
+    let db = Db::connect(&settings).await.unwrap();
+
+    let write = db.begin().await.unwrap();
+    assert!(
+        !in_recovery(&write).await,
+        "a write session ran on the replica"
+    );
+    write
+        .execute_unprepared("CREATE TABLE t (x INTEGER)")
+        .await
+        .unwrap();
+    write
+        .execute_unprepared("INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    write.commit().await.unwrap();
+
+    eventually("replication of the first row", async || {
+        count(&db.read().await.unwrap()).await == 1
+    })
+    .await;
+    assert!(
+        in_recovery(&db.read().await.unwrap()).await,
+        "a read session ran on the primary"
+    );
+
+    // Read-your-writes: after this scope writes, its reads go to the primary.
+    let scope = db.scope();
+    assert!(in_recovery(&scope.read().await.unwrap()).await);
+    let write = scope.begin().await.unwrap();
+    write
+        .execute_unprepared("INSERT INTO t VALUES (2)")
+        .await
+        .unwrap();
+    write.commit().await.unwrap();
+    let read = scope.read().await.unwrap();
+    assert!(!in_recovery(&read).await);
+    assert_eq!(count(&read).await, 2);
+
+    let status = db.replica_status().await;
+    assert_eq!(status.len(), 1);
+    assert!(status[0].up);
+    assert!(
+        status[0]
+            .lag
+            .is_some_and(|lag| lag < Duration::from_secs(10)),
+        "{status:?}"
+    );
+
+    // The replica goes away: every read still succeeds, on the primary.
+    replica.stop(StopMode::Fast).unwrap();
+    for _ in 0..20 {
+        let read = db.read().await.unwrap();
+        assert_eq!(count(&read).await, 2);
+        assert!(!in_recovery(&read).await);
+    }
+    assert!(!db.replica_status().await[0].up);
+
+    // It comes back: reads return to it.
+    replica.start_again().unwrap();
+    eventually("reads returning to the replica", async || {
+        in_recovery(&db.read().await.unwrap()).await
+    })
+    .await;
+    db.close().await;
+    drop(primary);
+}
