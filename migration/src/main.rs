@@ -3,7 +3,6 @@
 //!
 //! Exit codes: 0 success, 1 failure, 2 configuration error (or bad arguments).
 
-use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -23,34 +22,17 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(db_core::DEFAULT_LOG_FILTER));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+    db_core::cli::init_logging(false, db_core::DEFAULT_LOG_FILTER);
     let result = tokio::runtime::Runtime::new()
         .map_err(|e| anyhow::Error::new(e).context("starting the async runtime"))
         .and_then(|runtime| runtime.block_on(run(cli)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            let _ = writeln!(
-                std::io::stderr(),
-                "error: {}",
-                format!("{e:#}").replace('\n', "; ")
-            );
-            let config = e.chain().any(|cause| {
-                cause
-                    .downcast_ref::<db_core::Error>()
-                    .is_some_and(db_core::Error::is_config)
-                    || cause
-                        .downcast_ref::<migration::Error>()
-                        .is_some_and(migration::Error::is_config)
-            });
-            ExitCode::from(if config { 2 } else { 1 })
-        }
+        Err(e) => db_core::cli::fail(e.as_ref(), |cause| {
+            cause
+                .downcast_ref::<migration::Error>()
+                .is_some_and(migration::Error::is_config)
+        }),
     }
 }
 

@@ -3,7 +3,7 @@
 //!
 //! Exit codes: 0 success, 1 failure, 2 configuration error (or bad arguments).
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -63,7 +63,7 @@ enum DbCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_json);
+    db_core::cli::init_logging(cli.log_json, db_core::DEFAULT_LOG_FILTER);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => return fail(&anyhow::Error::new(e).context("starting the async runtime")),
@@ -74,34 +74,13 @@ fn main() -> ExitCode {
     }
 }
 
-/// Prints the error on one line and picks the exit code: 2 for configuration
-/// errors, 1 for the rest.
+/// Prints the error on one line; exit code 2 for configuration errors.
 fn fail(e: &anyhow::Error) -> ExitCode {
-    let message = format!("{e:#}").replace('\n', "; ");
-    let _ = writeln!(std::io::stderr(), "error: {message}");
-    let config = e.chain().any(|cause| {
+    db_core::cli::fail(e.as_ref(), |cause| {
         cause
-            .downcast_ref::<db_core::Error>()
-            .is_some_and(db_core::Error::is_config)
-            || cause
-                .downcast_ref::<migration::Error>()
-                .is_some_and(migration::Error::is_config)
-    });
-    ExitCode::from(if config { 2 } else { 1 })
-}
-
-fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(db_core::DEFAULT_LOG_FILTER));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+            .downcast_ref::<migration::Error>()
+            .is_some_and(migration::Error::is_config)
+    })
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

@@ -5,7 +5,7 @@
 //! Exit codes: 0 success, 1 failure (including a wrong answer), 2 configuration
 //! error or bad arguments.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::process::ExitCode;
 
 use bench::workload::OPS;
@@ -44,39 +44,19 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Statement logs would dominate the timings: sqlx and SeaORM speak at warn
     // only, unless RUST_LOG says otherwise.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!(
-            "{},sqlx=warn,sea_orm=warn",
-            db_core::DEFAULT_LOG_FILTER
-        ))
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = format!("{},sqlx=warn,sea_orm=warn", db_core::DEFAULT_LOG_FILTER);
+    db_core::cli::init_logging(false, &filter);
     let result = tokio::runtime::Runtime::new()
         .map_err(|e| anyhow::Error::new(e).context("starting the async runtime"))
         .and_then(|runtime| runtime.block_on(run(cli)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            let _ = writeln!(
-                std::io::stderr(),
-                "error: {}",
-                format!("{e:#}").replace('\n', "; ")
-            );
-            let usage = e.chain().any(|cause| {
-                cause
-                    .downcast_ref::<db_core::Error>()
-                    .is_some_and(db_core::Error::is_config)
-                    || matches!(
-                        cause.downcast_ref::<bench::Error>(),
-                        Some(bench::Error::Usage(_))
-                    )
-            });
-            ExitCode::from(if usage { 2 } else { 1 })
-        }
+        Err(e) => db_core::cli::fail(e.as_ref(), |cause| {
+            matches!(
+                cause.downcast_ref::<bench::Error>(),
+                Some(bench::Error::Usage(_))
+            )
+        }),
     }
 }
 

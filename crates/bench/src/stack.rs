@@ -303,6 +303,43 @@ macro_rules! joined {
     };
 }
 
+/// A load with multi-row `INSERT`s in one transaction, then fresh statistics:
+/// the same code for the MySQL and SQLite pools.
+macro_rules! insert_load {
+    ($pool:expr, $employees:expr, $tasks:expr, $analyze:literal) => {{
+        let mut tx = $pool.begin().await.map_err(db_err)?;
+        for chunk in $employees.chunks(5000) {
+            let mut q = sqlx::QueryBuilder::new("INSERT INTO employees (id, full_name, position) ");
+            q.push_values(chunk, |mut b, e| {
+                b.push_bind(e.id)
+                    .push_bind(&e.full_name)
+                    .push_bind(&e.position);
+            });
+            q.build().execute(&mut *tx).await.map_err(db_err)?;
+        }
+        for chunk in $tasks.chunks(5000) {
+            let mut q = sqlx::QueryBuilder::new(
+                "INSERT INTO tasks (id, title, parent_id, assignee_id, deadline, status) ",
+            );
+            q.push_values(chunk, |mut b, t| {
+                b.push_bind(t.id)
+                    .push_bind(&t.title)
+                    .push_bind(t.parent_id)
+                    .push_bind(t.assignee_id)
+                    .push_bind(t.deadline)
+                    .push_bind(&t.status);
+            });
+            q.build().execute(&mut *tx).await.map_err(db_err)?;
+        }
+        tx.commit().await.map_err(db_err)?;
+        sqlx::raw_sql($analyze)
+            .execute($pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }};
+}
+
 impl Raw {
     async fn get(&self, id: i32) -> Result<Option<TaskAndAssignee>, Error> {
         let row: Option<JoinedRow> = match self {
@@ -549,71 +586,9 @@ impl Raw {
                 Ok(())
             }
             Raw::MySql(pool) => {
-                let mut tx = pool.begin().await.map_err(db_err)?;
-                for chunk in employees.chunks(5000) {
-                    let mut q =
-                        sqlx::QueryBuilder::new("INSERT INTO employees (id, full_name, position) ");
-                    q.push_values(chunk, |mut b, e| {
-                        b.push_bind(e.id)
-                            .push_bind(&e.full_name)
-                            .push_bind(&e.position);
-                    });
-                    q.build().execute(&mut *tx).await.map_err(db_err)?;
-                }
-                for chunk in tasks.chunks(5000) {
-                    let mut q = sqlx::QueryBuilder::new(
-                        "INSERT INTO tasks (id, title, parent_id, assignee_id, deadline, status) ",
-                    );
-                    q.push_values(chunk, |mut b, t| {
-                        b.push_bind(t.id)
-                            .push_bind(&t.title)
-                            .push_bind(t.parent_id)
-                            .push_bind(t.assignee_id)
-                            .push_bind(t.deadline)
-                            .push_bind(&t.status);
-                    });
-                    q.build().execute(&mut *tx).await.map_err(db_err)?;
-                }
-                tx.commit().await.map_err(db_err)?;
-                sqlx::raw_sql("ANALYZE TABLE employees, tasks")
-                    .execute(pool)
-                    .await
-                    .map_err(db_err)?;
-                Ok(())
+                insert_load!(pool, employees, tasks, "ANALYZE TABLE employees, tasks")
             }
-            Raw::Sqlite(writer, _) => {
-                let mut tx = writer.begin().await.map_err(db_err)?;
-                for chunk in employees.chunks(5000) {
-                    let mut q =
-                        sqlx::QueryBuilder::new("INSERT INTO employees (id, full_name, position) ");
-                    q.push_values(chunk, |mut b, e| {
-                        b.push_bind(e.id)
-                            .push_bind(&e.full_name)
-                            .push_bind(&e.position);
-                    });
-                    q.build().execute(&mut *tx).await.map_err(db_err)?;
-                }
-                for chunk in tasks.chunks(5000) {
-                    let mut q = sqlx::QueryBuilder::new(
-                        "INSERT INTO tasks (id, title, parent_id, assignee_id, deadline, status) ",
-                    );
-                    q.push_values(chunk, |mut b, t| {
-                        b.push_bind(t.id)
-                            .push_bind(&t.title)
-                            .push_bind(t.parent_id)
-                            .push_bind(t.assignee_id)
-                            .push_bind(t.deadline)
-                            .push_bind(&t.status);
-                    });
-                    q.build().execute(&mut *tx).await.map_err(db_err)?;
-                }
-                tx.commit().await.map_err(db_err)?;
-                sqlx::raw_sql("ANALYZE")
-                    .execute(writer)
-                    .await
-                    .map_err(db_err)?;
-                Ok(())
-            }
+            Raw::Sqlite(writer, _) => insert_load!(writer, employees, tasks, "ANALYZE"),
         }
     }
 }

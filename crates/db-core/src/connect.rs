@@ -125,6 +125,14 @@ fn config_error(s: &Settings, e: &sqlx::Error) -> Error {
     ))
 }
 
+/// An IPv6 host without the brackets its URL form keeps, which the tokio
+/// resolver does not accept.
+fn unbracketed(host: &str) -> Option<String> {
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .map(str::to_owned)
+}
+
 impl Options {
     /// Builds the driver options: the URL parsed by the driver's own parser,
     /// then every knob from the settings.
@@ -133,14 +141,7 @@ impl Options {
         Ok(match s.url.backend() {
             DbBackend::Postgres => {
                 let mut o = PgConnectOptions::from_str(url).map_err(|e| config_error(s, &e))?;
-                // The URL form of an IPv6 address keeps its brackets, which the
-                // tokio resolver does not accept.
-                if let Some(bare) = o
-                    .get_host()
-                    .strip_prefix('[')
-                    .and_then(|h| h.strip_suffix(']'))
-                {
-                    let bare = bare.to_owned();
+                if let Some(bare) = unbracketed(o.get_host()) {
                     o = o.host(&bare);
                 }
                 if o.get_application_name().is_none()
@@ -178,12 +179,7 @@ impl Options {
             }
             DbBackend::MySql => {
                 let mut o = MySqlConnectOptions::from_str(url).map_err(|e| config_error(s, &e))?;
-                if let Some(bare) = o
-                    .get_host()
-                    .strip_prefix('[')
-                    .and_then(|h| h.strip_suffix(']'))
-                {
-                    let bare = bare.to_owned();
+                if let Some(bare) = unbracketed(o.get_host()) {
                     o = o.host(&bare);
                 }
                 o = o.statement_cache_capacity(s.statement_cache_capacity);

@@ -30,6 +30,8 @@
 
 mod admin;
 mod cached;
+#[cfg(feature = "cli")]
+pub mod cli;
 mod connect;
 mod db;
 mod error;

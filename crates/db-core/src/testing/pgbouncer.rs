@@ -5,7 +5,7 @@ use std::io;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::postgres_server::{PrivatePostgres, free_port};
+use super::postgres_server::{PrivatePostgres, free_port, is_root};
 use crate::url::encode;
 
 /// A running PgBouncer; stopped on drop.
@@ -51,11 +51,7 @@ impl PgBouncer {
                 server.password().replace('"', "\"\"")
             ),
         )?;
-        let is_root = Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-        let mut command = if is_root {
+        let mut command = if is_root() {
             Command::new("chown")
                 .args(["-R", "postgres:postgres"])
                 .arg(dir.path())

@@ -1,0 +1,53 @@
+//! For binaries (feature `cli`): logging to standard error, and turning an
+//! error into one line and an exit code.
+
+use std::error::Error as StdError;
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+use crate::error::Error;
+
+/// Logs to standard error: human-readable (colours on a terminal) or JSON
+/// lines. `RUST_LOG` wins over `filter`.
+pub fn init_logging(json: bool, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Prints `error` and its causes on one line (`error: outer: inner`) and
+/// returns the exit code: 2 when a cause is a configuration error of db-core
+/// or one `is_usage` recognises (bad arguments), 1 otherwise.
+pub fn fail(
+    error: &(dyn StdError + 'static),
+    is_usage: impl Fn(&(dyn StdError + 'static)) -> bool,
+) -> ExitCode {
+    let mut message = error.to_string();
+    let mut usage = false;
+    let mut cause = Some(error);
+    while let Some(current) = cause {
+        usage |= current
+            .downcast_ref::<Error>()
+            .is_some_and(Error::is_config)
+            || is_usage(current);
+        if !std::ptr::addr_eq(current, error) {
+            let text = current.to_string();
+            // `#[error(transparent)]` wrappers repeat their source's message.
+            if !message.ends_with(&text) {
+                message.push_str(": ");
+                message.push_str(&text);
+            }
+        }
+        cause = current.source();
+    }
+    let _ = writeln!(std::io::stderr(), "error: {}", message.replace('\n', "; "));
+    ExitCode::from(if usage { 2 } else { 1 })
+}
