@@ -100,10 +100,10 @@ impl Scope {
     /// A read-only session: on a replica, or on the primary once this scope wrote.
     pub async fn read(&self) -> Result<Session> {
         if self.wrote.load(Ordering::Relaxed) {
-            return Ok(Session::direct(
-                self.db.inner.pools.write.clone(),
-                Access::ReadOnly,
-            ));
+            return self
+                .db
+                .session(SessionOptions::read_only().on_primary())
+                .await;
         }
         self.db.read().await
     }

@@ -11,8 +11,14 @@
 //! - [`Db::begin`] / [`Db::read`] hand out [`Session`]s, one unit of work each,
 //!   rolled back unless committed; [`Db::transaction`] retries a unit of work
 //!   that lost a serialization conflict or deadlock.
-//! - [`create_database`], [`Db::health`] and, with the `testing` feature,
-//!   per-test databases ([`testing::TestDb`]).
+//! - Read replicas (`DB_REPLICA_URLS`): read-only sessions go to them and fail
+//!   over to the primary; [`Db::scope`] reads its own writes. Through a
+//!   transaction-pooling PgBouncer, `DB_TRANSACTION_POOLER` keeps sessions safe.
+//! - [`CachedStatement`] builds a hot query's SQL once per backend.
+//! - [`create_database`], [`Db::health`]; with the `testing` feature, per-test
+//!   databases and private servers ([`testing::TestDb`],
+//!   [`testing::PrivatePostgres`], [`testing::PgBouncer`]); with the `cli`
+//!   feature, logging and exit codes for binaries ([`cli`]).
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), db_core::Error> {
