@@ -7,9 +7,9 @@ use chrono::NaiveDate;
 use db_core::{CachedStatement, Db, SessionOptions};
 use entity::{employees, tasks};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ActiveValue::Unchanged, ConnectionTrait, DbBackend, DbErr,
-    EntityTrait, IntoActiveModel, IsolationLevel, LoaderTrait, ModelTrait, QueryOrder, QuerySelect,
-    QueryTrait, SelectTwoModel, SelectorTrait, SqlErr, Statement,
+    ActiveModelTrait, ActiveValue::Set, ActiveValue::Unchanged, ColumnTrait, ConnectionTrait,
+    DbBackend, DbErr, EntityTrait, IntoActiveModel, IsolationLevel, LoaderTrait, ModelTrait,
+    QueryOrder, QuerySelect, QueryTrait, SelectTwoModel, SelectorTrait, SqlErr, Statement,
 };
 
 use crate::error::{Error, Kind, Result};
@@ -80,6 +80,17 @@ static TASK: CachedStatement =
     CachedStatement::new(|backend| tasks::Entity::find_by_id(0).build(backend));
 static TASK_FOR_UPDATE: CachedStatement =
     CachedStatement::new(|backend| tasks::Entity::find_by_id(0).lock_exclusive().build(backend));
+// `UPDATE tasks SET status = ? WHERE id = ? RETURNING *` (where RETURNING exists).
+static SET_STATUS: CachedStatement = CachedStatement::new(|backend| {
+    backend.build(
+        &sea_orm::sea_query::Query::update()
+            .table(tasks::Entity)
+            .value(tasks::Column::Status, "")
+            .and_where(tasks::Column::Id.eq(0))
+            .returning_all()
+            .to_owned(),
+    )
+});
 static EMPLOYEE: CachedStatement =
     CachedStatement::new(|backend| employees::Entity::find_by_id(0).build(backend));
 static TASK_WITH_ASSIGNEE: CachedStatement = CachedStatement::new(|backend| {
@@ -374,9 +385,18 @@ impl Tracker {
                     .one(&tx)
                     .await?
                     .ok_or(Error::NotFound(Kind::Task))?;
-                let mut row = task.into_active_model();
-                row.status = Set(status.to_owned());
-                Ok(row.update(&tx).await?)
+                let backend = tx.get_database_backend();
+                if !tx.support_returning() {
+                    let mut row = task.into_active_model();
+                    row.status = Set(status.to_owned());
+                    return Ok(row.update(&tx).await?);
+                }
+                let stmt = SET_STATUS.statement(backend, [status.into(), id.into()])?;
+                tasks::Entity::find()
+                    .from_raw_sql(stmt)
+                    .one(&tx)
+                    .await?
+                    .ok_or(Error::NotFound(Kind::Task))
             })
             .await
     }
