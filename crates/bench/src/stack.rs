@@ -579,7 +579,7 @@ impl Raw {
                     .await
                     .map_err(db_err)?;
                 tx.commit().await.map_err(db_err)?;
-                sqlx::raw_sql("ANALYZE employees, tasks")
+                sqlx::raw_sql("VACUUM (ANALYZE) employees, tasks")
                     .execute(pool)
                     .await
                     .map_err(db_err)?;

@@ -77,9 +77,11 @@ impl Tracker {
             }
         }
         // Fresh statistics, or the planner guesses: without them PostgreSQL
-        // answered a subtree with a sequential scan per level.
+        // answered a subtree with a sequential scan per level. On PostgreSQL a
+        // VACUUM as well, so autovacuum does not start on the new rows while
+        // the application works.
         let analyze = match db.backend() {
-            DbBackend::Postgres => "ANALYZE employees, tasks",
+            DbBackend::Postgres => "VACUUM (ANALYZE) employees, tasks",
             DbBackend::MySql => "ANALYZE TABLE employees, tasks",
             _ => "ANALYZE",
         };
