@@ -400,5 +400,8 @@ impl Db {
     pub async fn close(&self) {
         let _ = self.inner.pools.write.close_by_ref().await;
         let _ = self.inner.pools.read.close_by_ref().await;
+        for replica in self.inner.pools.replicas.all() {
+            let _ = replica.conn().close_by_ref().await;
+        }
     }
 }
