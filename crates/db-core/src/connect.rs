@@ -69,9 +69,10 @@ pub(crate) fn server_pool(s: &Settings, statements: &Arc<AtomicU64>) -> Result<S
     Ok(ServerPool { conn })
 }
 
-/// One connection attempt to the server of `s`, within its connect timeout.
-pub(crate) async fn probe(s: &Settings) -> std::result::Result<(), String> {
-    async fn attempt<O>(o: &O, timeout: Duration) -> std::result::Result<(), String>
+/// Whether one connection attempt to the server of `s` succeeds within its
+/// connect timeout.
+pub(crate) async fn probe(s: &Settings) -> bool {
+    async fn attempt<O>(o: &O, timeout: Duration) -> bool
     where
         O: ConnectOptions,
         O::Connection: Sized,
@@ -79,16 +80,16 @@ pub(crate) async fn probe(s: &Settings) -> std::result::Result<(), String> {
         match tokio::time::timeout(timeout, o.connect()).await {
             Ok(Ok(conn)) => {
                 let _ = conn.close().await;
-                Ok(())
+                true
             }
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("timed out".to_owned()),
+            _ => false,
         }
     }
-    match Options::new(s).map_err(|e| e.to_string())? {
-        Options::Postgres(o) => attempt(&o, s.connect_timeout).await,
-        Options::MySql(o) => attempt(&o, s.connect_timeout).await,
-        Options::Sqlite(_) => Ok(()),
+    match Options::new(s) {
+        Ok(Options::Postgres(o)) => attempt(&o, s.connect_timeout).await,
+        Ok(Options::MySql(o)) => attempt(&o, s.connect_timeout).await,
+        Ok(Options::Sqlite(_)) => true,
+        Err(_) => false,
     }
 }
 

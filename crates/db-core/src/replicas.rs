@@ -64,7 +64,7 @@ impl Replica {
     /// Tries the replica; if it answers, gives it a fresh pool (the old
     /// connections died with the outage) and marks it up.
     async fn revive(&self) {
-        if probe(&self.settings).await.is_err() {
+        if !probe(&self.settings).await {
             return;
         }
         let Ok(fresh) = server_pool(&self.settings, &self.statements) else {

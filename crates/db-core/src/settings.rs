@@ -253,8 +253,9 @@ pub struct Settings {
     pub slow_statement_threshold: Option<Duration>,
     /// How long SQLite waits for a lock held by another connection (`DB_SQLITE_BUSY_TIMEOUT`).
     pub sqlite_busy_timeout: Duration,
-    /// Prepared statements cached per connection; 0 turns the cache off, as a
-    /// transaction-pooling PgBouncer needs (`DB_STATEMENT_CACHE_CAPACITY`).
+    /// Prepared statements cached per connection; 0 turns the cache off
+    /// (`DB_STATEMENT_CACHE_CAPACITY`). Off is not enough for a transaction
+    /// pooler, where sqlx's statement names collide: see `transaction_pooler`.
     pub statement_cache_capacity: usize,
     /// Read replicas (`DB_REPLICA_URLS`, or `DB_REPLICA_HOSTS` with the
     /// primary's credentials); read-only sessions go to them.
@@ -411,7 +412,7 @@ settings_table![
         "statement_cache_capacity",
         "DB_STATEMENT_CACHE_CAPACITY",
         "100",
-        "prepared statements cached per connection (0: off, for PgBouncer)"
+        "prepared statements cached per connection (0: off)"
     ),
     (
         "replica_urls",

@@ -5,8 +5,7 @@ use std::io;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::postgres_server::{PrivatePostgres, free_port, is_root};
-use crate::url::encode;
+use super::postgres_server::{PrivatePostgres, free_port, is_root, superuser_url};
 
 /// A running PgBouncer; stopped on drop.
 #[derive(Debug)]
@@ -90,12 +89,7 @@ impl PgBouncer {
 
     /// A URL for `database` through PgBouncer, as the superuser.
     pub fn url(&self, database: &str) -> String {
-        format!(
-            "postgres://postgres:{}@127.0.0.1:{}/{}",
-            encode(&self.password),
-            self.port,
-            encode(database)
-        )
+        superuser_url(&self.password, self.port, database)
     }
 }
 

@@ -44,6 +44,15 @@ fn find_bin() -> io::Result<PathBuf> {
         .ok_or_else(|| io::Error::other("no PostgreSQL binaries under /usr/lib/postgresql/*/bin"))
 }
 
+/// `postgres://postgres:PASSWORD@127.0.0.1:PORT/DATABASE`, encoded.
+pub(crate) fn superuser_url(password: &str, port: u16, database: &str) -> String {
+    format!(
+        "postgres://postgres:{}@127.0.0.1:{port}/{}",
+        encode(password),
+        encode(database)
+    )
+}
+
 /// A TCP port that was free a moment ago.
 pub fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -267,12 +276,7 @@ impl PrivatePostgres {
 
     /// A URL for `database` as the superuser, over TCP with the password.
     pub fn url(&self, database: &str) -> String {
-        format!(
-            "postgres://postgres:{}@127.0.0.1:{}/{}",
-            encode(&self.password),
-            self.port,
-            encode(database)
-        )
+        superuser_url(&self.password, self.port, database)
     }
 
     /// The data directory.

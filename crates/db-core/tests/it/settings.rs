@@ -234,6 +234,25 @@ fn debug_of_settings_and_source_never_shows_the_password() {
 }
 
 #[test]
+fn the_documented_defaults_are_the_built_in_ones() {
+    let defaults = Settings::new(db_core::DatabaseUrl::parse("postgres://u@h/d", "test").unwrap());
+    let described = defaults.describe();
+    for setting in db_core::SETTINGS.iter().filter(|s| !s.default.is_empty()) {
+        if let Some((_, value)) = described.iter().find(|(key, _)| *key == setting.key) {
+            if setting.key == "ssl_mode" {
+                // Left to the URL, whose own default is `prefer`.
+                assert!(
+                    value.ends_with(&format!("default {})", setting.default)),
+                    "{value}"
+                );
+            } else {
+                assert_eq!(value, setting.default, "{}", setting.var);
+            }
+        }
+    }
+}
+
+#[test]
 fn every_setting_is_documented_in_the_readme_and_env_example() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
