@@ -25,10 +25,13 @@ pub struct MigrateArgs {
     pub command: MigrateCommand,
 }
 
-/// Migrate commands. All but `status` and `generate` take the migration lock.
+/// Migrate commands. All but `status`, `generate` and `entities` take the
+/// migration lock.
 #[derive(Debug, clap::Subcommand)]
 pub enum MigrateCommand {
-    /// Apply pending migrations: all, or the next N.
+    /// Apply pending migrations: all, or the next N. A pending migration whose
+    /// tables already exist with its shape (made by another tool) is adopted:
+    /// recorded as applied without running it.
     Up {
         /// How many to apply.
         #[arg(short = 'n', long = "num")]
@@ -39,21 +42,48 @@ pub enum MigrateCommand {
         /// How many to revert.
         #[arg(short = 'n', long = "num", default_value_t = 1)]
         num: u32,
+        /// Also revert adopted migrations, dropping tables they did not create.
+        #[arg(long)]
+        force: bool,
     },
     /// List migrations and whether they are applied (read-only: creates nothing).
     Status,
     /// Drop every table, then apply all migrations.
-    Fresh,
+    Fresh {
+        /// Also when migrations were adopted (their tables were not made here).
+        #[arg(long)]
+        force: bool,
+    },
     /// Revert all applied migrations, then apply all.
-    Refresh,
+    Refresh {
+        /// Also revert adopted migrations, dropping tables they did not create.
+        #[arg(long)]
+        force: bool,
+    },
     /// Revert all applied migrations and drop the migration table.
-    Reset,
+    Reset {
+        /// Also revert adopted migrations, dropping tables they did not create.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Record migrations as applied without running them, for existing tables
+    /// that adoption cannot verify. Refused when none of their tables exist.
+    Baseline {
+        /// The last migration to record (default: the newest one whose
+        /// tables all exist).
+        #[arg(long)]
+        to: Option<String>,
+    },
     /// Regenerate the entities with sea-orm-cli from a scratch PostgreSQL
     /// database (on the configured server) migrated with these migrations.
     Entities {
         /// Compare instead of writing; fail with a diff if they differ.
         #[arg(long)]
         check: bool,
+        /// Generate from the configured database itself (its tables that the
+        /// entities name), not from a scratch one: checks an adopted schema.
+        #[arg(long, requires = "check")]
+        live: bool,
         /// The folder of generated entities.
         #[arg(long, default_value_os_t = default_entities_dir())]
         dir: PathBuf,

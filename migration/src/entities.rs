@@ -15,11 +15,23 @@ use crate::runner::Error;
 /// The `sea-orm-cli` version the committed entities come from.
 pub const SEA_ORM_CLI_VERSION: &str = "2.0.4";
 
+/// Which database the entities are generated from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A scratch database on the configured server, migrated with the
+    /// migrations and dropped afterwards.
+    Scratch,
+    /// The configured database itself, limited to the tables that `dir` has
+    /// entities for (for checking a schema that was adopted).
+    Live,
+}
+
 /// Generates entities for migrator `M` with `sea-orm-cli` and `flags`. With
 /// `check`, compares them with `dir` and fails with a unified diff if they
 /// differ; otherwise replaces `dir` with them (removing stale files).
 pub async fn entities<M: MigratorTrait>(
     settings: &Settings,
+    source: Source,
     dir: &Path,
     flags: &[String],
     check: bool,
@@ -33,6 +45,17 @@ pub async fn entities<M: MigratorTrait>(
         ));
     }
     check_cli_version()?;
+    let generated = tempfile::Builder::new().prefix("entities-").tempdir()?;
+    if source == Source::Live {
+        let mut flags = flags.to_vec();
+        flags.push(format!("--tables={}", entity_tables(dir)?.join(",")));
+        run_cli(
+            &crate::runner::for_migrations(settings),
+            generated.path(),
+            &flags,
+        )?;
+        return compare_or_replace(dir, generated.path(), check, out);
+    }
     let mut scratch = crate::runner::for_migrations(settings);
     let name = format!(
         "tracker_entities_{}_{}",
@@ -44,7 +67,6 @@ pub async fn entities<M: MigratorTrait>(
     );
     scratch.url = scratch.url.with_database(&name);
     create_database(&scratch).await?;
-    let generated = tempfile::Builder::new().prefix("entities-").tempdir()?;
     let result = async {
         let db = Db::connect(&scratch).await?;
         let migrated = M::up(db.conn(), None).await;
@@ -55,12 +77,44 @@ pub async fn entities<M: MigratorTrait>(
     .await;
     drop_database(&scratch).await?;
     result?;
+    compare_or_replace(dir, generated.path(), check, out)
+}
 
+/// The tables that `dir` holds entities for: one file each, named after it.
+fn entity_tables(dir: &Path) -> Result<Vec<String>, Error> {
+    let mut tables = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if let Some(stem) = path.file_stem().and_then(|s| s.to_str())
+            && path.extension().is_some_and(|e| e == "rs")
+            && !matches!(stem, "mod" | "prelude")
+        {
+            tables.push(stem.to_owned());
+        }
+    }
+    tables.sort();
+    if tables.is_empty() {
+        return Err(Error::Entities(format!(
+            "{} has no entities to check",
+            dir.display()
+        )));
+    }
+    Ok(tables)
+}
+
+/// With `check`, fails with a diff if `dir` differs from `generated`;
+/// otherwise replaces `dir` with `generated`.
+fn compare_or_replace(
+    dir: &Path,
+    generated: &Path,
+    check: bool,
+    out: &mut impl Write,
+) -> Result<(), Error> {
     if check {
         let diff = Command::new("diff")
             .arg("-ru")
             .arg(dir)
-            .arg(generated.path())
+            .arg(generated)
             .output()?;
         if diff.status.success() {
             writeln!(
@@ -71,7 +125,7 @@ pub async fn entities<M: MigratorTrait>(
             return Ok(());
         }
         let text = String::from_utf8_lossy(&diff.stdout)
-            .replace(&generated.path().display().to_string(), "(generated)");
+            .replace(&generated.display().to_string(), "(generated)");
         out.write_all(text.as_bytes())?;
         return Err(Error::Entities(format!(
             "{} differs from what the migrations generate (diff above); run `just entities` and commit the result",
@@ -88,7 +142,7 @@ pub async fn entities<M: MigratorTrait>(
         std::fs::remove_dir_all(dir)?;
     }
     std::fs::create_dir_all(dir)?;
-    for entry in std::fs::read_dir(generated.path())? {
+    for entry in std::fs::read_dir(generated)? {
         let entry = entry?;
         std::fs::copy(entry.path(), dir.join(entry.file_name()))?;
     }

@@ -11,6 +11,13 @@
 //!   (all apply or none); on MySQL, whose DDL cannot be rolled back, a
 //!   `GET_LOCK`. The `migration` binary and `tracker migrate` both call it.
 //!   Migrations connect to `DB_MIGRATION_URL` when it is set.
+//! - Adoption: `up` records a pending migration as applied without running
+//!   it when its tables already exist with the shape it would create (tables
+//!   made by the original app, or by any other tool), and refuses with a
+//!   list of differences, changing nothing, when they exist with another
+//!   shape; `baseline` records migrations without checking. A later
+//!   migration converges an adopted schema to the one a fresh `up` makes.
+//!   Reverting an adopted migration needs `--force`.
 //!
 //! ```no_run
 //! # async fn example(settings: db_core::Settings) -> Result<(), migration::Error> {
@@ -22,15 +29,18 @@
 
 pub use sea_orm_migration::prelude::*;
 
+mod adopt;
 pub mod cli;
 mod entities;
+pub mod inspect;
 mod lock;
 mod runner;
 
-pub use entities::{SEA_ORM_CLI_VERSION, entities};
+pub use entities::{SEA_ORM_CLI_VERSION, Source, entities};
 pub use runner::{Error, generate, pending, run, run_with, up};
 
 mod m20261124_000001_create_employees_and_tasks;
+mod m20261125_000001_converge_adopted_schema;
 
 /// The project's migrations, oldest first.
 #[derive(Debug)]
@@ -39,8 +49,9 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(
-            m20261124_000001_create_employees_and_tasks::Migration,
-        )]
+        vec![
+            Box::new(m20261124_000001_create_employees_and_tasks::Migration),
+            Box::new(m20261125_000001_converge_adopted_schema::Migration),
+        ]
     }
 }

@@ -44,29 +44,7 @@ impl MigrationTrait for Migration {
             .table(Tasks::Table)
             .col(Tasks::AssigneeId)
             .to_owned();
-        let mut tasks = Table::create()
-            .table(Tasks::Table)
-            .col(pk_auto(Tasks::Id))
-            .col(string_len(Tasks::Title, 255))
-            .col(integer_null(Tasks::ParentId))
-            .col(integer_null(Tasks::AssigneeId))
-            .col(date_null(Tasks::Deadline))
-            .col(string_len(Tasks::Status, 64))
-            .foreign_key(
-                ForeignKey::create()
-                    .name("fk_tasks_parent_id")
-                    .from(Tasks::Table, Tasks::ParentId)
-                    .to(Tasks::Table, Tasks::Id)
-                    .on_delete(ForeignKeyAction::Cascade),
-            )
-            .foreign_key(
-                ForeignKey::create()
-                    .name("fk_tasks_assignee_id")
-                    .from(Tasks::Table, Tasks::AssigneeId)
-                    .to(Employees::Table, Employees::Id)
-                    .on_delete(ForeignKeyAction::SetNull),
-            )
-            .to_owned();
+        let mut tasks = tasks_table(Tasks::Table);
         // MySQL creates an index for every foreign key that has none; declaring
         // ours inside CREATE TABLE lets it use them instead of adding twins.
         let mysql = manager.get_database_backend() == DbBackend::MySql;
@@ -97,6 +75,35 @@ impl MigrationTrait for Migration {
             .drop_table(Table::drop().table(Employees::Table).to_owned())
             .await
     }
+}
+
+/// The tasks table as this migration creates it, named `name`. An adopted
+/// SQLite table whose foreign keys need other rules is rebuilt from it.
+pub(crate) fn tasks_table(name: impl IntoIden) -> TableCreateStatement {
+    let name = name.into_iden();
+    Table::create()
+        .table(name.clone())
+        .col(pk_auto(Tasks::Id))
+        .col(string_len(Tasks::Title, 255))
+        .col(integer_null(Tasks::ParentId))
+        .col(integer_null(Tasks::AssigneeId))
+        .col(date_null(Tasks::Deadline))
+        .col(string_len(Tasks::Status, 64))
+        .foreign_key(
+            ForeignKey::create()
+                .name("fk_tasks_parent_id")
+                .from(name.clone(), Tasks::ParentId)
+                .to(Tasks::Table, Tasks::Id)
+                .on_delete(ForeignKeyAction::Cascade),
+        )
+        .foreign_key(
+            ForeignKey::create()
+                .name("fk_tasks_assignee_id")
+                .from(name, Tasks::AssigneeId)
+                .to(Employees::Table, Employees::Id)
+                .on_delete(ForeignKeyAction::SetNull),
+        )
+        .to_owned()
 }
 
 #[derive(DeriveIden)]

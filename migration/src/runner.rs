@@ -33,6 +33,25 @@ pub enum Error {
     /// Writing the report failed.
     #[error("writing the report: {0}")]
     Output(#[from] std::io::Error),
+    /// A pending migration's tables exist but differ from what it creates;
+    /// nothing was changed.
+    #[error(
+        "{target}: the existing tables differ from what migration {migration} creates, so nothing was changed:\n{}\n\
+         fix the tables, or record the migration as applied without checking: `tracker migrate baseline --to {migration}`",
+        differences.join("\n")
+    )]
+    Adoption {
+        /// The database, without its password.
+        target: String,
+        /// The migration whose tables differ.
+        migration: String,
+        /// One line for each difference, like `tasks.deadline: expected date, found text`.
+        differences: Vec<String>,
+    },
+    /// The command would do something it should not without `--force`, or
+    /// has nothing to work on.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl Error {
@@ -67,8 +86,10 @@ pub async fn run(
 /// what `tracker serve` does at startup when it may migrate.
 pub async fn up(settings: &Settings, lock_timeout: Duration) -> Result<Vec<String>, Error> {
     let db = connect(settings).await?;
+    let target = db.target();
     let result = locked(&db, lock_timeout, async |conn| {
         let before = pending_names::<Migrator, _>(&conn.executor()).await?;
+        crate::adopt::adopt::<Migrator, _>(&conn.executor(), target).await?;
         Migrator::up(conn.executor(), None).await?;
         Ok(before)
     })
@@ -120,8 +141,19 @@ pub async fn run_with<M: MigratorTrait>(
     if let MigrateCommand::Generate { name } = &args.command {
         return generate(name);
     }
-    if let MigrateCommand::Entities { check, dir, flags } = &args.command {
-        return crate::entities::entities::<M>(settings, dir, flags, *check, out).await;
+    if let MigrateCommand::Entities {
+        check,
+        live,
+        dir,
+        flags,
+    } = &args.command
+    {
+        let source = if *live {
+            crate::entities::Source::Live
+        } else {
+            crate::entities::Source::Scratch
+        };
+        return crate::entities::entities::<M>(settings, source, dir, flags, *check, out).await;
     }
     let db = connect(settings).await?;
     let result = execute::<M>(&db, args, out).await;
@@ -166,29 +198,68 @@ async fn execute<M: MigratorTrait>(
         return Ok(());
     }
     let command = &args.command;
-    let (before, after) = locked(db, args.lock_timeout, async |conn| {
-        let before = applied_names::<M, _>(&conn.executor()).await?;
+    let target = db.target();
+    let (before, after, adopted) = locked(db, args.lock_timeout, async |held| {
+        let conn = &held.executor();
+        let before = applied_names::<M, _>(conn).await?;
+        let reverting = match command {
+            MigrateCommand::Down { num, force: false } => {
+                before[before.len().saturating_sub(*num as usize)..].to_vec()
+            }
+            MigrateCommand::Fresh { force: false }
+            | MigrateCommand::Refresh { force: false }
+            | MigrateCommand::Reset { force: false } => before.clone(),
+            _ => Vec::new(),
+        };
+        refuse_reverting_adopted(conn, &reverting).await?;
+        let mut adopted = Vec::new();
         match command {
-            MigrateCommand::Up { num } => M::up(conn.executor(), *num).await?,
-            MigrateCommand::Down { num } => M::down(conn.executor(), Some(*num)).await?,
-            MigrateCommand::Fresh => M::fresh(conn.executor()).await?,
-            MigrateCommand::Refresh => M::refresh(conn.executor()).await?,
-            MigrateCommand::Reset => M::reset(conn.executor()).await?,
+            MigrateCommand::Up { num } => {
+                adopted = crate::adopt::adopt::<M, _>(conn, target).await?;
+                let left = num.map(|n| n.saturating_sub(adopted.len() as u32));
+                if left != Some(0) {
+                    M::up(held.executor(), left).await?;
+                }
+            }
+            MigrateCommand::Baseline { to } => {
+                adopted = crate::adopt::baseline::<M, _>(conn, to.as_deref()).await?;
+            }
+            MigrateCommand::Down { num, .. } => M::down(held.executor(), Some(*num)).await?,
+            MigrateCommand::Fresh { .. } => M::fresh(held.executor()).await?,
+            MigrateCommand::Refresh { .. } => M::refresh(held.executor()).await?,
+            MigrateCommand::Reset { .. } => M::reset(held.executor()).await?,
             MigrateCommand::Status
             | MigrateCommand::Generate { .. }
             | MigrateCommand::Entities { .. } => {
                 unreachable!("handled before taking the lock")
             }
         }
-        let after = applied_names::<M, _>(&conn.executor()).await?;
-        Ok((before, after))
+        let after = applied_names::<M, _>(conn).await?;
+        let reverted: Vec<String> = before
+            .iter()
+            .filter(|n| !after.contains(n) || matches!(command, MigrateCommand::Refresh { .. }))
+            .cloned()
+            .collect();
+        crate::adopt::forget(conn, &reverted).await?;
+        Ok((before, after, adopted))
     })
     .await?;
+    for name in &adopted {
+        writeln!(
+            out,
+            "adopted  {name} (recorded as applied without running it)"
+        )?;
+    }
     for name in before.iter().filter(|n| !after.contains(n)) {
         writeln!(out, "reverted {name}")?;
     }
     for name in after.iter().filter(|n| {
-        !before.contains(n) || matches!(command, MigrateCommand::Fresh | MigrateCommand::Refresh)
+        !adopted.contains(n)
+            && (!before.contains(n)
+                || matches!(
+                    command,
+                    MigrateCommand::Fresh { .. } | MigrateCommand::Refresh { .. }
+                ))
     }) {
         writeln!(out, "applied  {name}")?;
     }
@@ -196,6 +267,27 @@ async fn execute<M: MigratorTrait>(
     let pending = M::get_pending_migrations_read_only(&read).await?.len();
     writeln!(out, "{} applied, {pending} pending", after.len())?;
     Ok(())
+}
+
+/// Fails when `reverting` includes adopted migrations: reverting one drops
+/// tables that it did not create, with data that another application may
+/// still use.
+async fn refuse_reverting_adopted(
+    conn: &impl ConnectionTrait,
+    reverting: &[String],
+) -> Result<(), Error> {
+    let adopted: Vec<String> = crate::adopt::adopted_names(conn)
+        .await?
+        .into_iter()
+        .filter(|name| reverting.contains(name))
+        .collect();
+    if adopted.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Refused(format!(
+        "refusing to revert {}: adopted from tables this project did not create, which reverting would drop with their data; add --force to do it anyway",
+        adopted.join(", ")
+    )))
 }
 
 async fn applied_names<M: MigratorTrait, C: ConnectionTrait>(

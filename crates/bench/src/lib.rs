@@ -159,7 +159,7 @@ pub async fn run(
                 settings,
                 &migration::cli::MigrateArgs {
                     lock_timeout: Duration::from_secs(60),
-                    command: migration::cli::MigrateCommand::Fresh,
+                    command: migration::cli::MigrateCommand::Fresh { force: false },
                 },
                 &mut std::io::sink(),
             )

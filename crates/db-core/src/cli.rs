@@ -23,8 +23,9 @@ pub fn init_logging(json: bool, filter: &str) {
     }
 }
 
-/// Prints `error` and its causes on one line (`error: outer: inner`) and
-/// returns the exit code: 2 when a cause is a configuration error of db-core
+/// Prints `error` and its causes on one line (`error: outer: inner`); an
+/// error that lists several problems keeps one indented line for each. Returns
+/// the exit code: 2 when a cause is a configuration error of db-core
 /// or one `is_usage` recognises (bad arguments), 1 otherwise.
 pub fn fail(
     error: &(dyn StdError + 'static),
@@ -48,6 +49,10 @@ pub fn fail(
         }
         cause = current.source();
     }
-    let _ = writeln!(std::io::stderr(), "error: {}", message.replace('\n', "; "));
+    let _ = writeln!(
+        std::io::stderr(),
+        "error: {}",
+        message.replace('\n', "\n  ")
+    );
     ExitCode::from(if usage { 2 } else { 1 })
 }

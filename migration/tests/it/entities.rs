@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use db_core::testing::Backend;
+use db_core::testing::{Backend, TestDb, original_app};
 use sea_orm_migration::prelude::*;
 
 fn workspace() -> PathBuf {
@@ -89,6 +89,7 @@ async fn the_committed_entities_are_what_the_migrations_generate() {
     let mut out = Vec::new();
     let result = migration::entities::<migration::Migrator>(
         &server,
+        migration::Source::Scratch,
         &dir,
         &justfile_flags(),
         true,
@@ -109,12 +110,45 @@ async fn a_new_column_without_regenerated_entities_fails_with_a_diff() {
     }
     let dir = workspace().join("entity/src/generated");
     let mut out = Vec::new();
-    let err =
-        migration::entities::<DriftMigrator>(&server, &dir, &justfile_flags(), true, &mut out)
-            .await
-            .unwrap_err();
+    let err = migration::entities::<DriftMigrator>(
+        &server,
+        migration::Source::Scratch,
+        &dir,
+        &justfile_flags(),
+        true,
+        &mut out,
+    )
+    .await
+    .unwrap_err();
     let diff = String::from_utf8_lossy(&out);
     assert!(err.to_string().contains("run `just entities`"), "{err}");
     assert!(diff.contains("+    pub priority: i32,"), "{diff}");
     assert!(diff.contains("tasks.rs"), "{diff}");
+}
+
+/// The entities check passes against the original app's database once it is
+/// adopted and converged.
+#[tokio::test]
+async fn the_entities_match_an_adopted_database() {
+    if !cli_installed() {
+        return;
+    }
+    let Some(t) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    original_app::create(&t.db).await;
+    crate::support::migrate(&t.settings, &["up"]).await;
+    let dir = workspace().join("entity/src/generated");
+    let mut out = Vec::new();
+    let result = migration::entities::<migration::Migrator>(
+        &t.settings,
+        migration::Source::Live,
+        &dir,
+        &justfile_flags(),
+        true,
+        &mut out,
+    )
+    .await;
+    let report = String::from_utf8_lossy(&out);
+    assert!(result.is_ok(), "{report}{result:?}");
 }

@@ -2,6 +2,7 @@
 //! the migration lock with real concurrent processes, failures, and the
 //! entity drift check.
 
+mod adopt;
 mod commands;
 mod concurrency;
 mod entities;

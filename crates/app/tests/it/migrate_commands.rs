@@ -7,6 +7,7 @@ use db_core::testing::TestDb;
 use crate::cli::{text, tracker};
 
 const FIRST: &str = "m20261124_000001_create_employees_and_tasks";
+const SECOND: &str = "m20261125_000001_converge_adopted_schema";
 
 fn run(t: &TestDb, dir: &std::path::Path, words: &[&str]) -> String {
     let mut args = vec!["migrate"];
@@ -25,11 +26,11 @@ db_core::backend_tests! {
     async fn migrate_up_status_down_fresh(t: TestDb) {
         let dir = tempfile::tempdir().unwrap();
         let dir = dir.path();
-        assert_eq!(run(&t, dir, &["status"]), format!("pending  {FIRST}\n0 applied, 1 pending\n"));
-        assert_eq!(run(&t, dir, &["up"]), format!("applied  {FIRST}\n1 applied, 0 pending\n"));
-        assert_eq!(run(&t, dir, &["status"]), format!("applied  {FIRST}\n1 applied, 0 pending\n"));
-        assert_eq!(run(&t, dir, &["down"]), format!("reverted {FIRST}\n0 applied, 1 pending\n"));
-        assert_eq!(run(&t, dir, &["fresh"]), format!("applied  {FIRST}\n1 applied, 0 pending\n"));
+        assert_eq!(run(&t, dir, &["status"]), format!("pending  {FIRST}\npending  {SECOND}\n0 applied, 2 pending\n"));
+        assert_eq!(run(&t, dir, &["up"]), format!("applied  {FIRST}\napplied  {SECOND}\n2 applied, 0 pending\n"));
+        assert_eq!(run(&t, dir, &["status"]), format!("applied  {FIRST}\napplied  {SECOND}\n2 applied, 0 pending\n"));
+        assert_eq!(run(&t, dir, &["down"]), format!("reverted {SECOND}\n1 applied, 1 pending\n"));
+        assert_eq!(run(&t, dir, &["fresh"]), format!("applied  {FIRST}\napplied  {SECOND}\n2 applied, 0 pending\n"));
     }
 }
 

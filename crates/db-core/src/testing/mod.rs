@@ -27,6 +27,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rand::Rng;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
+pub mod original_app;
 mod pgbouncer;
 mod postgres_server;
 

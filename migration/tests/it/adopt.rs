@@ -1,0 +1,212 @@
+//! Adopting the original app's database on every backend: recorded without
+//! running, converged to the fresh schema with every row kept; refused with
+//! a list of differences when the tables differ; baseline; reverting needs
+//! `--force`; concurrent adopters record the migration once.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use db_core::Db;
+use db_core::testing::{TestDb, original_app};
+use migration::inspect;
+
+use crate::support::{int, migrate, migrate_with, strings, tables};
+
+const FIRST: &str = "m20261124_000001_create_employees_and_tasks";
+const SECOND: &str = "m20261125_000001_converge_adopted_schema";
+
+/// What must be equal between an adopted and a fresh schema: columns with
+/// type, nullability and generated ids; primary keys; foreign keys with
+/// target and delete rule; the sets of indexed columns. Not names.
+type Shape = BTreeMap<String, (String, String, BTreeSet<String>, BTreeSet<String>)>;
+
+async fn shape(db: &Db) -> Shape {
+    let session = db.read().await.unwrap();
+    inspect::tables(&session)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(name, _)| name == "employees" || name == "tasks")
+        .map(|(name, t)| {
+            let columns = format!("{:?}", t.columns);
+            let key = t.primary_key.join(",");
+            let fks = t
+                .foreign_keys
+                .values()
+                .map(|fk| {
+                    format!(
+                        "{} -> {} {}",
+                        fk.columns.join(","),
+                        fk.target(),
+                        fk.on_delete
+                    )
+                })
+                .collect();
+            let indexes = t
+                .indexes
+                .values()
+                .map(|i| {
+                    format!(
+                        "{}{}",
+                        i.columns.join(","),
+                        if i.unique { " unique" } else { "" }
+                    )
+                })
+                .collect();
+            (name, (columns, key, fks, indexes))
+        })
+        .collect()
+}
+
+/// The whole catalog, names included: equal before and after means nothing changed.
+async fn catalog(db: &Db) -> String {
+    let session = db.read().await.unwrap();
+    format!("{:?}", inspect::tables(&session).await.unwrap())
+}
+
+async fn fresh_shape(backend: db_core::testing::Backend) -> Shape {
+    let fresh = TestDb::new(backend).await.unwrap();
+    migrate(&fresh.settings, &["up"]).await;
+    shape(&fresh.db).await
+}
+
+db_core::backend_tests! {
+    async fn the_original_database_is_adopted_and_converged(t: TestDb) {
+        original_app::create(&t.db).await;
+        let rows = original_app::rows(&t.db).await;
+        assert_eq!(rows.len(), 1 + 3 + 4, "{rows:?}");
+
+        let report = migrate(&t.settings, &["up"]).await;
+        assert_eq!(
+            report,
+            format!("adopted  {FIRST} (recorded as applied without running it)\napplied  {SECOND}\n2 applied, 0 pending\n")
+        );
+        assert_eq!(migrate(&t.settings, &["status"]).await, format!("applied  {FIRST}\napplied  {SECOND}\n2 applied, 0 pending\n"));
+
+        // Every row kept, byte for byte; the original's own table untouched.
+        assert_eq!(original_app::rows(&t.db).await, rows);
+        assert_eq!(
+            tables(&t.db).await,
+            ["alembic_version", "employees", "seaql_migrations", "seaql_migrations_adopted", "tasks"]
+        );
+
+        // The schema is the one a fresh `up` makes (names aside).
+        assert_eq!(shape(&t.db).await, fresh_shape(t.backend()).await);
+
+        // A second `up` changes nothing.
+        let before = catalog(&t.db).await;
+        assert_eq!(migrate(&t.settings, &["up"]).await, "2 applied, 0 pending\n");
+        assert_eq!(catalog(&t.db).await, before);
+        assert_eq!(original_app::rows(&t.db).await, rows);
+
+        // The next rows get the next ids.
+        original_app::execute(&t.db, &[
+            "INSERT INTO employees (full_name, position) VALUES ('New', 'dev')",
+            "INSERT INTO tasks (title, status) VALUES ('New', 'todo')",
+        ]).await;
+        assert_eq!(int(&t.db, "SELECT max(id) FROM employees").await, 6);
+        assert_eq!(int(&t.db, "SELECT max(id) FROM tasks").await, 10);
+    }
+
+    async fn reverting_an_adopted_migration_needs_force(t: TestDb) {
+        original_app::create(&t.db).await;
+        migrate(&t.settings, &["up"]).await;
+        // The convergence was run, not adopted: it reverts freely.
+        assert_eq!(migrate(&t.settings, &["down"]).await, format!("reverted {SECOND}\n1 applied, 1 pending\n"));
+        for words in [&["down"][..], &["reset"], &["refresh"], &["fresh"]] {
+            let error = migrate_with::<migration::Migrator>(&t.settings, words).await.unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                format!("refusing to revert {FIRST}: adopted from tables this project did not create, which reverting would drop with their data; add --force to do it anyway"),
+                "{words:?}"
+            );
+        }
+        assert_eq!(int(&t.db, "SELECT count(*) FROM tasks").await, 4);
+        assert_eq!(migrate(&t.settings, &["down", "--force"]).await, format!("reverted {FIRST}\n0 applied, 2 pending\n"));
+        assert_eq!(tables(&t.db).await, ["alembic_version", "seaql_migrations", "seaql_migrations_adopted"]);
+        // Made anew, the tables are this project's own: no --force needed.
+        migrate(&t.settings, &["up"]).await;
+        assert_eq!(migrate(&t.settings, &["down", "-n", "2"]).await, format!("reverted {FIRST}\nreverted {SECOND}\n0 applied, 2 pending\n"));
+    }
+
+    async fn tables_that_differ_are_refused_and_left_alone(t: TestDb) {
+        original_app::create(&t.db).await;
+        let (drop_status, retype_deadline) = match t.db.backend() {
+            sea_orm::DbBackend::Postgres => (
+                "ALTER TABLE tasks DROP COLUMN status",
+                "ALTER TABLE tasks ALTER COLUMN deadline TYPE text",
+            ),
+            sea_orm::DbBackend::MySql => (
+                "ALTER TABLE tasks DROP COLUMN status",
+                "ALTER TABLE tasks MODIFY deadline TEXT",
+            ),
+            _ => (
+                "ALTER TABLE tasks DROP COLUMN status",
+                "ALTER TABLE employees ADD COLUMN nickname TEXT",
+            ),
+        };
+        original_app::execute(&t.db, &[drop_status, retype_deadline]).await;
+        let rows = strings(&t.db, "SELECT title FROM tasks ORDER BY id").await;
+        let before = catalog(&t.db).await;
+
+        let error = migrate_with::<migration::Migrator>(&t.settings, &["up"]).await.unwrap_err();
+        let expected_difference = if t.db.backend() == sea_orm::DbBackend::Sqlite {
+            "employees.nickname: a column the migration does not create"
+        } else {
+            "tasks.deadline: expected date, found text"
+        };
+        let text = error.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].ends_with(&format!("the existing tables differ from what migration {FIRST} creates, so nothing was changed:")), "{text}");
+        assert!(lines.contains(&expected_difference), "{text}");
+        assert!(lines.contains(&"tasks.status: missing column (text)"), "{text}");
+        assert_eq!(
+            lines.last(),
+            Some(&format!("fix the tables, or record the migration as applied without checking: `tracker migrate baseline --to {FIRST}`").as_str())
+        );
+        assert_eq!(catalog(&t.db).await, before, "the schema changed");
+        assert_eq!(strings(&t.db, "SELECT title FROM tasks ORDER BY id").await, rows);
+
+        // Baseline records it without checking; the rest applies normally.
+        assert_eq!(
+            migrate(&t.settings, &["baseline", "--to", FIRST]).await,
+            format!("adopted  {FIRST} (recorded as applied without running it)\n1 applied, 1 pending\n")
+        );
+    }
+
+    async fn baseline_refuses_a_database_without_the_tables(t: TestDb) {
+        let error = migrate_with::<migration::Migrator>(&t.settings, &["baseline"]).await.unwrap_err();
+        assert_eq!(error.to_string(), "the database has none of the tables the migrations create: nothing to baseline; run `migrate up`");
+        let error = migrate_with::<migration::Migrator>(&t.settings, &["baseline", "--to", FIRST]).await.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!("the database has none of the tables of the migrations up to {FIRST} (employees, tasks): nothing to baseline; run `migrate up`")
+        );
+        let error = migrate_with::<migration::Migrator>(&t.settings, &["baseline", "--to", "m1_nope"]).await.unwrap_err();
+        assert_eq!(error.to_string(), "there is no migration m1_nope; `migrate status` lists them");
+        assert!(tables(&t.db).await.is_empty(), "{:?}", tables(&t.db).await);
+
+        // Without --to: up to the newest migration whose tables all exist.
+        original_app::create(&t.db).await;
+        assert_eq!(
+            migrate(&t.settings, &["baseline"]).await,
+            format!("adopted  {FIRST} (recorded as applied without running it)\n1 applied, 1 pending\n")
+        );
+    }
+
+    async fn concurrent_adopters_record_the_migration_once(t: TestDb) {
+        original_app::create(&t.db).await;
+        let reports = futures::future::join_all((0..8).map(|_| migrate(&t.settings, &["up"]))).await;
+        let adopted = reports.iter().filter(|r| r.contains(&format!("adopted  {FIRST}"))).count();
+        let converged = reports.iter().filter(|r| r.contains(&format!("applied  {SECOND}"))).count();
+        assert_eq!((adopted, converged), (1, 1), "{reports:#?}");
+        assert_eq!(int(&t.db, "SELECT count(*) FROM seaql_migrations").await, 2);
+        assert_eq!(int(&t.db, "SELECT count(*) FROM seaql_migrations_adopted").await, 1);
+    }
+
+    async fn convergence_changes_nothing_on_a_fresh_schema(t: TestDb) {
+        migrate(&t.settings, &["up", "-n", "1"]).await;
+        let before = catalog(&t.db).await;
+        assert_eq!(migrate(&t.settings, &["up"]).await, format!("applied  {SECOND}\n2 applied, 0 pending\n"));
+        assert_eq!(catalog(&t.db).await, before);
+    }
+}
