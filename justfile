@@ -4,8 +4,8 @@
 
 # sea-orm-cli flags for entity/src/generated, chosen once: the compact format
 # (relations as an enum, `Linked` impls for the task tree in entity/src/links.rs),
-# serde derives, no version banner, without the migration table.
-entity_flags := "--entity-format compact --with-serde both --banner-version off --ignore-tables seaql_migrations"
+# serde derives, no version banner, without the migration tables.
+entity_flags := "--entity-format compact --with-serde both --banner-version off --ignore-tables seaql_migrations,seaql_migrations_adopted"
 
 # List the recipes.
 default:
@@ -19,11 +19,15 @@ run *ARGS:
 test *ARGS:
     cargo test --workspace {{ARGS}}
 
-# Apply pending migrations (all, or `-n N`).
+# Apply pending migrations (all, or `-n N`), adopting existing tables of the same shape.
 migrate *ARGS:
     cargo run -q -p migration -- up {{ARGS}}
 
-# Revert the last migration (or `-n N`).
+# Record migrations as applied without running them, for existing tables adoption cannot verify (`--to NAME`).
+migrate-baseline *ARGS:
+    cargo run -q -p migration -- baseline {{ARGS}}
+
+# Revert the last migration (or `-n N`; `--force` for an adopted one).
 migrate-down *ARGS:
     cargo run -q -p migration -- down {{ARGS}}
 
@@ -32,8 +36,8 @@ migrate-status:
     cargo run -q -p migration -- status
 
 # Drop every table and apply all migrations.
-migrate-fresh:
-    cargo run -q -p migration -- fresh
+migrate-fresh *ARGS:
+    cargo run -q -p migration -- fresh {{ARGS}}
 
 # Write a new migration file into migration/src: `just migration add_task_priority`.
 migration NAME:
@@ -43,9 +47,9 @@ migration NAME:
 entities:
     cargo run -q -p migration -- entities -- {{entity_flags}}
 
-# Fail with a diff if entity/src/generated is not what the migrations generate.
-check-entities:
-    cargo run -q -p migration -- entities --check -- {{entity_flags}}
+# Fail with a diff if entity/src/generated is not what the migrations generate (`--live`: what the configured database generates).
+check-entities *ARGS:
+    cargo run -q -p migration -- entities --check {{ARGS}} -- {{entity_flags}}
 
 # Benchmark scale: `SCALE=0.1 just bench`.
 SCALE := env_var_or_default("SCALE", "1")

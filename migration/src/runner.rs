@@ -82,16 +82,17 @@ pub async fn run(
     run_with::<Migrator>(settings, args, out).await
 }
 
-/// Applies every pending migration under the lock and returns their names:
-/// what `tracker serve` does at startup when it may migrate.
+/// Applies every pending migration under the lock, adopting existing tables
+/// as `run`'s `up` does, and returns the names of those it ran: what
+/// `tracker serve` does at startup when it may migrate.
 pub async fn up(settings: &Settings, lock_timeout: Duration) -> Result<Vec<String>, Error> {
     let db = connect(settings).await?;
     let target = db.target();
     let result = locked(&db, lock_timeout, async |conn| {
         let before = pending_names::<Migrator, _>(&conn.executor()).await?;
-        crate::adopt::adopt::<Migrator, _>(&conn.executor(), target).await?;
+        let adopted = crate::adopt::adopt::<Migrator, _>(&conn.executor(), target).await?;
         Migrator::up(conn.executor(), None).await?;
-        Ok(before)
+        Ok(before.into_iter().filter(|n| !adopted.contains(n)).collect())
     })
     .await;
     db.close().await;

@@ -2,7 +2,7 @@
 
 use std::ffi::OsString;
 
-use db_core::testing::TestDb;
+use db_core::testing::{TestDb, original_app};
 
 use crate::cli::{text, tracker};
 
@@ -31,6 +31,43 @@ db_core::backend_tests! {
         assert_eq!(run(&t, dir, &["status"]), format!("applied  {FIRST}\napplied  {SECOND}\n2 applied, 0 pending\n"));
         assert_eq!(run(&t, dir, &["down"]), format!("reverted {SECOND}\n1 applied, 1 pending\n"));
         assert_eq!(run(&t, dir, &["fresh"]), format!("applied  {FIRST}\napplied  {SECOND}\n2 applied, 0 pending\n"));
+    }
+}
+
+db_core::backend_tests! {
+    /// Switching from the original app: one command on its database.
+    async fn the_original_database_takes_one_command(t: TestDb) {
+        original_app::create(&t.db).await;
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        assert_eq!(
+            run(&t, dir, &["up"]),
+            format!("adopted  {FIRST} (recorded as applied without running it)\napplied  {SECOND}\n2 applied, 0 pending\n")
+        );
+        assert_eq!(run(&t, dir, &["status"]), format!("applied  {FIRST}\napplied  {SECOND}\n2 applied, 0 pending\n"));
+        assert_eq!(run(&t, dir, &["up"]), "2 applied, 0 pending\n");
+    }
+
+    /// Tables that differ: exit 1, one line for each difference and the way out.
+    async fn differing_tables_are_listed_and_exit_1(t: TestDb) {
+        original_app::create(&t.db).await;
+        original_app::execute(&t.db, &["ALTER TABLE tasks DROP COLUMN status"]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let output = tracker(
+            dir.path(),
+            &["migrate", "up"],
+            &[("DATABASE_URL", OsString::from(t.settings.url.expose()))],
+        );
+        assert_eq!(output.status.code(), Some(1));
+        assert_eq!(
+            text(&output).1,
+            format!(
+                "error: {}: the existing tables differ from what migration {FIRST} creates, so nothing was changed:\n  \
+                 tasks.status: missing column (text)\n  \
+                 fix the tables, or record the migration as applied without checking: `tracker migrate baseline --to {FIRST}`\n",
+                t.settings.url.target()
+            )
+        );
     }
 }
 

@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use db_core::testing::{Backend, TestDb, free_port};
+use db_core::testing::{Backend, TestDb, free_port, original_app};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -125,6 +125,34 @@ async fn a_fresh_checkout_serves_from_sqlite_and_creates_an_employee() {
             .any(|l| l.contains("uri=/employees") && l.contains("status=200")),
         "{logs:?}"
     );
+}
+
+db_core::backend_tests! {
+    /// The original app's database, served with `--migrate` (on SQLite
+    /// without it: migrations always apply there): adopted, then served.
+    async fn serving_the_original_database_adopts_it(t: TestDb) {
+        original_app::create(&t.db).await;
+        let dir = sqlite_dir();
+        let addr = format!("127.0.0.1:{}", free_port().unwrap());
+        let mut args = vec!["serve", "--addr", &addr];
+        if t.backend() != Backend::Sqlite {
+            args.push("--migrate");
+        }
+        let vars = [("DATABASE_URL", OsString::from(t.settings.url.expose()))];
+        let mut server = start(dir.path(), &args, &vars).await;
+        let response = reqwest::get(format!("{}/employees/5/", server.base)).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await.unwrap(), r#"{"full_name":"O'Brien  ","position":"lead","id":5}"#);
+        server.terminate();
+        assert_eq!(server.wait(Duration::from_secs(10)).await.0, Some(0));
+        let logs = server.logs();
+        assert!(
+            logs.iter().any(|l| l.contains("the tables of migration m20261124_000001_create_employees_and_tasks already exist with its shape; recorded it as applied without running it")),
+            "{logs:?}"
+        );
+        assert!(logs.iter().any(|l| l.contains("applied migration m20261125_000001")), "{logs:?}");
+        assert!(!logs.iter().any(|l| l.contains("applied migration m20261124_000001")), "{logs:?}");
+    }
 }
 
 /// Plain `cargo run` (no subcommand) serves on 127.0.0.1:8000. Runs only

@@ -1,7 +1,7 @@
 //! Every route's success path, with bodies compared field for field against
 //! the original's shapes.
 
-use db_core::testing::{Backend, TestDb};
+use db_core::testing::{Backend, TestDb, original_app};
 use migration::{Migrator, MigratorTrait};
 use serde_json::json;
 
@@ -81,6 +81,53 @@ db_core::backend_tests! {
         assert_eq!(s.get("/health").await, (200, json!({"status": "ok"})));
         let backend = db_core::backend_name(s.t.db.backend());
         assert_eq!(s.get("/ready").await, (200, json!({"status": "ready", "database": backend})));
+        s.stop().await;
+    }
+}
+
+db_core::backend_tests! {
+    /// The original app's database, adopted the way `serve --migrate` (and
+    /// SQLite's start) does it, answers as the original does on its data.
+    async fn the_adopted_original_database(t: TestDb) {
+        original_app::create(&t.db).await;
+        let ran = migration::up(&t.settings, std::time::Duration::from_secs(60)).await.unwrap();
+        assert_eq!(ran, ["m20261125_000001_converge_adopted_schema"]);
+        let s = Server::on(t).await;
+
+        let zoe = json!({"full_name": "Zoë Ångström", "position": "développeuse ", "id": 1});
+        let taro = json!({"full_name": "山田 太郎", "position": "QA", "id": 2});
+        let obrien = json!({"full_name": "O'Brien  ", "position": "lead", "id": 5});
+        assert_eq!(s.get("/employees/").await, (200, json!([&zoe, &taro, &obrien])));
+        assert_eq!(s.get("/employees/?skip=2").await, (200, json!([&obrien])));
+        assert_eq!(s.get("/employees/5/").await, (200, obrien.clone()));
+        assert_eq!(s.get("/employees/3/").await, (404, json!({"detail": "Employee not found"})));
+
+        let t2 = json!({"title": "Dépôt 🚀", "parent_id": 7, "assignee_id": 1, "deadline": "2024-02-29", "status": "in progress", "id": 2});
+        let t3 = json!({"title": "child of child ", "parent_id": 2, "assignee_id": null, "deadline": null, "status": "todo", "id": 3});
+        let t7 = json!({"title": "Root task", "parent_id": null, "assignee_id": 5, "deadline": "2025-12-31", "status": "done", "id": 7});
+        let t9 = json!({"title": "Lonely", "parent_id": null, "assignee_id": 2, "deadline": null, "status": "todo ", "id": 9});
+        assert_eq!(s.get("/tasks/").await, (200, json!([&t2, &t3, &t7, &t9])));
+        assert_eq!(s.get("/tasks/?skip=1&limit=2").await, (200, json!([&t3, &t7])));
+        assert_eq!(s.get("/tasks/7/").await, (200, t7.clone()));
+        assert_eq!(s.get("/tasks/7/subtree/").await, (200, json!([&t2, &t3])));
+        assert_eq!(s.get("/employees/1/tasks/").await, (200, json!([&t2])));
+
+        // New rows get the next ids.
+        assert_eq!(
+            s.post("/employees/", json!({"full_name": "New", "position": "dev"})).await,
+            (200, json!({"full_name": "New", "position": "dev", "id": 6, "tasks": []}))
+        );
+        let t10 = json!({"title": "New", "parent_id": 3, "assignee_id": 6, "deadline": null, "status": "todo", "id": 10});
+        assert_eq!(s.post("/tasks/", json!({"title": "New", "status": "todo", "parent_id": 3, "assignee_id": 6})).await, (200, t10));
+
+        // The converged delete rules: a task's subtree goes with it, an
+        // employee's tasks are unassigned.
+        assert_eq!(s.delete("/tasks/7/").await, (200, t7));
+        for id in [2, 3, 10] {
+            assert_eq!(s.get(&format!("/tasks/{id}/")).await.0, 404, "task {id}");
+        }
+        assert_eq!(s.delete("/employees/2/").await, (200, taro));
+        assert_eq!(s.get("/tasks/9/").await.1["assignee_id"], json!(null));
         s.stop().await;
     }
 }
