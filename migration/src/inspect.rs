@@ -92,8 +92,16 @@ impl Table {
 /// (MySQL) or main database (SQLite), by name.
 pub async fn tables(conn: &impl ConnectionTrait) -> Result<BTreeMap<String, Table>, DbErr> {
     match conn.get_database_backend() {
-        DbBackend::Postgres => postgres(conn).await,
-        DbBackend::MySql => mysql(conn).await,
+        DbBackend::Postgres => {
+            from_catalog(
+                conn,
+                [POSTGRES_COLUMNS, POSTGRES_FOREIGN_KEYS, POSTGRES_INDEXES],
+            )
+            .await
+        }
+        DbBackend::MySql => {
+            from_catalog(conn, [MYSQL_COLUMNS, MYSQL_FOREIGN_KEYS, MYSQL_INDEXES]).await
+        }
         _ => sqlite(conn).await,
     }
 }
@@ -176,75 +184,32 @@ LEFT JOIN pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum \
 WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') \
 ORDER BY 1, a.attnum";
 
-/// The columns of `conkey`/`confkey`/`indkey`-style arrays, in order.
-const POSTGRES_CONSTRAINTS: &str = "\
-SELECT c.relname::text, con.conname::text, con.contype::text, \
+const POSTGRES_FOREIGN_KEYS: &str = "\
+SELECT c.relname::text, con.conname::text, \
        array_to_string(ARRAY(SELECT a.attname FROM unnest(con.conkey) WITH ORDINALITY k(n, o) \
            JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n ORDER BY k.o), ','), \
-       COALESCE(t.relname::text, ''), \
+       t.relname::text, \
        array_to_string(ARRAY(SELECT a.attname FROM unnest(con.confkey) WITH ORDINALITY k(n, o) \
            JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.n ORDER BY k.o), ','), \
        con.confdeltype::text \
 FROM pg_constraint con \
 JOIN pg_class c ON c.oid = con.conrelid \
 JOIN pg_namespace n ON n.oid = c.relnamespace \
-LEFT JOIN pg_class t ON t.oid = con.confrelid \
-WHERE n.nspname = current_schema() AND con.contype IN ('p', 'f') \
+JOIN pg_class t ON t.oid = con.confrelid \
+WHERE n.nspname = current_schema() AND con.contype = 'f' \
 ORDER BY 1, 2";
 
 const POSTGRES_INDEXES: &str = "\
 SELECT c.relname::text, i.relname::text, ix.indisunique, \
        array_to_string(ARRAY(SELECT a.attname FROM unnest(ix.indkey::int2[]) WITH ORDINALITY k(n, o) \
-           JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.n ORDER BY k.o), ',') \
+           JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.n ORDER BY k.o), ','), \
+       ix.indisprimary \
 FROM pg_index ix \
 JOIN pg_class c ON c.oid = ix.indrelid \
 JOIN pg_class i ON i.oid = ix.indexrelid \
 JOIN pg_namespace n ON n.oid = c.relnamespace \
-WHERE n.nspname = current_schema() AND NOT ix.indisprimary \
+WHERE n.nspname = current_schema() \
 ORDER BY 1, 2";
-
-async fn postgres(conn: &impl ConnectionTrait) -> Result<BTreeMap<String, Table>, DbErr> {
-    let mut tables: BTreeMap<String, Table> = BTreeMap::new();
-    for row in rows(conn, POSTGRES_COLUMNS).await? {
-        let column = Column {
-            kind: kind(&text(&row, 2)?),
-            nullable: flag(&row, 3)?,
-            generated: flag(&row, 4)?,
-        };
-        tables
-            .entry(text(&row, 0)?)
-            .or_default()
-            .columns
-            .insert(text(&row, 1)?, column);
-    }
-    for row in rows(conn, POSTGRES_CONSTRAINTS).await? {
-        let Some(table) = tables.get_mut(&text(&row, 0)?) else {
-            continue;
-        };
-        let columns = list(&text(&row, 3)?);
-        if text(&row, 2)? == "p" {
-            table.primary_key = columns;
-        } else {
-            let fk = ForeignKey {
-                columns,
-                target_table: text(&row, 4)?,
-                target_columns: list(&text(&row, 5)?),
-                on_delete: on_delete(&text(&row, 6)?),
-            };
-            table.foreign_keys.insert(text(&row, 1)?, fk);
-        }
-    }
-    for row in rows(conn, POSTGRES_INDEXES).await? {
-        if let Some(table) = tables.get_mut(&text(&row, 0)?) {
-            let index = Index {
-                columns: list(&text(&row, 3)?),
-                unique: flag(&row, 2)?,
-            };
-            table.indexes.insert(text(&row, 1)?, index);
-        }
-    }
-    Ok(tables)
-}
 
 const MYSQL_COLUMNS: &str = "\
 SELECT CAST(TABLE_NAME AS CHAR), CAST(COLUMN_NAME AS CHAR), CAST(DATA_TYPE AS CHAR), \
@@ -267,13 +232,21 @@ GROUP BY k.TABLE_NAME, k.CONSTRAINT_NAME ORDER BY 1, 2";
 
 const MYSQL_INDEXES: &str = "\
 SELECT CAST(TABLE_NAME AS CHAR), CAST(INDEX_NAME AS CHAR), MAX(NON_UNIQUE) = 0, \
-       CAST(GROUP_CONCAT(COLUMN_NAME ORDER BY SEQ_IN_INDEX SEPARATOR ',') AS CHAR) \
+       CAST(GROUP_CONCAT(COLUMN_NAME ORDER BY SEQ_IN_INDEX SEPARATOR ',') AS CHAR), \
+       INDEX_NAME = 'PRIMARY' \
 FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() \
 GROUP BY TABLE_NAME, INDEX_NAME ORDER BY 1, 2";
 
-async fn mysql(conn: &impl ConnectionTrait) -> Result<BTreeMap<String, Table>, DbErr> {
+/// PostgreSQL and MySQL: three catalog queries with the same columns each.
+/// Columns: table, column, type, nullable, generated. Foreign keys: table,
+/// name, columns, target table, target columns, delete rule. Indexes: table,
+/// name, unique, columns, primary.
+async fn from_catalog(
+    conn: &impl ConnectionTrait,
+    [columns, foreign_keys, indexes]: [&str; 3],
+) -> Result<BTreeMap<String, Table>, DbErr> {
     let mut tables: BTreeMap<String, Table> = BTreeMap::new();
-    for row in rows(conn, MYSQL_COLUMNS).await? {
+    for row in rows(conn, columns).await? {
         let column = Column {
             kind: kind(&text(&row, 2)?),
             nullable: flag(&row, 3)?,
@@ -285,7 +258,7 @@ async fn mysql(conn: &impl ConnectionTrait) -> Result<BTreeMap<String, Table>, D
             .columns
             .insert(text(&row, 1)?, column);
     }
-    for row in rows(conn, MYSQL_FOREIGN_KEYS).await? {
+    for row in rows(conn, foreign_keys).await? {
         if let Some(table) = tables.get_mut(&text(&row, 0)?) {
             let fk = ForeignKey {
                 columns: list(&text(&row, 2)?),
@@ -296,15 +269,16 @@ async fn mysql(conn: &impl ConnectionTrait) -> Result<BTreeMap<String, Table>, D
             table.foreign_keys.insert(text(&row, 1)?, fk);
         }
     }
-    for row in rows(conn, MYSQL_INDEXES).await? {
+    for row in rows(conn, indexes).await? {
         if let Some(table) = tables.get_mut(&text(&row, 0)?) {
             let columns = list(&text(&row, 3)?);
-            let name = text(&row, 1)?;
-            if name == "PRIMARY" {
+            if flag(&row, 4)? {
                 table.primary_key = columns;
             } else {
                 let unique = flag(&row, 2)?;
-                table.indexes.insert(name, Index { columns, unique });
+                table
+                    .indexes
+                    .insert(text(&row, 1)?, Index { columns, unique });
             }
         }
     }

@@ -92,7 +92,10 @@ pub async fn up(settings: &Settings, lock_timeout: Duration) -> Result<Vec<Strin
         let before = pending_names::<Migrator, _>(&conn.executor()).await?;
         let adopted = crate::adopt::adopt::<Migrator, _>(&conn.executor(), target).await?;
         Migrator::up(conn.executor(), None).await?;
-        Ok(before.into_iter().filter(|n| !adopted.contains(n)).collect())
+        Ok(before
+            .into_iter()
+            .filter(|n| !adopted.contains(n))
+            .collect())
     })
     .await;
     db.close().await;

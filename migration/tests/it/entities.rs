@@ -77,6 +77,19 @@ impl MigratorTrait for DriftMigrator {
     }
 }
 
+/// Runs the check of the committed entities for migrator `M` against
+/// `source`; returns the outcome and the report (the diff, if any).
+async fn check<M: MigratorTrait>(
+    settings: &db_core::Settings,
+    source: migration::Source,
+) -> (Result<(), migration::Error>, String) {
+    let dir = workspace().join("entity/src/generated");
+    let mut out = Vec::new();
+    let result =
+        migration::entities::<M>(settings, source, &dir, &justfile_flags(), true, &mut out).await;
+    (result, String::from_utf8_lossy(&out).into_owned())
+}
+
 #[tokio::test]
 async fn the_committed_entities_are_what_the_migrations_generate() {
     let Some(server) = Backend::Postgres.server_settings() else {
@@ -85,18 +98,7 @@ async fn the_committed_entities_are_what_the_migrations_generate() {
     if !cli_installed() {
         return;
     }
-    let dir = workspace().join("entity/src/generated");
-    let mut out = Vec::new();
-    let result = migration::entities::<migration::Migrator>(
-        &server,
-        migration::Source::Scratch,
-        &dir,
-        &justfile_flags(),
-        true,
-        &mut out,
-    )
-    .await;
-    let report = String::from_utf8_lossy(&out);
+    let (result, report) = check::<migration::Migrator>(&server, migration::Source::Scratch).await;
     assert!(result.is_ok(), "{report}{result:?}");
 }
 
@@ -108,19 +110,8 @@ async fn a_new_column_without_regenerated_entities_fails_with_a_diff() {
     if !cli_installed() {
         return;
     }
-    let dir = workspace().join("entity/src/generated");
-    let mut out = Vec::new();
-    let err = migration::entities::<DriftMigrator>(
-        &server,
-        migration::Source::Scratch,
-        &dir,
-        &justfile_flags(),
-        true,
-        &mut out,
-    )
-    .await
-    .unwrap_err();
-    let diff = String::from_utf8_lossy(&out);
+    let (result, diff) = check::<DriftMigrator>(&server, migration::Source::Scratch).await;
+    let err = result.unwrap_err();
     assert!(err.to_string().contains("run `just entities`"), "{err}");
     assert!(diff.contains("+    pub priority: i32,"), "{diff}");
     assert!(diff.contains("tasks.rs"), "{diff}");
@@ -138,17 +129,6 @@ async fn the_entities_match_an_adopted_database() {
     };
     original_app::create(&t.db).await;
     crate::support::migrate(&t.settings, &["up"]).await;
-    let dir = workspace().join("entity/src/generated");
-    let mut out = Vec::new();
-    let result = migration::entities::<migration::Migrator>(
-        &t.settings,
-        migration::Source::Live,
-        &dir,
-        &justfile_flags(),
-        true,
-        &mut out,
-    )
-    .await;
-    let report = String::from_utf8_lossy(&out);
+    let (result, report) = check::<migration::Migrator>(&t.settings, migration::Source::Live).await;
     assert!(result.is_ok(), "{report}{result:?}");
 }

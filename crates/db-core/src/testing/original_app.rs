@@ -11,46 +11,21 @@ use crate::db::Db;
 /// The Alembic revision the original's `alembic_version` table holds.
 pub const ALEMBIC_REVISION: &str = "b92a82a09f79";
 
-/// The original's tables: `serial` ids, unbounded `varchar`s, foreign keys
-/// with no delete rule and no index, indexes that duplicate the primary keys.
-const POSTGRES: &[&str] = &[
-    "CREATE TABLE employees (id SERIAL NOT NULL, full_name VARCHAR NOT NULL, position VARCHAR NOT NULL, PRIMARY KEY (id))",
+/// The original's tables: on PostgreSQL `serial` ids and unbounded
+/// `varchar`s; foreign keys with no delete rule and no index; indexes that
+/// duplicate the primary keys. On MySQL and SQLite, the same shape as
+/// SQLAlchemy makes it there (MySQL needs lengths, and indexes every foreign
+/// key by itself). `{id}`, `{text}` and `{options}` are filled per backend.
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE employees (id {id}, full_name {text} NOT NULL, position {text} NOT NULL, PRIMARY KEY (id)){options}",
     "CREATE INDEX ix_employees_full_name ON employees (full_name)",
     "CREATE INDEX ix_employees_id ON employees (id)",
-    "CREATE TABLE tasks (id SERIAL NOT NULL, title VARCHAR NOT NULL, parent_id INTEGER, assignee_id INTEGER, \
-     deadline DATE, status VARCHAR NOT NULL, PRIMARY KEY (id), \
-     FOREIGN KEY(assignee_id) REFERENCES employees (id), FOREIGN KEY(parent_id) REFERENCES tasks (id))",
+    "CREATE TABLE tasks (id {id}, title {text} NOT NULL, parent_id INTEGER, assignee_id INTEGER, \
+     deadline DATE, status {text} NOT NULL, PRIMARY KEY (id), \
+     FOREIGN KEY(assignee_id) REFERENCES employees (id), FOREIGN KEY(parent_id) REFERENCES tasks (id)){options}",
     "CREATE INDEX ix_tasks_id ON tasks (id)",
     "CREATE INDEX ix_tasks_title ON tasks (title)",
     "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL, CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))",
-];
-
-/// The same shape as SQLAlchemy makes it on MySQL (which needs lengths, and
-/// indexes every foreign key by itself).
-const MYSQL: &[&str] = &[
-    "CREATE TABLE employees (id INTEGER NOT NULL AUTO_INCREMENT, full_name VARCHAR(255) NOT NULL, \
-     position VARCHAR(255) NOT NULL, PRIMARY KEY (id)) DEFAULT CHARSET=utf8mb4",
-    "CREATE INDEX ix_employees_full_name ON employees (full_name)",
-    "CREATE INDEX ix_employees_id ON employees (id)",
-    "CREATE TABLE tasks (id INTEGER NOT NULL AUTO_INCREMENT, title VARCHAR(255) NOT NULL, parent_id INTEGER, \
-     assignee_id INTEGER, deadline DATE, status VARCHAR(255) NOT NULL, PRIMARY KEY (id), \
-     FOREIGN KEY(assignee_id) REFERENCES employees (id), FOREIGN KEY(parent_id) REFERENCES tasks (id)) DEFAULT CHARSET=utf8mb4",
-    "CREATE INDEX ix_tasks_id ON tasks (id)",
-    "CREATE INDEX ix_tasks_title ON tasks (title)",
-    "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL, PRIMARY KEY (version_num))",
-];
-
-/// The same shape as SQLAlchemy makes it on SQLite.
-const SQLITE: &[&str] = &[
-    "CREATE TABLE employees (id INTEGER NOT NULL, full_name VARCHAR NOT NULL, position VARCHAR NOT NULL, PRIMARY KEY (id))",
-    "CREATE INDEX ix_employees_full_name ON employees (full_name)",
-    "CREATE INDEX ix_employees_id ON employees (id)",
-    "CREATE TABLE tasks (id INTEGER NOT NULL, title VARCHAR NOT NULL, parent_id INTEGER, assignee_id INTEGER, \
-     deadline DATE, status VARCHAR NOT NULL, PRIMARY KEY (id), \
-     FOREIGN KEY(assignee_id) REFERENCES employees (id), FOREIGN KEY(parent_id) REFERENCES tasks (id))",
-    "CREATE INDEX ix_tasks_id ON tasks (id)",
-    "CREATE INDEX ix_tasks_title ON tasks (title)",
-    "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL, PRIMARY KEY (version_num))",
 ];
 
 /// Rows as the original's users leave them. Task 2's parent is task 7.
@@ -68,12 +43,24 @@ const ROWS: &[&str] = &[
 
 /// Creates the original's tables (`alembic_version` included) and fills them.
 pub async fn create(db: &Db) {
-    let schema = match db.backend() {
-        DbBackend::Postgres => POSTGRES,
-        DbBackend::MySql => MYSQL,
-        _ => SQLITE,
+    let (id, text, options) = match db.backend() {
+        DbBackend::Postgres => ("SERIAL NOT NULL", "VARCHAR", ""),
+        DbBackend::MySql => (
+            "INTEGER NOT NULL AUTO_INCREMENT",
+            "VARCHAR(255)",
+            " DEFAULT CHARSET=utf8mb4",
+        ),
+        _ => ("INTEGER NOT NULL", "VARCHAR", ""),
     };
-    execute(db, schema).await;
+    let schema: Vec<String> = SCHEMA
+        .iter()
+        .map(|sql| {
+            sql.replace("{id}", id)
+                .replace("{text}", text)
+                .replace("{options}", options)
+        })
+        .collect();
+    execute(db, &schema.iter().map(String::as_str).collect::<Vec<_>>()).await;
     execute(db, ROWS).await;
 }
 
