@@ -1,7 +1,8 @@
 // Drives the system Chromium through the server's /docs and /redoc pages with
 // every request to another origin blocked, and prints what happened as one
-// JSON object on standard output. The app crate's `docs` test runs it and
-// checks the result.
+// JSON object on standard output: for each page what it showed and the
+// requests that were blocked. The app crate's `docs` test runs it and checks
+// the result.
 //
 // usage: node docs.mjs BASE_URL FULL_NAME SCREENSHOT_DIR
 //   BASE_URL        the running server, e.g. http://127.0.0.1:8123
@@ -31,7 +32,8 @@ const browser = await chromium.launch({
     '--disable-sync',
   ],
 });
-const result = { blocked: [], pageErrors: [] };
+const blocked = [];
+const result = { pageErrors: [] };
 try {
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   await context.route('**/*', (route) => {
@@ -39,7 +41,7 @@ try {
     if (new URL(url).origin === origin) {
       return route.continue();
     }
-    result.blocked.push(url);
+    blocked.push(url);
     return route.abort('blockedbyclient');
   });
   const page = await context.newPage();
@@ -47,9 +49,11 @@ try {
   page.on('pageerror', (error) => result.pageErrors.push(String(error)));
 
   result.swagger = await tryItOut(page);
+  result.swagger.blocked = blocked.splice(0);
   await page.screenshot({ path: `${screenshots}/docs.png` });
 
   result.redoc = await readRedoc(page);
+  result.redoc.blocked = blocked.splice(0);
   await page.screenshot({ path: `${screenshots}/redoc.png` });
 } finally {
   await browser.close();

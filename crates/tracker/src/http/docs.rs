@@ -1,9 +1,10 @@
 //! The API describes itself: an OpenAPI 3.1 document at `/openapi.json`,
 //! built from the handlers' `#[utoipa::path]` attributes and the types they
 //! answer with, and two pages that render it, Swagger UI at `/docs` and ReDoc
-//! at `/redoc`. Both pages load only files this server serves (Swagger UI's
-//! vendored in `utoipa-swagger-ui`, ReDoc's in `assets/redoc`), so they work
-//! without a network.
+//! at `/redoc`. Both pages work without a network: their files are served
+//! from the binary (Swagger UI's vendored in `utoipa-swagger-ui`, ReDoc's in
+//! `assets/redoc`). The one outside request either makes is ReDoc's footer
+//! logo, which hides itself when it cannot load.
 
 use std::sync::Arc;
 
