@@ -388,25 +388,13 @@ async fn request_schemas_and_parameters_are_what_the_parsers_enforce() {
                 .filter(|(k, _)| required.contains(&k.as_str()))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
-            let (status, answer) = s
-                .call(
-                    &method,
-                    &url,
-                    Some(Value::from(minimal).to_string().as_bytes()),
-                )
-                .await;
+            let (status, answer) = s.send(&method, &url, Value::from(minimal)).await;
             assert_eq!(status, 200, "{method} {path}: {answer}");
             // Each required field left out: `missing`, naming it.
             for field in &required {
                 let mut body = example.clone();
                 body.remove(*field);
-                let (status, answer) = s
-                    .call(
-                        &method,
-                        &url,
-                        Some(Value::from(body).to_string().as_bytes()),
-                    )
-                    .await;
+                let (status, answer) = s.send(&method, &url, Value::from(body)).await;
                 assert_eq!(status, 422, "{method} {path} without {field}");
                 assert_eq!(answer["detail"][0]["type"], "missing");
                 assert_eq!(answer["detail"][0]["loc"], json!(["body", field]));
@@ -419,13 +407,7 @@ async fn request_schemas_and_parameters_are_what_the_parsers_enforce() {
                 for (length, ok) in [(max, true), (max + 1, false)] {
                     let mut body = example.clone();
                     body.insert(field.clone(), Value::from("x".repeat(length as usize)));
-                    let (status, answer) = s
-                        .call(
-                            &method,
-                            &url,
-                            Some(Value::from(body).to_string().as_bytes()),
-                        )
-                        .await;
+                    let (status, answer) = s.send(&method, &url, Value::from(body)).await;
                     if ok {
                         assert_eq!(status, 200, "{method} {path} {field} of {length}: {answer}");
                     } else {
