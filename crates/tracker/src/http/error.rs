@@ -1,7 +1,8 @@
 //! Every HTTP error response, built in one place. Clients get a JSON
 //! `{"detail": ...}`: a clear 4xx for their mistakes (FastAPI's shapes, so the
 //! original front end reads them), a generic 5xx for ours, with the cause in
-//! the log.
+//! the log. The types at the end describe these answers in the OpenAPI
+//! document.
 
 use axum::Json;
 use axum::http::StatusCode;

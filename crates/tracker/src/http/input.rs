@@ -392,6 +392,8 @@ pub(super) struct PageQuery {
     #[param(default = 0, minimum = 0)]
     skip: Option<u64>,
     /// Rows to return at most.
+    // The bounds are literals (as the attribute needs); a test tries them
+    // against `page`, whose upper bound is `MAX_LIMIT`.
     #[param(default = 100, minimum = 0, maximum = 1000)]
     limit: Option<u64>,
 }
