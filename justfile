@@ -74,3 +74,26 @@ chaos:
 # get/get_concurrent on a private PostgreSQL: direct, through PgBouncer, and with a streaming replica.
 bench-scaling:
     SCALE="{{SCALE}}" scripts/bench-scaling.sh
+
+# Pinned tools of the browser test; playwright-core's version is in its package.json.
+browser_test_dir := "crates/app/tests/browser"
+openapi_validator := "openapi-spec-validator==0.9.0"
+
+# /openapi.json through an OpenAPI 3.1 validator, /docs and /redoc in headless Chromium (needs Debian's chromium); installs the pinned validator (pip) and playwright-core (npm) first.
+browser-test:
+    python3 -m pip install -q {{openapi_validator}}
+    npm install --prefix {{browser_test_dir}} --no-package-lock --no-audit --no-fund --loglevel=error
+    cargo test -p app --test it -- --ignored docs::
+
+# The ReDoc version vendored in crates/tracker/assets/redoc.
+redoc_version := "2.5.4"
+
+# Replace the vendored ReDoc bundle with `redoc_version` from the npm registry.
+vendor-redoc:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' EXIT
+    npm pack --silent --pack-destination "$tmp" "redoc@{{redoc_version}}" >/dev/null
+    tar -xzf "$tmp/redoc-{{redoc_version}}.tgz" -C "$tmp"
+    cp "$tmp/package/bundles/redoc.standalone.js" "$tmp/package/bundles/redoc.standalone.js.LICENSE.txt" "$tmp/package/LICENSE" crates/tracker/assets/redoc/

@@ -6,7 +6,9 @@
 //!   read-only sessions, writes in a transaction that commits once and rolls
 //!   back on failure). Lists are pages ordered by id; a page of tasks with
 //!   their assignees and a task's whole subtree are one query each.
-//! - [`http`] maps the operations to routes; [`http::serve`] runs them.
+//! - [`http`] maps the operations to routes and describes them in an OpenAPI
+//!   3.1 document (`/openapi.json`, rendered at `/docs` and `/redoc`);
+//!   [`http::serve`] runs them.
 //! - [`seed`] fills an empty database with a few employees and a task tree.
 //!
 //! ```no_run

@@ -5,6 +5,7 @@ mod chaos;
 mod cli;
 mod config_table;
 mod db_commands;
+mod docs;
 mod migrate_commands;
 mod scaling;
 mod serve;

@@ -1,28 +1,33 @@
 //! Every HTTP error response, built in one place. Clients get a JSON
 //! `{"detail": ...}`: a clear 4xx for their mistakes (FastAPI's shapes, so the
 //! original front end reads them), a generic 5xx for ours, with the cause in
-//! the log.
+//! the log. The types at the end describe these answers in the OpenAPI
+//! document.
 
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use crate::error::{Error, Kind};
 
-/// One validation problem, as FastAPI reports it.
-#[derive(Debug, Clone, Serialize)]
+/// One problem with the request, in FastAPI's shape.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = ValidationError)]
 pub struct FieldError {
     /// Machine-readable kind, e.g. `missing`, `int_parsing`.
     #[serde(rename = "type")]
     pub kind: &'static str,
     /// Where: `["body", "parent_id"]`, `["query", "limit"]`, `["path", "task_id"]`.
+    #[schema(value_type = Vec<String>)]
     pub loc: Vec<Value>,
     /// What is wrong, for people.
     pub msg: String,
     /// The value that was given, when there was one.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Value>, nullable = false)]
     pub input: Option<Value>,
 }
 
@@ -88,34 +93,94 @@ impl From<db_core::Error> for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Detail<T: Serialize> {
-    detail: T,
+/// An error other than a validation error.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = HTTPError)]
+pub(crate) struct Message {
+    /// What went wrong, for people.
+    detail: String,
 }
 
-fn answer<T: Serialize>(status: StatusCode, detail: T) -> Response {
-    (status, Json(Detail { detail })).into_response()
+/// Every problem found in the request.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(
+    as = HTTPValidationError,
+    example = json!({"detail": [
+        {"type": "missing", "loc": ["body", "full_name"], "msg": "Field required"},
+        {"type": "missing", "loc": ["body", "position"], "msg": "Field required"},
+    ]})
+)]
+pub(crate) struct ValidationErrors {
+    /// The problems, in the order the fields were read.
+    detail: Vec<FieldError>,
+}
+
+fn message(status: StatusCode, detail: impl Into<String>) -> Response {
+    let body = Message {
+        detail: detail.into(),
+    };
+    (status, Json(body)).into_response()
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match self {
-            ApiError::NotFound(message) => answer(StatusCode::NOT_FOUND, message),
-            ApiError::Validation(errors) => answer(StatusCode::UNPROCESSABLE_ENTITY, errors),
-            ApiError::TooLarge(limit) => answer(
+            ApiError::NotFound(detail) => message(StatusCode::NOT_FOUND, detail),
+            ApiError::Validation(detail) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(ValidationErrors { detail }),
+            )
+                .into_response(),
+            ApiError::TooLarge(limit) => message(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("Request body too large (limit {limit} bytes)"),
             ),
             ApiError::MethodNotAllowed => {
-                answer(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
+                message(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
             }
-            ApiError::Unavailable => answer(
+            ApiError::Unavailable => message(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Database unavailable, try again later",
             ),
             ApiError::Internal => {
-                answer(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error")
+                message(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error")
             }
         }
     }
 }
+
+/// The 503 every route that reads or writes the database can answer.
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = 503,
+    description = "The database is unreachable or has no free connection; try again later",
+    example = json!({"detail": "Database unavailable, try again later"})
+)]
+#[expect(dead_code, reason = "only the OpenAPI document reads it")]
+pub(crate) struct Unavailable(Message);
+
+/// The 422 of every route that takes input (a body, a query or an id).
+#[derive(utoipa::IntoResponses)]
+#[response(status = 422, description = "Validation Error")]
+#[expect(dead_code, reason = "only the OpenAPI document reads it")]
+pub(crate) struct Invalid(ValidationErrors);
+
+/// The 404 of the routes that take an employee id.
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = 404,
+    description = "No employee has this id",
+    example = json!({"detail": "Employee not found"})
+)]
+#[expect(dead_code, reason = "only the OpenAPI document reads it")]
+pub(crate) struct EmployeeNotFound(Message);
+
+/// The 404 of the routes that take a task id.
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = 404,
+    description = "No task has this id",
+    example = json!({"detail": "Task not found"})
+)]
+#[expect(dead_code, reason = "only the OpenAPI document reads it")]
+pub(crate) struct TaskNotFound(Message);

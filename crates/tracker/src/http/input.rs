@@ -3,12 +3,16 @@
 //! numbers or as strings of digits (`<select>` values), dates as
 //! `YYYY-MM-DD` strings (`<input type=date>`). Anything else is a 422 that
 //! names the field.
+//!
+//! The types at the end describe what these parsers read, for the OpenAPI
+//! document; the tests check the document against the parsers.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use chrono::NaiveDate;
 use serde_json::{Map, Value};
+use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, FieldError};
 use crate::service::{EmployeeInput, Page, TaskInput};
@@ -324,4 +328,90 @@ pub fn page(query: Option<&str>) -> Result<Page, ApiError> {
     } else {
         Err(ApiError::Validation(errors))
     }
+}
+
+/// Declares the schema of a body under the names the original gives it for
+/// create and for replace (the two take the same fields).
+macro_rules! body_schema {
+    ($(#[$meta:meta])* $create:ident, $update:ident { $($fields:tt)* }) => {
+        #[derive(ToSchema)]
+        $(#[$meta])*
+        #[expect(dead_code, reason = "only the OpenAPI document reads it")]
+        pub(super) struct $create { $($fields)* }
+
+        #[derive(ToSchema)]
+        $(#[$meta])*
+        #[expect(dead_code, reason = "only the OpenAPI document reads it")]
+        pub(super) struct $update { $($fields)* }
+    };
+}
+
+body_schema! {
+    /// An employee's fields. A replace sets both.
+    #[schema(example = json!({"full_name": "Ann Lee", "position": "developer"}))]
+    EmployeeCreate, EmployeeUpdate {
+        /// Full name.
+        #[schema(max_length = 255)]
+        full_name: String,
+        /// Job title.
+        #[schema(max_length = 255)]
+        position: String,
+    }
+}
+
+body_schema! {
+    /// A task's fields. A replace sets every field: one left out becomes
+    /// `null`. Ids may also be given as strings of digits.
+    #[schema(example = json!({
+        "title": "Write the report", "status": "todo",
+        "parent_id": null, "assignee_id": null, "deadline": "2026-12-01"
+    }))]
+    TaskCreate, TaskUpdate {
+        /// Title.
+        #[schema(max_length = 255)]
+        title: String,
+        /// Free-form status, e.g. `todo`.
+        #[schema(max_length = 64)]
+        status: String,
+        /// The parent task, if this is a subtask; it must exist and must not
+        /// be the task itself or one of its subtasks.
+        parent_id: Option<i32>,
+        /// The employee assigned, if any; they must exist.
+        assignee_id: Option<i32>,
+        /// Due date.
+        deadline: Option<NaiveDate>,
+    }
+}
+
+/// The page of a list: `skip` and `limit`, read by [`page`].
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[expect(dead_code, reason = "only the OpenAPI document reads it")]
+pub(super) struct PageQuery {
+    /// Rows to skip.
+    #[param(default = 0, minimum = 0)]
+    skip: Option<u64>,
+    /// Rows to return at most.
+    // The bounds are literals (as the attribute needs); a test tries them
+    // against `page`, whose upper bound is `MAX_LIMIT`.
+    #[param(default = 100, minimum = 0, maximum = 1000)]
+    limit: Option<u64>,
+}
+
+/// An employee id in the path, read by [`path_id`].
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[expect(dead_code, reason = "only the OpenAPI document reads it")]
+pub(super) struct EmployeeId {
+    /// The employee's id.
+    employee_id: i32,
+}
+
+/// A task id in the path, read by [`path_id`].
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[expect(dead_code, reason = "only the OpenAPI document reads it")]
+pub(super) struct TaskId {
+    /// The task's id.
+    task_id: i32,
 }

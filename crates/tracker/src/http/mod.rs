@@ -14,7 +14,14 @@
 //! | `GET /tasks/{id}/subtree/` | every descendant of the task |
 //! | `GET /health` | the process is up |
 //! | `GET /ready` | the database answers a ping (503 if not) |
+//! | `GET /openapi.json` | the OpenAPI 3.1 document of the routes above |
+//! | `GET /docs`, `GET /redoc` | the document rendered by Swagger UI and by ReDoc |
+//!
+//! Each handler's `#[utoipa::path]` attribute declares its method, path,
+//! parameters and answers; [`router`] routes the handlers from those
+//! declarations, and the document is built from the same ones.
 
+mod docs;
 mod error;
 mod input;
 
@@ -22,30 +29,42 @@ use std::future::Future;
 use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
-use axum::http::{Method, Request, StatusCode};
+use axum::http::{Method, Request};
 use axum::response::IntoResponse;
-use axum::routing::get;
 use axum::{Json, Router, ServiceExt};
 use serde::Serialize;
-use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tower::Layer;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{Any, CorsLayer};
 use tower_http::normalize_path::NormalizePathLayer;
 use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+use utoipa::ToSchema;
+use utoipa_axum::routes;
 
 pub use error::{ApiError, FieldError};
 pub use input::{BODY_LIMIT, MAX_LIMIT};
 
 use crate::service::{Employee, Task, Tracker};
-use input::{JsonObject, PathParam as Path};
+use docs::Api;
+use error::{EmployeeNotFound, Invalid, TaskNotFound, Unavailable};
+use input::{
+    EmployeeCreate, EmployeeId, EmployeeUpdate, JsonObject, PageQuery, PathParam as Path,
+    TaskCreate, TaskId, TaskUpdate,
+};
 
-/// An employee as the API shows it.
-#[derive(Debug, Serialize)]
+/// An employee.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(
+    as = EmployeeSchema,
+    example = json!({"full_name": "Ann Lee", "position": "developer", "id": 1})
+)]
 struct EmployeeOut {
+    /// Full name.
     full_name: String,
+    /// Job title.
     position: String,
+    /// The employee's id.
     id: i32,
 }
 
@@ -59,14 +78,30 @@ impl From<Employee> for EmployeeOut {
     }
 }
 
-/// A task as the API shows it.
-#[derive(Debug, Serialize)]
+/// A task.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(
+    as = TaskSchema,
+    example = json!({
+        "title": "Write the report", "parent_id": null, "assignee_id": null,
+        "deadline": "2026-12-01", "status": "todo", "id": 1
+    })
+)]
 struct TaskOut {
+    /// Title.
     title: String,
+    /// The parent task; `null` for a top-level task.
+    #[schema(required)]
     parent_id: Option<i32>,
+    /// The assigned employee; `null` when nobody is.
+    #[schema(required)]
     assignee_id: Option<i32>,
+    /// Due date; `null` when there is none.
+    #[schema(required)]
     deadline: Option<chrono::NaiveDate>,
+    /// Free-form status, e.g. `todo`.
     status: String,
+    /// The task's id.
     id: i32,
 }
 
@@ -89,26 +124,19 @@ fn many<T, O: From<T>>(rows: Vec<T>) -> Json<Vec<O>> {
     Json(rows.into_iter().map(O::from).collect())
 }
 
-/// The routes, without the trailing-slash normalisation and CORS that
-/// [`serve`] adds.
+/// The routes and their documentation pages, without the trailing-slash
+/// normalisation and CORS that [`serve`] adds.
 pub fn router(tracker: Tracker) -> Router {
-    Router::new()
-        .route("/employees", get(list_employees).post(create_employee))
-        .route(
-            "/employees/{employee_id}",
-            get(get_employee)
-                .put(update_employee)
-                .delete(delete_employee),
-        )
-        .route("/employees/{employee_id}/tasks", get(employee_tasks))
-        .route("/tasks", get(list_tasks).post(create_task))
-        .route(
-            "/tasks/{task_id}",
-            get(get_task).put(update_task).delete(delete_task),
-        )
-        .route("/tasks/{task_id}/subtree", get(subtree))
-        .route("/health", get(health))
-        .route("/ready", get(ready))
+    Api::new()
+        .routes(routes!(list_employees, create_employee))
+        .routes(routes!(get_employee, update_employee, delete_employee))
+        .routes(routes!(employee_tasks))
+        .routes(routes!(list_tasks, create_task))
+        .routes(routes!(get_task, update_task, delete_task))
+        .routes(routes!(subtree))
+        .routes(routes!(health))
+        .routes(routes!(ready))
+        .finish()
         .fallback(|| async { ApiError::NotFound("Not Found".to_owned()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(tracker)
@@ -147,24 +175,46 @@ pub async fn serve(
     .await
 }
 
-async fn health() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+/// The process is up.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"status": "ok"}))]
+struct Health {
+    /// Always `ok`.
+    status: &'static str,
 }
 
-async fn ready(State(tracker): State<Tracker>) -> (StatusCode, Json<Value>) {
+/// The database answers.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"status": "ready", "database": "sqlite"}))]
+struct Ready {
+    /// Always `ready`.
+    status: &'static str,
+    /// The backend: `postgres`, `mysql` or `sqlite`.
+    database: &'static str,
+}
+
+/// Liveness: the process answers (the database is not asked)
+#[utoipa::path(get, path = "/health", tag = "health", responses((status = 200, description = "The process is up", body = Health)))]
+async fn health() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// Readiness: the database answers a ping
+#[utoipa::path(
+    get,
+    path = "/ready",
+    tag = "health",
+    responses((status = 200, description = "The database answers", body = Ready), Unavailable)
+)]
+async fn ready(State(tracker): State<Tracker>) -> ApiResult<Ready> {
     match tracker.db().ping().await {
-        Ok(_) => (
-            StatusCode::OK,
-            Json(
-                json!({ "status": "ready", "database": db_core::backend_name(tracker.db().backend()) }),
-            ),
-        ),
+        Ok(_) => Ok(Json(Ready {
+            status: "ready",
+            database: db_core::backend_name(tracker.db().backend()),
+        })),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "detail": "Database unavailable, try again later" })),
-            )
+            Err(ApiError::Unavailable)
         }
     }
 }
@@ -179,14 +229,28 @@ fn task_id(raw: &str) -> Result<i32, ApiError> {
     input::path_id(raw, "task_id", "Task not found")
 }
 
-/// A new employee as the original answers it: with its (empty) task list.
-#[derive(Debug, Serialize)]
+/// A new employee, with their (empty) task list.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(
+    as = Employee,
+    example = json!({"full_name": "Ann Lee", "position": "developer", "id": 1, "tasks": []})
+)]
 struct NewEmployeeOut {
     #[serde(flatten)]
     employee: EmployeeOut,
+    /// The employee's tasks: none yet.
+    #[schema(value_type = Vec<TaskOut>)]
     tasks: [TaskOut; 0],
 }
 
+/// Create an employee
+#[utoipa::path(
+    post,
+    path = "/employees/",
+    tag = "employees",
+    request_body = EmployeeCreate,
+    responses((status = 200, description = "The new employee", body = NewEmployeeOut), Invalid, Unavailable)
+)]
 async fn create_employee(
     State(tracker): State<Tracker>,
     JsonObject(body): JsonObject,
@@ -198,6 +262,14 @@ async fn create_employee(
     }))
 }
 
+/// List employees by id, a page at a time
+#[utoipa::path(
+    get,
+    path = "/employees/",
+    tag = "employees",
+    params(PageQuery),
+    responses((status = 200, description = "A page of employees", body = Vec<EmployeeOut>), Invalid, Unavailable)
+)]
 async fn list_employees(
     State(tracker): State<Tracker>,
     RawQuery(query): RawQuery,
@@ -206,10 +278,27 @@ async fn list_employees(
     Ok(many(tracker.list_employees(page).await?))
 }
 
+/// Get an employee
+#[utoipa::path(
+    get,
+    path = "/employees/{employee_id}/",
+    tag = "employees",
+    params(EmployeeId),
+    responses((status = 200, description = "The employee", body = EmployeeOut), EmployeeNotFound, Invalid, Unavailable)
+)]
 async fn get_employee(State(tracker): State<Tracker>, Path(id): Path) -> ApiResult<EmployeeOut> {
     Ok(Json(tracker.employee(employee_id(&id)?).await?.into()))
 }
 
+/// Replace an employee's fields
+#[utoipa::path(
+    put,
+    path = "/employees/{employee_id}/",
+    tag = "employees",
+    params(EmployeeId),
+    request_body = EmployeeUpdate,
+    responses((status = 200, description = "The employee, replaced", body = EmployeeOut), EmployeeNotFound, Invalid, Unavailable)
+)]
 async fn update_employee(
     State(tracker): State<Tracker>,
     Path(id): Path,
@@ -220,18 +309,42 @@ async fn update_employee(
     Ok(Json(tracker.update_employee(id, input).await?.into()))
 }
 
+/// Delete an employee; their tasks become unassigned
+#[utoipa::path(
+    delete,
+    path = "/employees/{employee_id}/",
+    tag = "employees",
+    params(EmployeeId),
+    responses((status = 200, description = "The deleted employee", body = EmployeeOut), EmployeeNotFound, Invalid, Unavailable)
+)]
 async fn delete_employee(State(tracker): State<Tracker>, Path(id): Path) -> ApiResult<EmployeeOut> {
     Ok(Json(
         tracker.delete_employee(employee_id(&id)?).await?.into(),
     ))
 }
 
+/// List the tasks assigned to an employee
+#[utoipa::path(
+    get,
+    path = "/employees/{employee_id}/tasks/",
+    tag = "employees",
+    params(EmployeeId),
+    responses((status = 200, description = "The employee's tasks, by id", body = Vec<TaskOut>), EmployeeNotFound, Invalid, Unavailable)
+)]
 async fn employee_tasks(State(tracker): State<Tracker>, Path(id): Path) -> ApiResult<Vec<TaskOut>> {
     Ok(many(tracker.employee_tasks(employee_id(&id)?).await?))
 }
 
 // --- tasks ----------------------------------------------------------------
 
+/// Create a task
+#[utoipa::path(
+    post,
+    path = "/tasks/",
+    tag = "tasks",
+    request_body = TaskCreate,
+    responses((status = 200, description = "The new task", body = TaskOut), Invalid, Unavailable)
+)]
 async fn create_task(
     State(tracker): State<Tracker>,
     JsonObject(body): JsonObject,
@@ -239,6 +352,14 @@ async fn create_task(
     Ok(Json(tracker.create_task(input::task(&body)?).await?.into()))
 }
 
+/// List tasks by id, a page at a time
+#[utoipa::path(
+    get,
+    path = "/tasks/",
+    tag = "tasks",
+    params(PageQuery),
+    responses((status = 200, description = "A page of tasks", body = Vec<TaskOut>), Invalid, Unavailable)
+)]
 async fn list_tasks(
     State(tracker): State<Tracker>,
     RawQuery(query): RawQuery,
@@ -247,10 +368,27 @@ async fn list_tasks(
     Ok(many(tracker.list_tasks(page).await?))
 }
 
+/// Get a task
+#[utoipa::path(
+    get,
+    path = "/tasks/{task_id}/",
+    tag = "tasks",
+    params(TaskId),
+    responses((status = 200, description = "The task", body = TaskOut), TaskNotFound, Invalid, Unavailable)
+)]
 async fn get_task(State(tracker): State<Tracker>, Path(id): Path) -> ApiResult<TaskOut> {
     Ok(Json(tracker.task(task_id(&id)?).await?.into()))
 }
 
+/// Replace a task's fields
+#[utoipa::path(
+    put,
+    path = "/tasks/{task_id}/",
+    tag = "tasks",
+    params(TaskId),
+    request_body = TaskUpdate,
+    responses((status = 200, description = "The task, replaced", body = TaskOut), TaskNotFound, Invalid, Unavailable)
+)]
 async fn update_task(
     State(tracker): State<Tracker>,
     Path(id): Path,
@@ -261,10 +399,26 @@ async fn update_task(
     Ok(Json(tracker.update_task(id, input).await?.into()))
 }
 
+/// Delete a task and its subtasks
+#[utoipa::path(
+    delete,
+    path = "/tasks/{task_id}/",
+    tag = "tasks",
+    params(TaskId),
+    responses((status = 200, description = "The deleted task", body = TaskOut), TaskNotFound, Invalid, Unavailable)
+)]
 async fn delete_task(State(tracker): State<Tracker>, Path(id): Path) -> ApiResult<TaskOut> {
     Ok(Json(tracker.delete_task(task_id(&id)?).await?.into()))
 }
 
+/// List every descendant of a task, by id
+#[utoipa::path(
+    get,
+    path = "/tasks/{task_id}/subtree/",
+    tag = "tasks",
+    params(TaskId),
+    responses((status = 200, description = "The descendants, by id", body = Vec<TaskOut>), TaskNotFound, Invalid, Unavailable)
+)]
 async fn subtree(State(tracker): State<Tracker>, Path(id): Path) -> ApiResult<Vec<TaskOut>> {
     Ok(many(tracker.subtree(task_id(&id)?).await?))
 }

@@ -1,8 +1,10 @@
 //! The tracker over HTTP on a real socket, on every backend: the whole
-//! route table, every kind of bad input, and the service's queries.
+//! route table, every kind of bad input, the service's queries, and the
+//! OpenAPI document.
 
 mod bad_input;
 mod injection;
+mod openapi;
 mod queries;
 mod routes;
 mod support;

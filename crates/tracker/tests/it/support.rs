@@ -69,14 +69,18 @@ impl Server {
         self.call("GET", path, None).await
     }
 
-    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        self.call("POST", path, Some(body.to_string().as_bytes()))
+    /// Sends `body` as JSON with `method`; returns status and JSON.
+    pub async fn send(&self, method: &str, path: &str, body: Value) -> (u16, Value) {
+        self.call(method, path, Some(body.to_string().as_bytes()))
             .await
     }
 
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send("POST", path, body).await
+    }
+
     pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
-        self.call("PUT", path, Some(body.to_string().as_bytes()))
-            .await
+        self.send("PUT", path, body).await
     }
 
     pub async fn delete(&self, path: &str) -> (u16, Value) {
