@@ -15,10 +15,8 @@
 //!   over to the primary; [`Db::scope`] reads its own writes. Through a
 //!   transaction-pooling PgBouncer, `DB_TRANSACTION_POOLER` keeps sessions safe.
 //! - [`CachedStatement`] builds a hot query's SQL once per backend.
-//! - [`create_database`], [`Db::health`]; with the `testing` feature, per-test
-//!   databases and private servers ([`testing::TestDb`],
-//!   [`testing::PrivatePostgres`], [`testing::PgBouncer`]); with the `cli`
-//!   feature, logging and exit codes for binaries ([`cli`]).
+//! - [`create_database`], [`Db::health`]; with the `cli` feature, logging and
+//!   exit codes for binaries ([`cli`]).
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), db_core::Error> {
@@ -44,8 +42,6 @@ mod error;
 mod replicas;
 mod session;
 mod settings;
-#[cfg(feature = "testing")]
-pub mod testing;
 mod url;
 
 pub use admin::{Created, create_database, drop_database, quote_ident};

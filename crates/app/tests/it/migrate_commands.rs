@@ -2,7 +2,7 @@
 
 use std::ffi::OsString;
 
-use db_core::testing::TestDb;
+use test_support::TestDb;
 
 use crate::cli::{text, tracker};
 
@@ -21,7 +21,7 @@ fn run(t: &TestDb, dir: &std::path::Path, words: &[&str]) -> String {
     stdout
 }
 
-db_core::backend_tests! {
+test_support::backend_tests! {
     async fn migrate_up_status_down_fresh(t: TestDb) {
         let dir = tempfile::tempdir().unwrap();
         let dir = dir.path();

@@ -3,9 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use db_core::testing::{Backend, PrivatePostgres, StopMode};
 use db_core::{DatabaseUrl, Db, Session, Settings};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use test_support::{PrivatePostgres, StopMode};
 
 async fn in_recovery(session: &Session) -> bool {
     let row = session
@@ -43,11 +43,9 @@ async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
     }
 }
 
+#[test_support::needs(postgres)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_go_to_the_replica_writes_to_the_primary_and_reads_survive_its_loss() {
-    if Backend::Postgres.server_settings().is_none() {
-        return;
-    }
     let (primary, replica) = tokio::task::spawn_blocking(|| {
         let primary = PrivatePostgres::start("replica-test-pw").expect("primary");
         let replica = primary.start_replica().expect("replica");
