@@ -80,6 +80,14 @@ pub enum Error {
         waited: Duration,
     },
 
+    /// Work under a [`Lock`](crate::Lock) declared as a schema change left
+    /// rows that violate a foreign key (SQLite); it was rolled back.
+    #[error("the changes leave rows in {table} that violate a foreign key; nothing was applied")]
+    ForeignKeyViolation {
+        /// The first table with such rows.
+        table: String,
+    },
+
     /// [`Session::commit`](crate::Session::commit) was called while a clone of the
     /// session was still alive (for example inside a spawned task).
     #[error("cannot commit: the session is still in use elsewhere")]

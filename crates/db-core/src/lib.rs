@@ -14,6 +14,8 @@
 //! - Read replicas (`DB_REPLICA_URLS`): read-only sessions go to them and fail
 //!   over to the primary; [`Db::scope`] reads its own writes. Through a
 //!   transaction-pooling PgBouncer, `DB_TRANSACTION_POOLER` keeps sessions safe.
+//! - [`Db::with_lock`] runs a unit of work under a named [`Lock`], so a job
+//!   such as a migrator runs once at a time per database, across processes.
 //! - [`CachedStatement`] builds a hot query's SQL once per backend.
 //! - [`create_database`], [`Db::health`]; with the `cli` feature, logging and
 //!   exit codes for binaries ([`cli`]).
@@ -39,6 +41,7 @@ pub mod cli;
 mod connect;
 mod db;
 mod error;
+mod lock;
 mod replicas;
 mod session;
 mod settings;
@@ -48,6 +51,7 @@ pub use admin::{Created, create_database, drop_database, quote_ident};
 pub use cached::CachedStatement;
 pub use db::{Db, Health, ReplicaStatus, Scope, Stats};
 pub use error::{Error, Result, Retryable};
+pub use lock::Lock;
 pub use session::{Access, Session, SessionOptions};
 pub use settings::{
     DEFAULT_SQLITE_PATH, LogLevel, SETTINGS, SettingInfo, Settings, Source, SslMode,
