@@ -88,6 +88,29 @@ pub enum Error {
         table: String,
     },
 
+    /// A value for [`CopyIn`](crate::CopyIn) holds a NUL character, which
+    /// PostgreSQL text cannot store.
+    #[error(
+        "{table}.{column}, row {row}: text with a NUL character cannot be stored in PostgreSQL"
+    )]
+    NulInText {
+        /// The table of the value.
+        table: String,
+        /// Its column.
+        column: String,
+        /// The row it was for, counted from 1.
+        row: usize,
+    },
+
+    /// An operation that this backend does not have, such as `COPY` outside PostgreSQL.
+    #[error("{operation} is not available on {backend}")]
+    Unsupported {
+        /// What was asked for.
+        operation: &'static str,
+        /// `mysql` or `sqlite`.
+        backend: &'static str,
+    },
+
     /// [`Session::commit`](crate::Session::commit) was called while a clone of the
     /// session was still alive (for example inside a spawned task).
     #[error("cannot commit: the session is still in use elsewhere")]
@@ -122,6 +145,14 @@ impl Error {
             Error::Db(e) => Some(e),
             _ => None,
         }
+    }
+}
+
+impl Error {
+    /// A driver error from a connection used without SeaORM, classified
+    /// like any other database error.
+    pub(crate) fn from_sqlx(e: sqlx::Error) -> Error {
+        Error::from(DbErr::Exec(RuntimeErr::SqlxError(std::sync::Arc::new(e))))
     }
 }
 

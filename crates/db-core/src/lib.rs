@@ -39,6 +39,7 @@ mod cached;
 #[cfg(feature = "cli")]
 pub mod cli;
 mod connect;
+mod copy;
 mod db;
 mod error;
 mod lock;
@@ -49,6 +50,7 @@ mod url;
 
 pub use admin::{Created, create_database, drop_database, quote_ident};
 pub use cached::CachedStatement;
+pub use copy::{CopyIn, CopyValue};
 pub use db::{Db, Health, ReplicaStatus, Scope, Stats};
 pub use error::{Error, Result, Retryable};
 pub use lock::Lock;

@@ -2,7 +2,6 @@
 //! at once on a database (such as a migrator) waits for, or gives up on,
 //! another process doing it.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sea_orm::sqlx::{self, Connection};
@@ -140,7 +139,7 @@ impl Db {
             .get_mysql_connection_pool()
             .acquire()
             .await
-            .map_err(sqlx_error)?;
+            .map_err(Error::from_sqlx)?;
         let mut waiting = Waiting::new(lock, format!("GET_LOCK on {}", self.target()));
         loop {
             let taken: Option<i64> =
@@ -148,7 +147,7 @@ impl Db {
                     .bind(&lock.name)
                     .fetch_one(&mut *holder)
                     .await
-                    .map_err(sqlx_error)?;
+                    .map_err(Error::from_sqlx)?;
             if taken == Some(1) {
                 break;
             }
@@ -257,10 +256,6 @@ fn sqlite_busy(e: &DbErr) -> bool {
     d.code()
         .and_then(|code| code.parse::<u32>().ok())
         .is_some_and(|code| matches!(code & 0xff, 5 | 6))
-}
-
-fn sqlx_error(e: sqlx::Error) -> Error {
-    Error::from(DbErr::Conn(RuntimeErr::SqlxError(Arc::new(e))))
 }
 
 /// Bounded waiting for a lock, announced once.

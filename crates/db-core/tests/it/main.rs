@@ -3,6 +3,7 @@
 
 mod admin;
 mod connect;
+mod copy;
 mod lock;
 mod replicas;
 mod session;
