@@ -208,15 +208,23 @@ pub trait Retryable {
     fn is_retryable(&self) -> bool;
 }
 
+/// The database server's own error behind `err`, if that is what it is.
+pub(crate) fn database_error(err: &DbErr) -> Option<&dyn sqlx::error::DatabaseError> {
+    let (DbErr::Exec(RuntimeErr::SqlxError(e))
+    | DbErr::Query(RuntimeErr::SqlxError(e))
+    | DbErr::Conn(RuntimeErr::SqlxError(e))) = err
+    else {
+        return None;
+    };
+    match &**e {
+        sqlx::Error::Database(d) => Some(&**d),
+        _ => None,
+    }
+}
+
 impl Retryable for DbErr {
     fn is_retryable(&self) -> bool {
-        let (DbErr::Exec(RuntimeErr::SqlxError(e))
-        | DbErr::Query(RuntimeErr::SqlxError(e))
-        | DbErr::Conn(RuntimeErr::SqlxError(e))) = self
-        else {
-            return false;
-        };
-        let sqlx::Error::Database(d) = &**e else {
+        let Some(d) = database_error(self) else {
             return false;
         };
         // PostgreSQL: serialization_failure, deadlock_detected.

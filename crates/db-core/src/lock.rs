@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 
 use sea_orm::sqlx::{self, Connection};
 use sea_orm::{
-    ConnectionTrait, DbBackend, DbErr, RuntimeErr, SqliteTransactionMode, Statement,
-    TransactionOptions, TransactionTrait,
+    ConnectionTrait, DbBackend, DbErr, SqliteTransactionMode, Statement, TransactionOptions,
+    TransactionTrait,
 };
 
 use crate::db::Db;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, database_error};
 use crate::session::{Access, Session};
 
 /// How often a lock that is held elsewhere is tried again.
@@ -244,16 +244,8 @@ fn advisory_key(name: &str) -> i64 {
 /// Whether SQLite refused because another connection holds a lock
 /// (`SQLITE_BUSY` or `SQLITE_LOCKED`, in any of their extended forms).
 fn sqlite_busy(e: &DbErr) -> bool {
-    let (DbErr::Conn(RuntimeErr::SqlxError(e))
-    | DbErr::Exec(RuntimeErr::SqlxError(e))
-    | DbErr::Query(RuntimeErr::SqlxError(e))) = e
-    else {
-        return false;
-    };
-    let sqlx::Error::Database(d) = &**e else {
-        return false;
-    };
-    d.code()
+    database_error(e)
+        .and_then(|d| d.code())
         .and_then(|code| code.parse::<u32>().ok())
         .is_some_and(|code| matches!(code & 0xff, 5 | 6))
 }
