@@ -48,7 +48,7 @@ mod session;
 mod settings;
 mod url;
 
-pub use admin::{Created, create_database, drop_database, quote_ident};
+pub use admin::{Created, create_database, drop_database};
 pub use cached::CachedStatement;
 pub use copy::{CopyIn, CopyValue};
 pub use db::{Db, Health, ReplicaStatus, Scope, Stats};
