@@ -20,16 +20,36 @@
 //! - [`create_database`], [`Db::health`]; with the `cli` feature, logging and
 //!   exit codes for binaries ([`cli`]).
 //!
+//! The main path: settings, then a `Db`, then one session per unit of work,
+//! used wherever SeaORM takes a connection.
+//!
 //! ```no_run
+//! # mod employees {
+//! #     use sea_orm::entity::prelude::*;
+//! #     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+//! #     #[sea_orm(table_name = "employees")]
+//! #     pub struct Model {
+//! #         #[sea_orm(primary_key)]
+//! #         pub id: i32,
+//! #         pub full_name: String,
+//! #     }
+//! #     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+//! #     pub enum Relation {}
+//! #     impl ActiveModelBehavior for ActiveModel {}
+//! # }
 //! # async fn example() -> Result<(), db_core::Error> {
 //! use db_core::{Db, Settings, Source};
-//! use sea_orm::ConnectionTrait;
+//! use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 //!
-//! let settings = Settings::load(&Source::new().var("DATABASE_URL", "sqlite::memory:"))?;
+//! // Binaries build the source with `Source::from_process()`.
+//! let settings = Settings::load(&Source::new().var("DATABASE_URL", "sqlite://data/tracker.db"))?;
 //! let db = Db::connect(&settings).await?;
-//! let session = db.begin().await?;
-//! session.execute_unprepared("CREATE TABLE t (id INTEGER PRIMARY KEY)").await?;
-//! session.commit().await?;
+//!
+//! let session = db.read().await?;
+//! let anns = employees::Entity::find()
+//!     .filter(employees::Column::FullName.eq("Ann"))
+//!     .all(&session)
+//!     .await?;
 //! # Ok(()) }
 //! ```
 #![warn(missing_docs)]
