@@ -68,7 +68,7 @@ bench-http:
 
 # Fault injection (database restarts and crashes under load, pool exhaustion, startup with the server down, killed and concurrent migrators) and 100k-case property tests; prints the figures.
 chaos:
-    CHAOS=1 cargo test --workspace -- chaos --test-threads=1
+    cargo test --workspace -- chaos --ignored --test-threads=1
     PROPTEST_CASES=100000 cargo test -p db-core -- properties any_parts
 
 # get/get_concurrent on a private PostgreSQL: direct, through PgBouncer, and with a streaming replica.

@@ -304,7 +304,7 @@ fn settings_backend(stack: &Stack) -> sea_orm::DbBackend {
     match stack {
         Stack::Tracker(t) => t.db().backend(),
         Stack::SeaOrm(db) => db.get_database_backend(),
-        Stack::Raw(Raw::Postgres(_)) => sea_orm::DbBackend::Postgres,
+        Stack::Raw(Raw::Postgres(..)) => sea_orm::DbBackend::Postgres,
         Stack::Raw(Raw::MySql(_)) => sea_orm::DbBackend::MySql,
         Stack::Raw(Raw::Sqlite(..)) => sea_orm::DbBackend::Sqlite,
     }

@@ -29,8 +29,8 @@ pub enum Stack {
 /// The tracker's sqlx pools, for hand-written SQL.
 #[derive(Debug, Clone)]
 pub enum Raw {
-    /// PostgreSQL.
-    Postgres(sqlx::PgPool),
+    /// PostgreSQL, and the handle whose COPY loads the data set.
+    Postgres(sqlx::PgPool, Db),
     /// MySQL / MariaDB.
     MySql(sqlx::MySqlPool),
     /// SQLite: the writer and the readers.
@@ -41,7 +41,9 @@ impl Raw {
     /// The pools behind `db`.
     pub fn of(db: &Db) -> Raw {
         match db.backend() {
-            DbBackend::Postgres => Raw::Postgres(db.conn().get_postgres_connection_pool().clone()),
+            DbBackend::Postgres => {
+                Raw::Postgres(db.conn().get_postgres_connection_pool().clone(), db.clone())
+            }
             DbBackend::MySql => Raw::MySql(db.conn().get_mysql_connection_pool().clone()),
             _ => Raw::Sqlite(
                 db.conn().get_sqlite_connection_pool().clone(),
@@ -343,7 +345,7 @@ macro_rules! insert_load {
 impl Raw {
     async fn get(&self, id: i32) -> Result<Option<TaskAndAssignee>, Error> {
         let row: Option<JoinedRow> = match self {
-            Raw::Postgres(pool) => {
+            Raw::Postgres(pool, _) => {
                 sqlx::query_as(joined!("tasks", " WHERE t.id = $1"))
                     .bind(id)
                     .fetch_optional(pool)
@@ -370,7 +372,7 @@ impl Raw {
         let offset = offset as i64;
         let limit = PAGE as i64;
         let rows: Vec<JoinedRow> = match self {
-            Raw::Postgres(pool) => {
+            Raw::Postgres(pool, _) => {
                 sqlx::query_as(joined!(
                     "(SELECT * FROM tasks ORDER BY id LIMIT $1 OFFSET $2)",
                     " ORDER BY t.id"
@@ -407,7 +409,7 @@ impl Raw {
 
     async fn subtree(&self, id: i32) -> Result<Vec<Task>, Error> {
         let rows: Vec<TaskRow> = match self {
-            Raw::Postgres(pool) => {
+            Raw::Postgres(pool, _) => {
                 sqlx::query_as(sqlx::AssertSqlSafe(subtree_sql(DbBackend::Postgres)))
                     .bind(id)
                     .fetch_all(pool)
@@ -432,7 +434,7 @@ impl Raw {
 
     async fn create(&self, title: &str, assignee: i32) -> Result<Task, Error> {
         let row: TaskRow = match self {
-            Raw::Postgres(pool) => sqlx::query_as(
+            Raw::Postgres(pool, _) => sqlx::query_as(
                 "INSERT INTO tasks (title, parent_id, assignee_id, deadline, status) \
                  VALUES ($1, NULL, $2, NULL, 'todo') \
                  RETURNING id, title, parent_id, assignee_id, deadline, status",
@@ -476,7 +478,7 @@ impl Raw {
         const SELECT_PG: &str = "SELECT id, title, parent_id, assignee_id, deadline, status FROM tasks WHERE id = $1 FOR UPDATE";
         const SELECT_MY: &str = "SELECT id, title, parent_id, assignee_id, deadline, status FROM tasks WHERE id = ? FOR UPDATE";
         let row: TaskRow = match self {
-            Raw::Postgres(pool) => {
+            Raw::Postgres(pool, _) => {
                 let mut tx = pool.begin().await.map_err(db_err)?;
                 let _: TaskRow = sqlx::query_as(SELECT_PG)
                     .bind(id)
@@ -539,52 +541,9 @@ impl Raw {
 
     async fn load(&self, employees: &[Employee], tasks: &[Task]) -> Result<(), Error> {
         match self {
-            Raw::Postgres(pool) => {
-                // COPY, the fastest way into PostgreSQL.
-                let mut conn = pool.acquire().await.map_err(db_err)?;
-                let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(db_err)?;
-                let mut copy = tx
-                    .copy_in_raw("COPY employees (id, full_name, position) FROM STDIN")
-                    .await
-                    .map_err(db_err)?;
-                let mut buffer = String::new();
-                for e in employees {
-                    buffer.push_str(&format!("{}\t{}\t{}\n", e.id, e.full_name, e.position));
-                }
-                copy.send(buffer.as_bytes()).await.map_err(db_err)?;
-                copy.finish().await.map_err(db_err)?;
-                let mut copy = tx
-                    .copy_in_raw("COPY tasks (id, title, parent_id, assignee_id, deadline, status) FROM STDIN")
-                    .await
-                    .map_err(db_err)?;
-                let null = |v: Option<String>| v.unwrap_or_else(|| "\\N".to_owned());
-                for chunk in tasks.chunks(10_000) {
-                    buffer.clear();
-                    for t in chunk {
-                        buffer.push_str(&format!(
-                            "{}\t{}\t{}\t{}\t{}\t{}\n",
-                            t.id,
-                            t.title,
-                            null(t.parent_id.map(|v| v.to_string())),
-                            null(t.assignee_id.map(|v| v.to_string())),
-                            null(t.deadline.map(|v| v.to_string())),
-                            t.status
-                        ));
-                    }
-                    copy.send(buffer.as_bytes()).await.map_err(db_err)?;
-                }
-                copy.finish().await.map_err(db_err)?;
-                sqlx::raw_sql(SETVAL)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
-                tx.commit().await.map_err(db_err)?;
-                sqlx::raw_sql("VACUUM (ANALYZE) employees, tasks")
-                    .execute(pool)
-                    .await
-                    .map_err(db_err)?;
-                Ok(())
-            }
+            // COPY, the fastest way into PostgreSQL, is the tracker's: one
+            // writer of COPY's text format, with its escaping.
+            Raw::Postgres(_, db) => Ok(Tracker::new(db.clone()).import(employees, tasks).await?),
             Raw::MySql(pool) => {
                 insert_load!(pool, employees, tasks, "ANALYZE TABLE employees, tasks")
             }

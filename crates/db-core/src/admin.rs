@@ -20,7 +20,7 @@ pub enum Created {
 
 /// Quotes an identifier for the backend: `"name"` on PostgreSQL, `` `name` ``
 /// on MySQL, doubling any quote inside.
-pub fn quote_ident(backend: DbBackend, name: &str) -> String {
+pub(crate) fn quote_ident(backend: DbBackend, name: &str) -> String {
     match backend {
         DbBackend::MySql => format!("`{}`", name.replace('`', "``")),
         _ => format!("\"{}\"", name.replace('"', "\"\"")),

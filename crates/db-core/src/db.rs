@@ -173,6 +173,12 @@ impl Db {
         self.inner.backend
     }
 
+    /// Whether the server has `INSERT`/`UPDATE ... RETURNING` (not MySQL),
+    /// so a write that returns its row is one statement.
+    pub fn supports_returning(&self) -> bool {
+        self.inner.pools.write.support_returning()
+    }
+
     /// Where this handle connects, without credentials.
     pub fn target(&self) -> &str {
         &self.inner.target

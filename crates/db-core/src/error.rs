@@ -80,6 +80,37 @@ pub enum Error {
         waited: Duration,
     },
 
+    /// Work under a [`Lock`](crate::Lock) declared as a schema change left
+    /// rows that violate a foreign key (SQLite); it was rolled back.
+    #[error("the changes leave rows in {table} that violate a foreign key; nothing was applied")]
+    ForeignKeyViolation {
+        /// The first table with such rows.
+        table: String,
+    },
+
+    /// A value for [`CopyIn`](crate::CopyIn) holds a NUL character, which
+    /// PostgreSQL text cannot store.
+    #[error(
+        "{table}.{column}, row {row}: text with a NUL character cannot be stored in PostgreSQL"
+    )]
+    NulInText {
+        /// The table of the value.
+        table: String,
+        /// Its column.
+        column: String,
+        /// The row it was for, counted from 1.
+        row: usize,
+    },
+
+    /// An operation that this backend does not have, such as `COPY` outside PostgreSQL.
+    #[error("{operation} is not available on {backend}")]
+    Unsupported {
+        /// What was asked for.
+        operation: &'static str,
+        /// `mysql` or `sqlite`.
+        backend: &'static str,
+    },
+
     /// [`Session::commit`](crate::Session::commit) was called while a clone of the
     /// session was still alive (for example inside a spawned task).
     #[error("cannot commit: the session is still in use elsewhere")]
@@ -114,6 +145,14 @@ impl Error {
             Error::Db(e) => Some(e),
             _ => None,
         }
+    }
+}
+
+impl Error {
+    /// A driver error from a connection used without SeaORM, classified
+    /// like any other database error.
+    pub(crate) fn from_sqlx(e: sqlx::Error) -> Error {
+        Error::from(DbErr::Exec(RuntimeErr::SqlxError(std::sync::Arc::new(e))))
     }
 }
 
@@ -169,15 +208,23 @@ pub trait Retryable {
     fn is_retryable(&self) -> bool;
 }
 
+/// The database server's own error behind `err`, if that is what it is.
+pub(crate) fn database_error(err: &DbErr) -> Option<&dyn sqlx::error::DatabaseError> {
+    let (DbErr::Exec(RuntimeErr::SqlxError(e))
+    | DbErr::Query(RuntimeErr::SqlxError(e))
+    | DbErr::Conn(RuntimeErr::SqlxError(e))) = err
+    else {
+        return None;
+    };
+    match &**e {
+        sqlx::Error::Database(d) => Some(&**d),
+        _ => None,
+    }
+}
+
 impl Retryable for DbErr {
     fn is_retryable(&self) -> bool {
-        let (DbErr::Exec(RuntimeErr::SqlxError(e))
-        | DbErr::Query(RuntimeErr::SqlxError(e))
-        | DbErr::Conn(RuntimeErr::SqlxError(e))) = self
-        else {
-            return false;
-        };
-        let sqlx::Error::Database(d) = &**e else {
+        let Some(d) = database_error(self) else {
             return false;
         };
         // PostgreSQL: serialization_failure, deadlock_detected.

@@ -14,22 +14,42 @@
 //! - Read replicas (`DB_REPLICA_URLS`): read-only sessions go to them and fail
 //!   over to the primary; [`Db::scope`] reads its own writes. Through a
 //!   transaction-pooling PgBouncer, `DB_TRANSACTION_POOLER` keeps sessions safe.
+//! - [`Db::with_lock`] runs a unit of work under a named [`Lock`], so a job
+//!   such as a migrator runs once at a time per database, across processes.
 //! - [`CachedStatement`] builds a hot query's SQL once per backend.
-//! - [`create_database`], [`Db::health`]; with the `testing` feature, per-test
-//!   databases and private servers ([`testing::TestDb`],
-//!   [`testing::PrivatePostgres`], [`testing::PgBouncer`]); with the `cli`
-//!   feature, logging and exit codes for binaries ([`cli`]).
+//! - [`create_database`], [`Db::health`]; with the `cli` feature, logging and
+//!   exit codes for binaries ([`cli`]).
+//!
+//! The main path: settings, then a `Db`, then one session per unit of work,
+//! used wherever SeaORM takes a connection.
 //!
 //! ```no_run
+//! # mod employees {
+//! #     use sea_orm::entity::prelude::*;
+//! #     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+//! #     #[sea_orm(table_name = "employees")]
+//! #     pub struct Model {
+//! #         #[sea_orm(primary_key)]
+//! #         pub id: i32,
+//! #         pub full_name: String,
+//! #     }
+//! #     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+//! #     pub enum Relation {}
+//! #     impl ActiveModelBehavior for ActiveModel {}
+//! # }
 //! # async fn example() -> Result<(), db_core::Error> {
 //! use db_core::{Db, Settings, Source};
-//! use sea_orm::ConnectionTrait;
+//! use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 //!
-//! let settings = Settings::load(&Source::new().var("DATABASE_URL", "sqlite::memory:"))?;
+//! // Binaries build the source with `Source::from_process()`.
+//! let settings = Settings::load(&Source::new().var("DATABASE_URL", "sqlite://data/tracker.db"))?;
 //! let db = Db::connect(&settings).await?;
-//! let session = db.begin().await?;
-//! session.execute_unprepared("CREATE TABLE t (id INTEGER PRIMARY KEY)").await?;
-//! session.commit().await?;
+//!
+//! let session = db.read().await?;
+//! let anns = employees::Entity::find()
+//!     .filter(employees::Column::FullName.eq("Ann"))
+//!     .all(&session)
+//!     .await?;
 //! # Ok(()) }
 //! ```
 #![warn(missing_docs)]
@@ -39,19 +59,21 @@ mod cached;
 #[cfg(feature = "cli")]
 pub mod cli;
 mod connect;
+mod copy;
 mod db;
 mod error;
+mod lock;
 mod replicas;
 mod session;
 mod settings;
-#[cfg(feature = "testing")]
-pub mod testing;
 mod url;
 
-pub use admin::{Created, create_database, drop_database, quote_ident};
+pub use admin::{Created, create_database, drop_database};
 pub use cached::CachedStatement;
+pub use copy::{CopyIn, CopyValue};
 pub use db::{Db, Health, ReplicaStatus, Scope, Stats};
 pub use error::{Error, Result, Retryable};
+pub use lock::Lock;
 pub use session::{Access, Session, SessionOptions};
 pub use settings::{
     DEFAULT_SQLITE_PATH, LogLevel, SETTINGS, SettingInfo, Settings, Source, SslMode,

@@ -4,8 +4,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, ExecResult,
-    IsolationLevel, QueryResult, Statement,
+    ConnectionTrait, DatabaseConnection, DatabaseExecutor, DatabaseTransaction, DbBackend, DbErr,
+    ExecResult, IsolationLevel, QueryResult, Statement,
 };
 
 use crate::error::{Error, Result};
@@ -155,6 +155,16 @@ impl Session {
         match &self.conn {
             Conn::Tx(tx) => Some(tx),
             _ => None,
+        }
+    }
+
+    /// A SeaORM executor on this session's transaction, or on its pool when
+    /// it has none (the primary's, for a read-only session on replicas), for
+    /// APIs that take one, such as a migrator's `up`.
+    pub fn executor(&self) -> DatabaseExecutor<'_> {
+        match &self.conn {
+            Conn::Tx(tx) => DatabaseExecutor::Transaction(tx),
+            Conn::Direct(c) | Conn::Routed(_, c) => DatabaseExecutor::Connection(c),
         }
     }
 

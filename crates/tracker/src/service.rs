@@ -4,7 +4,7 @@
 //! retries serialization conflicts.
 
 use chrono::NaiveDate;
-use db_core::{CachedStatement, Db, SessionOptions};
+use db_core::{CachedStatement, Db, Session, SessionOptions};
 use entity::{employees, tasks};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ActiveValue::Unchanged, ColumnTrait, ConnectionTrait,
@@ -13,6 +13,20 @@ use sea_orm::{
 };
 
 use crate::error::{Error, Kind, Result};
+
+/// The paging query: `page` of the rows of `E` in `id` order.
+async fn page_of<E: EntityTrait>(
+    read: &Session,
+    id: E::Column,
+    page: Page,
+) -> Result<Vec<E::Model>> {
+    Ok(E::find()
+        .order_by_asc(id)
+        .offset(page.skip)
+        .limit(page.limit)
+        .all(read)
+        .await?)
+}
 
 /// An employee as stored.
 pub type Employee = employees::Model;
@@ -159,7 +173,7 @@ impl Tracker {
     /// `BEGIN`/`COMMIT`; without `RETURNING` (MySQL), SeaORM reads the row back
     /// with a second statement, which belongs in the same transaction.
     fn one_statement_write(&self) -> SessionOptions {
-        if self.db.conn().support_returning() {
+        if self.db.supports_returning() {
             SessionOptions::single_statement()
         } else {
             SessionOptions::read_write()
@@ -188,12 +202,7 @@ impl Tracker {
     /// A page of employees, by id.
     pub async fn list_employees(&self, page: Page) -> Result<Vec<Employee>> {
         let read = self.db.read().await?;
-        Ok(employees::Entity::find()
-            .order_by_asc(employees::Column::Id)
-            .offset(page.skip)
-            .limit(page.limit)
-            .all(&read)
-            .await?)
+        page_of::<employees::Entity>(&read, employees::Column::Id, page).await
     }
 
     /// One employee.
@@ -281,12 +290,7 @@ impl Tracker {
     /// A page of tasks, by id.
     pub async fn list_tasks(&self, page: Page) -> Result<Vec<Task>> {
         let read = self.db.read().await?;
-        Ok(tasks::Entity::find()
-            .order_by_asc(tasks::Column::Id)
-            .offset(page.skip)
-            .limit(page.limit)
-            .all(&read)
-            .await?)
+        page_of::<tasks::Entity>(&read, tasks::Column::Id, page).await
     }
 
     /// A page of tasks with their assignees, in two queries: the page, then
@@ -296,12 +300,7 @@ impl Tracker {
         page: Page,
     ) -> Result<Vec<(Task, Option<Employee>)>> {
         let read = self.db.read().await?;
-        let tasks = tasks::Entity::find()
-            .order_by_asc(tasks::Column::Id)
-            .offset(page.skip)
-            .limit(page.limit)
-            .all(&read)
-            .await?;
+        let tasks = page_of::<tasks::Entity>(&read, tasks::Column::Id, page).await?;
         let assignees = tasks.load_one(employees::Entity, &read).await?;
         Ok(tasks.into_iter().zip(assignees).collect())
     }

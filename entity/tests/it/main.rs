@@ -1,10 +1,10 @@
 //! The generated entities and the hand-written links, on every backend.
 
-use db_core::testing::TestDb;
 use entity::links::{TaskToParent, TaskToSubtasks};
 use entity::{employees, tasks};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{ActiveModelTrait, EntityTrait, ModelTrait, QueryOrder, Set};
+use test_support::TestDb;
 
 async fn employee(t: &TestDb, name: &str) -> employees::Model {
     employees::ActiveModel {
@@ -33,7 +33,7 @@ async fn task(t: &TestDb, title: &str, parent: Option<i32>, assignee: Option<i32
     .unwrap()
 }
 
-db_core::backend_tests! {
+test_support::backend_tests! {
     async fn every_relation_resolves(t: TestDb) {
         Migrator::up(t.db.conn(), None).await.unwrap();
         let ann = employee(&t, "Ann").await;

@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use db_core::Db;
-use db_core::testing::{TestDb, original_app};
 use migration::inspect;
+use test_support::{TestDb, original_app};
 
 use crate::support::{int, migrate, migrate_with, strings, tables};
 
@@ -63,13 +63,13 @@ async fn catalog(db: &Db) -> String {
     format!("{:?}", inspect::tables(&session).await.unwrap())
 }
 
-async fn fresh_shape(backend: db_core::testing::Backend) -> Shape {
-    let fresh = TestDb::new(backend).await.unwrap();
+async fn fresh_shape(backend: test_support::Backend) -> Shape {
+    let fresh = TestDb::new(backend).await;
     migrate(&fresh.settings, &["up"]).await;
     shape(&fresh.db).await
 }
 
-db_core::backend_tests! {
+test_support::backend_tests! {
     async fn the_original_database_is_adopted_and_converged(t: TestDb) {
         original_app::create(&t.db).await;
         let rows = original_app::rows(&t.db).await;

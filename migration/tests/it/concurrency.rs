@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use db_core::Settings;
-use db_core::testing::TestDb;
 use sea_orm_migration::prelude::*;
+use test_support::TestDb;
 
 use crate::support::{migrate_with, strings};
 
@@ -77,7 +77,7 @@ impl MigratorTrait for SlowMigrator {
     }
 }
 
-db_core::backend_tests! {
+test_support::backend_tests! {
     async fn eight_concurrent_migrators_apply_each_migration_once(t: TestDb) {
         let settings = t.settings.clone();
         tokio::task::spawn_blocking(move || concurrent_up(&settings, 8)).await.unwrap();
@@ -86,19 +86,15 @@ db_core::backend_tests! {
     }
 }
 
-/// While one migrator holds the lock, another gives up after its lock
-/// timeout with a message that says what it waited for. (One test for all
-/// backends: the slow migration's flag is process-wide.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn waiting_for_the_lock_is_bounded_and_explained() {
-    for backend in [
-        db_core::testing::Backend::Sqlite,
-        db_core::testing::Backend::Postgres,
-        db_core::testing::Backend::MySql,
-    ] {
-        let Some(t) = TestDb::new(backend).await else {
-            continue;
-        };
+/// Serialises the tests that use `SlowMigrator`: its flag is process-wide.
+static SLOW_MIGRATOR: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+test_support::backend_tests! {
+    /// While one migrator holds the lock, another gives up after its lock
+    /// timeout with a message that says what it waited for.
+    async fn waiting_for_the_lock_is_bounded_and_explained(t: TestDb) {
+        let _slow_migrator = SLOW_MIGRATOR.lock().await;
+        let backend = t.backend();
         SLOW_STARTED.store(false, Ordering::SeqCst);
         let holder = {
             let settings = t.settings.clone();
@@ -129,18 +125,14 @@ async fn waiting_for_the_lock_is_bounded_and_explained() {
 }
 
 /// `just chaos`: twice as many migrators.
+#[test_support::needs(postgres, mysql, chaos)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_sixteen_concurrent_migrators_on_every_server() {
-    if !db_core::testing::chaos_enabled() {
-        return;
-    }
     for backend in [
-        db_core::testing::Backend::Postgres,
-        db_core::testing::Backend::MySql,
+        test_support::Backend::Postgres,
+        test_support::Backend::MySql,
     ] {
-        let Some(t) = TestDb::new(backend).await else {
-            continue;
-        };
+        let t = TestDb::new(backend).await;
         let settings = t.settings.clone();
         let started = Instant::now();
         tokio::task::spawn_blocking(move || concurrent_up(&settings, 16))
@@ -152,7 +144,7 @@ async fn chaos_sixteen_concurrent_migrators_on_every_server() {
         )
         .await;
         assert_eq!(recorded, names());
-        db_core::testing::report(&format!(
+        test_support::report(&format!(
             "16 concurrent `migration up` on {backend:?}: all exited 0, each migration recorded once, {:.2}s",
             started.elapsed().as_secs_f64()
         ));
@@ -162,14 +154,10 @@ async fn chaos_sixteen_concurrent_migrators_on_every_server() {
 /// A migrator killed with SIGKILL in the middle of a migration (held up by
 /// another session's uncommitted table of the same name) leaves a state the
 /// next `migration up` completes: its transaction and its lock die with it.
+#[test_support::needs(postgres, chaos)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_a_killed_migrator_leaves_a_state_the_next_one_completes() {
-    if !db_core::testing::chaos_enabled() {
-        return;
-    }
-    let Some(t) = TestDb::new(db_core::testing::Backend::Postgres).await else {
-        return;
-    };
+    let t = TestDb::new(test_support::Backend::Postgres).await;
     let blocker = t.db.begin().await.unwrap();
     sea_orm::ConnectionTrait::execute_unprepared(&blocker, "CREATE TABLE employees (id INTEGER)")
         .await
@@ -220,7 +208,5 @@ async fn chaos_a_killed_migrator_leaves_a_state_the_next_one_completes() {
     )
     .await;
     assert_eq!(recorded, names());
-    db_core::testing::report(
-        "SIGKILL mid-migration: the next `migration up` applied it and exited 0",
-    );
+    test_support::report("SIGKILL mid-migration: the next `migration up` applied it and exited 0");
 }

@@ -5,8 +5,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use db_core::testing::{Backend, TestDb, original_app};
 use sea_orm_migration::prelude::*;
+use test_support::{Backend, TestDb, original_app};
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -90,11 +90,10 @@ async fn check<M: MigratorTrait>(
     (result, String::from_utf8_lossy(&out).into_owned())
 }
 
+#[test_support::needs(postgres)]
 #[tokio::test]
 async fn the_committed_entities_are_what_the_migrations_generate() {
-    let Some(server) = Backend::Postgres.server_settings() else {
-        return;
-    };
+    let server = Backend::Postgres.server_settings();
     if !cli_installed() {
         return;
     }
@@ -102,11 +101,10 @@ async fn the_committed_entities_are_what_the_migrations_generate() {
     assert!(result.is_ok(), "{report}{result:?}");
 }
 
+#[test_support::needs(postgres)]
 #[tokio::test]
 async fn a_new_column_without_regenerated_entities_fails_with_a_diff() {
-    let Some(server) = Backend::Postgres.server_settings() else {
-        return;
-    };
+    let server = Backend::Postgres.server_settings();
     if !cli_installed() {
         return;
     }
@@ -119,14 +117,13 @@ async fn a_new_column_without_regenerated_entities_fails_with_a_diff() {
 
 /// The entities check passes against the original app's database once it is
 /// adopted and converged.
+#[test_support::needs(postgres)]
 #[tokio::test]
 async fn the_entities_match_an_adopted_database() {
     if !cli_installed() {
         return;
     }
-    let Some(t) = TestDb::new(Backend::Postgres).await else {
-        return;
-    };
+    let t = TestDb::new(Backend::Postgres).await;
     original_app::create(&t.db).await;
     crate::support::migrate(&t.settings, &["up"]).await;
     let (result, report) = check::<migration::Migrator>(&t.settings, migration::Source::Live).await;

@@ -1,7 +1,7 @@
 //! The schema the migrations create, the same on every backend.
 
-use db_core::testing::{Backend, TestDb};
 use sea_orm::DbBackend;
+use test_support::{Backend, TestDb};
 
 use crate::support::{exec, int, migrate, strings, tables};
 
@@ -25,7 +25,7 @@ async fn indexes(t: &TestDb) -> Vec<String> {
     names
 }
 
-db_core::backend_tests! {
+test_support::backend_tests! {
     async fn up_creates_both_tables_with_one_index_per_lookup(t: TestDb) {
         migrate(&t.settings, &["up"]).await;
         assert_eq!(tables(&t.db).await, ["employees", "seaql_migrations", "tasks"]);

@@ -9,11 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use db_core::sea_orm::ConnectionTrait;
-use db_core::testing::{
-    Backend, PrivatePostgres, StopMode, TestDb, chaos_enabled, free_port, report,
-};
 use migration::MigratorTrait;
 use serde_json::json;
+use test_support::{Backend, PrivatePostgres, StopMode, TestDb, free_port, report};
 
 use crate::cli::{PASSWORD, PASSWORD_ENCODED};
 use crate::serve::{Running, start};
@@ -120,11 +118,9 @@ fn recovery(outcomes: &[Outcome], back: Instant) -> Option<f64> {
 /// shutdown) and comes back. No request hangs past the acquire timeout,
 /// failures are 503s, service resumes within 5 s of the server's return
 /// without restarting the app, and every acknowledged write is stored.
+#[test_support::needs(postgres, chaos)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_database_restarts_under_load_lose_no_acknowledged_write() {
-    if !chaos_enabled() || Backend::Postgres.server_settings().is_none() {
-        return;
-    }
     let server = Arc::new(
         tokio::task::spawn_blocking(|| PrivatePostgres::start(PASSWORD))
             .await
@@ -243,14 +239,10 @@ async fn chaos_database_restarts_under_load_lose_no_acknowledged_write() {
 /// A pool of 2 and 50 concurrent requests that the database holds up: the
 /// excess get 503 after the acquire timeout instead of hanging, and the app
 /// serves normally afterwards.
+#[test_support::needs(postgres, chaos)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_an_exhausted_pool_answers_503_then_recovers() {
-    if !chaos_enabled() {
-        return;
-    }
-    let Some(t) = TestDb::new(Backend::Postgres).await else {
-        return;
-    };
+    let t = TestDb::new(Backend::Postgres).await;
     migration::Migrator::up(t.db.conn(), None).await.unwrap();
     let vars = [
         ("DATABASE_URL", os(t.settings.url.expose())),
@@ -320,11 +312,9 @@ async fn chaos_an_exhausted_pool_answers_503_then_recovers() {
 
 /// Down for longer than the connect deadline: `serve` exits 1 with one
 /// clear line. Down for less: it waits, migrates and serves.
+#[test_support::needs(postgres, chaos)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_startup_waits_for_the_database_within_the_deadline() {
-    if !chaos_enabled() || Backend::Postgres.server_settings().is_none() {
-        return;
-    }
     let server = Arc::new(
         tokio::task::spawn_blocking(|| PrivatePostgres::init(PASSWORD))
             .await

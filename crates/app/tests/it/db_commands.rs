@@ -2,7 +2,7 @@
 
 use std::ffi::OsString;
 
-use db_core::testing::{Backend, PrivatePostgres, free_port};
+use test_support::{Backend, PrivatePostgres, free_port};
 
 use crate::cli::{PASSWORD, assert_no_secret, text, tracker};
 
@@ -29,11 +29,10 @@ fn db_check_on_a_fresh_checkout_uses_the_embedded_sqlite_file() {
     assert!(dir.path().join("data/tracker.db").is_file());
 }
 
+#[test_support::needs(postgres)]
 #[test]
 fn db_check_on_postgres_shows_the_server_and_redacts_the_password() {
-    let Some(server) = Backend::Postgres.server_settings() else {
-        return;
-    };
+    let server = Backend::Postgres.server_settings();
     // The shared server trusts local connections, so any password gets in;
     // this checks what is printed.
     let mut url = url_with_password(server.url.expose());
@@ -60,11 +59,9 @@ fn url_with_password(url: &str) -> String {
     parsed.to_string()
 }
 
+#[test_support::needs(postgres)]
 #[test]
 fn db_check_reaches_a_password_checking_server_with_the_seed_variables() {
-    if Backend::Postgres.server_settings().is_none() {
-        return;
-    }
     let hostile = "p@ss:w/rd?#%&=";
     let server = PrivatePostgres::start(hostile).expect("starting a private PostgreSQL");
     let dir = tempfile::tempdir().unwrap();
@@ -116,9 +113,7 @@ fn db_check_on_an_unreachable_server_fails_after_the_deadline() {
 }
 
 fn db_create_twice(backend: Backend) {
-    let Some(server) = backend.server_settings() else {
-        return;
-    };
+    let server = backend.server_settings();
     let name = format!("tracker_test_cli_{}", std::process::id());
     let mut settings = server.clone();
     settings.url = server.url.with_database(&name);
@@ -144,11 +139,13 @@ fn db_create_twice(backend: Backend) {
     assert_eq!(check.status.code(), Some(0), "{:?}", text(&check));
 }
 
+#[test_support::needs(postgres)]
 #[test]
 fn db_create_creates_once_on_postgres() {
     db_create_twice(Backend::Postgres);
 }
 
+#[test_support::needs(mysql)]
 #[test]
 fn db_create_creates_once_on_mysql() {
     db_create_twice(Backend::MySql);

@@ -10,8 +10,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use db_core::testing::free_port;
 use serde_json::Value;
+use test_support::free_port;
 
 use crate::serve::{Running, start};
 

@@ -2,7 +2,7 @@
 
 use std::ffi::OsString;
 
-use db_core::testing::{TestDb, original_app};
+use test_support::{TestDb, original_app};
 
 use crate::cli::{text, tracker};
 
@@ -22,7 +22,7 @@ fn run(t: &TestDb, dir: &std::path::Path, words: &[&str]) -> String {
     stdout
 }
 
-db_core::backend_tests! {
+test_support::backend_tests! {
     async fn migrate_up_status_down_fresh(t: TestDb) {
         let dir = tempfile::tempdir().unwrap();
         let dir = dir.path();
@@ -34,7 +34,7 @@ db_core::backend_tests! {
     }
 }
 
-db_core::backend_tests! {
+test_support::backend_tests! {
     /// Switching from the original app: one command on its database.
     async fn the_original_database_takes_one_command(t: TestDb) {
         original_app::create(&t.db).await;

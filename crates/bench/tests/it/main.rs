@@ -3,7 +3,7 @@
 
 use bench::workload::{OPS, Workload};
 use bench::{Options, STACKS};
-use db_core::testing::TestDb;
+use test_support::TestDb;
 
 fn options(scale: f64) -> Options {
     Options {
@@ -15,7 +15,7 @@ fn options(scale: f64) -> Options {
     }
 }
 
-db_core::backend_tests! {
+test_support::backend_tests! {
     async fn every_stack_answers_every_op_correctly(t: TestDb) {
         let mut out = Vec::new();
         let records = bench::run(&t.settings, &options(0.002), &mut out).await.unwrap();

@@ -1,12 +1,10 @@
 //! Creating and dropping databases through the maintenance database.
 
-use db_core::testing::Backend;
 use db_core::{Created, Db, create_database, drop_database};
+use test_support::Backend;
 
 async fn create_twice_then_drop(backend: Backend) {
-    let Some(server) = backend.server_settings() else {
-        return;
-    };
+    let server = backend.server_settings();
     let mut s = server.clone();
     let name = format!(
         "tracker_test_admin_{}_{}",
@@ -40,11 +38,13 @@ fn rand_suffix() -> u32 {
         .subsec_nanos()
 }
 
+#[test_support::needs(postgres)]
 #[tokio::test]
 async fn create_is_idempotent_and_drop_works_on_postgres() {
     create_twice_then_drop(Backend::Postgres).await;
 }
 
+#[test_support::needs(mysql)]
 #[tokio::test]
 async fn create_is_idempotent_and_drop_works_on_mysql() {
     create_twice_then_drop(Backend::MySql).await;

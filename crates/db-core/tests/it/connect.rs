@@ -3,9 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use db_core::testing::{Backend, PrivatePostgres, TestDb, free_port};
 use db_core::{DatabaseUrl, Db, Error, Settings, Source};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use test_support::{Backend, PrivatePostgres, TestDb, free_port};
 
 fn settings(url: &str) -> Settings {
     Settings::new(DatabaseUrl::parse(url, "DATABASE_URL").unwrap())
@@ -101,7 +101,7 @@ async fn sqlite_in_a_missing_folder_says_how_to_create_it() {
 
 #[tokio::test]
 async fn sqlite_runs_in_wal_mode_with_foreign_keys() {
-    let t = TestDb::new(Backend::Sqlite).await.unwrap();
+    let t = TestDb::new(Backend::Sqlite).await;
     assert_eq!(scalar(&t.db, "PRAGMA journal_mode").await, "wal");
     let row =
         t.db.reader()
@@ -122,11 +122,10 @@ async fn sqlite_runs_in_wal_mode_with_foreign_keys() {
     assert!(err.to_string().contains("readonly"), "{err}");
 }
 
+#[test_support::needs(postgres)]
 #[tokio::test]
 async fn postgres_connections_carry_the_session_settings() {
-    let Some(mut s) = Backend::Postgres.server_settings() else {
-        return;
-    };
+    let mut s = Backend::Postgres.server_settings();
     s.statement_timeout = Some(Duration::from_millis(2500));
     s.application_name = Some("db-core-test".to_owned());
     s.schema = Some("pg_catalog,public".to_owned());
@@ -143,11 +142,10 @@ async fn postgres_connections_carry_the_session_settings() {
     assert!(err.to_string().contains("statement timeout"), "{err}");
 }
 
+#[test_support::needs(postgres)]
 #[tokio::test]
 async fn ssl_modes_are_honoured_on_postgres() {
-    let Some(base) = Backend::Postgres.server_settings() else {
-        return;
-    };
+    let base = Backend::Postgres.server_settings();
     let ssl_in_use = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
     let mut s = base.clone();
     s.ssl_mode = Some(db_core::SslMode::Require);
@@ -173,11 +171,10 @@ async fn ssl_modes_are_honoured_on_postgres() {
     );
 }
 
+#[test_support::needs(postgres)]
 #[tokio::test]
 async fn an_unknown_database_fails_at_once_and_says_so() {
-    let Some(mut s) = Backend::Postgres.server_settings() else {
-        return;
-    };
+    let mut s = Backend::Postgres.server_settings();
     s.url = s.url.with_database("tracker_no_such_database");
     s.connect_deadline = Duration::from_secs(30);
     let start = Instant::now();
@@ -194,11 +191,9 @@ async fn an_unknown_database_fails_at_once_and_says_so() {
 
 /// The seed's parts with a password full of URL syntax reach a server that
 /// checks passwords (scram-sha-256), for the superuser and for a new role.
+#[test_support::needs(postgres)]
 #[tokio::test]
 async fn hostile_passwords_reach_a_password_checking_server() {
-    if Backend::Postgres.server_settings().is_none() {
-        return;
-    }
     let password = "p@ss:w/rd?#%&=";
     let server = tokio::task::spawn_blocking(move || PrivatePostgres::start(password))
         .await
@@ -245,11 +240,9 @@ async fn hostile_passwords_reach_a_password_checking_server() {
 }
 
 /// A server that comes up inside the connect deadline is waited for.
+#[test_support::needs(postgres)]
 #[tokio::test]
 async fn a_server_coming_up_inside_the_deadline_is_waited_for() {
-    if Backend::Postgres.server_settings().is_none() {
-        return;
-    }
     let server = tokio::task::spawn_blocking(|| PrivatePostgres::init("pw"))
         .await
         .unwrap()

@@ -1,8 +1,10 @@
 //! db-core's integration tests, one binary. Server suites run when
-//! `TEST_POSTGRES_URL` / `TEST_MYSQL_URL` are set (see `db_core::testing`).
+//! `TEST_POSTGRES_URL` / `TEST_MYSQL_URL` are set (see `test_support`).
 
 mod admin;
 mod connect;
+mod copy;
+mod lock;
 mod replicas;
 mod session;
 mod settings;

@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use db_core::testing::TestDb;
 use db_core::{Db, Error, Session, SessionOptions};
 use sea_orm::{ConnectionTrait, DbBackend, IsolationLevel, Statement};
+use test_support::TestDb;
 
 async fn create_items(db: &Db) {
     db.conn()
@@ -45,7 +45,7 @@ async fn count(db: &Db) -> i64 {
     row.try_get_by_index::<i64>(0).unwrap()
 }
 
-db_core::backend_tests! {
+test_support::backend_tests! {
     async fn committed_work_is_kept(t: TestDb) {
         create_items(&t.db).await;
         let session = t.db.begin().await.unwrap();
@@ -184,11 +184,10 @@ db_core::backend_tests! {
 
 /// Two SERIALIZABLE transactions in a write-skew: each reads the rows the
 /// other updates. PostgreSQL aborts one with 40001; the helper runs it again.
+#[test_support::needs(postgres)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serialization_failures_are_retried_on_postgres() {
-    let Some(t) = TestDb::new(db_core::testing::Backend::Postgres).await else {
-        return;
-    };
+    let t = TestDb::new(test_support::Backend::Postgres).await;
     t.db.conn()
         .execute_unprepared(
             "CREATE TABLE doctors (id INTEGER PRIMARY KEY, on_call BOOLEAN NOT NULL);
@@ -279,16 +278,14 @@ async fn deadlocks_are_retried(t: TestDb) {
     assert!(t.db.stats().transaction_retries >= 1);
 }
 
+#[test_support::needs(postgres)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadlocks_are_retried_on_postgres() {
-    if let Some(t) = TestDb::new(db_core::testing::Backend::Postgres).await {
-        deadlocks_are_retried(t).await;
-    }
+    deadlocks_are_retried(TestDb::new(test_support::Backend::Postgres).await).await;
 }
 
+#[test_support::needs(mysql)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadlocks_are_retried_on_mysql() {
-    if let Some(t) = TestDb::new(db_core::testing::Backend::MySql).await {
-        deadlocks_are_retried(t).await;
-    }
+    deadlocks_are_retried(TestDb::new(test_support::Backend::MySql).await).await;
 }

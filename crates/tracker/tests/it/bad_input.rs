@@ -1,9 +1,9 @@
 //! Bad input, one row per mistake: each gets a 4xx with a JSON `detail`
 //! naming what is wrong, never a 500, and the database is unchanged.
 
-use db_core::testing::TestDb;
 use migration::{Migrator, MigratorTrait};
 use serde_json::{Value, json};
+use test_support::TestDb;
 
 use crate::support::Server;
 
@@ -302,7 +302,7 @@ async fn snapshot(s: &Server) -> (Value, Value) {
     (employees, tasks)
 }
 
-db_core::backend_tests! {
+test_support::backend_tests! {
     async fn every_bad_request_is_a_4xx_that_names_the_problem(t: TestDb) {
         Migrator::up(t.db.conn(), None).await.unwrap();
         let s = Server::on(t).await;

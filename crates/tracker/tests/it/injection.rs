@@ -1,9 +1,9 @@
 //! Hostile text in every field and query parameter is data: it round-trips
 //! unchanged, or is refused with a 422, and the tables stay intact.
 
-use db_core::testing::TestDb;
 use migration::{Migrator, MigratorTrait};
 use serde_json::json;
+use test_support::TestDb;
 
 use crate::support::Server;
 
@@ -27,7 +27,7 @@ fn hostile() -> Vec<String> {
     .collect()
 }
 
-db_core::backend_tests! {
+test_support::backend_tests! {
     async fn hostile_text_round_trips_as_data(t: TestDb) {
         Migrator::up(t.db.conn(), None).await.unwrap();
         let s = Server::on(t).await;

@@ -6,8 +6,8 @@
 
 use std::collections::BTreeSet;
 
-use db_core::testing::Backend;
 use serde_json::{Value, json};
+use test_support::Backend;
 use tracker::Tracker;
 
 use crate::support::Server;
@@ -63,7 +63,7 @@ fn concrete(path: &str, id: &str) -> String {
 
 #[tokio::test]
 async fn the_document_has_the_originals_paths_parameters_and_schemas() {
-    let s = Server::start(Backend::Sqlite).await.unwrap();
+    let s = Server::start(Backend::Sqlite).await;
     let doc = document(&s).await;
     assert_eq!(doc["openapi"], "3.1.0");
     assert_eq!(doc["info"]["title"], "Task Tracker");
@@ -220,7 +220,7 @@ fn routed_paths(tracker: Tracker) -> BTreeSet<String> {
 
 #[tokio::test]
 async fn every_route_is_documented_and_every_documented_operation_is_routed() {
-    let s = Server::start(Backend::Sqlite).await.unwrap();
+    let s = Server::start(Backend::Sqlite).await;
     let doc = document(&s).await;
 
     // The router's paths, and for each the methods it answers (the `Allow`
@@ -298,7 +298,7 @@ fn examples(doc: &Value) -> Vec<(String, Value)> {
 /// example), on a fresh database.
 #[tokio::test]
 async fn every_example_is_a_real_request_or_answer() {
-    let s = Server::start(Backend::Sqlite).await.unwrap();
+    let s = Server::start(Backend::Sqlite).await;
     let doc = document(&s).await;
     let example = |schema: &str| doc["components"]["schemas"][schema]["example"].clone();
 
@@ -358,7 +358,7 @@ async fn every_example_is_a_real_request_or_answer() {
 /// the limit and one past it.
 #[tokio::test]
 async fn request_schemas_and_parameters_are_what_the_parsers_enforce() {
-    let s = Server::start(Backend::Sqlite).await.unwrap();
+    let s = Server::start(Backend::Sqlite).await;
     let doc = document(&s).await;
     s.post(
         "/employees/",
@@ -446,7 +446,7 @@ async fn request_schemas_and_parameters_are_what_the_parsers_enforce() {
 
 #[tokio::test]
 async fn the_pages_and_their_files_are_served() {
-    let s = Server::start(Backend::Sqlite).await.unwrap();
+    let s = Server::start(Backend::Sqlite).await;
     for (path, content_type, contains) in [
         ("/docs", "text/html", "/docs/swagger-ui-bundle.js"),
         ("/docs/", "text/html", "/docs/swagger-ui-bundle.js"),

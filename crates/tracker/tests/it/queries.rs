@@ -1,8 +1,8 @@
 //! The service's queries: no N+1, one recursive query per subtree.
 
 use db_core::Db;
-use db_core::testing::TestDb;
 use migration::{Migrator, MigratorTrait};
+use test_support::TestDb;
 use tracker::{EmployeeInput, Page, TaskInput, Tracker};
 
 /// Runs `work` and returns how many statements it executed on `db`.
@@ -51,7 +51,7 @@ async fn tree(tracker: &Tracker) -> Vec<i32> {
     ids
 }
 
-db_core::backend_tests! {
+test_support::backend_tests! {
     async fn pages_with_assignees_take_two_queries_and_subtrees_one(t: TestDb) {
         Migrator::up(t.db.conn(), None).await.unwrap();
         let tracker = Tracker::new(t.db.clone());
@@ -97,7 +97,7 @@ db_core::backend_tests! {
     }
 }
 
-db_core::backend_tests! {
+test_support::backend_tests! {
     async fn import_keeps_ids_and_any_text_and_moves_the_counters(t: TestDb) {
         Migrator::up(t.db.conn(), None).await.unwrap();
         let tracker = Tracker::new(t.db.clone());

@@ -1,13 +1,13 @@
 //! Every route's success path, with bodies compared field for field against
 //! the original's shapes.
 
-use db_core::testing::{Backend, TestDb, original_app};
 use migration::{Migrator, MigratorTrait};
 use serde_json::json;
+use test_support::{Backend, TestDb, original_app};
 
 use crate::support::Server;
 
-db_core::backend_tests! {
+test_support::backend_tests! {
     async fn the_whole_route_table(t: TestDb) {
         Migrator::up(t.db.conn(), None).await.unwrap();
         let s = Server::on(t).await;
@@ -85,7 +85,7 @@ db_core::backend_tests! {
     }
 }
 
-db_core::backend_tests! {
+test_support::backend_tests! {
     /// The original app's database, adopted the way `serve --migrate` (and
     /// SQLite's start) does it, answers as the original does on its data.
     async fn the_adopted_original_database(t: TestDb) {
@@ -134,7 +134,7 @@ db_core::backend_tests! {
 
 #[tokio::test]
 async fn cors_is_open_to_any_origin() {
-    let s = Server::start(Backend::Sqlite).await.unwrap();
+    let s = Server::start(Backend::Sqlite).await;
     let preflight = s
         .client
         .request(reqwest::Method::OPTIONS, format!("{}/tasks/", s.base))
@@ -159,7 +159,7 @@ async fn cors_is_open_to_any_origin() {
 
 #[tokio::test]
 async fn ready_is_503_when_the_database_is_gone() {
-    let s = Server::start(Backend::Sqlite).await.unwrap();
+    let s = Server::start(Backend::Sqlite).await;
     s.t.db.close().await;
     assert_eq!(
         s.get("/ready").await,

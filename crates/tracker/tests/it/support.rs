@@ -1,9 +1,9 @@
 //! A tracker served over a real socket on a random port, on a fresh,
 //! migrated database; a small JSON client for it.
 
-use db_core::testing::{Backend, TestDb};
 use migration::{Migrator, MigratorTrait};
 use serde_json::Value;
+use test_support::{Backend, TestDb};
 use tokio::sync::oneshot;
 use tracker::Tracker;
 
@@ -17,12 +17,11 @@ pub struct Server {
 }
 
 impl Server {
-    /// Serves a tracker on a fresh database of `backend`, or `None` when the
-    /// backend's server is not configured.
-    pub async fn start(backend: Backend) -> Option<Server> {
-        let t = TestDb::new(backend).await?;
+    /// Serves a tracker on a fresh, migrated database of `backend`.
+    pub async fn start(backend: Backend) -> Server {
+        let t = TestDb::new(backend).await;
         Migrator::up(t.db.conn(), None).await.unwrap();
-        Some(Self::on(t).await)
+        Self::on(t).await
     }
 
     /// Serves a tracker on `t` (already migrated).

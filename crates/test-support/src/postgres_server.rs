@@ -8,7 +8,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use crate::url::encode;
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 
 /// A PostgreSQL server of one test's own. Stopped (immediately) and deleted on drop.
 #[derive(Debug)]
@@ -48,8 +48,8 @@ fn find_bin() -> io::Result<PathBuf> {
 pub(crate) fn superuser_url(password: &str, port: u16, database: &str) -> String {
     format!(
         "postgres://postgres:{}@127.0.0.1:{port}/{}",
-        encode(password),
-        encode(database)
+        utf8_percent_encode(password, NON_ALPHANUMERIC),
+        utf8_percent_encode(database, NON_ALPHANUMERIC)
     )
 }
 

@@ -1,26 +1,30 @@
-//! Per-test databases on real servers (feature `testing`).
+//! Test helpers for this workspace (a dev-dependency only): a database of
+//! its own for each test, private PostgreSQL servers and PgBouncer for tests
+//! that need password authentication or stop a server, and tests that are
+//! reported as ignored when their server is not configured.
 //!
 //! [`TestDb::new`] gives each test a database of its own: on PostgreSQL and
 //! MySQL a uniquely named database created through the maintenance database
 //! and dropped when the [`TestDb`] is dropped, also when the test fails; on
-//! SQLite a file in a temporary folder. Server backends run only when
-//! `TEST_POSTGRES_URL` / `TEST_MYSQL_URL` name a server (with any database in
-//! the path, e.g. `postgres://postgres@127.0.0.1:5432/postgres`); otherwise the
-//! test returns early and a note on standard error says which suites did not
-//! run. These two variables are the only ones this module reads.
+//! SQLite a file in a temporary folder. The server databases are on the
+//! servers that `TEST_POSTGRES_URL` / `TEST_MYSQL_URL` name (with any database
+//! in the path, e.g. `postgres://postgres@127.0.0.1:5432/postgres`). A test
+//! that needs one says so with [`needs`]; without the variable, libtest
+//! reports it as ignored. These two variables are the only ones this crate
+//! reads.
 //!
 //! ```no_run
-//! db_core::backend_tests! {
-//!     async fn it_works(t: db_core::testing::TestDb) {
+//! test_support::backend_tests! {
+//!     async fn it_works(t: test_support::TestDb) {
 //!         t.db.ping().await.unwrap();
 //!     }
 //! }
 //! ```
 //! expands to the tests `it_works::sqlite`, `it_works::postgres` and
 //! `it_works::mysql`.
+#![warn(missing_docs)]
 
 use std::io::Write;
-use std::sync::Once;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -31,14 +35,10 @@ pub mod original_app;
 mod pgbouncer;
 mod postgres_server;
 
+use db_core::{DatabaseUrl, Db, Settings, create_database, drop_database};
 pub use pgbouncer::PgBouncer;
 pub use postgres_server::{PrivatePostgres, StopMode, free_port};
-
-use crate::admin::{create_database, drop_database};
-use crate::connect::maintenance;
-use crate::db::Db;
-use crate::settings::Settings;
-use crate::url::DatabaseUrl;
+pub use test_support_macros::needs;
 
 /// Prefix of every database this module creates.
 const PREFIX: &str = "tracker_test_";
@@ -67,58 +67,23 @@ impl Backend {
         }
     }
 
-    /// Settings for this backend's server, with the database from the variable,
-    /// or `None` (after a one-time note on standard error) when it is not set.
-    pub fn server_settings(self) -> Option<Settings> {
-        let var = self.variable()?;
-        match std::env::var(var) {
-            Ok(url) if !url.trim().is_empty() => {
-                let url = DatabaseUrl::parse(url.trim(), var).unwrap_or_else(|e| panic!("{e}"));
-                let mut settings = Settings::new(url);
-                settings.connect_deadline = std::time::Duration::from_secs(5);
-                Some(settings)
-            }
-            _ => {
-                note_skipped(self, var);
-                None
-            }
+    /// Settings for this backend's server, with the database from its
+    /// variable. Panics for SQLite, and when the variable is not set: a test
+    /// that calls this carries [`needs`], so libtest ignores it in that case
+    /// unless the tests were built with a variable that is now gone.
+    pub fn server_settings(self) -> Settings {
+        let Some(var) = self.variable() else {
+            panic!("{self:?} has no server");
+        };
+        let url = std::env::var(var).unwrap_or_default();
+        if url.trim().is_empty() {
+            panic!("{var} is not set: this test needs it to name a server (see README.md, Tests)");
         }
+        let url = DatabaseUrl::parse(url.trim(), var).unwrap_or_else(|e| panic!("{e}"));
+        let mut settings = Settings::new(url);
+        settings.connect_deadline = std::time::Duration::from_secs(5);
+        settings
     }
-}
-
-fn note_skipped(backend: Backend, var: &str) {
-    static POSTGRES: Once = Once::new();
-    static MYSQL: Once = Once::new();
-    let once = if backend == Backend::Postgres {
-        &POSTGRES
-    } else {
-        &MYSQL
-    };
-    once.call_once(|| {
-        // Written straight to the stream: the test harness captures `eprintln!`
-        // of passing tests, and this note must be seen.
-        let _ = writeln!(
-            std::io::stderr(),
-            "note: {var} is not set: the {backend:?} suites of this binary did not run \
-             (set it to a server URL, e.g. as .ci/run does, to run them)"
-        );
-    });
-}
-
-/// Whether the long fault-injection tests (`just chaos`) should run: when
-/// `CHAOS` is set. Otherwise a one-time note says they did not.
-pub fn chaos_enabled() -> bool {
-    static NOTE: Once = Once::new();
-    let enabled = std::env::var_os("CHAOS").is_some_and(|v| !v.is_empty());
-    if !enabled {
-        NOTE.call_once(|| {
-            let _ = writeln!(
-                std::io::stderr(),
-                "note: CHAOS is not set: the fault-injection tests of this binary did not run (just chaos runs them)"
-            );
-        });
-    }
-    enabled
 }
 
 /// Prints a figure of a fault-injection test where `just chaos` shows it,
@@ -139,37 +104,37 @@ pub struct TestDb {
 }
 
 impl TestDb {
-    /// A fresh, empty database, or `None` when the backend's server is not
-    /// configured. Panics with a clear message when it is configured but
-    /// cannot be used: a configured server that is down is a failure, not a skip.
-    pub async fn new(backend: Backend) -> Option<TestDb> {
-        let (settings, dir) = Self::fresh_settings(backend).await?;
+    /// A fresh, empty database. Panics with a clear message when the
+    /// backend's server cannot be used: a configured server that is down is a
+    /// failure, not a skip (see [`Backend::server_settings`]).
+    pub async fn new(backend: Backend) -> TestDb {
+        let (settings, dir) = Self::fresh_settings(backend).await;
         let db = Db::connect(&settings)
             .await
             .unwrap_or_else(|e| panic!("connecting to the test database: {e}"));
-        Some(TestDb {
+        TestDb {
             settings,
             db,
             backend,
             _dir: dir,
-        })
+        }
     }
 
     /// Settings for a fresh database that exists but is not connected yet.
-    async fn fresh_settings(backend: Backend) -> Option<(Settings, Option<tempfile::TempDir>)> {
+    async fn fresh_settings(backend: Backend) -> (Settings, Option<tempfile::TempDir>) {
         if backend == Backend::Sqlite {
             let dir = tempfile::tempdir().expect("creating a temporary folder");
             let settings = Settings::new(DatabaseUrl::sqlite_file(dir.path().join("test.db")));
-            return Some((settings, Some(dir)));
+            return (settings, Some(dir));
         }
-        let server = backend.server_settings()?;
+        let server = backend.server_settings();
         sweep_stale(&server).await;
         let mut settings = server.clone();
         settings.url = server.url.with_database(&unique_name());
         create_database(&settings).await.unwrap_or_else(|e| {
             panic!("creating a test database ({}): {e}", settings.url.target())
         });
-        Some((settings, None))
+        (settings, None)
     }
 
     /// Which backend this database is on.
@@ -220,18 +185,25 @@ async fn sweep_stale(server: &Settings) {
     static SWEPT: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
     SWEPT
         .get_or_init(|| async {
-            let Ok((conn, _)) = maintenance(server).await else {
+            // The variable's URL names a database that is always there (the
+            // maintenance database), so the list is read there.
+            let mut settings = server.clone();
+            settings.min_connections = 0;
+            settings.max_connections = 1;
+            let Ok(db) = Db::connect(&settings).await else {
                 return;
             };
-            let backend = conn.get_database_backend();
-            let sql = match backend {
+            let sql = match db.backend() {
                 DbBackend::MySql => "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA",
                 _ => "SELECT datname FROM pg_database",
             };
-            let rows = conn
-                .query_all_raw(Statement::from_string(backend, sql))
-                .await
-                .unwrap_or_default();
+            let rows = match db.read().await {
+                Ok(session) => session
+                    .query_all_raw(Statement::from_string(db.backend(), sql))
+                    .await
+                    .unwrap_or_default(),
+                Err(_) => Vec::new(),
+            };
             let cutoff = unix_now().saturating_sub(STALE_AFTER_SECS);
             for row in rows {
                 let Ok(name) = row.try_get_by_index::<String>(0) else {
@@ -248,14 +220,15 @@ async fn sweep_stale(server: &Settings) {
                     let _ = drop_database(&old).await;
                 }
             }
-            let _ = conn.close().await;
+            db.close().await;
         })
         .await;
 }
 
 /// Writes one test per backend around an async test body taking a
-/// [`TestDb`]: `name::sqlite`, `name::postgres`, `name::mysql`. Server
-/// variants return early when their server is not configured.
+/// [`TestDb`]: `name::sqlite`, `name::postgres`, `name::mysql`. The server
+/// variants carry [`needs`], so they are ignored when their server is not
+/// configured.
 #[macro_export]
 macro_rules! backend_tests {
     ($(
@@ -271,23 +244,19 @@ macro_rules! backend_tests {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
-                if let Some(t) = $crate::testing::TestDb::new($crate::testing::Backend::Sqlite).await {
-                    body(t).await;
-                }
+                body($crate::TestDb::new($crate::Backend::Sqlite).await).await;
             }
 
+            #[$crate::needs(postgres)]
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
-                if let Some(t) = $crate::testing::TestDb::new($crate::testing::Backend::Postgres).await {
-                    body(t).await;
-                }
+                body($crate::TestDb::new($crate::Backend::Postgres).await).await;
             }
 
+            #[$crate::needs(mysql)]
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn mysql() {
-                if let Some(t) = $crate::testing::TestDb::new($crate::testing::Backend::MySql).await {
-                    body(t).await;
-                }
+                body($crate::TestDb::new($crate::Backend::MySql).await).await;
             }
         }
     )*};

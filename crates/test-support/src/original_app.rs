@@ -6,7 +6,7 @@
 
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
-use crate::db::Db;
+use db_core::Db;
 
 /// The Alembic revision the original's `alembic_version` table holds.
 pub const ALEMBIC_REVISION: &str = "b92a82a09f79";

@@ -1,0 +1,216 @@
+//! Named locks: one holder at a time per database, a bounded wait that names
+//! the lock, and the work's own transaction.
+
+use std::time::{Duration, Instant};
+
+use db_core::{Db, Error, Lock};
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use test_support::TestDb;
+use tokio::sync::oneshot;
+
+/// A second handle on the test's database, as another process would have.
+/// Its SQLite attempts at the lock give up quickly, so the lock's timeout
+/// is what bounds the wait.
+async fn other_process(t: &TestDb) -> Db {
+    let mut settings = t.settings.clone();
+    settings.sqlite_busy_timeout = Duration::from_millis(50);
+    Db::connect(&settings).await.unwrap()
+}
+
+/// Holds `name` on `db` in a task until the returned sender is dropped or
+/// fires; returns once the lock is held.
+async fn hold(db: &Db, name: &str) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let (held_tx, held_rx) = oneshot::channel();
+    let (release_tx, release_rx) = oneshot::channel::<()>();
+    let db = db.clone();
+    let lock = Lock::new(name, Duration::from_secs(10));
+    let task = tokio::spawn(async move {
+        db.with_lock(&lock, async |_session| {
+            held_tx.send(()).unwrap();
+            let _ = release_rx.await;
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap();
+    });
+    held_rx.await.unwrap();
+    (release_tx, task)
+}
+
+async fn count(db: &Db, table: &str) -> i64 {
+    let session = db.read().await.unwrap();
+    let row = session
+        .query_one_raw(Statement::from_string(
+            db.backend(),
+            format!("SELECT COUNT(*) FROM {table}"),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get_by_index::<i64>(0).unwrap()
+}
+
+test_support::backend_tests! {
+    async fn a_held_lock_is_waited_for_within_the_timeout_then_named(t: TestDb) {
+        let (release, holder) = hold(&t.db, "test").await;
+        let other = other_process(&t).await;
+        let start = Instant::now();
+        let err = other
+            .with_lock(&Lock::new("test", Duration::from_millis(500)), async |_session| {
+                Ok::<_, Error>(())
+            })
+            .await
+            .unwrap_err();
+        assert!(start.elapsed() >= Duration::from_millis(500), "{:?}", start.elapsed());
+        let message = err.to_string();
+        assert!(matches!(err, Error::LockTimeout { .. }), "{err:?}");
+        assert!(message.starts_with("timed out after "), "{message}");
+        assert!(message.contains("waiting for the test lock ("), "{message}");
+        assert!(message.contains(t.db.target()), "{message}");
+
+        // Once released, the other process takes it and its work runs.
+        release.send(()).unwrap();
+        holder.await.unwrap();
+        let value = other
+            .with_lock(&Lock::new("test", Duration::from_secs(10)), async |_session| {
+                Ok::<_, Error>(42)
+            })
+            .await
+            .unwrap();
+        assert_eq!(value, 42);
+        other.close().await;
+    }
+
+    async fn work_commits_on_ok_and_its_error_comes_back(t: TestDb) {
+        let lock = Lock::new("test", Duration::from_secs(10));
+        t.db.with_lock(&lock, async |session| {
+            session.execute_unprepared("CREATE TABLE items (id INTEGER PRIMARY KEY)").await?;
+            session.execute_unprepared("INSERT INTO items (id) VALUES (1)").await?;
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(count(&t.db, "items").await, 1);
+
+        let err = t
+            .db
+            .with_lock(&lock, async |session| {
+                session.execute_unprepared("INSERT INTO items (id) VALUES (2)").await?;
+                // A duplicate key: the work fails.
+                session.execute_unprepared("INSERT INTO items (id) VALUES (1)").await?;
+                Ok::<_, Error>(())
+            })
+            .await
+            .unwrap_err();
+        assert!(err.db_err().is_some(), "{err:?}");
+        // In a transaction on PostgreSQL and SQLite: the failed work left nothing.
+        // MySQL's work runs without one.
+        let expected = if t.db.backend() == DbBackend::MySql { 2 } else { 1 };
+        assert_eq!(count(&t.db, "items").await, expected);
+    }
+
+    async fn locks_of_other_names_do_not_wait(t: TestDb) {
+        if t.db.backend() == DbBackend::Sqlite {
+            // One exclusive transaction per database: every name is the same lock.
+            return;
+        }
+        let (release, holder) = hold(&t.db, "one").await;
+        let other = other_process(&t).await;
+        other
+            .with_lock(&Lock::new("two", Duration::from_millis(500)), async |_session| {
+                Ok::<_, Error>(())
+            })
+            .await
+            .unwrap();
+        release.send(()).unwrap();
+        holder.await.unwrap();
+        other.close().await;
+    }
+}
+
+/// The same name on another database of the same server is another lock.
+#[test_support::needs(postgres, mysql)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_is_per_database() {
+    for backend in [
+        test_support::Backend::Postgres,
+        test_support::Backend::MySql,
+    ] {
+        let first = TestDb::new(backend).await;
+        let second = TestDb::new(backend).await;
+        let (release, holder) = hold(&first.db, "test").await;
+        second
+            .db
+            .with_lock(
+                &Lock::new("test", Duration::from_millis(500)),
+                async |_session| Ok::<_, Error>(()),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{backend:?}: {e}"));
+        release.send(()).unwrap();
+        holder.await.unwrap();
+    }
+}
+
+/// SQLite schema changes: foreign keys are off while the work runs, so a
+/// referenced table can be rebuilt, and checked before the commit.
+#[tokio::test]
+async fn sqlite_schema_changes_rebuild_referenced_tables_and_check_foreign_keys() {
+    let t = TestDb::new(test_support::Backend::Sqlite).await;
+    let setup = t.db.begin().await.unwrap();
+    setup
+        .execute_unprepared(
+            "CREATE TABLE parents (id INTEGER PRIMARY KEY);
+             CREATE TABLE children (id INTEGER PRIMARY KEY, parent_id INTEGER NOT NULL REFERENCES parents (id));
+             INSERT INTO parents (id) VALUES (1);
+             INSERT INTO children (id, parent_id) VALUES (1, 1);",
+        )
+        .await
+        .unwrap();
+    setup.commit().await.unwrap();
+    let lock = Lock::new("schema", Duration::from_secs(10)).schema_change();
+
+    // A rebuild of the referenced table: drop, create, copy back.
+    t.db.with_lock(&lock, async |session| {
+        session
+            .execute_unprepared(
+                "CREATE TABLE parents_new (id INTEGER PRIMARY KEY, name TEXT NOT NULL DEFAULT '');
+                 INSERT INTO parents_new (id) SELECT id FROM parents;
+                 DROP TABLE parents;
+                 ALTER TABLE parents_new RENAME TO parents;",
+            )
+            .await?;
+        Ok::<_, Error>(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(count(&t.db, "children").await, 1);
+
+    // A change that leaves a dangling reference is refused and rolled back.
+    let err =
+        t.db.with_lock(&lock, async |session| {
+            session.execute_unprepared("DELETE FROM parents").await?;
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::ForeignKeyViolation { table } if table == "children"),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "the changes leave rows in children that violate a foreign key; nothing was applied"
+    );
+    assert_eq!(count(&t.db, "parents").await, 1);
+
+    // Foreign keys are on again afterwards.
+    let session = t.db.begin().await.unwrap();
+    let dangling = session
+        .execute_unprepared("INSERT INTO children (id, parent_id) VALUES (2, 99)")
+        .await;
+    assert!(
+        dangling.is_err(),
+        "foreign keys are off after the schema change"
+    );
+}

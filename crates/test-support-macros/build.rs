@@ -1,0 +1,17 @@
+//! Sets `cfg(postgres_configured)` / `cfg(mysql_configured)` when
+//! `TEST_POSTGRES_URL` / `TEST_MYSQL_URL` name a server. Cargo re-runs this
+//! when either variable changes, so `cargo test` rebuilds the tests (not the
+//! libraries) with the servers it was given.
+
+fn main() {
+    for (variable, cfg) in [
+        ("TEST_POSTGRES_URL", "postgres_configured"),
+        ("TEST_MYSQL_URL", "mysql_configured"),
+    ] {
+        println!("cargo::rerun-if-env-changed={variable}");
+        println!("cargo::rustc-check-cfg=cfg({cfg})");
+        if std::env::var(variable).is_ok_and(|url| !url.trim().is_empty()) {
+            println!("cargo::rustc-cfg={cfg}");
+        }
+    }
+}

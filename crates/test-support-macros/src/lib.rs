@@ -1,0 +1,57 @@
+//! `#[needs(...)]`, re-exported as `test_support::needs`: marks a test that
+//! needs a database server, or that is a long fault-injection test, so that
+//! libtest reports it as ignored, with the reason, instead of letting it pass
+//! without running.
+//!
+//! ```text
+//! #[test_support::needs(postgres)]
+//! #[tokio::test]
+//! async fn stops_and_restarts() { /* uses TEST_POSTGRES_URL */ }
+//! ```
+//!
+//! It goes above the test attribute, so that `#[test]` sees the `#[ignore]`
+//! it adds.
+//!
+//! - `postgres` / `mysql`: ignored when `TEST_POSTGRES_URL` / `TEST_MYSQL_URL`
+//!   was not set when the tests were built (the build script watches both, so
+//!   `cargo test` always builds with the variables it runs with).
+//! - `chaos`: always ignored; `just chaos` runs these with `--ignored`.
+//!
+//! Every reason starts with `needs`, and a missing server is named by its
+//! variable (`needs TEST_POSTGRES_URL`), which is what `.ci/run` looks for.
+
+use proc_macro::{TokenStream, TokenTree};
+
+/// Ignores the test it is put on unless the named servers were configured
+/// (`postgres`, `mysql`); `chaos` ignores it always.
+#[proc_macro_attribute]
+pub fn needs(args: TokenStream, item: TokenStream) -> TokenStream {
+    let mut missing = Vec::new();
+    for tree in args {
+        match &tree {
+            TokenTree::Ident(ident) => match ident.to_string().as_str() {
+                "postgres" if !cfg!(postgres_configured) => missing.push("TEST_POSTGRES_URL"),
+                "mysql" if !cfg!(mysql_configured) => missing.push("TEST_MYSQL_URL"),
+                "chaos" => missing.push("`just chaos` (a long fault-injection test)"),
+                "postgres" | "mysql" => {}
+                other => return error(&format!("needs: unknown requirement `{other}`")),
+            },
+            TokenTree::Punct(punct) if punct.as_char() == ',' => {}
+            other => return error(&format!("needs: expected a name, found `{other}`")),
+        }
+    }
+    if missing.is_empty() {
+        return item;
+    }
+    let reason = format!("needs {}", missing.join(" and "));
+    let ignore: TokenStream = format!("#[ignore = {reason:?}]")
+        .parse()
+        .expect("an ignore attribute parses");
+    ignore.into_iter().chain(item).collect()
+}
+
+fn error(message: &str) -> TokenStream {
+    format!("::core::compile_error!({message:?});")
+        .parse()
+        .expect("a compile_error! call parses")
+}
