@@ -69,7 +69,13 @@ pub async fn entities<M: MigratorTrait>(
     create_database(&scratch).await?;
     let result = async {
         let db = Db::connect(&scratch).await?;
-        let migrated = M::up(db.conn(), None).await;
+        let migrated = async {
+            let session = db.begin().await?;
+            M::up(session.executor(), None).await?;
+            session.commit().await?;
+            Ok::<_, Error>(())
+        }
+        .await;
         db.close().await;
         migrated?;
         run_cli(&scratch, generated.path(), flags)

@@ -33,7 +33,6 @@ mod adopt;
 pub mod cli;
 mod entities;
 pub mod inspect;
-mod lock;
 mod runner;
 
 pub use entities::{SEA_ORM_CLI_VERSION, Source, entities};

@@ -1,18 +1,14 @@
 //! Applying migration commands under the migration lock.
 
 use std::io::Write;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use db_core::{Db, SessionOptions, Settings};
-use sea_orm::{
-    ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, SqliteTransactionMode,
-    TransactionOptions, TransactionTrait,
-};
-use sea_orm_migration::{IntoSchemaManagerConnection, MigrationStatus, MigratorTrait};
+use db_core::{Db, Lock, SessionOptions, Settings};
+use sea_orm::{ConnectionTrait, DbErr};
+use sea_orm_migration::{MigrationStatus, MigratorTrait};
 
 use crate::Migrator;
 use crate::cli::{MigrateArgs, MigrateCommand};
-use crate::lock::{self, MySqlLock};
 
 /// What can go wrong while migrating.
 #[derive(Debug, thiserror::Error)]
@@ -88,16 +84,18 @@ pub async fn run(
 pub async fn up(settings: &Settings, lock_timeout: Duration) -> Result<Vec<String>, Error> {
     let db = connect(settings).await?;
     let target = db.target();
-    let result = locked(&db, lock_timeout, async |conn| {
-        let before = pending_names::<Migrator, _>(&conn.executor()).await?;
-        let adopted = crate::adopt::adopt::<Migrator, _>(&conn.executor(), target).await?;
-        Migrator::up(conn.executor(), None).await?;
-        Ok(before
-            .into_iter()
-            .filter(|n| !adopted.contains(n))
-            .collect())
-    })
-    .await;
+    let lock = migration_lock(lock_timeout);
+    let result = db
+        .with_lock(&lock, async |session| {
+            let before = pending_names::<Migrator, _>(session).await?;
+            let adopted = crate::adopt::adopt::<Migrator, _>(session, target).await?;
+            Migrator::up(session.executor(), None).await?;
+            Ok(before
+                .into_iter()
+                .filter(|n| !adopted.contains(n))
+                .collect())
+        })
+        .await;
     db.close().await;
     result
 }
@@ -203,51 +201,53 @@ async fn execute<M: MigratorTrait>(
     }
     let command = &args.command;
     let target = db.target();
-    let (before, after, adopted) = locked(db, args.lock_timeout, async |held| {
-        let conn = &held.executor();
-        let before = applied_names::<M, _>(conn).await?;
-        let reverting = match command {
-            MigrateCommand::Down { num, force: false } => {
-                before[before.len().saturating_sub(*num as usize)..].to_vec()
-            }
-            MigrateCommand::Fresh { force: false }
-            | MigrateCommand::Refresh { force: false }
-            | MigrateCommand::Reset { force: false } => before.clone(),
-            _ => Vec::new(),
-        };
-        refuse_reverting_adopted(conn, &reverting).await?;
-        let mut adopted = Vec::new();
-        match command {
-            MigrateCommand::Up { num } => {
-                adopted = crate::adopt::adopt::<M, _>(conn, target).await?;
-                let left = num.map(|n| n.saturating_sub(adopted.len() as u32));
-                if left != Some(0) {
-                    M::up(held.executor(), left).await?;
+    let lock = migration_lock(args.lock_timeout);
+    let (before, after, adopted) = db
+        .with_lock(&lock, async |session| {
+            let conn = session;
+            let before = applied_names::<M, _>(conn).await?;
+            let reverting = match command {
+                MigrateCommand::Down { num, force: false } => {
+                    before[before.len().saturating_sub(*num as usize)..].to_vec()
+                }
+                MigrateCommand::Fresh { force: false }
+                | MigrateCommand::Refresh { force: false }
+                | MigrateCommand::Reset { force: false } => before.clone(),
+                _ => Vec::new(),
+            };
+            refuse_reverting_adopted(conn, &reverting).await?;
+            let mut adopted = Vec::new();
+            match command {
+                MigrateCommand::Up { num } => {
+                    adopted = crate::adopt::adopt::<M, _>(conn, target).await?;
+                    let left = num.map(|n| n.saturating_sub(adopted.len() as u32));
+                    if left != Some(0) {
+                        M::up(session.executor(), left).await?;
+                    }
+                }
+                MigrateCommand::Baseline { to } => {
+                    adopted = crate::adopt::baseline::<M, _>(conn, to.as_deref()).await?;
+                }
+                MigrateCommand::Down { num, .. } => M::down(session.executor(), Some(*num)).await?,
+                MigrateCommand::Fresh { .. } => M::fresh(session.executor()).await?,
+                MigrateCommand::Refresh { .. } => M::refresh(session.executor()).await?,
+                MigrateCommand::Reset { .. } => M::reset(session.executor()).await?,
+                MigrateCommand::Status
+                | MigrateCommand::Generate { .. }
+                | MigrateCommand::Entities { .. } => {
+                    unreachable!("handled before taking the lock")
                 }
             }
-            MigrateCommand::Baseline { to } => {
-                adopted = crate::adopt::baseline::<M, _>(conn, to.as_deref()).await?;
-            }
-            MigrateCommand::Down { num, .. } => M::down(held.executor(), Some(*num)).await?,
-            MigrateCommand::Fresh { .. } => M::fresh(held.executor()).await?,
-            MigrateCommand::Refresh { .. } => M::refresh(held.executor()).await?,
-            MigrateCommand::Reset { .. } => M::reset(held.executor()).await?,
-            MigrateCommand::Status
-            | MigrateCommand::Generate { .. }
-            | MigrateCommand::Entities { .. } => {
-                unreachable!("handled before taking the lock")
-            }
-        }
-        let after = applied_names::<M, _>(conn).await?;
-        let reverted: Vec<String> = before
-            .iter()
-            .filter(|n| !after.contains(n) || matches!(command, MigrateCommand::Refresh { .. }))
-            .cloned()
-            .collect();
-        crate::adopt::forget(conn, &reverted).await?;
-        Ok((before, after, adopted))
-    })
-    .await?;
+            let after = applied_names::<M, _>(conn).await?;
+            let reverted: Vec<String> = before
+                .iter()
+                .filter(|n| !after.contains(n) || matches!(command, MigrateCommand::Refresh { .. }))
+                .cloned()
+                .collect();
+            crate::adopt::forget(conn, &reverted).await?;
+            Ok::<_, Error>((before, after, adopted))
+        })
+        .await?;
     for name in &adopted {
         writeln!(
             out,
@@ -314,109 +314,13 @@ async fn pending_names<M: MigratorTrait, C: ConnectionTrait>(
         .collect())
 }
 
-/// Where migrations run while the lock is held: the pool (PostgreSQL,
-/// MySQL, with a server lock on another connection) or the exclusive
-/// transaction that is the lock (SQLite).
-enum Locked<'a> {
-    Pool(&'a sea_orm::DatabaseConnection),
-    Transaction(&'a DatabaseTransaction),
-}
+/// The migration lock's name: one per database, on every backend.
+const LOCK: &str = "migration";
 
-impl<'a> Locked<'a> {
-    /// A SeaORM executor on it, for one migrator call.
-    fn executor(&self) -> sea_orm::DatabaseExecutor<'a> {
-        match self {
-            Locked::Pool(c) => (*c).into_database_executor(),
-            Locked::Transaction(t) => (*t).into_database_executor(),
-        }
-    }
-}
-
-/// Runs `work` while holding the migration lock, waiting for it at most
-/// `timeout`.
-async fn locked<T>(
-    db: &Db,
-    timeout: Duration,
-    work: impl AsyncFnOnce(Locked<'_>) -> Result<T, Error>,
-) -> Result<T, Error> {
-    if db.backend() == DbBackend::Sqlite {
-        // SQLite's own procedure for schema changes: foreign keys off (only
-        // possible outside a transaction), change, check, commit, back on.
-        // Without it, dropping a referenced table fails and table rebuilds
-        // cascade. The writer pool has one connection, so the pragma applies
-        // to the connection the transaction runs on.
-        let conn = db.conn();
-        conn.execute_unprepared("PRAGMA foreign_keys = OFF").await?;
-        let result = async {
-            let tx = begin_exclusive(db, timeout).await?;
-            let value = work(Locked::Transaction(&tx)).await?;
-            let violations = tx.query_all_raw(sea_orm::Statement::from_string(DbBackend::Sqlite, "PRAGMA foreign_key_check")).await?;
-            if let Some(row) = violations.first() {
-                let table: String = row.try_get_by_index(0).unwrap_or_default();
-                return Err(Error::Migration(format!(
-                    "the migrations leave rows in {table} that violate a foreign key; nothing was applied"
-                )));
-            }
-            tx.commit().await?;
-            Ok(value)
-        }
-        .await;
-        conn.execute_unprepared("PRAGMA foreign_keys = ON").await?;
-        return result;
-    }
-    if db.backend() == DbBackend::Postgres {
-        // One transaction takes the lock and runs every migration: all of them
-        // apply or none, and the lock ends with it.
-        let session = db.begin().await?;
-        let tx = session.as_transaction().ok_or_else(|| {
-            Error::Migration("a read-write session without a transaction".to_owned())
-        })?;
-        lock::postgres(tx, db, timeout).await?;
-        let value = work(Locked::Transaction(tx)).await?;
-        session.commit().await?;
-        return Ok(value);
-    }
-    let lock = MySqlLock::acquire(db, timeout).await?;
-    let result = work(Locked::Pool(db.conn())).await;
-    lock.release().await;
-    result
-}
-
-/// On SQLite the lock is an exclusive transaction on the writer connection,
-/// and the migrations run inside it: all of them apply, or none.
-async fn begin_exclusive(db: &Db, timeout: Duration) -> Result<DatabaseTransaction, Error> {
-    let start = Instant::now();
-    let mut announced = false;
-    loop {
-        let attempt = db
-            .conn()
-            .begin_with_options(TransactionOptions {
-                sqlite_transaction_mode: Some(SqliteTransactionMode::Exclusive),
-                ..Default::default()
-            })
-            .await;
-        match attempt {
-            Ok(tx) => return Ok(tx),
-            Err(e) if e.to_string().contains("locked") || e.to_string().contains("busy") => {
-                if start.elapsed() >= timeout {
-                    return Err(db_core::Error::LockTimeout {
-                        what: format!(
-                            "the migration lock (an exclusive transaction on {})",
-                            db.target()
-                        ),
-                        waited: start.elapsed(),
-                    }
-                    .into());
-                }
-                if !announced {
-                    tracing::info!(
-                        target = db.target(),
-                        "waiting for the migration lock: another connection is writing to the database"
-                    );
-                    announced = true;
-                }
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+/// The migration lock, waited for at most `timeout`. Work under it runs on
+/// a session of [`Db::with_lock`]: on PostgreSQL and SQLite every migration
+/// of the command runs in the lock's transaction (all apply or none); on
+/// SQLite foreign keys are off meanwhile and checked before the commit.
+fn migration_lock(timeout: Duration) -> Lock {
+    Lock::new(LOCK, timeout).schema_change()
 }
