@@ -30,6 +30,7 @@
 pub use sea_orm_migration::prelude::*;
 
 mod adopt;
+pub mod binary;
 pub mod cli;
 mod entities;
 pub mod inspect;

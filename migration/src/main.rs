@@ -22,17 +22,13 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    db_core::cli::init_logging(false, db_core::DEFAULT_LOG_FILTER);
+    migration::binary::init_logging(false, migration::binary::DEFAULT_LOG_FILTER);
     let result = tokio::runtime::Runtime::new()
         .map_err(|e| anyhow::Error::new(e).context("starting the async runtime"))
         .and_then(|runtime| runtime.block_on(run(cli)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => db_core::cli::fail(e.as_ref(), |cause| {
-            cause
-                .downcast_ref::<migration::Error>()
-                .is_some_and(migration::Error::is_config)
-        }),
+        Err(e) => migration::binary::fail(e.as_ref(), |_| false),
     }
 }
 

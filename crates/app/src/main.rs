@@ -68,7 +68,7 @@ enum DbCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    db_core::cli::init_logging(cli.log_json, db_core::DEFAULT_LOG_FILTER);
+    migration::binary::init_logging(cli.log_json, migration::binary::DEFAULT_LOG_FILTER);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => return fail(&anyhow::Error::new(e).context("starting the async runtime")),
@@ -81,11 +81,7 @@ fn main() -> ExitCode {
 
 /// Prints the error on one line; exit code 2 for configuration errors.
 fn fail(e: &anyhow::Error) -> ExitCode {
-    db_core::cli::fail(e.as_ref(), |cause| {
-        cause
-            .downcast_ref::<migration::Error>()
-            .is_some_and(migration::Error::is_config)
-    })
+    migration::binary::fail(e.as_ref(), |_| false)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

@@ -44,14 +44,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Statement logs would dominate the timings: sqlx and SeaORM speak at warn
     // only, unless RUST_LOG says otherwise.
-    let filter = format!("{},sqlx=warn,sea_orm=warn", db_core::DEFAULT_LOG_FILTER);
-    db_core::cli::init_logging(false, &filter);
+    let filter = format!(
+        "{},sqlx=warn,sea_orm=warn",
+        migration::binary::DEFAULT_LOG_FILTER
+    );
+    migration::binary::init_logging(false, &filter);
     let result = tokio::runtime::Runtime::new()
         .map_err(|e| anyhow::Error::new(e).context("starting the async runtime"))
         .and_then(|runtime| runtime.block_on(run(cli)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => db_core::cli::fail(e.as_ref(), |cause| {
+        Err(e) => migration::binary::fail(e.as_ref(), |cause| {
             matches!(
                 cause.downcast_ref::<bench::Error>(),
                 Some(bench::Error::Usage(_))

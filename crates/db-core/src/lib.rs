@@ -17,8 +17,7 @@
 //! - [`Db::with_lock`] runs a unit of work under a named [`Lock`], so a job
 //!   such as a migrator runs once at a time per database, across processes.
 //! - [`CachedStatement`] builds a hot query's SQL once per backend.
-//! - [`create_database`], [`Db::health`]; with the `cli` feature, logging and
-//!   exit codes for binaries ([`cli`]).
+//! - [`create_database`], [`Db::health`].
 //!
 //! The main path: settings, then a `Db`, then one session per unit of work,
 //! used wherever SeaORM takes a connection.
@@ -56,8 +55,6 @@
 
 mod admin;
 mod cached;
-#[cfg(feature = "cli")]
-pub mod cli;
 mod connect;
 mod copy;
 mod db;
@@ -79,10 +76,6 @@ pub use settings::{
     DEFAULT_SQLITE_PATH, LogLevel, SETTINGS, SettingInfo, Settings, Source, SslMode,
 };
 pub use url::{DatabaseUrl, Parts, backend_name};
-
-/// The log filter binaries use when `RUST_LOG` is not set: `info`, without
-/// PostgreSQL's notices and the migrator's step-by-step lines.
-pub const DEFAULT_LOG_FILTER: &str = "info,sqlx::postgres::notice=warn,sea_orm_migration=warn";
 
 /// The SeaORM this crate is built on, for users who want the same version.
 pub use sea_orm;

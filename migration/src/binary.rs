@@ -1,11 +1,16 @@
-//! For binaries (feature `cli`): logging to standard error, and turning an
-//! error into one line and an exit code.
+//! What the workspace's binaries (`tracker`, `migration`, `bench`) share:
+//! logging to standard error, and turning an error into one line and an
+//! exit code.
 
 use std::error::Error as StdError;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
-use crate::error::Error;
+use crate::Error;
+
+/// The log filter binaries use when `RUST_LOG` is not set: `info`, without
+/// PostgreSQL's notices and the migrator's step-by-step lines.
+pub const DEFAULT_LOG_FILTER: &str = "info,sqlx::postgres::notice=warn,sea_orm_migration=warn";
 
 /// Logs to standard error: human-readable (colours on a terminal) or JSON
 /// lines. `RUST_LOG` wins over `filter`.
@@ -25,8 +30,8 @@ pub fn init_logging(json: bool, filter: &str) {
 
 /// Prints `error` and its causes on one line (`error: outer: inner`); an
 /// error that lists several problems keeps one indented line for each. Returns
-/// the exit code: 2 when a cause is a configuration error of db-core
-/// or one `is_usage` recognises (bad arguments), 1 otherwise.
+/// the exit code: 2 when a cause is a configuration error (of db-core or of
+/// the migrator) or one `is_usage` recognises (bad arguments), 1 otherwise.
 pub fn fail(
     error: &(dyn StdError + 'static),
     is_usage: impl Fn(&(dyn StdError + 'static)) -> bool,
@@ -36,8 +41,11 @@ pub fn fail(
     let mut cause = Some(error);
     while let Some(current) = cause {
         usage |= current
-            .downcast_ref::<Error>()
-            .is_some_and(Error::is_config)
+            .downcast_ref::<db_core::Error>()
+            .is_some_and(db_core::Error::is_config)
+            || current
+                .downcast_ref::<Error>()
+                .is_some_and(Error::is_config)
             || is_usage(current);
         if !std::ptr::addr_eq(current, error) {
             let text = current.to_string();
