@@ -19,7 +19,7 @@ pub enum Error {
     Db(#[from] db_core::Error),
     /// A migration failed; on PostgreSQL and SQLite the whole command was rolled back.
     #[error("migration failed: {0}")]
-    Migration(String),
+    Migration(#[source] DbErr),
     /// Writing a new migration file failed.
     #[error("generating a migration: {0}")]
     Generate(String),
@@ -60,7 +60,7 @@ impl Error {
 impl From<DbErr> for Error {
     fn from(e: DbErr) -> Self {
         match db_core::Error::from(e) {
-            db_core::Error::Db(e) => Error::Migration(e.to_string()),
+            db_core::Error::Db(e) => Error::Migration(e),
             other => Error::Db(other),
         }
     }

@@ -49,7 +49,10 @@ pub enum Error {
     Migration(#[from] migration::Error),
     /// Raw SQL failed.
     #[error("raw sql: {0}")]
-    Raw(String),
+    Raw(#[from] sea_orm::sqlx::Error),
+    /// A concurrent worker panicked or was cancelled.
+    #[error("a concurrent worker: {0}")]
+    Worker(#[from] tokio::task::JoinError),
     /// An operation returned a wrong answer.
     #[error("wrong answer: {0}")]
     WrongAnswer(String),
@@ -338,7 +341,7 @@ async fn get_concurrent(stack: &Stack, w: &Workload, n: usize, seed: u64) -> Res
         }));
     }
     for task in tasks {
-        task.await.map_err(|e| Error::Raw(e.to_string()))??;
+        task.await??;
     }
     Ok(())
 }

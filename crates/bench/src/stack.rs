@@ -53,10 +53,6 @@ impl Raw {
     }
 }
 
-fn db_err(e: sqlx::Error) -> Error {
-    Error::Raw(e.to_string())
-}
-
 impl Stack {
     /// The stack's name in the output.
     pub fn name(&self) -> &'static str {
@@ -309,7 +305,7 @@ macro_rules! joined {
 /// the same code for the MySQL and SQLite pools.
 macro_rules! insert_load {
     ($pool:expr, $employees:expr, $tasks:expr, $analyze:literal) => {{
-        let mut tx = $pool.begin().await.map_err(db_err)?;
+        let mut tx = $pool.begin().await?;
         for chunk in $employees.chunks(5000) {
             let mut q = sqlx::QueryBuilder::new("INSERT INTO employees (id, full_name, position) ");
             q.push_values(chunk, |mut b, e| {
@@ -317,7 +313,7 @@ macro_rules! insert_load {
                     .push_bind(&e.full_name)
                     .push_bind(&e.position);
             });
-            q.build().execute(&mut *tx).await.map_err(db_err)?;
+            q.build().execute(&mut *tx).await?;
         }
         for chunk in $tasks.chunks(5000) {
             let mut q = sqlx::QueryBuilder::new(
@@ -331,13 +327,10 @@ macro_rules! insert_load {
                     .push_bind(t.deadline)
                     .push_bind(&t.status);
             });
-            q.build().execute(&mut *tx).await.map_err(db_err)?;
+            q.build().execute(&mut *tx).await?;
         }
-        tx.commit().await.map_err(db_err)?;
-        sqlx::raw_sql($analyze)
-            .execute($pool)
-            .await
-            .map_err(db_err)?;
+        tx.commit().await?;
+        sqlx::raw_sql($analyze).execute($pool).await?;
         Ok(())
     }};
 }
@@ -363,8 +356,7 @@ impl Raw {
                     .fetch_optional(readers)
                     .await
             }
-        }
-        .map_err(db_err)?;
+        }?;
         Ok(row.map(joined))
     }
 
@@ -402,8 +394,7 @@ impl Raw {
                 .fetch_all(readers)
                 .await
             }
-        }
-        .map_err(db_err)?;
+        }?;
         Ok(rows.into_iter().map(joined).collect())
     }
 
@@ -427,25 +418,25 @@ impl Raw {
                     .fetch_all(readers)
                     .await
             }
-        }
-        .map_err(db_err)?;
+        }?;
         Ok(rows.into_iter().map(task).collect())
     }
 
     async fn create(&self, title: &str, assignee: i32) -> Result<Task, Error> {
         let row: TaskRow = match self {
-            Raw::Postgres(pool, _) => sqlx::query_as(
-                "INSERT INTO tasks (title, parent_id, assignee_id, deadline, status) \
+            Raw::Postgres(pool, _) => {
+                sqlx::query_as(
+                    "INSERT INTO tasks (title, parent_id, assignee_id, deadline, status) \
                  VALUES ($1, NULL, $2, NULL, 'todo') \
                  RETURNING id, title, parent_id, assignee_id, deadline, status",
-            )
-            .bind(title)
-            .bind(assignee)
-            .fetch_one(pool)
-            .await
-            .map_err(db_err)?,
+                )
+                .bind(title)
+                .bind(assignee)
+                .fetch_one(pool)
+                .await?
+            }
             Raw::MySql(pool) => {
-                let mut conn = pool.acquire().await.map_err(db_err)?;
+                let mut conn = pool.acquire().await?;
                 let done = sqlx::query(
                     "INSERT INTO tasks (title, parent_id, assignee_id, deadline, status) VALUES (?, NULL, ?, NULL, 'todo')",
                 )
@@ -453,23 +444,24 @@ impl Raw {
                 .bind(assignee)
                 .execute(&mut *conn)
                 .await
-                .map_err(db_err)?;
+                ?;
                 sqlx::query_as("SELECT id, title, parent_id, assignee_id, deadline, status FROM tasks WHERE id = ?")
                     .bind(done.last_insert_id() as i64)
                     .fetch_one(&mut *conn)
                     .await
-                    .map_err(db_err)?
+                    ?
             }
-            Raw::Sqlite(writer, _) => sqlx::query_as(
-                "INSERT INTO tasks (title, parent_id, assignee_id, deadline, status) \
+            Raw::Sqlite(writer, _) => {
+                sqlx::query_as(
+                    "INSERT INTO tasks (title, parent_id, assignee_id, deadline, status) \
                  VALUES (?, NULL, ?, NULL, 'todo') \
                  RETURNING id, title, parent_id, assignee_id, deadline, status",
-            )
-            .bind(title)
-            .bind(assignee)
-            .fetch_one(writer)
-            .await
-            .map_err(db_err)?,
+                )
+                .bind(title)
+                .bind(assignee)
+                .fetch_one(writer)
+                .await?
+            }
         };
         Ok(task(row))
     }
@@ -479,12 +471,11 @@ impl Raw {
         const SELECT_MY: &str = "SELECT id, title, parent_id, assignee_id, deadline, status FROM tasks WHERE id = ? FOR UPDATE";
         let row: TaskRow = match self {
             Raw::Postgres(pool, _) => {
-                let mut tx = pool.begin().await.map_err(db_err)?;
+                let mut tx = pool.begin().await?;
                 let _: TaskRow = sqlx::query_as(SELECT_PG)
                     .bind(id)
                     .fetch_one(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
+                    .await?;
                 let row = sqlx::query_as(
                     "UPDATE tasks SET status = $1 WHERE id = $2 \
                      RETURNING id, title, parent_id, assignee_id, deadline, status",
@@ -492,37 +483,34 @@ impl Raw {
                 .bind(status)
                 .bind(id)
                 .fetch_one(&mut *tx)
-                .await
-                .map_err(db_err)?;
-                tx.commit().await.map_err(db_err)?;
+                .await?;
+                tx.commit().await?;
                 row
             }
             Raw::MySql(pool) => {
-                let mut tx = pool.begin().await.map_err(db_err)?;
+                let mut tx = pool.begin().await?;
                 let mut row: TaskRow = sqlx::query_as(SELECT_MY)
                     .bind(id)
                     .fetch_one(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
+                    .await?;
                 sqlx::query("UPDATE tasks SET status = ? WHERE id = ?")
                     .bind(status)
                     .bind(id)
                     .execute(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
-                tx.commit().await.map_err(db_err)?;
+                    .await?;
+                tx.commit().await?;
                 row.5 = status.to_owned();
                 row
             }
             Raw::Sqlite(writer, _) => {
-                let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(db_err)?;
+                let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
                 let _: TaskRow = sqlx::query_as(
                     "SELECT id, title, parent_id, assignee_id, deadline, status FROM tasks WHERE id = ?",
                 )
                 .bind(id)
                 .fetch_one(&mut *tx)
                 .await
-                .map_err(db_err)?;
+                ?;
                 let row = sqlx::query_as(
                     "UPDATE tasks SET status = ? WHERE id = ? \
                      RETURNING id, title, parent_id, assignee_id, deadline, status",
@@ -530,9 +518,8 @@ impl Raw {
                 .bind(status)
                 .bind(id)
                 .fetch_one(&mut *tx)
-                .await
-                .map_err(db_err)?;
-                tx.commit().await.map_err(db_err)?;
+                .await?;
+                tx.commit().await?;
                 row
             }
         };

@@ -17,7 +17,7 @@ use utoipa::openapi::{self, Components};
 use utoipa_axum::router::UtoipaMethodRouter;
 use utoipa_swagger_ui::Config;
 
-use super::error::{ApiError, FieldError, Message, ValidationErrors};
+use super::error::{ApiError, Cause, FieldError, Message, ValidationErrors};
 use super::input::PathParam;
 use crate::service::Tracker;
 
@@ -118,10 +118,9 @@ fn swagger_ui_file(name: &str, config: Arc<Config<'static>>) -> Result<Response,
     match utoipa_swagger_ui::serve(name, config) {
         Ok(Some(file)) => Ok(([(CONTENT_TYPE, file.content_type)], file.bytes).into_response()),
         Ok(None) => Err(ApiError::NotFound("Not Found".to_owned())),
-        Err(e) => {
-            tracing::error!(error = %e, file = name, "cannot serve a Swagger UI file");
-            Err(ApiError::Internal)
-        }
+        Err(e) => Err(ApiError::Internal(Some(Cause::text(format!(
+            "cannot serve Swagger UI's {name}: {e}"
+        ))))),
     }
 }
 

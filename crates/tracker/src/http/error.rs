@@ -4,6 +4,8 @@
 //! the log. The types at the end describe these answers in the OpenAPI
 //! document.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -59,9 +61,40 @@ pub enum ApiError {
     /// 405 on a known path.
     MethodNotAllowed,
     /// 503: the database is unreachable or has no free connection.
-    Unavailable,
-    /// 500: a bug or an unexpected database failure (details in the log).
-    Internal,
+    Unavailable(Cause),
+    /// 500: a bug or an unexpected failure; the cause, when known, goes to
+    /// the log.
+    Internal(Option<Cause>),
+}
+
+/// Why a request failed on our side. It travels with the response (in its
+/// extensions, never in its body) to [`log_failures`], which logs it.
+#[derive(Debug, Clone)]
+pub struct Cause(Arc<dyn std::error::Error + Send + Sync>);
+
+impl Cause {
+    /// Keeps `error` for the log.
+    pub fn new(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Cause(Arc::new(error))
+    }
+
+    /// A cause known only by its description.
+    pub fn text(description: String) -> Self {
+        Cause::new(std::io::Error::other(description))
+    }
+}
+
+/// The layer that logs the cause of every 5xx answer: a warning for an
+/// unavailable database, an error otherwise. Handlers only build answers.
+pub(crate) async fn log_failures(response: Response) -> Response {
+    if let Some(Cause(error)) = response.extensions().get::<Cause>() {
+        if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+            tracing::warn!(error = %error, "database unavailable");
+        } else {
+            tracing::error!(error = %error, "request failed");
+        }
+    }
+    response
 }
 
 impl From<Error> for ApiError {
@@ -75,14 +108,8 @@ impl From<Error> for ApiError {
                 message,
                 None,
             )]),
-            Error::Db(e) if e.is_unavailable() => {
-                tracing::warn!(error = %e, "database unavailable");
-                ApiError::Unavailable
-            }
-            Error::Db(e) => {
-                tracing::error!(error = %e, "request failed");
-                ApiError::Internal
-            }
+            Error::Db(e) if e.is_unavailable() => ApiError::Unavailable(Cause::new(e)),
+            Error::Db(e) => ApiError::Internal(Some(Cause::new(e))),
         }
     }
 }
@@ -115,6 +142,13 @@ pub(crate) struct ValidationErrors {
     detail: Vec<FieldError>,
 }
 
+fn with_cause(mut response: Response, cause: Option<Cause>) -> Response {
+    if let Some(cause) = cause {
+        response.extensions_mut().insert(cause);
+    }
+    response
+}
+
 fn message(status: StatusCode, detail: impl Into<String>) -> Response {
     let body = Message {
         detail: detail.into(),
@@ -138,13 +172,17 @@ impl IntoResponse for ApiError {
             ApiError::MethodNotAllowed => {
                 message(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
             }
-            ApiError::Unavailable => message(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Database unavailable, try again later",
+            ApiError::Unavailable(cause) => with_cause(
+                message(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Database unavailable, try again later",
+                ),
+                Some(cause),
             ),
-            ApiError::Internal => {
-                message(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error")
-            }
+            ApiError::Internal(cause) => with_cause(
+                message(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"),
+                cause,
+            ),
         }
     }
 }

@@ -42,7 +42,7 @@ use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use utoipa::ToSchema;
 use utoipa_axum::routes;
 
-pub use error::{ApiError, FieldError};
+pub use error::{ApiError, Cause, FieldError};
 pub use input::{BODY_LIMIT, MAX_LIMIT};
 
 use crate::service::{Employee, Task, Tracker};
@@ -139,6 +139,7 @@ pub fn router(tracker: Tracker) -> Router {
         .finish()
         .fallback(|| async { ApiError::NotFound("Not Found".to_owned()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::middleware::map_response(error::log_failures))
         .with_state(tracker)
 }
 
@@ -157,7 +158,7 @@ pub async fn serve(
     let app = router(tracker)
         .layer(CatchPanicLayer::custom(|_| {
             tracing::error!("a request handler panicked");
-            ApiError::Internal.into_response()
+            ApiError::Internal(None).into_response()
         }))
         .layer(
             TraceLayer::new_for_http()
@@ -212,10 +213,7 @@ async fn ready(State(tracker): State<Tracker>) -> ApiResult<Ready> {
             status: "ready",
             database: db_core::backend_name(tracker.db().backend()),
         })),
-        Err(e) => {
-            tracing::warn!(error = %e, "readiness check failed");
-            Err(ApiError::Unavailable)
-        }
+        Err(e) => Err(ApiError::Unavailable(Cause::new(e))),
     }
 }
 
