@@ -182,6 +182,9 @@ settings! {
         ping_after_idle "DB_PING_AFTER_IDLE": Option<Duration> = "30s", All, or_off, eg "off";
         /// PostgreSQL `statement_timeout` (migrations run without it).
         statement_timeout "DB_STATEMENT_TIMEOUT": Option<Duration> = "30s", Postgres, or_off, eg "off";
+        /// PostgreSQL `lock_timeout`: a statement that waits longer for a lock fails instead of
+        /// queueing (and holding up everyone queued behind it).
+        lock_timeout "DB_LOCK_TIMEOUT": Option<Duration> = "off", Postgres, or_off, eg "10s";
         /// PostgreSQL `search_path`, comma-separated schemas; the server's default when unset.
         schema "DB_SCHEMA": Option<String> = "" or "(server default)", Postgres,
             some(text(|s| !s.split(',').any(|p| p.trim().is_empty()), "expected schema names separated by commas")),
@@ -257,6 +260,16 @@ impl Settings {
             tracing::warn!("{warning}");
         }
         Ok(s)
+    }
+
+    /// The PostgreSQL session timeouts that are on, by their server name.
+    pub(crate) fn postgres_timeouts(&self) -> impl Iterator<Item = (&'static str, Duration)> {
+        [
+            ("statement_timeout", self.statement_timeout),
+            ("lock_timeout", self.lock_timeout),
+        ]
+        .into_iter()
+        .filter_map(|(name, timeout)| Some((name, timeout?)))
     }
 
     /// Problems that did not stop loading (ignored or unknown variables). They
