@@ -157,9 +157,8 @@ impl Options {
                     o = o.statement_cache_capacity(0);
                 } else {
                     o = o.statement_cache_capacity(s.statement_cache_capacity);
-                    if let Some(timeout) = s.statement_timeout {
-                        o = o
-                            .options([("statement_timeout", format!("{}ms", timeout.as_millis()))]);
+                    for (name, timeout) in s.postgres_timeouts() {
+                        o = o.options([(name, format!("{}ms", timeout.as_millis()))]);
                     }
                     if let Some(schema) = &s.schema {
                         o = o.options([("search_path", schema)]);

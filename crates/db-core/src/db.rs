@@ -60,11 +60,8 @@ pub struct Health {
 /// on every connection): the per-connection settings, for this transaction.
 fn pooler_setup(settings: &Settings) -> String {
     let mut sql = String::new();
-    if let Some(timeout) = settings.statement_timeout {
-        sql.push_str(&format!(
-            "; SET LOCAL statement_timeout = {}",
-            timeout.as_millis()
-        ));
+    for (name, timeout) in settings.postgres_timeouts() {
+        sql.push_str(&format!("; SET LOCAL {name} = {}", timeout.as_millis()));
     }
     if let Some(schema) = &settings.schema {
         let schemas: Vec<String> = schema

@@ -1,5 +1,8 @@
 //! Typed settings, loaded in layers: built-in defaults < `config/default.toml`
-//! < `config/{APP_ENV}.toml` < environment variables.
+//! < `config/{APP_ENV}.toml` < environment variables. Each setting is declared
+//! once, in the table below; README.md and `.env.example` are generated from it.
+
+mod table;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
@@ -7,12 +10,17 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use config::{Config, Environment, File, FileFormat, Map, Source as _, Value, ValueKind};
+use config::{Config, File, FileFormat, Source as _, ValueKind};
 use sea_orm::DbBackend;
 use secrecy::SecretString;
 
 use crate::error::{Error, Result};
 use crate::url::{DatabaseUrl, Parts, backend_name};
+use table::{
+    Applies, Input, Show, choice, default, file, flag, nonzero, number, or_off, origin, port,
+    settings, some, text, unset, url, zero_ok,
+};
+pub use table::{LogLevel, SettingInfo, SslMode};
 
 /// The embedded default: a SQLite file, so a fresh clone runs with no server.
 pub const DEFAULT_SQLITE_PATH: &str = "data/tracker.db";
@@ -133,361 +141,135 @@ fn dotenv_message(e: &dotenvy::Error) -> String {
     }
 }
 
-/// TLS for server connections.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SslMode {
-    /// Never use TLS.
-    Disable,
-    /// Use TLS when the server offers it (the drivers' default).
-    Prefer,
-    /// Require TLS, without checking the certificate.
-    Require,
-    /// Require TLS with a certificate that is valid for the host name.
-    VerifyFull,
-}
-
-impl SslMode {
-    fn parse(value: &str) -> Option<Self> {
-        Some(match value {
-            "disable" => SslMode::Disable,
-            "prefer" => SslMode::Prefer,
-            "require" => SslMode::Require,
-            "verify-full" => SslMode::VerifyFull,
-            _ => return None,
-        })
+settings! {
+    inputs {
+        /// A `postgres://`, `mysql://` or `sqlite:` URL; wins over the `DB_*` parts (with a warning).
+        url "DATABASE_URL" = "", eg "postgres://u:p@db:5432/tracker";
+        /// PostgreSQL host name, IP address (`::1`) or socket directory (`/var/run/postgresql`).
+        host "DB_HOST" = "", eg "db.internal";
+        /// PostgreSQL port.
+        port "DB_PORT" = "5432", eg "6432";
+        /// Database name.
+        name "DB_NAME" = "", eg "tracker";
+        /// User name.
+        user "DB_USER" = "", eg "tracker";
+        /// Password; any characters (percent-encoded for you).
+        pass "DB_PASS" = "", eg "p@ss:w/rd?#%&=";
+        /// Read replicas, comma-separated URLs; read-only sessions (the GET routes) go there
+        /// round-robin, skipping one that is down.
+        replica_urls "DB_REPLICA_URLS" = "", eg "postgres://u:p@replica1/tracker,postgres://u:p@replica2/tracker";
+        /// Read replicas as `host[:port]`, comma-separated, with the primary's user, password
+        /// and database (instead of `DB_REPLICA_URLS`).
+        replica_hosts "DB_REPLICA_HOSTS" = "", eg "replica1,replica2:5433";
     }
-
-    /// The name used in settings.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SslMode::Disable => "disable",
-            SslMode::Prefer => "prefer",
-            SslMode::Require => "require",
-            SslMode::VerifyFull => "verify-full",
-        }
+    fields {
+        /// Upper bound of pooled connections.
+        max_connections "DB_MAX_CONNECTIONS": u32 = "10", All, number(1, 10_000), eg "16";
+        /// Connections kept open when idle.
+        min_connections "DB_MIN_CONNECTIONS": u32 = "1", All, number(0, 10_000), eg "0";
+        /// Time allowed for one connection attempt.
+        connect_timeout "DB_CONNECT_TIMEOUT": Duration = "5s", All, nonzero, eg "2s";
+        /// How long connecting retries a server that is not up yet, with exponential
+        /// backoff; `0s`: one attempt.
+        connect_deadline "DB_CONNECT_DEADLINE": Duration = "30s", All, zero_ok, eg "2m";
+        /// How long a caller waits for a free pooled connection; then HTTP 503.
+        acquire_timeout "DB_ACQUIRE_TIMEOUT": Duration = "5s", All, nonzero, eg "1s";
+        /// Idle connections above `min_connections` are closed after this.
+        idle_timeout "DB_IDLE_TIMEOUT": Option<Duration> = "10m", All, or_off, eg "off";
+        /// Connections are replaced after this age.
+        max_lifetime "DB_MAX_LIFETIME": Option<Duration> = "30m", All, or_off, eg "off";
+        /// A pooled connection idle for this long is pinged before use (not on every checkout).
+        ping_after_idle "DB_PING_AFTER_IDLE": Option<Duration> = "30s", All, or_off, eg "off";
+        /// PostgreSQL `statement_timeout` (migrations run without it).
+        statement_timeout "DB_STATEMENT_TIMEOUT": Option<Duration> = "30s", Postgres, or_off, eg "off";
+        /// PostgreSQL `lock_timeout`: a statement that waits longer for a lock fails instead of
+        /// queueing (and holding up everyone queued behind it).
+        lock_timeout "DB_LOCK_TIMEOUT": Option<Duration> = "off", Postgres, or_off, eg "10s";
+        /// PostgreSQL `search_path`, comma-separated schemas; the server's default when unset.
+        schema "DB_SCHEMA": Option<String> = "" or "(server default)", Postgres,
+            some(text(|s| !s.split(',').any(|p| p.trim().is_empty()), "expected schema names separated by commas")),
+            eg "tracker,public";
+        /// PostgreSQL `application_name` (a URL parameter wins).
+        application_name "DB_APPLICATION_NAME": Option<String> = "tracker" or "(none)", Postgres,
+            some(text(|s| s.len() <= 63 && s.chars().all(|c| c.is_ascii_graphic() || c == ' '),
+                "expected at most 63 printable ASCII characters")),
+            eg "tracker-worker";
+        /// TLS mode: `disable`, `prefer`, `require` or `verify-full`; when unset, the URL's
+        /// `sslmode`, else `prefer`.
+        ssl_mode "DB_SSL_MODE": Option<SslMode> = "" or "(from URL, default prefer)", Server,
+            some(choice), eg "verify-full";
+        /// CA certificate file for `verify-full`.
+        ssl_root_cert "DB_SSL_ROOT_CERT": Option<PathBuf> = "" or "(none)", Server, some(file), eg "/etc/ssl/db-ca.pem";
+        /// Prepared statements cached per connection (`0`: off). Off is not enough for a
+        /// transaction pooler, where sqlx's statement names collide: use `DB_TRANSACTION_POOLER`.
+        statement_cache_capacity "DB_STATEMENT_CACHE_CAPACITY": usize = "100", Server, number(0, 100_000), eg "0";
+        /// How long SQLite waits for a lock held by another connection.
+        sqlite_busy_timeout "DB_SQLITE_BUSY_TIMEOUT": Duration = "5s", Sqlite, nonzero, eg "30s";
+        /// Level at which every statement is logged (`off`, `error`, `warn`, `info`, `debug`, `trace`).
+        log_statements "DB_LOG_STATEMENTS": LogLevel = "debug", All, choice, eg "info";
+        /// Statements slower than this are logged at `warn`.
+        slow_statement_threshold "DB_SLOW_STATEMENT_THRESHOLD": Option<Duration> = "1s", All, or_off, eg "200ms";
+        /// Where migrations connect instead of `DATABASE_URL`, e.g. straight to the primary
+        /// when the application goes through a pooler.
+        migration_url "DB_MIGRATION_URL": Option<DatabaseUrl> = "" or "(none)", All, some(url),
+            eg "postgres://u:p@primary:5432/tracker";
+        /// The server is reached through a transaction-pooling PgBouncer: every session is a
+        /// transaction that starts by dropping prepared statements left on the shared server
+        /// connection, the statement cache is off, and `statement_timeout` and `search_path`
+        /// are set per transaction.
+        transaction_pooler "DB_TRANSACTION_POOLER": bool = "false", All, flag, eg "true";
     }
-}
-
-/// Level at which a statement is logged.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogLevel {
-    /// Not logged.
-    Off,
-    /// `error`.
-    Error,
-    /// `warn`.
-    Warn,
-    /// `info`.
-    Info,
-    /// `debug`.
-    Debug,
-    /// `trace`.
-    Trace,
-}
-
-impl LogLevel {
-    fn parse(value: &str) -> Option<Self> {
-        Some(match value {
-            "off" => LogLevel::Off,
-            "error" => LogLevel::Error,
-            "warn" => LogLevel::Warn,
-            "info" => LogLevel::Info,
-            "debug" => LogLevel::Debug,
-            "trace" => LogLevel::Trace,
-            _ => return None,
-        })
-    }
-
-    /// The name used in settings.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LogLevel::Off => "off",
-            LogLevel::Error => "error",
-            LogLevel::Warn => "warn",
-            LogLevel::Info => "info",
-            LogLevel::Debug => "debug",
-            LogLevel::Trace => "trace",
-        }
-    }
-}
-
-/// Everything db-core needs to connect. Build it with [`Settings::load`], or
-/// with [`Settings::new`] and field updates.
-///
-/// `Debug` never shows the password: the URL is a [`DatabaseUrl`].
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct Settings {
-    /// The database to connect to.
-    pub url: DatabaseUrl,
-    /// Upper bound of pooled connections (`DB_MAX_CONNECTIONS`).
-    pub max_connections: u32,
-    /// Connections kept open when idle (`DB_MIN_CONNECTIONS`).
-    pub min_connections: u32,
-    /// Time allowed for one connection attempt (`DB_CONNECT_TIMEOUT`).
-    pub connect_timeout: Duration,
-    /// How long [`Db::connect`](crate::Db::connect) keeps retrying a server
-    /// that is not up yet (`DB_CONNECT_DEADLINE`).
-    pub connect_deadline: Duration,
-    /// How long a caller waits for a free pooled connection (`DB_ACQUIRE_TIMEOUT`).
-    pub acquire_timeout: Duration,
-    /// Idle connections above `min_connections` are closed after this (`DB_IDLE_TIMEOUT`).
-    pub idle_timeout: Option<Duration>,
-    /// Connections are replaced after this age (`DB_MAX_LIFETIME`).
-    pub max_lifetime: Option<Duration>,
-    /// A pooled connection idle for this long is pinged before use (`DB_PING_AFTER_IDLE`).
-    pub ping_after_idle: Option<Duration>,
-    /// PostgreSQL `statement_timeout` (`DB_STATEMENT_TIMEOUT`).
-    pub statement_timeout: Option<Duration>,
-    /// PostgreSQL `search_path` (`DB_SCHEMA`), comma-separated schemas.
-    pub schema: Option<String>,
-    /// PostgreSQL `application_name` (`DB_APPLICATION_NAME`).
-    pub application_name: Option<String>,
-    /// TLS mode (`DB_SSL_MODE`); `None` keeps what the URL or driver says (prefer).
-    pub ssl_mode: Option<SslMode>,
-    /// CA certificate file for `verify-full` (`DB_SSL_ROOT_CERT`).
-    pub ssl_root_cert: Option<PathBuf>,
-    /// Level at which every statement is logged (`DB_LOG_STATEMENTS`).
-    pub log_statements: LogLevel,
-    /// Statements slower than this are logged at `warn` (`DB_SLOW_STATEMENT_THRESHOLD`).
-    pub slow_statement_threshold: Option<Duration>,
-    /// How long SQLite waits for a lock held by another connection (`DB_SQLITE_BUSY_TIMEOUT`).
-    pub sqlite_busy_timeout: Duration,
-    /// Prepared statements cached per connection; 0 turns the cache off
-    /// (`DB_STATEMENT_CACHE_CAPACITY`). Off is not enough for a transaction
-    /// pooler, where sqlx's statement names collide: see `transaction_pooler`.
-    pub statement_cache_capacity: usize,
-    /// Read replicas (`DB_REPLICA_URLS`, or `DB_REPLICA_HOSTS` with the
-    /// primary's credentials); read-only sessions go to them.
-    pub replicas: Vec<DatabaseUrl>,
-    /// Where migrations connect instead of [`url`](Self::url), e.g. straight to
-    /// the primary when the application goes through a pooler (`DB_MIGRATION_URL`).
-    pub migration_url: Option<DatabaseUrl>,
-    /// The server is reached through a transaction-pooling PgBouncer
-    /// (`DB_TRANSACTION_POOLER`): every session is a transaction that starts
-    /// by dropping prepared statements left on the shared server connection,
-    /// the statement cache is off, and `statement_timeout` and `search_path`
-    /// are set per transaction.
-    pub transaction_pooler: bool,
-    warnings: Vec<String>,
-}
-
-/// One setting: its key in configuration files, its variable, its default and
-/// what it means. The README's configuration table lists the same.
-#[derive(Debug)]
-pub struct SettingInfo {
-    /// Key in `config/*.toml`.
-    pub key: &'static str,
-    /// Environment variable.
-    pub var: &'static str,
-    /// Default, as text.
-    pub default: &'static str,
-    /// One-line description.
-    pub help: &'static str,
-}
-
-macro_rules! settings_table {
-    ($(($key:literal, $var:literal, $default:literal, $help:literal)),* $(,)?) => {
-        /// Every setting db-core reads.
-        pub const SETTINGS: &[SettingInfo] = &[
-            $(SettingInfo { key: $key, var: $var, default: $default, help: $help }),*
-        ];
-    };
-}
-
-settings_table![
-    (
-        "url",
-        "DATABASE_URL",
-        "",
-        "postgres://, mysql:// or sqlite: URL; wins over the DB_* parts"
-    ),
-    (
-        "host",
-        "DB_HOST",
-        "",
-        "PostgreSQL host, IP address or socket directory"
-    ),
-    ("port", "DB_PORT", "5432", "PostgreSQL port"),
-    ("name", "DB_NAME", "", "database name"),
-    ("user", "DB_USER", "", "user name"),
-    ("pass", "DB_PASS", "", "password"),
-    (
-        "max_connections",
-        "DB_MAX_CONNECTIONS",
-        "10",
-        "pool size upper bound"
-    ),
-    (
-        "min_connections",
-        "DB_MIN_CONNECTIONS",
-        "1",
-        "connections kept open when idle"
-    ),
-    (
-        "connect_timeout",
-        "DB_CONNECT_TIMEOUT",
-        "5s",
-        "time for one connection attempt"
-    ),
-    (
-        "connect_deadline",
-        "DB_CONNECT_DEADLINE",
-        "30s",
-        "how long startup waits for the server (0s: no retry)"
-    ),
-    (
-        "acquire_timeout",
-        "DB_ACQUIRE_TIMEOUT",
-        "5s",
-        "wait for a free pooled connection, then fail (HTTP 503)"
-    ),
-    (
-        "idle_timeout",
-        "DB_IDLE_TIMEOUT",
-        "10m",
-        "close idle connections above the minimum after this (off: never)"
-    ),
-    (
-        "max_lifetime",
-        "DB_MAX_LIFETIME",
-        "30m",
-        "replace connections after this age (off: never)"
-    ),
-    (
-        "ping_after_idle",
-        "DB_PING_AFTER_IDLE",
-        "30s",
-        "ping a pooled connection before use if idle this long (off: never)"
-    ),
-    (
-        "statement_timeout",
-        "DB_STATEMENT_TIMEOUT",
-        "30s",
-        "PostgreSQL statement_timeout (off: none)"
-    ),
-    (
-        "schema",
-        "DB_SCHEMA",
-        "",
-        "PostgreSQL search_path, comma-separated"
-    ),
-    (
-        "application_name",
-        "DB_APPLICATION_NAME",
-        "tracker",
-        "PostgreSQL application_name"
-    ),
-    (
-        "ssl_mode",
-        "DB_SSL_MODE",
-        "prefer",
-        "disable, prefer, require or verify-full"
-    ),
-    (
-        "ssl_root_cert",
-        "DB_SSL_ROOT_CERT",
-        "",
-        "CA certificate file for verify-full"
-    ),
-    (
-        "log_statements",
-        "DB_LOG_STATEMENTS",
-        "debug",
-        "level of the per-statement log line (off, error, warn, info, debug, trace)"
-    ),
-    (
-        "slow_statement_threshold",
-        "DB_SLOW_STATEMENT_THRESHOLD",
-        "1s",
-        "log statements slower than this at warn (off: never)"
-    ),
-    (
-        "sqlite_busy_timeout",
-        "DB_SQLITE_BUSY_TIMEOUT",
-        "5s",
-        "SQLite wait for a lock held by another process"
-    ),
-    (
-        "statement_cache_capacity",
-        "DB_STATEMENT_CACHE_CAPACITY",
-        "100",
-        "prepared statements cached per connection (0: off)"
-    ),
-    (
-        "replica_urls",
-        "DB_REPLICA_URLS",
-        "",
-        "read replicas, comma-separated URLs; read-only sessions go there"
-    ),
-    (
-        "replica_hosts",
-        "DB_REPLICA_HOSTS",
-        "",
-        "read replicas as host[:port], comma-separated, with the primary's credentials and database"
-    ),
-    (
-        "migration_url",
-        "DB_MIGRATION_URL",
-        "",
-        "where migrations connect instead (e.g. the primary itself, bypassing a pooler)"
-    ),
-    (
-        "transaction_pooler",
-        "DB_TRANSACTION_POOLER",
-        "false",
-        "true when DATABASE_URL goes through a transaction-pooling PgBouncer"
-    ),
-];
-
-/// The `DB_*` parts of the seed's contract, which `DATABASE_URL` overrides.
-const PART_KEYS: [&str; 5] = ["host", "port", "name", "user", "pass"];
-
-/// Settings that only PostgreSQL honours.
-const POSTGRES_ONLY: [&str; 3] = ["statement_timeout", "schema", "application_name"];
-
-fn info(key: &str) -> &'static SettingInfo {
-    SETTINGS
-        .iter()
-        .find(|s| s.key == key)
-        .unwrap_or_else(|| unreachable!("unknown setting key {key}"))
 }
 
 impl Settings {
-    /// Settings for `url` with every other field at its default.
-    pub fn new(url: DatabaseUrl) -> Self {
-        Settings {
-            url,
-            max_connections: 10,
-            min_connections: 1,
-            connect_timeout: Duration::from_secs(5),
-            connect_deadline: Duration::from_secs(30),
-            acquire_timeout: Duration::from_secs(5),
-            idle_timeout: Some(Duration::from_secs(600)),
-            max_lifetime: Some(Duration::from_secs(1800)),
-            ping_after_idle: Some(Duration::from_secs(30)),
-            statement_timeout: Some(Duration::from_secs(30)),
-            schema: None,
-            application_name: Some("tracker".to_owned()),
-            ssl_mode: None,
-            ssl_root_cert: None,
-            log_statements: LogLevel::Debug,
-            slow_statement_threshold: Some(Duration::from_secs(1)),
-            sqlite_busy_timeout: Duration::from_secs(5),
-            statement_cache_capacity: 100,
-            replicas: Vec::new(),
-            transaction_pooler: false,
-            migration_url: None,
-            warnings: Vec::new(),
-        }
-    }
-
     /// Loads settings from `source`: built-in defaults, then
     /// `config/default.toml`, then `config/{APP_ENV}.toml` (both optional), then
     /// the environment. Every problem is an [`Error::Config`] naming the setting.
     pub fn load(source: &Source) -> Result<Self> {
-        let layers = Layers::read(source)?;
-        layers.resolve()
+        let (inputs, mut warnings) = read(source)?;
+        let mut s = Settings::new(database_url(&inputs, &mut warnings)?);
+        s.warnings = warnings;
+        let backend = s.url.backend();
+        s.replicas = replicas(&inputs, &s.url)?;
+        s.apply(&inputs)?;
+        if s.min_connections > s.max_connections {
+            return Err(Error::Config(format!(
+                "{}={}: must not exceed the maximum pool size {} ({})",
+                origin(&inputs.min_connections, &info::min_connections),
+                s.min_connections,
+                s.max_connections,
+                info::max_connections.var
+            )));
+        }
+        if s.transaction_pooler && backend != DbBackend::Postgres {
+            return Err(Error::Config(format!(
+                "{}: transaction pooling is for PostgreSQL (PgBouncer), not {}",
+                origin(&inputs.transaction_pooler, &info::transaction_pooler),
+                backend_name(backend)
+            )));
+        }
+        if let Some(url) = s.migration_url.as_ref().filter(|u| u.backend() != backend) {
+            return Err(Error::Config(format!(
+                "{}: a {} URL, but the database is {}",
+                origin(&inputs.migration_url, &info::migration_url),
+                backend_name(url.backend()),
+                backend_name(backend)
+            )));
+        }
+        for warning in &s.warnings {
+            tracing::warn!("{warning}");
+        }
+        Ok(s)
+    }
+
+    /// The PostgreSQL session timeouts that are on, by their server name.
+    pub(crate) fn postgres_timeouts(&self) -> impl Iterator<Item = (&'static str, Duration)> {
+        [
+            ("statement_timeout", self.statement_timeout),
+            ("lock_timeout", self.lock_timeout),
+        ]
+        .into_iter()
+        .filter_map(|(name, timeout)| Some((name, timeout?)))
     }
 
     /// Problems that did not stop loading (ignored or unknown variables). They
@@ -499,376 +281,86 @@ impl Settings {
     /// `(setting, value)` rows describing these settings, password redacted, for
     /// `db check` and startup logs.
     pub fn describe(&self) -> Vec<(&'static str, String)> {
-        let dur = |d: Duration| humantime::format_duration(d).to_string();
-        let opt = |d: Option<Duration>| d.map_or_else(|| "off".to_owned(), dur);
-        let server = self.url.backend() != DbBackend::Sqlite;
         let mut rows = vec![
             ("backend", backend_name(self.url.backend()).to_owned()),
             ("url", self.url.redacted()),
-            ("max_connections", self.max_connections.to_string()),
-            ("min_connections", self.min_connections.to_string()),
-            ("connect_timeout", dur(self.connect_timeout)),
-            ("connect_deadline", dur(self.connect_deadline)),
-            ("acquire_timeout", dur(self.acquire_timeout)),
-            ("idle_timeout", opt(self.idle_timeout)),
-            ("max_lifetime", opt(self.max_lifetime)),
-            ("ping_after_idle", opt(self.ping_after_idle)),
-            ("log_statements", self.log_statements.as_str().to_owned()),
-            (
-                "slow_statement_threshold",
-                opt(self.slow_statement_threshold),
-            ),
         ];
-        if self.url.backend() == DbBackend::Postgres {
-            rows.push(("statement_timeout", opt(self.statement_timeout)));
-            rows.push((
-                "schema",
-                self.schema
-                    .clone()
-                    .unwrap_or_else(|| "(server default)".to_owned()),
-            ));
-            rows.push((
-                "application_name",
-                self.application_name
-                    .clone()
-                    .unwrap_or_else(|| "(none)".to_owned()),
-            ));
-        }
-        if server {
-            rows.push((
-                "ssl_mode",
-                self.ssl_mode
-                    .map_or("(from URL, default prefer)", SslMode::as_str)
-                    .to_owned(),
-            ));
-            rows.push((
-                "statement_cache_capacity",
-                self.statement_cache_capacity.to_string(),
-            ));
-        } else {
-            rows.push(("sqlite_busy_timeout", dur(self.sqlite_busy_timeout)));
-        }
-        for replica in &self.replicas {
-            rows.push(("replica", replica.redacted()));
-        }
-        if let Some(url) = &self.migration_url {
-            rows.push(("migration_url", url.redacted()));
-        }
-        if self.transaction_pooler {
-            rows.push(("transaction_pooler", "true".to_owned()));
-        }
+        rows.extend(self.rows());
+        rows.extend(self.replicas.iter().map(|r| ("replica", r.redacted())));
         rows
     }
 }
 
-/// The configuration files and variables, before they are merged and checked.
-struct Layers {
-    /// `(path as shown, contents)`, lowest precedence first.
-    files: Vec<(String, Config)>,
-    /// Our variables, keyed by setting key.
-    env: Map<String, String>,
-    warnings: Vec<String>,
-}
-
-impl Layers {
-    fn read(source: &Source) -> Result<Self> {
-        let mut warnings = Vec::new();
-        let mut files = Vec::new();
-        let dir = source.dir();
-        let mut names = vec!["default".to_owned()];
-        if let Some(app_env) = source.get("APP_ENV") {
-            if app_env.is_empty()
-                || !app_env
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
-                return Err(Error::Config(format!(
-                    "APP_ENV=\"{app_env}\": expected a name like production (letters, digits, - and _)"
-                )));
-            }
-            names.push(app_env.to_owned());
-        }
-        for name in names {
-            let path = dir.join(format!("{name}.toml"));
-            if !path.exists() {
-                continue;
-            }
-            let shown = path.display().to_string();
-            let layer = read_file(&path, &shown)?;
-            for (key, value) in layer.collect().map_err(|e| file_error(&shown, &e))? {
-                if !SETTINGS.iter().any(|s| s.key == key) {
-                    return Err(Error::Config(format!(
-                        "{shown}: unknown key `{key}` (see the configuration table in README.md)"
-                    )));
-                }
-                if matches!(value.kind, ValueKind::Table(_) | ValueKind::Array(_)) {
-                    return Err(Error::Config(format!(
-                        "{shown}: `{key}` must be a single value, not a table or list"
-                    )));
-                }
-            }
-            files.push((shown, layer));
-        }
-
-        let mut env = Map::new();
-        for info in SETTINGS {
-            if source.not_unicode.contains(info.var) {
-                return Err(Error::Config(format!("{}: not valid UTF-8", info.var)));
-            }
-            if let Some(value) = source.get(info.var) {
-                env.insert(info.key.to_owned(), value.to_owned());
-            }
-        }
-        for name in source.vars.keys().chain(&source.not_unicode) {
-            if name.starts_with("DB_") && !SETTINGS.iter().any(|s| s.var == name) {
-                warnings.push(format!(
-                    "{name} is not a setting of ours and is ignored (see the configuration table in README.md)"
-                ));
-            }
-        }
-        Ok(Layers {
-            files,
-            env,
-            warnings,
-        })
-    }
-
-    /// Merges the layers with the `config` crate and checks every value.
-    fn resolve(mut self) -> Result<Settings> {
-        let mut warnings = std::mem::take(&mut self.warnings);
-        let mut builder = Config::builder();
-        for (_, layer) in &self.files {
-            builder = builder.add_source(layer.clone());
-        }
-        // `DB_MAX_CONNECTIONS` must stay one key, so the nesting separator is one
-        // that cannot occur in our names; `try_parsing` stays off so values such
-        // as a password `007` are kept as written.
-        let mut db_vars = self.env.clone();
-        let url = db_vars.remove("url");
-        builder = builder.add_source(
-            Environment::with_prefix("DB")
-                .prefix_separator("_")
-                .separator("__")
-                .source(Some(
-                    db_vars
-                        .into_iter()
-                        .map(|(key, value)| (format!("DB_{}", key.to_uppercase()), value))
-                        .collect(),
-                )),
-        );
-        builder = builder
-            .set_override_option("url", url)
-            .map_err(|e| Error::Config(format!("configuration: {e}")))?;
-        let merged = builder
-            .build()
-            .map_err(|e| Error::Config(format!("configuration: {e}")))?;
-        let mut values = BTreeMap::new();
-        for (key, value) in merged
-            .collect()
-            .map_err(|e| Error::Config(format!("configuration: {e}")))?
-        {
-            let text = value.into_string().map_err(|_| {
-                Error::Config(format!("{}: expected a single value", self.origin(&key)))
-            })?;
-            values.insert(key, text);
-        }
-
-        let v = Values {
-            layers: &self,
-            values: &values,
-        };
-        let url = v.database_url(&mut warnings)?;
-        let backend = url.backend();
-        let mut s = Settings::new(url);
-        if let Some(n) = v.number("max_connections", 1, 10_000)? {
-            s.max_connections = n as u32;
-        }
-        if let Some(n) = v.number("min_connections", 0, 10_000)? {
-            s.min_connections = n as u32;
-        }
-        if s.min_connections > s.max_connections {
+/// Reads the configuration files and our variables into one value per setting,
+/// each with where it came from; later layers win.
+fn read(source: &Source) -> Result<(Inputs, Vec<String>)> {
+    let mut inputs = Inputs::default();
+    let mut names = vec!["default"];
+    if let Some(app_env) = source.get("APP_ENV") {
+        let valid = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+        if app_env.is_empty() || !app_env.chars().all(valid) {
             return Err(Error::Config(format!(
-                "{}={}: must not exceed the maximum pool size {} ({})",
-                v.origin("min_connections"),
-                s.min_connections,
-                s.max_connections,
-                info("max_connections").var
+                "APP_ENV=\"{app_env}\": expected a name like production (letters, digits, - and _)"
             )));
         }
-        if let Some(d) = v.duration("connect_timeout", false)? {
-            s.connect_timeout = d.unwrap_or_default();
+        names.push(app_env);
+    }
+    for name in names {
+        let path = source.dir().join(format!("{name}.toml"));
+        if !path.exists() {
+            continue;
         }
-        if let Some(d) = v.duration("connect_deadline", true)? {
-            s.connect_deadline = d.unwrap_or_default();
-        }
-        if let Some(d) = v.duration("acquire_timeout", false)? {
-            s.acquire_timeout = d.unwrap_or_default();
-        }
-        if let Some(d) = v.duration("idle_timeout", true)? {
-            s.idle_timeout = d;
-        }
-        if let Some(d) = v.duration("max_lifetime", true)? {
-            s.max_lifetime = d;
-        }
-        if let Some(d) = v.duration("ping_after_idle", true)? {
-            s.ping_after_idle = d;
-        }
-        if let Some(d) = v.duration("statement_timeout", true)? {
-            s.statement_timeout = d;
-        }
-        if let Some(schema) = v.text("schema")? {
-            if schema.split(',').any(|part| part.trim().is_empty()) {
+        let shown = path.display().to_string();
+        // Read the file ourselves so that an unreadable file is reported as such,
+        // not as a missing one.
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| Error::Config(format!("{shown}: cannot read: {e}")))?;
+        let values = Config::builder()
+            .add_source(File::from_str(&text, FileFormat::Toml))
+            .build()
+            .and_then(|layer| layer.collect())
+            .map_err(|e| file_error(&shown, &text, &e))?;
+        for (key, value) in values {
+            let Some(slot) = inputs.slot(&key) else {
                 return Err(Error::Config(format!(
-                    "{}=\"{schema}\": expected schema names separated by commas",
-                    v.origin("schema")
+                    "{shown}: unknown key `{key}` (see the configuration table in README.md)"
                 )));
-            }
-            s.schema = Some(schema.to_owned());
-        }
-        if let Some(name) = v.text("application_name")? {
-            if name.len() > 63 || !name.chars().all(|c| c.is_ascii_graphic() || c == ' ') {
-                return Err(Error::Config(format!(
-                    "{}=\"{name}\": expected at most 63 printable ASCII characters",
-                    v.origin("application_name")
-                )));
-            }
-            s.application_name = Some(name.to_owned());
-        }
-        if let Some(mode) = v.text("ssl_mode")? {
-            s.ssl_mode = Some(SslMode::parse(mode).ok_or_else(|| {
-                Error::Config(format!(
-                    "{}=\"{mode}\": expected disable, prefer, require or verify-full",
-                    v.origin("ssl_mode")
-                ))
-            })?);
-        }
-        if let Some(path) = v.text("ssl_root_cert")? {
-            if !Path::new(path).is_file() {
-                return Err(Error::Config(format!(
-                    "{}=\"{path}\": no such file",
-                    v.origin("ssl_root_cert")
-                )));
-            }
-            s.ssl_root_cert = Some(PathBuf::from(path));
-        }
-        if let Some(level) = v.text("log_statements")? {
-            s.log_statements = LogLevel::parse(level).ok_or_else(|| {
-                Error::Config(format!(
-                    "{}=\"{level}\": expected off, error, warn, info, debug or trace",
-                    v.origin("log_statements")
-                ))
-            })?;
-        }
-        if let Some(d) = v.duration("slow_statement_threshold", true)? {
-            s.slow_statement_threshold = d;
-        }
-        if let Some(d) = v.duration("sqlite_busy_timeout", false)? {
-            s.sqlite_busy_timeout = d.unwrap_or_default();
-        }
-        if let Some(n) = v.number("statement_cache_capacity", 0, 100_000)? {
-            s.statement_cache_capacity = n as usize;
-        }
-        s.replicas = v.replicas(&s.url)?;
-        if let Some(raw) = v.text("transaction_pooler")? {
-            s.transaction_pooler = match raw.trim().to_ascii_lowercase().as_str() {
-                "true" | "1" | "yes" | "on" => true,
-                "false" | "0" | "no" | "off" => false,
-                _ => {
-                    return Err(Error::Config(format!(
-                        "{}=\"{raw}\": expected true or false",
-                        v.origin("transaction_pooler")
-                    )));
-                }
             };
-            if s.transaction_pooler && backend != DbBackend::Postgres {
+            if matches!(value.kind, ValueKind::Table(_) | ValueKind::Array(_)) {
                 return Err(Error::Config(format!(
-                    "{}: transaction pooling is for PostgreSQL (PgBouncer), not {}",
-                    v.origin("transaction_pooler"),
-                    backend_name(backend)
+                    "{shown}: `{key}` must be a single value, not a table or list"
                 )));
             }
+            let raw = value.into_string().unwrap_or_default();
+            let origin = format!("{shown}: {key}");
+            *slot = Some(Input { raw, origin });
         }
-        if let Some(raw) = v.text("migration_url")? {
-            let url = DatabaseUrl::parse(raw.trim(), &v.origin("migration_url"))?;
-            if url.backend() != backend {
-                return Err(Error::Config(format!(
-                    "{}: a {} URL, but the database is {}",
-                    v.origin("migration_url"),
-                    backend_name(url.backend()),
-                    backend_name(backend)
-                )));
-            }
-            s.migration_url = Some(url);
-        }
-
-        if backend != DbBackend::Postgres {
-            for key in POSTGRES_ONLY {
-                if values.contains_key(key) {
-                    warnings.push(format!(
-                        "{} applies to PostgreSQL only and is ignored for {}",
-                        v.origin(key),
-                        backend_name(backend)
-                    ));
-                }
-            }
-        }
-        if backend == DbBackend::Sqlite {
-            for key in ["ssl_mode", "ssl_root_cert", "statement_cache_capacity"] {
-                if values.contains_key(key) {
-                    warnings.push(format!(
-                        "{} does not apply to SQLite and is ignored",
-                        v.origin(key)
-                    ));
-                }
-            }
-        }
-        for warning in &warnings {
-            tracing::warn!("{warning}");
-        }
-        s.warnings = warnings;
-        Ok(s)
     }
-
-    /// Names where a setting's value came from: its variable, or its key and file.
-    fn origin(&self, key: &str) -> String {
-        let info = info(key);
-        if self.env.contains_key(key) {
-            return info.var.to_owned();
+    for info in SETTINGS {
+        if source.not_unicode.contains(info.var) {
+            return Err(Error::Config(format!("{}: not valid UTF-8", info.var)));
         }
-        for (shown, layer) in self.files.iter().rev() {
-            if layer.get::<Value>(key).is_ok() {
-                return format!("{shown}: {key}");
-            }
+        if let (Some(value), Some(slot)) = (source.get(info.var), inputs.slot(info.key)) {
+            let (raw, origin) = (value.to_owned(), info.var.to_owned());
+            *slot = Some(Input { raw, origin });
         }
-        info.var.to_owned()
     }
-}
-
-fn read_file(path: &Path, shown: &str) -> Result<Config> {
-    // Read the file ourselves so that an unreadable file is reported as such,
-    // not as a missing one.
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::Config(format!("{shown}: cannot read: {e}")))?;
-    Config::builder()
-        .add_source(File::from_str(&text, FileFormat::Toml))
-        .build()
-        .map_err(|e| file_error(shown, &e))
+    let warnings = (source.vars.keys().chain(&source.not_unicode))
+        .filter(|name| name.starts_with("DB_") && !SETTINGS.iter().any(|s| s.var == *name))
+        .map(|name| format!("{name} is not a setting of ours and is ignored (see the configuration table in README.md)"))
+        .collect();
+    Ok((inputs, warnings))
 }
 
 /// A file error without the file's text, which may contain a password.
-fn file_error(shown: &str, e: &config::ConfigError) -> Error {
+fn file_error(shown: &str, text: &str, e: &config::ConfigError) -> Error {
     if let config::ConfigError::FileParse { cause, .. } = e
         && let Some(toml) = cause.downcast_ref::<toml::de::Error>()
     {
-        let line = toml.span().map(|span| {
-            std::fs::read_to_string(shown)
-                .map(|text| text[..span.start.min(text.len())].lines().count().max(1))
-                .unwrap_or(0)
+        let at = toml.span().map_or(String::new(), |span| {
+            let line = text[..span.start.min(text.len())].lines().count().max(1);
+            format!(" at line {line}")
         });
-        let at = match line {
-            Some(n) if n > 0 => format!(" at line {n}"),
-            _ => String::new(),
-        };
         return Error::Config(format!(
             "{shown}: not valid TOML{at}: {}",
             toml.message().trim()
@@ -877,192 +369,123 @@ fn file_error(shown: &str, e: &config::ConfigError) -> Error {
     Error::Config(format!("{shown}: {e}"))
 }
 
-/// Merged values, with checks that name the setting in their message.
-struct Values<'l> {
-    layers: &'l Layers,
-    values: &'l BTreeMap<String, String>,
+/// `DATABASE_URL`, else the `DB_*` parts, else the embedded SQLite default.
+fn database_url<'a>(inputs: &'a Inputs, warnings: &mut Vec<String>) -> Result<DatabaseUrl> {
+    let parts = [
+        &inputs.host,
+        &inputs.port,
+        &inputs.name,
+        &inputs.user,
+        &inputs.pass,
+    ];
+    let set: Vec<&str> = parts
+        .iter()
+        .filter_map(|p| p.as_ref())
+        .map(|p| p.origin.as_str())
+        .collect();
+    if let Some(url) = &inputs.url {
+        let raw = url.raw.trim();
+        if raw.is_empty() {
+            return Err(Error::Config(format!(
+                "{} is empty: unset it or give a postgres://, mysql:// or sqlite: URL",
+                url.origin
+            )));
+        }
+        if !set.is_empty() {
+            let verb = if set.len() == 1 { "is" } else { "are" };
+            warnings.push(format!(
+                "{} is set, so {} {verb} ignored",
+                url.origin,
+                set.join(", ")
+            ));
+        }
+        return DatabaseUrl::parse(raw, &url.origin);
+    }
+    if set.is_empty() {
+        return Ok(DatabaseUrl::sqlite_file(DEFAULT_SQLITE_PATH));
+    }
+    let required = |input: &'a Option<Input>, info: &SettingInfo| {
+        input.as_ref().ok_or_else(|| {
+            Error::Config(format!(
+                "{} is not set: it is required with {} (or set DATABASE_URL)",
+                info.var,
+                set.join(", ")
+            ))
+        })
+    };
+    let host = text(
+        |h| {
+            !h.chars().any(|c| c.is_whitespace() || "@?#".contains(c))
+                && (h.starts_with('/') || !h.contains('/'))
+        },
+        "expected a host name, an IP address or a socket directory",
+    )(required(&inputs.host, &info::host)?)?;
+    let port = inputs
+        .port
+        .as_ref()
+        .map_or(Ok(default(&info::port, port)), port)?;
+    let database = required(&inputs.name, &info::name)?.text()?;
+    let user = required(&inputs.user, &info::user)?.text()?;
+    let password = SecretString::from(
+        inputs
+            .pass
+            .as_ref()
+            .map(|p| p.raw.clone())
+            .unwrap_or_default(),
+    );
+    Ok(DatabaseUrl::from_parts(&Parts {
+        host: &host,
+        port,
+        database,
+        user,
+        password: &password,
+    }))
 }
 
-impl Values<'_> {
-    fn origin(&self, key: &str) -> String {
-        self.layers.origin(key)
-    }
-
-    /// A non-empty text value, if set.
-    fn text(&self, key: &str) -> Result<Option<&str>> {
-        match self.values.get(key) {
-            None => Ok(None),
-            Some(v) if v.trim().is_empty() => Err(Error::Config(format!(
-                "{} is empty: unset it or give a value",
-                self.origin(key)
-            ))),
-            Some(v) => Ok(Some(v.as_str())),
+/// Replica URLs from `DB_REPLICA_URLS` or `DB_REPLICA_HOSTS` (not both),
+/// for the same kind of server as `primary`.
+fn replicas(inputs: &Inputs, primary: &DatabaseUrl) -> Result<Vec<DatabaseUrl>> {
+    let (input, by_host) = match (&inputs.replica_urls, &inputs.replica_hosts) {
+        (None, None) => return Ok(Vec::new()),
+        (Some(urls), Some(hosts)) => {
+            return Err(Error::Config(format!(
+                "{} and {} are both set: use one",
+                urls.origin, hosts.origin
+            )));
         }
+        (Some(urls), None) => (urls, false),
+        (None, Some(hosts)) => (hosts, true),
+    };
+    let (list, origin) = (input.text()?, &input.origin);
+    if primary.backend() == DbBackend::Sqlite {
+        return Err(Error::Config(format!(
+            "{origin}: read replicas need a PostgreSQL or MySQL primary, not SQLite"
+        )));
     }
-
-    fn number(&self, key: &str, min: u64, max: u64) -> Result<Option<u64>> {
-        let Some(raw) = self.text(key)? else {
-            return Ok(None);
-        };
-        match raw.trim().parse::<u64>() {
-            Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
-            _ => Err(Error::Config(format!(
-                "{}=\"{raw}\": expected a whole number {min}-{max}",
-                self.origin(key)
-            ))),
+    let mut replicas = Vec::new();
+    for item in list.split(',').map(str::trim) {
+        if item.is_empty() {
+            return Err(Error::Config(format!(
+                "{origin}: an empty entry in the list"
+            )));
         }
-    }
-
-    /// `Some(None)` for `off` (where allowed), `Some(Some(d))` for a duration.
-    fn duration(&self, key: &str, may_be_off: bool) -> Result<Option<Option<Duration>>> {
-        let Some(raw) = self.text(key)? else {
-            return Ok(None);
-        };
-        let value = raw.trim();
-        if may_be_off && value == "off" {
-            return Ok(Some(None));
-        }
-        let parsed = if value.chars().all(|c| c.is_ascii_digit()) {
-            None // A bare number is ambiguous (seconds? milliseconds?): ask for a unit.
+        let url = if by_host {
+            primary.with_host(item).ok_or_else(|| {
+                Error::Config(format!(
+                    "{origin}=\"{item}\": expected host or host:port, comma-separated"
+                ))
+            })?
         } else {
-            humantime::parse_duration(value).ok()
+            DatabaseUrl::parse(item, origin)?
         };
-        match parsed {
-            Some(d) if d.is_zero() && may_be_off => Ok(Some(None)),
-            Some(d) if !d.is_zero() || may_be_off => Ok(Some(Some(d))),
-            _ => {
-                let off = if may_be_off { " or off" } else { "" };
-                let nonzero = if may_be_off { "" } else { " greater than zero" };
-                Err(Error::Config(format!(
-                    "{}=\"{raw}\": expected a duration{nonzero} with a unit, like 5s, 500ms or 2m{off}",
-                    self.origin(key)
-                )))
-            }
-        }
-    }
-
-    /// Replica URLs from `DB_REPLICA_URLS` or `DB_REPLICA_HOSTS` (not both),
-    /// for the same kind of server as `primary`.
-    fn replicas(&self, primary: &DatabaseUrl) -> Result<Vec<DatabaseUrl>> {
-        let urls = self.text("replica_urls")?;
-        let hosts = self.text("replica_hosts")?;
-        let (list, key) = match (urls, hosts) {
-            (None, None) => return Ok(Vec::new()),
-            (Some(_), Some(_)) => {
-                return Err(Error::Config(format!(
-                    "{} and {} are both set: use one",
-                    self.origin("replica_urls"),
-                    self.origin("replica_hosts")
-                )));
-            }
-            (Some(list), None) => (list, "replica_urls"),
-            (None, Some(list)) => (list, "replica_hosts"),
-        };
-        let origin = self.origin(key);
-        if primary.backend() == DbBackend::Sqlite {
+        if url.backend() != primary.backend() {
             return Err(Error::Config(format!(
-                "{origin}: read replicas need a PostgreSQL or MySQL primary, not SQLite"
+                "{origin}: a {} replica for a {} primary",
+                backend_name(url.backend()),
+                backend_name(primary.backend())
             )));
         }
-        let mut replicas = Vec::new();
-        for item in list.split(',').map(str::trim) {
-            if item.is_empty() {
-                return Err(Error::Config(format!(
-                    "{origin}: an empty entry in the list"
-                )));
-            }
-            let url = if key == "replica_urls" {
-                DatabaseUrl::parse(item, &origin)?
-            } else {
-                primary.with_host(item).ok_or_else(|| {
-                    Error::Config(format!(
-                        "{origin}=\"{item}\": expected host or host:port, comma-separated"
-                    ))
-                })?
-            };
-            if url.backend() != primary.backend() {
-                return Err(Error::Config(format!(
-                    "{origin}: a {} replica for a {} primary",
-                    backend_name(url.backend()),
-                    backend_name(primary.backend())
-                )));
-            }
-            replicas.push(url);
-        }
-        Ok(replicas)
+        replicas.push(url);
     }
-
-    /// `DATABASE_URL`, else the `DB_*` parts, else the embedded SQLite default.
-    fn database_url(&self, warnings: &mut Vec<String>) -> Result<DatabaseUrl> {
-        let parts_set: Vec<&str> = PART_KEYS
-            .iter()
-            .copied()
-            .filter(|k| self.values.contains_key(*k))
-            .collect();
-        if self.values.contains_key("url") {
-            let origin = self.origin("url");
-            let raw = self.values["url"].trim();
-            if raw.is_empty() {
-                return Err(Error::Config(format!(
-                    "{origin} is empty: unset it or give a postgres://, mysql:// or sqlite: URL"
-                )));
-            }
-            if !parts_set.is_empty() {
-                let names: Vec<String> = parts_set.iter().map(|k| self.origin(k)).collect();
-                warnings.push(format!(
-                    "{origin} is set, so {} {} ignored",
-                    names.join(", "),
-                    if names.len() == 1 { "is" } else { "are" }
-                ));
-            }
-            return DatabaseUrl::parse(raw, &origin);
-        }
-        if parts_set.is_empty() {
-            return Ok(DatabaseUrl::sqlite_file(DEFAULT_SQLITE_PATH));
-        }
-        let required = |key: &str| -> Result<&str> {
-            match self.text(key)? {
-                Some(v) => Ok(v),
-                None => {
-                    let set: Vec<String> = parts_set.iter().map(|k| self.origin(k)).collect();
-                    Err(Error::Config(format!(
-                        "{} is not set: it is required with {} (or set DATABASE_URL)",
-                        self.origin(key),
-                        set.join(", ")
-                    )))
-                }
-            }
-        };
-        let host = required("host")?;
-        if host.chars().any(|c| c.is_whitespace() || "@?#".contains(c))
-            || (!host.starts_with('/') && host.contains('/'))
-        {
-            return Err(Error::Config(format!(
-                "{}=\"{host}\": expected a host name, an IP address or a socket directory",
-                self.origin("host")
-            )));
-        }
-        let port = match self.values.get("port") {
-            None => 5432,
-            Some(raw) => match raw.trim().parse::<u16>() {
-                Ok(p) if p > 0 => p,
-                _ => {
-                    return Err(Error::Config(format!(
-                        "{}=\"{raw}\": expected a port number 1-65535",
-                        self.origin("port")
-                    )));
-                }
-            },
-        };
-        let database = required("name")?;
-        let user = required("user")?;
-        let password = SecretString::from(self.values.get("pass").cloned().unwrap_or_default());
-        Ok(DatabaseUrl::from_parts(&Parts {
-            host,
-            port,
-            database,
-            user,
-            password: &password,
-        }))
-    }
+    Ok(replicas)
 }

@@ -124,6 +124,27 @@ async fn sqlite_runs_in_wal_mode_with_foreign_keys() {
 
 #[test_support::needs(postgres)]
 #[tokio::test]
+async fn db_lock_timeout_stops_a_statement_waiting_for_a_lock() {
+    let server = Backend::Postgres.server_settings();
+    let source = Source::new()
+        .var("DATABASE_URL", server.url.expose())
+        .var("DB_LOCK_TIMEOUT", "300ms");
+    let db = Db::connect(&Settings::load(&source).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(scalar(&db, "SHOW lock_timeout").await, "300ms");
+    let holder = db.begin().await.unwrap();
+    let lock = "SELECT pg_advisory_xact_lock(727274)";
+    holder.execute_unprepared(lock).await.unwrap();
+    let waiter = db.begin().await.unwrap();
+    let start = Instant::now();
+    let err = waiter.execute_unprepared(lock).await.unwrap_err();
+    assert!(err.to_string().contains("lock timeout"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(5));
+}
+
+#[test_support::needs(postgres)]
+#[tokio::test]
 async fn postgres_connections_carry_the_session_settings() {
     let mut s = Backend::Postgres.server_settings();
     s.statement_timeout = Some(Duration::from_millis(2500));

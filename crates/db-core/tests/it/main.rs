@@ -8,4 +8,5 @@ mod lock;
 mod replicas;
 mod session;
 mod settings;
+mod settings_docs;
 mod url;

@@ -1,0 +1,106 @@
+//! README.md's configuration table and `.env.example` are generated from the
+//! settings table (`db_core::SETTINGS`); these tests fail when they drift.
+//! `UPDATE_DOCS=1 cargo test -p db-core --test it settings_docs` rewrites them.
+
+use std::path::PathBuf;
+
+use db_core::SETTINGS;
+
+const HOW: &str = "generated from the settings table in crates/db-core/src/settings.rs; \
+    edit it there, then run UPDATE_DOCS=1 cargo test -p db-core --test it settings_docs";
+
+fn one_line(help: &str) -> String {
+    help.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn readme_table() -> String {
+    let mut out =
+        "| Variable | Default | Example | Meaning |\n| --- | --- | --- | --- |\n".to_owned();
+    for s in SETTINGS {
+        let default = match s.default {
+            "" => "—".to_owned(),
+            default => format!("`{default}`"),
+        };
+        let (var, example, help) = (s.var, s.example, one_line(s.help));
+        out += &format!("| `{var}` | {default} | `{example}` | {help} |\n");
+    }
+    out
+}
+
+fn env_example() -> String {
+    let mut out = String::new();
+    for s in SETTINGS {
+        let value = if s.default.is_empty() {
+            s.example
+        } else {
+            s.default
+        };
+        out += &format!("# {}\n# {}={value}\n", one_line(s.help), s.var);
+    }
+    out
+}
+
+/// Checks (or, with `UPDATE_DOCS`, rewrites) the part of `file` between the
+/// `begin` and `end` marker lines.
+fn check(file: &str, begin: &str, end: &str, generated: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let start = text.find(begin).map(|i| i + begin.len() + 1);
+    let stop = text.find(end);
+    let (Some(start), Some(stop)) = (start, stop) else {
+        panic!("{file}: the lines {begin:?} and {end:?} are missing");
+    };
+    if text[start..stop] == *generated {
+        return;
+    }
+    if std::env::var_os("UPDATE_DOCS").is_some() {
+        std::fs::write(
+            &path,
+            format!("{}{generated}{}", &text[..start], &text[stop..]),
+        )
+        .unwrap();
+    } else {
+        panic!("{file} differs from the settings table: it is {HOW}");
+    }
+}
+
+#[test]
+fn the_readme_table_is_the_settings_table() {
+    let begin = format!("<!-- The table is {HOW}. -->");
+    check(
+        "README.md",
+        &begin,
+        "<!-- End of the generated table. -->",
+        &readme_table(),
+    );
+}
+
+#[test]
+fn the_env_example_is_the_settings_table() {
+    let begin = format!("# --- Settings, {HOW}.");
+    check(
+        ".env.example",
+        &begin,
+        "# --- End of the generated settings.",
+        &env_example(),
+    );
+}
+
+#[test]
+fn file_keys_are_the_variable_names_without_db_in_lower_case() {
+    for s in SETTINGS {
+        let var = if s.key == "url" {
+            "DATABASE_URL".to_owned()
+        } else {
+            format!("DB_{}", s.key.to_uppercase())
+        };
+        assert_eq!(s.var, var);
+        assert!(
+            !s.help.trim().is_empty() && !s.example.is_empty(),
+            "{}",
+            s.var
+        );
+    }
+}
