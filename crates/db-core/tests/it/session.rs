@@ -234,8 +234,12 @@ async fn serialization_failures_are_retried_on_postgres() {
     for task in tasks {
         task.await.unwrap().expect("both transactions complete");
     }
-    assert_eq!(t.db.stats().transaction_retries, 1);
-    assert_eq!(attempts.load(Ordering::SeqCst), 3);
+    // One abort at least; on a loaded machine the loser's retry can collide
+    // with the winner's still-open transaction and be aborted again. Every
+    // retry is one more run of the closure.
+    let retries = t.db.stats().transaction_retries;
+    assert!(retries >= 1, "no serialization failure was retried");
+    assert_eq!(u64::from(attempts.load(Ordering::SeqCst)), 2 + retries);
 }
 
 /// Two transactions that lock the same two rows in opposite orders: the
