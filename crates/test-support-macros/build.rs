@@ -1,12 +1,14 @@
 //! Sets `cfg(postgres_configured)` / `cfg(mysql_configured)` when
-//! `TEST_POSTGRES_URL` / `TEST_MYSQL_URL` name a server. Cargo re-runs this
-//! when either variable changes, so `cargo test` rebuilds the tests (not the
-//! libraries) with the servers it was given.
+//! `TEST_POSTGRES_URL` / `TEST_MYSQL_URL` name a server, and
+//! `cfg(browser_configured)` when `TEST_BROWSER` says the browser tools are
+//! installed. Cargo re-runs this when any of them changes, so `cargo test`
+//! rebuilds the tests (not the libraries) with what it was given.
 
 fn main() {
     for (variable, cfg) in [
         ("TEST_POSTGRES_URL", "postgres_configured"),
         ("TEST_MYSQL_URL", "mysql_configured"),
+        ("TEST_BROWSER", "browser_configured"),
     ] {
         println!("cargo::rerun-if-env-changed={variable}");
         println!("cargo::rustc-check-cfg=cfg({cfg})");

@@ -15,6 +15,9 @@
 //! - `postgres` / `mysql`: ignored when `TEST_POSTGRES_URL` / `TEST_MYSQL_URL`
 //!   was not set when the tests were built (the build script watches both, so
 //!   `cargo test` always builds with the variables it runs with).
+//! - `browser`: ignored when `TEST_BROWSER` was not set: the test needs
+//!   Debian's chromium, `playwright-core` and `openapi-spec-validator`, which
+//!   `just browser-tools` installs (`just browser-test` and `.ci/run` set it).
 //! - `chaos`: always ignored; `just chaos` runs these with `--ignored`.
 //!
 //! Every reason starts with `needs`, and a missing server is named by its
@@ -23,7 +26,8 @@
 use proc_macro::{TokenStream, TokenTree};
 
 /// Ignores the test it is put on unless the named servers were configured
-/// (`postgres`, `mysql`); `chaos` ignores it always.
+/// (`postgres`, `mysql`) or the browser tools installed (`browser`); `chaos`
+/// ignores it always.
 #[proc_macro_attribute]
 pub fn needs(args: TokenStream, item: TokenStream) -> TokenStream {
     let mut missing = Vec::new();
@@ -32,8 +36,11 @@ pub fn needs(args: TokenStream, item: TokenStream) -> TokenStream {
             TokenTree::Ident(ident) => match ident.to_string().as_str() {
                 "postgres" if !cfg!(postgres_configured) => missing.push("TEST_POSTGRES_URL"),
                 "mysql" if !cfg!(mysql_configured) => missing.push("TEST_MYSQL_URL"),
+                "browser" if !cfg!(browser_configured) => missing.push(
+                    "TEST_BROWSER (chromium, playwright-core and openapi-spec-validator: `just browser-test`)",
+                ),
                 "chaos" => missing.push("`just chaos` (a long fault-injection test)"),
-                "postgres" | "mysql" => {}
+                "postgres" | "mysql" | "browser" => {}
                 other => return error(&format!("needs: unknown requirement `{other}`")),
             },
             TokenTree::Punct(punct) if punct.as_char() == ',' => {}
