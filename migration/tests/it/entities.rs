@@ -2,7 +2,6 @@
 //! committed entities and fails with a readable diff when a migration adds a
 //! column that the entities do not have.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use sea_orm_migration::prelude::*;
@@ -26,22 +25,6 @@ fn justfile_flags() -> Vec<String> {
         .split_whitespace()
         .map(str::to_owned)
         .collect()
-}
-
-fn cli_installed() -> bool {
-    let installed = std::process::Command::new("sea-orm-cli")
-        .arg("--version")
-        .output()
-        .is_ok();
-    if !installed {
-        let _ = writeln!(
-            std::io::stderr(),
-            "note: sea-orm-cli is not installed: the entity drift tests did not run \
-             (cargo install sea-orm-cli@{} --locked)",
-            migration::SEA_ORM_CLI_VERSION
-        );
-    }
-    installed
 }
 
 /// The project's migrations plus one that adds `tasks.priority`.
@@ -94,9 +77,6 @@ async fn check<M: MigratorTrait>(
 #[tokio::test]
 async fn the_committed_entities_are_what_the_migrations_generate() {
     let server = Backend::Postgres.server_settings();
-    if !cli_installed() {
-        return;
-    }
     let (result, report) = check::<migration::Migrator>(&server, migration::Source::Scratch).await;
     assert!(result.is_ok(), "{report}{result:?}");
 }
@@ -105,9 +85,6 @@ async fn the_committed_entities_are_what_the_migrations_generate() {
 #[tokio::test]
 async fn a_new_column_without_regenerated_entities_fails_with_a_diff() {
     let server = Backend::Postgres.server_settings();
-    if !cli_installed() {
-        return;
-    }
     let (result, diff) = check::<DriftMigrator>(&server, migration::Source::Scratch).await;
     let err = result.unwrap_err();
     assert!(err.to_string().contains("run `just entities`"), "{err}");
@@ -120,9 +97,6 @@ async fn a_new_column_without_regenerated_entities_fails_with_a_diff() {
 #[test_support::needs(postgres)]
 #[tokio::test]
 async fn the_entities_match_an_adopted_database() {
-    if !cli_installed() {
-        return;
-    }
     let t = TestDb::new(Backend::Postgres).await;
     original_app::create(&t.db).await;
     crate::support::migrate(&t.settings, &["up"]).await;
