@@ -21,7 +21,7 @@ export DATABASE_URL="$url"
 target/release/tracker db create >&2
 
 # Fresh tables, the scale-1 data, and get_concurrent through the tracker stack.
-concurrent=$(target/release/bench --scale 1 --stack tracker --ops load,get_concurrent |
+concurrent=$(target/release/bench --scale 1 --stack tracker --ops load,get_concurrent --rounds 1 |
     tee /dev/stderr | sed -n 's/.*"op":"get_concurrent".*"ops_per_s":\([0-9.]*\).*/\1/p')
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')

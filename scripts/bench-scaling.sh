@@ -59,7 +59,7 @@ as_postgres pgbouncer -d "$work/pgbouncer.ini"
 cargo build --release -q -p bench
 direct="postgres://postgres@127.0.0.1:$primary_port/tracker"
 # The data, loaded once directly; each configuration then reads it.
-DATABASE_URL="$direct" target/release/bench --scale "$SCALE" --stack tracker --ops load >/dev/null
+DATABASE_URL="$direct" target/release/bench --scale "$SCALE" --stack tracker --ops load --rounds 1 >/dev/null
 for _ in $(seq 100); do
     [ "$(as_postgres "$bin/psql" -h "$work" -p "$replica_port" -U postgres -d tracker -tAc 'SELECT COUNT(*) FROM tasks' 2>/dev/null)" != "" ] && break
     sleep 0.1
@@ -67,7 +67,7 @@ done
 
 run() { # label, then environment assignments
     local label=$1; shift
-    env "$@" target/release/bench --scale "$SCALE" --stack tracker --ops get,get_concurrent --reuse 2>/dev/null |
+    env "$@" target/release/bench --scale "$SCALE" --stack tracker --ops get,get_concurrent --reuse --rounds 1 2>/dev/null |
         sed "s/^{/{\"configuration\": \"$label\", /"
 }
 run direct DATABASE_URL="$direct"

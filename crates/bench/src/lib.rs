@@ -1,17 +1,22 @@
 //! The tracker benchmark: the workload of `shared/bench/WORKLOAD.md`, run by
-//! three stacks against the configured database so their figures can be set
-//! side by side.
+//! several stacks against the configured database so their figures can be
+//! set side by side.
 //!
 //! - `tracker`: this project's public API (db-core settings and sessions,
 //!   `entity`, the `tracker` service), as a user's code calls it;
 //! - `seaorm-defaults`: plain SeaORM, `Database::connect` with default options
 //!   (pool of 16) and the same entity queries;
 //! - `raw`: the same answers with hand-written SQL, sqlx prepared statements
-//!   on the tracker's pool (`COPY` for `load` on PostgreSQL).
+//!   on the tracker's pool (`COPY` for `load` on PostgreSQL);
+//! - `raw-naive`: `raw` with plain `OFFSET` paging, run for `list` only.
 //!
-//! Each stack starts from freshly migrated tables. Every answer is checked, so
-//! a wrong or empty answer fails the run instead of looking fast. [`run`]
-//! writes one JSON object per operation; [`summary`] compares the stacks.
+//! The stacks are interleaved: each round loads every stack's own freshly
+//! migrated database (one per stack, `bench_<stack>` beside the configured
+//! one, when more than one stack runs), then runs each operation on every
+//! stack in turn, with the same ids; every other round reverses the order.
+//! Every answer is checked, so a wrong or empty answer fails the run instead
+//! of looking fast. [`run`] writes one JSON object per operation and round;
+//! [`summary`] gives each ratio's median over the rounds, with its spread.
 
 #![warn(missing_docs)]
 
@@ -22,7 +27,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use db_core::{Db, Settings, backend_name};
+use db_core::{Db, Settings, backend_name, create_database};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sea_orm::{ConnectOptions, Database};
@@ -32,8 +37,8 @@ use stack::Raw;
 pub use stack::Stack;
 use workload::{CONCURRENCY, OPS, PAGE, POOL, Workload, check};
 
-/// The stacks, in the order they run.
-pub const STACKS: [&str; 3] = ["tracker", "seaorm-defaults", "raw"];
+/// The stacks, in the order they run in odd rounds.
+pub const STACKS: [&str; 4] = ["tracker", "seaorm-defaults", "raw", "raw-naive"];
 
 /// What stops a benchmark run.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +89,8 @@ pub struct Options {
     /// Run against the data already loaded at this scale (no fresh tables,
     /// no `load`), e.g. to compare connection setups on the same data.
     pub reuse: bool,
+    /// How many times every operation runs on every stack.
+    pub rounds: usize,
 }
 
 impl Options {
@@ -110,6 +117,9 @@ impl Options {
                 "--reuse skips the load: leave `load` out of --ops".to_owned(),
             ));
         }
+        if self.rounds == 0 {
+            return Err(Error::Usage("--rounds 0: expected at least 1".to_owned()));
+        }
         if !(self.scale > 0.0 && self.scale.is_finite()) {
             return Err(Error::Usage(format!(
                 "--scale {}: expected a number above 0",
@@ -127,6 +137,8 @@ pub struct Record {
     pub stack: String,
     /// The operation.
     pub op: String,
+    /// The round, from 1.
+    pub round: usize,
     /// How many times it ran (rows for `load`).
     pub n: usize,
     /// Wall time.
@@ -142,8 +154,9 @@ pub struct Record {
     pub pool: u32,
 }
 
-/// Runs the benchmark against the database of `settings`, writing one JSON
-/// line per operation to `out` and progress to the log.
+/// Runs the benchmark against the database of `settings` (one database per
+/// stack when several run), writing one JSON line per operation and round to
+/// `out` and progress to the log.
 pub async fn run(
     settings: &Settings,
     options: &Options,
@@ -151,35 +164,78 @@ pub async fn run(
 ) -> Result<Vec<Record>, Error> {
     options.validate()?;
     let w = Workload::new(options.scale);
-    let mut records = Vec::new();
-    for name in STACKS
-        .iter()
-        .filter(|s| options.stacks.iter().any(|o| o == *s))
-    {
-        // Fresh tables for every stack; `load` fills them, reported or not.
-        if !options.reuse {
-            migration::run(
-                settings,
-                &migration::cli::MigrateArgs {
-                    lock_timeout: Duration::from_secs(60),
-                    command: migration::cli::MigrateCommand::Fresh { force: false },
-                },
-                &mut std::io::sink(),
-            )
-            .await?;
+    let names: Vec<&str> = STACKS
+        .into_iter()
+        .filter(|s| options.stacks.iter().any(|o| o == s))
+        .collect();
+    let targets: Vec<Settings> = match names[..] {
+        [_] => vec![settings.clone()],
+        _ => names
+            .iter()
+            .map(|name| on_own_database(settings, name))
+            .collect(),
+    };
+    if !options.reuse && targets.len() > 1 {
+        for target in &targets {
+            create_database(target).await?;
         }
-        let (stack, tracker_db) = open(name, settings).await?;
-        let result = run_stack(&stack, &w, options, out, &mut records).await;
-        stack.close().await;
-        if let Some(db) = tracker_db {
-            db.close().await;
+    }
+    let mut records = Vec::new();
+    for round in 1..=options.rounds {
+        let mut order: Vec<usize> = (0..names.len()).collect();
+        if round.is_multiple_of(2) {
+            order.reverse();
+        }
+        let mut stacks = Vec::new();
+        let mut result = Ok(());
+        for &i in &order {
+            match open(names[i], &targets[i]).await {
+                Ok(opened) => stacks.push(opened),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if result.is_ok() {
+            let mut round = Round {
+                w: &w,
+                options,
+                number: round,
+                out: &mut *out,
+                records: &mut records,
+            };
+            result = round.run(&stacks, &targets, &order).await;
+        }
+        for (stack, db) in stacks {
+            stack.close().await;
+            if let Some(db) = db {
+                db.close().await;
+            }
         }
         result?;
     }
     Ok(records)
 }
 
-/// Connects a stack; the raw stack borrows the tracker's pools, whose `Db`
+/// `settings` on the stack's own database, `bench_<stack>` on the same server.
+pub fn on_own_database(settings: &Settings, stack: &str) -> Settings {
+    let name = format!("bench_{}", stack.replace('-', "_"));
+    let mut own = settings.clone();
+    own.url = settings.url.with_database(&name);
+    own.migration_url = settings
+        .migration_url
+        .as_ref()
+        .map(|u| u.with_database(&name));
+    own.replicas = settings
+        .replicas
+        .iter()
+        .map(|u| u.with_database(&name))
+        .collect();
+    own
+}
+
+/// Connects a stack; the raw stacks borrow the tracker's pools, whose `Db`
 /// is returned to be closed afterwards.
 async fn open(name: &str, settings: &Settings) -> Result<(Stack, Option<Db>), Error> {
     let mut tuned = settings.clone();
@@ -189,9 +245,15 @@ async fn open(name: &str, settings: &Settings) -> Result<(Stack, Option<Db>), Er
             Stack::Tracker(tracker::Tracker::new(Db::connect(&tuned).await?)),
             None,
         )),
-        "raw" => {
+        "raw" | "raw-naive" => {
             let db = Db::connect(&tuned).await?;
-            Ok((Stack::Raw(Raw::of(&db)), Some(db)))
+            let raw = Raw::of(&db);
+            let stack = if name == "raw" {
+                Stack::Raw(raw)
+            } else {
+                Stack::RawNaive(raw)
+            };
+            Ok((stack, Some(db)))
         }
         _ => {
             let mut options = ConnectOptions::new(settings.url.expose());
@@ -201,22 +263,57 @@ async fn open(name: &str, settings: &Settings) -> Result<(Stack, Option<Db>), Er
     }
 }
 
-async fn run_stack(
-    stack: &Stack,
-    w: &Workload,
-    options: &Options,
-    out: &mut impl Write,
-    records: &mut Vec<Record>,
-) -> Result<(), Error> {
-    let backend = backend_name(settings_backend(stack));
-    let mut rng = StdRng::seed_from_u64(options.seed);
-    for op in OPS {
-        let reported = options.ops.iter().any(|o| o == op);
-        if !reported && (op != "load" || options.reuse) {
-            continue;
+/// One round: every stack's load, then each operation on every stack.
+struct Round<'a, W> {
+    w: &'a Workload,
+    options: &'a Options,
+    number: usize,
+    out: &'a mut W,
+    records: &'a mut Vec<Record>,
+}
+
+impl<W: Write> Round<'_, W> {
+    async fn run(
+        &mut self,
+        stacks: &[(Stack, Option<Db>)],
+        targets: &[Settings],
+        order: &[usize],
+    ) -> Result<(), Error> {
+        for ((stack, _), &i) in stacks.iter().zip(order) {
+            if self.options.reuse {
+                continue;
+            }
+            migration::run(
+                &targets[i],
+                &migration::cli::MigrateArgs {
+                    lock_timeout: Duration::from_secs(60),
+                    command: migration::cli::MigrateCommand::Fresh { force: false },
+                },
+                &mut std::io::sink(),
+            )
+            .await?;
+            // `load` fills the tables, reported or not.
+            self.time(stack, "load").await?;
         }
-        let n = w.n(op);
-        tracing::info!(stack = stack.name(), op, n, "running");
+        for op in OPS.into_iter().filter(|op| *op != "load") {
+            if !self.options.ops.iter().any(|o| o == op) {
+                continue;
+            }
+            for (stack, _) in stacks.iter().filter(|(s, _)| s.runs(op)) {
+                self.time(stack, op).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `op` on `stack` and records its time, if `op` is reported.
+    async fn time(&mut self, stack: &Stack, op: &'static str) -> Result<(), Error> {
+        let (w, n) = (self.w, self.w.n(op));
+        // The same ids for every stack in a round; other ids in other rounds.
+        let op_index = OPS.iter().position(|o| *o == op).unwrap_or_default() as u64;
+        let seed = self.options.seed ^ ((self.number as u64) << 32) ^ op_index;
+        let mut rng = StdRng::seed_from_u64(seed);
+        tracing::info!(stack = stack.name(), op, n, round = self.number, "running");
         let start = Instant::now();
         match op {
             "load" => stack.load(w).await?,
@@ -279,37 +376,40 @@ async fn run_stack(
             _ => unreachable!("validated"),
         }
         let secs = start.elapsed().as_secs_f64();
-        if !reported {
-            continue;
+        if !self.options.ops.iter().any(|o| o == op) {
+            return Ok(());
         }
         let record = Record {
             stack: stack.name().to_owned(),
             op: op.to_owned(),
+            round: self.number,
             n,
             secs: (secs * 1000.0).round() / 1000.0,
             ops_per_s: (n as f64 / secs * 10.0).round() / 10.0,
-            backend,
+            backend: backend_name(settings_backend(stack)),
             concurrency: (op == "get_concurrent").then_some(CONCURRENCY),
             pool: POOL,
         };
         writeln!(
-            out,
+            self.out,
             "{}",
             serde_json::to_string(&record).map_err(std::io::Error::other)?
         )?;
-        out.flush()?;
-        records.push(record);
+        self.out.flush()?;
+        self.records.push(record);
+        Ok(())
     }
-    Ok(())
 }
 
 fn settings_backend(stack: &Stack) -> sea_orm::DbBackend {
     match stack {
         Stack::Tracker(t) => t.db().backend(),
         Stack::SeaOrm(db) => db.get_database_backend(),
-        Stack::Raw(Raw::Postgres(..)) => sea_orm::DbBackend::Postgres,
-        Stack::Raw(Raw::MySql(_)) => sea_orm::DbBackend::MySql,
-        Stack::Raw(Raw::Sqlite(..)) => sea_orm::DbBackend::Sqlite,
+        Stack::Raw(raw) | Stack::RawNaive(raw) => match raw {
+            Raw::Postgres(..) => sea_orm::DbBackend::Postgres,
+            Raw::MySql(_) => sea_orm::DbBackend::MySql,
+            Raw::Sqlite(..) => sea_orm::DbBackend::Sqlite,
+        },
     }
 }
 
@@ -353,45 +453,77 @@ fn stack_handle(stack: &Stack) -> Stack {
         Stack::Tracker(t) => Stack::Tracker(t.clone()),
         Stack::SeaOrm(db) => Stack::SeaOrm(db.clone()),
         Stack::Raw(raw) => Stack::Raw(raw.clone()),
+        Stack::RawNaive(raw) => Stack::RawNaive(raw.clone()),
     }
 }
 
-/// A table on standard error: each op's ops/s per stack, and the ratios
-/// tracker/raw and tracker/seaorm-defaults.
+/// A table on standard error: each op's median ops/s per stack over the
+/// rounds, and the ratios of the tracker to the others, each the median of
+/// the rounds' ratios with its smallest and largest.
 pub fn summary(records: &[Record]) -> String {
-    let find = |stack: &str, op: &str| {
+    let rounds = records.iter().map(|r| r.round).max().unwrap_or(0);
+    let of = |stack: &str, op: &str| -> Vec<(usize, f64)> {
         records
             .iter()
-            .find(|r| r.stack == stack && r.op == op)
-            .map(|r| r.ops_per_s)
+            .filter(|r| r.stack == stack && r.op == op)
+            .map(|r| (r.round, r.ops_per_s))
+            .collect()
     };
-    let cell = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
-    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
-        _ => "-".to_owned(),
+    let cell = |stack: &str, op: &str| {
+        let values: Vec<f64> = of(stack, op).into_iter().map(|(_, v)| v).collect();
+        median(values).map_or_else(|| "-".to_owned(), |(m, _, _)| format!("{m:.1}"))
+    };
+    let ratio = |op: &str, other: &str| {
+        let other = of(other, op);
+        let ratios = of("tracker", op).into_iter().filter_map(|(round, t)| {
+            let (_, o) = other.iter().find(|(r, _)| *r == round)?;
+            (*o > 0.0).then(|| t / o)
+        });
+        median(ratios.collect()).map_or_else(
+            || "-".to_owned(),
+            |(m, lo, hi)| format!("{m:.2} ({lo:.2}-{hi:.2})"),
+        )
     };
     let mut text = format!(
-        "{:<15} {:>12} {:>16} {:>12} {:>14} {:>26}\n",
-        "op", "tracker", "seaorm-defaults", "raw", "tracker/raw", "tracker/seaorm-defaults"
+        "ops/s: median of {rounds} round(s); ratios: median (min-max) of the rounds' ratios\n\
+         {:<15} {:>10} {:>16} {:>10} {:>10} {:>19} {:>26} {:>19}\n",
+        "op",
+        "tracker",
+        "seaorm-defaults",
+        "raw",
+        "raw-naive",
+        "tracker/raw",
+        "tracker/seaorm-defaults",
+        "tracker/raw-naive"
     );
     for op in OPS {
         if !records.iter().any(|r| r.op == op) {
             continue;
         }
-        let (t, s, r) = (
-            find("tracker", op),
-            find("seaorm-defaults", op),
-            find("raw", op),
-        );
         text.push_str(&format!(
-            "{:<15} {:>12} {:>16} {:>12} {:>14} {:>26}\n",
+            "{:<15} {:>10} {:>16} {:>10} {:>10} {:>19} {:>26} {:>19}\n",
             op,
-            cell(t),
-            cell(s),
-            cell(r),
-            ratio(t, r),
-            ratio(t, s)
+            cell("tracker", op),
+            cell("seaorm-defaults", op),
+            cell("raw", op),
+            cell("raw-naive", op),
+            ratio(op, "raw"),
+            ratio(op, "seaorm-defaults"),
+            ratio(op, "raw-naive"),
         ));
     }
     text
+}
+
+/// The median, smallest and largest of `values` (`None` if empty).
+fn median(mut values: Vec<f64>) -> Option<(f64, f64, f64)> {
+    values.sort_by(f64::total_cmp);
+    let (lo, hi) = (*values.first()?, *values.last()?);
+    let mid = values.len() / 2;
+    let median = if values.len().is_multiple_of(2) {
+        (values[mid - 1] + values[mid]) / 2.0
+    } else {
+        values[mid]
+    };
+    Some((median, lo, hi))
 }

@@ -20,7 +20,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(
     name = "bench",
-    about = "The tracker benchmark workload, three stacks side by side"
+    about = "The tracker benchmark workload, the stacks interleaved side by side"
 )]
 struct Cli {
     /// Data set size and operation counts; 1 = 1,000 employees, 100,000 tasks.
@@ -38,6 +38,9 @@ struct Cli {
     /// Use the data already loaded at this scale: no fresh tables, no load.
     #[arg(long)]
     reuse: bool,
+    /// Rounds: every op runs this many times on every stack, interleaved.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 fn main() -> ExitCode {
@@ -71,6 +74,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         stacks: cli.stacks,
         seed: cli.seed,
         reuse: cli.reuse,
+        rounds: cli.rounds,
     };
     tracing::info!(target = %settings.url.target(), scale = options.scale, "benchmark");
     let records = bench::run(&settings, &options, &mut std::io::stdout().lock()).await?;

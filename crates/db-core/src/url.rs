@@ -5,7 +5,9 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use percent_encoding::{NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use percent_encoding::{
+    AsciiSet, CONTROLS, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode,
+};
 use sea_orm::DbBackend;
 use sea_orm::sqlx::mysql::MySqlConnectOptions;
 use sea_orm::sqlx::postgres::PgConnectOptions;
@@ -19,6 +21,10 @@ use crate::error::{Error, Result, scrub};
 pub(crate) fn encode(part: &str) -> String {
     utf8_percent_encode(part, NON_ALPHANUMERIC).to_string()
 }
+
+/// What a SQLite file name must not carry unencoded in a URL: it would end
+/// the path, start a parameter or name another folder.
+const SQLITE_FILE_NAME: &AsciiSet = &CONTROLS.add(b' ').add(b'#').add(b'%').add(b'/').add(b'?');
 
 /// The URL parameters sqlx's PostgreSQL parser understands.
 const POSTGRES_PARAMETERS: &[&str] = &[
@@ -216,8 +222,29 @@ impl DatabaseUrl {
     }
 
     /// The same server and credentials with another database (for creating
-    /// and dropping databases, and for per-test databases).
+    /// and dropping databases, and for per-test databases). On SQLite, the
+    /// file `{database}.db` in the same folder (an in-memory database stays
+    /// as it is).
     pub fn with_database(&self, database: &str) -> Self {
+        if self.backend == DbBackend::Sqlite {
+            let url = self.expose();
+            let (path, query) = url
+                .split_once('?')
+                .map_or((url, None), |(p, q)| (p, Some(q)));
+            if path.contains(":memory:") {
+                return self.clone();
+            }
+            let folder = path.rfind('/').map_or("sqlite:".len(), |i| i + 1);
+            let name = utf8_percent_encode(database, SQLITE_FILE_NAME);
+            let mut sibling = format!("{}{name}.db", &path[..folder]);
+            if let Some(query) = query {
+                sibling = format!("{sibling}?{query}");
+            }
+            return DatabaseUrl {
+                url: SecretString::from(sibling),
+                backend: self.backend,
+            };
+        }
         let mut url = match url::Url::parse(self.expose()) {
             Ok(url) => url,
             Err(_) => return self.clone(),

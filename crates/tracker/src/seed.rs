@@ -9,7 +9,10 @@ use crate::service::{EmployeeInput, Page, TaskInput, Tracker};
 /// already. Returns how many employees and tasks it created.
 pub async fn seed(tracker: &Tracker) -> Result<(usize, usize)> {
     if !tracker
-        .list_employees(Page { skip: 0, limit: 1 })
+        .list_employees(Page {
+            limit: 1,
+            ..Page::default()
+        })
         .await?
         .is_empty()
     {

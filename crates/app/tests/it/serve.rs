@@ -296,8 +296,8 @@ async fn sigterm_under_load_answers_what_it_accepted_and_exits_0() {
     let tracker = tracker::Tracker::new(db);
     let stored = tracker
         .list_employees(tracker::Page {
-            skip: 0,
             limit: 1_000_000,
+            ..tracker::Page::default()
         })
         .await
         .unwrap()

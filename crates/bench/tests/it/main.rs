@@ -12,6 +12,7 @@ fn options(scale: f64) -> Options {
         stacks: STACKS.map(String::from).to_vec(),
         seed: 7,
         reuse: false,
+        rounds: 2,
     }
 }
 
@@ -19,7 +20,8 @@ test_support::backend_tests! {
     async fn every_stack_answers_every_op_correctly(t: TestDb) {
         let mut out = Vec::new();
         let records = bench::run(&t.settings, &options(0.002), &mut out).await.unwrap();
-        assert_eq!(records.len(), OPS.len() * STACKS.len());
+        // raw-naive runs load and list only.
+        assert_eq!(records.len(), 2 * (OPS.len() * (STACKS.len() - 1) + 2));
         let lines: Vec<serde_json::Value> = String::from_utf8(out)
             .unwrap()
             .lines()
@@ -35,8 +37,28 @@ test_support::backend_tests! {
         }
         let load = &records[0];
         assert_eq!((load.op.as_str(), load.n), ("load", 2 + 200));
+        // Interleaved: each op on every stack in turn, in reverse order in round 2.
+        let order = |round: usize, op: &str| -> Vec<&str> {
+            records.iter().filter(|r| r.round == round && r.op == op).map(|r| r.stack.as_str()).collect()
+        };
+        assert_eq!(order(1, "list"), ["tracker", "seaorm-defaults", "raw", "raw-naive"]);
+        assert_eq!(order(2, "list"), ["raw-naive", "raw", "seaorm-defaults", "tracker"]);
+        assert_eq!(order(2, "get"), ["raw", "seaorm-defaults", "tracker"]);
+        // Each stack had its own database, each freshly loaded in each round.
+        for stack in ["tracker", "raw"] {
+            let settings = bench::on_own_database(&t.settings, stack);
+            let db = db_core::Db::connect(&settings).await.unwrap();
+            let tracker = tracker::Tracker::new(db.clone());
+            let tasks = tracker.list_tasks(tracker::Page { limit: 1000, ..Default::default() }).await.unwrap();
+            // The load's 200 tasks and the last round's creates, no more.
+            assert_eq!(tasks.len(), 200 + bench::workload::Workload::new(0.002).n("create"), "{stack}");
+            db.close().await;
+        }
         let summary = bench::summary(&records);
-        assert!(summary.lines().count() == OPS.len() + 1, "{summary}");
+        assert!(summary.lines().count() == OPS.len() + 2, "{summary}");
+        let list = summary.lines().find(|l| l.starts_with("list")).unwrap();
+        // The op, four ops/s, three ratios with their spread.
+        assert_eq!(list.split_whitespace().count(), 1 + 4 + 3 * 2, "{summary}");
     }
 }
 

@@ -211,3 +211,16 @@ proptest! {
         prop_assert_eq!(shown.password(), expected);
     }
 }
+
+#[test]
+fn another_sqlite_database_is_a_file_beside_the_first() {
+    let url = DatabaseUrl::sqlite_file("/srv/data/tracker.db");
+    assert_eq!(
+        url.with_database("bench_raw").redacted(),
+        "sqlite:///srv/data/bench_raw.db?mode=rwc"
+    );
+    let relative = DatabaseUrl::parse("sqlite:tracker.db", "DATABASE_URL").unwrap();
+    assert_eq!(relative.with_database("b").redacted(), "sqlite:b.db");
+    let memory = DatabaseUrl::parse("sqlite::memory:", "DATABASE_URL").unwrap();
+    assert_eq!(memory.with_database("b").redacted(), "sqlite::memory:");
+}

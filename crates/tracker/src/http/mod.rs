@@ -5,11 +5,11 @@
 //! | route | answer |
 //! | --- | --- |
 //! | `POST /employees/` | the employee, with `"tasks": []` |
-//! | `GET /employees/?skip&limit` | a page of employees |
+//! | `GET /employees/?skip&limit&after_id` | a page of employees |
 //! | `GET`, `PUT`, `DELETE /employees/{id}/` | the employee |
 //! | `GET /employees/{id}/tasks/` | the employee's tasks |
 //! | `POST /tasks/` | the task |
-//! | `GET /tasks/?skip&limit` | a page of tasks |
+//! | `GET /tasks/?skip&limit&after_id` | a page of tasks |
 //! | `GET`, `PUT`, `DELETE /tasks/{id}/` | the task (DELETE removes its subtasks too) |
 //! | `GET /tasks/{id}/subtree/` | every descendant of the task |
 //! | `GET /health` | the process is up |

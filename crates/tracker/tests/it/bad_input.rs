@@ -74,6 +74,20 @@ fn cases() -> Vec<Case> {
         ),
         (
             "GET",
+            "/tasks/?after_id=2147483648",
+            None,
+            422,
+            loc(&["query", "after_id"]),
+        ),
+        (
+            "GET",
+            "/tasks/?after_id=x",
+            None,
+            422,
+            loc(&["query", "after_id"]),
+        ),
+        (
+            "GET",
             "/employees/?skip=99999999999999999999",
             None,
             422,

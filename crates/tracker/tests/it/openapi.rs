@@ -107,7 +107,8 @@ async fn the_document_has_the_originals_paths_parameters_and_schemas() {
             page,
             [
                 (json!("skip"), json!("query"), json!(0)),
-                (json!("limit"), json!("query"), json!(100))
+                (json!("limit"), json!("query"), json!(100)),
+                (json!("after_id"), json!("query"), Value::Null)
             ]
         );
     }

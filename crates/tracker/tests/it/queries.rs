@@ -2,7 +2,8 @@
 
 use db_core::Db;
 use migration::{Migrator, MigratorTrait};
-use test_support::TestDb;
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use test_support::{Backend, TestDb};
 use tracker::{EmployeeInput, Page, TaskInput, Tracker};
 
 /// Runs `work` and returns how many statements it executed on `db`.
@@ -57,7 +58,7 @@ test_support::backend_tests! {
         let tracker = Tracker::new(t.db.clone());
         let employees = tree(&tracker).await;
 
-        let (page, n) = statements(&t.db, tracker.list_tasks_with_assignees(Page { skip: 0, limit: 100 })).await;
+        let (page, n) = statements(&t.db, tracker.list_tasks_with_assignees(Page::default())).await;
         let page = page.unwrap();
         assert_eq!(page.len(), 13);
         assert_eq!(n, 2, "a page of tasks with assignees took {n} statements");
@@ -120,8 +121,8 @@ test_support::backend_tests! {
             })
             .collect();
         tracker.import(&employees, &tasks).await.unwrap();
-        assert_eq!(tracker.list_employees(Page { skip: 0, limit: 100 }).await.unwrap(), employees);
-        assert_eq!(tracker.list_tasks(Page { skip: 0, limit: 100 }).await.unwrap(), tasks);
+        assert_eq!(tracker.list_employees(Page::default()).await.unwrap(), employees);
+        assert_eq!(tracker.list_tasks(Page::default()).await.unwrap(), tasks);
         let next = tracker
             .create_task(TaskInput { title: "after".into(), status: "todo".into(), parent_id: None, assignee_id: None, deadline: None })
             .await
@@ -133,4 +134,106 @@ test_support::backend_tests! {
             .unwrap();
         assert!(next.id > 16, "the id counter was not moved: {}", next.id);
     }
+}
+
+test_support::backend_tests! {
+    /// Every way to ask for a page answers what OFFSET over the whole list
+    /// answers: with gaps in the ids, past the end, and after an id that is
+    /// not there.
+    async fn pages_from_any_start_are_the_offset_pages(t: TestDb) {
+        Migrator::up(t.db.conn(), None).await.unwrap();
+        let tracker = Tracker::new(t.db.clone());
+        tree(&tracker).await;
+        // Leaves, so the ids get gaps: 1-3, 5-7, 9-11 are left.
+        for id in [4, 8, 12, 13] {
+            tracker.delete_task(id).await.unwrap();
+        }
+        let all = tracker.list_tasks(Page { limit: 1000, ..Page::default() }).await.unwrap();
+        let ids: Vec<i32> = all.iter().map(|t| t.id).collect();
+        assert_eq!(ids, [1, 2, 3, 5, 6, 7, 9, 10, 11]);
+        for after_id in [None, Some(0), Some(1), Some(4), Some(10), Some(11), Some(13), Some(i32::MAX)] {
+            let rest: Vec<_> = all.iter().filter(|t| after_id.is_none_or(|a| t.id > a)).collect();
+            for skip in 0..=rest.len() as u64 + 1 {
+                for limit in [0, 1, 3, 1000] {
+                    let page = Page { skip, limit, after_id };
+                    let expected: Vec<_> = rest.iter().skip(skip as usize).take(limit as usize).map(|t| (*t).clone()).collect();
+                    assert_eq!(tracker.list_tasks(page).await.unwrap(), expected, "{page:?}");
+                }
+            }
+        }
+        let employees = tracker.list_employees(Page::default()).await.unwrap();
+        let page = Page { skip: 1, limit: 2, after_id: Some(employees[0].id) };
+        assert_eq!(tracker.list_employees(page).await.unwrap(), employees[2..4]);
+    }
+}
+
+/// Heap rows of `tasks` read so far (sequential scans, and fetches through
+/// an index), as PostgreSQL's statistics count them. `db` has a single
+/// connection, so the statistics it flushes are those of every query before.
+async fn task_rows_read(db: &Db) -> i64 {
+    let flush = db.read().await.unwrap();
+    flush
+        .execute_unprepared("SELECT pg_stat_force_next_flush()")
+        .await
+        .unwrap();
+    flush.commit().await.unwrap();
+    let read = db.read().await.unwrap();
+    let row = read
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT (COALESCE(seq_tup_read, 0) + COALESCE(idx_tup_fetch, 0))::int8 AS n \
+             FROM pg_stat_user_tables WHERE relname = 'tasks'",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    read.commit().await.unwrap();
+    row.try_get("", "n").unwrap()
+}
+
+/// A deep page reads its own rows and no others: after an import (which
+/// vacuums, so the visibility map is set), the skipped rows are counted on
+/// the primary key alone.
+#[test_support::needs(postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deep_page_reads_only_its_own_rows() {
+    let t = TestDb::new(Backend::Postgres).await;
+    Migrator::up(t.db.conn(), None).await.unwrap();
+    let mut settings = t.settings.clone();
+    settings.min_connections = 1;
+    settings.max_connections = 1;
+    let db = Db::connect(&settings).await.unwrap();
+    let tracker = Tracker::new(db.clone());
+    let employees = [tracker::Employee {
+        id: 1,
+        full_name: "Ann".into(),
+        position: "dev".into(),
+    }];
+    let tasks: Vec<tracker::Task> = (1..=5000)
+        .map(|id| tracker::Task {
+            id,
+            title: format!("t{id}"),
+            parent_id: None,
+            assignee_id: Some(1),
+            deadline: None,
+            status: "todo".into(),
+        })
+        .collect();
+    tracker.import(&employees, &tasks).await.unwrap();
+
+    let before = task_rows_read(&db).await;
+    let page = Page {
+        skip: 4000,
+        limit: 10,
+        after_id: None,
+    };
+    let rows = tracker.list_tasks_with_assignees(page).await.unwrap();
+    let read = task_rows_read(&db).await - before;
+    let ids: Vec<i32> = rows.iter().map(|(task, _)| task.id).collect();
+    assert_eq!(ids, (4001..=4010).collect::<Vec<_>>());
+    assert!(
+        read <= 11,
+        "{read} task rows read for a page of 10 after 4000"
+    );
+    db.close().await;
 }

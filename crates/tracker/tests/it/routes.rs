@@ -53,6 +53,10 @@ test_support::backend_tests! {
         let root = json!({"title": "root", "parent_id": null, "assignee_id": null, "deadline": null, "status": "todo", "id": 1});
         assert_eq!(s.get("/tasks/").await, (200, json!([&root, &child, &grandchild])));
         assert_eq!(s.get("/tasks/?skip=2").await, (200, json!([&grandchild])));
+        // Keyset paging, an addition: the rows after an id, `skip` counted from there.
+        assert_eq!(s.get("/tasks/?after_id=1&limit=1").await, (200, json!([&child])));
+        assert_eq!(s.get("/tasks/?after_id=1&skip=1").await, (200, json!([&grandchild])));
+        assert_eq!(s.get("/employees/?after_id=2").await, (200, json!([])));
         assert_eq!(s.get("/tasks/2/").await, (200, child.clone()));
         assert_eq!(s.get("/tasks/1/subtree/").await, (200, json!([&child, &grandchild])));
         assert_eq!(s.get("/employees/2/tasks/").await, (200, json!([&child])));
