@@ -71,6 +71,10 @@ chaos:
     cargo test --workspace -- chaos --ignored --test-threads=1
     PROPTEST_CASES=100000 cargo test -p db-core -- properties any_parts
 
+# Cost as data grows: scales 0.1, 1 and 10 on PostgreSQL (SCALES="0.1 1" for fewer); writes docs/bench-scale.png and the table in docs/performance.md.
+bench-scale:
+    BENCH_DATABASE_URL="{{BENCH_DATABASE_URL}}" scripts/bench-scale.sh
+
 # get/get_concurrent on a private PostgreSQL: direct, through PgBouncer, and with a streaming replica.
 bench-scaling:
     SCALE="{{SCALE}}" scripts/bench-scaling.sh

@@ -139,6 +139,8 @@ pub struct Record {
     pub op: String,
     /// The round, from 1.
     pub round: usize,
+    /// The data set's scale.
+    pub scale: f64,
     /// How many times it ran (rows for `load`).
     pub n: usize,
     /// Wall time.
@@ -383,6 +385,7 @@ impl<W: Write> Round<'_, W> {
             stack: stack.name().to_owned(),
             op: op.to_owned(),
             round: self.number,
+            scale: self.options.scale,
             n,
             secs: (secs * 1000.0).round() / 1000.0,
             ops_per_s: (n as f64 / secs * 10.0).round() / 10.0,
