@@ -159,6 +159,8 @@ fn plot(png: &str, latency: &Series, memory: &Series) -> anyhow::Result<()> {
         .x_desc("tasks")
         .y_desc("ms per op")
         .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| format!("{v:.2}"))
+        .light_line_style(WHITE)
         .draw()?;
     for (i, (label, points)) in latency.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
