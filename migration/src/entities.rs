@@ -176,11 +176,12 @@ fn check_cli_version() -> Result<(), Error> {
 /// Runs the generator. The URL goes in through the environment, not the
 /// command line, where other users could read the password.
 fn run_cli(settings: &Settings, out: &Path, flags: &[String]) -> Result<(), Error> {
+    let (variable, url) = settings.url.child_env();
     let output = Command::new("sea-orm-cli")
         .args(["generate", "entity", "--output-dir"])
         .arg(out)
         .args(flags)
-        .env("DATABASE_URL", settings.url.expose())
+        .env(variable, url)
         .output()?;
     if !output.status.success() {
         return Err(Error::Entities(format!(

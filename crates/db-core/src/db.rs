@@ -153,14 +153,19 @@ impl Db {
         })
     }
 
-    /// The pool for writes, as a SeaORM connection: every statement runs on
-    /// its own. Prefer sessions for units of work.
+    /// The pool for writes, as a SeaORM connection. The escape hatch for
+    /// reference code that measures raw driver calls against this crate (the
+    /// bench's `raw` stack); nothing else in the workspace uses it. It
+    /// bypasses what sessions guarantee (transaction-pooler set-up, replica
+    /// routing, rollback on drop): use [`Db::begin`], [`Db::read`] or
+    /// [`Db::session`] instead.
     pub fn conn(&self) -> &DatabaseConnection {
         &self.inner.pools.write
     }
 
     /// The pool for reads (a separate read-only pool on SQLite; the write pool
-    /// elsewhere).
+    /// elsewhere). The same escape hatch as [`Db::conn`], for the same
+    /// reference code only.
     pub fn reader(&self) -> &DatabaseConnection {
         &self.inner.pools.read
     }

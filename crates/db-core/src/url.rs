@@ -1,6 +1,7 @@
 //! Connection URLs: built from parts with percent-encoding, parsed and checked
 //! with the drivers' own parsers, displayed only with the password redacted.
 
+use std::ffi::OsString;
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -303,9 +304,21 @@ impl DatabaseUrl {
         self.backend
     }
 
-    /// The URL with its password. Only the code that builds connect options calls it.
+    /// The URL with its password: the escape hatch for reference code that
+    /// connects without this crate (the bench's `seaorm-defaults` stack).
+    /// Inside this crate it feeds the drivers' option parsers; nothing else
+    /// in the workspace calls it. To start a child process on this database,
+    /// use [`child_env`](Self::child_env).
     pub fn expose(&self) -> &str {
         self.url.expose_secret()
+    }
+
+    /// The environment variable that hands this URL to a child process
+    /// (`sea-orm-cli`, or one of the workspace's binaries), as a name and a
+    /// value for `Command::env`. The value is an `OsString`, which has no
+    /// `Display`: the password goes into the child's environment, not into text.
+    pub fn child_env(&self) -> (&'static str, OsString) {
+        ("DATABASE_URL", OsString::from(self.expose()))
     }
 
     /// The decoded password, if the URL has one.

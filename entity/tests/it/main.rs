@@ -2,23 +2,26 @@
 
 use entity::links::{TaskToParent, TaskToSubtasks};
 use entity::{employees, tasks};
-use migration::{Migrator, MigratorTrait};
 use sea_orm::{ActiveModelTrait, EntityTrait, ModelTrait, QueryOrder, Set};
 use test_support::TestDb;
 
 async fn employee(t: &TestDb, name: &str) -> employees::Model {
-    employees::ActiveModel {
+    let tx = t.db.begin().await.unwrap();
+    let model = employees::ActiveModel {
         full_name: Set(name.to_owned()),
         position: Set("dev".to_owned()),
         ..Default::default()
     }
-    .insert(t.db.conn())
+    .insert(&tx)
     .await
-    .unwrap()
+    .unwrap();
+    tx.commit().await.unwrap();
+    model
 }
 
 async fn task(t: &TestDb, title: &str, parent: Option<i32>, assignee: Option<i32>) -> tasks::Model {
-    tasks::ActiveModel {
+    let tx = t.db.begin().await.unwrap();
+    let model = tasks::ActiveModel {
         title: Set(title.to_owned()),
         parent_id: Set(parent),
         assignee_id: Set(assignee),
@@ -28,24 +31,27 @@ async fn task(t: &TestDb, title: &str, parent: Option<i32>, assignee: Option<i32
         status: Set("todo".to_owned()),
         ..Default::default()
     }
-    .insert(t.db.conn())
+    .insert(&tx)
     .await
-    .unwrap()
+    .unwrap();
+    tx.commit().await.unwrap();
+    model
 }
 
 test_support::backend_tests! {
     async fn every_relation_resolves(t: TestDb) {
-        Migrator::up(t.db.conn(), None).await.unwrap();
+        migration::up(&t.settings, std::time::Duration::from_secs(60)).await.unwrap();
         let ann = employee(&t, "Ann").await;
         let root = task(&t, "root", None, Some(ann.id)).await;
         let child = task(&t, "child", Some(root.id), None).await;
         let sibling = task(&t, "sibling", Some(root.id), Some(ann.id)).await;
         assert_eq!(child.deadline.unwrap().to_string(), "2026-01-31");
+        let read = t.db.read().await.unwrap();
 
         // task → assignee
         let (found, assignee) = tasks::Entity::find_by_id(root.id)
             .find_also_related(employees::Entity)
-            .one(t.db.conn())
+            .one(&read)
             .await
             .unwrap()
             .unwrap();
@@ -53,20 +59,20 @@ test_support::backend_tests! {
         assert_eq!(assignee, Some(ann.clone()));
 
         // employee → tasks
-        let mut theirs = ann.find_related(tasks::Entity).all(t.db.conn()).await.unwrap();
+        let mut theirs = ann.find_related(tasks::Entity).all(&read).await.unwrap();
         theirs.sort_by_key(|t| t.id);
         assert_eq!(theirs, [root.clone(), sibling.clone()]);
 
         // task → parent
-        let parents = child.find_linked(TaskToParent).all(t.db.conn()).await.unwrap();
+        let parents = child.find_linked(TaskToParent).all(&read).await.unwrap();
         assert_eq!(parents, std::slice::from_ref(&root));
-        assert!(root.find_linked(TaskToParent).all(t.db.conn()).await.unwrap().is_empty());
+        assert!(root.find_linked(TaskToParent).all(&read).await.unwrap().is_empty());
 
         // task → subtasks
         let subtasks = root
             .find_linked(TaskToSubtasks)
             .order_by_asc(tasks::Column::Id)
-            .all(t.db.conn())
+            .all(&read)
             .await
             .unwrap();
         assert_eq!(subtasks, [child, sibling]);

@@ -19,7 +19,7 @@ fn concurrent_up(settings: &Settings, n: usize) {
             Command::new(env!("CARGO_BIN_EXE_migration"))
                 .arg("up")
                 .env_clear()
-                .env("DATABASE_URL", settings.url.expose())
+                .envs([settings.url.child_env()])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -165,7 +165,7 @@ async fn chaos_a_killed_migrator_leaves_a_state_the_next_one_completes() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_migration"))
         .arg("up")
         .env_clear()
-        .env("DATABASE_URL", t.settings.url.expose())
+        .envs([t.settings.url.child_env()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -194,7 +194,7 @@ async fn chaos_a_killed_migrator_leaves_a_state_the_next_one_completes() {
     let output = Command::new(env!("CARGO_BIN_EXE_migration"))
         .arg("up")
         .env_clear()
-        .env("DATABASE_URL", t.settings.url.expose())
+        .envs([t.settings.url.child_env()])
         .output()
         .unwrap();
     assert!(

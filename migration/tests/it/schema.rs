@@ -64,8 +64,9 @@ test_support::backend_tests! {
         exec(&t.db, "DELETE FROM tasks WHERE id = 1").await;
         assert_eq!(strings(&t.db, "SELECT title FROM tasks ORDER BY id").await, ["other"]);
         // Unknown references are refused.
+        let session = t.db.session(db_core::SessionOptions::single_statement()).await.unwrap();
         let err = sea_orm::ConnectionTrait::execute_unprepared(
-            t.db.conn(),
+            &session,
             "INSERT INTO tasks (title, parent_id, status) VALUES ('orphan', 999, 'todo')",
         )
         .await

@@ -2,7 +2,7 @@
 //! scalar, list tables.
 
 use clap::Parser;
-use db_core::{Db, Settings};
+use db_core::{Db, Session, SessionOptions, Settings};
 use migration::cli::MigrateArgs;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use sea_orm_migration::MigratorTrait;
@@ -51,9 +51,17 @@ pub async fn tables(db: &Db) -> Vec<String> {
     strings(db, sql).await
 }
 
+/// A read-only session that sees the latest committed state (the primary).
+async fn latest(db: &Db) -> Session {
+    db.session(SessionOptions::read_only().on_primary())
+        .await
+        .unwrap()
+}
+
 /// The first column of every row, as text.
 pub async fn strings(db: &Db, sql: &str) -> Vec<String> {
-    db.conn()
+    latest(db)
+        .await
         .query_all_raw(Statement::from_string(db.backend(), sql))
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
@@ -64,7 +72,9 @@ pub async fn strings(db: &Db, sql: &str) -> Vec<String> {
 
 /// Executes SQL (one statement).
 pub async fn exec(db: &Db, sql: &str) {
-    db.conn()
+    db.session(SessionOptions::single_statement())
+        .await
+        .unwrap()
         .execute_unprepared(sql)
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
@@ -72,8 +82,8 @@ pub async fn exec(db: &Db, sql: &str) {
 
 /// A single integer.
 pub async fn int(db: &Db, sql: &str) -> i64 {
-    let row = db
-        .conn()
+    let row = latest(db)
+        .await
         .query_one_raw(Statement::from_string(db.backend(), sql))
         .await
         .unwrap()

@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use db_core::sea_orm::ConnectionTrait;
-use migration::MigratorTrait;
 use serde_json::json;
 use test_support::{Backend, PrivatePostgres, StopMode, TestDb, free_port, report};
 
@@ -243,9 +242,9 @@ async fn chaos_database_restarts_under_load_lose_no_acknowledged_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_an_exhausted_pool_answers_503_then_recovers() {
     let t = TestDb::new(Backend::Postgres).await;
-    migration::Migrator::up(t.db.conn(), None).await.unwrap();
+    migration::up(&t.settings, Duration::from_secs(60)).await.unwrap();
     let vars = [
-        ("DATABASE_URL", os(t.settings.url.expose())),
+        t.settings.url.child_env(),
         ("DB_MAX_CONNECTIONS", os("2")),
         ("DB_ACQUIRE_TIMEOUT", os("1s")),
     ];

@@ -35,7 +35,7 @@ fn db_check_on_postgres_shows_the_server_and_redacts_the_password() {
     let server = Backend::Postgres.server_settings();
     // The shared server trusts local connections, so any password gets in;
     // this checks what is printed.
-    let mut url = url_with_password(server.url.expose());
+    let mut url = url_with_password(server.url.child_env().1);
     url.push_str("?sslmode=disable");
     let dir = tempfile::tempdir().unwrap();
     let output = tracker(dir.path(), &["db", "check"], &[("DATABASE_URL", os(url))]);
@@ -53,8 +53,8 @@ fn db_check_on_postgres_shows_the_server_and_redacts_the_password() {
     );
 }
 
-fn url_with_password(url: &str) -> String {
-    let mut parsed = url::Url::parse(url).unwrap();
+fn url_with_password(url: OsString) -> String {
+    let mut parsed = url::Url::parse(url.to_str().unwrap()).unwrap();
     parsed.set_password(Some("Tr4ck%2DS3cr3t%2Fpw")).unwrap();
     parsed.to_string()
 }
@@ -118,7 +118,7 @@ fn db_create_twice(backend: Backend) {
     let mut settings = server.clone();
     settings.url = server.url.with_database(&name);
     let dir = tempfile::tempdir().unwrap();
-    let vars = [("DATABASE_URL", os(settings.url.expose()))];
+    let vars = [settings.url.child_env()];
     let first = tracker(dir.path(), &["db", "create"], &vars);
     let second = tracker(dir.path(), &["db", "create"], &vars);
     let check = tracker(dir.path(), &["db", "check"], &vars);

@@ -15,7 +15,7 @@ fn run(t: &TestDb, dir: &std::path::Path, words: &[&str]) -> String {
     let output = tracker(
         dir,
         &args,
-        &[("DATABASE_URL", OsString::from(t.settings.url.expose()))],
+        &[t.settings.url.child_env()],
     );
     let (stdout, stderr) = text(&output);
     assert_eq!(output.status.code(), Some(0), "{words:?}: {stderr}");
@@ -56,7 +56,7 @@ test_support::backend_tests! {
         let output = tracker(
             dir.path(),
             &["migrate", "up"],
-            &[("DATABASE_URL", OsString::from(t.settings.url.expose()))],
+            &[t.settings.url.child_env()],
         );
         assert_eq!(output.status.code(), Some(1));
         assert_eq!(

@@ -139,7 +139,7 @@ test_support::backend_tests! {
         if t.backend() != Backend::Sqlite {
             args.push("--migrate");
         }
-        let vars = [("DATABASE_URL", OsString::from(t.settings.url.expose()))];
+        let vars = [t.settings.url.child_env()];
         let mut server = start(dir.path(), &args, &vars).await;
         let response = reqwest::get(format!("{}/employees/5/", server.base)).await.unwrap();
         assert_eq!(response.status(), 200);
@@ -205,13 +205,13 @@ async fn logs_can_be_json_lines() {
 async fn pending_migrations_on_a_server_need_migrate() {
     let t = TestDb::new(Backend::Postgres).await;
     let dir = sqlite_dir();
-    let vars = [("DATABASE_URL", OsString::from(t.settings.url.expose()))];
+    let vars = [t.settings.url.child_env()];
     let addr = format!("127.0.0.1:{}", free_port().unwrap());
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_tracker"))
         .args(["serve", "--addr", &addr])
         .current_dir(dir.path())
         .env_clear()
-        .env("DATABASE_URL", t.settings.url.expose())
+        .envs([t.settings.url.child_env()])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);

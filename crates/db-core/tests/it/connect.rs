@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use db_core::{DatabaseUrl, Db, Error, Settings, Source};
+use db_core::{DatabaseUrl, Db, Error, SessionOptions, Settings, Source};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use test_support::{Backend, PrivatePostgres, TestDb, free_port};
 
@@ -13,7 +13,9 @@ fn settings(url: &str) -> Settings {
 
 async fn scalar(db: &Db, sql: &str) -> String {
     let row = db
-        .conn()
+        .session(SessionOptions::read_only().on_primary())
+        .await
+        .unwrap()
         .query_one_raw(Statement::from_string(db.backend(), sql))
         .await
         .unwrap()
@@ -64,7 +66,9 @@ async fn ipv6_hosts_are_dialled_as_addresses_not_names() {
 #[tokio::test]
 async fn an_in_memory_sqlite_database_works() {
     let db = Db::connect(&settings("sqlite::memory:")).await.unwrap();
-    db.conn()
+    db.session(SessionOptions::single_statement())
+        .await
+        .unwrap()
         .execute_unprepared("CREATE TABLE t (x INTEGER)")
         .await
         .unwrap();
@@ -104,7 +108,9 @@ async fn sqlite_runs_in_wal_mode_with_foreign_keys() {
     let t = TestDb::new(Backend::Sqlite).await;
     assert_eq!(scalar(&t.db, "PRAGMA journal_mode").await, "wal");
     let row =
-        t.db.reader()
+        t.db.read()
+            .await
+            .unwrap()
             .query_one_raw(Statement::from_string(
                 DbBackend::Sqlite,
                 "PRAGMA foreign_keys",
@@ -156,7 +162,9 @@ async fn postgres_connections_carry_the_session_settings() {
     assert_eq!(scalar(&db, "SHOW search_path").await, "pg_catalog,public");
     // The timeout is enforced.
     let err = db
-        .conn()
+        .session(SessionOptions::single_statement())
+        .await
+        .unwrap()
         .execute_unprepared("SELECT pg_sleep(10)")
         .await
         .unwrap_err();

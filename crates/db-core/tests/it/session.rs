@@ -7,8 +7,14 @@ use db_core::{Db, Error, Session, SessionOptions};
 use sea_orm::{ConnectionTrait, DbBackend, IsolationLevel, Statement};
 use test_support::TestDb;
 
+/// A session that runs each statement on its own, on the primary.
+async fn direct(db: &Db) -> Session {
+    db.session(SessionOptions::single_statement()).await.unwrap()
+}
+
 async fn create_items(db: &Db) {
-    db.conn()
+    direct(db)
+        .await
         .execute_unprepared(
             "CREATE TABLE items (id INTEGER PRIMARY KEY, label VARCHAR(64) NOT NULL)",
         )
@@ -34,7 +40,9 @@ async fn insert(conn: &impl ConnectionTrait, id: i32, label: &str) -> Result<(),
 async fn count(db: &Db) -> i64 {
     let backend = db.backend();
     let row = db
-        .conn()
+        .session(SessionOptions::read_only().on_primary())
+        .await
+        .unwrap()
         .query_one_raw(Statement::from_string(
             backend,
             "SELECT COUNT(*) FROM items",
@@ -188,7 +196,8 @@ test_support::backend_tests! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serialization_failures_are_retried_on_postgres() {
     let t = TestDb::new(test_support::Backend::Postgres).await;
-    t.db.conn()
+    direct(&t.db)
+        .await
         .execute_unprepared(
             "CREATE TABLE doctors (id INTEGER PRIMARY KEY, on_call BOOLEAN NOT NULL);
              INSERT INTO doctors VALUES (1, true), (2, true);",
@@ -247,8 +256,8 @@ async fn serialization_failures_are_retried_on_postgres() {
 /// the helper runs it again.
 async fn deadlocks_are_retried(t: TestDb) {
     create_items(&t.db).await;
-    insert(t.db.conn(), 1, "a").await.unwrap();
-    insert(t.db.conn(), 2, "b").await.unwrap();
+    insert(&direct(&t.db).await, 1, "a").await.unwrap();
+    insert(&direct(&t.db).await, 2, "b").await.unwrap();
     let backend = t.db.backend();
     let update = match backend {
         DbBackend::Postgres => "UPDATE items SET label = 'x' WHERE id = $1",

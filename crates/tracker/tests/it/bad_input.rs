@@ -1,11 +1,10 @@
 //! Bad input, one row per mistake: each gets a 4xx with a JSON `detail`
 //! naming what is wrong, never a 500, and the database is unchanged.
 
-use migration::{Migrator, MigratorTrait};
 use serde_json::{Value, json};
 use test_support::TestDb;
 
-use crate::support::Server;
+use crate::support::{Server, migrate};
 
 /// `(method, path, body, expected status, a `loc` or `detail` the answer must name)`.
 type Case = (&'static str, &'static str, Option<Vec<u8>>, u16, Value);
@@ -318,7 +317,7 @@ async fn snapshot(s: &Server) -> (Value, Value) {
 
 test_support::backend_tests! {
     async fn every_bad_request_is_a_4xx_that_names_the_problem(t: TestDb) {
-        Migrator::up(t.db.conn(), None).await.unwrap();
+        migrate(&t).await;
         let s = Server::on(t).await;
         s.post("/employees/", json!({"full_name": "Ann", "position": "dev"})).await;
         s.post("/tasks/", json!({"title": "root", "status": "todo", "assignee_id": 1})).await;

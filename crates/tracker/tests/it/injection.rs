@@ -1,11 +1,10 @@
 //! Hostile text in every field and query parameter is data: it round-trips
 //! unchanged, or is refused with a 422, and the tables stay intact.
 
-use migration::{Migrator, MigratorTrait};
 use serde_json::json;
 use test_support::TestDb;
 
-use crate::support::Server;
+use crate::support::{Server, migrate};
 
 fn hostile() -> Vec<String> {
     [
@@ -29,7 +28,7 @@ fn hostile() -> Vec<String> {
 
 test_support::backend_tests! {
     async fn hostile_text_round_trips_as_data(t: TestDb) {
-        Migrator::up(t.db.conn(), None).await.unwrap();
+        migrate(&t).await;
         let s = Server::on(t).await;
         let texts = hostile();
         for (i, text) in texts.iter().enumerate() {

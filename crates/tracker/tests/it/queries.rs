@@ -1,10 +1,11 @@
 //! The service's queries: no N+1, one recursive query per subtree.
 
 use db_core::Db;
-use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use test_support::{Backend, TestDb};
 use tracker::{EmployeeInput, Page, TaskInput, Tracker};
+
+use crate::support::migrate;
 
 /// Runs `work` and returns how many statements it executed on `db`.
 async fn statements<T>(db: &Db, work: impl std::future::Future<Output = T>) -> (T, u64) {
@@ -54,7 +55,7 @@ async fn tree(tracker: &Tracker) -> Vec<i32> {
 
 test_support::backend_tests! {
     async fn pages_with_assignees_take_two_queries_and_subtrees_one(t: TestDb) {
-        Migrator::up(t.db.conn(), None).await.unwrap();
+        migrate(&t).await;
         let tracker = Tracker::new(t.db.clone());
         let employees = tree(&tracker).await;
 
@@ -78,7 +79,7 @@ test_support::backend_tests! {
     }
 
     async fn moving_a_task_under_its_own_subtree_is_refused(t: TestDb) {
-        Migrator::up(t.db.conn(), None).await.unwrap();
+        migrate(&t).await;
         let tracker = Tracker::new(t.db.clone());
         tree(&tracker).await;
         let grandchild = tracker.subtree(1).await.unwrap().pop().unwrap();
@@ -100,7 +101,7 @@ test_support::backend_tests! {
 
 test_support::backend_tests! {
     async fn import_keeps_ids_and_any_text_and_moves_the_counters(t: TestDb) {
-        Migrator::up(t.db.conn(), None).await.unwrap();
+        migrate(&t).await;
         let tracker = Tracker::new(t.db.clone());
         let odd = ["tab\there", "new\nline", "back\\slash", "\\N", "quote'\"", "ünï cödé", ""];
         let employees: Vec<tracker::Employee> = odd
@@ -141,7 +142,7 @@ test_support::backend_tests! {
     /// answers: with gaps in the ids, past the end, and after an id that is
     /// not there.
     async fn pages_from_any_start_are_the_offset_pages(t: TestDb) {
-        Migrator::up(t.db.conn(), None).await.unwrap();
+        migrate(&t).await;
         let tracker = Tracker::new(t.db.clone());
         tree(&tracker).await;
         // Leaves, so the ids get gaps: 1-3, 5-7, 9-11 are left.
@@ -198,7 +199,7 @@ async fn task_rows_read(db: &Db) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deep_page_reads_only_its_own_rows() {
     let t = TestDb::new(Backend::Postgres).await;
-    Migrator::up(t.db.conn(), None).await.unwrap();
+    migrate(&t).await;
     let mut settings = t.settings.clone();
     settings.min_connections = 1;
     settings.max_connections = 1;

@@ -1,15 +1,14 @@
 //! Every route's success path, with bodies compared field for field against
 //! the original's shapes.
 
-use migration::{Migrator, MigratorTrait};
 use serde_json::json;
 use test_support::{Backend, TestDb, original_app};
 
-use crate::support::Server;
+use crate::support::{Server, migrate};
 
 test_support::backend_tests! {
     async fn the_whole_route_table(t: TestDb) {
-        Migrator::up(t.db.conn(), None).await.unwrap();
+        migrate(&t).await;
         let s = Server::on(t).await;
 
         // Employees: create answers with an empty task list, in the original's key order.

@@ -1,11 +1,17 @@
 //! A tracker served over a real socket on a random port, on a fresh,
 //! migrated database; a small JSON client for it.
 
-use migration::{Migrator, MigratorTrait};
 use serde_json::Value;
 use test_support::{Backend, TestDb};
 use tokio::sync::oneshot;
 use tracker::Tracker;
+
+/// Applies the migrations to `t` the way `tracker migrate up` does (under the lock).
+pub async fn migrate(t: &TestDb) {
+    migration::up(&t.settings, std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+}
 
 /// A running server and its database.
 pub struct Server {
@@ -20,7 +26,7 @@ impl Server {
     /// Serves a tracker on a fresh, migrated database of `backend`.
     pub async fn start(backend: Backend) -> Server {
         let t = TestDb::new(backend).await;
-        Migrator::up(t.db.conn(), None).await.unwrap();
+        migrate(&t).await;
         Self::on(t).await
     }
 
