@@ -36,31 +36,17 @@ pub fn fail(
     error: &(dyn StdError + 'static),
     is_usage: impl Fn(&(dyn StdError + 'static)) -> bool,
 ) -> ExitCode {
-    let mut message = error.to_string();
-    let mut usage = false;
-    let mut cause = Some(error);
-    while let Some(current) = cause {
-        usage |= current
+    let usage = std::iter::successors(Some(error), |&e| e.source()).any(|cause| {
+        cause
             .downcast_ref::<db_core::Error>()
             .is_some_and(db_core::Error::is_config)
-            || current
-                .downcast_ref::<Error>()
-                .is_some_and(Error::is_config)
-            || is_usage(current);
-        if !std::ptr::addr_eq(current, error) {
-            let text = current.to_string();
-            // `#[error(transparent)]` wrappers repeat their source's message.
-            if !message.ends_with(&text) {
-                message.push_str(": ");
-                message.push_str(&text);
-            }
-        }
-        cause = current.source();
-    }
+            || cause.downcast_ref::<Error>().is_some_and(Error::is_config)
+            || is_usage(cause)
+    });
     let _ = writeln!(
         std::io::stderr(),
         "error: {}",
-        message.replace('\n', "\n  ")
+        db_core::Report(error).to_string().replace('\n', "\n  ")
     );
     ExitCode::from(if usage { 2 } else { 1 })
 }

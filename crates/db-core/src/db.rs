@@ -393,7 +393,10 @@ impl Db {
         let row = session
             .query_one_raw(Statement::from_string(self.inner.backend, sql))
             .await?
-            .ok_or_else(|| Error::Unavailable("the server returned no version".to_owned()))?;
+            .ok_or(Error::Unavailable {
+                reason: "the server returned no version",
+                source: None,
+            })?;
         let server_version: String = row.try_get_by_index(0).map_err(Error::from)?;
         let round_trip = self.ping().await?;
         Ok(Health {

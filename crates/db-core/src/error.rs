@@ -1,5 +1,6 @@
 //! The one error type of this crate.
 
+use std::fmt;
 use std::time::Duration;
 
 use sea_orm::{DbErr, RuntimeErr, sqlx};
@@ -14,6 +15,8 @@ use sea_orm::{DbErr, RuntimeErr, sqlx};
 pub enum Error {
     /// A setting is missing, malformed or out of range. The message names the
     /// setting (`DB_PORT`, or a key in a configuration file) and what was expected.
+    /// A driver's text quoted here is scrubbed of the password first; that
+    /// is why it is text and not a source.
     #[error("{0}")]
     Config(String),
 
@@ -67,9 +70,17 @@ pub enum Error {
     )]
     PoolTimeout,
 
-    /// The connection to the server broke while in use.
-    #[error("database unavailable: {0}")]
-    Unavailable(String),
+    /// The connection to the server broke while in use, or the server is
+    /// going away. `reason` says which; `source` is the driver's error (which
+    /// never holds the password: it comes from a connection already made).
+    #[error("database unavailable: {reason}")]
+    Unavailable {
+        /// What happened, e.g. `the connection broke`.
+        reason: &'static str,
+        /// The database error behind it, when there is one.
+        #[source]
+        source: Option<DbErr>,
+    },
 
     /// A named lock could not be taken in time.
     #[error("timed out after {} waiting for {what}", humantime::format_duration(*.waited))]
@@ -124,6 +135,46 @@ pub enum Error {
 /// Shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Shows an error with its causes on one line, `error: cause: cause`, for
+/// logs and for a binary's last words. A cause whose text the line already
+/// ends with is left out: wrappers that repeat their source's message would
+/// otherwise print it twice.
+///
+/// ```
+/// let err = db_core::Error::Unavailable {
+///     reason: "the connection broke",
+///     source: Some(sea_orm::DbErr::Conn(sea_orm::RuntimeErr::Internal("reset".into()))),
+/// };
+/// assert_eq!(
+///     db_core::Report(&err).to_string(),
+///     "database unavailable: the connection broke: Connection Error: reset"
+/// );
+/// ```
+#[derive(Clone, Copy)]
+pub struct Report<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut line = self.0.to_string();
+        let mut cause = self.0.source();
+        while let Some(current) = cause {
+            let text = current.to_string();
+            if !line.ends_with(&text) {
+                line.push_str(": ");
+                line.push_str(&text);
+            }
+            cause = current.source();
+        }
+        f.write_str(&line)
+    }
+}
+
+impl fmt::Debug for Report<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
 impl Error {
     /// True for configuration errors, which binaries report with exit code 2.
     pub fn is_config(&self) -> bool {
@@ -135,7 +186,7 @@ impl Error {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            Error::Unreachable { .. } | Error::PoolTimeout | Error::Unavailable(_)
+            Error::Unreachable { .. } | Error::PoolTimeout | Error::Unavailable { .. }
         )
     }
 
@@ -158,7 +209,14 @@ impl Error {
 
 impl From<DbErr> for Error {
     fn from(err: DbErr) -> Self {
-        connection_failure(&err).unwrap_or(Error::Db(err))
+        match connection_failure(&err) {
+            Some(Failure::PoolTimeout) => Error::PoolTimeout,
+            Some(Failure::Unavailable(reason)) => Error::Unavailable {
+                reason,
+                source: Some(err),
+            },
+            None => Error::Db(err),
+        }
     }
 }
 
@@ -170,24 +228,30 @@ impl Error {
     }
 }
 
+/// A connection-level failure, as [`Error`] reports it.
+enum Failure {
+    PoolTimeout,
+    Unavailable(&'static str),
+}
+
 /// The connection-level failure behind `err`, if that is what it is.
-fn connection_failure(err: &DbErr) -> Option<Error> {
+fn connection_failure(err: &DbErr) -> Option<Failure> {
     match err {
-        DbErr::ConnectionAcquire(_) => Some(Error::PoolTimeout),
+        DbErr::ConnectionAcquire(_) => Some(Failure::PoolTimeout),
         DbErr::Conn(RuntimeErr::SqlxError(e))
         | DbErr::Exec(RuntimeErr::SqlxError(e))
         | DbErr::Query(RuntimeErr::SqlxError(e)) => match &**e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => Some(Error::PoolTimeout),
-            sqlx::Error::Io(io) => Some(Error::Unavailable(io.to_string())),
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => Some(Failure::PoolTimeout),
+            sqlx::Error::Io(_) => Some(Failure::Unavailable("the connection broke")),
             sqlx::Error::Protocol(_) | sqlx::Error::Tls(_) => {
-                Some(Error::Unavailable(e.to_string()))
+                Some(Failure::Unavailable("the connection failed"))
             }
             sqlx::Error::Database(d) if is_admin_shutdown(d.code().as_deref()) => {
-                Some(Error::Unavailable(d.message().to_owned()))
+                Some(Failure::Unavailable("the server is going away"))
             }
             _ => None,
         },
-        DbErr::Conn(_) => Some(Error::Unavailable(err.to_string())),
+        DbErr::Conn(_) => Some(Failure::Unavailable("cannot connect")),
         _ => None,
     }
 }

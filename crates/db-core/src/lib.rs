@@ -69,7 +69,7 @@ pub use admin::{Created, create_database, drop_database};
 pub use cached::CachedStatement;
 pub use copy::{CopyIn, CopyValue};
 pub use db::{Db, Health, ReplicaStatus, Scope, Stats};
-pub use error::{Error, Result, Retryable};
+pub use error::{Error, Report, Result, Retryable};
 pub use lock::Lock;
 pub use session::{Access, Session, SessionOptions};
 pub use settings::{

@@ -4,6 +4,7 @@
 mod admin;
 mod connect;
 mod copy;
+mod errors;
 mod lock;
 mod replicas;
 mod session;

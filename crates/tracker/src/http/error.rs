@@ -88,10 +88,12 @@ impl Cause {
 /// unavailable database, an error otherwise. Handlers only build answers.
 pub(crate) async fn log_failures(response: Response) -> Response {
     if let Some(Cause(error)) = response.extensions().get::<Cause>() {
+        // The whole chain: a database error's cause is its source.
+        let error = db_core::Report(&**error);
         if response.status() == StatusCode::SERVICE_UNAVAILABLE {
-            tracing::warn!(error = %error, "database unavailable");
+            tracing::warn!(%error, "database unavailable");
         } else {
-            tracing::error!(error = %error, "request failed");
+            tracing::error!(%error, "request failed");
         }
     }
     response

@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod injection;
+mod logs;
 mod openapi;
 mod queries;
 mod routes;

@@ -1,0 +1,160 @@
+//! The log line of a 5xx answer: it carries the cause, with the sources the
+//! cause keeps, and never the password.
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use db_core::{Db, SessionOptions, Settings, Source};
+use sea_orm::ConnectionTrait;
+use test_support::{Backend, TestDb};
+use tower::ServiceExt;
+use tracing::Instrument;
+use tracker::Tracker;
+
+use crate::support::migrate;
+
+const PASSWORD: &str = "Pw-s3cr%t/x";
+/// `PASSWORD` as it appears inside a URL.
+const ENCODED: &str = "Pw%2Ds3cr%25t%2Fx";
+
+/// Settings for `database` on the shared PostgreSQL server with `PASSWORD`
+/// in the URL (the server trusts local connections, so any password gets in).
+fn with_password(database: &str) -> Settings {
+    let (variable, url) = Backend::Postgres.server_settings().url.child_env();
+    let mut url = url::Url::parse(url.to_str().unwrap()).unwrap();
+    url.set_password(Some(ENCODED)).unwrap();
+    url.set_path(database);
+    Settings::load(&Source::new().var(variable, url.as_str())).unwrap()
+}
+
+/// Runs one statement on the server's maintenance database.
+async fn as_admin(sql: &str) {
+    let admin = Db::connect(&Backend::Postgres.server_settings())
+        .await
+        .unwrap();
+    admin
+        .session(SessionOptions::single_statement())
+        .await
+        .unwrap()
+        .execute_unprepared(sql)
+        .await
+        .unwrap();
+    admin.close().await;
+}
+
+/// Everything logged in this test binary, through one global subscriber. (A
+/// subscriber set for one thread misses events: while it is the only one,
+/// tracing caches "nobody listens" for a call site that another test's
+/// thread reaches first.)
+fn log() -> &'static Arc<Mutex<Vec<u8>>> {
+    static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOG.get_or_init(|| {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || Writer(sink.clone()))
+            .init();
+        log
+    })
+}
+
+/// The lines logged so far inside this test's span that contain `needle`.
+fn lines_with(needle: &str) -> Vec<String> {
+    String::from_utf8_lossy(&log().lock().unwrap())
+        .lines()
+        .filter(|line| line.contains(SPAN) && line.contains(needle))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The span this test's requests run in, which marks their log lines.
+const SPAN: &str = "five_hundreds_test";
+
+/// Sends `GET path` to `app` inside the test's span.
+async fn get(app: &Router, path: &str) -> StatusCode {
+    let request = Request::get(path).body(Body::empty()).unwrap();
+    app.clone()
+        .oneshot(request)
+        .instrument(tracing::info_span!(SPAN))
+        .await
+        .unwrap()
+        .status()
+}
+
+/// A table that is gone answers 500 and logs the database's error; a
+/// database that ends the connections answers 503 and logs why, with the
+/// driver's error as the cause.
+#[test_support::needs(postgres)]
+#[tokio::test]
+async fn a_5xx_logs_its_cause_and_never_the_password() {
+    log();
+    let t = TestDb::new(Backend::Postgres).await;
+    migrate(&t).await;
+    let target = t.settings.url.target();
+    let name = target.rsplit('/').next().unwrap().to_owned();
+    let db = Db::connect(&with_password(&name)).await.unwrap();
+    let app = tracker::http::router(Tracker::new(db.clone()));
+    assert_eq!(get(&app, "/tasks").await, StatusCode::OK);
+
+    db.session(SessionOptions::single_statement())
+        .await
+        .unwrap()
+        .execute_unprepared("DROP TABLE tasks")
+        .await
+        .unwrap();
+    assert_eq!(get(&app, "/tasks").await, StatusCode::INTERNAL_SERVER_ERROR);
+    let failed = lines_with("request failed");
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(failed[0].contains("ERROR"), "{}", failed[0]);
+    assert!(
+        failed[0].contains(r#"relation "tasks" does not exist"#),
+        "{}",
+        failed[0]
+    );
+
+    as_admin(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+    ))
+    .await;
+    assert_eq!(
+        get(&app, "/employees").await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let unavailable = lines_with("database unavailable");
+    assert_eq!(unavailable.len(), 1, "{unavailable:?}");
+    let line = &unavailable[0];
+    assert!(line.contains("WARN"), "{line}");
+    // The reason, then the driver's error it keeps as its source.
+    assert!(
+        line.contains("error=database unavailable: the server is going away: ")
+            || line.contains("error=database unavailable: the connection broke: "),
+        "{line}"
+    );
+    assert!(line.contains("Error: "), "the cause's source is missing: {line}");
+
+    let all = String::from_utf8_lossy(&log().lock().unwrap()).into_owned();
+    for line in all.lines() {
+        assert!(
+            !line.contains(PASSWORD) && !line.contains(ENCODED) && !line.contains("s3cr"),
+            "the password leaked: {line}"
+        );
+    }
+    db.close().await;
+}
+
+/// Appends to the shared buffer.
+struct Writer(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Writer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
