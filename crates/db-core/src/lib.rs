@@ -18,6 +18,10 @@
 //!   such as a migrator runs once at a time per database, across processes.
 //! - [`CachedStatement`] builds a hot query's SQL once per backend.
 //! - [`create_database`], [`Db::health`].
+//! - Errors are one [`Error`] type whose causes stay attached as sources;
+//!   [`Report`] prints one with its causes on a single line. No message,
+//!   source or `Debug` shows the password.
+//! - [`DatabaseUrl::child_env`] hands the URL to a child process.
 //!
 //! The main path: settings, then a `Db`, then one session per unit of work,
 //! used wherever SeaORM takes a connection.
@@ -75,7 +79,7 @@ pub use session::{Access, Session, SessionOptions};
 pub use settings::{
     DEFAULT_SQLITE_PATH, LogLevel, SETTINGS, SettingInfo, Settings, Source, SslMode,
 };
-pub use url::{DatabaseUrl, Parts, backend_name};
+pub use url::{DatabaseUrl, backend_name};
 
 /// The SeaORM this crate is built on, for users who want the same version.
 pub use sea_orm;

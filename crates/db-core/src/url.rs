@@ -88,18 +88,18 @@ pub struct DatabaseUrl {
 
 /// The parts of a PostgreSQL connection, as the `DB_*` variables give them.
 #[derive(Debug)]
-pub struct Parts<'a> {
+pub(crate) struct Parts<'a> {
     /// Host name, IPv4 or IPv6 address (brackets optional), or a Unix socket
     /// directory (starting with `/`).
-    pub host: &'a str,
+    pub(crate) host: &'a str,
     /// TCP port.
-    pub port: u16,
+    pub(crate) port: u16,
     /// Database name.
-    pub database: &'a str,
+    pub(crate) database: &'a str,
     /// User name.
-    pub user: &'a str,
+    pub(crate) user: &'a str,
     /// Password, possibly empty.
-    pub password: &'a SecretString,
+    pub(crate) password: &'a SecretString,
 }
 
 impl DatabaseUrl {
@@ -181,7 +181,7 @@ impl DatabaseUrl {
     /// Builds a PostgreSQL URL from parts, percent-encoding user, password and
     /// database name, bracketing IPv6 addresses and passing socket directories
     /// as the `host` parameter.
-    pub fn from_parts(parts: &Parts<'_>) -> Self {
+    pub(crate) fn from_parts(parts: &Parts<'_>) -> Self {
         let user = encode(parts.user);
         let password = parts.password.expose_secret();
         let auth = if password.is_empty() {
@@ -422,3 +422,6 @@ impl fmt::Display for DatabaseUrl {
         f.write_str(&self.redacted())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -242,7 +242,9 @@ async fn chaos_database_restarts_under_load_lose_no_acknowledged_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_an_exhausted_pool_answers_503_then_recovers() {
     let t = TestDb::new(Backend::Postgres).await;
-    migration::up(&t.settings, Duration::from_secs(60)).await.unwrap();
+    migration::up(&t.settings, Duration::from_secs(60))
+        .await
+        .unwrap();
     let vars = [
         t.settings.url.child_env(),
         ("DB_MAX_CONNECTIONS", os("2")),

@@ -12,11 +12,7 @@ const SECOND: &str = "m20261125_000001_converge_adopted_schema";
 fn run(t: &TestDb, dir: &std::path::Path, words: &[&str]) -> String {
     let mut args = vec!["migrate"];
     args.extend_from_slice(words);
-    let output = tracker(
-        dir,
-        &args,
-        &[t.settings.url.child_env()],
-    );
+    let output = tracker(dir, &args, &[t.settings.url.child_env()]);
     let (stdout, stderr) = text(&output);
     assert_eq!(output.status.code(), Some(0), "{words:?}: {stderr}");
     stdout

@@ -13,7 +13,11 @@ const ENCODED: &str = "Pw%2Ds3cr%25t%2Fx";
 
 /// Fails if the password shows up in any way `err` can be printed.
 fn assert_hidden(err: &Error) {
-    let mut shown = vec![Report(err).to_string(), format!("{err:?}"), format!("{err:#?}")];
+    let mut shown = vec![
+        Report(err).to_string(),
+        format!("{err:?}"),
+        format!("{err:#?}"),
+    ];
     let mut cause = err.source();
     while let Some(current) = cause {
         shown.push(current.to_string());
@@ -74,10 +78,15 @@ async fn a_connection_that_goes_away_keeps_its_cause_without_the_password() {
     let name = name.rsplit('/').next().unwrap();
     let db = Db::connect(&with_password(name)).await.unwrap();
     let select = Statement::from_string(db.backend(), "SELECT 1");
-    let direct = db.session(SessionOptions::single_statement()).await.unwrap();
+    let direct = db
+        .session(SessionOptions::single_statement())
+        .await
+        .unwrap();
     direct.query_one_raw(select.clone()).await.unwrap();
 
-    let admin = Db::connect(&Backend::Postgres.server_settings()).await.unwrap();
+    let admin = Db::connect(&Backend::Postgres.server_settings())
+        .await
+        .unwrap();
     admin
         .session(SessionOptions::single_statement())
         .await
@@ -94,7 +103,9 @@ async fn a_connection_that_goes_away_keeps_its_cause_without_the_password() {
     let source = err.source().expect("the driver's error is kept");
     assert!(source.downcast_ref::<DbErr>().is_some(), "{source:?}");
     assert!(
-        Report(&err).to_string().starts_with("database unavailable: the "),
+        Report(&err)
+            .to_string()
+            .starts_with("database unavailable: the "),
         "{}",
         Report(&err)
     );

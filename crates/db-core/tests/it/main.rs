@@ -10,4 +10,3 @@ mod replicas;
 mod session;
 mod settings;
 mod settings_docs;
-mod url;

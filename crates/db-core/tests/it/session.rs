@@ -9,7 +9,9 @@ use test_support::TestDb;
 
 /// A session that runs each statement on its own, on the primary.
 async fn direct(db: &Db) -> Session {
-    db.session(SessionOptions::single_statement()).await.unwrap()
+    db.session(SessionOptions::single_statement())
+        .await
+        .unwrap()
 }
 
 async fn create_items(db: &Db) {

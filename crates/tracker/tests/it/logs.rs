@@ -133,7 +133,10 @@ async fn a_5xx_logs_its_cause_and_never_the_password() {
             || line.contains("error=database unavailable: the connection broke: "),
         "{line}"
     );
-    assert!(line.contains("Error: "), "the cause's source is missing: {line}");
+    assert!(
+        line.contains("Error: "),
+        "the cause's source is missing: {line}"
+    );
 
     let all = String::from_utf8_lossy(&log().lock().unwrap()).into_owned();
     for line in all.lines() {

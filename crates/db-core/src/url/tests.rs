@@ -3,7 +3,7 @@
 
 use std::str::FromStr;
 
-use db_core::{DatabaseUrl, Parts};
+use super::{DatabaseUrl, Parts};
 use proptest::prelude::*;
 use sea_orm::sqlx::postgres::PgConnectOptions;
 use secrecy::SecretString;
