@@ -224,3 +224,13 @@ fn another_sqlite_database_is_a_file_beside_the_first() {
     let memory = DatabaseUrl::parse("sqlite::memory:", "DATABASE_URL").unwrap();
     assert_eq!(memory.with_database("b").redacted(), "sqlite::memory:");
 }
+
+#[test]
+fn a_child_gets_the_whole_url_as_database_url() {
+    let url = build("h", 5432, "d", "u", "p@ss:w/rd?#%&=");
+    let (variable, value) = url.child_env();
+    assert_eq!(variable, "DATABASE_URL");
+    assert_eq!(value.to_str(), Some(url.expose()));
+    let again = DatabaseUrl::parse(value.to_str().unwrap(), variable).unwrap();
+    assert_eq!(again.expose(), url.expose());
+}
