@@ -35,7 +35,8 @@ pub mod original_app;
 mod pgbouncer;
 mod postgres_server;
 
-use db_core::{DatabaseUrl, Db, Settings, create_database, drop_database};
+use db_core::{DatabaseUrl, Db, SessionOptions, Settings, create_database, drop_database};
+use percent_encoding::NON_ALPHANUMERIC;
 pub use pgbouncer::PgBouncer;
 pub use postgres_server::{PrivatePostgres, StopMode, free_port};
 pub use test_support_macros::needs;
@@ -72,6 +73,25 @@ impl Backend {
     /// that calls this carries [`needs`], so libtest ignores it in that case
     /// unless the tests were built with a variable that is now gone.
     pub fn server_settings(self) -> Settings {
+        let (var, url) = self.server_url();
+        settings(DatabaseUrl::parse(&url, var).unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    /// Settings for `database` on this backend's server with `password` in
+    /// the URL. The test servers trust local connections, so any password
+    /// gets in: for tests that check that a password is shown nowhere.
+    pub fn settings_with_password(self, database: &str, password: &str) -> Settings {
+        let (var, url) = self.server_url();
+        let mut url = url::Url::parse(&url).unwrap_or_else(|e| panic!("{var}: {e}"));
+        let encoded = percent_encoding::utf8_percent_encode(password, NON_ALPHANUMERIC);
+        url.set_password(Some(&encoded.to_string()))
+            .unwrap_or_else(|()| panic!("{var} cannot carry a password"));
+        url.set_path(database);
+        settings(DatabaseUrl::parse(url.as_str(), var).unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    /// The variable naming this backend's server, and its value.
+    fn server_url(self) -> (&'static str, String) {
         let Some(var) = self.variable() else {
             panic!("{self:?} has no server");
         };
@@ -79,11 +99,36 @@ impl Backend {
         if url.trim().is_empty() {
             panic!("{var} is not set: this test needs it to name a server (see README.md, Tests)");
         }
-        let url = DatabaseUrl::parse(url.trim(), var).unwrap_or_else(|e| panic!("{e}"));
-        let mut settings = Settings::new(url);
-        settings.connect_deadline = std::time::Duration::from_secs(5);
-        settings
+        (var, url.trim().to_owned())
     }
+}
+
+/// Settings for a test server: they give up waiting for it after 5 seconds.
+fn settings(url: DatabaseUrl) -> Settings {
+    let mut settings = Settings::new(url);
+    settings.connect_deadline = std::time::Duration::from_secs(5);
+    settings
+}
+
+/// Ends every connection to `database` on the PostgreSQL test server, as a
+/// server that shuts down or crashes would.
+pub async fn terminate_connections(database: &str) {
+    let admin = Db::connect(&Backend::Postgres.server_settings())
+        .await
+        .unwrap_or_else(|e| panic!("connecting to the PostgreSQL test server: {e}"));
+    let session = admin
+        .session(SessionOptions::single_statement())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    session
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            [database.into()],
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("ending the connections to {database}: {e}"));
+    admin.close().await;
 }
 
 /// Prints a figure of a fault-injection test where `just chaos` shows it,
@@ -135,6 +180,12 @@ impl TestDb {
             panic!("creating a test database ({}): {e}", settings.url.target())
         });
         (settings, None)
+    }
+
+    /// The name of this test's database on its server (on SQLite, of its file).
+    pub fn name(&self) -> String {
+        let target = self.settings.url.target();
+        target.rsplit('/').next().unwrap_or_default().to_owned()
     }
 
     /// Which backend this database is on.

@@ -5,7 +5,7 @@ use std::error::Error as _;
 
 use db_core::{Db, Error, Report, SessionOptions, Settings, Source};
 use sea_orm::{ConnectionTrait, DbErr, Statement};
-use test_support::{Backend, TestDb, free_port};
+use test_support::{Backend, TestDb, free_port, terminate_connections};
 
 const PASSWORD: &str = "Pw-s3cr%t/x";
 /// `PASSWORD` as it appears inside a URL.
@@ -32,16 +32,6 @@ fn assert_hidden(err: &Error) {
     }
 }
 
-/// Settings for `database` on the shared PostgreSQL server with `PASSWORD`
-/// in the URL (the server trusts local connections, so any password gets in).
-fn with_password(database: &str) -> Settings {
-    let (variable, url) = Backend::Postgres.server_settings().url.child_env();
-    let mut url = url::Url::parse(url.to_str().unwrap()).unwrap();
-    url.set_password(Some(ENCODED)).unwrap();
-    url.set_path(database);
-    Settings::load(&Source::new().var(variable, url.as_str())).unwrap()
-}
-
 #[tokio::test]
 async fn an_unreachable_server_hides_the_password_everywhere() {
     let port = free_port().unwrap();
@@ -61,9 +51,11 @@ async fn an_unreachable_server_hides_the_password_everywhere() {
 #[test_support::needs(postgres)]
 #[tokio::test]
 async fn an_unknown_database_hides_the_password_everywhere() {
-    let err = Db::connect(&with_password("db_core_no_such_database"))
-        .await
-        .unwrap_err();
+    let err = Db::connect(
+        &Backend::Postgres.settings_with_password("db_core_no_such_database", PASSWORD),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, Error::UnknownDatabase { .. }), "{err:?}");
     assert_hidden(&err);
 }
@@ -74,29 +66,16 @@ async fn an_unknown_database_hides_the_password_everywhere() {
 #[tokio::test]
 async fn a_connection_that_goes_away_keeps_its_cause_without_the_password() {
     let t = TestDb::new(Backend::Postgres).await;
-    let name = t.settings.url.target();
-    let name = name.rsplit('/').next().unwrap();
-    let db = Db::connect(&with_password(name)).await.unwrap();
+    let db = Db::connect(&Backend::Postgres.settings_with_password(&t.name(), PASSWORD))
+        .await
+        .unwrap();
     let select = Statement::from_string(db.backend(), "SELECT 1");
     let direct = db
         .session(SessionOptions::single_statement())
         .await
         .unwrap();
     direct.query_one_raw(select.clone()).await.unwrap();
-
-    let admin = Db::connect(&Backend::Postgres.server_settings())
-        .await
-        .unwrap();
-    admin
-        .session(SessionOptions::single_statement())
-        .await
-        .unwrap()
-        .execute_unprepared(&format!(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
-        ))
-        .await
-        .unwrap();
-    admin.close().await;
+    terminate_connections(&t.name()).await;
 
     let err = Error::from(direct.query_one_raw(select).await.unwrap_err());
     assert!(err.is_unavailable(), "{err:?}");

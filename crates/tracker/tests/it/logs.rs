@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use db_core::{Db, SessionOptions, Settings, Source};
+use db_core::{Db, SessionOptions};
 use sea_orm::ConnectionTrait;
-use test_support::{Backend, TestDb};
+use test_support::{Backend, TestDb, terminate_connections};
 use tower::ServiceExt;
 use tracing::Instrument;
 use tracker::Tracker;
@@ -18,31 +18,6 @@ use crate::support::migrate;
 const PASSWORD: &str = "Pw-s3cr%t/x";
 /// `PASSWORD` as it appears inside a URL.
 const ENCODED: &str = "Pw%2Ds3cr%25t%2Fx";
-
-/// Settings for `database` on the shared PostgreSQL server with `PASSWORD`
-/// in the URL (the server trusts local connections, so any password gets in).
-fn with_password(database: &str) -> Settings {
-    let (variable, url) = Backend::Postgres.server_settings().url.child_env();
-    let mut url = url::Url::parse(url.to_str().unwrap()).unwrap();
-    url.set_password(Some(ENCODED)).unwrap();
-    url.set_path(database);
-    Settings::load(&Source::new().var(variable, url.as_str())).unwrap()
-}
-
-/// Runs one statement on the server's maintenance database.
-async fn as_admin(sql: &str) {
-    let admin = Db::connect(&Backend::Postgres.server_settings())
-        .await
-        .unwrap();
-    admin
-        .session(SessionOptions::single_statement())
-        .await
-        .unwrap()
-        .execute_unprepared(sql)
-        .await
-        .unwrap();
-    admin.close().await;
-}
 
 /// Everything logged in this test binary, through one global subscriber. (A
 /// subscriber set for one thread misses events: while it is the only one,
@@ -93,9 +68,9 @@ async fn a_5xx_logs_its_cause_and_never_the_password() {
     log();
     let t = TestDb::new(Backend::Postgres).await;
     migrate(&t).await;
-    let target = t.settings.url.target();
-    let name = target.rsplit('/').next().unwrap().to_owned();
-    let db = Db::connect(&with_password(&name)).await.unwrap();
+    let db = Db::connect(&Backend::Postgres.settings_with_password(&t.name(), PASSWORD))
+        .await
+        .unwrap();
     let app = tracker::http::router(Tracker::new(db.clone()));
     assert_eq!(get(&app, "/tasks").await, StatusCode::OK);
 
@@ -115,10 +90,7 @@ async fn a_5xx_logs_its_cause_and_never_the_password() {
         failed[0]
     );
 
-    as_admin(&format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
-    ))
-    .await;
+    terminate_connections(&t.name()).await;
     assert_eq!(
         get(&app, "/employees").await,
         StatusCode::SERVICE_UNAVAILABLE
