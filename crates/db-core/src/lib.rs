@@ -18,6 +18,8 @@
 //!   such as a migrator runs once at a time per database, across processes.
 //! - [`CachedStatement`] builds a hot query's SQL once per backend.
 //! - [`create_database`], [`Db::health`].
+//! - [`metrics`]: pool, statement, retry and replica metrics through the
+//!   `metrics` facade, once a binary calls [`metrics::enable`].
 //!
 //! The main path: settings, then a `Db`, then one session per unit of work,
 //! used wherever SeaORM takes a connection.
@@ -60,6 +62,7 @@ mod copy;
 mod db;
 mod error;
 mod lock;
+pub mod metrics;
 mod replicas;
 mod session;
 mod settings;
