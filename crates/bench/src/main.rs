@@ -38,6 +38,10 @@ struct Cli {
     /// Use the data already loaded at this scale: no fresh tables, no load.
     #[arg(long)]
     reuse: bool,
+    /// Record metrics as `tracker serve` does (the Prometheus recorder and
+    /// db-core's pool and statement metrics), to measure what they cost.
+    #[arg(long)]
+    metrics: bool,
 }
 
 fn main() -> ExitCode {
@@ -64,6 +68,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if cli.metrics {
+        tracker::http::Metrics::install()?.spawn_upkeep();
+    }
     let settings = Settings::load(&Source::from_process()?)?;
     let options = Options {
         scale: cli.scale,
@@ -72,7 +79,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         seed: cli.seed,
         reuse: cli.reuse,
     };
-    tracing::info!(target = %settings.url.target(), scale = options.scale, "benchmark");
+    tracing::info!(target = %settings.url.target(), scale = options.scale, metrics = cli.metrics, "benchmark");
     let records = bench::run(&settings, &options, &mut std::io::stdout().lock()).await?;
     let _ = write!(std::io::stderr(), "\n{}", bench::summary(&records));
     Ok(())

@@ -37,8 +37,11 @@ const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 pub struct Metrics {
     handle: PrometheusHandle,
     process: Arc<metrics_process::Collector>,
-    routes: Arc<RwLock<HashMap<String, Vec<(Method, Arc<Route>)>>>>,
+    routes: Arc<RwLock<Routes>>,
 }
+
+/// Each route template's handles, by method.
+type Routes = HashMap<String, Vec<(Method, Arc<Route>)>>;
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -99,7 +102,7 @@ impl Metrics {
 
     fn route(&self, method: &Method, path: Option<&str>) -> Arc<Route> {
         let path = path.unwrap_or("unmatched");
-        let find = |routes: &HashMap<String, Vec<(Method, Arc<Route>)>>| {
+        let find = |routes: &Routes| {
             routes
                 .get(path)
                 .and_then(|r| r.iter().find(|(m, _)| m == method))
