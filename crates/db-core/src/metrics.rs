@@ -20,7 +20,7 @@
 //! | `db_replica_up` | gauge | `pool` |
 //! | `db_replica_lag_seconds` | gauge | `pool` |
 //!
-//! `pool` is `primary`, `reader` (SQLite's read-only pool), `replica1`,
+//! `pool` is `primary`, `primary_reader` (SQLite's read-only pool), `replica1`,
 //! `replica2`, … in the order of `DB_REPLICA_URLS`, or `migration`.
 //! `operation` is a name the caller gives with [`Operation`] (`other` outside
 //! one); `reason` is `serialization`, `deadlock` or `failover`. No label
