@@ -1,7 +1,8 @@
 //! Sets `cfg(postgres_configured)` / `cfg(mysql_configured)` when
 //! `TEST_POSTGRES_URL` / `TEST_MYSQL_URL` name a server, and
 //! `cfg(browser_configured)` when `TEST_BROWSER` says the browser tools are
-//! installed. Cargo re-runs this when any of them changes, so `cargo test`
+//! installed, and `cfg(prometheus_configured)` when `TEST_PROMETHEUS` says
+//! Debian's `prometheus` is. Cargo re-runs this when any of them changes, so `cargo test`
 //! rebuilds the tests (not the libraries) with what it was given.
 
 fn main() {
@@ -9,6 +10,7 @@ fn main() {
         ("TEST_POSTGRES_URL", "postgres_configured"),
         ("TEST_MYSQL_URL", "mysql_configured"),
         ("TEST_BROWSER", "browser_configured"),
+        ("TEST_PROMETHEUS", "prometheus_configured"),
     ] {
         println!("cargo::rerun-if-env-changed={variable}");
         println!("cargo::rustc-check-cfg=cfg({cfg})");

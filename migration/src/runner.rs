@@ -173,7 +173,7 @@ async fn connect(settings: &Settings) -> Result<Db, Error> {
     // SQLite waits this long inside each attempt at the lock; the lock
     // timeout bounds the attempts.
     settings.sqlite_busy_timeout = Duration::from_millis(200);
-    Ok(Db::connect(&settings).await?)
+    Ok(Db::connect_labelled(&settings, "migration").await?)
 }
 
 async fn execute<M: MigratorTrait>(

@@ -56,6 +56,20 @@ struct ServeArgs {
     /// Always done on SQLite.
     #[arg(long)]
     migrate: bool,
+    /// Record Prometheus metrics (`on`, the default, or `off`).
+    #[arg(long, env = "METRICS", value_enum, default_value_t = Switch::On)]
+    metrics: Switch,
+    /// Serve `/metrics` on this address instead of the API's, so that it
+    /// need not be public.
+    #[arg(long, env = "METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Switch {
+    #[default]
+    On,
+    Off,
 }
 
 #[derive(Debug, Subcommand)]
@@ -134,10 +148,35 @@ async fn serve(settings: &Settings, args: ServeArgs) -> anyhow::Result<()> {
     let addr = args
         .addr
         .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8000)));
+    // Installed before connecting, so that the pools (the migrator's too) are measured.
+    let metrics = match args.metrics {
+        Switch::On => Some(tracker::http::Metrics::install()?),
+        Switch::Off => None,
+    };
     let db = prepare_database(settings, args.migrate).await?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("listening on {addr}"))?;
+    let exposure = match (metrics, args.metrics_addr) {
+        (None, _) => tracker::http::Exposure::Off,
+        (Some(m), None) => tracker::http::Exposure::Api(m),
+        (Some(m), Some(metrics_addr)) => {
+            let metrics_listener = tokio::net::TcpListener::bind(metrics_addr)
+                .await
+                .with_context(|| format!("listening on {metrics_addr} (METRICS_ADDR)"))?;
+            tracing::info!(
+                "serving metrics at http://{}/metrics",
+                metrics_listener.local_addr()?
+            );
+            tokio::spawn(tracker::http::serve_metrics(
+                metrics_listener,
+                m.clone(),
+                db.clone(),
+                std::future::pending(),
+            ));
+            tracker::http::Exposure::Separate(m)
+        }
+    };
     tracing::info!(
         "serving http://{} from {}",
         listener.local_addr()?,
@@ -149,7 +188,12 @@ async fn serve(settings: &Settings, args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("shutting down: finishing requests in flight");
         let _ = stopping_tx.send(());
     };
-    let server = tracker::http::serve(listener, tracker::Tracker::new(db.clone()), shutdown);
+    let server = tracker::http::serve(
+        listener,
+        tracker::Tracker::new(db.clone()),
+        exposure,
+        shutdown,
+    );
     let drain_deadline = async {
         if stopping_rx.await.is_ok() {
             tokio::time::sleep(DRAIN_TIMEOUT).await;

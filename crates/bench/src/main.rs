@@ -41,6 +41,10 @@ struct Cli {
     /// Rounds: every op runs this many times on every stack, interleaved.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Record metrics as `tracker serve` does (the Prometheus recorder and
+    /// db-core's pool and statement metrics), to measure what they cost.
+    #[arg(long)]
+    metrics: bool,
 }
 
 fn main() -> ExitCode {
@@ -67,6 +71,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if cli.metrics {
+        tracker::http::Metrics::install()?.spawn_upkeep();
+    }
     let settings = Settings::load(&Source::from_process()?)?;
     let options = Options {
         scale: cli.scale,
@@ -76,7 +83,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         reuse: cli.reuse,
         rounds: cli.rounds,
     };
-    tracing::info!(target = %settings.url.target(), scale = options.scale, "benchmark");
+    tracing::info!(target = %settings.url.target(), scale = options.scale, metrics = cli.metrics, "benchmark");
     let records = bench::run(&settings, &options, &mut std::io::stdout().lock()).await?;
     let _ = write!(std::io::stderr(), "\n{}", bench::summary(&records));
     Ok(())

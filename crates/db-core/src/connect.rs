@@ -2,6 +2,7 @@
 //! is the only place that turns settings into connections.
 
 use std::io::ErrorKind;
+use std::ops::Deref;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +16,7 @@ use sea_orm::sqlx::{self, ConnectOptions, Connection};
 use sea_orm::{DatabaseConnection, DbBackend};
 
 use crate::error::{Error, Result, scrub};
+use crate::metrics::{PoolMetrics, Sampled, time_statements, watch};
 use crate::replicas::Replicas;
 use crate::settings::{LogLevel, Settings, SslMode};
 
@@ -22,41 +24,83 @@ use crate::settings::{LogLevel, Settings, SslMode};
 /// same pool, except on SQLite, where one writer connection serialises writes
 /// in-process and a pool of read-only connections reads concurrently).
 pub(crate) struct Pools {
-    pub write: DatabaseConnection,
-    pub read: DatabaseConnection,
+    pub write: Pool,
+    pub read: Pool,
     /// Read replicas, if any; read-only sessions prefer them to `read`.
     pub replicas: Arc<Replicas>,
     /// Statements run through any of the pools.
     pub statements: Arc<AtomicU64>,
 }
 
+/// One SeaORM pool, with its metrics while they are recorded.
+#[derive(Clone)]
+pub(crate) struct Pool {
+    conn: DatabaseConnection,
+    sampled: Option<Arc<Sampled>>,
+}
+
+impl Pool {
+    /// `conn` with `metrics`, sampled for as long as the pool lives.
+    fn new(conn: DatabaseConnection, metrics: Option<&Arc<PoolMetrics>>) -> Self {
+        Pool {
+            sampled: metrics.map(|m| watch(m.clone(), &conn)),
+            conn,
+        }
+    }
+
+    pub(crate) fn metrics(&self) -> Option<&Arc<PoolMetrics>> {
+        self.sampled.as_ref().map(|s| &s.metrics)
+    }
+}
+
+impl Deref for Pool {
+    type Target = DatabaseConnection;
+
+    fn deref(&self) -> &DatabaseConnection {
+        &self.conn
+    }
+}
+
+impl From<DatabaseConnection> for Pool {
+    fn from(conn: DatabaseConnection) -> Self {
+        Pool {
+            conn,
+            sampled: None,
+        }
+    }
+}
+
 fn count_statements(conn: &mut DatabaseConnection, statements: &Arc<AtomicU64>) {
     let statements = statements.clone();
-    conn.set_metric_callback(move |_| {
+    time_statements(conn, move || {
         statements.fetch_add(1, Ordering::Relaxed);
     });
 }
 
 /// A pool on a PostgreSQL or MySQL server that connects when first used.
 pub(crate) struct ServerPool {
-    pub conn: DatabaseConnection,
+    pub pool: Pool,
 }
 
 impl ServerPool {
     pub(crate) async fn close(self) {
-        let _ = self.conn.close_by_ref().await;
+        let _ = self.pool.close_by_ref().await;
     }
 }
 
 /// A lazily connecting pool for the server of `s` (no waiting, no check).
-pub(crate) fn server_pool(s: &Settings, statements: &Arc<AtomicU64>) -> Result<ServerPool> {
+pub(crate) fn server_pool(
+    s: &Settings,
+    statements: &Arc<AtomicU64>,
+    metrics: Option<&Arc<PoolMetrics>>,
+) -> Result<ServerPool> {
     let mut conn = match Options::new(s)? {
         Options::Postgres(o) => DatabaseConnection::from(
-            pool_options::<sqlx::Postgres>(s, s.max_connections, s.min_connections)
+            pool_options::<sqlx::Postgres>(s, s.max_connections, s.min_connections, metrics)
                 .connect_lazy_with(o),
         ),
         Options::MySql(o) => DatabaseConnection::from(
-            pool_options::<sqlx::MySql>(s, s.max_connections, s.min_connections)
+            pool_options::<sqlx::MySql>(s, s.max_connections, s.min_connections, metrics)
                 .connect_lazy_with(o),
         ),
         Options::Sqlite(_) => {
@@ -66,7 +110,9 @@ pub(crate) fn server_pool(s: &Settings, statements: &Arc<AtomicU64>) -> Result<S
         }
     };
     count_statements(&mut conn, statements);
-    Ok(ServerPool { conn })
+    Ok(ServerPool {
+        pool: Pool::new(conn, metrics),
+    })
 }
 
 /// Whether one connection attempt to the server of `s` succeeds within its
@@ -230,7 +276,12 @@ fn sqlite_creates(url: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn pool_options<DB: sqlx::Database>(s: &Settings, max: u32, min: u32) -> PoolOptions<DB> {
+fn pool_options<DB: sqlx::Database>(
+    s: &Settings,
+    max: u32,
+    min: u32,
+    metrics: Option<&Arc<PoolMetrics>>,
+) -> PoolOptions<DB> {
     let mut pool = PoolOptions::<DB>::new()
         .max_connections(max)
         .min_connections(min.min(max))
@@ -241,7 +292,25 @@ fn pool_options<DB: sqlx::Database>(s: &Settings, max: u32, min: u32) -> PoolOpt
         // connections that sat idle long enough to have been dropped by a
         // firewall or a server restart.
         .test_before_acquire(false);
-    if let Some(threshold) = s.ping_after_idle {
+    let ping_after_idle = s.ping_after_idle;
+    if let Some(m) = metrics {
+        let (connected, acquired) = (m.clone(), m.clone());
+        pool = pool
+            .after_connect(move |_, _| {
+                connected.connected();
+                Box::pin(async { Ok(()) })
+            })
+            .before_acquire(move |conn, meta| {
+                let acquired = acquired.clone();
+                Box::pin(async move {
+                    if ping_after_idle.is_some_and(|threshold| meta.idle_for >= threshold) {
+                        conn.ping().await?;
+                    }
+                    acquired.handed_over();
+                    Ok(true)
+                })
+            });
+    } else if let Some(threshold) = ping_after_idle {
         pool = pool.before_acquire(move |conn, meta| {
             Box::pin(async move {
                 if meta.idle_for >= threshold {
@@ -257,7 +326,13 @@ fn pool_options<DB: sqlx::Database>(s: &Settings, max: u32, min: u32) -> PoolOpt
 /// Waits until the server accepts a connection, retrying with exponential
 /// backoff until the connect deadline. Fails at once when retrying cannot help
 /// (bad credentials, unknown database, TLS failure).
-async fn wait_for_server<O>(options: &O, s: &Settings, user: &str, database: &str) -> Result<()>
+async fn wait_for_server<O>(
+    options: &O,
+    s: &Settings,
+    user: &str,
+    database: &str,
+    metrics: Option<&Arc<PoolMetrics>>,
+) -> Result<()>
 where
     O: ConnectOptions,
     O::Connection: Sized,
@@ -268,7 +343,11 @@ where
     let mut delay = Duration::from_millis(100);
     let mut attempt = 1u32;
     loop {
-        let reason = match tokio::time::timeout(s.connect_timeout, options.connect()).await {
+        let result = tokio::time::timeout(s.connect_timeout, options.connect()).await;
+        if !matches!(result, Ok(Ok(_))) {
+            metrics.inspect(|m| m.connect_failed());
+        }
+        let reason = match result {
             Ok(Ok(conn)) => {
                 let _ = conn.close().await;
                 if attempt > 1 {
@@ -373,34 +452,35 @@ fn transient_reason(
 }
 
 /// Opens the pools for `s`, waiting for the server as the settings allow.
-pub(crate) async fn open(s: &Settings) -> Result<Pools> {
+/// `label` names the primary's pool in metrics (`primary`, `migration`).
+pub(crate) async fn open(s: &Settings, label: &'static str) -> Result<Pools> {
     let statements = Arc::new(AtomicU64::new(0));
+    let metrics = PoolMetrics::new(label);
+    let metrics = metrics.as_ref();
     let (write, read) = match Options::new(s)? {
         Options::Postgres(o) => {
             let user = o.get_username().to_owned();
             let database = o.get_database().unwrap_or(&user).to_owned();
-            wait_for_server(&o, s, &user, &database).await?;
-            (server_pool(s, &statements)?.conn, None)
+            wait_for_server(&o, s, &user, &database, metrics).await?;
+            (server_pool(s, &statements, metrics)?.pool, None)
         }
         Options::MySql(o) => {
             let user = o.get_username().to_owned();
             let database = o.get_database().unwrap_or_default().to_owned();
-            wait_for_server(&o, s, &user, &database).await?;
-            (server_pool(s, &statements)?.conn, None)
+            wait_for_server(&o, s, &user, &database, metrics).await?;
+            (server_pool(s, &statements, metrics)?.pool, None)
         }
-        Options::Sqlite(o) => open_sqlite(s, o).await?,
-    };
-    let mut write = write;
-    if s.url.backend() == DbBackend::Sqlite {
-        count_statements(&mut write, &statements);
-    }
-    let read = match read {
-        Some(mut read) => {
-            count_statements(&mut read, &statements);
-            read
+        Options::Sqlite(o) => {
+            let (mut write, read) = open_sqlite(s, o, label, metrics).await?;
+            count_statements(&mut write.conn, &statements);
+            let read = read.map(|mut read| {
+                count_statements(&mut read.conn, &statements);
+                read
+            });
+            (write, read)
         }
-        None => write.clone(),
     };
+    let read = read.unwrap_or_else(|| write.clone());
     Ok(Pools {
         write,
         read,
@@ -413,7 +493,9 @@ pub(crate) async fn open(s: &Settings) -> Result<Pools> {
 async fn open_sqlite(
     s: &Settings,
     o: SqliteConnectOptions,
-) -> Result<(DatabaseConnection, Option<DatabaseConnection>)> {
+    label: &str,
+    metrics: Option<&Arc<PoolMetrics>>,
+) -> Result<(Pool, Option<Pool>)> {
     let url = s.url.expose();
     let target = s.url.target();
     let reject = |e: sqlx::Error| {
@@ -428,11 +510,11 @@ async fn open_sqlite(
     };
     if sqlite_in_memory(url) {
         // Each connection to `:memory:` is a database of its own: one connection.
-        let pool = pool_options::<sqlx::Sqlite>(s, 1, 1)
+        let pool = pool_options::<sqlx::Sqlite>(s, 1, 1, metrics)
             .connect_with(o)
             .await
             .map_err(reject)?;
-        return Ok((DatabaseConnection::from(pool), None));
+        return Ok((Pool::new(DatabaseConnection::from(pool), metrics), None));
     }
     if sqlite_creates(url)
         && let Some(parent) = o.get_filename().parent()
@@ -446,7 +528,7 @@ async fn open_sqlite(
     // One writer: SQLite allows one write transaction at a time, and waiting in
     // the pool queue is fair and cheap, where waiting on the file lock is
     // neither. WAL lets the readers read while it writes.
-    let writer = pool_options::<sqlx::Sqlite>(s, 1, 1)
+    let writer = pool_options::<sqlx::Sqlite>(s, 1, 1, metrics)
         .connect_with(
             o.clone()
                 .journal_mode(SqliteJournalMode::Wal)
@@ -454,11 +536,20 @@ async fn open_sqlite(
         )
         .await
         .map_err(reject)?;
-    let readers = pool_options::<sqlx::Sqlite>(s, s.max_connections, s.min_connections)
-        .connect_lazy_with(o.read_only(true).create_if_missing(false));
+    let reader_metrics = PoolMetrics::new(format!("{label}_reader"));
+    let readers = pool_options::<sqlx::Sqlite>(
+        s,
+        s.max_connections,
+        s.min_connections,
+        reader_metrics.as_ref(),
+    )
+    .connect_lazy_with(o.read_only(true).create_if_missing(false));
     Ok((
-        DatabaseConnection::from(writer),
-        Some(DatabaseConnection::from(readers)),
+        Pool::new(DatabaseConnection::from(writer), metrics),
+        Some(Pool::new(
+            DatabaseConnection::from(readers),
+            reader_metrics.as_ref(),
+        )),
     ))
 }
 
@@ -484,13 +575,17 @@ pub(crate) async fn maintenance(s: &Settings) -> Result<(DatabaseConnection, Str
     let conn = match options {
         Options::Postgres(o) => {
             let user = o.get_username().to_owned();
-            wait_for_server(&o, s, &user, "postgres").await?;
-            DatabaseConnection::from(pool_options::<sqlx::Postgres>(s, 1, 0).connect_lazy_with(o))
+            wait_for_server(&o, s, &user, "postgres", None).await?;
+            DatabaseConnection::from(
+                pool_options::<sqlx::Postgres>(s, 1, 0, None).connect_lazy_with(o),
+            )
         }
         Options::MySql(o) => {
             let user = o.get_username().to_owned();
-            wait_for_server(&o, s, &user, "information_schema").await?;
-            DatabaseConnection::from(pool_options::<sqlx::MySql>(s, 1, 0).connect_lazy_with(o))
+            wait_for_server(&o, s, &user, "information_schema", None).await?;
+            DatabaseConnection::from(
+                pool_options::<sqlx::MySql>(s, 1, 0, None).connect_lazy_with(o),
+            )
         }
         Options::Sqlite(_) => unreachable!("handled above"),
     };

@@ -14,6 +14,7 @@ use sea_orm::{
 
 use crate::connect::{Pools, open};
 use crate::error::{Error, Result, Retryable};
+use crate::metrics::{self, acquiring};
 use crate::session::{Access, Session, SessionOptions};
 use crate::settings::Settings;
 use crate::url::backend_name;
@@ -141,7 +142,13 @@ impl Db {
     /// exponential backoff up to the connect deadline, failing at once on bad
     /// credentials or an unknown database.
     pub async fn connect(settings: &Settings) -> Result<Db> {
-        let pools = open(settings).await?;
+        Self::connect_labelled(settings, "primary").await
+    }
+
+    /// [`Db::connect`] with the label its primary pool has in metrics
+    /// (`pool="migration"` for the migrator's own pool).
+    pub async fn connect_labelled(settings: &Settings, label: &'static str) -> Result<Db> {
+        let pools = open(settings, label).await?;
         Ok(Db {
             inner: Arc::new(Inner {
                 pools,
@@ -254,7 +261,7 @@ impl Db {
                 )
                 .await?
         } else {
-            pool.begin_with_options(tx_options).await?
+            acquiring(pool.metrics(), pool.begin_with_options(tx_options)).await?
         };
         if let Some(setup) = &self.inner.pooler_setup {
             let mut sql = "DEALLOCATE ALL".to_owned();
@@ -316,6 +323,7 @@ impl Db {
                 return Err(error);
             }
             self.inner.retries.fetch_add(1, Ordering::Relaxed);
+            metrics::retried(error.retry_reason());
             let cap = Duration::from_millis(10 << attempt.min(6));
             let pause = rand::rng().random_range(Duration::ZERO..=cap);
             tracing::info!(
@@ -357,6 +365,7 @@ impl Db {
             } else {
                 None
             };
+            replica.report(lag);
             status.push(ReplicaStatus {
                 target: replica.target().to_owned(),
                 up: replica.is_up(),

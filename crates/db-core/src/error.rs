@@ -3,6 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::metrics::RetryReason;
 use sea_orm::{DbErr, RuntimeErr, sqlx};
 
 /// Everything that can go wrong between settings and a finished unit of work.
@@ -270,6 +271,12 @@ fn is_admin_shutdown(code: Option<&str>) -> bool {
 pub trait Retryable {
     /// True when running the same transaction again may succeed.
     fn is_retryable(&self) -> bool;
+
+    /// Which conflict made it retryable, for the retry counter's `reason`
+    /// (`other` when `None`).
+    fn retry_reason(&self) -> Option<RetryReason> {
+        None
+    }
 }
 
 /// The database server's own error behind `err`, if that is what it is.
@@ -299,11 +306,19 @@ impl Retryable for DbErr {
         d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
             .is_some_and(|m| m.number() == 1213)
     }
+
+    fn retry_reason(&self) -> Option<RetryReason> {
+        RetryReason::of(self)
+    }
 }
 
 impl Retryable for Error {
     fn is_retryable(&self) -> bool {
         self.db_err().is_some_and(Retryable::is_retryable)
+    }
+
+    fn retry_reason(&self) -> Option<RetryReason> {
+        self.db_err().and_then(RetryReason::of)
     }
 }
 

@@ -22,6 +22,8 @@
 //!   [`Report`] prints one with its causes on a single line. No message,
 //!   source or `Debug` shows the password.
 //! - [`DatabaseUrl::child_env`] hands the URL to a child process.
+//! - [`metrics`]: pool, statement, retry and replica metrics through the
+//!   `metrics` facade, once a binary calls [`metrics::enable`].
 //!
 //! The main path: settings, then a `Db`, then one session per unit of work,
 //! used wherever SeaORM takes a connection.
@@ -64,6 +66,7 @@ mod copy;
 mod db;
 mod error;
 mod lock;
+pub mod metrics;
 mod replicas;
 mod session;
 mod settings;

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use sea_orm::{DatabaseConnection, DbErr};
 
-use crate::connect::{ServerPool, probe, server_pool};
+use crate::connect::{Pool, ServerPool, probe, server_pool};
 use crate::error::{Error, Result};
+use crate::metrics::{self, PoolMetrics, RetryReason, acquiring};
 use crate::settings::Settings;
 
 /// How often a replica marked down is tried again.
@@ -23,20 +24,32 @@ pub(crate) struct Replica {
     pool: RwLock<ServerPool>,
     up: AtomicBool,
     statements: Arc<AtomicU64>,
+    metrics: Option<Arc<PoolMetrics>>,
 }
 
 impl Replica {
     /// The replica's pool, opened lazily: a replica that is down at startup
     /// does not hold the application up.
-    fn new(settings: Settings, statements: Arc<AtomicU64>) -> Result<Self> {
-        let pool = server_pool(&settings, &statements)?;
-        Ok(Replica {
+    fn new(settings: Settings, statements: Arc<AtomicU64>, label: String) -> Result<Self> {
+        let metrics = PoolMetrics::new(label);
+        let pool = server_pool(&settings, &statements, metrics.as_ref())?;
+        let replica = Replica {
             target: settings.url.target(),
             settings,
             pool: RwLock::new(pool),
             up: AtomicBool::new(true),
             statements,
-        })
+            metrics,
+        };
+        replica.report(None);
+        Ok(replica)
+    }
+
+    /// Sets the replica's state and lag gauges (`lag` when known).
+    pub(crate) fn report(&self, lag: Option<Duration>) {
+        if let Some(m) = &self.metrics {
+            metrics::replica(m.label(), self.is_up(), lag);
+        }
     }
 
     pub(crate) fn target(&self) -> &str {
@@ -48,16 +61,21 @@ impl Replica {
     }
 
     pub(crate) fn conn(&self) -> DatabaseConnection {
+        (*self.pool()).clone()
+    }
+
+    fn pool(&self) -> Pool {
         self.pool
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .conn
+            .pool
             .clone()
     }
 
     fn mark_down(&self, reason: &str) {
         if self.up.swap(false, Ordering::Relaxed) {
             tracing::warn!(replica = %self.target, "replica unavailable ({reason}); reading from the others");
+            self.report(None);
         }
     }
 
@@ -65,9 +83,12 @@ impl Replica {
     /// connections died with the outage) and marks it up.
     async fn revive(&self) {
         if !probe(&self.settings).await {
+            if let Some(m) = &self.metrics {
+                m.connect_failed();
+            }
             return;
         }
-        let Ok(fresh) = server_pool(&self.settings, &self.statements) else {
+        let Ok(fresh) = server_pool(&self.settings, &self.statements, self.metrics.as_ref()) else {
             return;
         };
         let old = std::mem::replace(
@@ -76,6 +97,7 @@ impl Replica {
         );
         tokio::spawn(async move { old.close().await });
         self.up.store(true, Ordering::Relaxed);
+        self.report(None);
         tracing::info!(replica = %self.target, "replica is back");
     }
 }
@@ -93,14 +115,15 @@ impl Replicas {
         let list = settings
             .replicas
             .iter()
-            .map(|url| {
+            .enumerate()
+            .map(|(i, url)| {
                 let mut s = settings.clone();
                 s.url = url.clone();
                 s.replicas = Vec::new();
                 // A replica with no free connection within a second is skipped
                 // for this statement, not waited for.
                 s.acquire_timeout = s.acquire_timeout.min(Duration::from_secs(1));
-                Replica::new(s, statements.clone())
+                Replica::new(s, statements.clone(), format!("replica{}", i + 1))
             })
             .collect::<Result<Vec<_>>>()?;
         let replicas = Arc::new(Replicas {
@@ -133,22 +156,22 @@ impl Replicas {
     /// Runs `work` on a replica, moving on to the next one (and finally to
     /// `primary`) when a replica cannot be reached. Only for reads, which
     /// may run twice.
-    pub(crate) async fn route<T, F, Fut>(
-        &self,
-        primary: &DatabaseConnection,
-        work: F,
-    ) -> Result<T, DbErr>
+    pub(crate) async fn route<T, F, Fut>(&self, primary: &Pool, work: F) -> Result<T, DbErr>
     where
         F: Fn(DatabaseConnection) -> Fut,
         Fut: Future<Output = Result<T, DbErr>>,
     {
         for replica in self.in_turn() {
-            match work(replica.conn()).await {
-                Err(e) if Error::unreachable(&e) => replica.mark_down(&e.to_string()),
+            let pool = replica.pool();
+            match acquiring(pool.metrics(), work((*pool).clone())).await {
+                Err(e) if Error::unreachable(&e) => {
+                    replica.mark_down(&e.to_string());
+                    metrics::retried(Some(RetryReason::Failover));
+                }
                 done => return done,
             }
         }
-        work(primary.clone()).await
+        acquiring(primary.metrics(), work((**primary).clone())).await
     }
 }
 

@@ -4,11 +4,13 @@ use std::fmt;
 use std::sync::Arc;
 
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseExecutor, DatabaseTransaction, DbBackend, DbErr,
-    ExecResult, IsolationLevel, QueryResult, Statement,
+    ConnectionTrait, DatabaseExecutor, DatabaseTransaction, DbBackend, DbErr, ExecResult,
+    IsolationLevel, QueryResult, Statement,
 };
 
+use crate::connect::Pool;
 use crate::error::{Error, Result};
+use crate::metrics::acquiring;
 use crate::replicas::Replicas;
 
 /// How a session reads and writes.
@@ -100,9 +102,9 @@ impl Default for SessionOptions {
 #[derive(Clone)]
 enum Conn {
     Tx(Arc<DatabaseTransaction>),
-    Direct(DatabaseConnection),
+    Direct(Pool),
     /// Reads on the replicas, falling back to the primary.
-    Routed(Arc<Replicas>, DatabaseConnection),
+    Routed(Arc<Replicas>, Pool),
 }
 
 /// One unit of work. Use it wherever SeaORM takes a connection
@@ -135,14 +137,14 @@ impl Session {
         }
     }
 
-    pub(crate) fn direct(conn: DatabaseConnection, access: Access) -> Self {
+    pub(crate) fn direct(conn: impl Into<Pool>, access: Access) -> Self {
         Session {
-            conn: Conn::Direct(conn),
+            conn: Conn::Direct(conn.into()),
             access,
         }
     }
 
-    pub(crate) fn routed(replicas: Arc<Replicas>, primary: DatabaseConnection) -> Self {
+    pub(crate) fn routed(replicas: Arc<Replicas>, primary: Pool) -> Self {
         Session {
             conn: Conn::Routed(replicas, primary),
             access: Access::ReadOnly,
@@ -210,7 +212,7 @@ impl ConnectionTrait for Session {
     async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
         match &self.conn {
             Conn::Tx(tx) => tx.execute_raw(stmt).await,
-            Conn::Direct(c) => c.execute_raw(stmt).await,
+            Conn::Direct(c) => acquiring(c.metrics(), c.execute_raw(stmt)).await,
             Conn::Routed(replicas, primary) => {
                 replicas
                     .route(primary, |c| {
@@ -225,7 +227,7 @@ impl ConnectionTrait for Session {
     async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
         match &self.conn {
             Conn::Tx(tx) => tx.execute_unprepared(sql).await,
-            Conn::Direct(c) => c.execute_unprepared(sql).await,
+            Conn::Direct(c) => acquiring(c.metrics(), c.execute_unprepared(sql)).await,
             Conn::Routed(replicas, primary) => {
                 replicas
                     .route(primary, |c| async move { c.execute_unprepared(sql).await })
@@ -237,7 +239,7 @@ impl ConnectionTrait for Session {
     async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
         match &self.conn {
             Conn::Tx(tx) => tx.query_one_raw(stmt).await,
-            Conn::Direct(c) => c.query_one_raw(stmt).await,
+            Conn::Direct(c) => acquiring(c.metrics(), c.query_one_raw(stmt)).await,
             Conn::Routed(replicas, primary) => {
                 replicas
                     .route(primary, |c| {
@@ -252,7 +254,7 @@ impl ConnectionTrait for Session {
     async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
         match &self.conn {
             Conn::Tx(tx) => tx.query_all_raw(stmt).await,
-            Conn::Direct(c) => c.query_all_raw(stmt).await,
+            Conn::Direct(c) => acquiring(c.metrics(), c.query_all_raw(stmt)).await,
             Conn::Routed(replicas, primary) => {
                 replicas
                     .route(primary, |c| {

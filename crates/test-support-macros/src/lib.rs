@@ -18,6 +18,8 @@
 //! - `browser`: ignored when `TEST_BROWSER` was not set: the test needs
 //!   Debian's chromium, `playwright-core` and `openapi-spec-validator`, which
 //!   `just browser-tools` installs (`just browser-test` and `.ci/run` set it).
+//! - `prometheus`: ignored when `TEST_PROMETHEUS` was not set: the test runs
+//!   Debian's `prometheus` server (`.ci/run` installs it and sets the variable).
 //! - `chaos`: always ignored; `just chaos` runs these with `--ignored`.
 //!
 //! Every reason starts with `needs`, and a missing server is named by its
@@ -39,8 +41,11 @@ pub fn needs(args: TokenStream, item: TokenStream) -> TokenStream {
                 "browser" if !cfg!(browser_configured) => missing.push(
                     "TEST_BROWSER (chromium, playwright-core and openapi-spec-validator: `just browser-test`)",
                 ),
+                "prometheus" if !cfg!(prometheus_configured) => {
+                    missing.push("TEST_PROMETHEUS (Debian's prometheus package)")
+                }
                 "chaos" => missing.push("`just chaos` (a long fault-injection test)"),
-                "postgres" | "mysql" | "browser" => {}
+                "postgres" | "mysql" | "browser" | "prometheus" => {}
                 other => return error(&format!("needs: unknown requirement `{other}`")),
             },
             TokenTree::Punct(punct) if punct.as_char() == ',' => {}

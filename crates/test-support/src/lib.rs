@@ -1,6 +1,7 @@
 //! Test helpers for this workspace (a dev-dependency only): a database of
 //! its own for each test, private PostgreSQL servers and PgBouncer for tests
-//! that need password authentication or stop a server, and tests that are
+//! that need password authentication or stop a server, a Prometheus server
+//! that scrapes a test's `tracker serve`, and tests that are
 //! reported as ignored when their server is not configured.
 //!
 //! [`TestDb::new`] gives each test a database of its own: on PostgreSQL and
@@ -34,11 +35,13 @@ use sea_orm::{ConnectionTrait, DbBackend, Statement};
 pub mod original_app;
 mod pgbouncer;
 mod postgres_server;
+mod prometheus;
 
 use db_core::{DatabaseUrl, Db, SessionOptions, Settings, create_database, drop_database};
 use percent_encoding::NON_ALPHANUMERIC;
 pub use pgbouncer::PgBouncer;
 pub use postgres_server::{PrivatePostgres, StopMode, free_port};
+pub use prometheus::Prometheus;
 pub use test_support_macros::needs;
 
 /// Prefix of every database this module creates.

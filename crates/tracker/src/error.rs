@@ -48,6 +48,13 @@ impl db_core::Retryable for Error {
     fn is_retryable(&self) -> bool {
         matches!(self, Error::Db(e) if e.is_retryable())
     }
+
+    fn retry_reason(&self) -> Option<db_core::metrics::RetryReason> {
+        match self {
+            Error::Db(e) => e.retry_reason(),
+            _ => None,
+        }
+    }
 }
 
 /// Shorthand for results of this crate.

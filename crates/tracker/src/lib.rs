@@ -8,7 +8,8 @@
 //!   their assignees and a task's whole subtree are one query each.
 //! - [`http`] maps the operations to routes and describes them in an OpenAPI
 //!   3.1 document (`/openapi.json`, rendered at `/docs` and `/redoc`);
-//!   [`http::serve`] runs them.
+//!   [`http::serve`] runs them, with Prometheus metrics at `/metrics`
+//!   ([`http::Metrics`], [`http::Exposure`]).
 //! - [`seed`] fills an empty database with a few employees and a task tree.
 //!
 //! ```no_run

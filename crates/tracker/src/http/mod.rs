@@ -16,6 +16,7 @@
 //! | `GET /ready` | the database answers a ping (503 if not) |
 //! | `GET /openapi.json` | the OpenAPI 3.1 document of the routes above |
 //! | `GET /docs`, `GET /redoc` | the document rendered by Swagger UI and by ReDoc |
+//! | `GET /metrics` | Prometheus metrics, when [`serve`] is given [`Exposure::Api`] |
 //!
 //! Each handler's `#[utoipa::path]` attribute declares its method, path,
 //! parameters and answers; [`router`] routes the handlers from those
@@ -24,6 +25,7 @@
 mod docs;
 mod error;
 mod input;
+mod metrics;
 
 use std::future::Future;
 use std::time::Duration;
@@ -44,6 +46,7 @@ use utoipa_axum::routes;
 
 pub use error::{ApiError, Cause, FieldError};
 pub use input::{BODY_LIMIT, MAX_LIMIT};
+pub use metrics::{InstallError, Metrics};
 
 use crate::service::{Employee, Task, Tracker};
 use docs::Api;
@@ -143,11 +146,23 @@ pub fn router(tracker: Tracker) -> Router {
         .with_state(tracker)
 }
 
+/// Whether requests are measured, and where `/metrics` is served.
+#[derive(Debug, Clone)]
+pub enum Exposure {
+    /// No metrics recorded.
+    Off,
+    /// Recorded, and served at `/metrics` on the API's listener.
+    Api(Metrics),
+    /// Recorded; served elsewhere (see [`serve_metrics`]).
+    Separate(Metrics),
+}
+
 /// Serves the API on `listener` until `shutdown` completes, then stops
 /// accepting, lets in-flight requests finish, and returns.
 pub async fn serve(
     listener: TcpListener,
     tracker: Tracker,
+    exposure: Exposure,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let cors = CorsLayer::new()
@@ -155,7 +170,19 @@ pub async fn serve(
         .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
         .allow_headers(Any)
         .max_age(Duration::from_secs(600));
-    let app = router(tracker)
+    let db = tracker.db().clone();
+    let mut app = router(tracker);
+    if let Exposure::Api(m) | Exposure::Separate(m) = &exposure {
+        m.spawn_upkeep();
+        if let Exposure::Api(m) = &exposure {
+            app = app.merge(metrics_route(m.clone(), db));
+        }
+        app = app.layer(axum::middleware::from_fn_with_state(
+            m.clone(),
+            metrics::record,
+        ));
+    }
+    let app = app
         .layer(CatchPanicLayer::custom(|_| {
             tracing::error!("a request handler panicked");
             ApiError::Internal(None).into_response()
@@ -174,6 +201,29 @@ pub async fn serve(
     )
     .with_graceful_shutdown(shutdown)
     .await
+}
+
+fn metrics_route(m: Metrics, db: db_core::Db) -> Router {
+    Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let (m, db) = (m.clone(), db.clone());
+            async move { metrics::answer(&m, &db).await }
+        }),
+    )
+}
+
+/// Serves only `/metrics` on `listener` (a listener apart from the API's,
+/// which need not be public) until `shutdown` completes.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    metrics: Metrics,
+    db: db_core::Db,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, metrics_route(metrics, db))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// The process is up.

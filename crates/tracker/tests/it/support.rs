@@ -36,9 +36,14 @@ impl Server {
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
         let tracker = Tracker::new(t.db.clone());
-        let task = tokio::spawn(tracker::http::serve(listener, tracker, async {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(tracker::http::serve(
+            listener,
+            tracker,
+            tracker::http::Exposure::Off,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         Server {
             t,
             base,
