@@ -220,6 +220,11 @@ settings! {
         /// queueing (and holding up everyone queued behind it).
         #[serde(deserialize_with = "or_off")]
         lock_timeout "DB_LOCK_TIMEOUT": Option<Duration> = "off", Postgres, eg "10s", expects OR_OFF;
+        /// PostgreSQL `idle_in_transaction_session_timeout`: a session left idle inside a
+        /// transaction for longer is ended, releasing its locks and its snapshot.
+        #[serde(deserialize_with = "or_off")]
+        idle_in_transaction_timeout "DB_IDLE_IN_TRANSACTION_TIMEOUT": Option<Duration> = "off", Postgres, eg "1m",
+            expects OR_OFF;
         /// PostgreSQL `search_path`, comma-separated schemas; the server's default when unset.
         schema "DB_SCHEMA": Option<String> = "" or "(server default)", Postgres, eg "tracker,public",
             expects "schema names separated by commas",
@@ -369,6 +374,10 @@ impl Settings {
         [
             ("statement_timeout", self.statement_timeout),
             ("lock_timeout", self.lock_timeout),
+            (
+                "idle_in_transaction_session_timeout",
+                self.idle_in_transaction_timeout,
+            ),
         ]
         .into_iter()
         .filter_map(|(name, timeout)| Some((name, timeout?)))
