@@ -18,7 +18,7 @@ use sea_orm::{DatabaseConnection, DbBackend};
 use crate::error::{Error, Result, scrub};
 use crate::metrics::{PoolMetrics, Sampled, time_statements, watch};
 use crate::replicas::Replicas;
-use crate::settings::{LogLevel, Settings, SslMode};
+use crate::settings::{Settings, SslMode};
 
 /// The pools behind a [`Db`](crate::Db): one for writes and one for reads (the
 /// same pool, except on SQLite, where one writer connection serialises writes
@@ -146,19 +146,8 @@ pub(crate) enum Options {
     Sqlite(SqliteConnectOptions),
 }
 
-fn log_level(level: LogLevel) -> log::LevelFilter {
-    match level {
-        LogLevel::Off => log::LevelFilter::Off,
-        LogLevel::Error => log::LevelFilter::Error,
-        LogLevel::Warn => log::LevelFilter::Warn,
-        LogLevel::Info => log::LevelFilter::Info,
-        LogLevel::Debug => log::LevelFilter::Debug,
-        LogLevel::Trace => log::LevelFilter::Trace,
-    }
-}
-
 fn with_logging<O: ConnectOptions>(options: O, s: &Settings) -> O {
-    let options = options.log_statements(log_level(s.log_statements));
+    let options = options.log_statements(s.log_statements);
     match s.slow_statement_threshold {
         Some(threshold) => options.log_slow_statements(log::LevelFilter::Warn, threshold),
         None => options.log_slow_statements(log::LevelFilter::Off, Duration::ZERO),

@@ -79,9 +79,7 @@ pub use db::{Db, Health, ReplicaStatus, Scope, Stats};
 pub use error::{Error, Report, Result, Retryable};
 pub use lock::Lock;
 pub use session::{Access, Session, SessionOptions};
-pub use settings::{
-    DEFAULT_SQLITE_PATH, LogLevel, SETTINGS, SettingInfo, Settings, Source, SslMode,
-};
+pub use settings::{DEFAULT_SQLITE_PATH, SETTINGS, SettingInfo, Settings, Source, SslMode};
 pub use url::{DatabaseUrl, backend_name};
 
 /// The SeaORM this crate is built on, for users who want the same version.

@@ -1,29 +1,35 @@
-//! Typed settings, loaded in layers: built-in defaults < `config/default.toml`
-//! < `config/{APP_ENV}.toml` < environment variables. Each setting is declared
-//! once, in the table below; README.md and `.env.example` are generated from it.
+//! Typed settings, loaded in layers with the `config` crate: built-in defaults
+//! < `config/default.toml` < `config/{APP_ENV}.toml` < environment variables,
+//! deserialized with serde and then checked. Each setting is declared once, in
+//! the table below; README.md and `.env.example` are generated from it.
 
 mod table;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use config::{Config, File, FileFormat, Source as _, ValueKind};
+use config::builder::{ConfigBuilder, DefaultState};
+use config::{Config, ConfigError, Environment, File, FileFormat, Source as _, ValueKind};
+use log::LevelFilter;
 use sea_orm::DbBackend;
 use secrecy::SecretString;
 
 use crate::error::{Error, Result};
 use crate::url::{DatabaseUrl, Parts, backend_name};
-use table::{
-    Applies, Input, Show, choice, default, file, flag, nonzero, number, or_off, origin, port,
-    settings, some, text, unset, url, zero_ok,
-};
-pub use table::{LogLevel, SettingInfo, SslMode};
+use table::{Number, Show, off_is_zero, or_off, settings};
+pub use table::{SettingInfo, SslMode};
 
 /// The embedded default: a SQLite file, so a fresh clone runs with no server.
 pub const DEFAULT_SQLITE_PATH: &str = "data/tracker.db";
+
+/// Returns a configuration error from the enclosing function.
+macro_rules! bail {
+    ($($message:tt)*) => {
+        return Err(Error::Config(format!($($message)*)))
+    };
+}
 
 /// Where settings come from: a set of environment variables and a folder of
 /// configuration files. Tests build one by hand; binaries call
@@ -39,9 +45,11 @@ pub struct Source {
 impl fmt::Debug for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Values may be secrets; names are enough to debug with.
+        let vars: Vec<_> = self.vars.keys().collect();
+        let dir = &self.config_dir;
         f.debug_struct("Source")
-            .field("vars", &self.vars.keys().collect::<Vec<_>>())
-            .field("config_dir", &self.config_dir)
+            .field("vars", &vars)
+            .field("config_dir", dir)
             .finish()
     }
 }
@@ -66,195 +74,294 @@ impl Source {
         self
     }
 
-    /// Builds a source from `(name, value)` pairs such as `std::env::vars_os()`.
-    /// A value that is not valid UTF-8 is remembered, and reported if it is a
-    /// setting of ours.
-    pub fn from_vars<I, K, V>(vars: I) -> Self
-    where
-        I: IntoIterator<Item = (K, V)>,
-        K: Into<OsString>,
-        V: Into<OsString>,
-    {
-        let mut source = Source::new();
-        for (name, value) in vars {
-            let Ok(name) = name.into().into_string() else {
-                continue;
-            };
-            match value.into().into_string() {
-                Ok(value) => {
-                    source.vars.insert(name, value);
-                }
-                Err(_) => {
-                    source.not_unicode.insert(name);
-                }
-            }
-        }
-        source
-    }
-
     /// The process environment, with `./.env` (if present) filling in variables
     /// that are not set. For binaries: this is the only place the process
-    /// environment and `.env` are read.
+    /// environment and `.env` are read. A value that is not valid UTF-8 is an
+    /// error if it is a setting of ours.
     pub fn from_process() -> Result<Self> {
-        let mut source = Source::from_vars(std::env::vars_os());
+        let mut source = Source::new();
+        for (name, value) in std::env::vars_os() {
+            match (name.into_string(), value.into_string()) {
+                (Ok(name), Ok(value)) => drop(source.vars.insert(name, value)),
+                (Ok(name), Err(_)) => drop(source.not_unicode.insert(name)),
+                (Err(_), _) => {}
+            }
+        }
         let dotenv = Path::new(".env");
         if dotenv.exists() {
-            let entries =
-                dotenvy::from_path_iter(dotenv).map_err(|e| Error::Config(dotenv_message(&e)))?;
-            for entry in entries {
-                let (name, value) = entry.map_err(|e| Error::Config(dotenv_message(&e)))?;
-                if !source.vars.contains_key(&name) && !source.not_unicode.contains(&name) {
-                    source.vars.insert(name, value);
+            for entry in dotenvy::from_path_iter(dotenv).map_err(dotenv_error)? {
+                let (name, value) = entry.map_err(dotenv_error)?;
+                if !source.not_unicode.contains(&name) {
+                    source.vars.entry(name).or_insert(value);
                 }
             }
         }
         Ok(source)
     }
 
-    /// The value of a variable, if set.
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.vars.get(name).map(String::as_str)
-    }
-
-    fn dir(&self) -> &Path {
-        self.config_dir.as_deref().unwrap_or(Path::new("config"))
+    /// `default.toml` and `{APP_ENV}.toml` of the configuration folder, those
+    /// that exist, as (path, text).
+    fn files(&self) -> Result<Vec<(String, String)>> {
+        let mut names = vec!["default"];
+        if let Some(app_env) = self.vars.get("APP_ENV") {
+            let valid = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+            if app_env.is_empty() || !app_env.chars().all(valid) {
+                bail!(
+                    "APP_ENV=\"{app_env}\": expected a name like production (letters, digits, - and _)"
+                );
+            }
+            names.push(app_env);
+        }
+        let dir = self.config_dir.as_deref().unwrap_or(Path::new("config"));
+        let paths = names
+            .into_iter()
+            .map(|name| dir.join(format!("{name}.toml")));
+        let mut files = Vec::new();
+        for path in paths.filter(|path| path.exists()) {
+            let shown = path.display().to_string();
+            // Read the file here: an unreadable one is an error, not a missing one.
+            match std::fs::read_to_string(&path) {
+                Ok(text) => files.push((shown, text)),
+                Err(e) => bail!("{shown}: cannot read: {e}"),
+            }
+        }
+        Ok(files)
     }
 }
 
 /// A `.env` error without the offending line, which may hold a password.
-fn dotenv_message(e: &dotenvy::Error) -> String {
-    match e {
+fn dotenv_error(e: dotenvy::Error) -> Error {
+    Error::Config(match e {
         dotenvy::Error::LineParse(line, _) => {
-            // Name the line by its number; its text may hold a password.
-            let number = std::fs::read_to_string(".env").ok().and_then(|text| {
-                let first = line.lines().next().unwrap_or_default();
-                text.lines().position(|l| l == first).map(|i| i + 1)
-            });
-            match number {
-                Some(n) => format!(".env: cannot parse line {n}: expected NAME=value"),
+            // Name the line by its number instead.
+            let first = line.lines().next().unwrap_or_default();
+            let text = std::fs::read_to_string(".env").unwrap_or_default();
+            match text.lines().position(|l| l == first) {
+                Some(i) => format!(".env: cannot parse line {}: expected NAME=value", i + 1),
                 None => ".env: cannot parse a line: expected NAME=value".to_owned(),
             }
         }
         dotenvy::Error::Io(io) => format!(".env: cannot read: {io}"),
         dotenvy::Error::EnvVar(_) => ".env: a referenced variable is not set".to_owned(),
         _ => ".env: cannot be read".to_owned(),
-    }
+    })
 }
+
+const DURATION: &str = "a duration with a unit, like 5s, 500ms or 2m";
+const NONZERO: &str = "a duration greater than zero with a unit, like 5s, 500ms or 2m";
+const OR_OFF: &str = "a duration with a unit, like 5s, 500ms or 2m or off";
+const URL: &str = "a postgres://, mysql:// or sqlite: URL";
+/// Any text, even none (the password).
+const ANY: &str = "";
 
 settings! {
     inputs {
         /// A `postgres://`, `mysql://` or `sqlite:` URL; wins over the `DB_*` parts (with a warning).
-        url "DATABASE_URL" = "", eg "postgres://u:p@db:5432/tracker";
+        url "DATABASE_URL": Option<String> = "", eg "postgres://u:p@db:5432/tracker", expects URL;
         /// PostgreSQL host name, IP address (`::1`) or socket directory (`/var/run/postgresql`).
-        host "DB_HOST" = "", eg "db.internal";
+        host "DB_HOST": Option<String> = "", eg "db.internal",
+            expects "a host name, an IP address or a socket directory", if |h| h.as_deref().is_none_or(|h| {
+                !h.contains(|c: char| c.is_whitespace() || "@?#".contains(c)) && (h.starts_with('/') || !h.contains('/'))
+            });
         /// PostgreSQL port.
-        port "DB_PORT" = "5432", eg "6432";
+        #[serde(with = "Number")]
+        port "DB_PORT": u16 = "5432", eg "6432", expects "a port number 1-65535", if |p| *p > 0;
         /// Database name.
-        name "DB_NAME" = "", eg "tracker";
+        name "DB_NAME": Option<String> = "", eg "tracker", expects "a database name";
         /// User name.
-        user "DB_USER" = "", eg "tracker";
+        user "DB_USER": Option<String> = "", eg "tracker", expects "a user name";
         /// Password; any characters (percent-encoded for you).
-        pass "DB_PASS" = "", eg "p@ss:w/rd?#%&=";
+        pass "DB_PASS": Option<SecretString> = "", eg "p@ss:w/rd?#%&=", expects ANY;
         /// Read replicas, comma-separated URLs; read-only sessions (the GET routes) go there
         /// round-robin, skipping one that is down.
-        replica_urls "DB_REPLICA_URLS" = "", eg "postgres://u:p@replica1/tracker,postgres://u:p@replica2/tracker";
+        replica_urls "DB_REPLICA_URLS": Option<String> = "",
+            eg "postgres://u:p@replica1/tracker,postgres://u:p@replica2/tracker", expects "URLs, comma-separated";
         /// Read replicas as `host[:port]`, comma-separated, with the primary's user, password
         /// and database (instead of `DB_REPLICA_URLS`).
-        replica_hosts "DB_REPLICA_HOSTS" = "", eg "replica1,replica2:5433";
+        replica_hosts "DB_REPLICA_HOSTS": Option<String> = "", eg "replica1,replica2:5433",
+            expects "host or host:port, comma-separated";
+        /// Where migrations connect instead of `DATABASE_URL`, e.g. straight to the primary
+        /// when the application goes through a pooler.
+        migration_url "DB_MIGRATION_URL": Option<String> = "", eg "postgres://u:p@primary:5432/tracker",
+            expects URL;
     }
     fields {
         /// Upper bound of pooled connections.
-        max_connections "DB_MAX_CONNECTIONS": u32 = "10", All, number(1, 10_000), eg "16";
+        #[serde(with = "Number")]
+        max_connections "DB_MAX_CONNECTIONS": u32 = "10", All, eg "16",
+            expects "a whole number 1-10000", if |n| (1..=10_000).contains(n);
         /// Connections kept open when idle.
-        min_connections "DB_MIN_CONNECTIONS": u32 = "1", All, number(0, 10_000), eg "0";
+        #[serde(with = "Number")]
+        min_connections "DB_MIN_CONNECTIONS": u32 = "1", All, eg "0",
+            expects "a whole number 0-10000", if |n| *n <= 10_000;
         /// Time allowed for one connection attempt.
-        connect_timeout "DB_CONNECT_TIMEOUT": Duration = "5s", All, nonzero, eg "2s";
+        #[serde(with = "humantime_serde")]
+        connect_timeout "DB_CONNECT_TIMEOUT": Duration = "5s", All, eg "2s", expects NONZERO, if |d| !d.is_zero();
         /// How long connecting retries a server that is not up yet, with exponential
         /// backoff; `0s`: one attempt.
-        connect_deadline "DB_CONNECT_DEADLINE": Duration = "30s", All, zero_ok, eg "2m";
+        #[serde(deserialize_with = "off_is_zero")]
+        connect_deadline "DB_CONNECT_DEADLINE": Duration = "30s", All, eg "2m", expects DURATION;
         /// How long a caller waits for a free pooled connection; then HTTP 503.
-        acquire_timeout "DB_ACQUIRE_TIMEOUT": Duration = "5s", All, nonzero, eg "1s";
+        #[serde(with = "humantime_serde")]
+        acquire_timeout "DB_ACQUIRE_TIMEOUT": Duration = "5s", All, eg "1s", expects NONZERO, if |d| !d.is_zero();
         /// Idle connections above `min_connections` are closed after this.
-        idle_timeout "DB_IDLE_TIMEOUT": Option<Duration> = "10m", All, or_off, eg "off";
+        #[serde(deserialize_with = "or_off")]
+        idle_timeout "DB_IDLE_TIMEOUT": Option<Duration> = "10m", All, eg "off", expects OR_OFF;
         /// Connections are replaced after this age.
-        max_lifetime "DB_MAX_LIFETIME": Option<Duration> = "30m", All, or_off, eg "off";
+        #[serde(deserialize_with = "or_off")]
+        max_lifetime "DB_MAX_LIFETIME": Option<Duration> = "30m", All, eg "off", expects OR_OFF;
         /// A pooled connection idle for this long is pinged before use (not on every checkout).
-        ping_after_idle "DB_PING_AFTER_IDLE": Option<Duration> = "30s", All, or_off, eg "off";
+        #[serde(deserialize_with = "or_off")]
+        ping_after_idle "DB_PING_AFTER_IDLE": Option<Duration> = "30s", All, eg "off", expects OR_OFF;
         /// PostgreSQL `statement_timeout` (migrations run without it).
-        statement_timeout "DB_STATEMENT_TIMEOUT": Option<Duration> = "30s", Postgres, or_off, eg "off";
+        #[serde(deserialize_with = "or_off")]
+        statement_timeout "DB_STATEMENT_TIMEOUT": Option<Duration> = "30s", Postgres, eg "off", expects OR_OFF;
         /// PostgreSQL `lock_timeout`: a statement that waits longer for a lock fails instead of
         /// queueing (and holding up everyone queued behind it).
-        lock_timeout "DB_LOCK_TIMEOUT": Option<Duration> = "off", Postgres, or_off, eg "10s";
+        #[serde(deserialize_with = "or_off")]
+        lock_timeout "DB_LOCK_TIMEOUT": Option<Duration> = "off", Postgres, eg "10s", expects OR_OFF;
+        /// PostgreSQL `idle_in_transaction_session_timeout`: a session left idle inside a
+        /// transaction for longer is ended, releasing its locks and its snapshot.
+        #[serde(deserialize_with = "or_off")]
+        idle_in_transaction_timeout "DB_IDLE_IN_TRANSACTION_TIMEOUT": Option<Duration> = "off", Postgres, eg "1m",
+            expects OR_OFF;
         /// PostgreSQL `search_path`, comma-separated schemas; the server's default when unset.
-        schema "DB_SCHEMA": Option<String> = "" or "(server default)", Postgres,
-            some(text(|s| !s.split(',').any(|p| p.trim().is_empty()), "expected schema names separated by commas")),
-            eg "tracker,public";
+        schema "DB_SCHEMA": Option<String> = "" or "(server default)", Postgres, eg "tracker,public",
+            expects "schema names separated by commas",
+            if |s| s.as_deref().is_none_or(|s| !s.split(',').any(|p| p.trim().is_empty()));
         /// PostgreSQL `application_name` (a URL parameter wins).
         application_name "DB_APPLICATION_NAME": Option<String> = "tracker" or "(none)", Postgres,
-            some(text(|s| s.len() <= 63 && s.chars().all(|c| c.is_ascii_graphic() || c == ' '),
-                "expected at most 63 printable ASCII characters")),
-            eg "tracker-worker";
+            eg "tracker-worker", expects "at most 63 printable ASCII characters",
+            if |s| s.as_deref().is_none_or(|s| s.len() <= 63 && s.chars().all(|c| c.is_ascii_graphic() || c == ' '));
         /// TLS mode: `disable`, `prefer`, `require` or `verify-full`; when unset, the URL's
         /// `sslmode`, else `prefer`.
         ssl_mode "DB_SSL_MODE": Option<SslMode> = "" or "(from URL, default prefer)", Server,
-            some(choice), eg "verify-full";
+            eg "verify-full", expects "disable, prefer, require or verify-full";
         /// CA certificate file for `verify-full`.
-        ssl_root_cert "DB_SSL_ROOT_CERT": Option<PathBuf> = "" or "(none)", Server, some(file), eg "/etc/ssl/db-ca.pem";
+        ssl_root_cert "DB_SSL_ROOT_CERT": Option<PathBuf> = "" or "(none)", Server, eg "/etc/ssl/db-ca.pem",
+            expects "an existing file", if |p| p.as_deref().is_none_or(Path::is_file);
         /// Prepared statements cached per connection (`0`: off). Off is not enough for a
         /// transaction pooler, where sqlx's statement names collide: use `DB_TRANSACTION_POOLER`.
-        statement_cache_capacity "DB_STATEMENT_CACHE_CAPACITY": usize = "100", Server, number(0, 100_000), eg "0";
+        #[serde(with = "Number")]
+        statement_cache_capacity "DB_STATEMENT_CACHE_CAPACITY": usize = "100", Server, eg "0",
+            expects "a whole number 0-100000", if |n| *n <= 100_000;
         /// How long SQLite waits for a lock held by another connection.
-        sqlite_busy_timeout "DB_SQLITE_BUSY_TIMEOUT": Duration = "5s", Sqlite, nonzero, eg "30s";
+        #[serde(with = "humantime_serde")]
+        sqlite_busy_timeout "DB_SQLITE_BUSY_TIMEOUT": Duration = "5s", Sqlite, eg "30s",
+            expects NONZERO, if |d| !d.is_zero();
         /// Level at which every statement is logged (`off`, `error`, `warn`, `info`, `debug`, `trace`).
-        log_statements "DB_LOG_STATEMENTS": LogLevel = "debug", All, choice, eg "info";
+        #[serde(with = "Number")]
+        log_statements "DB_LOG_STATEMENTS": LevelFilter = "debug", All, eg "info",
+            expects "off, error, warn, info, debug or trace";
         /// Statements slower than this are logged at `warn`.
-        slow_statement_threshold "DB_SLOW_STATEMENT_THRESHOLD": Option<Duration> = "1s", All, or_off, eg "200ms";
-        /// Where migrations connect instead of `DATABASE_URL`, e.g. straight to the primary
-        /// when the application goes through a pooler.
-        migration_url "DB_MIGRATION_URL": Option<DatabaseUrl> = "" or "(none)", All, some(url),
-            eg "postgres://u:p@primary:5432/tracker";
+        #[serde(deserialize_with = "or_off")]
+        slow_statement_threshold "DB_SLOW_STATEMENT_THRESHOLD": Option<Duration> = "1s", All, eg "200ms",
+            expects OR_OFF;
         /// The server is reached through a transaction-pooling PgBouncer: every session is a
         /// transaction that starts by dropping prepared statements left on the shared server
         /// connection, the statement cache is off, and `statement_timeout` and `search_path`
         /// are set per transaction.
-        transaction_pooler "DB_TRANSACTION_POOLER": bool = "false", All, flag, eg "true";
+        transaction_pooler "DB_TRANSACTION_POOLER": bool = "false", All, eg "true", expects "true or false";
     }
 }
 
 impl Settings {
+    /// Settings for `url` with every other field at its built-in default.
+    pub fn new(url: DatabaseUrl) -> Self {
+        let values = defaults().and_then(|layers| layers.build()?.try_deserialize());
+        // The defaults are constants of the table, read by every test that loads settings.
+        Self::from_values(
+            url,
+            values.unwrap_or_else(|e| panic!("built-in defaults: {e}")),
+        )
+    }
+
     /// Loads settings from `source`: built-in defaults, then
     /// `config/default.toml`, then `config/{APP_ENV}.toml` (both optional), then
     /// the environment. Every problem is an [`Error::Config`] naming the setting.
     pub fn load(source: &Source) -> Result<Self> {
-        let (inputs, mut warnings) = read(source)?;
-        let mut s = Settings::new(database_url(&inputs, &mut warnings)?);
-        s.warnings = warnings;
-        let backend = s.url.backend();
-        s.replicas = replicas(&inputs, &s.url)?;
-        s.apply(&inputs)?;
+        let mut layers = defaults().map_err(|e| Error::Config(e.to_string()))?;
+        let mut given = Given::default();
+        for (shown, text) in source.files()? {
+            let file = File::from_str(&text, FileFormat::Toml);
+            for (key, value) in file.collect().map_err(|e| file_error(&shown, &text, &e))? {
+                if !SETTINGS.iter().any(|s| s.key == key) {
+                    bail!(
+                        "{shown}: unknown key `{key}` (see the configuration table in README.md)"
+                    );
+                }
+                if matches!(value.kind, ValueKind::Table(_) | ValueKind::Array(_)) {
+                    bail!("{shown}: `{key}` must be a single value, not a table or list");
+                }
+                let origin = format!("{shown}: {key}");
+                given
+                    .0
+                    .insert(key, (origin, value.into_string().unwrap_or_default()));
+            }
+            layers = layers.add_source(file);
+        }
+        let mut vars = config::Map::new();
+        for s in SETTINGS {
+            if source.not_unicode.contains(s.var) {
+                bail!("{}: not valid UTF-8", s.var);
+            }
+            if let Some(value) = source.vars.get(s.var) {
+                vars.insert(s.var.to_owned(), value.clone());
+                given
+                    .0
+                    .insert(s.key.to_owned(), (s.var.to_owned(), value.clone()));
+            }
+        }
+        // `DB_PORT` is the key `port`, and `DATABASE_URL` is `url`.
+        for prefix in ["DB", "DATABASE"] {
+            let env = Environment::with_prefix(prefix).prefix_separator("_");
+            layers = layers.add_source(env.source(Some(vars.clone())));
+        }
+        let values = given.values(layers)?;
+        let mut warnings: Vec<String> = (source.vars.keys().chain(&source.not_unicode))
+            .filter(|name| name.starts_with("DB_") && !SETTINGS.iter().any(|s| s.var == *name))
+            .map(|name| format!("{name} is not a setting of ours and is ignored (see the configuration table in README.md)"))
+            .collect();
+        let url = database_url(&values, &given, &mut warnings)?;
+        let backend = url.backend();
+        let replicas = replicas(&values, &given, &url)?;
+        let origin = given.origin(&info::migration_url);
+        let migration_url = (values.migration_url.as_deref())
+            .map(|u| DatabaseUrl::parse(u.trim(), origin))
+            .transpose()?;
+        warnings.extend(
+            SETTINGS
+                .iter()
+                .filter(|s| !s.applies.to(backend))
+                .filter_map(|s| Some(s.applies.ignored(given.0.get(s.key)?.0.as_str(), backend))),
+        );
+        let s = Settings {
+            replicas,
+            migration_url,
+            warnings,
+            ..Self::from_values(url, values)
+        };
         if s.min_connections > s.max_connections {
-            return Err(Error::Config(format!(
-                "{}={}: must not exceed the maximum pool size {} ({})",
-                origin(&inputs.min_connections, &info::min_connections),
+            let (min, max) = (
+                given.origin(&info::min_connections),
+                given.origin(&info::max_connections),
+            );
+            bail!(
+                "{min}={}: must not exceed the maximum pool size {} ({max})",
                 s.min_connections,
-                s.max_connections,
-                info::max_connections.var
-            )));
+                s.max_connections
+            );
         }
         if s.transaction_pooler && backend != DbBackend::Postgres {
-            return Err(Error::Config(format!(
-                "{}: transaction pooling is for PostgreSQL (PgBouncer), not {}",
-                origin(&inputs.transaction_pooler, &info::transaction_pooler),
+            let origin = given.origin(&info::transaction_pooler);
+            bail!(
+                "{origin}: transaction pooling is for PostgreSQL (PgBouncer), not {}",
                 backend_name(backend)
-            )));
+            );
         }
         if let Some(url) = s.migration_url.as_ref().filter(|u| u.backend() != backend) {
-            return Err(Error::Config(format!(
-                "{}: a {} URL, but the database is {}",
-                origin(&inputs.migration_url, &info::migration_url),
-                backend_name(url.backend()),
-                backend_name(backend)
-            )));
+            let (url, backend) = (backend_name(url.backend()), backend_name(backend));
+            bail!("{origin}: a {url} URL, but the database is {backend}");
         }
         for warning in &s.warnings {
             tracing::warn!("{warning}");
@@ -267,6 +374,10 @@ impl Settings {
         [
             ("statement_timeout", self.statement_timeout),
             ("lock_timeout", self.lock_timeout),
+            (
+                "idle_in_transaction_session_timeout",
+                self.idle_in_transaction_timeout,
+            ),
         ]
         .into_iter()
         .filter_map(|(name, timeout)| Some((name, timeout?)))
@@ -279,213 +390,163 @@ impl Settings {
     }
 
     /// `(setting, value)` rows describing these settings, password redacted, for
-    /// `db check` and startup logs.
+    /// `db check` and startup logs: the fields that apply to this backend.
     pub fn describe(&self) -> Vec<(&'static str, String)> {
+        let backend = self.url.backend();
         let mut rows = vec![
-            ("backend", backend_name(self.url.backend()).to_owned()),
+            ("backend", backend_name(backend).to_owned()),
             ("url", self.url.redacted()),
         ];
-        rows.extend(self.rows());
+        let fields = self
+            .shown()
+            .into_iter()
+            .filter(|(s, _)| s.applies.to(backend));
+        rows.extend(fields.map(|(s, value)| (s.key, value)));
+        rows.push(("migration_url", self.migration_url.show("(none)")));
         rows.extend(self.replicas.iter().map(|r| ("replica", r.redacted())));
         rows
     }
 }
 
-/// Reads the configuration files and our variables into one value per setting,
-/// each with where it came from; later layers win.
-fn read(source: &Source) -> Result<(Inputs, Vec<String>)> {
-    let mut inputs = Inputs::default();
-    let mut names = vec!["default"];
-    if let Some(app_env) = source.get("APP_ENV") {
-        let valid = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
-        if app_env.is_empty() || !app_env.chars().all(valid) {
-            return Err(Error::Config(format!(
-                "APP_ENV=\"{app_env}\": expected a name like production (letters, digits, - and _)"
-            )));
-        }
-        names.push(app_env);
+/// The built-in defaults: the first layer.
+fn defaults() -> std::result::Result<ConfigBuilder<DefaultState>, ConfigError> {
+    (SETTINGS.iter().filter(|s| !s.default.is_empty())).try_fold(Config::builder(), |layers, s| {
+        layers.set_default(s.key, s.default)
+    })
+}
+
+/// The values given in files and variables, by key: where each came from and
+/// its text. Never shown whole: it holds the password.
+#[derive(Default)]
+struct Given(BTreeMap<String, (String, String)>);
+
+impl Given {
+    /// Where a setting came from; its variable if it was not given.
+    fn origin<'a>(&'a self, setting: &'a SettingInfo) -> &'a str {
+        self.0
+            .get(setting.key)
+            .map_or(setting.var, |(origin, _)| origin)
     }
-    for name in names {
-        let path = source.dir().join(format!("{name}.toml"));
-        if !path.exists() {
-            continue;
+
+    /// The layers read into typed values, each checked; the first problem in
+    /// table order is the error.
+    fn values(&self, layers: ConfigBuilder<DefaultState>) -> Result<Values> {
+        let empty = |s: &&SettingInfo| self.0.get(s.key).is_some_and(|(_, v)| v.trim().is_empty());
+        if let Some(s) = SETTINGS.iter().filter(|s| s.expects != ANY).find(empty) {
+            bail!(
+                "{} is empty: unset it or give {}",
+                self.origin(s),
+                s.expects
+            );
         }
-        let shown = path.display().to_string();
-        // Read the file ourselves so that an unreadable file is reported as such,
-        // not as a missing one.
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| Error::Config(format!("{shown}: cannot read: {e}")))?;
-        let values = Config::builder()
-            .add_source(File::from_str(&text, FileFormat::Toml))
-            .build()
-            .and_then(|layer| layer.collect())
-            .map_err(|e| file_error(&shown, &text, &e))?;
-        for (key, value) in values {
-            let Some(slot) = inputs.slot(&key) else {
-                return Err(Error::Config(format!(
-                    "{shown}: unknown key `{key}` (see the configuration table in README.md)"
-                )));
-            };
-            if matches!(value.kind, ValueKind::Table(_) | ValueKind::Array(_)) {
-                return Err(Error::Config(format!(
-                    "{shown}: `{key}` must be a single value, not a table or list"
-                )));
+        let key = match layers.build().and_then(Config::try_deserialize::<Values>) {
+            Ok(values) => match values.failing() {
+                None => return Ok(values),
+                Some(s) => s.key,
+            },
+            Err(
+                ConfigError::Type { key: Some(key), .. } | ConfigError::At { key: Some(key), .. },
+            ) => SETTINGS.iter().find(|s| s.key == key).map_or("", |s| s.key),
+            Err(e) => bail!("settings: {e}"),
+        };
+        match (SETTINGS.iter().find(|s| s.key == key), self.0.get(key)) {
+            (Some(s), Some((origin, raw))) if s.expects != ANY => {
+                bail!("{origin}=\"{raw}\": expected {}", s.expects)
             }
-            let raw = value.into_string().unwrap_or_default();
-            let origin = format!("{shown}: {key}");
-            *slot = Some(Input { raw, origin });
+            (Some(s), _) => bail!("{}: the built-in default {:?} is invalid", s.var, s.default),
+            (None, _) => bail!("settings: cannot read `{key}`"),
         }
     }
-    for info in SETTINGS {
-        if source.not_unicode.contains(info.var) {
-            return Err(Error::Config(format!("{}: not valid UTF-8", info.var)));
-        }
-        if let (Some(value), Some(slot)) = (source.get(info.var), inputs.slot(info.key)) {
-            let (raw, origin) = (value.to_owned(), info.var.to_owned());
-            *slot = Some(Input { raw, origin });
-        }
-    }
-    let warnings = (source.vars.keys().chain(&source.not_unicode))
-        .filter(|name| name.starts_with("DB_") && !SETTINGS.iter().any(|s| s.var == *name))
-        .map(|name| format!("{name} is not a setting of ours and is ignored (see the configuration table in README.md)"))
-        .collect();
-    Ok((inputs, warnings))
 }
 
 /// A file error without the file's text, which may contain a password.
-fn file_error(shown: &str, text: &str, e: &config::ConfigError) -> Error {
-    if let config::ConfigError::FileParse { cause, .. } = e
+fn file_error(shown: &str, text: &str, e: &ConfigError) -> Error {
+    if let ConfigError::FileParse { cause, .. } = e
         && let Some(toml) = cause.downcast_ref::<toml::de::Error>()
     {
         let at = toml.span().map_or(String::new(), |span| {
             let line = text[..span.start.min(text.len())].lines().count().max(1);
             format!(" at line {line}")
         });
-        return Error::Config(format!(
-            "{shown}: not valid TOML{at}: {}",
-            toml.message().trim()
-        ));
+        let message = toml.message().trim();
+        return Error::Config(format!("{shown}: not valid TOML{at}: {message}"));
     }
     Error::Config(format!("{shown}: {e}"))
 }
 
 /// `DATABASE_URL`, else the `DB_*` parts, else the embedded SQLite default.
-fn database_url<'a>(inputs: &'a Inputs, warnings: &mut Vec<String>) -> Result<DatabaseUrl> {
+fn database_url(v: &Values, given: &Given, warnings: &mut Vec<String>) -> Result<DatabaseUrl> {
     let parts = [
-        &inputs.host,
-        &inputs.port,
-        &inputs.name,
-        &inputs.user,
-        &inputs.pass,
+        &info::host,
+        &info::port,
+        &info::name,
+        &info::user,
+        &info::pass,
     ];
-    let set: Vec<&str> = parts
+    let set = parts
         .iter()
-        .filter_map(|p| p.as_ref())
-        .map(|p| p.origin.as_str())
-        .collect();
-    if let Some(url) = &inputs.url {
-        let raw = url.raw.trim();
-        if raw.is_empty() {
-            return Err(Error::Config(format!(
-                "{} is empty: unset it or give a postgres://, mysql:// or sqlite: URL",
-                url.origin
-            )));
-        }
+        .filter(|s| given.0.contains_key(s.key))
+        .map(|s| given.origin(s));
+    let set = set.collect::<Vec<_>>().join(", ");
+    if let Some(url) = &v.url {
+        let origin = given.origin(&info::url);
         if !set.is_empty() {
-            let verb = if set.len() == 1 { "is" } else { "are" };
-            warnings.push(format!(
-                "{} is set, so {} {verb} ignored",
-                url.origin,
-                set.join(", ")
-            ));
+            let verb = if set.contains(',') { "are" } else { "is" };
+            warnings.push(format!("{origin} is set, so {set} {verb} ignored"));
         }
-        return DatabaseUrl::parse(raw, &url.origin);
+        return DatabaseUrl::parse(url.trim(), origin);
     }
     if set.is_empty() {
         return Ok(DatabaseUrl::sqlite_file(DEFAULT_SQLITE_PATH));
     }
-    let required = |input: &'a Option<Input>, info: &SettingInfo| {
-        input.as_ref().ok_or_else(|| {
-            Error::Config(format!(
-                "{} is not set: it is required with {} (or set DATABASE_URL)",
-                info.var,
-                set.join(", ")
-            ))
-        })
+    let required = |value: &Option<String>, s: &SettingInfo| match value {
+        Some(value) => Ok(value.clone()),
+        None => bail!(
+            "{} is not set: it is required with {set} (or set DATABASE_URL)",
+            s.var
+        ),
     };
-    let host = text(
-        |h| {
-            !h.chars().any(|c| c.is_whitespace() || "@?#".contains(c))
-                && (h.starts_with('/') || !h.contains('/'))
-        },
-        "expected a host name, an IP address or a socket directory",
-    )(required(&inputs.host, &info::host)?)?;
-    let port = inputs
-        .port
-        .as_ref()
-        .map_or(Ok(default(&info::port, port)), port)?;
-    let database = required(&inputs.name, &info::name)?.text()?;
-    let user = required(&inputs.user, &info::user)?.text()?;
-    let password = SecretString::from(
-        inputs
-            .pass
-            .as_ref()
-            .map(|p| p.raw.clone())
-            .unwrap_or_default(),
-    );
     Ok(DatabaseUrl::from_parts(&Parts {
-        host: &host,
-        port,
-        database,
-        user,
-        password: &password,
+        host: &required(&v.host, &info::host)?,
+        port: v.port,
+        database: &required(&v.name, &info::name)?,
+        user: &required(&v.user, &info::user)?,
+        password: &v.pass.clone().unwrap_or_default(),
     }))
 }
 
 /// Replica URLs from `DB_REPLICA_URLS` or `DB_REPLICA_HOSTS` (not both),
 /// for the same kind of server as `primary`.
-fn replicas(inputs: &Inputs, primary: &DatabaseUrl) -> Result<Vec<DatabaseUrl>> {
-    let (input, by_host) = match (&inputs.replica_urls, &inputs.replica_hosts) {
+fn replicas(v: &Values, given: &Given, primary: &DatabaseUrl) -> Result<Vec<DatabaseUrl>> {
+    let [urls, hosts] = [&info::replica_urls, &info::replica_hosts].map(|s| given.origin(s));
+    let (list, origin) = match (&v.replica_urls, &v.replica_hosts) {
         (None, None) => return Ok(Vec::new()),
-        (Some(urls), Some(hosts)) => {
-            return Err(Error::Config(format!(
-                "{} and {} are both set: use one",
-                urls.origin, hosts.origin
-            )));
-        }
-        (Some(urls), None) => (urls, false),
-        (None, Some(hosts)) => (hosts, true),
+        (Some(_), Some(_)) => bail!("{urls} and {hosts} are both set: use one"),
+        (Some(list), None) => (list, urls),
+        (None, Some(list)) => (list, hosts),
     };
-    let (list, origin) = (input.text()?, &input.origin);
     if primary.backend() == DbBackend::Sqlite {
-        return Err(Error::Config(format!(
-            "{origin}: read replicas need a PostgreSQL or MySQL primary, not SQLite"
-        )));
+        bail!("{origin}: read replicas need a PostgreSQL or MySQL primary, not SQLite");
     }
-    let mut replicas = Vec::new();
-    for item in list.split(',').map(str::trim) {
+    let (by_host, want) = (v.replica_hosts.is_some(), backend_name(primary.backend()));
+    let replica = |item: &str| {
         if item.is_empty() {
-            return Err(Error::Config(format!(
-                "{origin}: an empty entry in the list"
-            )));
+            bail!("{origin}: an empty entry in the list");
         }
-        let url = if by_host {
-            primary.with_host(item).ok_or_else(|| {
-                Error::Config(format!(
-                    "{origin}=\"{item}\": expected host or host:port, comma-separated"
-                ))
-            })?
-        } else {
-            DatabaseUrl::parse(item, origin)?
+        let url = match by_host {
+            true => primary.with_host(item),
+            false => Some(DatabaseUrl::parse(item, origin)?),
         };
-        if url.backend() != primary.backend() {
-            return Err(Error::Config(format!(
-                "{origin}: a {} replica for a {} primary",
-                backend_name(url.backend()),
-                backend_name(primary.backend())
-            )));
+        let Some(url) = url else {
+            bail!(
+                "{origin}=\"{item}\": expected {}",
+                info::replica_hosts.expects
+            );
+        };
+        match backend_name(url.backend()) {
+            got if got != want => bail!("{origin}: a {got} replica for a {want} primary"),
+            _ => Ok(url),
         }
-        replicas.push(url);
-    }
-    Ok(replicas)
+    };
+    list.split(',').map(|item| replica(item.trim())).collect()
 }

@@ -52,7 +52,7 @@ const CASES: &[Case] = &[
     Case {
         vars: parts_and![("DB_PORT", "")],
         files: &[],
-        expected: "DB_PORT=\"\": expected a port number 1-65535",
+        expected: "DB_PORT is empty: unset it or give a port number 1-65535",
     },
     Case {
         vars: &[("DB_HOST", "db"), ("DB_USER", "app"), ("DB_PASS", PW)],
@@ -67,7 +67,7 @@ const CASES: &[Case] = &[
     Case {
         vars: &[("DB_HOST", ""), ("DB_NAME", "t"), ("DB_USER", "u")],
         files: &[],
-        expected: "DB_HOST is empty: unset it or give a value",
+        expected: "DB_HOST is empty: unset it or give a host name, an IP address or a socket directory",
     },
     Case {
         vars: &[("DB_HOST", "db host"), ("DB_NAME", "t"), ("DB_USER", "u")],
@@ -152,7 +152,7 @@ const CASES: &[Case] = &[
     Case {
         vars: parts_and![("DB_SSL_ROOT_CERT", "/nonexistent/ca.pem")],
         files: &[],
-        expected: "DB_SSL_ROOT_CERT=\"/nonexistent/ca.pem\": no such file",
+        expected: "DB_SSL_ROOT_CERT=\"/nonexistent/ca.pem\": expected an existing file",
     },
     Case {
         vars: parts_and![("DB_LOG_STATEMENTS", "loud")],

@@ -151,6 +151,23 @@ async fn db_lock_timeout_stops_a_statement_waiting_for_a_lock() {
 
 #[test_support::needs(postgres)]
 #[tokio::test]
+async fn db_idle_in_transaction_timeout_is_set_on_the_server_and_off_by_default() {
+    let server = Backend::Postgres.server_settings();
+    let source = Source::new().var("DATABASE_URL", server.url.expose());
+    let db = Db::connect(&Settings::load(&source).unwrap())
+        .await
+        .unwrap();
+    let show = "SHOW idle_in_transaction_session_timeout";
+    assert_eq!(scalar(&db, show).await, "0");
+    let source = source.var("DB_IDLE_IN_TRANSACTION_TIMEOUT", "90s");
+    let db = Db::connect(&Settings::load(&source).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(scalar(&db, show).await, "90s");
+}
+
+#[test_support::needs(postgres)]
+#[tokio::test]
 async fn postgres_connections_carry_the_session_settings() {
     let mut s = Backend::Postgres.server_settings();
     s.statement_timeout = Some(Duration::from_millis(2500));
