@@ -1,39 +1,48 @@
 #!/usr/bin/env bash
-# `just bench-http`: the HTTP path. Loads the scale-1 data into the benchmark
-# database, measures the same run's get_concurrent (tracker stack), starts
-# `tracker serve` on it, drives GET /tasks/{random id}/ with wrk (-t2 -c64
-# -d10s), and reports req/s, p50/p99 latency, the server's peak RSS, and
-# req/s against get_concurrent.
+# `just bench-http`: GET /tasks/{random id}/ over HTTP with wrk (-t2 -c64),
+# `tracker serve` against the limit server (crates/bench/src/bin/limit_server.rs,
+# the same route and JSON bytes with nothing else), on the same database and
+# the same ids, in alternating rounds. Prints req/s, p50/p99 latency and the
+# server's peak RSS of every run (one JSON line each), then the two side by
+# side per round and the median ratio tracker/limit with its min and max.
+#
+# Variables: ROUNDS (3), DURATION of a measured run (10s), WARMUP before it
+# (2s), SERVER_LOG (the tracker's RUST_LOG; unset: its default, `info`),
+# BENCH_DATABASE_URL. Every DB_* variable set in the environment reaches the
+# tracker; none set means its default settings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 url="${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/tracker_bench}"
+rounds="${ROUNDS:-3}"
 duration="${DURATION:-10s}"
-log="${SERVER_LOG:-warn}"
+warmup="${WARMUP:-2s}"
+stacks=(tracker limit)
 
 if ! command -v wrk >/dev/null; then
     echo "installing wrk (Debian package)" >&2
     apt-get update -qq && apt-get install -y -qq wrk >/dev/null
 fi
 
+# --- set-up: binaries, database, the scale-1 data ---------------------------
+started=$(date +%s)
 cargo build --release -q -p app -p bench
 export DATABASE_URL="$url"
 target/release/tracker db create >&2
-
-# Fresh tables, the scale-1 data, and get_concurrent through the tracker stack.
-concurrent=$(target/release/bench --scale 1 --stack tracker --ops load,get_concurrent |
-    tee /dev/stderr | sed -n 's/.*"op":"get_concurrent".*"ops_per_s":\([0-9.]*\).*/\1/p')
-
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-RUST_LOG="$log" target/release/tracker serve --addr "127.0.0.1:$port" >/dev/null 2>&1 &
-server=$!
-trap 'kill "$server" 2>/dev/null || true' EXIT
-for _ in $(seq 100); do
-    curl -fs "http://127.0.0.1:$port/health" >/dev/null && break
-    sleep 0.1
-done
+target/release/bench --scale 1 --stack tracker --ops load >&2
 
 script=$(mktemp --suffix=.lua)
+server=""
+cleanup() {
+    if [ -n "$server" ]; then
+        kill "$server" 2>/dev/null || true
+        wait "$server" 2>/dev/null || true
+    fi
+    rm -f "$script"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
 cat >"$script" <<'LUA'
 math.randomseed(42)
 request = function()
@@ -45,20 +54,100 @@ done = function(summary, latency, requests)
         summary.errors.status, latency:percentile(50) / 1000, latency:percentile(99) / 1000))
 end
 LUA
-output=$(wrk -t2 -c64 -d"$duration" --latency -s "$script" "http://127.0.0.1:$port")
-rm -f "$script"
-echo "$output" >&2
-rss_kb=$(awk '/VmHWM/ {print $2}' "/proc/$server/status")
-kill -TERM "$server"
-wait "$server" || true
-trap - EXIT
 
-rps=$(echo "$output" | awk '/Requests\/sec/ {print $2}')
-result=$(echo "$output" | grep '^RESULT')
-p50=$(echo "$result" | sed 's/.*p50_ms=\([0-9.]*\).*/\1/')
-p99=$(echo "$result" | sed 's/.*p99_ms=\([0-9.]*\).*/\1/')
-errors=$(echo "$result" | sed 's/.*errors=\([0-9]*\).*/\1/')
-non2xx=$(echo "$result" | sed 's/.*non2xx=\([0-9]*\).*/\1/')
-ratio=$(python3 -c "print(f'{$rps / $concurrent:.2f}')")
-printf '{"stack": "tracker-http", "op": "get_http", "req_per_s": %s, "p50_ms": %s, "p99_ms": %s, "errors": %s, "non_2xx": %s, "server_peak_rss_mb": %.1f, "get_concurrent_ops_per_s": %s, "http_over_get_concurrent": %s, "connections": 64, "server_log": "%s"}\n' \
-    "$rps" "$p50" "$p99" "$errors" "$non2xx" "$(python3 -c "print($rss_kb / 1024)")" "$concurrent" "$ratio" "$log"
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# --- one server per run -----------------------------------------------------
+# start_server STACK: starts it on a free port; sets $server (pid) and $port.
+start_server() {
+    port=$(free_port)
+    case "$1" in
+        tracker)
+            if [ -n "${SERVER_LOG:-}" ]; then
+                RUST_LOG="$SERVER_LOG" target/release/tracker serve --addr "127.0.0.1:$port" >/dev/null 2>&1 &
+            else
+                env -u RUST_LOG target/release/tracker serve --addr "127.0.0.1:$port" >/dev/null 2>&1 &
+            fi
+            ;;
+        limit) target/release/limit-server --addr "127.0.0.1:$port" >/dev/null 2>&1 & ;;
+        *) echo "unknown stack $1" >&2; exit 2 ;;
+    esac
+    server=$!
+    for _ in $(seq 100); do
+        curl -fs "http://127.0.0.1:$port/tasks/1/" >/dev/null && return 0
+        sleep 0.1
+    done
+    echo "$1 did not answer GET /tasks/1/ on port $port" >&2
+    exit 1
+}
+
+stop_server() {
+    kill -TERM "$server"
+    wait "$server" || true
+    server=""
+}
+
+# measure STACK ROUND: one warm-up and one measured wrk run; prints a JSON
+# line and appends "STACK ROUND REQ_PER_S" to $results.
+results=""
+measure() {
+    start_server "$1"
+    wrk -t2 -c64 -d"$warmup" -s "$script" "http://127.0.0.1:$port" >/dev/null
+    local output
+    output=$(wrk -t2 -c64 -d"$duration" --latency -s "$script" "http://127.0.0.1:$port")
+    local rss_kb
+    rss_kb=$(awk '/VmHWM/ {print $2}' "/proc/$server/status")
+    stop_server
+    local rps result p50 p99 errors non2xx
+    rps=$(echo "$output" | awk '/Requests\/sec/ {print $2}')
+    result=$(echo "$output" | grep '^RESULT')
+    p50=$(echo "$result" | sed 's/.*p50_ms=\([0-9.]*\).*/\1/')
+    p99=$(echo "$result" | sed 's/.*p99_ms=\([0-9.]*\).*/\1/')
+    errors=$(echo "$result" | sed 's/.*errors=\([0-9]*\).*/\1/')
+    non2xx=$(echo "$result" | sed 's/.*non2xx=\([0-9]*\).*/\1/')
+    printf '{"stack": "%s", "round": %s, "op": "get_http", "req_per_s": %s, "p50_ms": %s, "p99_ms": %s, "errors": %s, "non_2xx": %s, "server_peak_rss_mb": %s, "connections": 64}\n' \
+        "$1" "$2" "$rps" "$p50" "$p99" "$errors" "$non2xx" "$(awk "BEGIN {printf \"%.1f\", $rss_kb / 1024}")"
+    if [ "$errors" != 0 ] || [ "$non2xx" != 0 ]; then
+        echo "$1: $errors socket errors, $non2xx answers other than 2xx" >&2
+        exit 1
+    fi
+    results+="$1 $2 $rps"$'\n'
+}
+
+# --- what is measured --------------------------------------------------------
+db_vars=$(env | grep '^DB_' | cut -d= -f1 | tr '\n' ' ' || true)
+echo "machine: $(nproc) CPUs, $(lscpu | sed -n 's/^Model name: *//p'); load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "tracker: RUST_LOG=${SERVER_LOG:-unset (default filter, info)}; DB_* set: ${db_vars:-none (default settings)}"
+echo "wrk -t2 -c64, $warmup warm-up + $duration per run, $rounds rounds alternating ${stacks[*]}"
+
+# --- alternating rounds: tracker first in odd rounds, limit first in even ones
+for round in $(seq "$rounds"); do
+    order=("${stacks[@]}")
+    if [ $((round % 2)) -eq 0 ]; then
+        order=("${stacks[1]}" "${stacks[0]}")
+    fi
+    for stack in "${order[@]}"; do
+        measure "$stack" "$round"
+    done
+done
+
+# --- side by side --------------------------------------------------------------
+echo "$results" | python3 -c '
+import statistics, sys
+runs = {}
+for line in sys.stdin:
+    if line.strip():
+        stack, round_, rps = line.split()
+        runs.setdefault(int(round_), {})[stack] = float(rps)
+print("\n| round | tracker req/s | limit req/s | tracker/limit |")
+print("| --- | --- | --- | --- |")
+ratios = []
+for r in sorted(runs):
+    t, l = runs[r]["tracker"], runs[r]["limit"]
+    ratios.append(t / l)
+    print(f"| {r} | {t:,.0f} | {l:,.0f} | {t / l:.2f} |")
+print(f"\ntracker/limit: median {statistics.median(ratios):.2f} (min {min(ratios):.2f}, max {max(ratios):.2f}) over {len(ratios)} rounds")
+'
+echo "took $(($(date +%s) - started)) s (set-up included); load average now $(cut -d' ' -f1-3 /proc/loadavg)"
