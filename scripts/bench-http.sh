@@ -100,7 +100,7 @@ measure() {
     local rss_kb
     rss_kb=$(awk '/VmHWM/ {print $2}' "/proc/$server/status")
     stop_server
-    local rps result p50 p99 errors non2xx
+    local rps result p50 p99 errors non2xx requests
     rps=$(echo "$output" | awk '/Requests\/sec/ {print $2}')
     result=$(echo "$output" | grep '^RESULT')
     p50=$(echo "$result" | sed 's/.*p50_ms=\([0-9.]*\).*/\1/')
@@ -109,15 +109,17 @@ measure() {
     non2xx=$(echo "$result" | sed 's/.*non2xx=\([0-9]*\).*/\1/')
     printf '{"stack": "%s", "round": %s, "op": "get_http", "req_per_s": %s, "p50_ms": %s, "p99_ms": %s, "errors": %s, "non_2xx": %s, "server_peak_rss_mb": %s, "connections": 64}\n' \
         "$1" "$2" "$rps" "$p50" "$p99" "$errors" "$non2xx" "$(awk "BEGIN {printf \"%.1f\", $rss_kb / 1024}")"
-    if [ "$errors" != 0 ] || [ "$non2xx" != 0 ]; then
-        echo "$1: $errors socket errors, $non2xx answers other than 2xx" >&2
+    # A wrong answer fails the run; a few socket timeouts under full load do not.
+    requests=$(echo "$result" | sed 's/.*requests=\([0-9]*\).*/\1/')
+    if [ "$non2xx" != 0 ] || [ $((errors * 1000)) -gt "$requests" ]; then
+        echo "$1: $errors socket errors, $non2xx answers other than 2xx in $requests requests" >&2
         exit 1
     fi
     results+="$1 $2 $rps"$'\n'
 }
 
 # --- what is measured --------------------------------------------------------
-db_vars=$(env | grep '^DB_' | cut -d= -f1 | tr '\n' ' ' || true)
+db_vars=$(env | grep '^DB_' | grep -v -e PASSWORD -e URL | sort | tr '\n' ' ' || true)
 echo "machine: $(nproc) CPUs, $(lscpu | sed -n 's/^Model name: *//p'); load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "tracker: RUST_LOG=${SERVER_LOG:-unset (default filter, info)}; DB_* set: ${db_vars:-none (default settings)}"
 echo "wrk -t2 -c64, $warmup warm-up + $duration per run, $rounds rounds alternating ${stacks[*]}"
