@@ -62,7 +62,7 @@ bench:
     DATABASE_URL="{{BENCH_DATABASE_URL}}" target/release/tracker db create >&2
     DATABASE_URL="{{BENCH_DATABASE_URL}}" target/release/bench --scale {{SCALE}}
 
-# Benchmark GET /tasks/{id}/ over HTTP with wrk, against the same run's get_concurrent.
+# Benchmark GET /tasks/{id}/ over HTTP with wrk: tracker serve against the limit server, alternating rounds, median ratio.
 bench-http:
     BENCH_DATABASE_URL="{{BENCH_DATABASE_URL}}" scripts/bench-http.sh
 
