@@ -156,7 +156,7 @@ impl Options {
     /// Builds the driver options: the URL parsed by the driver's own parser,
     /// then every knob from the settings. TLS is off to a server on this
     /// machine (a loopback address, `localhost`, a Unix socket) unless
-    /// `DB_SSL_MODE`, the URL's `sslmode` (or `PGSSLMODE`) asks for it: there it
+    /// `DB_SSL_MODE`, the URL's `sslmode` or a `PGSSLMODE` other than `prefer` asks for it: there it
     /// protects nothing and costs about a fifth of a simple query's time.
     pub(crate) fn new(s: &Settings) -> Result<Self> {
         let url = s.url.expose();
