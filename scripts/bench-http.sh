@@ -1,53 +1,51 @@
 #!/usr/bin/env bash
-# `just bench-http`: the HTTP path, with metrics on and off in one run.
-# Loads the scale-1 data into the benchmark database, measures get_concurrent
-# (tracker stack) with and without `bench --metrics` in alternating rounds
-# (medians), then ROUNDS times (3 by default) starts `tracker serve --metrics
-# on` and `--metrics off` in turn on the same database and drives GET /tasks/{random id}/ with wrk (-t2 -c64
-# -d$DURATION). Prints one JSON line per round and a last line with the
-# medians and what metrics cost (percent of throughput).
+# `just bench-http`: GET /tasks/{random id}/ over HTTP with wrk (-t2 -c64),
+# `tracker serve` (as shipped, metrics on; and with `--metrics off`) against
+# the limit server (crates/bench/src/bin/limit_server.rs, the same route and
+# JSON bytes with nothing else), on the same database and the same ids, in
+# rounds whose order rotates. Prints req/s, p50/p99 latency and the server's
+# peak RSS of every run (one JSON line each), then the three side by side per
+# round, the median ratio tracker/limit with its min and max, and what metrics
+# cost. Before that, the in-process get_concurrent with and without
+# `bench --metrics`, alternating, ROUNDS times each.
+#
+# Variables: ROUNDS (3), DURATION of a measured run (10s), WARMUP before it
+# (2s), SERVER_LOG (the tracker's RUST_LOG; unset: its default, `info`),
+# BENCH_DATABASE_URL. Every DB_* variable set in the environment reaches the
+# tracker; none set means its default settings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 url="${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/tracker_bench}"
-duration="${DURATION:-10s}"
 rounds="${ROUNDS:-3}"
-log="${SERVER_LOG:-warn}"
-# PROFILE=dev: a quick check of the script itself on debug builds (no figures).
-profile="${PROFILE:-release}"
-bin=target/$([ "$profile" = dev ] && echo debug || echo "$profile")
+duration="${DURATION:-10s}"
+warmup="${WARMUP:-2s}"
+stacks=(tracker tracker-metrics-off limit)
 
 if ! command -v wrk >/dev/null; then
     echo "installing wrk (Debian package)" >&2
     apt-get update -qq && apt-get install -y -qq wrk >/dev/null
 fi
 
-cargo build --profile "$profile" -q -p app -p bench
+# --- set-up: binaries, database, the scale-1 data ---------------------------
+started=$(date +%s)
+cargo build --release -q -p app -p bench
 export DATABASE_URL="$url"
-"$bin"/tracker db create >&2
-
-# get_concurrent's ops/s from one bench run's output.
-ops_per_s() { sed -n 's/.*"op":"get_concurrent".*"ops_per_s":\([0-9.]*\).*/\1/p'; }
-
-# Fresh tables and the scale-1 data; then get_concurrent on that data without
-# and with metrics, alternating, ROUNDS times each.
-"$bin"/bench --scale 1 --stack tracker --ops load --rounds 1 >&2
-concurrent_off=() concurrent_on=()
-for n in $(seq "$rounds"); do
-    if ((n % 2)); then order="off on"; else order="on off"; fi
-    for metrics in $order; do
-        flag=$([ "$metrics" = on ] && echo --metrics || true)
-        value=$("$bin"/bench --scale 1 --stack tracker --ops get_concurrent --reuse --rounds 1 $flag |
-            tee /dev/stderr | ops_per_s)
-        if [ "$metrics" = on ]; then concurrent_on+=("$value"); else concurrent_off+=("$value"); fi
-    done
-done
-median() { printf '%s\n' "$@" | python3 -c 'import statistics, sys; print(statistics.median(float(x) for x in sys.stdin))'; }
-concurrent_off=$(median "${concurrent_off[@]}")
-concurrent_on=$(median "${concurrent_on[@]}")
+target/release/tracker db create >&2
+target/release/bench --scale 1 --stack tracker --ops load --rounds 1 >&2
 
 script=$(mktemp --suffix=.lua)
-trap 'rm -f "$script"' EXIT
+server=""
+cleanup() {
+    if [ -n "$server" ]; then
+        kill "$server" 2>/dev/null || true
+        wait "$server" 2>/dev/null || true
+    fi
+    rm -f "$script"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
 cat >"$script" <<'LUA'
 math.randomseed(42)
 request = function()
@@ -60,58 +58,119 @@ done = function(summary, latency, requests)
 end
 LUA
 
-# round METRICS N: one `tracker serve --metrics METRICS` and one wrk run;
-# prints a JSON line and appends req/s to the file for METRICS.
-round() {
-    local metrics=$1 n=$2 port server output rss_kb rps result
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    RUST_LOG="$log" "$bin"/tracker serve --addr "127.0.0.1:$port" --metrics "$metrics" >/dev/null 2>&1 &
-    server=$!
-    for _ in $(seq 100); do
-        curl -fs "http://127.0.0.1:$port/health" >/dev/null && break
-        sleep 0.1
-    done
-    output=$(wrk -t2 -c64 -d"$duration" --latency -s "$script" "http://127.0.0.1:$port")
-    echo "$output" >&2
-    if [ "$metrics" = on ]; then
-        curl -fs "http://127.0.0.1:$port/metrics" | grep -c '^[a-z]' | sed 's/^/metrics series: /' >&2
-    fi
-    rss_kb=$(awk '/VmHWM/ {print $2}' "/proc/$server/status")
-    kill -TERM "$server"
-    wait "$server" || true
-    rps=$(echo "$output" | awk '/Requests\/sec/ {print $2}')
-    result=$(echo "$output" | grep '^RESULT')
-    echo "$rps" >>"$script.$metrics"
-    printf '{"stack": "tracker-http", "op": "get_http", "metrics": "%s", "round": %s, "req_per_s": %s, "p50_ms": %s, "p99_ms": %s, "errors": %s, "non_2xx": %s, "server_peak_rss_mb": %.1f, "connections": 64, "server_log": "%s"}\n' \
-        "$metrics" "$n" "$rps" \
-        "$(echo "$result" | sed 's/.*p50_ms=\([0-9.]*\).*/\1/')" \
-        "$(echo "$result" | sed 's/.*p99_ms=\([0-9.]*\).*/\1/')" \
-        "$(echo "$result" | sed 's/.*errors=\([0-9]*\).*/\1/')" \
-        "$(echo "$result" | sed 's/.*non2xx=\([0-9]*\).*/\1/')" \
-        "$(python3 -c "print($rss_kb / 1024)")" "$log"
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-trap 'rm -f "$script" "$script.on" "$script.off"' EXIT
-for n in $(seq "$rounds"); do
-    # Alternating which goes first keeps a drift of the machine from
-    # favouring one side.
-    if ((n % 2)); then order="on off"; else order="off on"; fi
-    for metrics in $order; do
-        round "$metrics" "$n"
+# --- one server per run -----------------------------------------------------
+# start_server STACK: starts it on a free port; sets $server (pid) and $port.
+start_server() {
+    port=$(free_port)
+    case "$1" in
+        tracker)
+            if [ -n "${SERVER_LOG:-}" ]; then
+                RUST_LOG="$SERVER_LOG" target/release/tracker serve --addr "127.0.0.1:$port" "${@:2}" >/dev/null 2>&1 &
+            else
+                env -u RUST_LOG target/release/tracker serve --addr "127.0.0.1:$port" "${@:2}" >/dev/null 2>&1 &
+            fi
+            ;;
+        tracker-metrics-off) start_server tracker --metrics off; return ;;
+        limit) target/release/limit-server --addr "127.0.0.1:$port" >/dev/null 2>&1 & ;;
+        *) echo "unknown stack $1" >&2; exit 2 ;;
+    esac
+    server=$!
+    for _ in $(seq 100); do
+        curl -fs "http://127.0.0.1:$port/tasks/1/" >/dev/null && return 0
+        sleep 0.1
+    done
+    echo "$1 did not answer GET /tasks/1/ on port $port" >&2
+    exit 1
+}
+
+stop_server() {
+    kill -TERM "$server"
+    wait "$server" || true
+    server=""
+}
+
+# measure STACK ROUND: one warm-up and one measured wrk run; prints a JSON
+# line and appends "STACK ROUND REQ_PER_S" to $results.
+results=""
+measure() {
+    start_server "$1"
+    wrk -t2 -c64 -d"$warmup" -s "$script" "http://127.0.0.1:$port" >/dev/null
+    local output
+    output=$(wrk -t2 -c64 -d"$duration" --latency -s "$script" "http://127.0.0.1:$port")
+    local rss_kb
+    rss_kb=$(awk '/VmHWM/ {print $2}' "/proc/$server/status")
+    stop_server
+    local rps result p50 p99 errors non2xx requests
+    rps=$(echo "$output" | awk '/Requests\/sec/ {print $2}')
+    result=$(echo "$output" | grep '^RESULT')
+    p50=$(echo "$result" | sed 's/.*p50_ms=\([0-9.]*\).*/\1/')
+    p99=$(echo "$result" | sed 's/.*p99_ms=\([0-9.]*\).*/\1/')
+    errors=$(echo "$result" | sed 's/.*errors=\([0-9]*\).*/\1/')
+    non2xx=$(echo "$result" | sed 's/.*non2xx=\([0-9]*\).*/\1/')
+    printf '{"stack": "%s", "round": %s, "op": "get_http", "req_per_s": %s, "p50_ms": %s, "p99_ms": %s, "errors": %s, "non_2xx": %s, "server_peak_rss_mb": %s, "connections": 64}\n' \
+        "$1" "$2" "$rps" "$p50" "$p99" "$errors" "$non2xx" "$(awk "BEGIN {printf \"%.1f\", $rss_kb / 1024}")"
+    # A wrong answer fails the run; a few socket timeouts under full load do not.
+    requests=$(echo "$result" | sed 's/.*requests=\([0-9]*\).*/\1/')
+    if [ "$non2xx" != 0 ] || [ $((errors * 1000)) -gt "$requests" ]; then
+        echo "$1: $errors socket errors, $non2xx answers other than 2xx in $requests requests" >&2
+        exit 1
+    fi
+    results+="$1 $2 $rps"$'\n'
+}
+
+# --- what is measured --------------------------------------------------------
+db_vars=$(env | grep '^DB_' | grep -v -e PASSWORD -e URL | sort | tr '\n' ' ' || true)
+echo "machine: $(nproc) CPUs, $(lscpu | sed -n 's/^Model name: *//p'); load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "tracker: RUST_LOG=${SERVER_LOG:-unset (default filter, info)}; DB_* set: ${db_vars:-none (default settings)}"
+echo "wrk -t2 -c64, $warmup warm-up + $duration per run, $rounds rounds alternating ${stacks[*]}"
+
+# --- in process: get_concurrent without and with metrics, alternating -----
+ops_per_s() { sed -n 's/.*"op":"get_concurrent".*"ops_per_s":\([0-9.]*\).*/\1/p'; }
+for round in $(seq "$rounds"); do
+    if ((round % 2)); then order=(off on); else order=(on off); fi
+    for metrics in "${order[@]}"; do
+        flag=$([ "$metrics" = on ] && echo --metrics || true)
+        value=$(target/release/bench --scale 1 --stack tracker --ops get_concurrent --reuse --rounds 1 $flag |
+            ops_per_s)
+        echo "{\"op\": \"get_concurrent\", \"metrics\": \"$metrics\", \"round\": $round, \"ops_per_s\": $value}"
+        results+="get_concurrent-$metrics $round $value"$'\n'
     done
 done
 
-python3 - "$script.on" "$script.off" "$concurrent_on" "$concurrent_off" <<'PY'
-import json, statistics, sys
-on = statistics.median(float(x) for x in open(sys.argv[1]))
-off = statistics.median(float(x) for x in open(sys.argv[2]))
-c_on, c_off = float(sys.argv[3]), float(sys.argv[4])
-print(json.dumps({
-    "stack": "tracker-http", "op": "metrics_cost",
-    "http_req_per_s_on": on, "http_req_per_s_off": off,
-    "http_cost_pct": round(100 * (off - on) / off, 2),
-    "get_concurrent_ops_per_s_on": c_on, "get_concurrent_ops_per_s_off": c_off,
-    "get_concurrent_cost_pct": round(100 * (c_off - c_on) / c_off, 2),
-    "http_over_get_concurrent": round(off / c_off, 2),
-}))
-PY
+# --- rounds; each starts one stack later than the one before ------------------
+for round in $(seq "$rounds"); do
+    first=$(((round - 1) % ${#stacks[@]}))
+    order=("${stacks[@]:first}" "${stacks[@]:0:first}")
+    for stack in "${order[@]}"; do
+        measure "$stack" "$round"
+    done
+done
+
+# --- side by side --------------------------------------------------------------
+echo "$results" | python3 -c '
+import statistics, sys
+runs = {}
+for line in sys.stdin:
+    if line.strip():
+        stack, round_, rps = line.split()
+        runs.setdefault(int(round_), {})[stack] = float(rps)
+print("\n| round | tracker req/s | tracker --metrics off | limit req/s | tracker/limit | metrics cost, HTTP | metrics cost, get_concurrent |")
+print("| --- | --- | --- | --- | --- | --- | --- |")
+ratios, http_cost, inproc_cost = [], [], []
+for r in sorted(runs):
+    run = runs[r]
+    t, off, l = run["tracker"], run["tracker-metrics-off"], run["limit"]
+    ratios.append(t / l)
+    http_cost.append(100 * (1 - t / off))
+    inproc_cost.append(100 * (1 - run["get_concurrent-on"] / run["get_concurrent-off"]))
+    print(f"| {r} | {t:,.0f} | {off:,.0f} | {l:,.0f} | {t / l:.2f} | {http_cost[-1]:.1f}% | {inproc_cost[-1]:.1f}% |")
+spread = lambda xs, f: f"median {statistics.median(xs):{f}} (min {min(xs):{f}}, max {max(xs):{f}})"
+print(f"\ntracker/limit: {spread(ratios, '.2f')} over {len(ratios)} rounds")
+print(f"metrics cost, HTTP req/s: {spread(http_cost, '.1f')} %")
+print(f"metrics cost, in-process get_concurrent: {spread(inproc_cost, '.1f')} %")
+'
+echo "took $(($(date +%s) - started)) s (set-up included); load average now $(cut -d' ' -f1-3 /proc/loadavg)"

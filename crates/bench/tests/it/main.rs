@@ -1,6 +1,8 @@
 //! The benchmark runs once, at a tiny scale, with every answer checked, so
 //! its code cannot rot. (No timing is asserted: speed is for `just bench`.)
 
+mod limit;
+
 use bench::workload::{OPS, Workload};
 use bench::{Options, STACKS};
 use test_support::TestDb;

@@ -203,6 +203,20 @@ async fn ssl_modes_are_honoured_on_postgres() {
     let db = Db::connect(&s).await.unwrap();
     assert_eq!(scalar(&db, ssl_in_use).await, "false");
 
+    // Unset, to a loopback server (which has TLS on): no TLS, unless the URL
+    // asks for it.
+    assert!(base.ssl_mode.is_none() && base.url.target().contains("127.0.0.1"));
+    let db = Db::connect(&base).await.unwrap();
+    assert_eq!(scalar(&db, ssl_in_use).await, "false");
+    let mut s = base.clone();
+    s.url = db_core::DatabaseUrl::parse(
+        &format!("{}?sslmode=require", base.url.expose()),
+        "DATABASE_URL",
+    )
+    .unwrap();
+    let db = Db::connect(&s).await.unwrap();
+    assert_eq!(scalar(&db, ssl_in_use).await, "true");
+
     // The test server's certificate is self-signed: verify-full refuses it at
     // once instead of retrying until the deadline.
     let mut s = base;
