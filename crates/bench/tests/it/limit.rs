@@ -102,9 +102,14 @@ async fn the_limit_server_answers_with_the_trackers_exact_bytes() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let tracker_base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = oneshot::channel::<()>();
-    let served = tokio::spawn(tracker::http::serve(listener, tracker, async {
-        let _ = stopped.await;
-    }));
+    let served = tokio::spawn(tracker::http::serve(
+        listener,
+        tracker,
+        tracker::http::Exposure::Off,
+        async {
+            let _ = stopped.await;
+        },
+    ));
     let url = t.settings.url.expose().to_owned();
     let limit = tokio::task::spawn_blocking(move || Limit::start(&url))
         .await
