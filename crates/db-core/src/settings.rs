@@ -234,8 +234,9 @@ settings! {
             eg "tracker-worker", expects "at most 63 printable ASCII characters",
             if |s| s.as_deref().is_none_or(|s| s.len() <= 63 && s.chars().all(|c| c.is_ascii_graphic() || c == ' '));
         /// TLS mode: `disable`, `prefer`, `require` or `verify-full`; when unset, the URL's
-        /// `sslmode`, else `prefer`.
-        ssl_mode "DB_SSL_MODE": Option<SslMode> = "" or "(from URL, default prefer)", Server,
+        /// `sslmode`, else `prefer`, except to a server on this machine (`localhost`, a loopback
+        /// address, a socket), which is reached without TLS.
+        ssl_mode "DB_SSL_MODE": Option<SslMode> = "" or "(from URL, default prefer; none locally)", Server,
             eg "verify-full", expects "disable, prefer, require or verify-full";
         /// CA certificate file for `verify-full`.
         ssl_root_cert "DB_SSL_ROOT_CERT": Option<PathBuf> = "" or "(none)", Server, eg "/etc/ssl/db-ca.pem",
