@@ -24,9 +24,6 @@ pub enum Stack {
     SeaOrm(DatabaseConnection),
     /// Hand-written SQL, prepared statements through sqlx, on the tracker's pool.
     Raw(Raw),
-    /// `raw` with plain `OFFSET` paging: the reference for `list` (it runs
-    /// only `load` and `list`; its other answers would be `raw`'s).
-    RawNaive(Raw),
 }
 
 /// The tracker's sqlx pools, for hand-written SQL.
@@ -63,13 +60,7 @@ impl Stack {
             Stack::Tracker(_) => "tracker",
             Stack::SeaOrm(_) => "seaorm-defaults",
             Stack::Raw(_) => "raw",
-            Stack::RawNaive(_) => "raw-naive",
         }
-    }
-
-    /// Whether the stack runs `op`.
-    pub fn runs(&self, op: &str) -> bool {
-        !matches!(self, Stack::RawNaive(_)) || matches!(op, "load" | "list")
     }
 
     /// Loads the whole data set into freshly migrated tables.
@@ -107,7 +98,7 @@ impl Stack {
                 tx.commit().await?;
                 Ok(())
             }
-            Stack::Raw(raw) | Stack::RawNaive(raw) => raw.load(&employees, &tasks).await,
+            Stack::Raw(raw) => raw.load(&employees, &tasks).await,
         }
     }
 
@@ -123,7 +114,7 @@ impl Stack {
                 .find_also_related(employees::Entity)
                 .one(db)
                 .await?),
-            Stack::Raw(raw) | Stack::RawNaive(raw) => raw.get(id).await,
+            Stack::Raw(raw) => raw.get(id).await,
         }
     }
 
@@ -150,7 +141,7 @@ impl Stack {
             }
             .insert(db)
             .await?),
-            Stack::Raw(raw) | Stack::RawNaive(raw) => raw.create(&title, assignee).await,
+            Stack::Raw(raw) => raw.create(&title, assignee).await,
         }
     }
 
@@ -171,7 +162,7 @@ impl Stack {
                 tx.commit().await?;
                 Ok(task)
             }
-            Stack::Raw(raw) | Stack::RawNaive(raw) => raw.update(id, status).await,
+            Stack::Raw(raw) => raw.update(id, status).await,
         }
     }
 
@@ -192,8 +183,7 @@ impl Stack {
                 .limit(PAGE)
                 .all(db)
                 .await?),
-            Stack::Raw(raw) => raw.list(offset, false).await,
-            Stack::RawNaive(raw) => raw.list(offset, true).await,
+            Stack::Raw(raw) => raw.list(offset).await,
         }
     }
 
@@ -212,7 +202,7 @@ impl Stack {
                     .all(db)
                     .await?)
             }
-            Stack::Raw(raw) | Stack::RawNaive(raw) => raw.subtree(id).await,
+            Stack::Raw(raw) => raw.subtree(id).await,
         }
     }
 
@@ -223,7 +213,7 @@ impl Stack {
             Stack::SeaOrm(db) => {
                 let _ = db.close_by_ref().await;
             }
-            Stack::Raw(_) | Stack::RawNaive(_) => {}
+            Stack::Raw(_) => {}
         }
     }
 }
@@ -312,27 +302,13 @@ macro_rules! joined {
     };
 }
 
-/// A page of tasks with assignees, from the page's first id (found on the
-/// primary key alone): `$1` offset, `$2` limit.
+/// A page of tasks with assignees: `$1` limit, `$2` offset.
 const PAGE_PG: &str = joined!(
-    "(SELECT * FROM tasks WHERE id >= (SELECT id FROM tasks ORDER BY id LIMIT 1 OFFSET $1) ORDER BY id LIMIT $2)",
-    " ORDER BY t.id"
-);
-/// The same with plain `OFFSET`: `$1` limit, `$2` offset.
-const PAGE_NAIVE_PG: &str = joined!(
     "(SELECT * FROM tasks ORDER BY id LIMIT $1 OFFSET $2)",
     " ORDER BY t.id"
 );
 /// [`PAGE_PG`] for MySQL and SQLite.
-const PAGE_ANY: &str = joined!(
-    "(SELECT * FROM tasks WHERE id >= (SELECT id FROM tasks ORDER BY id LIMIT 1 OFFSET ?) ORDER BY id LIMIT ?)",
-    " ORDER BY t.id"
-);
-/// [`PAGE_NAIVE_PG`] for MySQL and SQLite.
-const PAGE_NAIVE_ANY: &str = joined!(
-    "(SELECT * FROM tasks ORDER BY id LIMIT ? OFFSET ?)",
-    " ORDER BY t.id"
-);
+const PAGE_ANY: &str = joined!("(SELECT * FROM tasks ORDER BY id LIMIT ? OFFSET ?)", " ORDER BY t.id");
 
 /// A load with multi-row `INSERT`s in one transaction, then fresh statistics:
 /// the same code for the MySQL and SQLite pools.
@@ -393,36 +369,32 @@ impl Raw {
         Ok(row.map(joined))
     }
 
-    /// A page from `offset`: its first id found on the primary key alone,
-    /// then the page from there; or, `naive`, with plain `OFFSET`.
-    async fn list(&self, offset: u64, naive: bool) -> Result<Vec<TaskAndAssignee>, Error> {
-        // The limit and the offset, in the order of their placeholders.
+    /// A page from `offset`, with plain `OFFSET`.
+    async fn list(&self, offset: u64) -> Result<Vec<TaskAndAssignee>, Error> {
         let (limit, offset) = (PAGE as i64, offset as i64);
-        let (sql, binds) = match (self, naive) {
-            (Raw::Postgres(..), false) => (PAGE_PG, [offset, limit]),
-            (Raw::Postgres(..), true) => (PAGE_NAIVE_PG, [limit, offset]),
-            (_, false) => (PAGE_ANY, [offset, limit]),
-            (_, true) => (PAGE_NAIVE_ANY, [limit, offset]),
+        let sql = match self {
+            Raw::Postgres(..) => PAGE_PG,
+            _ => PAGE_ANY,
         };
         let rows: Vec<JoinedRow> = match self {
             Raw::Postgres(pool, _) => {
                 sqlx::query_as(sql)
-                    .bind(binds[0])
-                    .bind(binds[1])
+                    .bind(limit)
+                    .bind(offset)
                     .fetch_all(pool)
                     .await
             }
             Raw::MySql(pool) => {
                 sqlx::query_as(sql)
-                    .bind(binds[0])
-                    .bind(binds[1])
+                    .bind(limit)
+                    .bind(offset)
                     .fetch_all(pool)
                     .await
             }
             Raw::Sqlite(_, readers) => {
                 sqlx::query_as(sql)
-                    .bind(binds[0])
-                    .bind(binds[1])
+                    .bind(limit)
+                    .bind(offset)
                     .fetch_all(readers)
                     .await
             }

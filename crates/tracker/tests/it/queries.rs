@@ -1,8 +1,7 @@
 //! The service's queries: no N+1, one recursive query per subtree.
 
 use db_core::Db;
-use sea_orm::{ConnectionTrait, DbBackend, Statement};
-use test_support::{Backend, TestDb};
+use test_support::TestDb;
 use tracker::{EmployeeInput, Page, TaskInput, Tracker};
 
 use crate::support::migrate;
@@ -166,75 +165,4 @@ test_support::backend_tests! {
         let page = Page { skip: 1, limit: 2, after_id: Some(employees[0].id) };
         assert_eq!(tracker.list_employees(page).await.unwrap(), employees[2..4]);
     }
-}
-
-/// Heap rows of `tasks` read so far (sequential scans, and fetches through
-/// an index), as PostgreSQL's statistics count them. `db` has a single
-/// connection, so the statistics it flushes are those of every query before.
-async fn task_rows_read(db: &Db) -> i64 {
-    let flush = db.read().await.unwrap();
-    flush
-        .execute_unprepared("SELECT pg_stat_force_next_flush()")
-        .await
-        .unwrap();
-    flush.commit().await.unwrap();
-    let read = db.read().await.unwrap();
-    let row = read
-        .query_one_raw(Statement::from_string(
-            DbBackend::Postgres,
-            "SELECT (COALESCE(seq_tup_read, 0) + COALESCE(idx_tup_fetch, 0))::int8 AS n \
-             FROM pg_stat_user_tables WHERE relname = 'tasks'",
-        ))
-        .await
-        .unwrap()
-        .unwrap();
-    read.commit().await.unwrap();
-    row.try_get("", "n").unwrap()
-}
-
-/// A deep page reads its own rows and no others: after an import (which
-/// vacuums, so the visibility map is set), the skipped rows are counted on
-/// the primary key alone.
-#[test_support::needs(postgres)]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deep_page_reads_only_its_own_rows() {
-    let t = TestDb::new(Backend::Postgres).await;
-    migrate(&t).await;
-    let mut settings = t.settings.clone();
-    settings.min_connections = 1;
-    settings.max_connections = 1;
-    let db = Db::connect(&settings).await.unwrap();
-    let tracker = Tracker::new(db.clone());
-    let employees = [tracker::Employee {
-        id: 1,
-        full_name: "Ann".into(),
-        position: "dev".into(),
-    }];
-    let tasks: Vec<tracker::Task> = (1..=5000)
-        .map(|id| tracker::Task {
-            id,
-            title: format!("t{id}"),
-            parent_id: None,
-            assignee_id: Some(1),
-            deadline: None,
-            status: "todo".into(),
-        })
-        .collect();
-    tracker.import(&employees, &tasks).await.unwrap();
-
-    let before = task_rows_read(&db).await;
-    let page = Page {
-        skip: 4000,
-        limit: 10,
-        after_id: None,
-    };
-    let rows = tracker.list_tasks_with_assignees(page).await.unwrap();
-    let read = task_rows_read(&db).await - before;
-    let ids: Vec<i32> = rows.iter().map(|(task, _)| task.id).collect();
-    assert_eq!(ids, (4001..=4010).collect::<Vec<_>>());
-    assert!(
-        read <= 11,
-        "{read} task rows read for a page of 10 after 4000"
-    );
-    db.close().await;
 }
