@@ -482,12 +482,7 @@ pub fn summary(records: &[Record]) -> String {
     let mut text = format!(
         "ops/s: median of {rounds} round(s); ratios: median (min-max) of the rounds' ratios\n\
          {:<15} {:>10} {:>16} {:>10} {:>19} {:>26}\n",
-        "op",
-        "tracker",
-        "seaorm-defaults",
-        "raw",
-        "tracker/raw",
-        "tracker/seaorm-defaults"
+        "op", "tracker", "seaorm-defaults", "raw", "tracker/raw", "tracker/seaorm-defaults"
     );
     for op in OPS {
         if !records.iter().any(|r| r.op == op) {

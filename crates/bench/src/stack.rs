@@ -308,7 +308,10 @@ const PAGE_PG: &str = joined!(
     " ORDER BY t.id"
 );
 /// [`PAGE_PG`] for MySQL and SQLite.
-const PAGE_ANY: &str = joined!("(SELECT * FROM tasks ORDER BY id LIMIT ? OFFSET ?)", " ORDER BY t.id");
+const PAGE_ANY: &str = joined!(
+    "(SELECT * FROM tasks ORDER BY id LIMIT ? OFFSET ?)",
+    " ORDER BY t.id"
+);
 
 /// A load with multi-row `INSERT`s in one transaction, then fresh statistics:
 /// the same code for the MySQL and SQLite pools.

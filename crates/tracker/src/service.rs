@@ -7,13 +7,10 @@ use chrono::NaiveDate;
 use db_core::{CachedStatement, Db, Session, SessionOptions};
 use entity::{employees, tasks};
 use sea_orm::{
-    ActiveModelTrait,
-    ActiveValue::Set,
-    ActiveValue::Unchanged,
-    ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, IntoActiveModel, IsolationLevel,
-    LoaderTrait, ModelTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, SelectTwoModel,
-    SelectorTrait, SqlErr, Statement,
-    sea_query::{Expr, ExprTrait, QueryStatementBuilder},
+    ActiveModelTrait, ActiveValue::Set, ActiveValue::Unchanged, ColumnTrait, ConnectionTrait,
+    DbBackend, DbErr, EntityTrait, IntoActiveModel, IsolationLevel, LoaderTrait, ModelTrait,
+    QueryFilter, QueryOrder, QuerySelect, QueryTrait, SelectTwoModel, SelectorTrait, SqlErr,
+    Statement,
 };
 
 use crate::error::{Error, Kind, Result};
@@ -27,7 +24,10 @@ async fn page_of<E: EntityTrait>(
     id: E::Column,
     page: Page,
 ) -> Result<Vec<E::Model>> {
-    let mut rows = E::find().order_by_asc(id).offset(page.skip).limit(page.limit);
+    let mut rows = E::find()
+        .order_by_asc(id)
+        .offset(page.skip)
+        .limit(page.limit);
     if let Some(after) = page.after_id {
         rows = rows.filter(id.gt(after));
     }
