@@ -168,9 +168,10 @@ for r in sorted(runs):
     http_cost.append(100 * (1 - t / off))
     inproc_cost.append(100 * (1 - run["get_concurrent-on"] / run["get_concurrent-off"]))
     print(f"| {r} | {t:,.0f} | {off:,.0f} | {l:,.0f} | {t / l:.2f} | {http_cost[-1]:.1f}% | {inproc_cost[-1]:.1f}% |")
+TWO, ONE = ".2f", ".1f"
 spread = lambda xs, f: f"median {statistics.median(xs):{f}} (min {min(xs):{f}}, max {max(xs):{f}})"
-print(f"\ntracker/limit: {spread(ratios, '.2f')} over {len(ratios)} rounds")
-print(f"metrics cost, HTTP req/s: {spread(http_cost, '.1f')} %")
-print(f"metrics cost, in-process get_concurrent: {spread(inproc_cost, '.1f')} %")
+print(f"\ntracker/limit: {spread(ratios, TWO)} over {len(ratios)} rounds")
+print(f"metrics cost, HTTP req/s: {spread(http_cost, ONE)} %")
+print(f"metrics cost, in-process get_concurrent: {spread(inproc_cost, ONE)} %")
 '
 echo "took $(($(date +%s) - started)) s (set-up included); load average now $(cut -d' ' -f1-3 /proc/loadavg)"
