@@ -4,7 +4,8 @@
 //! and server memory against the number of tasks) at the path given, and a
 //! Markdown table on standard output.
 //!
-//! Exit codes: 0 success, 1 failure, 2 bad arguments or input.
+//! Exit codes: 0 success, 1 failure (input that does not parse included), 2
+//! bad arguments.
 
 use std::collections::BTreeMap;
 use std::io::Read;
