@@ -71,6 +71,10 @@ chaos:
     cargo test --workspace -- chaos --ignored --test-threads=1
     PROPTEST_CASES=100000 cargo test -p db-core -- properties any_parts
 
+# High availability on a real Patroni cluster (Debian's patroni and etcd-server): the cluster test, then the failover and switchover chaos test under `tracker serve`; prints the figures.
+ha-test:
+    TEST_PATRONI=1 cargo test -p app --test it -- ha:: --include-ignored --test-threads=1
+
 # Cost as data grows: scales 0.1, 1 and 10 on PostgreSQL (SCALES="0.1 1" for fewer); writes docs/bench-scale.png and the table in docs/performance.md.
 bench-scale:
     BENCH_DATABASE_URL="{{BENCH_DATABASE_URL}}" scripts/bench-scale.sh

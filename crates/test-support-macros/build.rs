@@ -2,7 +2,8 @@
 //! `TEST_POSTGRES_URL` / `TEST_MYSQL_URL` name a server, and
 //! `cfg(browser_configured)` when `TEST_BROWSER` says the browser tools are
 //! installed, and `cfg(prometheus_configured)` when `TEST_PROMETHEUS` says
-//! Debian's `prometheus` is. Cargo re-runs this when any of them changes, so `cargo test`
+//! Debian's `prometheus` is, and `cfg(patroni_configured)` when `TEST_PATRONI`
+//! says Debian's `patroni` and `etcd-server` are. Cargo re-runs this when any of them changes, so `cargo test`
 //! rebuilds the tests (not the libraries) with what it was given.
 
 fn main() {
@@ -11,6 +12,7 @@ fn main() {
         ("TEST_MYSQL_URL", "mysql_configured"),
         ("TEST_BROWSER", "browser_configured"),
         ("TEST_PROMETHEUS", "prometheus_configured"),
+        ("TEST_PATRONI", "patroni_configured"),
     ] {
         println!("cargo::rerun-if-env-changed={variable}");
         println!("cargo::rustc-check-cfg=cfg({cfg})");

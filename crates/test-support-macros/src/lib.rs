@@ -20,6 +20,9 @@
 //!   `just browser-tools` installs (`just browser-test` and `.ci/run` set it).
 //! - `prometheus`: ignored when `TEST_PROMETHEUS` was not set: the test runs
 //!   Debian's `prometheus` server (`.ci/run` installs it and sets the variable).
+//! - `patroni`: ignored when `TEST_PATRONI` was not set: the test runs a
+//!   Patroni cluster (Debian's `patroni` and `etcd-server`, which `.ci/run`
+//!   installs; `just ha-test` and `.ci/run` set the variable).
 //! - `chaos`: always ignored; `just chaos` runs these with `--ignored`.
 //!
 //! Every reason starts with `needs`, and a missing server is named by its
@@ -28,8 +31,8 @@
 use proc_macro::{TokenStream, TokenTree};
 
 /// Ignores the test it is put on unless the named servers were configured
-/// (`postgres`, `mysql`) or the browser tools installed (`browser`); `chaos`
-/// ignores it always.
+/// (`postgres`, `mysql`) or the tools installed (`browser`, `prometheus`,
+/// `patroni`); `chaos` ignores it always.
 #[proc_macro_attribute]
 pub fn needs(args: TokenStream, item: TokenStream) -> TokenStream {
     let mut missing = Vec::new();
@@ -44,8 +47,11 @@ pub fn needs(args: TokenStream, item: TokenStream) -> TokenStream {
                 "prometheus" if !cfg!(prometheus_configured) => {
                     missing.push("TEST_PROMETHEUS (Debian's prometheus package)")
                 }
+                "patroni" if !cfg!(patroni_configured) => missing.push(
+                    "TEST_PATRONI (Debian's patroni and etcd-server packages: `just ha-test`)",
+                ),
                 "chaos" => missing.push("`just chaos` (a long fault-injection test)"),
-                "postgres" | "mysql" | "browser" | "prometheus" => {}
+                "postgres" | "mysql" | "browser" | "prometheus" | "patroni" => {}
                 other => return error(&format!("needs: unknown requirement `{other}`")),
             },
             TokenTree::Punct(punct) if punct.as_char() == ',' => {}

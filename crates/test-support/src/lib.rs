@@ -1,8 +1,9 @@
 //! Test helpers for this workspace (a dev-dependency only): a database of
 //! its own for each test, private PostgreSQL servers and PgBouncer for tests
-//! that need password authentication or stop a server, a Prometheus server
-//! that scrapes a test's `tracker serve`, and tests that are
-//! reported as ignored when their server is not configured.
+//! that need password authentication or stop a server, a Patroni cluster
+//! (etcd and three PostgreSQL nodes) whose leader tests kill or switch over,
+//! a Prometheus server that scrapes a test's `tracker serve`, and tests that
+//! are reported as ignored when their server is not configured.
 //!
 //! [`TestDb::new`] gives each test a database of its own: on PostgreSQL and
 //! MySQL a uniquely named database created through the maintenance database
@@ -32,12 +33,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rand::Rng;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
+mod http;
 pub mod original_app;
+mod patroni;
 mod pgbouncer;
 mod postgres_server;
 mod prometheus;
 
 use db_core::{DatabaseUrl, Db, SessionOptions, Settings, create_database, drop_database};
+pub use patroni::{Killed, Member, Node, PatroniCluster, Promotion, Role};
 use percent_encoding::NON_ALPHANUMERIC;
 pub use pgbouncer::PgBouncer;
 pub use postgres_server::{PrivatePostgres, StopMode, free_port};

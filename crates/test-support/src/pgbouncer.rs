@@ -5,7 +5,9 @@ use std::io;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::postgres_server::{PrivatePostgres, free_port, is_root, superuser_url};
+use super::postgres_server::{
+    PrivatePostgres, as_postgres, free_port, give_to_postgres, superuser_url,
+};
 
 /// A running PgBouncer; stopped on drop.
 #[derive(Debug)]
@@ -50,18 +52,8 @@ impl PgBouncer {
                 server.password().replace('"', "\"\"")
             ),
         )?;
-        let mut command = if is_root() {
-            Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(dir.path())
-                .status()?;
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--", "pgbouncer"]);
-            c
-        } else {
-            Command::new("pgbouncer")
-        };
-        let child = command
+        give_to_postgres(dir.path())?;
+        let child = as_postgres("pgbouncer")
             .arg(dir.path().join("pgbouncer.ini"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())

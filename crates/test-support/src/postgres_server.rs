@@ -3,6 +3,7 @@
 //! restart. Built from Debian's PostgreSQL binaries on a free port in a
 //! temporary folder, which is removed with the server.
 
+use std::ffi::OsStr;
 use std::io;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -28,7 +29,8 @@ pub enum StopMode {
     Immediate,
 }
 
-fn find_bin() -> io::Result<PathBuf> {
+/// The newest PostgreSQL binaries' folder under `/usr/lib/postgresql`.
+pub(crate) fn find_bin() -> io::Result<PathBuf> {
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")?
         .filter_map(|entry| {
             let entry = entry.ok()?;
@@ -58,24 +60,47 @@ pub fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-pub(crate) fn is_root() -> bool {
+fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
-/// Runs a PostgreSQL binary, as the `postgres` user when we are root (the
-/// server refuses to run as root).
-fn run(bin: &Path, args: &[&str]) -> io::Result<Output> {
-    let mut command = if is_root() {
+/// A command that runs `program` as the `postgres` user when we are root
+/// (the server refuses to run as root), and as ourselves otherwise.
+pub(crate) fn as_postgres(program: impl AsRef<OsStr>) -> Command {
+    if is_root() {
         let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(bin);
+        c.args(["-u", "postgres", "--"]).arg(program);
         c
     } else {
-        Command::new(bin)
-    };
-    let output = command.args(args).output()?;
+        Command::new(program)
+    }
+}
+
+/// Hands `path` (and everything under it) to the `postgres` user when we
+/// are root, so that the servers [`as_postgres`] runs can write there.
+pub(crate) fn give_to_postgres(path: &Path) -> io::Result<()> {
+    if !is_root() {
+        return Ok(());
+    }
+    let status = Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(path)
+        .status()?;
+    if !status.success() {
+        return Err(io::Error::other(format!(
+            "chown of {} failed",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Runs a PostgreSQL binary as [`as_postgres`] does.
+fn run(bin: &Path, args: &[&str]) -> io::Result<Output> {
+    let output = as_postgres(bin).args(args).output()?;
     if !output.status.success() {
         return Err(io::Error::other(format!(
             "{} {}: {}{}",
@@ -86,6 +111,35 @@ fn run(bin: &Path, args: &[&str]) -> io::Result<Output> {
         )));
     }
     Ok(output)
+}
+
+/// Runs SQL as the superuser `postgres` over the Unix socket in `socket_dir`
+/// and returns psql's unaligned output.
+pub(crate) fn psql(
+    bin: &Path,
+    socket_dir: &Path,
+    port: u16,
+    database: &str,
+    sql: &str,
+) -> io::Result<String> {
+    let output = run(
+        &bin.join("psql"),
+        &[
+            "-h",
+            &socket_dir.to_string_lossy(),
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            database,
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-XAtqc",
+            sql,
+        ],
+    )?;
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
 impl PrivatePostgres {
@@ -102,23 +156,9 @@ impl PrivatePostgres {
     pub fn init(password: &str) -> io::Result<Self> {
         let bin = find_bin()?;
         let dir = tempfile::Builder::new().prefix("tracker-pg-").tempdir()?;
-        if is_root() {
-            let status = Command::new("chown")
-                .arg("postgres:postgres")
-                .arg(dir.path())
-                .status()?;
-            if !status.success() {
-                return Err(io::Error::other("chown of the server folder failed"));
-            }
-        }
         let pwfile = dir.path().join("pwfile");
         std::fs::write(&pwfile, password)?;
-        if is_root() {
-            Command::new("chown")
-                .arg("postgres:postgres")
-                .arg(&pwfile)
-                .status()?;
-        }
+        give_to_postgres(dir.path())?;
         let data = dir.path().join("data");
         run(
             &bin.join("initdb"),
@@ -150,22 +190,9 @@ impl PrivatePostgres {
         let dir = tempfile::Builder::new()
             .prefix("tracker-pg-replica-")
             .tempdir()?;
-        if is_root() {
-            Command::new("chown")
-                .arg("postgres:postgres")
-                .arg(dir.path())
-                .status()?;
-        }
+        give_to_postgres(dir.path())?;
         let data = dir.path().join("data");
-        let mut command = if is_root() {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"])
-                .arg(self.bin.join("pg_basebackup"));
-            c
-        } else {
-            Command::new(self.bin.join("pg_basebackup"))
-        };
-        let output = command
+        let output = as_postgres(self.bin.join("pg_basebackup"))
             .args([
                 "-h",
                 "127.0.0.1",
@@ -244,24 +271,7 @@ impl PrivatePostgres {
     /// Runs SQL as the superuser over the server's own socket and returns psql's
     /// unaligned output.
     pub fn psql(&self, database: &str, sql: &str) -> io::Result<String> {
-        let output = run(
-            &self.bin.join("psql"),
-            &[
-                "-h",
-                &self.dir.path().to_string_lossy(),
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                database,
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-XAtqc",
-                sql,
-            ],
-        )?;
-        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        psql(&self.bin, self.dir.path(), self.port, database, sql)
     }
 
     /// The TCP port.

@@ -5,6 +5,7 @@ use std::io;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::http;
 use super::postgres_server::free_port;
 
 /// A running Prometheus; killed on drop.
@@ -60,22 +61,10 @@ impl Prometheus {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// Whether `/-/ready` answers 200 (a plain HTTP/1.0 request, to need no client).
+    /// Whether `/-/ready` answers 200.
     fn ready(&self) -> bool {
-        use std::io::{Read, Write};
-        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-        if stream
-            .write_all(b"GET /-/ready HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-            .is_err()
-        {
-            return false;
-        }
-        let mut answer = String::new();
-        let _ = stream.read_to_string(&mut answer);
-        answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200")
+        http::request(self.port, "GET", "/-/ready", "", Duration::from_secs(2))
+            .is_ok_and(|(status, _)| status == 200)
     }
 }
 

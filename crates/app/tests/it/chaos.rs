@@ -38,18 +38,25 @@ fn assert_no_secret_in(lines: &[String]) {
     assert!(leaks.is_empty(), "the password leaked: {leaks:?}");
 }
 
+/// One request of [`drive`]'s clients and its answer.
 #[derive(Debug, Clone)]
-struct Outcome {
-    at: Instant,
-    write: Option<String>,
-    status: Result<u16, String>,
-    latency: Duration,
+pub(crate) struct Outcome {
+    /// When it was sent.
+    pub(crate) at: Instant,
+    /// The employee's unique name, for a write.
+    pub(crate) write: Option<String>,
+    /// The answer's status, or why there was none.
+    pub(crate) status: Result<u16, String>,
+    pub(crate) latency: Duration,
 }
 
-/// Clients that keep writing and reading until stopped, recording every outcome.
-fn drive(
+/// Clients that keep writing (`POST /employees/`, position `chaos`) and
+/// reading until stopped, recording every outcome. Request `n` of client
+/// `worker` is a write when `writes(worker, n)` says so.
+pub(crate) fn drive(
     base: &str,
     workers: usize,
+    writes: fn(usize, u64) -> bool,
     stop: Arc<AtomicBool>,
 ) -> (Arc<Mutex<Vec<Outcome>>>, Vec<tokio::task::JoinHandle<()>>) {
     let outcomes = Arc::new(Mutex::new(Vec::new()));
@@ -71,7 +78,7 @@ fn drive(
                 while !stop.load(Ordering::SeqCst) {
                     n += 1;
                     let start = Instant::now();
-                    let (write, request) = if n % 2 == 0 {
+                    let (write, request) = if writes(worker, n) {
                         let name = format!("w{worker}-{n}");
                         let body = json!({"full_name": name, "position": "chaos"});
                         (
@@ -104,7 +111,7 @@ fn drive(
 }
 
 /// Seconds from `back` to the first success that started after it.
-fn recovery(outcomes: &[Outcome], back: Instant) -> Option<f64> {
+pub(crate) fn recovery(outcomes: &[Outcome], back: Instant) -> Option<f64> {
     outcomes
         .iter()
         .filter(|o| o.at >= back && o.status == Ok(200))
@@ -138,7 +145,7 @@ async fn chaos_database_restarts_under_load_lose_no_acknowledged_write() {
     let mut app: Running = start(dir.path(), &["serve", "--addr", &addr, "--migrate"], &vars).await;
 
     let stop = Arc::new(AtomicBool::new(false));
-    let (outcomes, clients) = drive(&app.base, 8, stop.clone());
+    let (outcomes, clients) = drive(&app.base, 8, |_, n| n % 2 == 0, stop.clone());
     tokio::time::sleep(Duration::from_secs(5)).await;
 
     let restart = {

@@ -6,6 +6,7 @@ mod cli;
 mod config_table;
 mod db_commands;
 mod docs;
+mod ha;
 mod metrics;
 mod migrate_commands;
 mod scaling;

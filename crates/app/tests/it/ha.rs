@@ -1,0 +1,323 @@
+//! High availability on a real Patroni cluster (`just ha-test`;
+//! `TEST_PATRONI=1`): the cluster itself fails over and switches over, and
+//! `tracker serve` on a multi-host URL follows both without losing an
+//! acknowledged write.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::OsString;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use db_core::{DatabaseUrl, Settings};
+use test_support::{PatroniCluster, Promotion, Role, free_port, report};
+
+use crate::chaos::{Outcome, drive, recovery};
+use crate::serve::start;
+
+/// Writing clients; one more client only reads.
+const WRITERS: usize = 8;
+
+/// Starts a cluster on a blocking thread.
+async fn start_cluster() -> Arc<PatroniCluster> {
+    let cluster = tokio::task::spawn_blocking(PatroniCluster::start)
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("starting the Patroni cluster: {e}"));
+    Arc::new(cluster)
+}
+
+/// Runs a blocking call on the cluster off the runtime's threads.
+async fn on_cluster<T: Send + 'static>(
+    cluster: &Arc<PatroniCluster>,
+    call: impl FnOnce(&PatroniCluster) -> std::io::Result<T> + Send + 'static,
+) -> T {
+    let cluster = cluster.clone();
+    tokio::task::spawn_blocking(move || call(&cluster))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The cluster comes up with a leader, a sync standby and a replica; a
+/// commit on the leader is on the sync standby when the commit returns;
+/// `kill -9` of the leader promotes a standby that has that commit; a
+/// switchover moves the leader again.
+#[test_support::needs(patroni)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patroni_cluster_fails_over_and_switches_over() {
+    let cluster = start_cluster().await;
+    let members = on_cluster(&cluster, |c| c.members()).await;
+    let roles: Vec<Role> = members.iter().map(|m| m.role).collect();
+    assert_eq!(members.len(), 3, "{members:?}");
+    assert!(roles.contains(&Role::Leader), "{members:?}");
+    assert!(roles.contains(&Role::SyncStandby), "{members:?}");
+    let leader = on_cluster(&cluster, |c| c.leader()).await;
+    assert!(
+        cluster.url("app", "read-write").starts_with(&format!(
+            "postgres://postgres@127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}/app?",
+            cluster.nodes()[0].port,
+            cluster.nodes()[1].port,
+            cluster.nodes()[2].port
+        )),
+        "{}",
+        cluster.url("app", "read-write")
+    );
+
+    let name = leader.name.clone();
+    on_cluster(&cluster, move |c| {
+        c.psql(&name, "postgres", "CREATE TABLE committed (n int)")?;
+        c.psql(&name, "postgres", "INSERT INTO committed VALUES (1)")
+    })
+    .await;
+    let killed = on_cluster(&cluster, |c| c.kill_leader()).await;
+    assert_eq!(killed.leader, leader.name);
+    let old = killed.leader.clone();
+    let failover = on_cluster(&cluster, move |c| c.wait_for_new_leader(&old, killed.at)).await;
+    assert_ne!(failover.to, leader.name);
+    let to = failover.to.clone();
+    let rows = on_cluster(&cluster, move |c| {
+        c.psql(&to, "postgres", "SELECT count(*) FROM committed")
+    })
+    .await;
+    assert_eq!(rows, "1", "the commit acknowledged before the kill is lost");
+
+    let switchover = on_cluster(&cluster, |c| c.switchover()).await;
+    assert_eq!(switchover.from, failover.to);
+    assert_ne!(switchover.to, switchover.from);
+    assert_eq!(
+        on_cluster(&cluster, |c| c.leader()).await.name,
+        switchover.to
+    );
+    report(&format!(
+        "patroni cluster (3 nodes, ttl 10): healthy {:.1}s after start; kill -9 of leader {}: {} promoted after {:.1}s; switchover {} -> {}: {:.1}s",
+        cluster.started_in().as_secs_f64(),
+        failover.from,
+        failover.to,
+        failover.took.as_secs_f64(),
+        switchover.from,
+        switchover.to,
+        switchover.took.as_secs_f64(),
+    ));
+    assert!(
+        failover.took < Duration::from_secs(30),
+        "promotion took {:?} with ttl 10",
+        failover.took
+    );
+}
+
+/// What the clients saw from one event until the next (or the end).
+struct Window {
+    /// Failed requests by status (`error` when there was no answer).
+    failed: BTreeMap<String, usize>,
+    /// Seconds from the event until the first write sent after it succeeded.
+    writes_back: Option<f64>,
+    /// Reads answered (and failed) while writes were not back.
+    reads_answered: usize,
+    reads_failed: usize,
+    /// Writes acknowledged in this window, and how many of them are missing.
+    acknowledged: usize,
+    lost: usize,
+}
+
+impl Window {
+    fn of(outcomes: &[Outcome], from: Instant, until: Instant, stored: &HashSet<&str>) -> Self {
+        let inside: Vec<&Outcome> = outcomes
+            .iter()
+            .filter(|o| o.at >= from && o.at < until)
+            .collect();
+        let mut failed = BTreeMap::new();
+        for o in inside.iter().filter(|o| o.status != Ok(200)) {
+            let key = match &o.status {
+                Ok(code) => code.to_string(),
+                Err(_) => "error".to_owned(),
+            };
+            *failed.entry(key).or_insert(0) += 1;
+        }
+        let writes: Vec<Outcome> = outcomes
+            .iter()
+            .filter(|o| o.write.is_some())
+            .cloned()
+            .collect();
+        let writes_back = recovery(&writes, from);
+        let back = writes_back.map_or(until, |s| from + Duration::from_secs_f64(s));
+        let reads: Vec<&&Outcome> = inside
+            .iter()
+            .filter(|o| o.write.is_none() && o.at + o.latency <= back)
+            .collect();
+        let acknowledged: Vec<&str> = inside
+            .iter()
+            .filter(|o| o.status == Ok(200))
+            .filter_map(|o| o.write.as_deref())
+            .collect();
+        Window {
+            failed,
+            writes_back,
+            reads_answered: reads.iter().filter(|o| o.status == Ok(200)).count(),
+            reads_failed: reads.iter().filter(|o| o.status != Ok(200)).count(),
+            acknowledged: acknowledged.len(),
+            lost: acknowledged.iter().filter(|n| !stored.contains(*n)).count(),
+        }
+    }
+
+    fn line(&self, event: &str, promotion: &Promotion) -> String {
+        format!(
+            "{event} ({} -> {}): the cluster promoted in {:.2}s; writes back after {:.2}s; \
+             failed requests {:?}; reads answered during the failover {} (failed {}); \
+             writes acknowledged {}, lost {}",
+            promotion.from,
+            promotion.to,
+            promotion.took.as_secs_f64(),
+            self.writes_back.unwrap_or(f64::NAN),
+            self.failed,
+            self.reads_answered,
+            self.reads_failed,
+            self.acknowledged,
+            self.lost,
+        )
+    }
+}
+
+/// Waits (up to 60 s) until a write sent after `since` succeeded.
+async fn writes_back(outcomes: &std::sync::Mutex<Vec<Outcome>>, since: Instant) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let back = outcomes
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|o| o.at >= since && o.write.is_some() && o.status == Ok(200));
+        if back {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `tracker serve` on the three nodes' multi-host URL (writes on the
+/// read-write node, reads on the standbys), 8 writing clients and a reader;
+/// then `kill -9` of the leader, and once writes are back a planned
+/// switchover. For each: no acknowledged write lost, failures are 503s,
+/// writes succeed again within the cluster's own promotion time + 2 s, and
+/// reads keep being answered meanwhile.
+#[test_support::needs(patroni, chaos)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_ha_failover_and_switchover_lose_no_acknowledged_write() {
+    let cluster = start_cluster().await;
+    let leader = on_cluster(&cluster, |c| c.leader()).await.name;
+    let name = leader.clone();
+    on_cluster(&cluster, move |c| {
+        c.psql(&name, "postgres", "CREATE DATABASE tracker")
+    })
+    .await;
+    let on_leader = cluster.node_url(&leader, "tracker").unwrap();
+    let settings = Settings::new(DatabaseUrl::parse(&on_leader, "DATABASE_URL").unwrap());
+    migration::up(&settings, Duration::from_secs(60))
+        .await
+        .unwrap();
+
+    let vars = [
+        (
+            "DATABASE_URL",
+            OsString::from(cluster.url("tracker", "read-write")),
+        ),
+        (
+            "DB_REPLICA_URLS",
+            OsString::from(cluster.url("tracker", "standby")),
+        ),
+        ("DB_ACQUIRE_TIMEOUT", OsString::from("2s")),
+        ("DB_CONNECT_TIMEOUT", OsString::from("1s")),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port().unwrap());
+    let mut app = start(dir.path(), &["serve", "--addr", &addr], &vars).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let begun = Instant::now();
+    let (outcomes, clients) = drive(
+        &app.base,
+        WRITERS + 1,
+        |worker, _| worker < WRITERS,
+        stop.clone(),
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let killed = on_cluster(&cluster, |c| c.kill_leader()).await;
+    let old = killed.leader.clone();
+    let failover = on_cluster(&cluster, move |c| c.wait_for_new_leader(&old, killed.at)).await;
+    writes_back(&outcomes, failover.started).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let switchover = on_cluster(&cluster, |c| c.switchover()).await;
+    writes_back(&outcomes, switchover.started).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        client.await.unwrap();
+    }
+    let end = Instant::now();
+    app.terminate();
+    let (code, _) = app.wait(Duration::from_secs(15)).await;
+
+    let outcomes = outcomes.lock().unwrap().clone();
+    let to = switchover.to.clone();
+    let stored = on_cluster(&cluster, move |c| {
+        c.psql(
+            &to,
+            "tracker",
+            "SELECT full_name FROM employees WHERE position = 'chaos'",
+        )
+    })
+    .await;
+    let stored: HashSet<&str> = stored.lines().collect();
+    let before = Window::of(&outcomes, begun, failover.started, &stored);
+    let kill = Window::of(&outcomes, failover.started, switchover.started, &stored);
+    let planned = Window::of(&outcomes, switchover.started, end, &stored);
+    let other: Vec<&Outcome> = outcomes
+        .iter()
+        .filter(|o| !matches!(o.status, Ok(200) | Ok(503)))
+        .collect();
+    report(&format!(
+        "ha: Patroni cluster of 3 (synchronous, ttl 10) healthy {:.1}s after start; \
+         tracker serve on the multi-host URL, {WRITERS} writing clients and 1 reader, {} requests in {:.0}s",
+        cluster.started_in().as_secs_f64(),
+        outcomes.len(),
+        (end - begun).as_secs_f64(),
+    ));
+    report(&format!(
+        "ha: before: writes acknowledged {}, lost {}; failed requests {:?}",
+        before.acknowledged, before.lost, before.failed
+    ));
+    report(&format!(
+        "ha: {}",
+        kill.line("kill -9 of the leader", &failover)
+    ));
+    report(&format!("ha: {}", planned.line("switchover", &switchover)));
+
+    assert_eq!(code, Some(0), "the app exited badly");
+    assert_eq!(
+        before.lost + kill.lost + planned.lost,
+        0,
+        "acknowledged writes lost"
+    );
+    assert!(
+        other.is_empty(),
+        "answers other than 200 and 503: {:?}",
+        &other[..other.len().min(5)]
+    );
+    for (event, window, promotion) in [
+        ("kill", &kill, &failover),
+        ("switchover", &planned, &switchover),
+    ] {
+        let limit = promotion.took.as_secs_f64() + 2.0;
+        assert!(
+            window.writes_back.is_some_and(|s| s <= limit),
+            "after the {event}, writes came back after {:?}s, not within {limit:.2}s",
+            window.writes_back
+        );
+        assert!(
+            window.reads_answered > 0,
+            "no read was answered during the {event}'s failover"
+        );
+    }
+}
