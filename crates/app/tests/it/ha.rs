@@ -106,7 +106,8 @@ async fn a_patroni_cluster_fails_over_and_switches_over() {
     );
 }
 
-/// What the clients saw from one event until the next (or the end).
+/// What the clients saw from one event until the next (or the end): the
+/// requests answered in between.
 struct Window {
     /// Failed requests by status (`error` when there was no answer).
     failed: BTreeMap<String, usize>,
@@ -122,9 +123,10 @@ struct Window {
 
 impl Window {
     fn of(outcomes: &[Outcome], from: Instant, until: Instant, stored: &HashSet<&str>) -> Self {
+        // A request belongs to the window in which it was answered.
         let inside: Vec<&Outcome> = outcomes
             .iter()
-            .filter(|o| o.at >= from && o.at < until)
+            .filter(|o| o.at + o.latency >= from && o.at + o.latency < until)
             .collect();
         let mut failed = BTreeMap::new();
         for o in inside.iter().filter(|o| o.status != Ok(200)) {
@@ -162,13 +164,14 @@ impl Window {
 
     fn line(&self, event: &str, promotion: &Promotion) -> String {
         format!(
-            "{event} ({} -> {}): the cluster promoted in {:.2}s; writes back after {:.2}s; \
+            "{event} ({} -> {}): the cluster promoted in {:.2}s; writes back after {}; \
              failed requests {:?}; reads answered during the failover {} (failed {}); \
              writes acknowledged {}, lost {}",
             promotion.from,
             promotion.to,
             promotion.took.as_secs_f64(),
-            self.writes_back.unwrap_or(f64::NAN),
+            self.writes_back
+                .map_or("never".to_owned(), |s| format!("{s:.2}s")),
             self.failed,
             self.reads_answered,
             self.reads_failed,
