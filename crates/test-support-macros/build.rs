@@ -1,10 +1,11 @@
 //! Sets `cfg(postgres_configured)` / `cfg(mysql_configured)` when
 //! `TEST_POSTGRES_URL` / `TEST_MYSQL_URL` name a server, and
 //! `cfg(browser_configured)` when `TEST_BROWSER` says the browser tools are
-//! installed, and `cfg(prometheus_configured)` when `TEST_PROMETHEUS` says
-//! Debian's `prometheus` is, and `cfg(patroni_configured)` when `TEST_PATRONI`
-//! says Debian's `patroni` and `etcd-server` are. Cargo re-runs this when any of them changes, so `cargo test`
-//! rebuilds the tests (not the libraries) with what it was given.
+//! installed, `cfg(prometheus_configured)` when `TEST_PROMETHEUS` says
+//! Debian's `prometheus` is, and `cfg(patroni_configured)` when
+//! `TEST_PATRONI` says Debian's `patroni` and `etcd-server` are. Cargo re-runs
+//! this when any of them changes, so `cargo test` rebuilds the tests (not the
+//! libraries) with what it was given.
 
 fn main() {
     for (variable, cfg) in [
