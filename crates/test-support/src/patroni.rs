@@ -29,8 +29,9 @@ const SCOPE: &str = "tracker-test";
 /// How long the cluster may take to come up healthy.
 const START_LIMIT: Duration = Duration::from_secs(120);
 
-/// How long a promotion (after a kill, or a switchover) may take.
-const PROMOTION_LIMIT: Duration = Duration::from_secs(60);
+/// How long a promotion (after a kill, or a switchover), or standbys
+/// catching up, may take.
+const WAIT_LIMIT: Duration = Duration::from_secs(60);
 
 /// How often the cluster's state is polled while waiting.
 const POLL: Duration = Duration::from_millis(100);
@@ -367,6 +368,34 @@ impl PatroniCluster {
         psql(&self.bin, &self.node_dir(name), node.port, database, sql)
     }
 
+    /// Waits (up to 60 s) until every running standby has replayed all the
+    /// WAL the leader has written so far (a database just created, a
+    /// migration), so that reads on any standby see it.
+    pub fn wait_for_standbys(&self) -> io::Result<()> {
+        let leader = self.leader()?;
+        let written = self.psql(&leader.name, "postgres", "SELECT pg_current_wal_lsn()")?;
+        let caught_up = format!("SELECT pg_last_wal_replay_lsn() >= '{written}'::pg_lsn");
+        self.wait_until(
+            &format!("caught up with {} (WAL up to {written})", leader.name),
+            Instant::now() + WAIT_LIMIT,
+            |c| {
+                let members = c.members().map_err(|e| e.to_string())?;
+                let standbys = members
+                    .iter()
+                    .filter(|m| m.is(Role::SyncStandby) || m.is(Role::Replica));
+                for standby in standbys {
+                    let done = c
+                        .psql(&standby.name, "postgres", &caught_up)
+                        .map_err(|e| e.to_string())?;
+                    if done != "t" {
+                        return Err(format!("{} is behind", standby.name));
+                    }
+                }
+                Ok(())
+            },
+        )
+    }
+
     /// `kill -9` of the leader's Patroni and of its postmaster, as a crash
     /// of its machine would do; returns the leader's name and the moment.
     pub fn kill_leader(&self) -> io::Result<Killed> {
@@ -387,7 +416,7 @@ impl PatroniCluster {
     pub fn wait_for_new_leader(&self, old: &str, since: Instant) -> io::Result<Promotion> {
         let to = self.wait_until(
             &format!("led by a node other than {old}"),
-            Instant::now() + PROMOTION_LIMIT,
+            Instant::now() + WAIT_LIMIT,
             |c| {
                 let leader = c.leader().map_err(|e| e.to_string())?;
                 if leader.name == old {
@@ -416,7 +445,7 @@ impl PatroniCluster {
     pub fn switchover(&self) -> io::Result<Promotion> {
         let (leader, candidate) = self.wait_until(
             "ready for a switchover (a leader and a sync standby)",
-            Instant::now() + PROMOTION_LIMIT,
+            Instant::now() + WAIT_LIMIT,
             |c| {
                 let members = c.members().map_err(|e| e.to_string())?;
                 let find = |role| members.iter().find(|m| m.is(role)).map(|m| m.name.clone());
@@ -429,8 +458,7 @@ impl PatroniCluster {
         let api_port = self.node(&leader)?.api_port;
         let body = format!(r#"{{"leader":"{leader}","candidate":"{candidate}"}}"#);
         let started = Instant::now();
-        let (status, answer) =
-            http::request(api_port, "POST", "/switchover", &body, PROMOTION_LIMIT)?;
+        let (status, answer) = http::request(api_port, "POST", "/switchover", &body, WAIT_LIMIT)?;
         if status != 200 {
             return Err(io::Error::other(format!(
                 "switchover from {leader} to {candidate}: {status} {answer}"
