@@ -240,9 +240,10 @@ async fn writes_back(outcomes: &std::sync::Mutex<Vec<Outcome>>, since: Instant) 
 /// `tracker serve` on the three nodes' multi-host URL (writes on the
 /// read-write node, reads on the standbys), 8 writing clients and a reader;
 /// then `kill -9` of the leader, and once writes are back a planned
-/// switchover. For each: no acknowledged write lost, failures are 503s,
-/// writes succeed again within the cluster's own promotion time + 2 s, and
-/// reads keep being answered meanwhile.
+/// switchover. For each: no acknowledged write lost, failures are 503s, no
+/// stretch without an acknowledged write longer than the cluster's own
+/// promotion time + 2 s (and after the kill, a write sent after it succeeds
+/// within that time), and reads keep being answered meanwhile.
 #[test_support::needs(patroni, chaos)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_ha_failover_and_switchover_lose_no_acknowledged_write() {
