@@ -80,7 +80,7 @@ pub use error::{Error, Report, Result, Retryable};
 pub use lock::Lock;
 pub use session::{Access, Session, SessionOptions};
 pub use settings::{DEFAULT_SQLITE_PATH, SETTINGS, SettingInfo, Settings, Source, SslMode};
-pub use url::{DatabaseUrl, backend_name};
+pub use url::{DatabaseUrl, LoadBalanceHosts, TargetSessionAttrs, backend_name};
 
 /// The SeaORM this crate is built on, for users who want the same version.
 pub use sea_orm;
