@@ -65,6 +65,7 @@ mod connect;
 mod copy;
 mod db;
 mod error;
+mod failover;
 mod lock;
 pub mod metrics;
 mod replicas;
