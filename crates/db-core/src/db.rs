@@ -14,6 +14,7 @@ use sea_orm::{
 
 use crate::connect::{Pools, open};
 use crate::error::{Error, Result, Retryable};
+use crate::failover::REPLAY_LAG;
 use crate::metrics::{self, RetryReason, acquiring};
 use crate::session::{Access, Session, SessionOptions};
 use crate::settings::Settings;
@@ -386,8 +387,7 @@ impl Db {
         let mut status = Vec::new();
         for replica in self.inner.pools.replicas.all() {
             let lag = if self.inner.backend == DbBackend::Postgres {
-                let sql = "SELECT CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
-                           ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) END::float8";
+                let sql = format!("SELECT {REPLAY_LAG}");
                 let conn = replica.conn();
                 let query = conn.query_one_raw(Statement::from_string(DbBackend::Postgres, sql));
                 match tokio::time::timeout(Duration::from_secs(2), query).await {

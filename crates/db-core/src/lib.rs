@@ -78,6 +78,7 @@ pub use cached::CachedStatement;
 pub use copy::{CopyIn, CopyValue};
 pub use db::{Db, Health, ReplicaStatus, Scope, Stats};
 pub use error::{Error, Report, Result, Retryable};
+pub use failover::{HostStatus, Role, host_status};
 pub use lock::Lock;
 pub use session::{Access, Session, SessionOptions};
 pub use settings::{DEFAULT_SQLITE_PATH, SETTINGS, SettingInfo, Settings, Source, SslMode};

@@ -563,7 +563,7 @@ fn url_or_parts(v: &Values, given: &Given, warnings: &mut Vec<String>) -> Result
     let (host_origin, port_origin) = (given.origin(&info::host), given.origin(&info::port));
     if hosts.len() > 1 {
         if let Some(n) = hosts.iter().position(|h| h.is_empty()) {
-            bail!("{host_origin}: host {} of the list is empty", n + 1);
+            bail!("{host_origin}: host {} of the host list is empty", n + 1);
         }
         if hosts.iter().any(|h| h.starts_with('/')) {
             bail!("{host_origin}: a socket directory cannot be part of a host list");
