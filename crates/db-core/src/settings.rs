@@ -183,7 +183,8 @@ settings! {
         user "DB_USER": Option<String> = "", eg "tracker", expects "a user name";
         /// Password; any characters (percent-encoded for you).
         pass "DB_PASS": Option<SecretString> = "", eg "p@ss:w/rd?#%&=", expects ANY;
-        /// Read replicas, comma-separated URLs; read-only sessions (the GET routes) go there
+        /// Read replicas, comma-separated URLs (each may be a host list, e.g. with
+        /// `target_session_attrs=standby`); read-only sessions (the GET routes) go there
         /// round-robin, skipping one that is down.
         replica_urls "DB_REPLICA_URLS": Option<String> = "",
             eg "postgres://u:p@replica1/tracker,postgres://u:p@replica2/tracker", expects "URLs, comma-separated";
@@ -619,5 +620,38 @@ fn replicas(v: &Values, given: &Given, primary: &DatabaseUrl) -> Result<Vec<Data
             _ => Ok(url),
         }
     };
-    list.split(',').map(|item| replica(item.trim())).collect()
+    let items = match by_host {
+        true => list.split(',').map(str::to_owned).collect(),
+        false => split_urls(list),
+    };
+    items.iter().map(|item| replica(item.trim())).collect()
+}
+
+/// A comma-separated list of URLs, where a URL may hold commas itself (a
+/// PostgreSQL host list): a new URL starts at a comma followed by a scheme.
+/// An empty entry (two commas between URLs, or one at the end) stays empty.
+fn split_urls(list: &str) -> Vec<String> {
+    let starts_url = |part: &str| {
+        let part = part.trim_start();
+        let scheme = part.split_once("://").map_or("", |(scheme, _)| scheme);
+        part.to_ascii_lowercase().starts_with("sqlite:")
+            || (!scheme.is_empty()
+                && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c)))
+    };
+    let parts: Vec<&str> = list.split(',').collect();
+    let mut urls: Vec<String> = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        let ends_entry = parts.get(i + 1).is_none_or(|next| starts_url(next));
+        match urls.last_mut() {
+            Some(url) if !starts_url(part) && !(part.trim().is_empty() && ends_entry) => {
+                url.push(',');
+                url.push_str(part);
+            }
+            _ => urls.push((*part).to_owned()),
+        }
+    }
+    urls
 }

@@ -135,19 +135,19 @@ const CASES: &[Case] = &[
         expected: "DB_LOAD_BALANCE_HOSTS=\"yes\": expected disable or random",
     },
     Case {
-        vars: &[("DATABASE_URL", "postgres://app:{pw}@h1,,h2/tracker")],
+        vars: &[("DATABASE_URL", "postgres://app:hunter2@h1,,h2/tracker")],
         files: &[],
         expected: "DATABASE_URL: host 2 of the host list is empty",
     },
     Case {
-        vars: &[("DATABASE_URL", "postgres://app:{pw}@h1,h2:0/tracker")],
+        vars: &[("DATABASE_URL", "postgres://app:hunter2@h1,h2:0/tracker")],
         files: &[],
         expected: "DATABASE_URL: host 2 of the host list: expected host, host:port or [ipv6]:port with a port 1-65535",
     },
     Case {
         vars: &[(
             "DATABASE_URL",
-            "postgres://app:{pw}@h1,h2/tracker?target_session_attrs=writable",
+            "postgres://app:hunter2@h1,h2/tracker?target_session_attrs=writable",
         )],
         files: &[],
         expected: "DATABASE_URL: target_session_attrs=\"writable\": expected any, read-write, read-only, primary, standby, prefer-standby",
@@ -156,7 +156,7 @@ const CASES: &[Case] = &[
         vars: &[
             (
                 "DATABASE_URL",
-                "postgres://app:{pw}@h1,h2/tracker?target_session_attrs=read-write",
+                "postgres://app:hunter2@h1,h2/tracker?target_session_attrs=read-write",
             ),
             ("DB_TARGET_SESSION_ATTRS", "read-only"),
         ],
@@ -164,7 +164,10 @@ const CASES: &[Case] = &[
         expected: "DB_TARGET_SESSION_ATTRS=\"read-only\" and target_session_attrs=read-write in DATABASE_URL differ: give one",
     },
     Case {
-        vars: &[("DATABASE_URL", "mysql://app:{pw}@h1:3306,h2:3306/tracker")],
+        vars: &[(
+            "DATABASE_URL",
+            "mysql://app:hunter2@h1:3306,h2:3306/tracker",
+        )],
         files: &[],
         expected: "DATABASE_URL: a host list, target_session_attrs and load_balance_hosts are for PostgreSQL, not mysql",
     },
@@ -182,7 +185,7 @@ const CASES: &[Case] = &[
         expected: "DB_TARGET_SESSION_ATTRS: applies to a PostgreSQL host list, not sqlite",
     },
     Case {
-        vars: parts_and![("DB_REPLICA_URLS", "postgres://app:{pw}@r1,,r2/tracker")],
+        vars: parts_and![("DB_REPLICA_URLS", "postgres://app:hunter2@r1,,r2/tracker")],
         files: &[],
         expected: "DB_REPLICA_URLS: host 2 of the host list is empty",
     },
