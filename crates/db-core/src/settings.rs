@@ -645,8 +645,9 @@ fn split_urls(list: &str) -> Vec<String> {
     let mut urls: Vec<String> = Vec::new();
     for (i, part) in parts.iter().enumerate() {
         let ends_entry = parts.get(i + 1).is_none_or(|next| starts_url(next));
+        let empty_entry = part.trim().is_empty() && ends_entry;
         match urls.last_mut() {
-            Some(url) if !starts_url(part) && !(part.trim().is_empty() && ends_entry) => {
+            Some(url) if !(starts_url(part) || empty_entry) => {
                 url.push(',');
                 url.push_str(part);
             }
