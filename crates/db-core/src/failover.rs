@@ -256,12 +256,21 @@ impl Failover {
     /// the background unless a search is under way. The search tries again
     /// every few hundred milliseconds until a host fits or the pool closes.
     pub(crate) fn detected(self: &Arc<Self>) {
-        if self.searching.swap(true, Ordering::AcqRel) {
-            return;
+        if self.search() {
+            self.mark_stale();
         }
-        self.mark_stale();
-        let weak = Arc::downgrade(self);
-        tokio::spawn(search_until_found(weak));
+    }
+
+    /// Starts a search in the background unless one is under way; whether
+    /// it started one. A pool that is not waited for at startup (a
+    /// replica's) starts one at once, so that its first connections do not
+    /// go to a host that does not fit.
+    pub(crate) fn search(self: &Arc<Self>) -> bool {
+        if self.searching.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        tokio::spawn(search_until_found(Arc::downgrade(self)));
+        true
     }
 
     fn mark_stale(&self) {

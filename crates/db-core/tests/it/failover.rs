@@ -165,3 +165,48 @@ async fn writes_follow_a_host_that_turns_read_only() {
     shared_db.conn().execute_unprepared(&drop).await.unwrap();
     shared_db.close().await;
 }
+
+/// `primary`, `standby` and `prefer-standby` on a primary and its streaming
+/// standby; a replica URL listing both hosts with `standby` reads from the
+/// standby.
+#[test_support::needs(postgres)]
+#[tokio::test]
+async fn standby_and_primary_pick_by_recovery_and_replica_lists_find_the_standby() {
+    let primary = private_server(false).await;
+    let standby = tokio::task::spawn_blocking(move || {
+        let standby = primary.start_replica();
+        (primary, standby)
+    });
+    let (primary, standby) = standby.await.unwrap();
+    let standby = standby.expect("starting a standby");
+    let hosts = format!("127.0.0.1:{},127.0.0.1:{}", primary.port(), standby.port());
+    for (attrs, port) in [
+        ("standby", standby.port()),
+        ("prefer-standby", standby.port()),
+        ("primary", primary.port()),
+        ("read-only", standby.port()),
+    ] {
+        let db = Db::connect(&settings(&hosts, attrs)).await.unwrap();
+        assert_eq!(server_port(&db).await, port, "{attrs}");
+        db.close().await;
+    }
+
+    let mut s = settings(&format!("127.0.0.1:{}", primary.port()), "any");
+    let replica = format!("postgres://postgres:pw@{hosts}/postgres?target_session_attrs=standby");
+    s.replicas = vec![DatabaseUrl::parse(&replica, "DB_REPLICA_URLS").unwrap()];
+    let db = Db::connect(&s).await.unwrap();
+    for _ in 0..5 {
+        let session = db.read().await.unwrap();
+        let sql = "SELECT pg_is_in_recovery()";
+        let row = session
+            .query_one_raw(Statement::from_string(DbBackend::Postgres, sql))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            row.try_get_by_index::<bool>(0).unwrap(),
+            "the read went to the standby"
+        );
+    }
+    db.close().await;
+}
