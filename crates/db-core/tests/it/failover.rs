@@ -210,3 +210,32 @@ async fn standby_and_primary_pick_by_recovery_and_replica_lists_find_the_standby
     }
     db.close().await;
 }
+
+/// With no host taking writes, a write gives up after `DB_FAILOVER_TIMEOUT`
+/// (plus at most one acquire timeout) with an error that means "unavailable"
+/// (HTTP 503), not a database error.
+#[test_support::needs(postgres)]
+#[tokio::test]
+async fn a_write_with_no_writable_host_is_unavailable_after_the_failover_timeout() {
+    let private = private_server(false).await;
+    let mut s = settings(&format!("127.0.0.1:{}", private.port()), "read-write");
+    s.failover_timeout = Duration::from_secs(1);
+    s.acquire_timeout = Duration::from_secs(1);
+    let db = Db::connect(&s).await.unwrap();
+    turn_read_only(&private);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let start = std::time::Instant::now();
+    let result = db
+        .transaction(SessionOptions::read_write(), |tx| async move {
+            tx.execute_unprepared("CREATE TABLE never_created (n int)")
+                .await?;
+            Ok::<_, Error>(())
+        })
+        .await;
+    let err = result.unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+    let waited = start.elapsed();
+    assert!(waited >= Duration::from_secs(1), "{waited:?}");
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+    db.close().await;
+}
