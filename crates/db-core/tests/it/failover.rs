@@ -239,3 +239,35 @@ async fn a_write_with_no_writable_host_is_unavailable_after_the_failover_timeout
     assert!(waited < Duration::from_secs(5), "{waited:?}");
     db.close().await;
 }
+
+/// A connection lost during COMMIT leaves the outcome unknown: the work is
+/// not run again (it could write twice), and the error means "unavailable".
+/// A deferred constraint trigger ends the session at COMMIT.
+#[test_support::needs(postgres)]
+#[tokio::test]
+async fn a_connection_lost_during_commit_is_not_retried() {
+    let private = private_server(false).await;
+    let setup = "CREATE TABLE commit_dies (n int); \
+        CREATE FUNCTION die() RETURNS trigger LANGUAGE plpgsql AS \
+        $$ BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); RETURN NULL; END $$; \
+        CREATE CONSTRAINT TRIGGER die_at_commit AFTER INSERT ON commit_dies \
+        DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION die()";
+    private.psql("postgres", setup).unwrap();
+    let s = settings(&format!("127.0.0.1:{}", private.port()), "read-write");
+    let db = Db::connect(&s).await.unwrap();
+    let attempts = std::sync::atomic::AtomicU32::new(0);
+    let result = db
+        .transaction(SessionOptions::read_write(), |tx| {
+            attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            async move {
+                tx.execute_unprepared("INSERT INTO commit_dies VALUES (1)")
+                    .await?;
+                Ok::<_, Error>(())
+            }
+        })
+        .await;
+    let err = result.unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+    assert_eq!(attempts.into_inner(), 1);
+    db.close().await;
+}
