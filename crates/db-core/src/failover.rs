@@ -87,102 +87,6 @@ async fn connect(
     }
 }
 
-/// What one server of a URL is, as [`host_status`] found it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Role {
-    /// Not in recovery: it takes writes (unless `default_transaction_read_only`).
-    Primary,
-    /// In recovery, replaying `lag` behind (zero when it replayed all it
-    /// received; `None` when unknown).
-    Standby {
-        /// How far its replay is behind.
-        lag: Option<Duration>,
-    },
-    /// It could not be reached or refused us; why.
-    Unreachable(String),
-}
-
-/// One server of the primary URL or of a replica URL.
-#[derive(Debug, Clone)]
-pub struct HostStatus {
-    /// `primary`, or `replica1`, `replica2`, ... in the order of the replica list.
-    pub url: String,
-    /// `host:port`, or the socket directory.
-    pub host: String,
-    /// What it is now.
-    pub role: Role,
-}
-
-/// Each server of each PostgreSQL URL of `s` (the primary's, then the
-/// replicas'), connected to once: its role, a standby's replay lag, or why
-/// it could not be reached. Empty on MySQL and SQLite.
-pub async fn host_status(s: &Settings) -> Vec<HostStatus> {
-    let urls = std::iter::once(("primary".to_owned(), &s.url))
-        .chain((s.replicas.iter().enumerate()).map(|(i, url)| (format!("replica{}", i + 1), url)));
-    let mut found = Vec::new();
-    for (label, url) in urls {
-        let mut one = s.clone();
-        one.url = url.clone();
-        let Ok(Options::Postgres(base)) = Options::new(&one) else {
-            continue;
-        };
-        let hosts = match url.hosts() {
-            Some(hosts) => (hosts.list.iter())
-                .map(|(host, port)| (host_text(host, *port), base.clone().host(host).port(*port)))
-                .collect(),
-            None => vec![(
-                url.target()
-                    .trim_start_matches("postgres ")
-                    .split('/')
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned(),
-                base,
-            )],
-        };
-        for (host, options) in hosts {
-            let role = match connect(&one, &options, &host).await {
-                Ok(mut conn) => {
-                    let role = role(&mut conn).await;
-                    let _ = conn.close().await;
-                    role.unwrap_or_else(|e| {
-                        Role::Unreachable(scrub(&e.to_string(), url.password().as_deref()))
-                    })
-                }
-                Err(skipped) => Role::Unreachable(skipped.reason),
-            };
-            found.push(HostStatus {
-                url: label.clone(),
-                host,
-                role,
-            });
-        }
-    }
-    found
-}
-
-/// Whether the server of `conn` is in recovery, and its lag if so.
-async fn role(conn: &mut PgConnection) -> sqlx::Result<Role> {
-    let sql =
-        format!("SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN {REPLAY_LAG} END");
-    let row = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-        .fetch_one(&mut *conn)
-        .await?;
-    Ok(match row.try_get::<bool, _>(0)? {
-        false => Role::Primary,
-        true => Role::Standby {
-            lag: row
-                .try_get::<Option<f64>, _>(1)?
-                .map(|s| Duration::from_secs_f64(s.max(0.0))),
-        },
-    })
-}
-
-/// A standby's replay lag in seconds: zero when it replayed everything it
-/// received, else the age of the last transaction it replayed.
-pub(crate) const REPLAY_LAG: &str = "(CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
-    ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) END)::float8";
-
 impl Failover {
     /// The host list of `s.url`, if it has one or sets `target_session_attrs`;
     /// `base` holds the options of its first host.
@@ -425,3 +329,99 @@ async fn check(
     };
     Ok(fits)
 }
+
+/// What one server of a URL is, as [`host_status`] found it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Role {
+    /// Not in recovery: it takes writes (unless `default_transaction_read_only`).
+    Primary,
+    /// In recovery, replaying `lag` behind (zero when it replayed all it
+    /// received; `None` when unknown).
+    Standby {
+        /// How far its replay is behind.
+        lag: Option<Duration>,
+    },
+    /// It could not be reached or refused us; why.
+    Unreachable(String),
+}
+
+/// One server of the primary URL or of a replica URL.
+#[derive(Debug, Clone)]
+pub struct HostStatus {
+    /// `primary`, or `replica1`, `replica2`, ... in the order of the replica list.
+    pub url: String,
+    /// `host:port`, or the socket directory.
+    pub host: String,
+    /// What it is now.
+    pub role: Role,
+}
+
+/// Each server of each PostgreSQL URL of `s` (the primary's, then the
+/// replicas'), connected to once: its role, a standby's replay lag, or why
+/// it could not be reached. Empty on MySQL and SQLite.
+pub async fn host_status(s: &Settings) -> Vec<HostStatus> {
+    let urls = std::iter::once(("primary".to_owned(), &s.url))
+        .chain((s.replicas.iter().enumerate()).map(|(i, url)| (format!("replica{}", i + 1), url)));
+    let mut found = Vec::new();
+    for (label, url) in urls {
+        let mut one = s.clone();
+        one.url = url.clone();
+        let Ok(Options::Postgres(base)) = Options::new(&one) else {
+            continue;
+        };
+        let hosts = match url.hosts() {
+            Some(hosts) => (hosts.list.iter())
+                .map(|(host, port)| (host_text(host, *port), base.clone().host(host).port(*port)))
+                .collect(),
+            None => vec![(
+                url.target()
+                    .trim_start_matches("postgres ")
+                    .split('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned(),
+                base,
+            )],
+        };
+        for (host, options) in hosts {
+            let role = match connect(&one, &options, &host).await {
+                Ok(mut conn) => {
+                    let role = role(&mut conn).await;
+                    let _ = conn.close().await;
+                    role.unwrap_or_else(|e| {
+                        Role::Unreachable(scrub(&e.to_string(), url.password().as_deref()))
+                    })
+                }
+                Err(skipped) => Role::Unreachable(skipped.reason),
+            };
+            found.push(HostStatus {
+                url: label.clone(),
+                host,
+                role,
+            });
+        }
+    }
+    found
+}
+
+/// Whether the server of `conn` is in recovery, and its lag if so.
+async fn role(conn: &mut PgConnection) -> sqlx::Result<Role> {
+    let sql =
+        format!("SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN {REPLAY_LAG} END");
+    let row = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(match row.try_get::<bool, _>(0)? {
+        false => Role::Primary,
+        true => Role::Standby {
+            lag: row
+                .try_get::<Option<f64>, _>(1)?
+                .map(|s| Duration::from_secs_f64(s.max(0.0))),
+        },
+    })
+}
+
+/// A standby's replay lag in seconds: zero when it replayed everything it
+/// received, else the age of the last transaction it replayed.
+pub(crate) const REPLAY_LAG: &str = "(CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
+    ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) END)::float8";
