@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use db_core::sea_orm::DbBackend;
-use db_core::{Created, Db, Settings, Source};
+use db_core::{Created, Db, Role, Settings, Source};
 
 // mimalloc: fewer cycles in malloc/free on the request path than the system
 // allocator, and the allocator the benchmarks measure.
@@ -274,6 +274,25 @@ async fn db_check(settings: &Settings) -> anyhow::Result<()> {
         )?;
     }
     db.close().await;
+    let hosts = db_core::host_status(settings).await;
+    if !hosts.is_empty() {
+        writeln!(out, "hosts:")?;
+    }
+    for host in hosts {
+        let role = match host.role {
+            Role::Primary => "primary".to_owned(),
+            Role::Standby { lag: Some(lag) } => {
+                format!("standby, lag {:.3} s", lag.as_secs_f64())
+            }
+            Role::Standby { lag: None } => "standby, lag unknown".to_owned(),
+            Role::Unreachable(why) => format!("unreachable: {why}"),
+        };
+        writeln!(
+            out,
+            "  {:<26} {role}",
+            format!("{} {}", host.url, host.host)
+        )?;
+    }
     Ok(())
 }
 

@@ -1,12 +1,14 @@
 //! From settings to driver options, a reachable server and pools. This module
 //! is the only place that turns settings into connections.
 
+use std::future::Future;
 use std::io::ErrorKind;
 use std::net::IpAddr;
 use std::ops::Deref;
+use std::pin::Pin;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use sea_orm::sqlx::mysql::{MySqlConnectOptions, MySqlSslMode};
@@ -17,6 +19,7 @@ use sea_orm::sqlx::{self, ConnectOptions, Connection};
 use sea_orm::{DatabaseConnection, DbBackend};
 
 use crate::error::{Error, Result, scrub};
+use crate::failover::Failover;
 use crate::metrics::{PoolMetrics, Sampled, time_statements, watch};
 use crate::replicas::Replicas;
 use crate::settings::{Settings, SslMode};
@@ -33,11 +36,13 @@ pub(crate) struct Pools {
     pub statements: Arc<AtomicU64>,
 }
 
-/// One SeaORM pool, with its metrics while they are recorded.
+/// One SeaORM pool, with its metrics while they are recorded, and the host
+/// list it follows, if its URL has one.
 #[derive(Clone)]
 pub(crate) struct Pool {
     conn: DatabaseConnection,
     sampled: Option<Arc<Sampled>>,
+    failover: Option<Arc<Failover>>,
 }
 
 impl Pool {
@@ -46,11 +51,17 @@ impl Pool {
         Pool {
             sampled: metrics.map(|m| watch(m.clone(), &conn)),
             conn,
+            failover: None,
         }
     }
 
     pub(crate) fn metrics(&self) -> Option<&Arc<PoolMetrics>> {
         self.sampled.as_ref().map(|s| &s.metrics)
+    }
+
+    /// The host list this pool follows, if its URL has one.
+    pub(crate) fn failover(&self) -> Option<&Arc<Failover>> {
+        self.failover.as_ref()
     }
 }
 
@@ -67,6 +78,7 @@ impl From<DatabaseConnection> for Pool {
         Pool {
             conn,
             sampled: None,
+            failover: None,
         }
     }
 }
@@ -95,14 +107,23 @@ pub(crate) fn server_pool(
     statements: &Arc<AtomicU64>,
     metrics: Option<&Arc<PoolMetrics>>,
 ) -> Result<ServerPool> {
-    let mut conn = match Options::new(s)? {
-        Options::Postgres(o) => DatabaseConnection::from(
-            pool_options::<sqlx::Postgres>(s, s.max_connections, s.min_connections, metrics)
-                .connect_lazy_with(o),
-        ),
-        Options::MySql(o) => DatabaseConnection::from(
-            pool_options::<sqlx::MySql>(s, s.max_connections, s.min_connections, metrics)
-                .connect_lazy_with(o),
+    let (max, min) = (s.max_connections, s.min_connections);
+    let (mut conn, failover) = match Options::new(s)? {
+        Options::Postgres(o) => {
+            let failover = Failover::new(s, &o);
+            let options = failover.as_ref().map_or(o, |f| f.current());
+            let pool = pool_options::<sqlx::Postgres>(s, max, min, metrics, failover.as_ref())
+                .connect_lazy_with(options);
+            if let Some(f) = &failover {
+                f.follow(pool.clone());
+            }
+            (DatabaseConnection::from(pool), failover)
+        }
+        Options::MySql(o) => (
+            DatabaseConnection::from(
+                pool_options::<sqlx::MySql>(s, max, min, metrics, None).connect_lazy_with(o),
+            ),
+            None,
         ),
         Options::Sqlite(_) => {
             return Err(Error::Config(
@@ -112,7 +133,10 @@ pub(crate) fn server_pool(
     };
     count_statements(&mut conn, statements);
     Ok(ServerPool {
-        pool: Pool::new(conn, metrics),
+        pool: Pool {
+            failover,
+            ..Pool::new(conn, metrics)
+        },
     })
 }
 
@@ -133,7 +157,10 @@ pub(crate) async fn probe(s: &Settings) -> bool {
         }
     }
     match Options::new(s) {
-        Ok(Options::Postgres(o)) => attempt(&o, s.connect_timeout).await,
+        Ok(Options::Postgres(o)) => match Failover::new(s, &o) {
+            Some(failover) => failover.find().await.is_ok_and(|found| found.is_ok()),
+            None => attempt(&o, s.connect_timeout).await,
+        },
         Ok(Options::MySql(o)) => attempt(&o, s.connect_timeout).await,
         Ok(Options::Sqlite(_)) => true,
         Err(_) => false,
@@ -179,6 +206,12 @@ fn is_loopback(host: &str) -> bool {
         || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Whether `first` and every other host of the URL's host list are this machine.
+fn every_host_is_loopback(s: &Settings, first: &str) -> bool {
+    let others = s.url.hosts().map(|h| h.list.as_slice()).unwrap_or_default();
+    is_loopback(first) && others.iter().all(|(host, _)| is_loopback(host))
+}
+
 /// Whether the URL sets a TLS mode itself (`sslmode`, or MySQL's `ssl-mode`).
 fn url_asks_for_tls(url: &str) -> bool {
     url::Url::parse(url).is_ok_and(|u| {
@@ -194,7 +227,7 @@ impl Options {
     /// `DB_SSL_MODE`, the URL's `sslmode` or a `PGSSLMODE` other than `prefer` asks for it: there it
     /// protects nothing and costs about a fifth of a simple query's time.
     pub(crate) fn new(s: &Settings) -> Result<Self> {
-        let url = s.url.expose();
+        let url = s.url.driver_url();
         Ok(match s.url.backend() {
             DbBackend::Postgres => {
                 let mut o = PgConnectOptions::from_str(url).map_err(|e| config_error(s, &e))?;
@@ -223,7 +256,7 @@ impl Options {
                 if s.ssl_mode.is_none()
                     && matches!(o.get_ssl_mode(), PgSslMode::Prefer)
                     && !url_asks_for_tls(url)
-                    && (o.get_socket().is_some() || is_loopback(o.get_host()))
+                    && (o.get_socket().is_some() || every_host_is_loopback(s, o.get_host()))
                 {
                     o = o.ssl_mode(PgSslMode::Disable);
                 }
@@ -299,11 +332,44 @@ fn sqlite_creates(url: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn pool_options<DB: sqlx::Database>(
+/// A driver whose new connections a [`Failover`] can check. Only
+/// PostgreSQL has host lists; the other drivers never get one.
+pub(crate) trait Checked: sqlx::Database {
+    fn verify<'c>(
+        conn: &'c mut Self::Connection,
+        failover: &'c Arc<Failover>,
+    ) -> Pin<Box<dyn Future<Output = sqlx::Result<()>> + Send + 'c>>;
+}
+
+impl Checked for sqlx::Postgres {
+    fn verify<'c>(
+        conn: &'c mut sqlx::postgres::PgConnection,
+        failover: &'c Arc<Failover>,
+    ) -> Pin<Box<dyn Future<Output = sqlx::Result<()>> + Send + 'c>> {
+        Box::pin(failover.verify(conn))
+    }
+}
+
+macro_rules! unchecked {
+    ($($db:ty),*) => {$(
+        impl Checked for $db {
+            fn verify<'c>(
+                _: &'c mut Self::Connection,
+                _: &'c Arc<Failover>,
+            ) -> Pin<Box<dyn Future<Output = sqlx::Result<()>> + Send + 'c>> {
+                Box::pin(async { Ok(()) })
+            }
+        }
+    )*};
+}
+unchecked!(sqlx::MySql, sqlx::Sqlite);
+
+fn pool_options<DB: Checked>(
     s: &Settings,
     max: u32,
     min: u32,
     metrics: Option<&Arc<PoolMetrics>>,
+    failover: Option<&Arc<Failover>>,
 ) -> PoolOptions<DB> {
     let mut pool = PoolOptions::<DB>::new()
         .max_connections(max)
@@ -316,20 +382,37 @@ fn pool_options<DB: sqlx::Database>(
         // firewall or a server restart.
         .test_before_acquire(false);
     let ping_after_idle = s.ping_after_idle;
-    if let Some(m) = metrics {
-        let (connected, acquired) = (m.clone(), m.clone());
+    if metrics.is_some() || failover.is_some() {
+        // Weak: the failover holds the pool, and the pool these callbacks.
+        let failover = failover.map(Arc::downgrade);
+        let (connected, acquired) = (metrics.cloned(), metrics.cloned());
+        let (verify, stale) = (failover.clone(), failover);
         pool = pool
-            .after_connect(move |_, _| {
-                connected.connected();
-                Box::pin(async { Ok(()) })
+            .after_connect(move |conn, _| {
+                let (connected, verify) =
+                    (connected.clone(), verify.as_ref().and_then(Weak::upgrade));
+                Box::pin(async move {
+                    if let Some(failover) = &verify {
+                        DB::verify(conn, failover).await?;
+                    }
+                    connected.inspect(|m| m.connected());
+                    Ok(())
+                })
             })
             .before_acquire(move |conn, meta| {
                 let acquired = acquired.clone();
+                // A connection made before the last failover may be to the
+                // old primary, now read-only or gone: never hand it out.
+                let stale =
+                    (stale.as_ref().and_then(Weak::upgrade)).is_some_and(|f| f.stale(meta.age));
                 Box::pin(async move {
+                    if stale {
+                        return Ok(false);
+                    }
                     if ping_after_idle.is_some_and(|threshold| meta.idle_for >= threshold) {
                         conn.ping().await?;
                     }
-                    acquired.handed_over();
+                    acquired.inspect(|m| m.handed_over());
                     Ok(true)
                 })
             });
@@ -361,29 +444,54 @@ where
     O::Connection: Sized,
 {
     let target = s.url.target();
+    wait_until(s, metrics, || async {
+        match tokio::time::timeout(s.connect_timeout, options.connect()).await {
+            Ok(Ok(conn)) => {
+                let _ = conn.close().await;
+                Ok(Ok(()))
+            }
+            Ok(Err(e)) => transient_reason(&e, s, &target, user, database).map(Err),
+            Err(_) => Ok(Err(format!(
+                "no answer within {} (DB_CONNECT_TIMEOUT)",
+                humantime::format_duration(s.connect_timeout)
+            ))),
+        }
+    })
+    .await
+}
+
+/// Runs `attempt` until it succeeds (`Ok(Ok(()))`), fails for good (`Err`),
+/// or the connect deadline passes after a failure that may go away
+/// (`Ok(Err(reason))`), with exponential backoff in between.
+async fn wait_until<F, Fut>(
+    s: &Settings,
+    metrics: Option<&Arc<PoolMetrics>>,
+    mut attempt: F,
+) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<std::result::Result<(), String>>>,
+{
+    let target = s.url.target();
     let start = Instant::now();
     let deadline = start + s.connect_deadline;
     let mut delay = Duration::from_millis(100);
-    let mut attempt = 1u32;
+    let mut tries = 1u32;
     loop {
-        let result = tokio::time::timeout(s.connect_timeout, options.connect()).await;
-        if !matches!(result, Ok(Ok(_))) {
-            metrics.inspect(|m| m.connect_failed());
-        }
-        let reason = match result {
-            Ok(Ok(conn)) => {
-                let _ = conn.close().await;
-                if attempt > 1 {
-                    tracing::info!(%target, attempt, "database is up");
+        let reason = match attempt().await {
+            Ok(Ok(())) => {
+                if tries > 1 {
+                    tracing::info!(%target, attempt = tries, "database is up");
                 }
                 return Ok(());
             }
-            Ok(Err(e)) => transient_reason(&e, s, &target, user, database)?,
-            Err(_) => format!(
-                "no answer within {} (DB_CONNECT_TIMEOUT)",
-                humantime::format_duration(s.connect_timeout)
-            ),
+            Ok(Err(reason)) => reason,
+            Err(e) => {
+                metrics.inspect(|m| m.connect_failed());
+                return Err(e);
+            }
         };
+        metrics.inspect(|m| m.connect_failed());
         let now = Instant::now();
         if now >= deadline {
             return Err(Error::Unreachable {
@@ -395,13 +503,13 @@ where
         let pause = delay.min(deadline - now);
         tracing::warn!(
             %target,
-            attempt,
+            attempt = tries,
             "database not ready ({reason}); retrying in {}",
             humantime::format_duration(round_to_millis(pause))
         );
         tokio::time::sleep(pause).await;
         delay = (delay * 2).min(Duration::from_secs(5));
-        attempt += 1;
+        tries += 1;
     }
 }
 
@@ -411,7 +519,7 @@ fn round_to_millis(d: Duration) -> Duration {
 
 /// Classifies a failed connection attempt: `Ok(reason)` when a later attempt
 /// may succeed, `Err` when it cannot.
-fn transient_reason(
+pub(crate) fn transient_reason(
     e: &sqlx::Error,
     s: &Settings,
     target: &str,
@@ -482,10 +590,16 @@ pub(crate) async fn open(s: &Settings, label: &'static str) -> Result<Pools> {
     let metrics = metrics.as_ref();
     let (write, read) = match Options::new(s)? {
         Options::Postgres(o) => {
-            let user = o.get_username().to_owned();
-            let database = o.get_database().unwrap_or(&user).to_owned();
-            wait_for_server(&o, s, &user, &database, metrics).await?;
-            (server_pool(s, &statements, metrics)?.pool, None)
+            let pool = server_pool(s, &statements, metrics)?.pool;
+            match pool.failover() {
+                Some(failover) => wait_until(s, metrics, || failover.find()).await?,
+                None => {
+                    let user = o.get_username().to_owned();
+                    let database = o.get_database().unwrap_or(&user).to_owned();
+                    wait_for_server(&o, s, &user, &database, metrics).await?;
+                }
+            }
+            (pool, None)
         }
         Options::MySql(o) => {
             let user = o.get_username().to_owned();
@@ -533,7 +647,7 @@ async fn open_sqlite(
     };
     if sqlite_in_memory(url) {
         // Each connection to `:memory:` is a database of its own: one connection.
-        let pool = pool_options::<sqlx::Sqlite>(s, 1, 1, metrics)
+        let pool = pool_options::<sqlx::Sqlite>(s, 1, 1, metrics, None)
             .connect_with(o)
             .await
             .map_err(reject)?;
@@ -551,7 +665,7 @@ async fn open_sqlite(
     // One writer: SQLite allows one write transaction at a time, and waiting in
     // the pool queue is fair and cheap, where waiting on the file lock is
     // neither. WAL lets the readers read while it writes.
-    let writer = pool_options::<sqlx::Sqlite>(s, 1, 1, metrics)
+    let writer = pool_options::<sqlx::Sqlite>(s, 1, 1, metrics, None)
         .connect_with(
             o.clone()
                 .journal_mode(SqliteJournalMode::Wal)
@@ -565,6 +679,7 @@ async fn open_sqlite(
         s.max_connections,
         s.min_connections,
         reader_metrics.as_ref(),
+        None,
     )
     .connect_lazy_with(o.read_only(true).create_if_missing(false));
     Ok((
@@ -583,6 +698,14 @@ pub(crate) async fn maintenance(s: &Settings) -> Result<(DatabaseConnection, Str
     let (name, options) = match options {
         Options::Postgres(o) => {
             let name = o.get_database().unwrap_or(o.get_username()).to_owned();
+            // With a host list, the server that fits: administration writes.
+            let o = match Failover::new(s, &o) {
+                Some(failover) => {
+                    wait_until(s, None, || failover.find()).await?;
+                    failover.current()
+                }
+                None => o,
+            };
             (name, Options::Postgres(o).with_database("postgres"))
         }
         Options::MySql(o) => {
@@ -600,14 +723,14 @@ pub(crate) async fn maintenance(s: &Settings) -> Result<(DatabaseConnection, Str
             let user = o.get_username().to_owned();
             wait_for_server(&o, s, &user, "postgres", None).await?;
             DatabaseConnection::from(
-                pool_options::<sqlx::Postgres>(s, 1, 0, None).connect_lazy_with(o),
+                pool_options::<sqlx::Postgres>(s, 1, 0, None, None).connect_lazy_with(o),
             )
         }
         Options::MySql(o) => {
             let user = o.get_username().to_owned();
             wait_for_server(&o, s, &user, "information_schema", None).await?;
             DatabaseConnection::from(
-                pool_options::<sqlx::MySql>(s, 1, 0, None).connect_lazy_with(o),
+                pool_options::<sqlx::MySql>(s, 1, 0, None, None).connect_lazy_with(o),
             )
         }
         Options::Sqlite(_) => unreachable!("handled above"),

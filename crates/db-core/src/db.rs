@@ -14,7 +14,8 @@ use sea_orm::{
 
 use crate::connect::{Pools, open};
 use crate::error::{Error, Result, Retryable};
-use crate::metrics::{self, acquiring};
+use crate::failover::REPLAY_LAG;
+use crate::metrics::{self, RetryReason, acquiring};
 use crate::session::{Access, Session, SessionOptions};
 use crate::settings::Settings;
 use crate::url::backend_name;
@@ -33,6 +34,8 @@ struct Inner {
     backend: DbBackend,
     target: String,
     retries: AtomicU64,
+    /// How long [`Db::transaction`] retries work that a failover interrupted.
+    failover_timeout: Duration,
 }
 
 impl fmt::Debug for Db {
@@ -130,7 +133,7 @@ impl Scope {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
     /// Transactions that [`Db::transaction`] ran again after a serialization
-    /// failure or deadlock.
+    /// failure or deadlock, or after a failover.
     pub transaction_retries: u64,
     /// Statements executed through SeaORM on this handle's pools (a way to
     /// see N+1 queries in tests).
@@ -156,6 +159,7 @@ impl Db {
                 backend: settings.url.backend(),
                 target: settings.url.target(),
                 retries: AtomicU64::new(0),
+                failover_timeout: settings.failover_timeout,
             }),
         })
     }
@@ -283,6 +287,14 @@ impl Db {
     /// again in a new session, after a jittered exponential pause, up to
     /// `options.max_attempts` times in all.
     ///
+    /// With a PostgreSQL host list, work interrupted by a failover (the
+    /// server went away or turned read-only, or no connection came in time)
+    /// before its COMMIT runs again on a fresh connection, for up to
+    /// `DB_FAILOVER_TIMEOUT`; a single statement then runs in a transaction
+    /// too, so that it is known not to have committed. When the connection
+    /// breaks during COMMIT, the outcome is unknown and the error is returned
+    /// (unavailable: HTTP 503), never retried.
+    ///
     /// `work` gets a clone of the session, to move into its future:
     ///
     /// ```no_run
@@ -298,7 +310,7 @@ impl Db {
     /// ```
     pub async fn transaction<T, E, F, Fut>(
         &self,
-        options: SessionOptions,
+        mut options: SessionOptions,
         mut work: F,
     ) -> Result<T, E>
     where
@@ -306,24 +318,49 @@ impl Db {
         Fut: Future<Output = Result<T, E>>,
         E: From<Error> + Retryable,
     {
+        let failover = self.inner.pools.write.failover();
+        if failover.is_some() && options.access == Access::ReadWrite {
+            options.single_statement = false;
+        }
+        let start = Instant::now();
         let mut attempt = 1;
         loop {
-            let session = self.session(options).await?;
-            let error = match work(session.clone()).await {
-                Ok(value) => match session.commit().await {
-                    Ok(()) => return Ok(value),
-                    Err(e) => E::from(e),
+            let mut committing = false;
+            let error = match self.session(options).await {
+                Err(e) => E::from(e),
+                Ok(session) => match work(session.clone()).await {
+                    Ok(value) => {
+                        committing = true;
+                        match session.commit().await {
+                            Ok(()) => return Ok(value),
+                            Err(e) => E::from(e),
+                        }
+                    }
+                    Err(e) => {
+                        let _ = session.rollback().await;
+                        e
+                    }
                 },
-                Err(e) => {
-                    let _ = session.rollback().await;
-                    e
-                }
             };
+            let reason = error.retry_reason();
+            if let Some(failover) = failover.filter(|_| reason == Some(RetryReason::Failover)) {
+                failover.detected();
+                if committing || start.elapsed() >= self.inner.failover_timeout {
+                    return Err(error);
+                }
+                self.inner.retries.fetch_add(1, Ordering::Relaxed);
+                metrics::retried(reason);
+                tracing::info!("work interrupted by a failover; retrying");
+                let pause = rand::rng()
+                    .random_range(Duration::from_millis(50)..=Duration::from_millis(250));
+                tokio::time::sleep(pause).await;
+                continue;
+            }
             if attempt >= options.max_attempts || !error.is_retryable() {
                 return Err(error);
             }
             self.inner.retries.fetch_add(1, Ordering::Relaxed);
-            metrics::retried(error.retry_reason());
+            metrics::retried(reason);
             let cap = Duration::from_millis(10 << attempt.min(6));
             let pause = rand::rng().random_range(Duration::ZERO..=cap);
             tracing::info!(
@@ -350,8 +387,7 @@ impl Db {
         let mut status = Vec::new();
         for replica in self.inner.pools.replicas.all() {
             let lag = if self.inner.backend == DbBackend::Postgres {
-                let sql = "SELECT CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
-                           ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) END::float8";
+                let sql = format!("SELECT {REPLAY_LAG}");
                 let conn = replica.conn();
                 let query = conn.query_one_raw(Statement::from_string(DbBackend::Postgres, sql));
                 match tokio::time::timeout(Duration::from_secs(2), query).await {

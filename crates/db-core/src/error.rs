@@ -250,6 +250,11 @@ fn connection_failure(err: &DbErr) -> Option<Failure> {
             sqlx::Error::Database(d) if is_admin_shutdown(d.code().as_deref()) => {
                 Some(Failure::Unavailable("the server is going away"))
             }
+            // read_only_sql_transaction: "cannot execute ... in a read-only
+            // transaction", also during recovery: the primary became a standby.
+            sqlx::Error::Database(d) if d.code().as_deref() == Some("25006") => {
+                Some(Failure::Unavailable("the server is read-only"))
+            }
             _ => None,
         },
         DbErr::Conn(_) => Some(Failure::Unavailable("cannot connect")),
@@ -317,8 +322,15 @@ impl Retryable for Error {
         self.db_err().is_some_and(Retryable::is_retryable)
     }
 
+    /// [`RetryReason::Failover`] for an error that a failover causes: the
+    /// server went away, is shutting down or in recovery, turned read-only,
+    /// or no connection came in time. [`Db::transaction`](crate::Db::transaction)
+    /// retries those only on a host list, within `DB_FAILOVER_TIMEOUT`.
     fn retry_reason(&self) -> Option<RetryReason> {
-        self.db_err().and_then(RetryReason::of)
+        match self {
+            Error::Unavailable { .. } | Error::PoolTimeout => Some(RetryReason::Failover),
+            _ => self.db_err().and_then(RetryReason::of),
+        }
     }
 }
 

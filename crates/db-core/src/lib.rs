@@ -65,6 +65,7 @@ mod connect;
 mod copy;
 mod db;
 mod error;
+mod failover;
 mod lock;
 pub mod metrics;
 mod replicas;
@@ -77,10 +78,11 @@ pub use cached::CachedStatement;
 pub use copy::{CopyIn, CopyValue};
 pub use db::{Db, Health, ReplicaStatus, Scope, Stats};
 pub use error::{Error, Report, Result, Retryable};
+pub use failover::{HostStatus, Role, host_status};
 pub use lock::Lock;
 pub use session::{Access, Session, SessionOptions};
 pub use settings::{DEFAULT_SQLITE_PATH, SETTINGS, SettingInfo, Settings, Source, SslMode};
-pub use url::{DatabaseUrl, backend_name};
+pub use url::{DatabaseUrl, LoadBalanceHosts, TargetSessionAttrs, backend_name};
 
 /// The SeaORM this crate is built on, for users who want the same version.
 pub use sea_orm;

@@ -385,7 +385,8 @@ pub enum RetryReason {
     Serialization,
     /// A deadlock (PostgreSQL 40P01, MySQL 1213).
     Deadlock,
-    /// A replica could not be reached; the read moved on.
+    /// A replica could not be reached and the read moved on, or work on a
+    /// host list ran again after the primary went away or turned read-only.
     Failover,
 }
 

@@ -33,6 +33,9 @@ impl Replica {
     fn new(settings: Settings, statements: Arc<AtomicU64>, label: String) -> Result<Self> {
         let metrics = PoolMetrics::new(label);
         let pool = server_pool(&settings, &statements, metrics.as_ref())?;
+        if let Some(failover) = pool.pool.failover() {
+            failover.search();
+        }
         let replica = Replica {
             target: settings.url.target(),
             settings,
@@ -91,6 +94,9 @@ impl Replica {
         let Ok(fresh) = server_pool(&self.settings, &self.statements, self.metrics.as_ref()) else {
             return;
         };
+        if let Some(failover) = fresh.pool.failover() {
+            failover.search();
+        }
         let old = std::mem::replace(
             &mut *self.pool.write().unwrap_or_else(|e| e.into_inner()),
             fresh,

@@ -17,8 +17,8 @@ use sea_orm::DbBackend;
 use secrecy::SecretString;
 
 use crate::error::{Error, Result};
-use crate::url::{DatabaseUrl, Parts, backend_name};
-use table::{Number, Show, off_is_zero, or_off, settings};
+use crate::url::{DatabaseUrl, LoadBalanceHosts, Parts, TargetSessionAttrs, backend_name};
+use table::{Number, Ports, Show, off_is_zero, or_off, settings};
 pub use table::{SettingInfo, SslMode};
 
 /// The embedded default: a SQLite file, so a fresh clone runs with no server.
@@ -158,21 +158,33 @@ settings! {
     inputs {
         /// A `postgres://`, `mysql://` or `sqlite:` URL; wins over the `DB_*` parts (with a warning).
         url "DATABASE_URL": Option<String> = "", eg "postgres://u:p@db:5432/tracker", expects URL;
-        /// PostgreSQL host name, IP address (`::1`) or socket directory (`/var/run/postgresql`).
+        /// PostgreSQL host name, IP address (`::1`) or socket directory (`/var/run/postgresql`);
+        /// or several hosts, comma-separated, tried as libpq does (see `DB_TARGET_SESSION_ATTRS`).
         host "DB_HOST": Option<String> = "", eg "db.internal",
             expects "a host name, an IP address or a socket directory", if |h| h.as_deref().is_none_or(|h| {
                 !h.contains(|c: char| c.is_whitespace() || "@?#".contains(c)) && (h.starts_with('/') || !h.contains('/'))
             });
-        /// PostgreSQL port.
+        /// PostgreSQL port; with several hosts in `DB_HOST`, one port for all or one per host,
+        /// comma-separated.
         #[serde(with = "Number")]
-        port "DB_PORT": u16 = "5432", eg "6432", expects "a port number 1-65535", if |p| *p > 0;
+        port "DB_PORT": Ports = "5432", eg "6432", expects "a port number 1-65535", if Ports::valid;
+        /// Which server of a host list a connection may use: `any`, `read-write`, `read-only`,
+        /// `primary`, `standby` or `prefer-standby` (libpq's `target_session_attrs`; the URL
+        /// parameter of that name is the same setting). Checked on each new connection.
+        target_session_attrs "DB_TARGET_SESSION_ATTRS": Option<TargetSessionAttrs> = "", eg "read-write",
+            expects "any, read-write, read-only, primary, standby or prefer-standby";
+        /// The order a host list is tried in: `disable` (as given) or `random` (libpq's
+        /// `load_balance_hosts`, also a URL parameter).
+        load_balance_hosts "DB_LOAD_BALANCE_HOSTS": Option<LoadBalanceHosts> = "", eg "random",
+            expects "disable or random";
         /// Database name.
         name "DB_NAME": Option<String> = "", eg "tracker", expects "a database name";
         /// User name.
         user "DB_USER": Option<String> = "", eg "tracker", expects "a user name";
         /// Password; any characters (percent-encoded for you).
         pass "DB_PASS": Option<SecretString> = "", eg "p@ss:w/rd?#%&=", expects ANY;
-        /// Read replicas, comma-separated URLs; read-only sessions (the GET routes) go there
+        /// Read replicas, comma-separated URLs (each may be a host list, e.g. with
+        /// `target_session_attrs=standby`); read-only sessions (the GET routes) go there
         /// round-robin, skipping one that is down.
         replica_urls "DB_REPLICA_URLS": Option<String> = "",
             eg "postgres://u:p@replica1/tracker,postgres://u:p@replica2/tracker", expects "URLs, comma-separated";
@@ -213,6 +225,12 @@ settings! {
         /// A pooled connection idle for this long is pinged before use (not on every checkout).
         #[serde(deserialize_with = "or_off")]
         ping_after_idle "DB_PING_AFTER_IDLE": Option<Duration> = "30s", All, eg "off", expects OR_OFF;
+        /// With a host list or `target_session_attrs`: how long a unit of work run by the retrying
+        /// transaction helper is tried again, on a fresh connection, after the server went away or
+        /// turned read-only (a failover); then HTTP 503.
+        #[serde(with = "humantime_serde")]
+        failover_timeout "DB_FAILOVER_TIMEOUT": Duration = "30s", Postgres, eg "1m", expects NONZERO,
+            if |d| !d.is_zero();
         /// PostgreSQL `statement_timeout` (migrations run without it).
         #[serde(deserialize_with = "or_off")]
         statement_timeout "DB_STATEMENT_TIMEOUT": Option<Duration> = "30s", Postgres, eg "off", expects OR_OFF;
@@ -475,8 +493,42 @@ fn file_error(shown: &str, text: &str, e: &ConfigError) -> Error {
     Error::Config(format!("{shown}: {e}"))
 }
 
-/// `DATABASE_URL`, else the `DB_*` parts, else the embedded SQLite default.
+/// `DATABASE_URL`, else the `DB_*` parts, else the embedded SQLite default;
+/// with `DB_TARGET_SESSION_ATTRS` and `DB_LOAD_BALANCE_HOSTS`.
 fn database_url(v: &Values, given: &Given, warnings: &mut Vec<String>) -> Result<DatabaseUrl> {
+    let url = url_or_parts(v, given, warnings)?;
+    let session = [
+        (
+            &info::target_session_attrs,
+            v.target_session_attrs.map(|a| a.as_str()),
+        ),
+        (
+            &info::load_balance_hosts,
+            v.load_balance_hosts.map(|b| b.as_str()),
+        ),
+    ];
+    for (setting, value) in session {
+        let Some(value) = value else { continue };
+        let origin = given.origin(setting);
+        if url.backend() != DbBackend::Postgres {
+            let backend = backend_name(url.backend());
+            bail!("{origin}: applies to a PostgreSQL host list, not {backend}");
+        }
+        let in_url = url.hosts().and_then(|h| match setting.key {
+            "target_session_attrs" => h.attrs.map(|a| a.as_str()),
+            _ => h.balance.map(|b| b.as_str()),
+        });
+        if let Some(in_url) = in_url.filter(|u| *u != value) {
+            let url_origin = given.origin(&info::url);
+            let key = setting.key;
+            bail!("{origin}=\"{value}\" and {key}={in_url} in {url_origin} differ: give one");
+        }
+    }
+    Ok(url.with_session(v.target_session_attrs, v.load_balance_hosts))
+}
+
+/// `DATABASE_URL`, else the `DB_*` parts, else the embedded SQLite default.
+fn url_or_parts(v: &Values, given: &Given, warnings: &mut Vec<String>) -> Result<DatabaseUrl> {
     let parts = [
         &info::host,
         &info::port,
@@ -507,9 +559,28 @@ fn database_url(v: &Values, given: &Given, warnings: &mut Vec<String>) -> Result
             s.var
         ),
     };
+    let host = required(&v.host, &info::host)?;
+    let hosts: Vec<&str> = host.split(',').map(str::trim).collect();
+    let (host_origin, port_origin) = (given.origin(&info::host), given.origin(&info::port));
+    if hosts.len() > 1 {
+        if let Some(n) = hosts.iter().position(|h| h.is_empty()) {
+            bail!("{host_origin}: host {} of the host list is empty", n + 1);
+        }
+        if hosts.iter().any(|h| h.starts_with('/')) {
+            bail!("{host_origin}: a socket directory cannot be part of a host list");
+        }
+    }
+    let ports = match (v.port.0.as_slice(), hosts.len()) {
+        ([port], n) => vec![*port; n],
+        (ports, n) if ports.len() == n => ports.to_vec(),
+        (ports, n) => bail!(
+            "{port_origin}: {} ports for {n} hosts in {host_origin}: give one port, or one per host",
+            ports.len()
+        ),
+    };
+    let hosts: Vec<(&str, u16)> = hosts.into_iter().zip(ports).collect();
     Ok(DatabaseUrl::from_parts(&Parts {
-        host: &required(&v.host, &info::host)?,
-        port: v.port,
+        hosts: &hosts,
         database: &required(&v.name, &info::name)?,
         user: &required(&v.user, &info::user)?,
         password: &v.pass.clone().unwrap_or_default(),
@@ -549,5 +620,39 @@ fn replicas(v: &Values, given: &Given, primary: &DatabaseUrl) -> Result<Vec<Data
             _ => Ok(url),
         }
     };
-    list.split(',').map(|item| replica(item.trim())).collect()
+    let items = match by_host {
+        true => list.split(',').map(str::to_owned).collect(),
+        false => split_urls(list),
+    };
+    items.iter().map(|item| replica(item.trim())).collect()
+}
+
+/// A comma-separated list of URLs, where a URL may hold commas itself (a
+/// PostgreSQL host list): a new URL starts at a comma followed by a scheme.
+/// An empty entry (two commas between URLs, or one at the end) stays empty.
+fn split_urls(list: &str) -> Vec<String> {
+    let starts_url = |part: &str| {
+        let part = part.trim_start();
+        let scheme = part.split_once("://").map_or("", |(scheme, _)| scheme);
+        part.to_ascii_lowercase().starts_with("sqlite:")
+            || (!scheme.is_empty()
+                && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c)))
+    };
+    let parts: Vec<&str> = list.split(',').collect();
+    let mut urls: Vec<String> = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        let ends_entry = parts.get(i + 1).is_none_or(|next| starts_url(next));
+        let empty_entry = part.trim().is_empty() && ends_entry;
+        match urls.last_mut() {
+            Some(url) if !(starts_url(part) || empty_entry) => {
+                url.push(',');
+                url.push_str(part);
+            }
+            _ => urls.push((*part).to_owned()),
+        }
+    }
+    urls
 }

@@ -1,8 +1,15 @@
 //! Connection URLs: built from parts with percent-encoding, parsed and checked
 //! with the drivers' own parsers, displayed only with the password redacted.
+//!
+//! A PostgreSQL URL may name several servers as libpq does
+//! (`postgres://u@h1:5432,[::1]:5433/db?target_session_attrs=read-write`).
+//! sqlx's parser reads one host, so the host list and libpq's
+//! `target_session_attrs` and `load_balance_hosts` are taken out here, and the
+//! driver sees the URL of the first host.
 
 use std::ffi::OsString;
 use std::fmt;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::str::FromStr;
 
@@ -78,22 +85,289 @@ fn database_part(database: &str) -> (String, Vec<String>) {
     }
 }
 
+/// Declares a keyword setting: its values as written in URLs and settings,
+/// read with `FromStr` and serde, shown with `Display`.
+macro_rules! keywords {
+    ($ty:ident { $($variant:ident = $text:literal),* $(,)? }) => {
+        impl $ty {
+            /// Every value, as written in URLs and settings.
+            pub const ALL: &[&str] = &[$($text),*];
+
+            /// The value as written in URLs and settings.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $text,)*
+                }
+            }
+        }
+
+        impl FromStr for $ty {
+            type Err = ();
+
+            fn from_str(text: &str) -> std::result::Result<Self, ()> {
+                match text {
+                    $($text => Ok($ty::$variant),)*
+                    _ => Err(()),
+                }
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                let text = String::deserialize(d)?;
+                text.parse().map_err(|()| {
+                    serde::de::Error::custom(format!("expected one of {}", $ty::ALL.join(", ")))
+                })
+            }
+        }
+    };
+}
+
+/// Which server of a host list a connection may use (libpq's
+/// `target_session_attrs`). Checked after connecting: `read-write` and
+/// `read-only` with `SHOW transaction_read_only`, the others with
+/// `pg_is_in_recovery()`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TargetSessionAttrs {
+    /// Any server that answers.
+    #[default]
+    Any,
+    /// A server that accepts writes.
+    ReadWrite,
+    /// A server in read-only mode (a standby, or `default_transaction_read_only`).
+    ReadOnly,
+    /// A server that is not in recovery.
+    Primary,
+    /// A server in recovery (a streaming standby).
+    Standby,
+    /// A standby if one answers, else any server.
+    PreferStandby,
+}
+
+keywords!(TargetSessionAttrs {
+    Any = "any",
+    ReadWrite = "read-write",
+    ReadOnly = "read-only",
+    Primary = "primary",
+    Standby = "standby",
+    PreferStandby = "prefer-standby",
+});
+
+/// The order in which a host list is tried (libpq's `load_balance_hosts`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LoadBalanceHosts {
+    /// In the order given.
+    #[default]
+    Disable,
+    /// In a random order, drawn again for every search.
+    Random,
+}
+
+keywords!(LoadBalanceHosts {
+    Disable = "disable",
+    Random = "random",
+});
+
+/// The libpq URL parameters that sqlx does not read and this module takes out.
+const TARGET_SESSION_ATTRS: &str = "target_session_attrs";
+const LOAD_BALANCE_HOSTS: &str = "load_balance_hosts";
+
+/// The servers of a PostgreSQL URL with a host list or libpq's parameters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Hosts {
+    /// Host (IPv6 without brackets) and port, in the order given.
+    pub(crate) list: Vec<(String, u16)>,
+    /// `target_session_attrs`, when given.
+    pub(crate) attrs: Option<TargetSessionAttrs>,
+    /// `load_balance_hosts`, when given.
+    pub(crate) balance: Option<LoadBalanceHosts>,
+}
+
+impl Hosts {
+    /// The hosts as a URL writes them: `h1:5432,[::1]:5433`.
+    fn text(&self) -> String {
+        let list = self.list.iter().map(|(host, port)| host_text(host, *port));
+        list.collect::<Vec<_>>().join(",")
+    }
+
+    /// The URL parameters for `attrs` and `balance`, those given.
+    fn parameters(&self) -> Vec<String> {
+        let attrs = (self.attrs).map(|a| format!("{TARGET_SESSION_ATTRS}={a}"));
+        let balance = (self.balance).map(|b| format!("{LOAD_BALANCE_HOSTS}={b}"));
+        attrs.into_iter().chain(balance).collect()
+    }
+}
+
+/// `host:port`, with an IPv6 address in brackets.
+pub(crate) fn host_text(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Reads `host`, `host:port`, `ipv6`, `[ipv6]` or `[ipv6]:port` into the
+/// host (without brackets) and the port if given. `None` if that does not parse.
+fn host_port(item: &str) -> Option<(String, Option<u16>)> {
+    let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p > 0);
+    let (host, port) = if let Some(rest) = item.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        match after.strip_prefix(':') {
+            Some(p) => (host, Some(port(p)?)),
+            None if after.is_empty() => (host, None),
+            None => return None,
+        }
+    } else if item.matches(':').count() == 1 {
+        let (host, p) = item.split_once(':')?;
+        (host, Some(port(p)?))
+    } else {
+        (item, None)
+    };
+    if host.is_empty() || host.contains(['/', '@', '?', '#', ' ', '[', ']', ',']) {
+        return None;
+    }
+    Some((host.to_owned(), port))
+}
+
+/// The byte range of the host list in a server URL: after the `://` and the
+/// user information, up to the path, query or fragment.
+fn host_span(url: &str) -> Option<Range<usize>> {
+    let start = url.find("://")? + 3;
+    let end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| start + i);
+    let hosts = url[start..end].rfind('@').map_or(start, |i| start + i + 1);
+    Some(hosts..end)
+}
+
+/// A PostgreSQL URL split into the URL of its first host without libpq's
+/// parameters (what sqlx parses) and its [`Hosts`], if it has a host list or
+/// one of those parameters.
+fn split_hosts(url: &str, setting: &str) -> Result<(String, Option<Hosts>)> {
+    let (mut attrs, mut balance) = (None, None);
+    let (before, query) = url.split_once('?').unwrap_or((url, ""));
+    let (query, fragment) = query
+        .split_once('#')
+        .map_or((query, None), |(q, f)| (q, Some(f)));
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode_str(value).decode_utf8_lossy();
+        match key {
+            TARGET_SESSION_ATTRS => {
+                attrs = Some(keyword(setting, key, &value, TargetSessionAttrs::ALL)?);
+            }
+            LOAD_BALANCE_HOSTS => {
+                balance = Some(keyword(setting, key, &value, LoadBalanceHosts::ALL)?);
+            }
+            _ => kept.push(pair),
+        }
+    }
+    let span = host_span(before).unwrap_or(before.len()..before.len());
+    let items: Vec<&str> = before[span.clone()].split(',').collect();
+    if items.len() == 1 && attrs.is_none() && balance.is_none() {
+        return Ok((url.to_owned(), None));
+    }
+    let mut list = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let n = i + 1;
+        if item.is_empty() {
+            return Err(Error::Config(format!(
+                "{setting}: host {n} of the host list is empty"
+            )));
+        }
+        let Some((host, port)) = host_port(item) else {
+            return Err(Error::Config(format!(
+                "{setting}: host {n} of the host list: expected host, host:port or [ipv6]:port with a port 1-65535"
+            )));
+        };
+        list.push((host, port.unwrap_or(5432)));
+    }
+    let (host, port) = &list[0];
+    let mut single = format!(
+        "{}{}{}",
+        &before[..span.start],
+        host_text(host, *port),
+        &before[span.end..]
+    );
+    if !kept.is_empty() {
+        single = format!("{single}?{}", kept.join("&"));
+    }
+    if let Some(fragment) = fragment {
+        single = format!("{single}#{fragment}");
+    }
+    Ok((
+        single,
+        Some(Hosts {
+            list,
+            attrs,
+            balance,
+        }),
+    ))
+}
+
+/// A libpq keyword parameter's value, or an error naming the parameter.
+fn keyword<T: FromStr>(setting: &str, key: &str, value: &str, all: &[&str]) -> Result<T> {
+    value.parse().map_err(|_| {
+        Error::Config(format!(
+            "{setting}: {key}=\"{value}\": expected {}",
+            all.join(", ")
+        ))
+    })
+}
+
+/// `single` (the URL of one host) with the host list and parameters of `hosts`.
+fn join_hosts(single: &str, hosts: &Hosts) -> String {
+    let Some(span) = host_span(single) else {
+        return single.to_owned();
+    };
+    let mut url = format!(
+        "{}{}{}",
+        &single[..span.start],
+        hosts.text(),
+        &single[span.end..]
+    );
+    let parameters = hosts.parameters();
+    if !parameters.is_empty() {
+        let (url_part, fragment) = url
+            .split_once('#')
+            .map_or((url.as_str(), None), |(u, f)| (u, Some(f)));
+        let separator = if url_part.contains('?') { '&' } else { '?' };
+        let mut joined = format!("{url_part}{separator}{}", parameters.join("&"));
+        if let Some(fragment) = fragment {
+            joined = format!("{joined}#{fragment}");
+        }
+        url = joined;
+    }
+    url
+}
+
 /// A database URL. The whole string is a secret because it may carry a password:
 /// `Debug` and `Display` show it with the password replaced by `***`.
 #[derive(Clone)]
 pub struct DatabaseUrl {
+    /// The URL as given or built.
     url: SecretString,
+    /// The URL of the first host without libpq's parameters, when that
+    /// differs from `url`: what the driver parses.
+    single: Option<SecretString>,
+    hosts: Option<Hosts>,
     backend: DbBackend,
 }
 
 /// The parts of a PostgreSQL connection, as the `DB_*` variables give them.
 #[derive(Debug)]
 pub(crate) struct Parts<'a> {
-    /// Host name, IPv4 or IPv6 address (brackets optional), or a Unix socket
-    /// directory (starting with `/`).
-    pub(crate) host: &'a str,
-    /// TCP port.
-    pub(crate) port: u16,
+    /// Each server: host name, IPv4 or IPv6 address (brackets optional), or
+    /// a Unix socket directory (starting with `/`, alone), and its TCP port.
+    pub(crate) hosts: &'a [(&'a str, u16)],
     /// Database name.
     pub(crate) database: &'a str,
     /// User name.
@@ -131,10 +405,31 @@ impl DatabaseUrl {
                 )));
             }
         };
+        let server_url = backend != DbBackend::Sqlite || url.starts_with("sqlite://");
+        let listed = server_url && host_span(url).is_some_and(|span| url[span].contains(','));
+        let libpq = [TARGET_SESSION_ATTRS, LOAD_BALANCE_HOSTS]
+            .iter()
+            .any(|key| {
+                url.split_once('?')
+                    .is_some_and(|(_, q)| q.split('&').any(|p| p.split('=').next() == Some(*key)))
+            });
+        if backend != DbBackend::Postgres && (listed || libpq) {
+            return Err(Error::Config(format!(
+                "{setting}: a host list, target_session_attrs and load_balance_hosts are for PostgreSQL, not {}",
+                backend_name(backend)
+            )));
+        }
+        let (single, hosts) = match backend {
+            DbBackend::Postgres => split_hosts(url, setting)?,
+            _ => (url.to_owned(), None),
+        };
         let this = DatabaseUrl {
             url: SecretString::from(url),
+            single: hosts.as_ref().map(|_| SecretString::from(single.clone())),
+            hosts,
             backend,
         };
+        let url = single.as_str();
         // sqlx ignores unknown parameters, and for PostgreSQL logs their values:
         // a misspelt `password` would end up in the log. Refuse them instead.
         let known = match backend {
@@ -179,7 +474,7 @@ impl DatabaseUrl {
     }
 
     /// Builds a PostgreSQL URL from parts, percent-encoding user, password and
-    /// database name, bracketing IPv6 addresses and passing socket directories
+    /// database name, bracketing IPv6 addresses and passing a socket directory
     /// as the `host` parameter.
     pub(crate) fn from_parts(parts: &Parts<'_>) -> Self {
         let user = encode(parts.user);
@@ -190,27 +485,89 @@ impl DatabaseUrl {
             format!("{user}:{}", encode(password))
         };
         let (path, mut query) = database_part(parts.database);
-        let port = parts.port;
-        let host = parts.host;
-        if host.starts_with('/') {
-            query.push(format!("host={}", encode(host)));
+        let (first, port) = parts.hosts.first().copied().unwrap_or(("localhost", 5432));
+        let socket = first.starts_with('/');
+        if socket {
+            query.push(format!("host={}", encode(first)));
         }
         let query = if query.is_empty() {
             String::new()
         } else {
             format!("?{}", query.join("&"))
         };
-        let url = if host.starts_with('/') {
+        let bare = |host: &str| {
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned()
+        };
+        let single = if socket {
             format!("postgres://{auth}@localhost:{port}/{path}{query}")
-        } else if host.contains(':') && !host.starts_with('[') {
-            format!("postgres://{auth}@[{host}]:{port}/{path}{query}")
         } else {
-            format!("postgres://{auth}@{host}:{port}/{path}{query}")
+            format!(
+                "postgres://{auth}@{}/{path}{query}",
+                host_text(&bare(first), port)
+            )
+        };
+        let hosts = (parts.hosts.len() > 1).then(|| Hosts {
+            list: parts.hosts.iter().map(|(h, p)| (bare(h), *p)).collect(),
+            attrs: None,
+            balance: None,
+        });
+        Self::postgres(single, hosts)
+    }
+
+    /// A PostgreSQL URL from the URL of its first host and its [`Hosts`].
+    fn postgres(single: String, hosts: Option<Hosts>) -> Self {
+        let url = match &hosts {
+            Some(hosts) => join_hosts(&single, hosts),
+            None => single.clone(),
         };
         DatabaseUrl {
             url: SecretString::from(url),
+            single: hosts.as_ref().map(|_| SecretString::from(single)),
+            hosts,
             backend: DbBackend::Postgres,
         }
+    }
+
+    /// The same URL with libpq's `target_session_attrs` and
+    /// `load_balance_hosts` set where given (the `DB_TARGET_SESSION_ATTRS`
+    /// and `DB_LOAD_BALANCE_HOSTS` settings). Only PostgreSQL has them.
+    pub(crate) fn with_session(
+        &self,
+        attrs: Option<TargetSessionAttrs>,
+        balance: Option<LoadBalanceHosts>,
+    ) -> Self {
+        if self.backend != DbBackend::Postgres || (attrs.is_none() && balance.is_none()) {
+            return self.clone();
+        }
+        let mut hosts = self.hosts.clone().unwrap_or_else(|| {
+            let o = PgConnectOptions::from_str(self.expose()).ok();
+            let host = o.as_ref().map_or("localhost".to_owned(), |o| {
+                o.get_host()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned()
+            });
+            Hosts {
+                list: vec![(host, o.map_or(5432, |o| o.get_port()))],
+                attrs: None,
+                balance: None,
+            }
+        });
+        hosts.attrs = attrs.or(hosts.attrs);
+        hosts.balance = balance.or(hosts.balance);
+        Self::postgres(self.driver_url().to_owned(), Some(hosts))
+    }
+
+    /// The host list and libpq parameters, if the URL has them.
+    pub(crate) fn hosts(&self) -> Option<&Hosts> {
+        self.hosts.as_ref()
+    }
+
+    /// The URL the driver parses: the first host, without libpq's parameters.
+    pub(crate) fn driver_url(&self) -> &str {
+        self.single.as_ref().unwrap_or(&self.url).expose_secret()
     }
 
     /// A SQLite database file, created if missing.
@@ -218,6 +575,8 @@ impl DatabaseUrl {
         let path: PathBuf = path.into();
         DatabaseUrl {
             url: SecretString::from(format!("sqlite://{}?mode=rwc", path.display())),
+            single: None,
+            hosts: None,
             backend: DbBackend::Sqlite,
         }
     }
@@ -243,10 +602,12 @@ impl DatabaseUrl {
             }
             return DatabaseUrl {
                 url: SecretString::from(sibling),
+                single: None,
+                hosts: None,
                 backend: self.backend,
             };
         }
-        let mut url = match url::Url::parse(self.expose()) {
+        let mut url = match url::Url::parse(self.driver_url()) {
             Ok(url) => url,
             Err(_) => return self.clone(),
         };
@@ -256,8 +617,13 @@ impl DatabaseUrl {
             let (key, value) = pair.split_once('=').unwrap_or((&pair, ""));
             url.query_pairs_mut().append_pair(key, value);
         }
+        if self.backend == DbBackend::Postgres {
+            return Self::postgres(url.to_string(), self.hosts.clone());
+        }
         DatabaseUrl {
             url: SecretString::from(url.to_string()),
+            single: None,
+            hosts: None,
             backend: self.backend,
         }
     }
@@ -266,35 +632,20 @@ impl DatabaseUrl {
     /// `host`, `host:port`, `ipv6`, or `[ipv6]:port`. `None` if that does not
     /// parse.
     pub fn with_host(&self, host_port: &str) -> Option<Self> {
-        let mut url = url::Url::parse(self.expose()).ok()?;
-        let (host, port) = if let Some(rest) = host_port.strip_prefix('[') {
-            let (host, after) = rest.split_once(']')?;
-            let port = match after.strip_prefix(':') {
-                Some(p) => Some(p.parse::<u16>().ok().filter(|p| *p > 0)?),
-                None if after.is_empty() => None,
-                None => return None,
-            };
-            (format!("[{host}]"), port)
-        } else if host_port.matches(':').count() == 1 {
-            let (host, port) = host_port.split_once(':')?;
-            (
-                host.to_owned(),
-                Some(port.parse::<u16>().ok().filter(|p| *p > 0)?),
-            )
-        } else if host_port.contains(':') {
-            (format!("[{host_port}]"), None)
-        } else {
-            (host_port.to_owned(), None)
+        let mut url = url::Url::parse(self.driver_url()).ok()?;
+        let (host, port) = self::host_port(host_port)?;
+        let host = match host.contains(':') {
+            true => format!("[{host}]"),
+            false => host,
         };
-        if host.is_empty() || host.contains(['/', '@', '?', '#', ' ']) {
-            return None;
-        }
         url.set_host(Some(&host)).ok()?;
         if let Some(port) = port {
             url.set_port(Some(port)).ok()?;
         }
         Some(DatabaseUrl {
             url: SecretString::from(url.to_string()),
+            single: None,
+            hosts: None,
             backend: self.backend,
         })
     }
@@ -323,7 +674,7 @@ impl DatabaseUrl {
 
     /// The decoded password, if the URL has one.
     pub(crate) fn password(&self) -> Option<String> {
-        let url = url::Url::parse(self.expose()).ok()?;
+        let url = url::Url::parse(self.driver_url()).ok()?;
         let password = url.password()?;
         Some(
             percent_decode_str(password)
@@ -334,8 +685,8 @@ impl DatabaseUrl {
 
     /// The URL with the password replaced by `***`.
     pub fn redacted(&self) -> String {
-        let raw = self.expose();
-        match url::Url::parse(raw) {
+        let raw = self.driver_url();
+        let shown = match url::Url::parse(raw) {
             Ok(mut url) => {
                 if url.password().is_some() {
                     let _ = url.set_password(Some("***"));
@@ -347,7 +698,11 @@ impl DatabaseUrl {
                 }
                 url.to_string()
             }
-            Err(_) => format!("{}:<not shown>", backend_name(self.backend)),
+            Err(_) => return format!("{}:<not shown>", backend_name(self.backend)),
+        };
+        match &self.hosts {
+            Some(hosts) => join_hosts(&shown, hosts),
+            None => shown,
         }
     }
 
@@ -359,14 +714,20 @@ impl DatabaseUrl {
                 Ok(o) => format!("sqlite {}", o.get_filename().display()),
                 Err(_) => "sqlite".to_owned(),
             },
-            DbBackend::Postgres => match PgConnectOptions::from_str(self.expose()) {
-                Ok(o) => describe_server(
-                    "postgres",
-                    o.get_host(),
-                    o.get_port(),
-                    o.get_socket(),
-                    o.get_database(),
-                ),
+            DbBackend::Postgres => match PgConnectOptions::from_str(self.driver_url()) {
+                Ok(o) => match &self.hosts {
+                    Some(hosts) => match o.get_database() {
+                        Some(db) => format!("postgres {}/{db}", hosts.text()),
+                        None => format!("postgres {}", hosts.text()),
+                    },
+                    None => describe_server(
+                        "postgres",
+                        o.get_host(),
+                        o.get_port(),
+                        o.get_socket(),
+                        o.get_database(),
+                    ),
+                },
                 Err(_) => "postgres".to_owned(),
             },
             _ => match MySqlConnectOptions::from_str(self.expose()) {

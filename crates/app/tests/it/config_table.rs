@@ -105,6 +105,91 @@ const CASES: &[Case] = &[
         expected: "DATABASE_URL: not a valid sqlite URL: unknown value \"bogus\" for `mode`",
     },
     Case {
+        vars: &[
+            ("DB_HOST", "h1,,h2"),
+            ("DB_NAME", "t"),
+            ("DB_USER", "u"),
+            ("DB_PASS", PW),
+        ],
+        files: &[],
+        expected: "DB_HOST: host 2 of the host list is empty",
+    },
+    Case {
+        vars: &[
+            ("DB_HOST", "h1,h2,h3"),
+            ("DB_PORT", "5432,5433"),
+            ("DB_NAME", "t"),
+            ("DB_USER", "u"),
+        ],
+        files: &[],
+        expected: "DB_PORT: 2 ports for 3 hosts in DB_HOST: give one port, or one per host",
+    },
+    Case {
+        vars: parts_and![("DB_TARGET_SESSION_ATTRS", "writable")],
+        files: &[],
+        expected: "DB_TARGET_SESSION_ATTRS=\"writable\": expected any, read-write, read-only, primary, standby or prefer-standby",
+    },
+    Case {
+        vars: parts_and![("DB_LOAD_BALANCE_HOSTS", "yes")],
+        files: &[],
+        expected: "DB_LOAD_BALANCE_HOSTS=\"yes\": expected disable or random",
+    },
+    Case {
+        vars: &[("DATABASE_URL", "postgres://app:hunter2@h1,,h2/tracker")],
+        files: &[],
+        expected: "DATABASE_URL: host 2 of the host list is empty",
+    },
+    Case {
+        vars: &[("DATABASE_URL", "postgres://app:hunter2@h1,h2:0/tracker")],
+        files: &[],
+        expected: "DATABASE_URL: host 2 of the host list: expected host, host:port or [ipv6]:port with a port 1-65535",
+    },
+    Case {
+        vars: &[(
+            "DATABASE_URL",
+            "postgres://app:hunter2@h1,h2/tracker?target_session_attrs=writable",
+        )],
+        files: &[],
+        expected: "DATABASE_URL: target_session_attrs=\"writable\": expected any, read-write, read-only, primary, standby, prefer-standby",
+    },
+    Case {
+        vars: &[
+            (
+                "DATABASE_URL",
+                "postgres://app:hunter2@h1,h2/tracker?target_session_attrs=read-write",
+            ),
+            ("DB_TARGET_SESSION_ATTRS", "read-only"),
+        ],
+        files: &[],
+        expected: "DB_TARGET_SESSION_ATTRS=\"read-only\" and target_session_attrs=read-write in DATABASE_URL differ: give one",
+    },
+    Case {
+        vars: &[(
+            "DATABASE_URL",
+            "mysql://app:hunter2@h1:3306,h2:3306/tracker",
+        )],
+        files: &[],
+        expected: "DATABASE_URL: a host list, target_session_attrs and load_balance_hosts are for PostgreSQL, not mysql",
+    },
+    Case {
+        vars: &[("DATABASE_URL", "sqlite://h1,h2/tracker.db")],
+        files: &[],
+        expected: "DATABASE_URL: a host list, target_session_attrs and load_balance_hosts are for PostgreSQL, not sqlite",
+    },
+    Case {
+        vars: &[
+            ("DATABASE_URL", "sqlite:data/x.db"),
+            ("DB_TARGET_SESSION_ATTRS", "read-write"),
+        ],
+        files: &[],
+        expected: "DB_TARGET_SESSION_ATTRS: applies to a PostgreSQL host list, not sqlite",
+    },
+    Case {
+        vars: parts_and![("DB_REPLICA_URLS", "postgres://app:hunter2@r1,,r2/tracker")],
+        files: &[],
+        expected: "DB_REPLICA_URLS: host 2 of the host list is empty",
+    },
+    Case {
         vars: parts_and![("DB_MAX_CONNECTIONS", "0")],
         files: &[],
         expected: "DB_MAX_CONNECTIONS=\"0\": expected a whole number 1-10000",

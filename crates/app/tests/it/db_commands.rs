@@ -174,3 +174,39 @@ fn seed_fills_an_empty_database_once() {
         "the database has employees already; nothing added\n"
     );
 }
+
+/// `db check` on a host list shows each host with its role: a closed port,
+/// a streaming standby and its primary.
+#[test_support::needs(postgres)]
+#[test]
+fn db_check_on_a_host_list_shows_each_host_and_its_role() {
+    let primary = PrivatePostgres::start("ha-pw").expect("starting a private PostgreSQL");
+    let standby = primary.start_replica().expect("starting a standby");
+    let closed = free_port().unwrap();
+    let url = format!(
+        "postgres://postgres:ha-pw@127.0.0.1:{closed},127.0.0.1:{},127.0.0.1:{}/postgres?target_session_attrs=read-write",
+        standby.port(),
+        primary.port()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let output = tracker(dir.path(), &["db", "check"], &[("DATABASE_URL", os(url))]);
+    let (stdout, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(
+        !stdout.contains("ha-pw") && !stderr.contains("ha-pw"),
+        "{stdout}"
+    );
+    let line = |port: u16| {
+        let host = format!("primary 127.0.0.1:{port} ");
+        let found = stdout.lines().find(|l| l.trim_start().starts_with(&host));
+        found
+            .unwrap_or_else(|| panic!("no line for {host}: {stdout}"))
+            .to_owned()
+    };
+    assert!(
+        line(closed).ends_with("unreachable: connection refused"),
+        "{stdout}"
+    );
+    assert!(line(standby.port()).contains(" standby, lag "), "{stdout}");
+    assert!(line(primary.port()).ends_with(" primary"), "{stdout}");
+}

@@ -47,6 +47,33 @@ pub enum SslMode {
 /// A value read with `FromStr` from text or a TOML number (strictly: `on` is no number).
 pub(super) type Number = As<DisplayFromStr>;
 
+/// One port, or a comma-separated list of them (one per host of `DB_HOST`).
+#[derive(Clone, Debug)]
+pub(super) struct Ports(pub(super) Vec<u16>);
+
+impl Ports {
+    /// Whether every port is in 1-65535.
+    pub(super) fn valid(&self) -> bool {
+        self.0.iter().all(|p| *p > 0)
+    }
+}
+
+impl std::str::FromStr for Ports {
+    type Err = std::num::ParseIntError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let ports = text.split(',').map(|p| p.trim().parse());
+        ports.collect::<Result<_, _>>().map(Ports)
+    }
+}
+
+impl std::fmt::Display for Ports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ports: Vec<String> = self.0.iter().map(u16::to_string).collect();
+        f.write_str(&ports.join(","))
+    }
+}
+
 /// A duration with a unit (`500ms`, `2m`); `off` or zero is `None`.
 pub(super) fn or_off<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     match String::deserialize(d)?.as_str() {

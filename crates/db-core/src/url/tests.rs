@@ -3,7 +3,7 @@
 
 use std::str::FromStr;
 
-use super::{DatabaseUrl, Parts};
+use super::{DatabaseUrl, LoadBalanceHosts, Parts, TargetSessionAttrs};
 use proptest::prelude::*;
 use sea_orm::sqlx::postgres::PgConnectOptions;
 use secrecy::SecretString;
@@ -39,8 +39,7 @@ fn parse_with_sqlx(url: &DatabaseUrl) -> Parsed {
 
 fn build(host: &str, port: u16, database: &str, user: &str, password: &str) -> DatabaseUrl {
     DatabaseUrl::from_parts(&Parts {
-        host,
-        port,
+        hosts: &[(host, port)],
         database,
         user,
         password: &SecretString::from(password),
@@ -170,6 +169,38 @@ fn bad_urls_are_configuration_errors_that_do_not_quote_the_url() {
             "sqlite:x.db?mode=bogus",
             "DATABASE_URL: not a valid sqlite URL: unknown value \"bogus\" for `mode`",
         ),
+        (
+            "postgres://u:hunter2@h1,,h2/d",
+            "DATABASE_URL: host 2 of the host list is empty",
+        ),
+        (
+            "postgres://u:hunter2@h1,/d",
+            "DATABASE_URL: host 2 of the host list is empty",
+        ),
+        (
+            "postgres://u:hunter2@h1:5432,h2:0/d",
+            "DATABASE_URL: host 2 of the host list: expected host, host:port or [ipv6]:port with a port 1-65535",
+        ),
+        (
+            "postgres://u:hunter2@h1,h2/d?target_session_attrs=writable",
+            "DATABASE_URL: target_session_attrs=\"writable\": expected any, read-write, read-only, primary, standby, prefer-standby",
+        ),
+        (
+            "postgres://u:hunter2@h1,h2/d?load_balance_hosts=yes",
+            "DATABASE_URL: load_balance_hosts=\"yes\": expected disable, random",
+        ),
+        (
+            "mysql://u:hunter2@h1:3306,h2:3306/d",
+            "DATABASE_URL: a host list, target_session_attrs and load_balance_hosts are for PostgreSQL, not mysql",
+        ),
+        (
+            "mysql://u:hunter2@h/d?target_session_attrs=read-write",
+            "DATABASE_URL: a host list, target_session_attrs and load_balance_hosts are for PostgreSQL, not mysql",
+        ),
+        (
+            "sqlite://h1,h2/x.db",
+            "DATABASE_URL: a host list, target_session_attrs and load_balance_hosts are for PostgreSQL, not sqlite",
+        ),
     ] {
         let message = DatabaseUrl::parse(url, "DATABASE_URL")
             .unwrap_err()
@@ -209,6 +240,96 @@ proptest! {
         let shown = url::Url::parse(&url.redacted()).unwrap();
         let expected = (!password.is_empty()).then_some("***");
         prop_assert_eq!(shown.password(), expected);
+    }
+}
+
+#[test]
+fn host_lists_keep_every_host_and_the_driver_sees_the_first() {
+    let url = DatabaseUrl::parse(
+        "postgres://u:hunter2@h1:5432,h2,[::1]:5434/db?sslmode=disable&target_session_attrs=read-write&load_balance_hosts=random",
+        "DATABASE_URL",
+    )
+    .unwrap();
+    let hosts = url.hosts().unwrap();
+    let list: Vec<(&str, u16)> = hosts.list.iter().map(|(h, p)| (h.as_str(), *p)).collect();
+    assert_eq!(list, [("h1", 5432), ("h2", 5432), ("::1", 5434)]);
+    assert_eq!(hosts.attrs, Some(TargetSessionAttrs::ReadWrite));
+    assert_eq!(hosts.balance, Some(LoadBalanceHosts::Random));
+    assert_eq!(
+        url.driver_url(),
+        "postgres://u:hunter2@h1:5432/db?sslmode=disable"
+    );
+    assert_eq!(url.target(), "postgres h1:5432,h2:5432,[::1]:5434/db");
+    assert_eq!(
+        url.redacted(),
+        "postgres://u:***@h1:5432,h2:5432,[::1]:5434/db?sslmode=disable&target_session_attrs=read-write&load_balance_hosts=random"
+    );
+    let other = url.with_database("other");
+    assert_eq!(other.target(), "postgres h1:5432,h2:5432,[::1]:5434/other");
+    assert_eq!(other.hosts(), url.hosts());
+    // A single host keeps its URL untouched, and only the parameters are taken out.
+    let single = DatabaseUrl::parse("postgres://u@h/db", "DATABASE_URL").unwrap();
+    assert!(single.hosts().is_none());
+    let attrs = DatabaseUrl::parse("postgres://u@h/db?target_session_attrs=standby", "X").unwrap();
+    assert_eq!(attrs.driver_url(), "postgres://u@h:5432/db");
+    assert_eq!(
+        attrs.hosts().unwrap().attrs,
+        Some(TargetSessionAttrs::Standby)
+    );
+}
+
+/// A host of a generated list: a name, an IPv4 or an IPv6 address.
+fn any_host() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[a-z][a-z0-9-]{0,20}(\\.[a-z][a-z0-9-]{0,10}){0,2}",
+        (0u8.., 0u8.., 0u8.., 0u8..).prop_map(|(a, b, c, d)| format!("{a}.{b}.{c}.{d}")),
+        any::<std::net::Ipv6Addr>().prop_map(|ip| ip.to_string()),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(256)
+    ))]
+
+    /// A host list with its parameters, built from parts, parses back to the
+    /// same hosts, ports, parameters and credentials.
+    #[test]
+    fn any_parts_multi_host_round_trip(
+        user in "[^\u{0}]{1,16}",
+        password in "[^\u{0}]{0,16}",
+        database in "[^\u{0}]{1,16}",
+        hosts in prop::collection::vec((any_host(), 1u16..), 2..5),
+        attrs in prop::option::of(prop::sample::select(TargetSessionAttrs::ALL)),
+        balance in prop::option::of(prop::sample::select(LoadBalanceHosts::ALL)),
+    ) {
+        let list: Vec<(&str, u16)> = hosts.iter().map(|(h, p)| (h.as_str(), *p)).collect();
+        let built = DatabaseUrl::from_parts(&Parts {
+            hosts: &list,
+            database: &database,
+            user: &user,
+            password: &SecretString::from(password.as_str()),
+        })
+        .with_session(attrs.map(|a| a.parse().unwrap()), balance.map(|b| b.parse().unwrap()));
+        let parsed = DatabaseUrl::parse(built.expose(), "DATABASE_URL").unwrap();
+        let got = parsed.hosts().unwrap();
+        let normal = |h: &str| match h.parse::<std::net::Ipv6Addr>() {
+            Ok(ip) => ip.to_string(),
+            Err(_) => h.to_owned(),
+        };
+        let got_list: Vec<(String, u16)> = got.list.iter().map(|(h, p)| (normal(h), *p)).collect();
+        let want: Vec<(String, u16)> = hosts.iter().map(|(h, p)| (normal(h), *p)).collect();
+        prop_assert_eq!(got_list, want);
+        prop_assert_eq!(got.attrs.map(|a| a.as_str()), attrs);
+        prop_assert_eq!(got.balance.map(|b| b.as_str()), balance);
+        let first = parse_with_sqlx(&DatabaseUrl::parse(parsed.driver_url(), "X").unwrap());
+        prop_assert_eq!(first.user, user);
+        prop_assert_eq!(first.password.unwrap_or_default(), password.clone());
+        prop_assert_eq!(first.database, Some(database));
+        prop_assert_eq!(first.port, hosts[0].1);
+        let shown = parsed.redacted();
+        prop_assert!(password.is_empty() || shown.contains(":***@"), "{}", shown);
+        prop_assert_eq!(&shown, &built.redacted());
     }
 }
 

@@ -5,6 +5,7 @@ mod admin;
 mod connect;
 mod copy;
 mod errors;
+mod failover;
 mod lock;
 mod replicas;
 mod session;

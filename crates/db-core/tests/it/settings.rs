@@ -357,3 +357,60 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn host_lists_come_from_db_host_and_db_port_and_replica_urls_may_hold_them() {
+    let (source, _dir) = isolated();
+    let source = source
+        .var("DB_HOST", "h1,::1,h3")
+        .var("DB_PORT", "5432,5433,5434")
+        .var("DB_NAME", "tracker")
+        .var("DB_USER", "app")
+        .var("DB_PASS", "p@ss,w/rd")
+        .var("DB_TARGET_SESSION_ATTRS", "read-write")
+        .var(
+            "DB_REPLICA_URLS",
+            "postgres://app@h1,h2:5433/tracker?target_session_attrs=standby,postgres://app@r3/tracker",
+        );
+    let s = load(&source);
+    assert_eq!(
+        s.url.target(),
+        "postgres h1:5432,[::1]:5433,h3:5434/tracker"
+    );
+    assert_eq!(
+        s.url.redacted(),
+        "postgres://app:***@h1:5432,[::1]:5433,h3:5434/tracker?target_session_attrs=read-write"
+    );
+    let replicas: Vec<String> = s.replicas.iter().map(|r| r.target()).collect();
+    assert_eq!(
+        replicas,
+        [
+            "postgres h1:5432,h2:5433/tracker",
+            "postgres r3:5432/tracker"
+        ]
+    );
+
+    // One port serves every host; the same attribute in both places is fine.
+    let (source, _dir) = isolated();
+    let source = source
+        .var(
+            "DATABASE_URL",
+            "postgres://app@h1,h2/tracker?target_session_attrs=primary",
+        )
+        .var("DB_TARGET_SESSION_ATTRS", "primary");
+    assert_eq!(
+        load(&source).url.target(),
+        "postgres h1:5432,h2:5432/tracker"
+    );
+    let (source, _dir) = isolated();
+    let source = source
+        .var("DB_HOST", "h1,h2")
+        .var("DB_PORT", "6432")
+        .var("DB_NAME", "t")
+        .var("DB_USER", "u")
+        .var("DB_REPLICA_URLS", "postgres://u@r1/t,,postgres://u@r2/t");
+    assert_eq!(
+        error(&source),
+        "DB_REPLICA_URLS: an empty entry in the list"
+    );
+}
