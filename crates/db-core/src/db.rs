@@ -352,8 +352,11 @@ impl Db {
             let lag = if self.inner.backend == DbBackend::Postgres {
                 let sql = "SELECT CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
                            ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) END::float8";
-                let conn = replica.conn();
-                let query = conn.query_one_raw(Statement::from_string(DbBackend::Postgres, sql));
+                let pool = replica.pool();
+                let query = acquiring(
+                    pool.metrics(),
+                    pool.query_one_raw(Statement::from_string(DbBackend::Postgres, sql)),
+                );
                 match tokio::time::timeout(Duration::from_secs(2), query).await {
                     Ok(Ok(Some(row))) => row
                         .try_get_by_index::<Option<f64>>(0)
@@ -386,8 +389,14 @@ impl Db {
     /// Checks that the database answers, and how fast.
     pub async fn ping(&self) -> Result<Duration> {
         let start = Instant::now();
-        self.inner.pools.write.ping().await?;
+        let pool = &self.inner.pools.write;
+        acquiring(pool.metrics(), pool.ping()).await?;
         Ok(start.elapsed())
+    }
+
+    /// The metrics of the pool for writes, while they are recorded.
+    pub(crate) fn metrics(&self) -> Option<&Arc<metrics::PoolMetrics>> {
+        self.inner.pools.write.metrics()
     }
 
     /// Backend, server version and ping round trip.

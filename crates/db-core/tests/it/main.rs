@@ -6,6 +6,7 @@ mod connect;
 mod copy;
 mod errors;
 mod lock;
+mod metrics;
 mod replicas;
 mod session;
 mod settings;
