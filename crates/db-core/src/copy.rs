@@ -8,6 +8,7 @@ use sea_orm::{ConnectionTrait, DbBackend};
 use crate::admin::quote_ident;
 use crate::db::Db;
 use crate::error::{Error, Result};
+use crate::metrics::acquire_sqlx;
 
 /// How much COPY data goes into one message to the server.
 const MESSAGE: usize = 1 << 20;
@@ -185,12 +186,8 @@ impl Db {
                 backend: crate::url::backend_name(self.backend()),
             });
         }
-        let mut conn = self
-            .conn()
-            .get_postgres_connection_pool()
-            .acquire()
-            .await
-            .map_err(Error::from_sqlx)?;
+        let mut conn =
+            acquire_sqlx(self.metrics(), self.conn().get_postgres_connection_pool()).await?;
         let mut tx = conn.begin().await.map_err(Error::from_sqlx)?;
         for table in tables {
             let mut copy = tx

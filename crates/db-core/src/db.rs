@@ -388,8 +388,11 @@ impl Db {
         for replica in self.inner.pools.replicas.all() {
             let lag = if self.inner.backend == DbBackend::Postgres {
                 let sql = format!("SELECT {REPLAY_LAG}");
-                let conn = replica.conn();
-                let query = conn.query_one_raw(Statement::from_string(DbBackend::Postgres, sql));
+                let pool = replica.pool();
+                let query = acquiring(
+                    pool.metrics(),
+                    pool.query_one_raw(Statement::from_string(DbBackend::Postgres, sql)),
+                );
                 match tokio::time::timeout(Duration::from_secs(2), query).await {
                     Ok(Ok(Some(row))) => row
                         .try_get_by_index::<Option<f64>>(0)
@@ -422,8 +425,14 @@ impl Db {
     /// Checks that the database answers, and how fast.
     pub async fn ping(&self) -> Result<Duration> {
         let start = Instant::now();
-        self.inner.pools.write.ping().await?;
+        let pool = &self.inner.pools.write;
+        acquiring(pool.metrics(), pool.ping()).await?;
         Ok(start.elapsed())
+    }
+
+    /// The metrics of the pool for writes, while they are recorded.
+    pub(crate) fn metrics(&self) -> Option<&Arc<metrics::PoolMetrics>> {
+        self.inner.pools.write.metrics()
     }
 
     /// Backend, server version and ping round trip.

@@ -204,8 +204,14 @@ impl Error {
     /// A driver error from a connection used without SeaORM, classified
     /// like any other database error.
     pub(crate) fn from_sqlx(e: sqlx::Error) -> Error {
-        Error::from(DbErr::Exec(RuntimeErr::SqlxError(std::sync::Arc::new(e))))
+        Error::from(sqlx_db_err(e))
     }
+}
+
+/// A driver error from a connection used without SeaORM, as SeaORM would
+/// have reported it.
+pub(crate) fn sqlx_db_err(e: sqlx::Error) -> DbErr {
+    DbErr::Exec(RuntimeErr::SqlxError(std::sync::Arc::new(e)))
 }
 
 impl From<DbErr> for Error {
@@ -299,17 +305,10 @@ pub(crate) fn database_error(err: &DbErr) -> Option<&dyn sqlx::error::DatabaseEr
 }
 
 impl Retryable for DbErr {
+    /// PostgreSQL's serialization_failure and deadlock_detected, MySQL's
+    /// ER_LOCK_DEADLOCK (the transaction was rolled back).
     fn is_retryable(&self) -> bool {
-        let Some(d) = database_error(self) else {
-            return false;
-        };
-        // PostgreSQL: serialization_failure, deadlock_detected.
-        if matches!(d.code().as_deref(), Some("40001" | "40P01")) {
-            return true;
-        }
-        // MySQL/MariaDB: ER_LOCK_DEADLOCK (the transaction was rolled back).
-        d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
-            .is_some_and(|m| m.number() == 1213)
+        RetryReason::of(self).is_some()
     }
 
     fn retry_reason(&self) -> Option<RetryReason> {

@@ -12,6 +12,7 @@ use sea_orm::{
 
 use crate::db::Db;
 use crate::error::{Error, Result, database_error};
+use crate::metrics::{acquire_sqlx, acquiring};
 use crate::session::{Access, Session};
 
 /// How often a lock that is held elsewhere is tried again.
@@ -134,12 +135,8 @@ impl Db {
         work: impl AsyncFnOnce(&Session) -> Result<T, E>,
     ) -> Result<T, E> {
         const NAME: &str = "CONCAT(?, ':', SHA1(DATABASE()))";
-        let mut holder = self
-            .conn()
-            .get_mysql_connection_pool()
-            .acquire()
-            .await
-            .map_err(Error::from_sqlx)?;
+        let mut holder =
+            acquire_sqlx(self.metrics(), self.conn().get_mysql_connection_pool()).await?;
         let mut waiting = Waiting::new(lock, format!("GET_LOCK on {}", self.target()));
         loop {
             let taken: Option<i64> =
@@ -190,7 +187,7 @@ impl Db {
                 format!("an exclusive transaction on {}", self.target()),
             );
             let tx = loop {
-                match writer.begin_with_options(options).await {
+                match acquiring(self.metrics(), writer.begin_with_options(options)).await {
                     Ok(tx) => break tx,
                     Err(e) if sqlite_busy(&e) => waiting.pause().await?,
                     Err(e) => return Err(Error::from(e).into()),

@@ -26,9 +26,11 @@
 //! one); `reason` is `serialization`, `deadlock` or `failover`. No label
 //! carries a URL, a user, SQL text or a parameter.
 //!
-//! Acquisitions are measured where db-core asks a pool for a connection for
-//! a session: a transaction's `BEGIN`, and each statement of a session
-//! without a transaction. The pool's own callbacks (sqlx's `after_connect`
+//! Acquisitions are measured wherever db-core asks a pool for a connection:
+//! a transaction's `BEGIN`, each statement of a session without a
+//! transaction, [`crate::Db::ping`], the replica lag query, and the
+//! connection that `with_lock` (MySQL's `GET_LOCK`, SQLite's exclusive
+//! transaction) and `copy_in` hold. The pool's own callbacks (sqlx's `after_connect`
 //! and `before_acquire`) mark the moment a connection is handed over, inside
 //! the waiting task, which is how the wait is timed without a wrapper around
 //! the driver.
@@ -40,9 +42,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use metrics::{Counter, Gauge, Histogram, SharedString, Unit};
-use sea_orm::{ConnAcquireErr, DatabaseConnection, DbErr};
+use sea_orm::{ConnAcquireErr, DatabaseConnection, DbErr, RuntimeErr};
 
-use crate::error::database_error;
+use crate::error::{database_error, sqlx_db_err};
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 
@@ -244,6 +246,19 @@ pub(crate) struct Sampled {
     conn: DatabaseConnection,
 }
 
+impl Drop for Sampled {
+    /// The pool is gone (the migration pool after startup, a replica's pool
+    /// replaced by a fresh one): nobody samples it any more, so its
+    /// connection gauges drop to zero rather than keep their last values. A
+    /// fresh pool under the same label sets them again at the next sample.
+    fn drop(&mut self) {
+        let m = &self.metrics;
+        for gauge in [&m.connections, &m.idle, &m.in_use] {
+            gauge.set(0.0);
+        }
+    }
+}
+
 static SAMPLED: Mutex<Vec<Weak<Sampled>>> = Mutex::new(Vec::new());
 
 /// Registers `conn` for sampling for as long as the returned handle lives.
@@ -294,6 +309,9 @@ tokio::task_local! {
 
 /// Runs `work`, which asks the pool of `metrics` for a connection: counts the
 /// waiter, times the wait, and counts a timeout or a failed connection.
+/// Every acquisition of db-core goes through it: sessions, `ping`, the
+/// replica lag query, and the connections that `with_lock` and `copy_in`
+/// take from sqlx's pool directly (see [`acquire_sqlx`]).
 pub(crate) async fn acquiring<T>(
     metrics: Option<&Arc<PoolMetrics>>,
     work: impl Future<Output = Result<T, DbErr>>,
@@ -315,12 +333,22 @@ pub(crate) async fn acquiring<T>(
                     if w.done.get() {
                         return;
                     }
-                    match e {
-                        DbErr::ConnectionAcquire(ConnAcquireErr::Timeout) => {
+                    // SeaORM reports the pool's own failures as
+                    // `ConnectionAcquire`; a caller of sqlx's pool wraps
+                    // sqlx's error as it comes.
+                    let sqlx = match e {
+                        DbErr::Conn(RuntimeErr::SqlxError(e))
+                        | DbErr::Exec(RuntimeErr::SqlxError(e)) => Some(&**e),
+                        _ => None,
+                    };
+                    match (e, sqlx) {
+                        (DbErr::ConnectionAcquire(ConnAcquireErr::Timeout), _)
+                        | (_, Some(sea_orm::sqlx::Error::PoolTimedOut)) => {
                             w.pool.wait.record(w.started.elapsed());
                             w.pool.timeouts.increment(1);
                         }
-                        DbErr::ConnectionAcquire(_) => {}
+                        (DbErr::ConnectionAcquire(_), _)
+                        | (_, Some(sea_orm::sqlx::Error::PoolClosed)) => {}
                         _ => w.pool.failed.increment(1),
                     }
                 });
@@ -402,14 +430,16 @@ impl RetryReason {
     /// The reason behind a database error, if it is one that a retry may cure.
     pub fn of(err: &DbErr) -> Option<RetryReason> {
         let d = database_error(err)?;
-        match d.code().as_deref() {
-            Some("40001") => return Some(RetryReason::Serialization),
-            Some("40P01") => return Some(RetryReason::Deadlock),
-            _ => {}
+        // MySQL reports its deadlock (1213) with SQLSTATE 40001, which on
+        // PostgreSQL means a serialization failure: the number decides.
+        if let Some(m) = d.try_downcast_ref::<sea_orm::sqlx::mysql::MySqlDatabaseError>() {
+            return (m.number() == 1213).then_some(RetryReason::Deadlock);
         }
-        d.try_downcast_ref::<sea_orm::sqlx::mysql::MySqlDatabaseError>()
-            .is_some_and(|m| m.number() == 1213)
-            .then_some(RetryReason::Deadlock)
+        match d.code().as_deref() {
+            Some("40001") => Some(RetryReason::Serialization),
+            Some("40P01") => Some(RetryReason::Deadlock),
+            _ => None,
+        }
     }
 }
 
@@ -432,4 +462,15 @@ pub(crate) fn replica(label: &SharedString, up: bool, lag: Option<Duration>) {
         Some(lag) => lag_gauge.set(lag.as_secs_f64()),
         None => lag_gauge.set(f64::NAN),
     }
+}
+
+/// One connection from the sqlx pool behind `pool`, acquired under
+/// [`acquiring`].
+pub(crate) async fn acquire_sqlx<DB: sea_orm::sqlx::Database>(
+    metrics: Option<&Arc<PoolMetrics>>,
+    pool: &sea_orm::sqlx::Pool<DB>,
+) -> crate::Result<sea_orm::sqlx::pool::PoolConnection<DB>> {
+    acquiring(metrics, async { pool.acquire().await.map_err(sqlx_db_err) })
+        .await
+        .map_err(crate::Error::from)
 }

@@ -67,7 +67,7 @@ impl Replica {
         (*self.pool()).clone()
     }
 
-    fn pool(&self) -> Pool {
+    pub(crate) fn pool(&self) -> Pool {
         self.pool
             .read()
             .unwrap_or_else(|e| e.into_inner())

@@ -7,6 +7,7 @@ mod copy;
 mod errors;
 mod failover;
 mod lock;
+mod metrics;
 mod replicas;
 mod session;
 mod settings;

@@ -7,6 +7,8 @@ use db_core::{DatabaseUrl, Db, Session, Settings};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use test_support::{PrivatePostgres, StopMode};
 
+use crate::metrics;
+
 async fn in_recovery(session: &Session) -> bool {
     let row = session
         .query_one_raw(Statement::from_string(
@@ -106,7 +108,9 @@ async fn reads_go_to_the_replica_writes_to_the_primary_and_reads_survive_its_los
         "{status:?}"
     );
 
-    // The replica goes away: every read still succeeds, on the primary.
+    // The replica goes away: every read still succeeds, on the primary. The
+    // read that found it gone moved on, counted as a failover retry.
+    let failovers = metrics::retries("failover");
     replica.stop(StopMode::Fast).unwrap();
     for _ in 0..20 {
         let read = db.read().await.unwrap();
@@ -114,6 +118,7 @@ async fn reads_go_to_the_replica_writes_to_the_primary_and_reads_survive_its_los
         assert!(!in_recovery(&read).await);
     }
     assert!(!db.replica_status().await[0].up);
+    assert!(metrics::retries("failover") > failovers);
 
     // It comes back: reads return to it.
     replica.start_again().unwrap();

@@ -7,6 +7,8 @@ use db_core::{Db, Error, Session, SessionOptions};
 use sea_orm::{ConnectionTrait, DbBackend, IsolationLevel, Statement};
 use test_support::TestDb;
 
+use crate::metrics;
+
 /// A session that runs each statement on its own, on the primary.
 async fn direct(db: &Db) -> Session {
     db.session(SessionOptions::single_statement())
@@ -193,10 +195,12 @@ test_support::backend_tests! {
 }
 
 /// Two SERIALIZABLE transactions in a write-skew: each reads the rows the
-/// other updates. PostgreSQL aborts one with 40001; the helper runs it again.
+/// other updates. PostgreSQL aborts one with 40001; the helper runs it again
+/// and counts the retry under `reason="serialization"`.
 #[test_support::needs(postgres)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serialization_failures_are_retried_on_postgres() {
+    let counted_before = metrics::retries("serialization");
     let t = TestDb::new(test_support::Backend::Postgres).await;
     direct(&t.db)
         .await
@@ -251,12 +255,15 @@ async fn serialization_failures_are_retried_on_postgres() {
     let retries = t.db.stats().transaction_retries;
     assert!(retries >= 1, "no serialization failure was retried");
     assert_eq!(u64::from(attempts.load(Ordering::SeqCst)), 2 + retries);
+    // Other tests may count retries too, never fewer than these.
+    assert!(metrics::retries("serialization") - counted_before >= retries);
 }
 
 /// Two transactions that lock the same two rows in opposite orders: the
 /// server detects the deadlock (PostgreSQL 40P01, MySQL 1213) and aborts one;
-/// the helper runs it again.
+/// the helper runs it again and counts the retry under `reason="deadlock"`.
 async fn deadlocks_are_retried(t: TestDb) {
+    let counted_before = metrics::retries("deadlock");
     create_items(&t.db).await;
     insert(&direct(&t.db).await, 1, "a").await.unwrap();
     insert(&direct(&t.db).await, 2, "b").await.unwrap();
@@ -290,7 +297,9 @@ async fn deadlocks_are_retried(t: TestDb) {
     for task in tasks {
         task.await.unwrap().expect("both transactions complete");
     }
-    assert!(t.db.stats().transaction_retries >= 1);
+    let retries = t.db.stats().transaction_retries;
+    assert!(retries >= 1);
+    assert!(metrics::retries("deadlock") - counted_before >= retries);
 }
 
 #[test_support::needs(postgres)]

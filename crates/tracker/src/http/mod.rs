@@ -177,10 +177,7 @@ pub async fn serve(
         if let Exposure::Api(m) = &exposure {
             app = app.merge(metrics_route(m.clone(), db));
         }
-        app = app.layer(axum::middleware::from_fn_with_state(
-            m.clone(),
-            metrics::record,
-        ));
+        app = app.layer(metrics::RecordLayer::new(m.clone()));
     }
     let app = app
         .layer(CatchPanicLayer::custom(|_| {
