@@ -223,11 +223,15 @@ impl Db {
                 return Ok(Session::direct(pools.write.clone(), Access::ReadOnly));
             }
             Access::ReadOnly if options.isolation.is_none() && !pooled => {
-                return Ok(if pools.replicas.is_empty() {
-                    Session::direct(pools.read.clone(), Access::ReadOnly)
-                } else {
-                    Session::routed(pools.replicas.clone(), pools.read.clone())
-                });
+                // A host list's reads are routed too, for their retry when
+                // the primary moves.
+                return Ok(
+                    if pools.replicas.is_empty() && pools.read.failover().is_none() {
+                        Session::direct(pools.read.clone(), Access::ReadOnly)
+                    } else {
+                        Session::routed(pools.replicas.clone(), pools.read.clone())
+                    },
+                );
             }
             Access::ReadOnly if options.on_primary => (&pools.write, Some(AccessMode::ReadOnly)),
             Access::ReadOnly => (&pools.read, Some(AccessMode::ReadOnly)),

@@ -1,11 +1,13 @@
 //! Read replicas: read-only sessions go to them round-robin; one that fails
 //! is skipped (the statement runs again on the next one, then on the
-//! primary) until a background probe finds it answering again.
+//! primary) until a background probe finds it answering again. On a host
+//! list, a read that the primary's failover interrupts runs again once a host
+//! fits, within `DB_FAILOVER_TIMEOUT`.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sea_orm::{DatabaseConnection, DbErr};
 
@@ -16,6 +18,9 @@ use crate::settings::Settings;
 
 /// How often a replica marked down is tried again.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The pause before a read interrupted by a failover of the primary runs again.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// One replica: its pool, and whether reads may go there.
 pub(crate) struct Replica {
@@ -82,6 +87,22 @@ impl Replica {
         }
     }
 
+    /// On a host list, checks that the chosen host still fits: a standby
+    /// that a failover promoted is left for one that fits before the next
+    /// failover takes its connections away. One query per probe interval.
+    async fn recheck(&self) {
+        let pool = self.pool();
+        let Some(failover) = pool.failover() else {
+            return;
+        };
+        let sqlx_pool = pool.get_postgres_connection_pool();
+        if let Ok(mut conn) = metrics::acquire_sqlx(pool.metrics(), sqlx_pool).await {
+            // On a mismatch this starts a search and marks the pool's
+            // connections stale; the error says no more than that.
+            let _ = failover.verify(&mut conn).await;
+        }
+    }
+
     /// Tries the replica; if it answers, gives it a fresh pool (the old
     /// connections died with the outage) and marks it up.
     async fn revive(&self) {
@@ -112,6 +133,8 @@ impl Replica {
 pub(crate) struct Replicas {
     list: Vec<Replica>,
     next: AtomicUsize,
+    /// How long a read waits for a primary on a host list to come back.
+    failover_timeout: Duration,
 }
 
 impl Replicas {
@@ -135,6 +158,7 @@ impl Replicas {
         let replicas = Arc::new(Replicas {
             list,
             next: AtomicUsize::new(0),
+            failover_timeout: settings.failover_timeout,
         });
         if !replicas.list.is_empty() {
             tokio::spawn(monitor(Arc::downgrade(&replicas)));
@@ -177,7 +201,22 @@ impl Replicas {
                 done => return done,
             }
         }
-        acquiring(primary.metrics(), work((**primary).clone())).await
+        // On a host list the primary may be moving: a read runs again there
+        // once a host fits, within the failover timeout.
+        let start = Instant::now();
+        loop {
+            let result = acquiring(primary.metrics(), work((**primary).clone())).await;
+            match (&result, primary.failover()) {
+                (Err(e), Some(failover))
+                    if Error::unreachable(e) && start.elapsed() < self.failover_timeout =>
+                {
+                    failover.detected();
+                    metrics::retried(Some(RetryReason::Failover));
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                _ => return result,
+            }
+        }
     }
 }
 
@@ -187,8 +226,12 @@ async fn monitor(replicas: Weak<Replicas>) {
         let Some(replicas) = replicas.upgrade() else {
             return;
         };
-        for replica in replicas.list.iter().filter(|r| !r.is_up()) {
-            replica.revive().await;
+        for replica in replicas.list.iter() {
+            if replica.is_up() {
+                replica.recheck().await;
+            } else {
+                replica.revive().await;
+            }
         }
     }
 }
