@@ -6,6 +6,17 @@ use sea_orm::{ConnectionTrait, DbBackend, Statement, Value};
 use crate::error::Result;
 use crate::service::{Employee, Task, Tracker};
 
+/// The columns an import fills, in the order of each row's values.
+const EMPLOYEE_COLUMNS: [&str; 3] = ["id", "full_name", "position"];
+const TASK_COLUMNS: [&str; 6] = [
+    "id",
+    "title",
+    "parent_id",
+    "assignee_id",
+    "deadline",
+    "status",
+];
+
 /// Rows per `INSERT`, below every backend's limit on bound parameters.
 const ROWS: usize = 5000;
 
@@ -27,7 +38,7 @@ impl Tracker {
                     &session,
                     backend,
                     "employees",
-                    &["id", "full_name", "position"],
+                    &EMPLOYEE_COLUMNS,
                     employees,
                     |e| {
                         [
@@ -38,30 +49,16 @@ impl Tracker {
                     },
                 )
                 .await?;
-                insert_rows(
-                    &session,
-                    backend,
-                    "tasks",
-                    &[
-                        "id",
-                        "title",
-                        "parent_id",
-                        "assignee_id",
-                        "deadline",
-                        "status",
-                    ],
-                    tasks,
-                    |t| {
-                        [
-                            t.id.into(),
-                            t.title.clone().into(),
-                            t.parent_id.into(),
-                            t.assignee_id.into(),
-                            t.deadline.into(),
-                            t.status.clone().into(),
-                        ]
-                    },
-                )
+                insert_rows(&session, backend, "tasks", &TASK_COLUMNS, tasks, |t| {
+                    [
+                        t.id.into(),
+                        t.title.clone().into(),
+                        t.parent_id.into(),
+                        t.assignee_id.into(),
+                        t.deadline.into(),
+                        t.status.clone().into(),
+                    ]
+                })
                 .await?;
                 // MySQL and SQLite move their counters past explicit ids themselves.
                 session.commit().await?;
@@ -79,21 +76,11 @@ async fn copy_into_postgres(
     employees: &[Employee],
     tasks: &[Task],
 ) -> Result<()> {
-    let mut employee_rows = CopyIn::new("employees", &["id", "full_name", "position"]);
+    let mut employee_rows = CopyIn::new("employees", &EMPLOYEE_COLUMNS);
     for e in employees {
         employee_rows.row([e.id.into(), (&e.full_name).into(), (&e.position).into()])?;
     }
-    let mut task_rows = CopyIn::new(
-        "tasks",
-        &[
-            "id",
-            "title",
-            "parent_id",
-            "assignee_id",
-            "deadline",
-            "status",
-        ],
-    );
+    let mut task_rows = CopyIn::new("tasks", &TASK_COLUMNS);
     for t in tasks {
         task_rows.row([
             t.id.into(),
