@@ -104,6 +104,45 @@ async fn a_patroni_cluster_fails_over_and_switches_over() {
         "promotion took {:?} with ttl 10",
         failover.took
     );
+
+    // `tracker db check` on the cluster's host list: the new leader is the
+    // primary, the old one a standby with its lag once it has rejoined, and
+    // the killed node unreachable.
+    let url = OsString::from(cluster.url("postgres", "read-write"));
+    let line = |stdout: &str, name: &str| {
+        let node = cluster.nodes().iter().find(|n| n.name == name).unwrap();
+        let host = format!("primary 127.0.0.1:{} ", node.port);
+        let found = stdout.lines().find(|l| l.trim_start().starts_with(&host));
+        found.map(str::to_owned).unwrap_or_default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let stdout = loop {
+        let output = crate::cli::tracker(
+            dir.path(),
+            &["db", "check"],
+            &[("DATABASE_URL", url.clone())],
+        );
+        let (stdout, stderr) = crate::cli::text(&output);
+        assert_eq!(output.status.code(), Some(0), "{stdout}{stderr}");
+        if line(&stdout, &switchover.from).contains(" standby, lag ") || Instant::now() > deadline {
+            break stdout;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    report(&format!("patroni cluster: tracker db check:\n{stdout}"));
+    assert!(
+        line(&stdout, &switchover.to).ends_with(" primary"),
+        "{stdout}"
+    );
+    assert!(
+        line(&stdout, &switchover.from).contains(" standby, lag "),
+        "{stdout}"
+    );
+    assert!(
+        line(&stdout, &killed.leader).contains(" unreachable: "),
+        "{stdout}"
+    );
 }
 
 /// What the clients saw from one event until the next (or the end): the
