@@ -246,8 +246,8 @@ impl Options {
                     o = o.statement_cache_capacity(0);
                 } else {
                     o = o.statement_cache_capacity(s.statement_cache_capacity);
-                    for (name, timeout) in s.postgres_timeouts() {
-                        o = o.options([(name, format!("{}ms", timeout.as_millis()))]);
+                    for (name, value) in s.session_parameters() {
+                        o = o.options([(name, format!("{}ms", value.as_millis()))]);
                     }
                     if let Some(schema) = &s.schema {
                         o = o.options([("search_path", schema)]);

@@ -64,8 +64,8 @@ pub struct Health {
 /// on every connection): the per-connection settings, for this transaction.
 fn pooler_setup(settings: &Settings) -> String {
     let mut sql = String::new();
-    for (name, timeout) in settings.postgres_timeouts() {
-        sql.push_str(&format!("; SET LOCAL {name} = {}", timeout.as_millis()));
+    for (name, value) in settings.session_parameters() {
+        sql.push_str(&format!("; SET LOCAL {name} = '{}ms'", value.as_millis()));
     }
     if let Some(schema) = &settings.schema {
         let schemas: Vec<String> = schema

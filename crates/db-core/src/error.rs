@@ -6,6 +6,15 @@ use std::time::Duration;
 use crate::metrics::RetryReason;
 use sea_orm::{DbErr, RuntimeErr, sqlx};
 
+/// Returns an [`Error::Config`] with a formatted message from the enclosing
+/// function.
+macro_rules! bail {
+    ($($message:tt)*) => {
+        return Err($crate::error::Error::Config(format!($($message)*)))
+    };
+}
+pub(crate) use bail;
+
 /// Everything that can go wrong between settings and a finished unit of work.
 ///
 /// Messages are single lines, lower-case, and never contain a password: values

@@ -71,6 +71,7 @@ pub mod metrics;
 mod replicas;
 mod session;
 mod settings;
+mod source;
 mod url;
 
 pub use admin::{Created, create_database, drop_database};
@@ -81,7 +82,8 @@ pub use error::{Error, Report, Result, Retryable};
 pub use failover::{HostStatus, Role, host_status};
 pub use lock::Lock;
 pub use session::{Access, Session, SessionOptions};
-pub use settings::{DEFAULT_SQLITE_PATH, SETTINGS, SettingInfo, Settings, Source, SslMode};
+pub use settings::{DEFAULT_SQLITE_PATH, SETTINGS, SettingInfo, Settings, SslMode};
+pub use source::Source;
 pub use url::{DatabaseUrl, LoadBalanceHosts, TargetSessionAttrs, backend_name};
 
 /// The SeaORM this crate is built on, for users who want the same version.

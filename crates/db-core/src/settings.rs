@@ -5,8 +5,7 @@
 
 mod table;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -16,136 +15,14 @@ use log::LevelFilter;
 use sea_orm::DbBackend;
 use secrecy::SecretString;
 
-use crate::error::{Error, Result};
-use crate::url::{DatabaseUrl, LoadBalanceHosts, Parts, TargetSessionAttrs, backend_name};
-use table::{Number, Ports, Show, off_is_zero, or_off, settings};
+use crate::error::{Error, Result, bail};
+use crate::source::Source;
+use crate::url::{self, DatabaseUrl, LoadBalanceHosts, Parts, TargetSessionAttrs, backend_name};
+use table::{Number, Show, off_is_zero, or_off, settings};
 pub use table::{SettingInfo, SslMode};
 
 /// The embedded default: a SQLite file, so a fresh clone runs with no server.
 pub const DEFAULT_SQLITE_PATH: &str = "data/tracker.db";
-
-/// Returns a configuration error from the enclosing function.
-macro_rules! bail {
-    ($($message:tt)*) => {
-        return Err(Error::Config(format!($($message)*)))
-    };
-}
-
-/// Where settings come from: a set of environment variables and a folder of
-/// configuration files. Tests build one by hand; binaries call
-/// [`Source::from_process`]. The library never reads the process environment
-/// on its own.
-#[derive(Clone, Default)]
-pub struct Source {
-    vars: BTreeMap<String, String>,
-    not_unicode: BTreeSet<String>,
-    config_dir: Option<PathBuf>,
-}
-
-impl fmt::Debug for Source {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Values may be secrets; names are enough to debug with.
-        let vars: Vec<_> = self.vars.keys().collect();
-        let dir = &self.config_dir;
-        f.debug_struct("Source")
-            .field("vars", &vars)
-            .field("config_dir", dir)
-            .finish()
-    }
-}
-
-impl Source {
-    /// An empty source: no variables, configuration files from `config/`.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Adds (or replaces) one variable.
-    pub fn var(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        let name = name.into();
-        self.not_unicode.remove(&name);
-        self.vars.insert(name, value.into());
-        self
-    }
-
-    /// Reads configuration files from `dir` instead of `config/`.
-    pub fn config_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.config_dir = Some(dir.into());
-        self
-    }
-
-    /// The process environment, with `./.env` (if present) filling in variables
-    /// that are not set. For binaries: this is the only place the process
-    /// environment and `.env` are read. A value that is not valid UTF-8 is an
-    /// error if it is a setting of ours.
-    pub fn from_process() -> Result<Self> {
-        let mut source = Source::new();
-        for (name, value) in std::env::vars_os() {
-            match (name.into_string(), value.into_string()) {
-                (Ok(name), Ok(value)) => drop(source.vars.insert(name, value)),
-                (Ok(name), Err(_)) => drop(source.not_unicode.insert(name)),
-                (Err(_), _) => {}
-            }
-        }
-        let dotenv = Path::new(".env");
-        if dotenv.exists() {
-            for entry in dotenvy::from_path_iter(dotenv).map_err(dotenv_error)? {
-                let (name, value) = entry.map_err(dotenv_error)?;
-                if !source.not_unicode.contains(&name) {
-                    source.vars.entry(name).or_insert(value);
-                }
-            }
-        }
-        Ok(source)
-    }
-
-    /// `default.toml` and `{APP_ENV}.toml` of the configuration folder, those
-    /// that exist, as (path, text).
-    fn files(&self) -> Result<Vec<(String, String)>> {
-        let mut names = vec!["default"];
-        if let Some(app_env) = self.vars.get("APP_ENV") {
-            let valid = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
-            if app_env.is_empty() || !app_env.chars().all(valid) {
-                bail!(
-                    "APP_ENV=\"{app_env}\": expected a name like production (letters, digits, - and _)"
-                );
-            }
-            names.push(app_env);
-        }
-        let dir = self.config_dir.as_deref().unwrap_or(Path::new("config"));
-        let paths = names
-            .into_iter()
-            .map(|name| dir.join(format!("{name}.toml")));
-        let mut files = Vec::new();
-        for path in paths.filter(|path| path.exists()) {
-            let shown = path.display().to_string();
-            // Read the file here: an unreadable one is an error, not a missing one.
-            match std::fs::read_to_string(&path) {
-                Ok(text) => files.push((shown, text)),
-                Err(e) => bail!("{shown}: cannot read: {e}"),
-            }
-        }
-        Ok(files)
-    }
-}
-
-/// A `.env` error without the offending line, which may hold a password.
-fn dotenv_error(e: dotenvy::Error) -> Error {
-    Error::Config(match e {
-        dotenvy::Error::LineParse(line, _) => {
-            // Name the line by its number instead.
-            let first = line.lines().next().unwrap_or_default();
-            let text = std::fs::read_to_string(".env").unwrap_or_default();
-            match text.lines().position(|l| l == first) {
-                Some(i) => format!(".env: cannot parse line {}: expected NAME=value", i + 1),
-                None => ".env: cannot parse a line: expected NAME=value".to_owned(),
-            }
-        }
-        dotenvy::Error::Io(io) => format!(".env: cannot read: {io}"),
-        dotenvy::Error::EnvVar(_) => ".env: a referenced variable is not set".to_owned(),
-        _ => ".env: cannot be read".to_owned(),
-    })
-}
 
 const DURATION: &str = "a duration with a unit, like 5s, 500ms or 2m";
 const NONZERO: &str = "a duration greater than zero with a unit, like 5s, 500ms or 2m";
@@ -166,8 +43,8 @@ settings! {
             });
         /// PostgreSQL port; with several hosts in `DB_HOST`, one port for all or one per host,
         /// comma-separated.
-        #[serde(with = "Number")]
-        port "DB_PORT": Ports = "5432", eg "6432", expects "a port number 1-65535", if Ports::valid;
+        port "DB_PORT": String = "5432", eg "6432", expects "a port number 1-65535",
+            if |p| url::ports(p).is_some();
         /// Which server of a host list a connection may use: `any`, `read-write`, `read-only`,
         /// `primary`, `standby` or `prefer-standby` (libpq's `target_session_attrs`; the URL
         /// parameter of that name is the same setting). Checked on each new connection.
@@ -233,16 +110,18 @@ settings! {
             if |d| !d.is_zero();
         /// PostgreSQL `statement_timeout` (migrations run without it).
         #[serde(deserialize_with = "or_off")]
-        statement_timeout "DB_STATEMENT_TIMEOUT": Option<Duration> = "30s", Postgres, eg "off", expects OR_OFF;
+        statement_timeout "DB_STATEMENT_TIMEOUT": Option<Duration> = "30s", Postgres, eg "off", expects OR_OFF,
+            sets "statement_timeout";
         /// PostgreSQL `lock_timeout`: a statement that waits longer for a lock fails instead of
         /// queueing (and holding up everyone queued behind it).
         #[serde(deserialize_with = "or_off")]
-        lock_timeout "DB_LOCK_TIMEOUT": Option<Duration> = "off", Postgres, eg "10s", expects OR_OFF;
+        lock_timeout "DB_LOCK_TIMEOUT": Option<Duration> = "off", Postgres, eg "10s", expects OR_OFF,
+            sets "lock_timeout";
         /// PostgreSQL `idle_in_transaction_session_timeout`: a session left idle inside a
         /// transaction for longer is ended, releasing its locks and its snapshot.
         #[serde(deserialize_with = "or_off")]
         idle_in_transaction_timeout "DB_IDLE_IN_TRANSACTION_TIMEOUT": Option<Duration> = "off", Postgres, eg "1m",
-            expects OR_OFF;
+            expects OR_OFF, sets "idle_in_transaction_session_timeout";
         /// PostgreSQL `search_path`, comma-separated schemas; the server's default when unset.
         schema "DB_SCHEMA": Option<String> = "" or "(server default)", Postgres, eg "tracker,public",
             expects "schema names separated by commas",
@@ -386,20 +265,6 @@ impl Settings {
             tracing::warn!("{warning}");
         }
         Ok(s)
-    }
-
-    /// The PostgreSQL session timeouts that are on, by their server name.
-    pub(crate) fn postgres_timeouts(&self) -> impl Iterator<Item = (&'static str, Duration)> {
-        [
-            ("statement_timeout", self.statement_timeout),
-            ("lock_timeout", self.lock_timeout),
-            (
-                "idle_in_transaction_session_timeout",
-                self.idle_in_transaction_timeout,
-            ),
-        ]
-        .into_iter()
-        .filter_map(|(name, timeout)| Some((name, timeout?)))
     }
 
     /// Problems that did not stop loading (ignored or unknown variables). They
@@ -560,25 +425,10 @@ fn url_or_parts(v: &Values, given: &Given, warnings: &mut Vec<String>) -> Result
         ),
     };
     let host = required(&v.host, &info::host)?;
-    let hosts: Vec<&str> = host.split(',').map(str::trim).collect();
-    let (host_origin, port_origin) = (given.origin(&info::host), given.origin(&info::port));
-    if hosts.len() > 1 {
-        if let Some(n) = hosts.iter().position(|h| h.is_empty()) {
-            bail!("{host_origin}: host {} of the host list is empty", n + 1);
-        }
-        if hosts.iter().any(|h| h.starts_with('/')) {
-            bail!("{host_origin}: a socket directory cannot be part of a host list");
-        }
-    }
-    let ports = match (v.port.0.as_slice(), hosts.len()) {
-        ([port], n) => vec![*port; n],
-        (ports, n) if ports.len() == n => ports.to_vec(),
-        (ports, n) => bail!(
-            "{port_origin}: {} ports for {n} hosts in {host_origin}: give one port, or one per host",
-            ports.len()
-        ),
-    };
-    let hosts: Vec<(&str, u16)> = hosts.into_iter().zip(ports).collect();
+    let hosts = url::host_list(
+        (&host, given.origin(&info::host)),
+        (&v.port, given.origin(&info::port)),
+    )?;
     Ok(DatabaseUrl::from_parts(&Parts {
         hosts: &hosts,
         database: &required(&v.name, &info::name)?,
@@ -622,37 +472,7 @@ fn replicas(v: &Values, given: &Given, primary: &DatabaseUrl) -> Result<Vec<Data
     };
     let items = match by_host {
         true => list.split(',').map(str::to_owned).collect(),
-        false => split_urls(list),
+        false => url::split_list(list),
     };
     items.iter().map(|item| replica(item.trim())).collect()
-}
-
-/// A comma-separated list of URLs, where a URL may hold commas itself (a
-/// PostgreSQL host list): a new URL starts at a comma followed by a scheme.
-/// An empty entry (two commas between URLs, or one at the end) stays empty.
-fn split_urls(list: &str) -> Vec<String> {
-    let starts_url = |part: &str| {
-        let part = part.trim_start();
-        let scheme = part.split_once("://").map_or("", |(scheme, _)| scheme);
-        part.to_ascii_lowercase().starts_with("sqlite:")
-            || (!scheme.is_empty()
-                && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
-                && scheme
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c)))
-    };
-    let parts: Vec<&str> = list.split(',').collect();
-    let mut urls: Vec<String> = Vec::new();
-    for (i, part) in parts.iter().enumerate() {
-        let ends_entry = parts.get(i + 1).is_none_or(|next| starts_url(next));
-        let empty_entry = part.trim().is_empty() && ends_entry;
-        match urls.last_mut() {
-            Some(url) if !(starts_url(part) || empty_entry) => {
-                url.push(',');
-                url.push_str(part);
-            }
-            _ => urls.push((*part).to_owned()),
-        }
-    }
-    urls
 }

@@ -22,7 +22,7 @@ use sea_orm::sqlx::postgres::PgConnectOptions;
 use sea_orm::sqlx::sqlite::SqliteConnectOptions;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::error::{Error, Result, scrub};
+use crate::error::{Error, Result, bail, scrub};
 
 /// Percent-encodes every byte that is not an ASCII letter or digit, so any
 /// user name, password or database name survives inside a URL.
@@ -211,6 +211,66 @@ pub(crate) fn host_text(host: &str, port: u16) -> String {
     } else {
         format!("{host}:{port}")
     }
+}
+
+/// One port, or a comma-separated list of them, each 1-65535 (`DB_PORT`).
+pub(crate) fn ports(text: &str) -> Option<Vec<u16>> {
+    let port = |p: &str| p.trim().parse().ok().filter(|p| *p > 0);
+    text.split(',').map(port).collect()
+}
+
+/// The servers of `DB_HOST` and `DB_PORT`: one host or a comma-separated
+/// list, with one port for all or one per host. `host_origin` and
+/// `port_origin` name the two settings in errors.
+pub(crate) fn host_list<'a>(
+    (host, host_origin): (&'a str, &str),
+    (port, port_origin): (&str, &str),
+) -> Result<Vec<(&'a str, u16)>> {
+    let hosts: Vec<&str> = host.split(',').map(str::trim).collect();
+    if hosts.len() > 1 {
+        if let Some(n) = hosts.iter().position(|h| h.is_empty()) {
+            bail!("{host_origin}: host {} of the host list is empty", n + 1);
+        }
+        if hosts.iter().any(|h| h.starts_with('/')) {
+            bail!("{host_origin}: a socket directory cannot be part of a host list");
+        }
+    }
+    let ports = match (ports(port).unwrap_or_default().as_slice(), hosts.len()) {
+        ([port], n) => vec![*port; n],
+        (ports, n) if ports.len() == n => ports.to_vec(),
+        (ports, n) => bail!(
+            "{port_origin}: {} ports for {n} hosts in {host_origin}: give one port, or one per host",
+            ports.len()
+        ),
+    };
+    Ok(hosts.into_iter().zip(ports).collect())
+}
+
+/// A comma-separated list of URLs, where a URL may hold commas itself (a
+/// PostgreSQL host list): a new URL starts at a comma followed by a scheme.
+/// An empty entry (two commas between URLs, or one at the end) stays empty.
+pub(crate) fn split_list(list: &str) -> Vec<String> {
+    let starts_url = |part: &str| {
+        let part = part.trim_start();
+        let scheme = part.split_once("://").map_or("", |(scheme, _)| scheme);
+        part.to_ascii_lowercase().starts_with("sqlite:")
+            || (scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                && (scheme.chars()).all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c)))
+    };
+    let parts: Vec<&str> = list.split(',').collect();
+    let mut urls: Vec<String> = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        let ends_entry = parts.get(i + 1).is_none_or(|next| starts_url(next));
+        let empty_entry = part.trim().is_empty() && ends_entry;
+        match urls.last_mut() {
+            Some(url) if !(starts_url(part) || empty_entry) => {
+                url.push(',');
+                url.push_str(part);
+            }
+            _ => urls.push((*part).to_owned()),
+        }
+    }
+    urls
 }
 
 /// Reads `host`, `host:port`, `ipv6`, `[ipv6]` or `[ipv6]:port` into the

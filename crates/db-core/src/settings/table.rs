@@ -47,33 +47,6 @@ pub enum SslMode {
 /// A value read with `FromStr` from text or a TOML number (strictly: `on` is no number).
 pub(super) type Number = As<DisplayFromStr>;
 
-/// One port, or a comma-separated list of them (one per host of `DB_HOST`).
-#[derive(Clone, Debug)]
-pub(super) struct Ports(pub(super) Vec<u16>);
-
-impl Ports {
-    /// Whether every port is in 1-65535.
-    pub(super) fn valid(&self) -> bool {
-        self.0.iter().all(|p| *p > 0)
-    }
-}
-
-impl std::str::FromStr for Ports {
-    type Err = std::num::ParseIntError;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let ports = text.split(',').map(|p| p.trim().parse());
-        ports.collect::<Result<_, _>>().map(Ports)
-    }
-}
-
-impl std::fmt::Display for Ports {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let ports: Vec<String> = self.0.iter().map(u16::to_string).collect();
-        f.write_str(&ports.join(","))
-    }
-}
-
 /// A duration with a unit (`500ms`, `2m`); `off` or zero is `None`.
 pub(super) fn or_off<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     match String::deserialize(d)?.as_str() {
@@ -161,7 +134,9 @@ pub(super) fn passes<T>(value: &T, check: impl Fn(&T) -> bool) -> bool {
 /// The settings table. `inputs` are combined by hand into the URLs; each of
 /// `fields` is also a `Settings` field, applies to some backends, and has a
 /// `describe` row (`or` names an unset value; `off` if not). A row's
-/// `expects` says what a valid value is; its `if` check runs after serde.
+/// `expects` says what a valid value is; its `if` check runs after serde. A
+/// field that `sets` a PostgreSQL session parameter (an `Option<Duration>`)
+/// is sent to the server on every connection.
 macro_rules! settings {
     (
         inputs { $(
@@ -172,7 +147,7 @@ macro_rules! settings {
         fields { $(
             $(#[doc = $doc:literal])+ $(#[serde($($serde:tt)*)])?
             $key:ident $var:literal: $ty:ty = $default:literal $(or $unset:literal)?, $applies:ident,
-                eg $example:literal, expects $expects:expr $(, if $check:expr)?;
+                eg $example:literal, expects $expects:expr $(, if $check:expr)? $(, sets $param:literal)?;
         )* }
     ) => {
         /// One constant per setting, named by its key.
@@ -232,6 +207,13 @@ macro_rules! settings {
             fn from_values(url: DatabaseUrl, v: Values) -> Self {
                 let (replicas, migration_url, warnings) = (Vec::new(), None, Vec::new());
                 Settings { url, replicas, migration_url, $($key: v.$key,)* warnings }
+            }
+
+            /// The PostgreSQL session parameters of the rows that set one
+            /// (`sets`), by their server name: those that are on.
+            pub(crate) fn session_parameters(&self) -> impl Iterator<Item = (&'static str, Duration)> {
+                let all: Vec<(&'static str, Option<Duration>)> = vec![$($(($param, self.$key),)?)*];
+                all.into_iter().filter_map(|(name, value)| Some((name, value?)))
             }
 
             /// Each field with its value as `describe` shows it.
