@@ -68,7 +68,7 @@ pub enum ApiError {
 }
 
 /// Why a request failed on our side. It travels with the response (in its
-/// extensions, never in its body) to [`log_failures`], which logs it.
+/// extensions, never in its body) to [`log_failure`], which logs it.
 #[derive(Debug, Clone)]
 pub struct Cause(Arc<dyn std::error::Error + Send + Sync>);
 
@@ -84,9 +84,10 @@ impl Cause {
     }
 }
 
-/// The layer that logs the cause of every 5xx answer: a warning for an
-/// unavailable database, an error otherwise. Handlers only build answers.
-pub(crate) async fn log_failures(response: Response) -> Response {
+/// Logs the cause of a 5xx answer: a warning for an unavailable database,
+/// an error otherwise. Handlers only build answers; every answer passes
+/// here (see `layer.rs`).
+pub(super) fn log_failure(response: &Response) {
     if let Some(Cause(error)) = response.extensions().get::<Cause>() {
         // The whole chain: a database error's cause is its source.
         let error = db_core::Report(&**error);
@@ -96,7 +97,6 @@ pub(crate) async fn log_failures(response: Response) -> Response {
             tracing::error!(%error, "request failed");
         }
     }
-    response
 }
 
 impl From<Error> for ApiError {

@@ -1,6 +1,7 @@
 //! `/metrics` in the Prometheus text format: db-core's pool, statement,
-//! retry and replica series, the HTTP series recorded here, and the process's
-//! RSS, CPU time and open file descriptors.
+//! retry and replica series, the HTTP series (each route's handles are made
+//! here; the layer around each route, `layer.rs`, records them), and the
+//! process's RSS, CPU time and open file descriptors.
 //!
 //! | metric | kind | labels |
 //! | --- | --- | --- |
@@ -12,13 +13,9 @@
 //! operation that db-core times statements under, as `GET /tasks/{task_id}`.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
-use std::pin::Pin;
 use std::sync::{Arc, RwLock};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::extract::{MatchedPath, Request};
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use db_core::Db;
@@ -102,7 +99,9 @@ impl Metrics {
         self.handle.render()
     }
 
-    fn route(&self, method: &Method, path: Option<&str>) -> Arc<Route> {
+    /// The handles of the route template `path` (`None`: no route matched)
+    /// and `method`, made on first use.
+    pub(super) fn route(&self, method: &Method, path: Option<&str>) -> Arc<Route> {
         let path = path.unwrap_or("unmatched");
         let find = |routes: &Routes| {
             routes
@@ -128,11 +127,11 @@ impl Metrics {
 
 /// One route template and method: its handles, made on first use (the
 /// router's templates bound how many there are).
-struct Route {
+pub(super) struct Route {
     method: &'static str,
     path: String,
-    duration: Histogram,
-    operation: Operation,
+    pub(super) duration: Histogram,
+    pub(super) operation: Operation,
     by_status: RwLock<Vec<(StatusCode, Counter)>>,
 }
 
@@ -148,7 +147,8 @@ impl Route {
         }
     }
 
-    fn count(&self, status: StatusCode) {
+    /// Counts one answer with `status`.
+    pub(super) fn count(&self, status: StatusCode) {
         let found = self
             .by_status
             .read()
@@ -183,71 +183,6 @@ fn method_label(method: &Method) -> &'static str {
         Method::HEAD => "HEAD",
         Method::OPTIONS => "OPTIONS",
         _ => "other",
-    }
-}
-
-/// The layer that counts and times each request under its route template,
-/// and runs it as that route's db-core operation. A service of its own
-/// rather than `axum::middleware::from_fn`, which clones its state and boxes
-/// the inner service on every request: that was most of what recording cost
-/// over HTTP.
-#[derive(Clone)]
-pub(super) struct RecordLayer(Arc<Metrics>);
-
-impl RecordLayer {
-    pub(super) fn new(metrics: Metrics) -> Self {
-        RecordLayer(Arc::new(metrics))
-    }
-}
-
-impl<S> tower::Layer<S> for RecordLayer {
-    type Service = Record<S>;
-
-    fn layer(&self, inner: S) -> Record<S> {
-        Record {
-            metrics: self.0.clone(),
-            inner,
-        }
-    }
-}
-
-/// [`RecordLayer`] around one route's service. axum clones it for every
-/// request, so it holds one shared pointer, not the handles themselves.
-#[derive(Clone)]
-pub(super) struct Record<S> {
-    metrics: Arc<Metrics>,
-    inner: S,
-}
-
-impl<S> tower::Service<Request> for Record<S>
-where
-    S: tower::Service<Request, Response = Response, Error = Infallible>,
-    S::Future: Send + 'static,
-{
-    type Response = Response;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        let route = self.metrics.route(
-            request.method(),
-            request
-                .extensions()
-                .get::<MatchedPath>()
-                .map(MatchedPath::as_str),
-        );
-        let start = Instant::now();
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            let Ok(response) = route.operation.scope(response).await;
-            route.duration.record(start.elapsed());
-            route.count(response.status());
-            Ok(response)
-        })
     }
 }
 

@@ -25,18 +25,20 @@
 mod docs;
 mod error;
 mod input;
+mod layer;
 mod metrics;
 
 use std::future::Future;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{Method, Request};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::{Json, Router, ServiceExt};
 use serde::Serialize;
 use tokio::net::TcpListener;
-use tower::Layer;
+use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{Any, CorsLayer};
 use tower_http::normalize_path::NormalizePathLayer;
@@ -127,10 +129,15 @@ fn many<T, O: From<T>>(rows: Vec<T>) -> Json<Vec<O>> {
     Json(rows.into_iter().map(O::from).collect())
 }
 
-/// The routes and their documentation pages, without the trailing-slash
-/// normalisation and CORS that [`serve`] adds.
-pub fn router(tracker: Tracker) -> Router {
-    Api::new()
+/// The routes and their documentation pages (and `/metrics` with
+/// [`Exposure::Api`]), each behind the one layer that every answer passes:
+/// it logs a 5xx answer's cause and, unless metrics are off, counts and
+/// times the request under its route template. Without what [`serve`] adds
+/// around the whole router: trailing-slash normalisation, CORS, the request
+/// log and catching panics.
+pub fn router(tracker: Tracker, exposure: &Exposure) -> Router {
+    let db = tracker.db().clone();
+    let mut app = Api::new()
         .routes(routes!(list_employees, create_employee))
         .routes(routes!(get_employee, update_employee, delete_employee))
         .routes(routes!(employee_tasks))
@@ -142,8 +149,16 @@ pub fn router(tracker: Tracker) -> Router {
         .finish()
         .fallback(|| async { ApiError::NotFound("Not Found".to_owned()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(axum::middleware::map_response(error::log_failures))
-        .with_state(tracker)
+        .with_state(tracker);
+    let metrics = match exposure {
+        Exposure::Off => None,
+        Exposure::Api(m) => {
+            app = app.merge(metrics_route(m.clone(), db));
+            Some(m)
+        }
+        Exposure::Separate(m) => Some(m),
+    };
+    app.layer(layer::AnswerLayer::new(metrics.cloned()))
 }
 
 /// Whether requests are measured, and where `/metrics` is served.
@@ -165,36 +180,34 @@ pub async fn serve(
     exposure: Exposure,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    if let Exposure::Api(m) | Exposure::Separate(m) = &exposure {
+        m.spawn_upkeep();
+    }
     let cors = CorsLayer::new()
         .allow_origin(Any)
         .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
         .allow_headers(Any)
         .max_age(Duration::from_secs(600));
-    let db = tracker.db().clone();
-    let mut app = router(tracker);
-    if let Exposure::Api(m) | Exposure::Separate(m) = &exposure {
-        m.spawn_upkeep();
-        if let Exposure::Api(m) = &exposure {
-            app = app.merge(metrics_route(m.clone(), db));
-        }
-        app = app.layer(metrics::RecordLayer::new(m.clone()));
-    }
-    let app = app
-        .layer(CatchPanicLayer::custom(|_| {
-            tracing::error!("a request handler panicked");
-            ApiError::Internal(None).into_response()
-        }))
+    // Around the whole router, once: `Router::layer` would wrap each route
+    // in each of these, a boxed service more to clone on every request.
+    let app = ServiceBuilder::new()
+        // Normalising the path must happen before routing.
+        .layer(NormalizePathLayer::trim_trailing_slash())
+        .layer(cors)
+        .map_response(|r: Response<_>| r.map(Body::new))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(DefaultMakeSpan::new().level(tracing::Level::INFO))
                 .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
         )
-        .layer(cors);
-    // Normalising the path must happen before routing, so it wraps the router.
-    let app = NormalizePathLayer::trim_trailing_slash().layer(app);
+        .layer(CatchPanicLayer::custom(|_| {
+            tracing::error!("a request handler panicked");
+            ApiError::Internal(None).into_response()
+        }))
+        .service(router(tracker, &exposure));
     axum::serve(
         listener,
-        ServiceExt::<Request<axum::body::Body>>::into_make_service(app),
+        ServiceExt::<Request<Body>>::into_make_service(app),
     )
     .with_graceful_shutdown(shutdown)
     .await

@@ -12,6 +12,7 @@ use test_support::{Backend, TestDb, terminate_connections};
 use tower::ServiceExt;
 use tracing::Instrument;
 use tracker::Tracker;
+use tracker::http::Exposure;
 
 use crate::support::migrate;
 
@@ -71,7 +72,7 @@ async fn a_5xx_logs_its_cause_and_never_the_password() {
     let db = Db::connect(&Backend::Postgres.settings_with_password(&t.name(), PASSWORD))
         .await
         .unwrap();
-    let app = tracker::http::router(Tracker::new(db.clone()));
+    let app = tracker::http::router(Tracker::new(db.clone()), &Exposure::Off);
     assert_eq!(get(&app, "/tasks").await, StatusCode::OK);
 
     db.session(SessionOptions::single_statement())

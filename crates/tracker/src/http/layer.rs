@@ -1,0 +1,83 @@
+//! The one layer around each route: every answer passes it once. It logs
+//! the cause of a 5xx answer and, when metrics are on, runs the request as
+//! its route's db-core operation, then counts and times it under the route
+//! template. One layer, not one per concern: axum wraps each route in each
+//! layer of `Router::layer` and clones that stack of boxed services for
+//! every request.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::response::Response;
+
+use super::error::log_failure;
+use super::metrics::Metrics;
+
+/// Puts [`Answer`] around each route.
+#[derive(Clone)]
+pub(super) struct AnswerLayer(Option<Arc<Metrics>>);
+
+impl AnswerLayer {
+    /// With `metrics`, requests are also counted and timed.
+    pub(super) fn new(metrics: Option<Metrics>) -> Self {
+        AnswerLayer(metrics.map(Arc::new))
+    }
+}
+
+impl<S> tower::Layer<S> for AnswerLayer {
+    type Service = Answer<S>;
+
+    fn layer(&self, inner: S) -> Answer<S> {
+        Answer {
+            metrics: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+/// [`AnswerLayer`] around one route's service. axum clones it for every
+/// request, so it holds one shared pointer, not the handles themselves.
+#[derive(Clone)]
+pub(super) struct Answer<S> {
+    metrics: Option<Arc<Metrics>>,
+    inner: S,
+}
+
+impl<S> tower::Service<Request> for Answer<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let route = self.metrics.as_ref().map(|metrics| {
+            let path = request.extensions().get::<MatchedPath>();
+            metrics.route(request.method(), path.map(MatchedPath::as_str))
+        });
+        let start = Instant::now();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let Some(route) = route else {
+                let Ok(response) = response.await;
+                log_failure(&response);
+                return Ok(response);
+            };
+            let Ok(response) = route.operation.scope(response).await;
+            log_failure(&response);
+            route.duration.record(start.elapsed());
+            route.count(response.status());
+            Ok(response)
+        })
+    }
+}
