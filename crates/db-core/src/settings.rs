@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use config::builder::{ConfigBuilder, DefaultState};
-use config::{Config, ConfigError, Environment, File, FileFormat, Source as _, ValueKind};
+use config::{Config, ConfigError, Environment};
 use log::LevelFilter;
 use sea_orm::DbBackend;
 use secrecy::SecretString;
@@ -180,16 +180,12 @@ impl Settings {
     pub fn load(source: &Source) -> Result<Self> {
         let mut layers = defaults().map_err(|e| Error::Config(e.to_string()))?;
         let mut given = Given::default();
-        for (shown, text) in source.files()? {
-            let file = File::from_str(&text, FileFormat::Toml);
-            for (key, value) in file.collect().map_err(|e| file_error(&shown, &text, &e))? {
+        for (shown, file, values) in source.files()? {
+            for (key, value) in values {
                 if !SETTINGS.iter().any(|s| s.key == key) {
                     bail!(
                         "{shown}: unknown key `{key}` (see the configuration table in README.md)"
                     );
-                }
-                if matches!(value.kind, ValueKind::Table(_) | ValueKind::Array(_)) {
-                    bail!("{shown}: `{key}` must be a single value, not a table or list");
                 }
                 let origin = format!("{shown}: {key}");
                 given
@@ -341,21 +337,6 @@ impl Given {
             (None, _) => bail!("settings: cannot read `{key}`"),
         }
     }
-}
-
-/// A file error without the file's text, which may contain a password.
-fn file_error(shown: &str, text: &str, e: &ConfigError) -> Error {
-    if let ConfigError::FileParse { cause, .. } = e
-        && let Some(toml) = cause.downcast_ref::<toml::de::Error>()
-    {
-        let at = toml.span().map_or(String::new(), |span| {
-            let line = text[..span.start.min(text.len())].lines().count().max(1);
-            format!(" at line {line}")
-        });
-        let message = toml.message().trim();
-        return Error::Config(format!("{shown}: not valid TOML{at}: {message}"));
-    }
-    Error::Config(format!("{shown}: {e}"))
 }
 
 /// `DATABASE_URL`, else the `DB_*` parts, else the embedded SQLite default;

@@ -5,6 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use config::{ConfigError, File, FileFormat, FileSourceString, Map, Source as _, Value, ValueKind};
+
 use crate::error::{Error, Result, bail};
 
 /// Where settings come from: a set of environment variables and a folder of
@@ -75,8 +77,8 @@ impl Source {
     }
 
     /// `default.toml` and `{APP_ENV}.toml` of the configuration folder, those
-    /// that exist, as (path, text).
-    pub(crate) fn files(&self) -> Result<Vec<(String, String)>> {
+    /// that exist, parsed: each file's path, its source and its values.
+    pub(crate) fn files(&self) -> Result<Vec<(String, TomlFile, Map<String, Value>)>> {
         let mut names = vec!["default"];
         if let Some(app_env) = self.vars.get("APP_ENV") {
             let valid = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
@@ -95,13 +97,39 @@ impl Source {
         for path in paths.filter(|path| path.exists()) {
             let shown = path.display().to_string();
             // Read the file here: an unreadable one is an error, not a missing one.
-            match std::fs::read_to_string(&path) {
-                Ok(text) => files.push((shown, text)),
+            let text = match std::fs::read_to_string(&path) {
+                Ok(text) => text,
                 Err(e) => bail!("{shown}: cannot read: {e}"),
+            };
+            let file = File::from_str(&text, FileFormat::Toml);
+            let values = file.collect().map_err(|e| toml_error(&shown, &text, &e))?;
+            if let Some((key, _)) = (values.iter())
+                .find(|(_, v)| matches!(v.kind, ValueKind::Table(_) | ValueKind::Array(_)))
+            {
+                bail!("{shown}: `{key}` must be a single value, not a table or list");
             }
+            files.push((shown, file, values));
         }
         Ok(files)
     }
+}
+
+/// A configuration file's source, for `config`'s layers.
+pub(crate) type TomlFile = File<FileSourceString, FileFormat>;
+
+/// A file error without the file's text, which may contain a password.
+fn toml_error(shown: &str, text: &str, e: &ConfigError) -> Error {
+    if let ConfigError::FileParse { cause, .. } = e
+        && let Some(toml) = cause.downcast_ref::<toml::de::Error>()
+    {
+        let at = toml.span().map_or(String::new(), |span| {
+            let line = text[..span.start.min(text.len())].lines().count().max(1);
+            format!(" at line {line}")
+        });
+        let message = toml.message().trim();
+        return Error::Config(format!("{shown}: not valid TOML{at}: {message}"));
+    }
+    Error::Config(format!("{shown}: {e}"))
 }
 
 /// A `.env` error without the offending line, which may hold a password.
