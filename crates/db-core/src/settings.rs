@@ -16,7 +16,7 @@ use sea_orm::DbBackend;
 use secrecy::SecretString;
 
 use crate::error::{Error, Result, bail};
-use crate::source::Source;
+use crate::source::{ConfigFile, Source};
 use crate::url::{self, DatabaseUrl, LoadBalanceHosts, Parts, TargetSessionAttrs, backend_name};
 use table::{Number, Show, off_is_zero, or_off, settings};
 pub use table::{SettingInfo, SslMode};
@@ -180,7 +180,12 @@ impl Settings {
     pub fn load(source: &Source) -> Result<Self> {
         let mut layers = defaults().map_err(|e| Error::Config(e.to_string()))?;
         let mut given = Given::default();
-        for (shown, file, values) in source.files()? {
+        for ConfigFile {
+            shown,
+            file,
+            values,
+        } in source.files()?
+        {
             for (key, value) in values {
                 if !SETTINGS.iter().any(|s| s.key == key) {
                     bail!(

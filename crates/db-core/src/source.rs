@@ -77,8 +77,8 @@ impl Source {
     }
 
     /// `default.toml` and `{APP_ENV}.toml` of the configuration folder, those
-    /// that exist, parsed: each file's path, its source and its values.
-    pub(crate) fn files(&self) -> Result<Vec<(String, TomlFile, Map<String, Value>)>> {
+    /// that exist, parsed.
+    pub(crate) fn files(&self) -> Result<Vec<ConfigFile>> {
         let mut names = vec!["default"];
         if let Some(app_env) = self.vars.get("APP_ENV") {
             let valid = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
@@ -108,14 +108,25 @@ impl Source {
             {
                 bail!("{shown}: `{key}` must be a single value, not a table or list");
             }
-            files.push((shown, file, values));
+            files.push(ConfigFile {
+                shown,
+                file,
+                values,
+            });
         }
         Ok(files)
     }
 }
 
-/// A configuration file's source, for `config`'s layers.
-pub(crate) type TomlFile = File<FileSourceString, FileFormat>;
+/// A configuration file, parsed.
+pub(crate) struct ConfigFile {
+    /// Its path, as messages show it.
+    pub(crate) shown: String,
+    /// The file as a layer of `config`.
+    pub(crate) file: File<FileSourceString, FileFormat>,
+    /// Its keys and values.
+    pub(crate) values: Map<String, Value>,
+}
 
 /// A file error without the file's text, which may contain a password.
 fn toml_error(shown: &str, text: &str, e: &ConfigError) -> Error {
