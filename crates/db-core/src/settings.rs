@@ -122,6 +122,13 @@ settings! {
         #[serde(deserialize_with = "or_off")]
         idle_in_transaction_timeout "DB_IDLE_IN_TRANSACTION_TIMEOUT": Option<Duration> = "off", Postgres, eg "1m",
             expects OR_OFF, sets "idle_in_transaction_session_timeout";
+        /// PostgreSQL `tcp_keepalives_idle`: after this long without traffic the server probes
+        /// the connection, so a client that vanished (its host crashed, the network dropped)
+        /// is noticed within minutes and its session ends, releasing its locks; `off`: the
+        /// operating system's default, often two hours.
+        #[serde(deserialize_with = "or_off")]
+        tcp_keepalive "DB_TCP_KEEPALIVE": Option<Duration> = "off", Postgres, eg "1m", expects OR_OFF,
+            sets "tcp_keepalives_idle";
         /// PostgreSQL `search_path`, comma-separated schemas; the server's default when unset.
         schema "DB_SCHEMA": Option<String> = "" or "(server default)", Postgres, eg "tracker,public",
             expects "schema names separated by commas",

@@ -168,6 +168,25 @@ async fn db_idle_in_transaction_timeout_is_set_on_the_server_and_off_by_default(
 
 #[test_support::needs(postgres)]
 #[tokio::test]
+async fn db_tcp_keepalive_is_the_servers_keepalive_idle_time() {
+    let server = Backend::Postgres.server_settings();
+    let source = Source::new().var("DATABASE_URL", server.url.expose());
+    let db = Db::connect(&Settings::load(&source).unwrap())
+        .await
+        .unwrap();
+    let show = "SHOW tcp_keepalives_idle";
+    let default = scalar(&db, show).await;
+    let source = source.var("DB_TCP_KEEPALIVE", "45s");
+    let db = Db::connect(&Settings::load(&source).unwrap())
+        .await
+        .unwrap();
+    // The server shows this one in seconds, without a unit.
+    assert_eq!(scalar(&db, show).await, "45");
+    assert_ne!(default, "45");
+}
+
+#[test_support::needs(postgres)]
+#[tokio::test]
 async fn postgres_connections_carry_the_session_settings() {
     let mut s = Backend::Postgres.server_settings();
     s.statement_timeout = Some(Duration::from_millis(2500));
