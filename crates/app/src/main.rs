@@ -170,7 +170,7 @@ async fn serve(settings: &Settings, args: ServeArgs) -> anyhow::Result<()> {
             );
             tokio::spawn(tracker::http::serve_metrics(
                 metrics_listener,
-                m.clone(),
+                m,
                 db.clone(),
                 std::future::pending(),
             ));

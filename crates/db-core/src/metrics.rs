@@ -375,17 +375,19 @@ impl Operation {
         }
     }
 
-    /// Runs `work` as this operation.
-    pub async fn scope<F: Future>(&self, work: F) -> F::Output {
+    /// Runs `work` as this operation. An operation lives as long as the
+    /// process (made once per name and kept), so work run under it holds a
+    /// reference and no request writes to a count of its owners.
+    pub async fn scope<F: Future>(&'static self, work: F) -> F::Output {
         match &self.statements {
-            Some(h) => OPERATION.scope(h.clone(), work).await,
+            Some(h) => OPERATION.scope(h, work).await,
             None => work.await,
         }
     }
 }
 
 tokio::task_local! {
-    static OPERATION: Histogram;
+    static OPERATION: &'static Histogram;
 }
 
 /// Times every statement run on `conn` under the current [`Operation`]

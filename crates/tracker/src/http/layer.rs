@@ -7,7 +7,7 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::OnceLock;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -15,16 +15,16 @@ use axum::extract::{MatchedPath, Request};
 use axum::response::Response;
 
 use super::error::log_failure;
-use super::metrics::Metrics;
+use super::metrics::{Metrics, Route};
 
 /// Puts [`Answer`] around each route.
-#[derive(Clone)]
-pub(super) struct AnswerLayer(Option<Arc<Metrics>>);
+#[derive(Clone, Copy)]
+pub(super) struct AnswerLayer(Option<Metrics>);
 
 impl AnswerLayer {
     /// With `metrics`, requests are also counted and timed.
     pub(super) fn new(metrics: Option<Metrics>) -> Self {
-        AnswerLayer(metrics.map(Arc::new))
+        AnswerLayer(metrics)
     }
 }
 
@@ -32,18 +32,19 @@ impl<S> tower::Layer<S> for AnswerLayer {
     type Service = Answer<S>;
 
     fn layer(&self, inner: S) -> Answer<S> {
-        Answer {
-            metrics: self.0.clone(),
-            inner,
-        }
+        // The route this service wraps, learnt from its first request: one
+        // cell per route of a router, kept for the life of the process, so
+        // that a request copies a reference instead of taking a lock.
+        let metrics = (self.0).map(|m| (m, &*Box::leak(Box::new(OnceLock::new()))));
+        Answer { metrics, inner }
     }
 }
 
 /// [`AnswerLayer`] around one route's service. axum clones it for every
-/// request, so it holds one shared pointer, not the handles themselves.
+/// request: it holds references only, so a clone writes to nothing shared.
 #[derive(Clone)]
 pub(super) struct Answer<S> {
-    metrics: Option<Arc<Metrics>>,
+    metrics: Option<(Metrics, &'static OnceLock<&'static Route>)>,
     inner: S,
 }
 
@@ -61,9 +62,17 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let route = self.metrics.as_ref().map(|metrics| {
+        let route = self.metrics.map(|(metrics, seen)| {
+            let method = request.method();
             let path = request.extensions().get::<MatchedPath>();
-            metrics.route(request.method(), path.map(MatchedPath::as_str))
+            let path = path.map(MatchedPath::as_str);
+            let route = *seen.get_or_init(|| metrics.route(method, path));
+            match route.is(method, path) {
+                true => route,
+                // Another method on the same route (HEAD through GET), or
+                // a fallback, which answers every path.
+                false => metrics.route(method, path),
+            }
         });
         let start = Instant::now();
         let response = self.inner.call(request);

@@ -13,7 +13,7 @@
 //! operation that db-core times statements under, as `GET /tasks/{task_id}`.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode, header};
@@ -31,16 +31,18 @@ const DURATION: &str = "http_request_duration_seconds";
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The process's metrics recorder, and what `/metrics` renders. There is one
-/// per process: [`Metrics::install`] fails the second time.
-#[derive(Clone)]
-pub struct Metrics {
-    handle: PrometheusHandle,
-    process: Arc<metrics_process::Collector>,
-    routes: Arc<RwLock<Routes>>,
-}
+/// per process ([`Metrics::install`] fails the second time), so it lives as
+/// long as the process and a handle on it is a plain reference: copying one
+/// for a request touches no shared counter.
+#[derive(Clone, Copy)]
+pub struct Metrics(&'static Inner);
 
-/// Each route template's handles, by method.
-type Routes = HashMap<String, Vec<(Method, Arc<Route>)>>;
+struct Inner {
+    handle: PrometheusHandle,
+    process: metrics_process::Collector,
+    /// Each route template's handles, by method label.
+    routes: RwLock<HashMap<String, Vec<&'static Route>>>,
+}
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -70,17 +72,18 @@ impl Metrics {
         );
         let process = metrics_process::Collector::default();
         process.describe();
-        Ok(Metrics {
+        let inner = Inner {
             handle,
-            process: Arc::new(process),
-            routes: Arc::default(),
-        })
+            process,
+            routes: RwLock::default(),
+        };
+        Ok(Metrics(Box::leak(Box::new(inner))))
     }
 
     /// Folds histogram samples into buckets every few seconds, for as long
     /// as the runtime runs.
     pub fn spawn_upkeep(&self) {
-        let handle = self.handle.clone();
+        let handle = self.0.handle.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(UPKEEP_INTERVAL).await;
@@ -95,81 +98,87 @@ impl Metrics {
         db_core::metrics::sample();
         // Sets the replicas' state and lag gauges.
         db.replica_status().await;
-        self.process.collect();
-        self.handle.render()
+        self.0.process.collect();
+        self.0.handle.render()
     }
 
-    /// The handles of the route template `path` (`None`: no route matched)
-    /// and `method`, made on first use.
-    pub(super) fn route(&self, method: &Method, path: Option<&str>) -> Arc<Route> {
-        let path = path.unwrap_or("unmatched");
-        let find = |routes: &Routes| {
-            routes
-                .get(path)
-                .and_then(|r| r.iter().find(|(m, _)| m == method))
-                .map(|(_, r)| r.clone())
+    /// The handles of `method` on the route template `path` (`None`: no
+    /// route matched), made on first use and kept for the life of the
+    /// process, like the series they feed. Method labels and the router's
+    /// templates bound how many there are.
+    pub(super) fn route(&self, method: &Method, path: Option<&str>) -> &'static Route {
+        let (method, path) = (method_label(method), path.unwrap_or("unmatched"));
+        let find = |routes: &HashMap<String, Vec<&'static Route>>| {
+            let of_path = routes.get(path)?;
+            of_path.iter().find(|r| r.method == method).copied()
         };
-        if let Some(route) = find(&self.routes.read().unwrap_or_else(|e| e.into_inner())) {
+        let routes = &self.0.routes;
+        if let Some(route) = find(&routes.read().unwrap_or_else(|e| e.into_inner())) {
             return route;
         }
-        let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
+        let mut routes = routes.write().unwrap_or_else(|e| e.into_inner());
         if let Some(route) = find(&routes) {
             return route;
         }
-        let route = Arc::new(Route::new(method, path));
-        routes
-            .entry(path.to_owned())
-            .or_default()
-            .push((method.clone(), route.clone()));
+        let route: &'static Route = Box::leak(Box::new(Route::new(method, path)));
+        routes.entry(path.to_owned()).or_default().push(route);
         route
     }
 }
 
-/// One route template and method: its handles, made on first use (the
-/// router's templates bound how many there are).
+/// How many statuses a route counts without a lock; more go to a list.
+const STATUS_SLOTS: usize = 8;
+
+/// One route template and method: its handles.
 pub(super) struct Route {
     method: &'static str,
     path: String,
     pub(super) duration: Histogram,
     pub(super) operation: Operation,
-    by_status: RwLock<Vec<(StatusCode, Counter)>>,
+    /// The request counter of each status seen, filled in order.
+    by_status: [OnceLock<(StatusCode, Counter)>; STATUS_SLOTS],
+    more_statuses: Mutex<Vec<(StatusCode, Counter)>>,
 }
 
 impl Route {
-    fn new(method: &Method, path: &str) -> Self {
-        let method = method_label(method);
+    fn new(method: &'static str, path: &str) -> Self {
         Route {
             method,
             path: path.to_owned(),
             duration: metrics::histogram!(DURATION, "method" => method, "route" => path.to_owned()),
             operation: Operation::new(format!("{method} {path}")),
-            by_status: RwLock::default(),
+            by_status: Default::default(),
+            more_statuses: Mutex::default(),
         }
+    }
+
+    /// Whether these are the handles of `method` on the template `path`.
+    pub(super) fn is(&self, method: &Method, path: Option<&str>) -> bool {
+        self.method == method_label(method) && self.path == path.unwrap_or("unmatched")
     }
 
     /// Counts one answer with `status`.
     pub(super) fn count(&self, status: StatusCode) {
-        let found = self
-            .by_status
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .find(|(s, _)| *s == status)
-            .map(|(_, c)| c.clone());
-        let counter = found.unwrap_or_else(|| {
-            let counter = metrics::counter!(
-                REQUESTS,
-                "method" => self.method,
-                "route" => self.path.clone(),
-                "status" => status.as_u16().to_string()
-            );
-            self.by_status
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .push((status, counter.clone()));
-            counter
-        });
-        counter.increment(1);
+        let counter = || {
+            let status = status.as_u16().to_string();
+            let route = self.path.clone();
+            metrics::counter!(REQUESTS, "method" => self.method, "route" => route, "status" => status)
+        };
+        for slot in &self.by_status {
+            let (seen, c) = slot.get_or_init(|| (status, counter()));
+            if *seen == status {
+                return c.increment(1);
+            }
+        }
+        let mut more = self.more_statuses.lock().unwrap_or_else(|e| e.into_inner());
+        match more.iter().find(|(seen, _)| *seen == status) {
+            Some((_, c)) => c.increment(1),
+            None => {
+                let c = counter();
+                c.increment(1);
+                more.push((status, c));
+            }
+        }
     }
 }
 

@@ -153,12 +153,12 @@ pub fn router(tracker: Tracker, exposure: &Exposure) -> Router {
     let metrics = match exposure {
         Exposure::Off => None,
         Exposure::Api(m) => {
-            app = app.merge(metrics_route(m.clone(), db));
+            app = app.merge(metrics_route(*m, db));
             Some(m)
         }
         Exposure::Separate(m) => Some(m),
     };
-    app.layer(layer::AnswerLayer::new(metrics.cloned()))
+    app.layer(layer::AnswerLayer::new(metrics.copied()))
 }
 
 /// Whether requests are measured, and where `/metrics` is served.
@@ -217,7 +217,7 @@ fn metrics_route(m: Metrics, db: db_core::Db) -> Router {
     Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let (m, db) = (m.clone(), db.clone());
+            let db = db.clone();
             async move { metrics::answer(&m, &db).await }
         }),
     )
