@@ -28,7 +28,7 @@ const DURATION: &str = "http_request_duration_seconds";
 
 /// How often histogram samples are folded into their buckets when nobody
 /// scrapes, so that memory stays bounded.
-const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The process's metrics recorder, and what `/metrics` renders. There is one
 /// per process ([`Metrics::install`] fails the second time), so it lives as
