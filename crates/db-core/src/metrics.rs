@@ -210,8 +210,8 @@ impl PoolMetrics {
         });
     }
 
-    /// Sets the gauges from the pool's state and the waiting sessions, and counts the connections
-    /// that left it since the last look.
+    /// Sets the gauges from the pool's state and its waiting sessions, and
+    /// counts the connections that left it since the last look.
     fn sample(&self, conn: &DatabaseConnection) {
         let waiting = self.waiting.load(Ordering::Relaxed).max(0);
         self.waiters.set(waiting as f64);

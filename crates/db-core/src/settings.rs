@@ -102,9 +102,9 @@ settings! {
         /// A pooled connection idle for this long is pinged before use (not on every checkout).
         #[serde(deserialize_with = "or_off")]
         ping_after_idle "DB_PING_AFTER_IDLE": Option<Duration> = "30s", All, eg "off", expects OR_OFF;
-        /// With a host list or `target_session_attrs`: how long a unit of work run by the retrying
-        /// transaction helper is tried again, on a fresh connection, after the server went away or
-        /// turned read-only (a failover); then HTTP 503.
+        /// With a host list or `target_session_attrs`: how long work is tried again, on a fresh
+        /// connection, after the server went away or turned read-only (a failover): a unit of work
+        /// of the retrying transaction helper, and a read routed to a host list; then HTTP 503.
         #[serde(with = "humantime_serde")]
         failover_timeout "DB_FAILOVER_TIMEOUT": Duration = "30s", Postgres, eg "1m", expects NONZERO,
             if |d| !d.is_zero();

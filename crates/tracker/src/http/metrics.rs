@@ -27,7 +27,8 @@ const REQUESTS: &str = "http_requests_total";
 const DURATION: &str = "http_request_duration_seconds";
 
 /// How often histogram samples are folded into their buckets when nobody
-/// scrapes, so that memory stays bounded.
+/// scrapes, so that memory stays bounded: the exporter buffers every sample
+/// until then.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The process's metrics recorder, and what `/metrics` renders. There is one
@@ -80,8 +81,8 @@ impl Metrics {
         Ok(Metrics(Box::leak(Box::new(inner))))
     }
 
-    /// Folds histogram samples into buckets every few seconds, for as long
-    /// as the runtime runs.
+    /// Folds histogram samples into buckets every second, for as long as
+    /// the runtime runs.
     pub fn spawn_upkeep(&self) {
         let handle = self.0.handle.clone();
         tokio::spawn(async move {
