@@ -149,39 +149,38 @@ async fn db_lock_timeout_stops_a_statement_waiting_for_a_lock() {
     assert!(start.elapsed() < Duration::from_secs(5));
 }
 
+/// What `show` answers on a connection made without `var`, then with `var`
+/// set to `value`.
+async fn shown_without_and_with(show: &str, var: &str, value: &str) -> (String, String) {
+    let server = Backend::Postgres.server_settings();
+    let source = Source::new().var("DATABASE_URL", server.url.expose());
+    let mut shown = Vec::new();
+    for source in [source.clone(), source.var(var, value)] {
+        let db = Db::connect(&Settings::load(&source).unwrap())
+            .await
+            .unwrap();
+        shown.push(scalar(&db, show).await);
+    }
+    let [without, with] = <[String; 2]>::try_from(shown).unwrap();
+    (without, with)
+}
+
 #[test_support::needs(postgres)]
 #[tokio::test]
 async fn db_idle_in_transaction_timeout_is_set_on_the_server_and_off_by_default() {
-    let server = Backend::Postgres.server_settings();
-    let source = Source::new().var("DATABASE_URL", server.url.expose());
-    let db = Db::connect(&Settings::load(&source).unwrap())
-        .await
-        .unwrap();
     let show = "SHOW idle_in_transaction_session_timeout";
-    assert_eq!(scalar(&db, show).await, "0");
-    let source = source.var("DB_IDLE_IN_TRANSACTION_TIMEOUT", "90s");
-    let db = Db::connect(&Settings::load(&source).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(scalar(&db, show).await, "90s");
+    let shown = shown_without_and_with(show, "DB_IDLE_IN_TRANSACTION_TIMEOUT", "90s").await;
+    assert_eq!(shown, ("0".to_owned(), "90s".to_owned()));
 }
 
 #[test_support::needs(postgres)]
 #[tokio::test]
 async fn db_tcp_keepalive_is_the_servers_keepalive_idle_time() {
-    let server = Backend::Postgres.server_settings();
-    let source = Source::new().var("DATABASE_URL", server.url.expose());
-    let db = Db::connect(&Settings::load(&source).unwrap())
-        .await
-        .unwrap();
     let show = "SHOW tcp_keepalives_idle";
-    let default = scalar(&db, show).await;
-    let source = source.var("DB_TCP_KEEPALIVE", "45s");
-    let db = Db::connect(&Settings::load(&source).unwrap())
-        .await
-        .unwrap();
-    // The server shows this one in seconds, without a unit.
-    assert_eq!(scalar(&db, show).await, "45");
+    let (default, set) = shown_without_and_with(show, "DB_TCP_KEEPALIVE", "45s").await;
+    // The server shows this one in seconds, without a unit; unset, the
+    // operating system's default.
+    assert_eq!(set, "45");
     assert_ne!(default, "45");
 }
 
