@@ -52,6 +52,15 @@ static ENABLED: AtomicBool = AtomicBool::new(false);
 /// metric to the installed recorder. Call it once, after installing one.
 pub fn enable() {
     describe();
+    // Each reason's series exists from the start, at 0, so a rate or an
+    // alert on it has something to read before the first retry.
+    for reason in [
+        RetryReason::Serialization,
+        RetryReason::Deadlock,
+        RetryReason::Failover,
+    ] {
+        metrics::counter!(RETRIES, "reason" => reason.label()).absolute(0);
+    }
     ENABLED.store(true, Ordering::Relaxed);
 }
 
