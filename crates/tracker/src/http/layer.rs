@@ -67,17 +67,17 @@ where
             let path = request.extensions().get::<MatchedPath>();
             let path = path.map(MatchedPath::as_str);
             let route = *seen.get_or_init(|| metrics.route(method, path));
-            match route.is(method, path) {
+            let route = match route.is(method, path) {
                 true => route,
                 // Another method on the same route (HEAD through GET), or
                 // a fallback, which answers every path.
                 false => metrics.route(method, path),
-            }
+            };
+            (route, Instant::now())
         });
-        let start = Instant::now();
         let response = self.inner.call(request);
         Box::pin(async move {
-            let Some(route) = route else {
+            let Some((route, start)) = route else {
                 let Ok(response) = response.await;
                 log_failure(&response);
                 return Ok(response);
