@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use config::builder::{ConfigBuilder, DefaultState};
-use config::{Config, ConfigError, Environment};
+use config::{Config, ConfigError};
 use log::LevelFilter;
 use sea_orm::DbBackend;
 use secrecy::SecretString;
@@ -185,7 +185,7 @@ impl Settings {
     /// `config/default.toml`, then `config/{APP_ENV}.toml` (both optional), then
     /// the environment. Every problem is an [`Error::Config`] naming the setting.
     pub fn load(source: &Source) -> Result<Self> {
-        let mut layers = defaults().map_err(|e| Error::Config(e.to_string()))?;
+        let mut layers = defaults().map_err(config_error)?;
         let mut given = Given::default();
         for ConfigFile {
             shown,
@@ -206,22 +206,19 @@ impl Settings {
             }
             layers = layers.add_source(file);
         }
-        let mut vars = config::Map::new();
+        // The variables are the top layer: `DB_PORT` overrides the key `port`.
         for s in SETTINGS {
             if source.not_unicode.contains(s.var) {
                 bail!("{}: not valid UTF-8", s.var);
             }
             if let Some(value) = source.vars.get(s.var) {
-                vars.insert(s.var.to_owned(), value.clone());
+                layers = layers
+                    .set_override(s.key, value.as_str())
+                    .map_err(config_error)?;
                 given
                     .0
                     .insert(s.key.to_owned(), (s.var.to_owned(), value.clone()));
             }
-        }
-        // `DB_PORT` is the key `port`, and `DATABASE_URL` is `url`.
-        for prefix in ["DB", "DATABASE"] {
-            let env = Environment::with_prefix(prefix).prefix_separator("_");
-            layers = layers.add_source(env.source(Some(vars.clone())));
         }
         let values = given.values(layers)?;
         let mut warnings: Vec<String> = (source.vars.keys().chain(&source.not_unicode))
@@ -307,6 +304,10 @@ fn defaults() -> std::result::Result<ConfigBuilder<DefaultState>, ConfigError> {
     })
 }
 
+fn config_error(e: ConfigError) -> Error {
+    Error::Config(e.to_string())
+}
+
 /// The values given in files and variables, by key: where each came from and
 /// its text. Never shown whole: it holds the password.
 #[derive(Default)]
@@ -355,30 +356,28 @@ impl Given {
 /// with `DB_TARGET_SESSION_ATTRS` and `DB_LOAD_BALANCE_HOSTS`.
 fn database_url(v: &Values, given: &Given, warnings: &mut Vec<String>) -> Result<DatabaseUrl> {
     let url = url_or_parts(v, given, warnings)?;
+    let hosts = url.hosts();
     let session = [
         (
             &info::target_session_attrs,
             v.target_session_attrs.map(|a| a.as_str()),
+            hosts.and_then(|h| h.attrs).map(|a| a.as_str()),
         ),
         (
             &info::load_balance_hosts,
             v.load_balance_hosts.map(|b| b.as_str()),
+            hosts.and_then(|h| h.balance).map(|b| b.as_str()),
         ),
     ];
-    for (setting, value) in session {
+    for (setting, value, in_url) in session {
         let Some(value) = value else { continue };
         let origin = given.origin(setting);
         if url.backend() != DbBackend::Postgres {
             let backend = backend_name(url.backend());
             bail!("{origin}: applies to a PostgreSQL host list, not {backend}");
         }
-        let in_url = url.hosts().and_then(|h| match setting.key {
-            "target_session_attrs" => h.attrs.map(|a| a.as_str()),
-            _ => h.balance.map(|b| b.as_str()),
-        });
         if let Some(in_url) = in_url.filter(|u| *u != value) {
-            let url_origin = given.origin(&info::url);
-            let key = setting.key;
+            let (key, url_origin) = (setting.key, given.origin(&info::url));
             bail!("{origin}=\"{value}\" and {key}={in_url} in {url_origin} differ: give one");
         }
     }

@@ -339,14 +339,12 @@ fn split_hosts(url: &str, setting: &str) -> Result<(String, Option<Hosts>)> {
     for (i, item) in items.iter().enumerate() {
         let n = i + 1;
         if item.is_empty() {
-            return Err(Error::Config(format!(
-                "{setting}: host {n} of the host list is empty"
-            )));
+            bail!("{setting}: host {n} of the host list is empty");
         }
         let Some((host, port)) = host_port(item) else {
-            return Err(Error::Config(format!(
+            bail!(
                 "{setting}: host {n} of the host list: expected host, host:port or [ipv6]:port with a port 1-65535"
-            )));
+            );
         };
         list.push((host, port.unwrap_or(5432)));
     }
@@ -460,9 +458,9 @@ impl DatabaseUrl {
                 } else {
                     String::new()
                 };
-                return Err(Error::Config(format!(
+                bail!(
                     "{setting}: unknown scheme{shown}: expected postgres://, mysql:// or sqlite:"
-                )));
+                );
             }
         };
         let server_url = backend != DbBackend::Sqlite || url.starts_with("sqlite://");
@@ -474,10 +472,10 @@ impl DatabaseUrl {
                     .is_some_and(|(_, q)| q.split('&').any(|p| p.split('=').next() == Some(*key)))
             });
         if backend != DbBackend::Postgres && (listed || libpq) {
-            return Err(Error::Config(format!(
+            bail!(
                 "{setting}: a host list, target_session_attrs and load_balance_hosts are for PostgreSQL, not {}",
                 backend_name(backend)
-            )));
+            );
         }
         let (single, hosts) = match backend {
             DbBackend::Postgres => split_hosts(url, setting)?,
@@ -505,11 +503,11 @@ impl DatabaseUrl {
                     && key.starts_with("options[")
                     && key.ends_with(']');
                 if !known.contains(&&*key) && !options_key {
-                    return Err(Error::Config(format!(
+                    bail!(
                         "{setting}: unknown {} URL parameter `{key}` (known: {})",
                         backend_name(backend),
                         known.join(", ")
-                    )));
+                    );
                 }
             }
         }
@@ -525,10 +523,10 @@ impl DatabaseUrl {
             let reason = reason
                 .strip_prefix("error with configuration: ")
                 .unwrap_or(&reason);
-            return Err(Error::Config(format!(
+            bail!(
                 "{setting}: not a valid {} URL: {reason}",
                 backend_name(backend)
-            )));
+            );
         }
         Ok(this)
     }
