@@ -12,12 +12,8 @@ use db_core::sea_orm::ConnectionTrait;
 use serde_json::json;
 use test_support::{Backend, PrivatePostgres, StopMode, TestDb, free_port, report};
 
-use crate::cli::{PASSWORD, PASSWORD_ENCODED};
+use crate::cli::{PASSWORD, PASSWORD_ENCODED, os};
 use crate::serve::{Running, start};
-
-fn os(s: impl Into<String>) -> OsString {
-    OsString::from(s.into())
-}
 
 /// The seed's variables for a private server, with the test password.
 fn parts(server: &PrivatePostgres, database: &str) -> Vec<(&'static str, OsString)> {

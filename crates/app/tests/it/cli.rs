@@ -10,6 +10,11 @@ pub const PASSWORD: &str = "Tr4ck-S3cr3t/pw";
 /// Its percent-encoded form, as it appears inside URLs.
 pub const PASSWORD_ENCODED: &str = "Tr4ck%2DS3cr3t%2Fpw";
 
+/// A variable's value, as [`tracker`] takes it.
+pub fn os(s: impl Into<String>) -> OsString {
+    OsString::from(s.into())
+}
+
 /// `tracker ARGS` in `dir`, with only `vars` (and PATH) in its environment.
 pub fn tracker(dir: &Path, args: &[&str], vars: &[(&str, OsString)]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tracker"));

@@ -4,11 +4,7 @@ use std::ffi::OsString;
 
 use test_support::{Backend, PrivatePostgres, free_port};
 
-use crate::cli::{PASSWORD, assert_no_secret, text, tracker};
-
-fn os(s: impl Into<String>) -> OsString {
-    OsString::from(s.into())
-}
+use crate::cli::{PASSWORD, assert_no_secret, os, text, tracker};
 
 #[test]
 fn db_check_on_a_fresh_checkout_uses_the_embedded_sqlite_file() {

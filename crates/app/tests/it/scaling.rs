@@ -2,7 +2,6 @@
 //! GET routes, and PgBouncer in transaction-pooling mode in front of the
 //! primary (Debian's `pgbouncer`).
 
-use std::ffi::OsString;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,12 +9,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use test_support::{PgBouncer, PrivatePostgres, StopMode, free_port, report};
 
-use crate::cli::{text, tracker};
+use crate::cli::{os, text, tracker};
 use crate::serve::start;
-
-fn os(s: impl Into<String>) -> OsString {
-    OsString::from(s.into())
-}
 
 fn pgbouncer_installed() -> bool {
     let installed = std::process::Command::new("pgbouncer")
