@@ -304,6 +304,7 @@ fn defaults() -> std::result::Result<ConfigBuilder<DefaultState>, ConfigError> {
     })
 }
 
+/// A layer that `config` refused, as our error.
 fn config_error(e: ConfigError) -> Error {
     Error::Config(e.to_string())
 }
