@@ -41,6 +41,7 @@ pub use runner::{Error, generate, pending, run, run_with, up};
 
 mod m20261124_000001_create_employees_and_tasks;
 mod m20261125_000001_converge_adopted_schema;
+mod m20261203_000001_task_block_counts;
 
 /// The project's migrations, oldest first.
 #[derive(Debug)]
@@ -52,6 +53,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261124_000001_create_employees_and_tasks::Migration),
             Box::new(m20261125_000001_converge_adopted_schema::Migration),
+            Box::new(m20261203_000001_task_block_counts::Migration),
         ]
     }
 }

@@ -7,7 +7,8 @@
 //! - `seaorm-defaults`: plain SeaORM, `Database::connect` with default options
 //!   (pool of 16) and the same entity queries;
 //! - `raw`: the same answers with hand-written SQL, sqlx prepared statements
-//!   on the tracker's pool (`COPY` for `load` on PostgreSQL).
+//!   on the tracker's pool (`COPY` for `load` on PostgreSQL);
+//! - `raw-naive`: `raw` with plain `OFFSET` paging, run for `list` only.
 //!
 //! The stacks are interleaved: each round loads every stack's own freshly
 //! migrated database (one per stack, `bench_<stack>` beside the configured
@@ -37,7 +38,7 @@ pub use stack::Stack;
 use workload::{CONCURRENCY, OPS, PAGE, POOL, Workload, check};
 
 /// The stacks, in the order they run in odd rounds.
-pub const STACKS: [&str; 3] = ["tracker", "seaorm-defaults", "raw"];
+pub const STACKS: [&str; 4] = ["tracker", "seaorm-defaults", "raw", "raw-naive"];
 
 /// What stops a benchmark run.
 #[derive(Debug, thiserror::Error)]
@@ -187,11 +188,21 @@ pub async fn run(
         if round.is_multiple_of(2) {
             order.reverse();
         }
-        let mut stacks = Vec::new();
+        let (mut stacks, mut compactions) = (Vec::new(), Vec::new());
         let mut result = Ok(());
         for &i in &order {
             match open(names[i], &targets[i]).await {
-                Ok(opened) => stacks.push(opened),
+                Ok(opened) => {
+                    // The block counts are compacted every second, as `serve` does.
+                    compactions.push(match &opened {
+                        (Stack::Tracker(t), _) => Some(t.spawn_compaction()),
+                        (Stack::Raw(_), Some(db)) => {
+                            Some(tracker::Tracker::new(db.clone()).spawn_compaction())
+                        }
+                        _ => None,
+                    });
+                    stacks.push(opened);
+                }
                 Err(e) => {
                     result = Err(e);
                     break;
@@ -208,6 +219,7 @@ pub async fn run(
             };
             result = round.run(&stacks, &targets, &order).await;
         }
+        drop(compactions);
         for (stack, db) in stacks {
             stack.close().await;
             if let Some(db) = db {
@@ -246,9 +258,15 @@ async fn open(name: &str, settings: &Settings) -> Result<(Stack, Option<Db>), Er
             Stack::Tracker(tracker::Tracker::new(Db::connect(&tuned).await?)),
             None,
         )),
-        "raw" => {
+        "raw" | "raw-naive" => {
             let db = Db::connect(&tuned).await?;
-            Ok((Stack::Raw(Raw::of(&db)), Some(db)))
+            let raw = Raw::of(&db);
+            let stack = if name == "raw" {
+                Stack::Raw(raw)
+            } else {
+                Stack::RawNaive(raw)
+            };
+            Ok((stack, Some(db)))
         }
         _ => {
             let mut options = ConnectOptions::new(settings.url.expose());
@@ -294,7 +312,7 @@ impl<W: Write> Round<'_, W> {
             if !self.options.ops.iter().any(|o| o == op) {
                 continue;
             }
-            for (stack, _) in stacks {
+            for (stack, _) in stacks.iter().filter(|(s, _)| s.runs(op)) {
                 self.time(stack, op).await?;
             }
         }
@@ -401,7 +419,7 @@ fn settings_backend(stack: &Stack) -> sea_orm::DbBackend {
     match stack {
         Stack::Tracker(t) => t.db().backend(),
         Stack::SeaOrm(db) => db.get_database_backend(),
-        Stack::Raw(raw) => match raw {
+        Stack::Raw(raw) | Stack::RawNaive(raw) => match raw {
             Raw::Postgres(..) => sea_orm::DbBackend::Postgres,
             Raw::MySql(_) => sea_orm::DbBackend::MySql,
             Raw::Sqlite(..) => sea_orm::DbBackend::Sqlite,
@@ -449,6 +467,7 @@ fn stack_handle(stack: &Stack) -> Stack {
         Stack::Tracker(t) => Stack::Tracker(t.clone()),
         Stack::SeaOrm(db) => Stack::SeaOrm(db.clone()),
         Stack::Raw(raw) => Stack::Raw(raw.clone()),
+        Stack::RawNaive(raw) => Stack::RawNaive(raw.clone()),
     }
 }
 
@@ -481,21 +500,30 @@ pub fn summary(records: &[Record]) -> String {
     };
     let mut text = format!(
         "ops/s: median of {rounds} round(s); ratios: median (min-max) of the rounds' ratios\n\
-         {:<15} {:>10} {:>16} {:>10} {:>19} {:>26}\n",
-        "op", "tracker", "seaorm-defaults", "raw", "tracker/raw", "tracker/seaorm-defaults"
+         {:<15} {:>10} {:>16} {:>10} {:>10} {:>19} {:>26} {:>19}\n",
+        "op",
+        "tracker",
+        "seaorm-defaults",
+        "raw",
+        "raw-naive",
+        "tracker/raw",
+        "tracker/seaorm-defaults",
+        "tracker/raw-naive"
     );
     for op in OPS {
         if !records.iter().any(|r| r.op == op) {
             continue;
         }
         text.push_str(&format!(
-            "{:<15} {:>10} {:>16} {:>10} {:>19} {:>26}\n",
+            "{:<15} {:>10} {:>16} {:>10} {:>10} {:>19} {:>26} {:>19}\n",
             op,
             cell("tracker", op),
             cell("seaorm-defaults", op),
             cell("raw", op),
+            cell("raw-naive", op),
             ratio(op, "raw"),
             ratio(op, "seaorm-defaults"),
+            ratio(op, "raw-naive"),
         ));
     }
     text

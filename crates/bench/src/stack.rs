@@ -24,6 +24,9 @@ pub enum Stack {
     SeaOrm(DatabaseConnection),
     /// Hand-written SQL, prepared statements through sqlx, on the tracker's pool.
     Raw(Raw),
+    /// `raw` with plain `OFFSET` paging: the reference for `list` (it runs
+    /// only `load` and `list`; its other answers would be `raw`'s).
+    RawNaive(Raw),
 }
 
 /// The tracker's sqlx pools, for hand-written SQL.
@@ -60,7 +63,13 @@ impl Stack {
             Stack::Tracker(_) => "tracker",
             Stack::SeaOrm(_) => "seaorm-defaults",
             Stack::Raw(_) => "raw",
+            Stack::RawNaive(_) => "raw-naive",
         }
+    }
+
+    /// Whether the stack runs `op`.
+    pub fn runs(&self, op: &str) -> bool {
+        !matches!(self, Stack::RawNaive(_)) || matches!(op, "load" | "list")
     }
 
     /// Loads the whole data set into freshly migrated tables.
@@ -98,7 +107,7 @@ impl Stack {
                 tx.commit().await?;
                 Ok(())
             }
-            Stack::Raw(raw) => raw.load(&employees, &tasks).await,
+            Stack::Raw(raw) | Stack::RawNaive(raw) => raw.load(&employees, &tasks).await,
         }
     }
 
@@ -114,7 +123,7 @@ impl Stack {
                 .find_also_related(employees::Entity)
                 .one(db)
                 .await?),
-            Stack::Raw(raw) => raw.get(id).await,
+            Stack::Raw(raw) | Stack::RawNaive(raw) => raw.get(id).await,
         }
     }
 
@@ -141,7 +150,7 @@ impl Stack {
             }
             .insert(db)
             .await?),
-            Stack::Raw(raw) => raw.create(&title, assignee).await,
+            Stack::Raw(raw) | Stack::RawNaive(raw) => raw.create(&title, assignee).await,
         }
     }
 
@@ -162,7 +171,7 @@ impl Stack {
                 tx.commit().await?;
                 Ok(task)
             }
-            Stack::Raw(raw) => raw.update(id, status).await,
+            Stack::Raw(raw) | Stack::RawNaive(raw) => raw.update(id, status).await,
         }
     }
 
@@ -183,7 +192,8 @@ impl Stack {
                 .limit(PAGE)
                 .all(db)
                 .await?),
-            Stack::Raw(raw) => raw.list(offset).await,
+            Stack::Raw(raw) => raw.list(offset, false).await,
+            Stack::RawNaive(raw) => raw.list(offset, true).await,
         }
     }
 
@@ -202,7 +212,7 @@ impl Stack {
                     .all(db)
                     .await?)
             }
-            Stack::Raw(raw) => raw.subtree(id).await,
+            Stack::Raw(raw) | Stack::RawNaive(raw) => raw.subtree(id).await,
         }
     }
 
@@ -213,7 +223,7 @@ impl Stack {
             Stack::SeaOrm(db) => {
                 let _ = db.close_by_ref().await;
             }
-            Stack::Raw(_) => {}
+            Stack::Raw(_) | Stack::RawNaive(_) => {}
         }
     }
 }
@@ -302,12 +312,24 @@ macro_rules! joined {
     };
 }
 
-/// A page of tasks with assignees: `$1` limit, `$2` offset.
-const PAGE_PG: &str = joined!(
+/// A page of tasks with assignees, plain `OFFSET`: `$1` limit, `$2` offset.
+const PAGE_NAIVE_PG: &str = joined!(
     "(SELECT * FROM tasks ORDER BY id LIMIT $1 OFFSET $2)",
     " ORDER BY t.id"
 );
-/// [`PAGE_PG`] for MySQL and SQLite.
+/// The same from the block counts (`task_blocks`): the block where the page
+/// starts, then `OFFSET` inside it: `$1` limit, `$2` offset.
+const PAGE_PG: &str = concat!(
+    "WITH running AS (SELECT block, n, (sum(n) OVER (ORDER BY block) - n)::bigint AS before ",
+    "FROM (SELECT block, sum(n)::bigint AS n FROM task_blocks GROUP BY block) c), ",
+    "start AS (SELECT block, $2 - before AS rest FROM running WHERE before + n > $2 ",
+    "ORDER BY block LIMIT 1) ",
+    joined!(
+        "(SELECT * FROM tasks WHERE id >= (SELECT block << 10 FROM start) ORDER BY id LIMIT $1 OFFSET (SELECT rest FROM start))",
+        " ORDER BY t.id"
+    )
+);
+/// [`PAGE_NAIVE_PG`] for MySQL and SQLite (where both stacks page this way).
 const PAGE_ANY: &str = joined!(
     "(SELECT * FROM tasks ORDER BY id LIMIT ? OFFSET ?)",
     " ORDER BY t.id"
@@ -372,11 +394,13 @@ impl Raw {
         Ok(row.map(joined))
     }
 
-    /// A page from `offset`, with plain `OFFSET`.
-    async fn list(&self, offset: u64) -> Result<Vec<TaskAndAssignee>, Error> {
+    /// A page from `offset`: on PostgreSQL from the block counts, or,
+    /// `naive`, with plain `OFFSET`.
+    async fn list(&self, offset: u64, naive: bool) -> Result<Vec<TaskAndAssignee>, Error> {
         let (limit, offset) = (PAGE as i64, offset as i64);
-        let sql = match self {
-            Raw::Postgres(..) => PAGE_PG,
+        let sql = match (self, naive) {
+            (Raw::Postgres(..), false) => PAGE_PG,
+            (Raw::Postgres(..), true) => PAGE_NAIVE_PG,
             _ => PAGE_ANY,
         };
         let rows: Vec<JoinedRow> = match self {

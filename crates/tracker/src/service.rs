@@ -3,6 +3,8 @@
 //! [`Db::transaction`], which commits once, rolls back on any error and
 //! retries serialization conflicts.
 
+use std::time::Duration;
+
 use chrono::NaiveDate;
 use db_core::{CachedStatement, Db, Session, SessionOptions};
 use entity::{employees, tasks};
@@ -12,18 +14,30 @@ use sea_orm::{
     QueryFilter, QueryOrder, QuerySelect, QueryTrait, SelectTwoModel, SelectorTrait, SqlErr,
     Statement,
 };
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::error::{Error, Kind, Result};
 
-/// The paging query: `page` of the rows of `E` in `id` order. `skip` is
-/// plain `OFFSET` (see docs/performance.md, "Pages at any depth", for why);
-/// `after_id` starts after a known id (keyset paging), at the same cost at
-/// any depth.
+/// The paging query: `page` of the rows of `E` in `id` order. `skip` counts
+/// rows as `OFFSET` does; `after_id` starts after a known id (keyset paging),
+/// at the same cost at any depth. With `counted`, the table's block counts
+/// (PostgreSQL's `task_blocks`) find where a page `SHALLOW` rows or more deep
+/// starts, so the rows it skips are not read (see docs/performance.md,
+/// "Pages at any depth"); elsewhere `OFFSET` walks them.
 async fn page_of<E: EntityTrait>(
     read: &Session,
     id: E::Column,
     page: Page,
+    counted: Option<&'static str>,
 ) -> Result<Vec<E::Model>> {
+    let backend = read.get_database_backend();
+    if let (Some(sql), None, DbBackend::Postgres) = (counted, page.after_id, backend)
+        && page.skip >= SHALLOW
+    {
+        let [skip, limit] = [page.skip, page.limit].map(|n| i64::try_from(n).unwrap_or(i64::MAX));
+        let stmt = Statement::from_sql_and_values(backend, sql, [skip.into(), limit.into()]);
+        return Ok(E::find().from_raw_sql(stmt).all(read).await?);
+    }
     let mut rows = E::find()
         .order_by_asc(id)
         .offset(page.skip)
@@ -33,6 +47,30 @@ async fn page_of<E: EntityTrait>(
     }
     Ok(rows.all(read).await?)
 }
+
+/// Folds the rows of each block that has several into one (dropping blocks
+/// that hold nothing).
+const COMPACT_TASK_BLOCKS: &str = "WITH folded AS ( \
+    DELETE FROM task_blocks WHERE block IN \
+        (SELECT block FROM task_blocks GROUP BY block HAVING count(*) > 1) \
+    RETURNING block, n) \
+INSERT INTO task_blocks (block, n) \
+SELECT block, sum(n) FROM folded GROUP BY block HAVING sum(n) <> 0";
+
+/// Pages that start fewer rows deep than this walk them: one block of ids.
+const SHALLOW: u64 = 1024;
+
+/// A page of tasks from `$1` rows deep, `$2` long: the block where the page
+/// starts, from the running sum of the block counts, then `OFFSET` inside it.
+/// Past the end no block qualifies and the page is empty.
+const TASK_PAGE_BY_BLOCKS: &str = "WITH start AS ( \
+    SELECT block, $1 - before AS rest FROM ( \
+        SELECT block, n, (sum(n) OVER (ORDER BY block) - n)::bigint AS before \
+        FROM (SELECT block, sum(n)::bigint AS n FROM task_blocks GROUP BY block) AS counts \
+    ) AS running \
+    WHERE before + n > $1 ORDER BY block LIMIT 1) \
+SELECT tasks.* FROM tasks WHERE id >= (SELECT block << 10 FROM start) \
+ORDER BY id LIMIT $2 OFFSET (SELECT rest FROM start)";
 
 /// An employee as stored.
 pub type Employee = employees::Model;
@@ -211,7 +249,7 @@ impl Tracker {
     /// A page of employees, by id.
     pub async fn list_employees(&self, page: Page) -> Result<Vec<Employee>> {
         let read = self.db.read().await?;
-        page_of::<employees::Entity>(&read, employees::Column::Id, page).await
+        page_of::<employees::Entity>(&read, employees::Column::Id, page, None).await
     }
 
     /// One employee.
@@ -299,7 +337,7 @@ impl Tracker {
     /// A page of tasks, by id.
     pub async fn list_tasks(&self, page: Page) -> Result<Vec<Task>> {
         let read = self.db.read().await?;
-        page_of::<tasks::Entity>(&read, tasks::Column::Id, page).await
+        page_of::<tasks::Entity>(&read, tasks::Column::Id, page, Some(TASK_PAGE_BY_BLOCKS)).await
     }
 
     /// A page of tasks with their assignees, in two queries: the page, then
@@ -309,7 +347,9 @@ impl Tracker {
         page: Page,
     ) -> Result<Vec<(Task, Option<Employee>)>> {
         let read = self.db.read().await?;
-        let tasks = page_of::<tasks::Entity>(&read, tasks::Column::Id, page).await?;
+        let tasks =
+            page_of::<tasks::Entity>(&read, tasks::Column::Id, page, Some(TASK_PAGE_BY_BLOCKS))
+                .await?;
         let assignees = tasks.load_one(employees::Entity, &read).await?;
         Ok(tasks.into_iter().zip(assignees).collect())
     }
@@ -434,6 +474,45 @@ impl Tracker {
             self.task(id).await?;
         }
         Ok(found)
+    }
+
+    /// Folds the block counts of deep task pages into one row per block
+    /// (PostgreSQL; elsewhere nothing). Writes append rows, and a page reads
+    /// them all, so this runs about every second: `serve` does it. Returns
+    /// the number of blocks folded. Concurrent calls are safe: each folds
+    /// only the rows it deleted.
+    pub async fn compact_task_blocks(&self) -> Result<u64> {
+        if self.db.backend() != DbBackend::Postgres {
+            return Ok(0);
+        }
+        let write = self.db.session(SessionOptions::single_statement()).await?;
+        let folded = write.execute_unprepared(COMPACT_TASK_BLOCKS).await?;
+        write.commit().await?;
+        Ok(folded.rows_affected())
+    }
+
+    /// Runs [`compact_task_blocks`](Self::compact_task_blocks) every second
+    /// until the returned handle is dropped (PostgreSQL; elsewhere it does
+    /// nothing). A failure is logged at `warn` once, until one succeeds.
+    pub fn spawn_compaction(&self) -> AbortOnDropHandle<()> {
+        let tracker = self.clone();
+        AbortOnDropHandle::new(tokio::spawn(async move {
+            if tracker.db.backend() != DbBackend::Postgres {
+                return;
+            }
+            let mut failing = false;
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                match tracker.compact_task_blocks().await {
+                    Ok(_) => failing = false,
+                    Err(e) if !failing => {
+                        tracing::warn!("compacting the task block counts failed: {e}");
+                        failing = true;
+                    }
+                    Err(e) => tracing::debug!("compacting the task block counts failed: {e}"),
+                }
+            }
+        }))
     }
 
     /// Turns a foreign-key violation into an error that names the field and

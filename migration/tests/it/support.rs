@@ -92,3 +92,14 @@ pub async fn int(db: &Db, sql: &str) -> i64 {
         .or_else(|_| row.try_get_by_index::<i32>(0).map(i64::from))
         .unwrap()
 }
+
+/// `names` and, on PostgreSQL, `task_blocks` (the block counts of deep
+/// pages), sorted as [`tables`] lists them.
+pub fn with_block_counts(db: &Db, names: &[&str]) -> Vec<String> {
+    let mut names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    if db.backend() == DbBackend::Postgres {
+        names.push("task_blocks".to_owned());
+    }
+    names.sort();
+    names
+}

@@ -8,6 +8,7 @@ use crate::cli::{text, tracker};
 
 const FIRST: &str = "m20261124_000001_create_employees_and_tasks";
 const SECOND: &str = "m20261125_000001_converge_adopted_schema";
+const THIRD: &str = "m20261203_000001_task_block_counts";
 
 fn run(t: &TestDb, dir: &std::path::Path, words: &[&str]) -> String {
     let mut args = vec!["migrate"];
@@ -22,11 +23,11 @@ test_support::backend_tests! {
     async fn migrate_up_status_down_fresh(t: TestDb) {
         let dir = tempfile::tempdir().unwrap();
         let dir = dir.path();
-        assert_eq!(run(&t, dir, &["status"]), format!("pending  {FIRST}\npending  {SECOND}\n0 applied, 2 pending\n"));
-        assert_eq!(run(&t, dir, &["up"]), format!("applied  {FIRST}\napplied  {SECOND}\n2 applied, 0 pending\n"));
-        assert_eq!(run(&t, dir, &["status"]), format!("applied  {FIRST}\napplied  {SECOND}\n2 applied, 0 pending\n"));
-        assert_eq!(run(&t, dir, &["down"]), format!("reverted {SECOND}\n1 applied, 1 pending\n"));
-        assert_eq!(run(&t, dir, &["fresh"]), format!("applied  {FIRST}\napplied  {SECOND}\n2 applied, 0 pending\n"));
+        assert_eq!(run(&t, dir, &["status"]), format!("pending  {FIRST}\npending  {SECOND}\npending  {THIRD}\n0 applied, 3 pending\n"));
+        assert_eq!(run(&t, dir, &["up"]), format!("applied  {FIRST}\napplied  {SECOND}\napplied  {THIRD}\n3 applied, 0 pending\n"));
+        assert_eq!(run(&t, dir, &["status"]), format!("applied  {FIRST}\napplied  {SECOND}\napplied  {THIRD}\n3 applied, 0 pending\n"));
+        assert_eq!(run(&t, dir, &["down"]), format!("reverted {THIRD}\n2 applied, 1 pending\n"));
+        assert_eq!(run(&t, dir, &["fresh"]), format!("applied  {FIRST}\napplied  {SECOND}\napplied  {THIRD}\n3 applied, 0 pending\n"));
     }
 }
 
@@ -38,10 +39,10 @@ test_support::backend_tests! {
         let dir = dir.path();
         assert_eq!(
             run(&t, dir, &["up"]),
-            format!("adopted  {FIRST} (recorded as applied without running it)\napplied  {SECOND}\n2 applied, 0 pending\n")
+            format!("adopted  {FIRST} (recorded as applied without running it)\napplied  {SECOND}\napplied  {THIRD}\n3 applied, 0 pending\n")
         );
-        assert_eq!(run(&t, dir, &["status"]), format!("applied  {FIRST}\napplied  {SECOND}\n2 applied, 0 pending\n"));
-        assert_eq!(run(&t, dir, &["up"]), "2 applied, 0 pending\n");
+        assert_eq!(run(&t, dir, &["status"]), format!("applied  {FIRST}\napplied  {SECOND}\napplied  {THIRD}\n3 applied, 0 pending\n"));
+        assert_eq!(run(&t, dir, &["up"]), "3 applied, 0 pending\n");
     }
 
     /// Tables that differ: exit 1, one line for each difference and the way out.

@@ -218,7 +218,7 @@ async fn pending_migrations_on_a_server_need_migrate() {
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     let last = stderr.lines().last().unwrap_or_default();
     assert!(
-        last.contains("has 2 pending migration(s) (m20261124_000001_create_employees_and_tasks, m20261125_000001_converge_adopted_schema): run `tracker migrate up` first, or start with --migrate"),
+        last.contains("has 3 pending migration(s) (m20261124_000001_create_employees_and_tasks, m20261125_000001_converge_adopted_schema, m20261203_000001_task_block_counts): run `tracker migrate up` first, or start with --migrate"),
         "{stderr}"
     );
 
