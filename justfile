@@ -56,7 +56,7 @@ SCALE := env_var_or_default("SCALE", "1")
 # Where the benchmarks run: a PostgreSQL database they may wipe.
 BENCH_DATABASE_URL := env_var_or_default("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/tracker_bench")
 
-# Benchmark the three stacks on PostgreSQL, interleaved in 3 rounds, each on its own database (JSON lines on stdout, medians and spread on stderr).
+# Benchmark the stacks (tracker, seaorm-defaults, raw, and raw-naive for list) on PostgreSQL, interleaved in 3 rounds, each on its own database (JSON lines on stdout, medians and spread on stderr).
 bench:
     cargo build --release -q -p app -p bench
     DATABASE_URL="{{BENCH_DATABASE_URL}}" target/release/tracker db create >&2

@@ -1,4 +1,4 @@
-//! The three stacks, each answering the workload's operations its own way.
+//! The stacks, each answering the workload's operations its own way.
 
 use db_core::Db;
 use entity::{employees, tasks};
