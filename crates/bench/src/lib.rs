@@ -188,21 +188,11 @@ pub async fn run(
         if round.is_multiple_of(2) {
             order.reverse();
         }
-        let (mut stacks, mut compactions) = (Vec::new(), Vec::new());
+        let mut stacks = Vec::new();
         let mut result = Ok(());
         for &i in &order {
             match open(names[i], &targets[i]).await {
-                Ok(opened) => {
-                    // The block counts are compacted every second, as `serve` does.
-                    compactions.push(match &opened {
-                        (Stack::Tracker(t), _) => Some(t.spawn_compaction()),
-                        (Stack::Raw(_), Some(db)) => {
-                            Some(tracker::Tracker::new(db.clone()).spawn_compaction())
-                        }
-                        _ => None,
-                    });
-                    stacks.push(opened);
-                }
+                Ok(opened) => stacks.push(opened),
                 Err(e) => {
                     result = Err(e);
                     break;
@@ -219,7 +209,6 @@ pub async fn run(
             };
             result = round.run(&stacks, &targets, &order).await;
         }
-        drop(compactions);
         for (stack, db) in stacks {
             stack.close().await;
             if let Some(db) = db {
@@ -308,6 +297,23 @@ impl<W: Write> Round<'_, W> {
             // `load` fills the tables, reported or not.
             self.time(stack, "load").await?;
         }
+        // The block counts are compacted every second, as `serve` does, for
+        // the stacks that read them.
+        let mut compactions = Vec::new();
+        for ((stack, _), &i) in stacks.iter().zip(order) {
+            if matches!(stack, Stack::Tracker(_) | Stack::Raw(_)) {
+                compactions.extend(tracker::Compaction::start(&targets[i]).await?);
+            }
+        }
+        let result = self.run_ops(stacks).await;
+        for compaction in compactions {
+            compaction.stop().await;
+        }
+        result
+    }
+
+    /// Each reported operation on every stack that runs it, in turn.
+    async fn run_ops(&mut self, stacks: &[(Stack, Option<Db>)]) -> Result<(), Error> {
         for op in OPS.into_iter().filter(|op| *op != "load") {
             if !self.options.ops.iter().any(|o| o == op) {
                 continue;

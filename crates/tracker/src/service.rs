@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use chrono::NaiveDate;
-use db_core::{CachedStatement, Db, Session, SessionOptions};
+use db_core::{CachedStatement, Db, Session, SessionOptions, Settings};
 use entity::{employees, tasks};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ActiveValue::Unchanged, ColumnTrait, ConnectionTrait,
@@ -478,7 +478,7 @@ impl Tracker {
 
     /// Folds the block counts of deep task pages into one row per block
     /// (PostgreSQL; elsewhere nothing). Writes append rows, and a page reads
-    /// them all, so this runs about every second: `serve` does it. Returns
+    /// them all, so this runs about every second: see [`Compaction`]. Returns
     /// the number of blocks folded. Concurrent calls are safe: each folds
     /// only the rows it deleted.
     pub async fn compact_task_blocks(&self) -> Result<u64> {
@@ -489,30 +489,6 @@ impl Tracker {
         let folded = write.execute_unprepared(COMPACT_TASK_BLOCKS).await?;
         write.commit().await?;
         Ok(folded.rows_affected())
-    }
-
-    /// Runs [`compact_task_blocks`](Self::compact_task_blocks) every second
-    /// until the returned handle is dropped (PostgreSQL; elsewhere it does
-    /// nothing). A failure is logged at `warn` once, until one succeeds.
-    pub fn spawn_compaction(&self) -> AbortOnDropHandle<()> {
-        let tracker = self.clone();
-        AbortOnDropHandle::new(tokio::spawn(async move {
-            if tracker.db.backend() != DbBackend::Postgres {
-                return;
-            }
-            let mut failing = false;
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                match tracker.compact_task_blocks().await {
-                    Ok(_) => failing = false,
-                    Err(e) if !failing => {
-                        tracing::warn!("compacting the task block counts failed: {e}");
-                        failing = true;
-                    }
-                    Err(e) => tracing::debug!("compacting the task block counts failed: {e}"),
-                }
-            }
-        }))
     }
 
     /// Turns a foreign-key violation into an error that names the field and
@@ -546,6 +522,52 @@ impl Tracker {
             });
         }
         Err(err)
+    }
+}
+
+/// [`Tracker::compact_task_blocks`] every second, on a connection of its own
+/// (pool `upkeep` in metrics), so it never waits for a connection behind
+/// requests nor takes one from them. `tracker serve` runs one.
+#[derive(Debug)]
+pub struct Compaction {
+    db: Db,
+    task: AbortOnDropHandle<()>,
+}
+
+impl Compaction {
+    /// Starts compacting the database of `settings` (its primary): on
+    /// PostgreSQL only, elsewhere `None`. A failure is logged at `warn` once,
+    /// until a compaction succeeds again.
+    pub async fn start(settings: &Settings) -> Result<Option<Compaction>> {
+        if settings.url.backend() != DbBackend::Postgres {
+            return Ok(None);
+        }
+        let mut own = settings.clone();
+        (own.max_connections, own.min_connections) = (1, 1);
+        own.replicas.clear();
+        let db = Db::connect_labelled(&own, "upkeep").await?;
+        let tracker = Tracker::new(db.clone());
+        let task = AbortOnDropHandle::new(tokio::spawn(async move {
+            let mut failing = false;
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                match tracker.compact_task_blocks().await {
+                    Ok(_) => failing = false,
+                    Err(e) if !failing => {
+                        tracing::warn!("compacting the task block counts failed: {e}");
+                        failing = true;
+                    }
+                    Err(e) => tracing::debug!("compacting the task block counts failed: {e}"),
+                }
+            }
+        }));
+        Ok(Some(Compaction { db, task }))
+    }
+
+    /// Stops compacting and closes the connection.
+    pub async fn stop(self) {
+        drop(self.task);
+        self.db.close().await;
     }
 }
 

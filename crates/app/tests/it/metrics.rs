@@ -222,6 +222,8 @@ async fn metrics_name_every_series_without_secrets_or_sql() {
         r#"db_pool_connections_opened_total{pool="primary"}"#,
         r#"db_pool_connections_opened_total{pool="migration"}"#,
         r#"db_pool_connections_closed_total{pool="migration"}"#,
+        // The compaction of the block counts, on a pool of its own.
+        r#"db_pool_connections_opened_total{pool="upkeep"}"#,
         r#"db_pool_connection_failures_total{pool="primary"}"#,
         r#"db_statement_duration_seconds_count{operation="POST /employees"}"#,
         r#"db_statement_duration_seconds_count{operation="GET /employees/{employee_id}"}"#,

@@ -183,7 +183,6 @@ pub async fn serve(
     if let Exposure::Api(m) | Exposure::Separate(m) = &exposure {
         m.spawn_upkeep();
     }
-    let _compaction = tracker.spawn_compaction();
     let cors = CorsLayer::new()
         .allow_origin(Any)
         .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])

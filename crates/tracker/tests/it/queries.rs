@@ -3,8 +3,7 @@
 use db_core::{Db, SessionOptions};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use test_support::{Backend, TestDb};
-use tracker::http::Exposure;
-use tracker::{EmployeeInput, Page, TaskInput, Tracker};
+use tracker::{Compaction, EmployeeInput, Page, TaskInput, Tracker};
 
 use crate::support::migrate;
 
@@ -308,10 +307,11 @@ async fn deep_pages_follow_the_block_counts_through_every_write() {
     assert!(tracker.list_tasks(page).await.unwrap().is_empty());
 }
 
-/// `serve` folds the block counts while it runs, and stops when it stops.
+/// A `Compaction` folds the block counts while it runs, on a pool of its
+/// own, and stops when it is stopped.
 #[test_support::needs(postgres)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_compacts_the_block_counts_until_it_stops() {
+async fn compaction_folds_the_block_counts_until_it_stops() {
     let t = TestDb::new(Backend::Postgres).await;
     migrate(&t).await;
     let three_rows = || async {
@@ -331,17 +331,7 @@ async fn serve_compacts_the_block_counts_until_it_stops() {
         );
     };
     let rows = "SELECT count(*) FROM task_blocks";
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let tracker = Tracker::new(t.db.clone());
-    let served = tokio::spawn(tracker::http::serve(
-        listener,
-        tracker,
-        Exposure::Off,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let compaction = Compaction::start(&t.settings).await.unwrap().unwrap();
     three_rows().await;
     let started = std::time::Instant::now();
     while number(&t.db, rows).await > 1 {
@@ -351,13 +341,10 @@ async fn serve_compacts_the_block_counts_until_it_stops() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    let _ = stop.send(());
-    served.await.unwrap().unwrap();
+    compaction.stop().await;
     three_rows().await;
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
-    assert_eq!(
-        number(&t.db, rows).await,
-        3,
-        "compacted after serve stopped"
-    );
+    assert_eq!(number(&t.db, rows).await, 3, "compacted after it stopped");
+    let sqlite = TestDb::new(Backend::Sqlite).await;
+    assert!(Compaction::start(&sqlite.settings).await.unwrap().is_none());
 }
