@@ -479,8 +479,9 @@ impl Tracker {
     /// Folds the block counts of deep task pages into one row per block
     /// (PostgreSQL; elsewhere nothing). Writes append rows, and a page reads
     /// them all, so this runs about every second: see [`Compaction`]. Returns
-    /// the number of blocks folded. Concurrent calls are safe: each folds
-    /// only the rows it deleted.
+    /// how many folded rows it wrote (a block whose rows add up to zero is
+    /// removed). Concurrent calls are safe: each folds only the rows it
+    /// deleted.
     pub async fn compact_task_blocks(&self) -> Result<u64> {
         if self.db.backend() != DbBackend::Postgres {
             return Ok(0);
