@@ -94,7 +94,7 @@ test_support::backend_tests! {
     async fn the_adopted_original_database(t: TestDb) {
         original_app::create(&t.db).await;
         let ran = migration::up(&t.settings, std::time::Duration::from_secs(60)).await.unwrap();
-        assert_eq!(ran, ["m20261125_000001_converge_adopted_schema"]);
+        assert_eq!(ran, ["m20261125_000001_converge_adopted_schema", "m20261203_000001_task_block_counts"]);
         let s = Server::on(t).await;
 
         let zoe = json!({"full_name": "Zoë Ångström", "position": "développeuse ", "id": 1});
