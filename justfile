@@ -4,7 +4,8 @@
 
 # sea-orm-cli flags for entity/src/generated, chosen once: the compact format
 # (relations as an enum, `Linked` impls for the task tree in entity/src/links.rs),
-# serde derives, no version banner, without the migration tables.
+# serde derives, no version banner, without the migration tables and the block
+# counts of deep pages (`task_blocks`, read with SQL of its own).
 entity_flags := "--entity-format compact --with-serde both --banner-version off --ignore-tables seaql_migrations,seaql_migrations_adopted,task_blocks"
 
 # List the recipes.
