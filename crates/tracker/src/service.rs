@@ -565,10 +565,16 @@ impl Compaction {
         Ok(Some(Compaction { db, task }))
     }
 
-    /// Stops compacting and closes the connection.
+    /// Stops compacting and closes the connection, waiting at most a second
+    /// for it: shutdown never waits on this background work.
     pub async fn stop(self) {
         drop(self.task);
-        self.db.close().await;
+        if tokio::time::timeout(Duration::from_secs(1), self.db.close())
+            .await
+            .is_err()
+        {
+            tracing::debug!("the compaction's connection did not close within 1 s");
+        }
     }
 }
 
