@@ -22,7 +22,8 @@ use crate::error::{Error, Result, scrub};
 use crate::failover::Failover;
 use crate::metrics::{PoolMetrics, Sampled, time_statements, watch};
 use crate::replicas::Replicas;
-use crate::settings::{Settings, SslMode};
+use crate::settings::Settings;
+use crate::url::SslMode;
 
 /// The pools behind a [`Db`](crate::Db): one for writes and one for reads (the
 /// same pool, except on SQLite, where one writer connection serialises writes

@@ -82,9 +82,9 @@ pub use error::{Error, Report, Result, Retryable};
 pub use failover::{HostStatus, Role, host_status};
 pub use lock::Lock;
 pub use session::{Access, Session, SessionOptions};
-pub use settings::{DEFAULT_SQLITE_PATH, SETTINGS, SettingInfo, Settings, SslMode};
+pub use settings::{DEFAULT_SQLITE_PATH, SETTINGS, SettingInfo, Settings};
 pub use source::Source;
-pub use url::{DatabaseUrl, LoadBalanceHosts, TargetSessionAttrs, backend_name};
+pub use url::{DatabaseUrl, LoadBalanceHosts, SslMode, TargetSessionAttrs, backend_name};
 
 /// The SeaORM this crate is built on, for users who want the same version.
 pub use sea_orm;

@@ -16,10 +16,10 @@ use sea_orm::DbBackend;
 use secrecy::SecretString;
 
 use crate::error::{Error, Result, bail};
-use crate::source::{ConfigFile, Source};
+use crate::source::Source;
 use crate::url::{self, DatabaseUrl, LoadBalanceHosts, Parts, TargetSessionAttrs, backend_name};
+pub use table::SettingInfo;
 use table::{Number, Show, off_is_zero, or_off, settings};
-pub use table::{SettingInfo, SslMode};
 
 /// The embedded default: a SQLite file, so a fresh clone runs with no server.
 pub const DEFAULT_SQLITE_PATH: &str = "data/tracker.db";
@@ -140,7 +140,7 @@ settings! {
         /// TLS mode: `disable`, `prefer`, `require` or `verify-full`; when unset, the URL's
         /// `sslmode`, else `prefer`, except to a server on this machine (`localhost`, a loopback
         /// address, a socket), which is reached without TLS.
-        ssl_mode "DB_SSL_MODE": Option<SslMode> = "" or "(from URL, default prefer; none locally)", Server,
+        ssl_mode "DB_SSL_MODE": Option<url::SslMode> = "" or "(from URL, default prefer; none locally)", Server,
             eg "verify-full", expects "disable, prefer, require or verify-full";
         /// CA certificate file for `verify-full`.
         ssl_root_cert "DB_SSL_ROOT_CERT": Option<PathBuf> = "" or "(none)", Server, eg "/etc/ssl/db-ca.pem",
@@ -175,10 +175,7 @@ impl Settings {
     pub fn new(url: DatabaseUrl) -> Self {
         let values = defaults().and_then(|layers| layers.build()?.try_deserialize());
         // The defaults are constants of the table, read by every test that loads settings.
-        Self::from_values(
-            url,
-            values.unwrap_or_else(|e| panic!("built-in defaults: {e}")),
-        )
+        Self::from_values(url, values.expect("the built-in defaults are valid"))
     }
 
     /// Loads settings from `source`: built-in defaults, then
@@ -187,13 +184,9 @@ impl Settings {
     pub fn load(source: &Source) -> Result<Self> {
         let mut layers = defaults().map_err(config_error)?;
         let mut given = Given::default();
-        for ConfigFile {
-            shown,
-            file,
-            values,
-        } in source.files()?
-        {
-            for (key, value) in values {
+        for file in source.files()? {
+            let shown = file.shown;
+            for (key, value) in file.values {
                 if !SETTINGS.iter().any(|s| s.key == key) {
                     bail!(
                         "{shown}: unknown key `{key}` (see the configuration table in README.md)"
@@ -204,7 +197,7 @@ impl Settings {
                     .0
                     .insert(key, (origin, value.into_string().unwrap_or_default()));
             }
-            layers = layers.add_source(file);
+            layers = layers.add_source(file.file);
         }
         // The variables are the top layer: `DB_PORT` overrides the key `port`.
         for s in SETTINGS {
@@ -245,22 +238,17 @@ impl Settings {
             ..Self::from_values(url, values)
         };
         if s.min_connections > s.max_connections {
-            let (min, max) = (
-                given.origin(&info::min_connections),
-                given.origin(&info::max_connections),
-            );
-            bail!(
-                "{min}={}: must not exceed the maximum pool size {} ({max})",
-                s.min_connections,
-                s.max_connections
-            );
+            let [min, max] =
+                [&info::min_connections, &info::max_connections].map(|i| given.origin(i));
+            let (n, m) = (s.min_connections, s.max_connections);
+            bail!("{min}={n}: must not exceed the maximum pool size {m} ({max})");
         }
         if s.transaction_pooler && backend != DbBackend::Postgres {
-            let origin = given.origin(&info::transaction_pooler);
-            bail!(
-                "{origin}: transaction pooling is for PostgreSQL (PgBouncer), not {}",
-                backend_name(backend)
+            let (origin, name) = (
+                given.origin(&info::transaction_pooler),
+                backend_name(backend),
             );
+            bail!("{origin}: transaction pooling is for PostgreSQL (PgBouncer), not {name}");
         }
         if let Some(url) = s.migration_url.as_ref().filter(|u| u.backend() != backend) {
             let (url, backend) = (backend_name(url.backend()), backend_name(backend));
@@ -327,23 +315,20 @@ impl Given {
     fn values(&self, layers: ConfigBuilder<DefaultState>) -> Result<Values> {
         let empty = |s: &&SettingInfo| self.0.get(s.key).is_some_and(|(_, v)| v.trim().is_empty());
         if let Some(s) = SETTINGS.iter().filter(|s| s.expects != ANY).find(empty) {
-            bail!(
-                "{} is empty: unset it or give {}",
-                self.origin(s),
-                s.expects
-            );
+            let origin = self.origin(s);
+            bail!("{origin} is empty: unset it or give {}", s.expects);
         }
         let key = match layers.build().and_then(Config::try_deserialize::<Values>) {
             Ok(values) => match values.failing() {
                 None => return Ok(values),
-                Some(s) => s.key,
+                Some(s) => s.key.to_owned(),
             },
             Err(
                 ConfigError::Type { key: Some(key), .. } | ConfigError::At { key: Some(key), .. },
-            ) => SETTINGS.iter().find(|s| s.key == key).map_or("", |s| s.key),
+            ) => key,
             Err(e) => bail!("settings: {e}"),
         };
-        match (SETTINGS.iter().find(|s| s.key == key), self.0.get(key)) {
+        match (SETTINGS.iter().find(|s| s.key == key), self.0.get(&key)) {
             (Some(s), Some((origin, raw))) if s.expects != ANY => {
                 bail!("{origin}=\"{raw}\": expected {}", s.expects)
             }
@@ -410,22 +395,19 @@ fn url_or_parts(v: &Values, given: &Given, warnings: &mut Vec<String>) -> Result
     if set.is_empty() {
         return Ok(DatabaseUrl::sqlite_file(DEFAULT_SQLITE_PATH));
     }
-    let required = |value: &Option<String>, s: &SettingInfo| match value {
+    let required = |value: &Option<String>, var: &str| match value {
         Some(value) => Ok(value.clone()),
-        None => bail!(
-            "{} is not set: it is required with {set} (or set DATABASE_URL)",
-            s.var
-        ),
+        None => bail!("{var} is not set: it is required with {set} (or set DATABASE_URL)"),
     };
-    let host = required(&v.host, &info::host)?;
+    let host = required(&v.host, info::host.var)?;
     let hosts = url::host_list(
         (&host, given.origin(&info::host)),
         (&v.port, given.origin(&info::port)),
     )?;
     Ok(DatabaseUrl::from_parts(&Parts {
         hosts: &hosts,
-        database: &required(&v.name, &info::name)?,
-        user: &required(&v.user, &info::user)?,
+        database: &required(&v.name, info::name.var)?,
+        user: &required(&v.user, info::user.var)?,
         password: &v.pass.clone().unwrap_or_default(),
     }))
 }

@@ -174,6 +174,26 @@ keywords!(LoadBalanceHosts {
     Random = "random",
 });
 
+/// TLS for server connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SslMode {
+    /// Never use TLS.
+    Disable,
+    /// Use TLS when the server offers it (the drivers' default).
+    Prefer,
+    /// Require TLS, without checking the certificate.
+    Require,
+    /// Require TLS with a certificate that is valid for the host name.
+    VerifyFull,
+}
+
+keywords!(SslMode {
+    Disable = "disable",
+    Prefer = "prefer",
+    Require = "require",
+    VerifyFull = "verify-full",
+});
+
 /// The libpq URL parameters that sqlx does not read and this module takes out.
 const TARGET_SESSION_ATTRS: &str = "target_session_attrs";
 const LOAD_BALANCE_HOSTS: &str = "load_balance_hosts";

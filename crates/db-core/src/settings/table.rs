@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use log::LevelFilter;
 use sea_orm::DbBackend;
-use serde::{Deserialize, Deserializer, Serialize, de::Error as _};
+use serde::{Deserialize, Deserializer, de::Error as _};
 use serde_with::{As, DisplayFromStr};
 
-use crate::url::{DatabaseUrl, backend_name};
+use crate::url::{DatabaseUrl, SslMode, backend_name};
 
 /// One setting as documented. README.md's configuration table and
 /// `.env.example` are generated from [`SETTINGS`](super::SETTINGS).
@@ -28,20 +28,6 @@ pub struct SettingInfo {
     pub help: &'static str,
     pub(super) expects: &'static str,
     pub(super) applies: Applies,
-}
-
-/// TLS for server connections.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SslMode {
-    /// Never use TLS.
-    Disable,
-    /// Use TLS when the server offers it (the drivers' default).
-    Prefer,
-    /// Require TLS, without checking the certificate.
-    Require,
-    /// Require TLS with a certificate that is valid for the host name.
-    VerifyFull,
 }
 
 /// A value read with `FromStr` from text or a TOML number (strictly: `on` is no number).
@@ -122,13 +108,8 @@ show_with! {
     Duration: |d: &Duration| humantime::format_duration(*d).to_string();
     PathBuf: |p: &PathBuf| p.display().to_string();
     LevelFilter: |l: &LevelFilter| l.as_str().to_lowercase();
-    SslMode: |m: &SslMode| toml::Value::try_from(m).map_or(String::new(), |v| v.to_string().replace('"', ""));
+    SslMode: |m: &SslMode| m.as_str().to_owned();
     DatabaseUrl: DatabaseUrl::redacted;
-}
-
-/// Applies a row's check to its value (giving the closure its type).
-pub(super) fn passes<T>(value: &T, check: impl Fn(&T) -> bool) -> bool {
-    check(value)
 }
 
 /// The settings table. `inputs` are combined by hand into the URLs; each of
@@ -179,8 +160,8 @@ macro_rules! settings {
         impl Values {
             /// The first setting, in table order, whose value fails its check.
             fn failing(&self) -> Option<&'static SettingInfo> {
-                $($(if !table::passes(&self.$ikey, $icheck) { return Some(&info::$ikey); })?)*
-                $($(if !table::passes(&self.$key, $check) { return Some(&info::$key); })?)*
+                $($(if !($icheck as fn(&$ity) -> bool)(&self.$ikey) { return Some(&info::$ikey); })?)*
+                $($(if !($check as fn(&$ty) -> bool)(&self.$key) { return Some(&info::$key); })?)*
                 None
             }
         }
