@@ -481,15 +481,20 @@ impl Tracker {
     /// them all, so this runs about every second: see [`Compaction`]. Returns
     /// how many folded rows it wrote (a block whose rows add up to zero is
     /// removed). Concurrent calls are safe: each folds only the rows it
-    /// deleted.
+    /// deleted. On a host list, a failover it runs into is retried, as in
+    /// [`Db::transaction`].
     pub async fn compact_task_blocks(&self) -> Result<u64> {
         if self.db.backend() != DbBackend::Postgres {
             return Ok(0);
         }
-        let write = self.db.session(SessionOptions::single_statement()).await?;
-        let folded = write.execute_unprepared(COMPACT_TASK_BLOCKS).await?;
-        write.commit().await?;
-        Ok(folded.rows_affected())
+        // Through the retrying helper, whose failover detection moves the
+        // pool to the new primary.
+        (self.db)
+            .transaction(self.one_statement_write(), |tx| async move {
+                let folded = tx.execute_unprepared(COMPACT_TASK_BLOCKS).await?;
+                Ok(folded.rows_affected())
+            })
+            .await
     }
 
     /// Turns a foreign-key violation into an error that names the field and
@@ -538,7 +543,7 @@ pub struct Compaction {
 impl Compaction {
     /// Starts compacting the database of `settings` (its primary): on
     /// PostgreSQL only, elsewhere `None`. A failure is logged at `warn` once,
-    /// until a compaction succeeds again.
+    /// and the next success at `info`.
     pub async fn start(settings: &Settings) -> Result<Option<Compaction>> {
         if settings.url.backend() != DbBackend::Postgres {
             return Ok(None);
@@ -553,7 +558,11 @@ impl Compaction {
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 match tracker.compact_task_blocks().await {
-                    Ok(_) => failing = false,
+                    Ok(_) if failing => {
+                        tracing::info!("compacting the task block counts works again");
+                        failing = false;
+                    }
+                    Ok(_) => {}
                     Err(e) if !failing => {
                         tracing::warn!("compacting the task block counts failed: {e}");
                         failing = true;
