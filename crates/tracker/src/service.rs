@@ -28,14 +28,11 @@ async fn page_of<E: EntityTrait>(
     read: &Session,
     id: E::Column,
     page: Page,
-    counted: Option<&'static str>,
+    counted: Option<&CachedStatement>,
 ) -> Result<Vec<E::Model>> {
     let backend = read.get_database_backend();
-    if let (Some(sql), None, DbBackend::Postgres) = (counted, page.after_id, backend)
-        && page.skip >= SHALLOW
-    {
-        let [skip, limit] = [page.skip, page.limit].map(|n| i64::try_from(n).unwrap_or(i64::MAX));
-        let stmt = Statement::from_sql_and_values(backend, sql, [skip.into(), limit.into()]);
+    if let (Some(sql), Some(values)) = (counted, by_blocks(page, backend)) {
+        let stmt = sql.statement(backend, values)?;
         return Ok(E::find().from_raw_sql(stmt).all(read).await?);
     }
     let mut rows = E::find()
@@ -60,17 +57,46 @@ SELECT block, sum(n) FROM folded GROUP BY block HAVING sum(n) <> 0";
 /// Pages that start fewer rows deep than this walk them: one block of ids.
 const SHALLOW: u64 = 1024;
 
-/// A page of tasks from `$1` rows deep, `$2` long: the block where the page
-/// starts, from the running sum of the block counts, then `OFFSET` inside it.
-/// Past the end no block qualifies and the page is empty.
-const TASK_PAGE_BY_BLOCKS: &str = "WITH start AS ( \
+/// The values (`skip`, `limit`) of a statement that pages by the block
+/// counts, if `page` is read that way: on PostgreSQL, `SHALLOW` rows deep or
+/// more, without `after_id`.
+fn by_blocks(page: Page, backend: DbBackend) -> Option<[sea_orm::Value; 2]> {
+    let deep = backend == DbBackend::Postgres && page.after_id.is_none() && page.skip >= SHALLOW;
+    deep.then(|| [page.skip, page.limit].map(|n| i64::try_from(n).unwrap_or(i64::MAX).into()))
+}
+
+/// The block where a page `$1` rows deep starts, from the running sum of the
+/// block counts, and how many rows of it the page skips. Past the end no
+/// block qualifies.
+const PAGE_START: &str = "start AS ( \
     SELECT block, $1 - before AS rest FROM ( \
         SELECT block, n, (sum(n) OVER (ORDER BY block) - n)::bigint AS before \
         FROM (SELECT block, sum(n)::bigint AS n FROM task_blocks GROUP BY block) AS counts \
     ) AS running \
-    WHERE before + n > $1 ORDER BY block LIMIT 1) \
-SELECT tasks.* FROM tasks WHERE id >= (SELECT block << 10 FROM start) \
-ORDER BY id LIMIT $2 OFFSET (SELECT rest FROM start)";
+    WHERE before + n > $1 ORDER BY block LIMIT 1)";
+
+/// The `$2` tasks of the page from `start`: `OFFSET` inside its block. Past
+/// the end the page is empty.
+const PAGE_TASKS: &str = "SELECT tasks.* FROM tasks WHERE id >= (SELECT block << 10 FROM start) \
+    ORDER BY id LIMIT $2 OFFSET (SELECT rest FROM start)";
+
+/// A page of tasks from `$1` rows deep, `$2` long.
+static TASK_PAGE_BY_BLOCKS: CachedStatement = CachedStatement::new(|backend| {
+    let sql = format!("WITH {PAGE_START} {PAGE_TASKS}");
+    Statement::from_sql_and_values(backend, sql, [0i64.into(), 0i64.into()])
+});
+
+/// The same page with each task's assignee, in one statement: SeaORM's query
+/// for tasks with their assignees, where a CTE named `tasks` (the page)
+/// stands in for the table. Inside its own definition `tasks` is still the
+/// table: a CTE that is not `RECURSIVE` does not see itself.
+static TASK_PAGE_WITH_ASSIGNEES_BY_BLOCKS: CachedStatement = CachedStatement::new(|backend| {
+    let joined = (tasks::Entity::find().find_also_related(employees::Entity))
+        .order_by_asc(tasks::Column::Id)
+        .build(backend);
+    let sql = format!("WITH {PAGE_START}, tasks AS ({PAGE_TASKS}) {}", joined.sql);
+    Statement::from_sql_and_values(backend, sql, [0i64.into(), 0i64.into()])
+});
 
 /// An employee as stored.
 pub type Employee = employees::Model;
@@ -337,19 +363,25 @@ impl Tracker {
     /// A page of tasks, by id.
     pub async fn list_tasks(&self, page: Page) -> Result<Vec<Task>> {
         let read = self.db.read().await?;
-        page_of::<tasks::Entity>(&read, tasks::Column::Id, page, Some(TASK_PAGE_BY_BLOCKS)).await
+        page_of::<tasks::Entity>(&read, tasks::Column::Id, page, Some(&TASK_PAGE_BY_BLOCKS)).await
     }
 
-    /// A page of tasks with their assignees, in two queries: the page, then
-    /// its assignees by id. (Joining first would join every skipped row.)
+    /// A page of tasks with their assignees. A page read by the block counts
+    /// is one statement that joins the page; any other takes two: the page,
+    /// then its assignees by id (joining first would join every skipped row).
     pub async fn list_tasks_with_assignees(
         &self,
         page: Page,
     ) -> Result<Vec<(Task, Option<Employee>)>> {
         let read = self.db.read().await?;
-        let tasks =
-            page_of::<tasks::Entity>(&read, tasks::Column::Id, page, Some(TASK_PAGE_BY_BLOCKS))
-                .await?;
+        let backend = read.get_database_backend();
+        if let Some(values) = by_blocks(page, backend) {
+            let stmt = TASK_PAGE_WITH_ASSIGNEES_BY_BLOCKS.statement(backend, values)?;
+            let rows = read.query_all_raw(stmt).await?;
+            let pair = SelectTwoModel::<Task, Employee>::from_raw_query_result;
+            return Ok(rows.into_iter().map(pair).collect::<Result<_, DbErr>>()?);
+        }
+        let tasks = page_of::<tasks::Entity>(&read, tasks::Column::Id, page, None).await?;
         let assignees = tasks.load_one(employees::Entity, &read).await?;
         Ok(tasks.into_iter().zip(assignees).collect())
     }

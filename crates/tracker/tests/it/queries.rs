@@ -235,6 +235,24 @@ async fn deep_pages_are_the_offset_pages(tracker: &Tracker) {
                 .take(limit as usize)
                 .collect();
             assert_eq!(ids, expected, "{page:?}");
+            let (joined, n) =
+                statements(tracker.db(), tracker.list_tasks_with_assignees(page)).await;
+            let joined = joined.unwrap();
+            // From 1,024 rows deep, one statement joins the page.
+            let want = if skip < 1024 { 2 } else { 1 };
+            assert_eq!(
+                n, want,
+                "a page with assignees took {n} statements, {page:?}"
+            );
+            let ids: Vec<i32> = joined.iter().map(|(t, _)| t.id).collect();
+            assert_eq!(ids, expected, "with assignees, {page:?}");
+            for (task, assignee) in &joined {
+                assert_eq!(
+                    task.assignee_id,
+                    assignee.as_ref().map(|e| e.id),
+                    "{task:?}"
+                );
+            }
         }
     }
 }
@@ -251,7 +269,13 @@ async fn deep_pages_follow_the_block_counts_through_every_write() {
     let tracker = Tracker::new(t.db.clone());
     exec(
         &t.db,
-        "INSERT INTO tasks (title, status) SELECT 't' || g, 'todo' FROM generate_series(1, 5000) g",
+        "INSERT INTO employees (full_name, position) VALUES ('a', 'x'), ('b', 'y')",
+    )
+    .await;
+    exec(
+        &t.db,
+        "INSERT INTO tasks (title, status, assignee_id) \
+         SELECT 't' || g, 'todo', nullif(g % 3, 0) FROM generate_series(1, 5000) g",
     )
     .await;
     exec(
