@@ -16,11 +16,11 @@ use sea_orm::sqlx::pool::PoolOptions;
 use sea_orm::sqlx::postgres::{PgConnectOptions, PgSslMode};
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sea_orm::sqlx::{self, ConnectOptions, Connection};
-use sea_orm::{DatabaseConnection, DbBackend};
+use sea_orm::{DatabaseConnection, DbBackend, DbErr};
 
 use crate::error::{Error, Result, scrub};
 use crate::failover::Failover;
-use crate::metrics::{PoolMetrics, Sampled, time_statements, watch};
+use crate::metrics::{PoolMetrics, Sampled, acquiring, time_statements, watch};
 use crate::replicas::Replicas;
 use crate::settings::Settings;
 use crate::url::SslMode;
@@ -63,6 +63,25 @@ impl Pool {
     /// The host list this pool follows, if its URL has one.
     pub(crate) fn failover(&self) -> Option<&Arc<Failover>> {
         self.failover.as_ref()
+    }
+
+    /// Runs `work` on this pool, with its wait for a connection counted. On a
+    /// host list, an error that means the server could not be reached or went
+    /// away starts the search for a host that fits, so the next work goes
+    /// there; `work` itself is not run again ([`Db::transaction`] does that).
+    ///
+    /// [`Db::transaction`]: crate::Db::transaction
+    pub(crate) async fn run<T>(
+        &self,
+        work: impl Future<Output = Result<T, DbErr>>,
+    ) -> Result<T, DbErr> {
+        let result = acquiring(self.metrics(), work).await;
+        if let (Err(e), Some(failover)) = (&result, &self.failover)
+            && Error::unreachable(e)
+        {
+            failover.detected();
+        }
+        result
     }
 }
 

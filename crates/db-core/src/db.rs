@@ -269,7 +269,7 @@ impl Db {
                 )
                 .await?
         } else {
-            acquiring(pool.metrics(), pool.begin_with_options(tx_options)).await?
+            pool.run(pool.begin_with_options(tx_options)).await?
         };
         if let Some(setup) = &self.inner.pooler_setup {
             let mut sql = "DEALLOCATE ALL".to_owned();
@@ -430,7 +430,7 @@ impl Db {
     pub async fn ping(&self) -> Result<Duration> {
         let start = Instant::now();
         let pool = &self.inner.pools.write;
-        acquiring(pool.metrics(), pool.ping()).await?;
+        pool.run(pool.ping()).await?;
         Ok(start.elapsed())
     }
 

@@ -10,7 +10,6 @@ use sea_orm::{
 
 use crate::connect::Pool;
 use crate::error::{Error, Result};
-use crate::metrics::acquiring;
 use crate::replicas::Replicas;
 
 /// How a session reads and writes.
@@ -212,7 +211,7 @@ impl ConnectionTrait for Session {
     async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
         match &self.conn {
             Conn::Tx(tx) => tx.execute_raw(stmt).await,
-            Conn::Direct(c) => acquiring(c.metrics(), c.execute_raw(stmt)).await,
+            Conn::Direct(c) => c.run(c.execute_raw(stmt)).await,
             Conn::Routed(replicas, primary) => {
                 replicas
                     .route(primary, |c| {
@@ -227,7 +226,7 @@ impl ConnectionTrait for Session {
     async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
         match &self.conn {
             Conn::Tx(tx) => tx.execute_unprepared(sql).await,
-            Conn::Direct(c) => acquiring(c.metrics(), c.execute_unprepared(sql)).await,
+            Conn::Direct(c) => c.run(c.execute_unprepared(sql)).await,
             Conn::Routed(replicas, primary) => {
                 replicas
                     .route(primary, |c| async move { c.execute_unprepared(sql).await })
@@ -239,7 +238,7 @@ impl ConnectionTrait for Session {
     async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
         match &self.conn {
             Conn::Tx(tx) => tx.query_one_raw(stmt).await,
-            Conn::Direct(c) => acquiring(c.metrics(), c.query_one_raw(stmt)).await,
+            Conn::Direct(c) => c.run(c.query_one_raw(stmt)).await,
             Conn::Routed(replicas, primary) => {
                 replicas
                     .route(primary, |c| {
@@ -254,7 +253,7 @@ impl ConnectionTrait for Session {
     async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
         match &self.conn {
             Conn::Tx(tx) => tx.query_all_raw(stmt).await,
-            Conn::Direct(c) => acquiring(c.metrics(), c.query_all_raw(stmt)).await,
+            Conn::Direct(c) => c.run(c.query_all_raw(stmt)).await,
             Conn::Routed(replicas, primary) => {
                 replicas
                     .route(primary, |c| {

@@ -271,3 +271,43 @@ async fn a_connection_lost_during_commit_is_not_retried() {
     assert_eq!(attempts.into_inner(), 1);
     db.close().await;
 }
+
+/// Work on a plain session (which is not run again) that finds the chosen
+/// host gone starts the search too, so later work reaches the host that
+/// fits: without it, new connections would go on being refused by the
+/// stopped server.
+#[test_support::needs(postgres)]
+#[tokio::test]
+async fn plain_sessions_move_on_once_the_chosen_host_is_gone() {
+    let server = private_server(false).await;
+    let hosts = format!("127.0.0.1:{},{}", server.port(), shared());
+    let mut s = settings(&hosts, "read-write");
+    s.acquire_timeout = Duration::from_secs(1);
+    let db = Db::connect(&s).await.unwrap();
+    assert_eq!(server_port(&db).await, server.port());
+    server.stop(test_support::StopMode::Immediate).unwrap();
+    let port = async || {
+        let session = db
+            .session(SessionOptions::read_only().on_primary())
+            .await
+            .ok()?;
+        let sql = "SELECT current_setting('port')";
+        let row = session
+            .query_one_raw(Statement::from_string(DbBackend::Postgres, sql))
+            .await
+            .ok()??;
+        row.try_get_by_index::<String>(0).ok()?.parse::<u16>().ok()
+    };
+    let started = std::time::Instant::now();
+    let reached = loop {
+        match port().await {
+            Some(port) => break port,
+            None if started.elapsed() < Duration::from_secs(30) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            None => panic!("plain sessions still failed 30 s after the server stopped"),
+        }
+    };
+    assert_eq!(reached, shared_port());
+    db.close().await;
+}
