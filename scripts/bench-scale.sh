@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `just bench-scale`: how cost grows with the data, on PostgreSQL. For each
 # scale (0.1, 1 and 10 by default: 10k, 100k and 1M tasks) it loads the
-# benchmark database, runs raw-naive's `list` (plain OFFSET) and then the
-# tracker stack's operations once on the same data; then it serves that
+# benchmark database, runs raw's `list` (plain OFFSET, the reference) and then
+# the tracker stack's operations once on the same data, with `list_after`
+# (keyset pages, flat at any depth); then it serves that
 # database with `tracker serve` and drives GET /tasks/{random id}/ with wrk
 # (-t2 -c64) while recording the server's peak RSS. The results (JSON lines)
 # go to target/bench-scale.jsonl, the plot to docs/bench-scale.png, and the
@@ -32,9 +33,9 @@ trap cleanup EXIT
 
 for scale in $scales; do
     echo "== scale $scale" >&2
-    # raw-naive first, then the tracker, whose data the server then reads.
-    target/release/bench --scale "$scale" --stack raw-naive --ops list --rounds 1 >>"$results"
-    target/release/bench --scale "$scale" --stack tracker --ops get,create,update,list,subtree --rounds 1 >>"$results"
+    # raw first, then the tracker, whose data the server then reads.
+    target/release/bench --scale "$scale" --stack raw --ops list --rounds 1 >>"$results"
+    target/release/bench --scale "$scale" --stack tracker --ops get,create,update,list,list_after,subtree --rounds 1 >>"$results"
 
     tasks=$(python3 -c "print(int(100000 * $scale))")
     port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')

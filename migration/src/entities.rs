@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 
-use db_core::{Db, Settings, create_database, drop_database};
+use db_core::{Settings, create_database, drop_database};
 use sea_orm::DbBackend;
 use sea_orm_migration::MigratorTrait;
 
@@ -68,16 +68,7 @@ pub async fn entities<M: MigratorTrait>(
     scratch.url = scratch.url.with_database(&name);
     create_database(&scratch).await?;
     let result = async {
-        let db = Db::connect(&scratch).await?;
-        let migrated = async {
-            let session = db.begin().await?;
-            M::up(session.executor(), None).await?;
-            session.commit().await?;
-            Ok::<_, Error>(())
-        }
-        .await;
-        db.close().await;
-        migrated?;
+        crate::runner::up_with::<M>(&scratch, std::time::Duration::from_secs(60)).await?;
         run_cli(&scratch, generated.path(), flags)
     }
     .await;

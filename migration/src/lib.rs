@@ -34,6 +34,7 @@ pub mod binary;
 pub mod cli;
 mod entities;
 pub mod inspect;
+pub mod online;
 mod runner;
 
 pub use entities::{SEA_ORM_CLI_VERSION, Source, entities};
@@ -42,6 +43,7 @@ pub use runner::{Error, generate, pending, run, run_with, up};
 mod m20261124_000001_create_employees_and_tasks;
 mod m20261125_000001_converge_adopted_schema;
 mod m20261203_000001_task_block_counts;
+mod m20261204_000001_drop_task_block_counts;
 
 /// The project's migrations, oldest first.
 #[derive(Debug)]
@@ -54,6 +56,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000001_create_employees_and_tasks::Migration),
             Box::new(m20261125_000001_converge_adopted_schema::Migration),
             Box::new(m20261203_000001_task_block_counts::Migration),
+            Box::new(m20261204_000001_drop_task_block_counts::Migration),
         ]
     }
 }

@@ -12,12 +12,19 @@
 //! Column types are left as they are (an unbounded `varchar` stays
 //! unbounded, so no existing value can be cut short), and so are tables this
 //! project did not create.
+//!
+//! It runs while the original app may still be writing, so it is online
+//! (see [`crate::online`]): outside a transaction, a foreign key is replaced
+//! `NOT VALID` in a moment's lock and validated while writes go on, and
+//! indexes are built and dropped concurrently. Each step is safe to run
+//! again, so a run that was interrupted is completed by the next.
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend};
 
 use crate::inspect::{self, Table as Inspected};
 use crate::m20261124_000001_create_employees_and_tasks::tasks_table;
+use crate::online;
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -58,40 +65,47 @@ impl MigrationTrait for Migration {
             })
             .collect();
         let mut tasks = tasks.clone();
-        if !stale.is_empty() {
-            if manager.get_database_backend() == DbBackend::Sqlite {
-                rebuild_sqlite_tasks(manager, &tasks).await?;
-                tasks = inspect::tables(manager.get_connection())
-                    .await?
-                    .remove("tasks")
-                    .unwrap_or_default();
-            } else {
-                for (name, column, ours) in stale {
-                    replace_foreign_key(manager, &name, column, ours).await?;
+        if !stale.is_empty() && manager.get_database_backend() == DbBackend::Sqlite {
+            rebuild_sqlite_tasks(manager, &tasks).await?;
+            tasks = inspect::tables(manager.get_connection())
+                .await?
+                .remove("tasks")
+                .unwrap_or_default();
+        } else {
+            for (name, column, _) in &stale {
+                online::replace_foreign_key(manager, name, foreign_key(column)).await?;
+            }
+            // Ours, validated: also when an earlier run was interrupted
+            // between the replacement and its validation.
+            for (column, ours, ..) in FOREIGN_KEYS {
+                let replaced = stale.iter().any(|(_, c, _)| *c == column);
+                let named_ours = tasks.foreign_key_on(column).is_some_and(|(n, _)| n == ours);
+                if replaced || named_ours {
+                    online::add_foreign_key(manager, foreign_key(column)).await?;
                 }
             }
         }
         for (column, ..) in FOREIGN_KEYS {
             if !tasks.is_indexed(column) {
-                manager
-                    .create_index(
-                        Index::create()
-                            .name(format!("idx_tasks_{column}"))
-                            .table("tasks")
-                            .col(column)
-                            .to_owned(),
-                    )
-                    .await?;
+                let index = Index::create()
+                    .name(format!("idx_tasks_{column}"))
+                    .table("tasks")
+                    .col(column)
+                    .to_owned();
+                online::create_index(manager, index).await?;
             }
         }
         for (table, inspected) in [("employees", employees), ("tasks", &tasks)] {
             for index in inspected.duplicates_of_primary_key() {
-                manager
-                    .drop_index(Index::drop().name(index).table(table).to_owned())
-                    .await?;
+                online::drop_index(manager, &index, table).await?;
             }
         }
         Ok(())
+    }
+
+    /// Online steps, each committed by itself (see the module docs).
+    fn use_transaction(&self) -> Option<bool> {
+        Some(false)
     }
 
     /// Nothing to undo: the schema after `up` is the one the first migration
@@ -101,29 +115,18 @@ impl MigrationTrait for Migration {
     }
 }
 
-/// Replaces foreign key `name` on `tasks.column` with ours (PostgreSQL, MySQL).
-async fn replace_foreign_key(
-    manager: &SchemaManager<'_>,
-    name: &str,
-    column: &str,
-    ours: &str,
-) -> Result<(), DbErr> {
-    let Some((_, _, target, action, _)) = FOREIGN_KEYS.iter().find(|(c, ..)| *c == column) else {
-        return Ok(());
-    };
-    manager
-        .drop_foreign_key(ForeignKey::drop().name(name).table("tasks").to_owned())
-        .await?;
-    manager
-        .create_foreign_key(
-            ForeignKey::create()
-                .name(ours)
-                .from("tasks", Alias::new(column))
-                .to(Alias::new(*target), "id")
-                .on_delete(*action)
-                .to_owned(),
-        )
-        .await
+/// Our foreign key on `tasks.column`.
+fn foreign_key(column: &str) -> ForeignKeyCreateStatement {
+    let (_, ours, target, action, _) = FOREIGN_KEYS
+        .iter()
+        .find(|(c, ..)| *c == column)
+        .expect("a column of FOREIGN_KEYS");
+    ForeignKey::create()
+        .name(*ours)
+        .from("tasks", Alias::new(column))
+        .to(Alias::new(*target), "id")
+        .on_delete(*action)
+        .to_owned()
 }
 
 /// SQLite cannot change a foreign key in place: its documented procedure is

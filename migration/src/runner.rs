@@ -1,14 +1,19 @@
 //! Applying migration commands under the migration lock.
 
 use std::io::Write;
-use std::time::Duration;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use db_core::{Db, Lock, SessionOptions, Settings};
-use sea_orm::{ConnectionTrait, DbErr};
+use db_core::{Db, HeldLock, Lock, Session, SessionOptions, Settings};
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, DynIden};
+use sea_orm_migration::prelude::*;
 use sea_orm_migration::{MigrationStatus, MigratorTrait};
+use tokio::sync::Mutex;
 
 use crate::Migrator;
 use crate::cli::{MigrateArgs, MigrateCommand};
+use crate::online::{self, Bound, LockNotAvailable, Policy};
 
 /// What can go wrong while migrating.
 #[derive(Debug, thiserror::Error)]
@@ -82,22 +87,24 @@ pub async fn run(
 /// as `run`'s `up` does, and returns the names of those it ran: what
 /// `tracker serve` does at startup when it may migrate.
 pub async fn up(settings: &Settings, lock_timeout: Duration) -> Result<Vec<String>, Error> {
+    up_with::<Migrator>(settings, lock_timeout).await
+}
+
+/// [`up`] for any migrator.
+pub(crate) async fn up_with<M: MigratorTrait>(
+    settings: &Settings,
+    lock_timeout: Duration,
+) -> Result<Vec<String>, Error> {
     let db = connect(settings).await?;
-    let target = db.target();
-    let lock = migration_lock(lock_timeout);
-    let result = db
-        .with_lock(&lock, async |session| {
-            let before = pending_names::<Migrator, _>(session).await?;
-            let adopted = crate::adopt::adopt::<Migrator, _>(session, target).await?;
-            Migrator::up(session.executor(), None).await?;
-            Ok(before
-                .into_iter()
-                .filter(|n| !adopted.contains(n))
-                .collect())
-        })
-        .await;
+    let report = execute::<M>(
+        &db,
+        settings,
+        &MigrateCommand::Up { num: None },
+        lock_timeout,
+    )
+    .await;
     db.close().await;
-    result
+    Ok(report?.applied)
 }
 
 /// The settings migrations connect with: `DB_MIGRATION_URL` if set (a
@@ -116,7 +123,11 @@ pub(crate) fn for_migrations(settings: &Settings) -> Settings {
 pub async fn pending(db: &Db) -> Result<Vec<String>, Error> {
     // On the primary: a replica may not have replayed the latest migration yet.
     let read = db.session(SessionOptions::read_only().on_primary()).await?;
-    pending_names::<Migrator, _>(&read).await
+    Ok(Migrator::get_pending_migrations_read_only(&read)
+        .await?
+        .iter()
+        .map(|m| m.name().to_owned())
+        .collect())
 }
 
 /// Writes a new, empty migration into this crate's sources and registers it
@@ -158,17 +169,21 @@ pub async fn run_with<M: MigratorTrait>(
         return crate::entities::entities::<M>(settings, source, dir, flags, *check, out).await;
     }
     let db = connect(settings).await?;
-    let result = execute::<M>(&db, args, out).await;
+    let result = report::<M>(&db, settings, args, out).await;
     db.close().await;
     result
 }
 
-/// A small pool of our own: migrations never run on an application's pool,
-/// and run without the application's statement timeout.
+/// A pool of our own: migrations never run on an application's pool. It has
+/// one connection, so what a migration sets on its session stays for its
+/// next statement; the migration lock takes another, out of the pool. On
+/// PostgreSQL its statements run without the application's statement
+/// timeout, and wait at most `DB_MIGRATION_LOCK_TIMEOUT` for a lock.
 async fn connect(settings: &Settings) -> Result<Db, Error> {
     let mut settings = for_migrations(settings);
     settings.statement_timeout = None;
-    settings.max_connections = 3;
+    settings.lock_timeout = Some(settings.migration_lock_timeout);
+    settings.max_connections = 1;
     settings.min_connections = 0;
     // SQLite waits this long inside each attempt at the lock; the lock
     // timeout bounds the attempts.
@@ -176,8 +191,17 @@ async fn connect(settings: &Settings) -> Result<Db, Error> {
     Ok(Db::connect_labelled(&settings, "migration").await?)
 }
 
-async fn execute<M: MigratorTrait>(
+/// What a command changed.
+#[derive(Debug, Default)]
+struct Report {
+    adopted: Vec<String>,
+    reverted: Vec<String>,
+    applied: Vec<String>,
+}
+
+async fn report<M: MigratorTrait>(
     db: &Db,
+    settings: &Settings,
     args: &MigrateArgs,
     out: &mut impl Write,
 ) -> Result<(), Error> {
@@ -199,78 +223,352 @@ async fn execute<M: MigratorTrait>(
         writeln!(out, "{} applied, {pending} pending", all.len() - pending)?;
         return Ok(());
     }
-    let command = &args.command;
-    let target = db.target();
-    let lock = migration_lock(args.lock_timeout);
-    let (before, after, adopted) = db
-        .with_lock(&lock, async |session| {
-            let conn = session;
-            let before = applied_names::<M, _>(conn).await?;
-            let reverting = match command {
-                MigrateCommand::Down { num, force: false } => {
-                    before[before.len().saturating_sub(*num as usize)..].to_vec()
-                }
-                MigrateCommand::Fresh { force: false }
-                | MigrateCommand::Refresh { force: false }
-                | MigrateCommand::Reset { force: false } => before.clone(),
-                _ => Vec::new(),
-            };
-            refuse_reverting_adopted(conn, &reverting).await?;
-            let mut adopted = Vec::new();
-            match command {
-                MigrateCommand::Up { num } => {
-                    adopted = crate::adopt::adopt::<M, _>(conn, target).await?;
-                    let left = num.map(|n| n.saturating_sub(adopted.len() as u32));
-                    if left != Some(0) {
-                        M::up(session.executor(), left).await?;
-                    }
-                }
-                MigrateCommand::Baseline { to } => {
-                    adopted = crate::adopt::baseline::<M, _>(conn, to.as_deref()).await?;
-                }
-                MigrateCommand::Down { num, .. } => M::down(session.executor(), Some(*num)).await?,
-                MigrateCommand::Fresh { .. } => M::fresh(session.executor()).await?,
-                MigrateCommand::Refresh { .. } => M::refresh(session.executor()).await?,
-                MigrateCommand::Reset { .. } => M::reset(session.executor()).await?,
-                MigrateCommand::Status
-                | MigrateCommand::Generate { .. }
-                | MigrateCommand::Entities { .. } => {
-                    unreachable!("handled before taking the lock")
-                }
-            }
-            let after = applied_names::<M, _>(conn).await?;
-            let reverted: Vec<String> = before
-                .iter()
-                .filter(|n| !after.contains(n) || matches!(command, MigrateCommand::Refresh { .. }))
-                .cloned()
-                .collect();
-            crate::adopt::forget(conn, &reverted).await?;
-            Ok::<_, Error>((before, after, adopted))
-        })
-        .await?;
-    for name in &adopted {
+    let report = execute::<M>(db, settings, &args.command, args.lock_timeout).await?;
+    for name in &report.adopted {
         writeln!(
             out,
             "adopted  {name} (recorded as applied without running it)"
         )?;
     }
-    for name in before.iter().filter(|n| !after.contains(n)) {
+    for name in &report.reverted {
         writeln!(out, "reverted {name}")?;
     }
-    for name in after.iter().filter(|n| {
-        !adopted.contains(n)
-            && (!before.contains(n)
-                || matches!(
-                    command,
-                    MigrateCommand::Fresh { .. } | MigrateCommand::Refresh { .. }
-                ))
-    }) {
+    for name in &report.applied {
         writeln!(out, "applied  {name}")?;
     }
     let read = db.read().await?;
+    let applied = M::get_applied_migrations_read_only(&read).await?.len();
     let pending = M::get_pending_migrations_read_only(&read).await?.len();
-    writeln!(out, "{} applied, {pending} pending", after.len())?;
+    writeln!(out, "{applied} applied, {pending} pending")?;
     Ok(())
+}
+
+/// Runs `command` under the migration lock: on SQLite in the lock's
+/// exclusive transaction (all or nothing); elsewhere with the lock held on
+/// a connection of its own while each migration runs in a transaction of
+/// its own, or in none when it opts out.
+async fn execute<M: MigratorTrait>(
+    db: &Db,
+    settings: &Settings,
+    command: &MigrateCommand,
+    lock_timeout: Duration,
+) -> Result<Report, Error> {
+    let lock = Lock::new(LOCK, lock_timeout).schema_change();
+    let mut context = online::Context {
+        policy: Policy::from_settings(settings),
+        lock: None,
+        pooled: for_migrations(settings).transaction_pooler,
+    };
+    if db.backend() == DbBackend::Sqlite {
+        return online::scope(
+            context,
+            db.with_lock(&lock, async |session| {
+                let runner = Runner {
+                    db,
+                    lock: None,
+                    session: Some(session),
+                };
+                runner.command::<M>(command).await
+            }),
+        )
+        .await;
+    }
+    let held = Arc::new(Mutex::new(db.hold(&lock).await?));
+    context.lock = Some(held.clone());
+    let runner = Runner {
+        db,
+        lock: Some(&held),
+        session: None,
+    };
+    let result = online::scope(context, runner.command::<M>(command)).await;
+    if let Ok(held) = Arc::try_unwrap(held) {
+        held.into_inner().release().await;
+    }
+    result
+}
+
+/// No migrations, with `M`'s migration table: `fresh` without the `up`
+/// that SeaORM's own `fresh` runs, so that the runner applies them.
+struct Empty<M>(PhantomData<fn() -> M>);
+
+#[async_trait::async_trait]
+impl<M: MigratorTrait> MigratorTrait for Empty<M> {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        Vec::new()
+    }
+
+    fn migration_table_name() -> DynIden {
+        M::migration_table_name()
+    }
+}
+
+/// Runs a command's steps and migrations under the migration lock.
+struct Runner<'a> {
+    db: &'a Db,
+    /// The lock held on its own connection (PostgreSQL, MySQL).
+    lock: Option<&'a Mutex<HeldLock>>,
+    /// The lock's transaction, which everything runs in (SQLite).
+    session: Option<&'a Session>,
+}
+
+impl Runner<'_> {
+    async fn command<M: MigratorTrait>(&self, command: &MigrateCommand) -> Result<Report, Error> {
+        let target = self.db.target();
+        let step = self.step().await?;
+        let before = applied_names::<M>(&step).await?;
+        refuse_reverting_adopted(&*step, &reverting(command, &before)).await?;
+        step.finish().await?;
+        let mut adopted = Vec::new();
+        match command {
+            MigrateCommand::Up { num } => {
+                let step = self.step().await?;
+                adopted = crate::adopt::adopt::<M, _>(&*step, target).await?;
+                step.finish().await?;
+                let left = num.map(|n| n.saturating_sub(adopted.len() as u32));
+                self.up::<M>(left).await?;
+            }
+            MigrateCommand::Baseline { to } => {
+                let step = self.step().await?;
+                adopted = crate::adopt::baseline::<M, _>(&*step, to.as_deref()).await?;
+                step.finish().await?;
+            }
+            MigrateCommand::Down { num, .. } => self.down::<M>(Some(*num)).await?,
+            MigrateCommand::Fresh { .. } => {
+                let session = self.db.autocommit();
+                let session = self.session.unwrap_or(&session);
+                Empty::<M>::fresh(session.executor()).await?;
+                self.up::<M>(None).await?;
+            }
+            MigrateCommand::Refresh { .. } => {
+                self.down::<M>(None).await?;
+                self.up::<M>(None).await?;
+            }
+            MigrateCommand::Reset { .. } => {
+                self.down::<M>(None).await?;
+                let step = self.step().await?;
+                M::uninstall(step.executor()).await?;
+                step.finish().await?;
+            }
+            MigrateCommand::Status
+            | MigrateCommand::Generate { .. }
+            | MigrateCommand::Entities { .. } => {
+                unreachable!("handled before taking the lock")
+            }
+        }
+        let step = self.step().await?;
+        let after = applied_names::<M>(&step).await?;
+        let again = matches!(
+            command,
+            MigrateCommand::Fresh { .. } | MigrateCommand::Refresh { .. }
+        );
+        let reverted: Vec<String> = before
+            .iter()
+            .filter(|n| !after.contains(n) || matches!(command, MigrateCommand::Refresh { .. }))
+            .cloned()
+            .collect();
+        crate::adopt::forget(&*step, &reverted).await?;
+        step.finish().await?;
+        Ok(Report {
+            reverted: before
+                .iter()
+                .filter(|n| !after.contains(n))
+                .cloned()
+                .collect(),
+            applied: after
+                .iter()
+                .filter(|n| !adopted.contains(n) && (!before.contains(n) || again))
+                .cloned()
+                .collect(),
+            adopted,
+        })
+    }
+
+    /// A transaction of its own for a step of the command, to
+    /// [`finish`](Step::finish) when it succeeded (on SQLite, the lock's
+    /// transaction, which everything runs in).
+    async fn step(&self) -> Result<Step<'_>, Error> {
+        Ok(match self.session {
+            Some(session) => Step::Lock(session),
+            None => Step::Own(self.db.begin().await?),
+        })
+    }
+
+    /// Applies the next `num` pending migrations (all when `None`).
+    async fn up<M: MigratorTrait>(&self, num: Option<u32>) -> Result<(), Error> {
+        let step = self.step().await?;
+        M::install(&*step).await?;
+        let status = M::get_migration_with_status(&*step).await?;
+        step.finish().await?;
+        let pending = M::migrations()
+            .into_iter()
+            .zip(status)
+            .filter(|(_, s)| s.status() == MigrationStatus::Pending)
+            .take(num.map_or(usize::MAX, |n| n as usize));
+        for (migration, _) in pending {
+            self.apply::<M>(migration.as_ref(), true).await?;
+        }
+        Ok(())
+    }
+
+    /// Reverts the last `num` applied migrations (all when `None`).
+    async fn down<M: MigratorTrait>(&self, num: Option<u32>) -> Result<(), Error> {
+        let step = self.step().await?;
+        M::install(&*step).await?;
+        let status = M::get_migration_with_status(&*step).await?;
+        step.finish().await?;
+        let applied: Vec<_> = M::migrations()
+            .into_iter()
+            .zip(status)
+            .filter(|(_, s)| s.status() == MigrationStatus::Applied)
+            .collect();
+        let reverting = applied
+            .into_iter()
+            .rev()
+            .take(num.map_or(usize::MAX, |n| n as usize));
+        for (migration, _) in reverting {
+            self.apply::<M>(migration.as_ref(), false).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs one migration up or down and records it. In a transaction when
+    /// it wants one (SeaORM's rule: by default on PostgreSQL only), retried
+    /// as a whole after a lock timeout; otherwise statement by statement,
+    /// where the building blocks of [`online`] bound and retry each.
+    async fn apply<M: MigratorTrait>(
+        &self,
+        migration: &dyn MigrationTrait,
+        up: bool,
+    ) -> Result<(), Error> {
+        let name = migration.name();
+        let Some(lock) = self.lock else {
+            let session = self.session.expect("a runner has a lock or a session");
+            return run_migration::<M>(session, migration, up).await;
+        };
+        lock.lock().await.check().await?;
+        let backend = self.db.backend();
+        let transaction = migration
+            .use_transaction()
+            .unwrap_or(backend == DbBackend::Postgres);
+        if !transaction {
+            return run_migration::<M>(&self.db.autocommit(), migration, up).await;
+        }
+        let db = self.db;
+        online::retrying(
+            &format!("migration {name}"),
+            Bound::Statement,
+            |seen| async move {
+                let session = db.begin().await?;
+                seen.watch(&session, run_migration::<M>(&session, migration, up))
+                    .await?;
+                session.commit().await?;
+                Ok::<_, Error>(())
+            },
+        )
+        .await
+    }
+}
+
+/// A step's transaction: its own, or the lock's.
+enum Step<'a> {
+    Own(Session),
+    Lock(&'a Session),
+}
+
+impl std::ops::Deref for Step<'_> {
+    type Target = Session;
+
+    fn deref(&self) -> &Session {
+        match self {
+            Step::Own(session) => session,
+            Step::Lock(session) => session,
+        }
+    }
+}
+
+impl Step<'_> {
+    /// Commits a transaction of its own; the lock's commits with the command.
+    async fn finish(self) -> Result<(), Error> {
+        if let Step::Own(session) = self {
+            session.commit().await?;
+        }
+        Ok(())
+    }
+}
+
+/// The migrations that `command` reverts, of those `applied`, unless
+/// forced: the ones it must not revert when they were adopted.
+fn reverting(command: &MigrateCommand, applied: &[String]) -> Vec<String> {
+    match command {
+        MigrateCommand::Down { num, force: false } => {
+            applied[applied.len().saturating_sub(*num as usize)..].to_vec()
+        }
+        MigrateCommand::Fresh { force: false }
+        | MigrateCommand::Refresh { force: false }
+        | MigrateCommand::Reset { force: false } => applied.to_vec(),
+        _ => Vec::new(),
+    }
+}
+
+/// Runs `migration` up or down on `conn` and records it.
+async fn run_migration<M: MigratorTrait>(
+    conn: &Session,
+    migration: &dyn MigrationTrait,
+    up: bool,
+) -> Result<(), Error> {
+    let name = migration.name();
+    tracing::info!(
+        "{} migration {name}",
+        if up { "applying" } else { "reverting" }
+    );
+    let manager = SchemaManager::new(conn.executor());
+    let started = Instant::now();
+    if up {
+        migration.up(&manager).await?;
+    } else {
+        migration.down(&manager).await?;
+    }
+    record::<M>(conn, name, up).await?;
+    tracing::info!(
+        "{} migration {name} in {}",
+        if up { "applied" } else { "reverted" },
+        humantime::format_duration(Duration::from_millis(started.elapsed().as_millis() as u64))
+    );
+    Ok(())
+}
+
+/// Records in `M`'s migration table that `name` was applied (`up`) or reverted.
+async fn record<M: MigratorTrait>(conn: &Session, name: &str, up: bool) -> Result<(), Error> {
+    let table = M::migration_table_name();
+    if up {
+        let now = sea_orm::prelude::ChronoUtc::now().timestamp();
+        conn.execute(
+            &Query::insert()
+                .into_table(table)
+                .columns(["version", "applied_at"])
+                .values_panic([name.into(), now.into()])
+                .to_owned(),
+        )
+        .await?;
+    } else {
+        conn.execute(
+            &Query::delete()
+                .from_table(table)
+                .and_where(Expr::col("version").eq(name))
+                .to_owned(),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+impl LockNotAvailable for Error {
+    fn lock_not_available(&self) -> bool {
+        match self {
+            Error::Migration(e) | Error::Db(db_core::Error::Db(e)) => e.lock_not_available(),
+            _ => false,
+        }
+    }
 }
 
 /// Fails when `reverting` includes adopted migrations: reverting one drops
@@ -294,20 +592,8 @@ async fn refuse_reverting_adopted(
     )))
 }
 
-async fn applied_names<M: MigratorTrait, C: ConnectionTrait>(
-    conn: &C,
-) -> Result<Vec<String>, Error> {
+async fn applied_names<M: MigratorTrait>(conn: &Session) -> Result<Vec<String>, Error> {
     Ok(M::get_applied_migrations_read_only(conn)
-        .await?
-        .iter()
-        .map(|m| m.name().to_owned())
-        .collect())
-}
-
-async fn pending_names<M: MigratorTrait, C: ConnectionTrait>(
-    conn: &C,
-) -> Result<Vec<String>, Error> {
-    Ok(M::get_pending_migrations_read_only(conn)
         .await?
         .iter()
         .map(|m| m.name().to_owned())
@@ -316,11 +602,3 @@ async fn pending_names<M: MigratorTrait, C: ConnectionTrait>(
 
 /// The migration lock's name: one per database, on every backend.
 const LOCK: &str = "migration";
-
-/// The migration lock, waited for at most `timeout`. Work under it runs on
-/// a session of [`Db::with_lock`]: on PostgreSQL and SQLite every migration
-/// of the command runs in the lock's transaction (all apply or none); on
-/// SQLite foreign keys are off meanwhile and checked before the commit.
-fn migration_lock(timeout: Duration) -> Lock {
-    Lock::new(LOCK, timeout).schema_change()
-}

@@ -154,8 +154,6 @@ async fn serve(settings: &Settings, args: ServeArgs) -> anyhow::Result<()> {
         Switch::Off => None,
     };
     let db = prepare_database(settings, args.migrate).await?;
-    // The block counts of deep task pages, folded every second (PostgreSQL).
-    let compaction = tracker::Compaction::start(settings).await?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("listening on {addr}"))?;
@@ -206,9 +204,6 @@ async fn serve(settings: &Settings, args: ServeArgs) -> anyhow::Result<()> {
     tokio::select! {
         result = server => result.context("serving")?,
         () = drain_deadline => tracing::warn!("requests still running after {DRAIN_TIMEOUT:?}; stopping anyway"),
-    }
-    if let Some(compaction) = compaction {
-        compaction.stop().await;
     }
     db.close().await;
     tracing::info!("stopped");

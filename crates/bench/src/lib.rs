@@ -7,8 +7,10 @@
 //! - `seaorm-defaults`: plain SeaORM, `Database::connect` with default options
 //!   (pool of 16) and the same entity queries;
 //! - `raw`: the same answers with hand-written SQL, sqlx prepared statements
-//!   on the tracker's pool (`COPY` for `load` on PostgreSQL);
-//! - `raw-naive`: `raw` with plain `OFFSET` paging, run for `list` only.
+//!   on the tracker's pool (`COPY` for `load` on PostgreSQL).
+//!
+//! Besides the workload's operations, `list_after` reads the same pages as
+//! `list` by keyset (`after_id`), which costs the same at any depth.
 //!
 //! The stacks are interleaved: each round loads every stack's own freshly
 //! migrated database (one per stack, `bench_<stack>` beside the configured
@@ -38,7 +40,7 @@ pub use stack::Stack;
 use workload::{CONCURRENCY, OPS, PAGE, POOL, Workload, check};
 
 /// The stacks, in the order they run in odd rounds.
-pub const STACKS: [&str; 4] = ["tracker", "seaorm-defaults", "raw", "raw-naive"];
+pub const STACKS: [&str; 3] = ["tracker", "seaorm-defaults", "raw"];
 
 /// What stops a benchmark run.
 #[derive(Debug, thiserror::Error)]
@@ -247,15 +249,9 @@ async fn open(name: &str, settings: &Settings) -> Result<(Stack, Option<Db>), Er
             Stack::Tracker(tracker::Tracker::new(Db::connect(&tuned).await?)),
             None,
         )),
-        "raw" | "raw-naive" => {
+        "raw" => {
             let db = Db::connect(&tuned).await?;
-            let raw = Raw::of(&db);
-            let stack = if name == "raw" {
-                Stack::Raw(raw)
-            } else {
-                Stack::RawNaive(raw)
-            };
-            Ok((stack, Some(db)))
+            Ok((Stack::Raw(Raw::of(&db)), Some(db)))
         }
         _ => {
             let mut options = ConnectOptions::new(settings.url.expose());
@@ -297,19 +293,7 @@ impl<W: Write> Round<'_, W> {
             // `load` fills the tables, reported or not.
             self.time(stack, "load").await?;
         }
-        // The block counts are compacted every second, as `serve` does, for
-        // the stacks that read them.
-        let mut compactions = Vec::new();
-        for ((stack, _), &i) in stacks.iter().zip(order) {
-            if matches!(stack, Stack::Tracker(_) | Stack::Raw(_)) {
-                compactions.extend(tracker::Compaction::start(&targets[i]).await?);
-            }
-        }
-        let result = self.run_ops(stacks).await;
-        for compaction in compactions {
-            compaction.stop().await;
-        }
-        result
+        self.run_ops(stacks).await
     }
 
     /// Each reported operation on every stack that runs it, in turn.
@@ -318,7 +302,7 @@ impl<W: Write> Round<'_, W> {
             if !self.options.ops.iter().any(|o| o == op) {
                 continue;
             }
-            for (stack, _) in stacks.iter().filter(|(s, _)| s.runs(op)) {
+            for (stack, _) in stacks {
                 self.time(stack, op).await?;
             }
         }
@@ -362,11 +346,11 @@ impl<W: Write> Round<'_, W> {
                     })?;
                 }
             }
-            "list" => {
+            "list" | "list_after" => {
                 let last = (w.tasks as u64).saturating_sub(PAGE);
                 for _ in 0..n {
                     let offset = rng.random_range(0..=last);
-                    let page = stack.list(offset).await?;
+                    let page = stack.list(offset, op == "list_after").await?;
                     let expected = (w.tasks as u64 - offset).min(PAGE) as usize;
                     check(
                         page.len() == expected
@@ -375,7 +359,7 @@ impl<W: Write> Round<'_, W> {
                             && page
                                 .iter()
                                 .all(|(t, e)| t.assignee_id == e.as_ref().map(|e| e.id)),
-                        || format!("list({offset}) returned {} rows", page.len()),
+                        || format!("{op}({offset}) returned {} rows", page.len()),
                     )?;
                 }
             }
@@ -425,7 +409,7 @@ fn settings_backend(stack: &Stack) -> sea_orm::DbBackend {
     match stack {
         Stack::Tracker(t) => t.db().backend(),
         Stack::SeaOrm(db) => db.get_database_backend(),
-        Stack::Raw(raw) | Stack::RawNaive(raw) => match raw {
+        Stack::Raw(raw) => match raw {
             Raw::Postgres(..) => sea_orm::DbBackend::Postgres,
             Raw::MySql(_) => sea_orm::DbBackend::MySql,
             Raw::Sqlite(..) => sea_orm::DbBackend::Sqlite,
@@ -473,7 +457,6 @@ fn stack_handle(stack: &Stack) -> Stack {
         Stack::Tracker(t) => Stack::Tracker(t.clone()),
         Stack::SeaOrm(db) => Stack::SeaOrm(db.clone()),
         Stack::Raw(raw) => Stack::Raw(raw.clone()),
-        Stack::RawNaive(raw) => Stack::RawNaive(raw.clone()),
     }
 }
 
@@ -506,30 +489,21 @@ pub fn summary(records: &[Record]) -> String {
     };
     let mut text = format!(
         "ops/s: median of {rounds} round(s); ratios: median (min-max) of the rounds' ratios\n\
-         {:<15} {:>10} {:>16} {:>10} {:>10} {:>19} {:>26} {:>19}\n",
-        "op",
-        "tracker",
-        "seaorm-defaults",
-        "raw",
-        "raw-naive",
-        "tracker/raw",
-        "tracker/seaorm-defaults",
-        "tracker/raw-naive"
+         {:<15} {:>10} {:>16} {:>10} {:>19} {:>26}\n",
+        "op", "tracker", "seaorm-defaults", "raw", "tracker/raw", "tracker/seaorm-defaults",
     );
     for op in OPS {
         if !records.iter().any(|r| r.op == op) {
             continue;
         }
         text.push_str(&format!(
-            "{:<15} {:>10} {:>16} {:>10} {:>10} {:>19} {:>26} {:>19}\n",
+            "{:<15} {:>10} {:>16} {:>10} {:>19} {:>26}\n",
             op,
             cell("tracker", op),
             cell("seaorm-defaults", op),
             cell("raw", op),
-            cell("raw-naive", op),
             ratio(op, "raw"),
             ratio(op, "seaorm-defaults"),
-            ratio(op, "raw-naive"),
         ));
     }
     text

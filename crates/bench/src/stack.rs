@@ -4,8 +4,9 @@ use db_core::Db;
 use entity::{employees, tasks};
 use sea_orm::sqlx;
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ConnectionTrait, DatabaseConnection, DbBackend,
-    EntityTrait, IntoActiveModel, QueryOrder, QuerySelect, Statement, TransactionTrait,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
+    DbBackend, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Statement,
+    TransactionTrait,
 };
 use tracker::{Employee, Page, Task, TaskInput, Tracker};
 
@@ -24,9 +25,6 @@ pub enum Stack {
     SeaOrm(DatabaseConnection),
     /// Hand-written SQL, prepared statements through sqlx, on the tracker's pool.
     Raw(Raw),
-    /// `raw` with plain `OFFSET` paging: the reference for `list` (it runs
-    /// only `load` and `list`; its other answers would be `raw`'s).
-    RawNaive(Raw),
 }
 
 /// The tracker's sqlx pools, for hand-written SQL.
@@ -63,13 +61,7 @@ impl Stack {
             Stack::Tracker(_) => "tracker",
             Stack::SeaOrm(_) => "seaorm-defaults",
             Stack::Raw(_) => "raw",
-            Stack::RawNaive(_) => "raw-naive",
         }
-    }
-
-    /// Whether the stack runs `op`.
-    pub fn runs(&self, op: &str) -> bool {
-        !matches!(self, Stack::RawNaive(_)) || matches!(op, "load" | "list")
     }
 
     /// Loads the whole data set into freshly migrated tables.
@@ -107,7 +99,7 @@ impl Stack {
                 tx.commit().await?;
                 Ok(())
             }
-            Stack::Raw(raw) | Stack::RawNaive(raw) => raw.load(&employees, &tasks).await,
+            Stack::Raw(raw) => raw.load(&employees, &tasks).await,
         }
     }
 
@@ -123,7 +115,7 @@ impl Stack {
                 .find_also_related(employees::Entity)
                 .one(db)
                 .await?),
-            Stack::Raw(raw) | Stack::RawNaive(raw) => raw.get(id).await,
+            Stack::Raw(raw) => raw.get(id).await,
         }
     }
 
@@ -150,7 +142,7 @@ impl Stack {
             }
             .insert(db)
             .await?),
-            Stack::Raw(raw) | Stack::RawNaive(raw) => raw.create(&title, assignee).await,
+            Stack::Raw(raw) => raw.create(&title, assignee).await,
         }
     }
 
@@ -171,29 +163,35 @@ impl Stack {
                 tx.commit().await?;
                 Ok(task)
             }
-            Stack::Raw(raw) | Stack::RawNaive(raw) => raw.update(id, status).await,
+            Stack::Raw(raw) => raw.update(id, status).await,
         }
     }
 
-    /// A page of tasks from `offset`, by id, with assignees.
-    pub async fn list(&self, offset: u64) -> Result<Vec<TaskAndAssignee>, Error> {
+    /// A page of tasks by id, with assignees: from `offset` rows deep
+    /// (`OFFSET`), or, `keyset`, after the task with id `offset`.
+    pub async fn list(&self, offset: u64, keyset: bool) -> Result<Vec<TaskAndAssignee>, Error> {
+        let after = keyset.then_some(offset as i32);
+        let skip = if keyset { 0 } else { offset };
         match self {
             Stack::Tracker(t) => Ok(t
                 .list_tasks_with_assignees(Page {
-                    skip: offset,
+                    skip,
                     limit: PAGE,
-                    after_id: None,
+                    after_id: after,
                 })
                 .await?),
-            Stack::SeaOrm(db) => Ok(tasks::Entity::find()
-                .find_also_related(employees::Entity)
-                .order_by_asc(tasks::Column::Id)
-                .offset(offset)
-                .limit(PAGE)
-                .all(db)
-                .await?),
-            Stack::Raw(raw) => raw.list(offset, false).await,
-            Stack::RawNaive(raw) => raw.list(offset, true).await,
+            Stack::SeaOrm(db) => {
+                let mut page = tasks::Entity::find()
+                    .find_also_related(employees::Entity)
+                    .order_by_asc(tasks::Column::Id)
+                    .offset(skip)
+                    .limit(PAGE);
+                if let Some(after) = after {
+                    page = page.filter(tasks::Column::Id.gt(after));
+                }
+                Ok(page.all(db).await?)
+            }
+            Stack::Raw(raw) => raw.list(offset, keyset).await,
         }
     }
 
@@ -212,7 +210,7 @@ impl Stack {
                     .all(db)
                     .await?)
             }
-            Stack::Raw(raw) | Stack::RawNaive(raw) => raw.subtree(id).await,
+            Stack::Raw(raw) => raw.subtree(id).await,
         }
     }
 
@@ -223,7 +221,7 @@ impl Stack {
             Stack::SeaOrm(db) => {
                 let _ = db.close_by_ref().await;
             }
-            Stack::Raw(_) | Stack::RawNaive(_) => {}
+            Stack::Raw(_) => {}
         }
     }
 }
@@ -312,26 +310,24 @@ macro_rules! joined {
     };
 }
 
-/// A page of tasks with assignees, plain `OFFSET`: `$1` limit, `$2` offset.
-const PAGE_NAIVE_PG: &str = joined!(
+/// A page of tasks with assignees: `$1` limit, `$2` offset.
+const PAGE_PG: &str = joined!(
     "(SELECT * FROM tasks ORDER BY id LIMIT $1 OFFSET $2)",
     " ORDER BY t.id"
 );
-/// The same from the block counts (`task_blocks`): the block where the page
-/// starts, then `OFFSET` inside it: `$1` limit, `$2` offset.
-const PAGE_PG: &str = concat!(
-    "WITH running AS (SELECT block, n, (sum(n) OVER (ORDER BY block) - n)::bigint AS before ",
-    "FROM (SELECT block, sum(n)::bigint AS n FROM task_blocks GROUP BY block) c), ",
-    "start AS (SELECT block, $2 - before AS rest FROM running WHERE before + n > $2 ",
-    "ORDER BY block LIMIT 1) ",
-    joined!(
-        "(SELECT * FROM tasks WHERE id >= (SELECT block << 10 FROM start) ORDER BY id LIMIT $1 OFFSET (SELECT rest FROM start))",
-        " ORDER BY t.id"
-    )
+/// The page after task `$2`: `$1` limit.
+const PAGE_AFTER_PG: &str = joined!(
+    "(SELECT * FROM tasks WHERE id > $2 ORDER BY id LIMIT $1)",
+    " ORDER BY t.id"
 );
-/// [`PAGE_NAIVE_PG`] for MySQL and SQLite (where both stacks page this way).
+/// [`PAGE_PG`] for MySQL and SQLite.
 const PAGE_ANY: &str = joined!(
     "(SELECT * FROM tasks ORDER BY id LIMIT ? OFFSET ?)",
+    " ORDER BY t.id"
+);
+/// [`PAGE_AFTER_PG`] for MySQL and SQLite (the bound values in the same order).
+const PAGE_AFTER_ANY: &str = joined!(
+    "(SELECT * FROM tasks WHERE id > ? ORDER BY id LIMIT ?)",
     " ORDER BY t.id"
 );
 
@@ -394,15 +390,19 @@ impl Raw {
         Ok(row.map(joined))
     }
 
-    /// A page from `offset`: on PostgreSQL from the block counts, or,
-    /// `naive`, with plain `OFFSET`.
-    async fn list(&self, offset: u64, naive: bool) -> Result<Vec<TaskAndAssignee>, Error> {
-        let (limit, offset) = (PAGE as i64, offset as i64);
-        let sql = match (self, naive) {
+    /// A page from `offset` rows deep, or, `keyset`, after task `offset`.
+    async fn list(&self, offset: u64, keyset: bool) -> Result<Vec<TaskAndAssignee>, Error> {
+        let (mut first, mut second) = (PAGE as i64, offset as i64);
+        let sql = match (self, keyset) {
             (Raw::Postgres(..), false) => PAGE_PG,
-            (Raw::Postgres(..), true) => PAGE_NAIVE_PG,
-            _ => PAGE_ANY,
+            (Raw::Postgres(..), true) => PAGE_AFTER_PG,
+            (_, false) => PAGE_ANY,
+            (_, true) => {
+                (first, second) = (second, first);
+                PAGE_AFTER_ANY
+            }
         };
+        let (limit, offset) = (first, second);
         let rows: Vec<JoinedRow> = match self {
             Raw::Postgres(pool, _) => {
                 sqlx::query_as(sql)

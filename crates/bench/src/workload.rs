@@ -5,13 +5,14 @@ use chrono::{Days, NaiveDate};
 use tracker::{Employee, Task};
 
 /// The operations, in the order they run.
-pub const OPS: [&str; 7] = [
+pub const OPS: [&str; 8] = [
     "load",
     "get",
     "get_concurrent",
     "create",
     "update",
     "list",
+    "list_after",
     "subtree",
 ];
 
@@ -20,7 +21,7 @@ pub const CONCURRENCY: usize = 64;
 /// Pool size of every stack (the workload's `get_concurrent` pool).
 pub const POOL: u32 = 16;
 
-/// Rows per page of `list`.
+/// Rows per page of `list` and `list_after`.
 pub const PAGE: u64 = 100;
 
 const STATUSES: [&str; 4] = ["todo", "in_progress", "review", "done"];
@@ -54,7 +55,7 @@ impl Workload {
             "get" => 20_000,
             "get_concurrent" => 50_000,
             "create" | "update" => 5000,
-            "list" => 2000,
+            "list" | "list_after" => 2000,
             "subtree" => 300,
             _ => 0,
         };

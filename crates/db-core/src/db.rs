@@ -181,6 +181,11 @@ impl Db {
         &self.inner.pools.read
     }
 
+    /// Whether sessions go through a transaction pooler (`DB_TRANSACTION_POOLER`).
+    pub(crate) fn pooled(&self) -> bool {
+        self.inner.pooler_setup.is_some()
+    }
+
     /// Which database server this is.
     pub fn backend(&self) -> DbBackend {
         self.inner.backend
@@ -205,6 +210,16 @@ impl Db {
     /// A read-only session on the read pool.
     pub async fn read(&self) -> Result<Session> {
         self.session(SessionOptions::read_only()).await
+    }
+
+    /// A read-write session on the primary without a transaction: each
+    /// statement commits by itself. For work that cannot run in a
+    /// transaction, such as `CREATE INDEX CONCURRENTLY`, and for work that
+    /// commits in steps of its own. Through a transaction pooler each
+    /// statement may reach another server connection, so nothing set on the
+    /// session lasts from one to the next.
+    pub fn autocommit(&self) -> Session {
+        Session::direct(self.inner.pools.write.clone(), Access::ReadWrite)
     }
 
     /// A session with the given options.

@@ -80,7 +80,7 @@ pub use copy::{CopyIn, CopyValue};
 pub use db::{Db, Health, ReplicaStatus, Scope, Stats};
 pub use error::{Error, Report, Result, Retryable};
 pub use failover::{HostStatus, Role, host_status};
-pub use lock::Lock;
+pub use lock::{Blocker, HeldLock, Lock};
 pub use session::{Access, Session, SessionOptions};
 pub use settings::{DEFAULT_SQLITE_PATH, SETTINGS, SettingInfo, Settings};
 pub use source::Source;

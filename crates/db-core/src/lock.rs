@@ -1,9 +1,13 @@
-//! Named locks around a unit of work, so that a job that must not run twice
-//! at once on a database (such as a migrator) waits for, or gives up on,
-//! another process doing it.
+//! Named locks, so that a job that must not run twice at once on a database
+//! (such as a migrator) waits for, or gives up on, another process doing it:
+//! around one unit of work ([`Db::with_lock`]), or held on a connection of
+//! its own while the job runs many ([`Db::hold`]).
 
+use std::fmt;
 use std::time::{Duration, Instant};
 
+use sea_orm::sqlx::mysql::MySqlConnection;
+use sea_orm::sqlx::postgres::PgConnection;
 use sea_orm::sqlx::{self, Connection};
 use sea_orm::{
     ConnectionTrait, DbBackend, DbErr, SqliteTransactionMode, Statement, TransactionOptions,
@@ -14,6 +18,7 @@ use crate::db::Db;
 use crate::error::{Error, Result, database_error};
 use crate::metrics::{acquire_sqlx, acquiring};
 use crate::session::{Access, Session};
+use crate::url::backend_name;
 
 /// How often a lock that is held elsewhere is tried again.
 const POLL: Duration = Duration::from_millis(200);
@@ -46,6 +51,154 @@ impl Lock {
     pub fn schema_change(mut self) -> Self {
         self.schema_change = true;
         self
+    }
+}
+
+/// The name of a MySQL lock: `GET_LOCK`'s names are server-wide, so the
+/// database's digest makes it one lock per database.
+const MYSQL_LOCK_NAME: &str = "CONCAT(?, ':', SHA1(DATABASE()))";
+
+/// A lock that [`Db::hold`] took, held on a connection of its own until
+/// [`release`](HeldLock::release) or drop (dropping closes the connection,
+/// which releases it too).
+pub struct HeldLock {
+    what: String,
+    conn: Held,
+}
+
+enum Held {
+    Postgres {
+        conn: PgConnection,
+        key: i64,
+        /// In a transaction, through a transaction pooler.
+        pooled: bool,
+    },
+    MySql {
+        conn: MySqlConnection,
+        name: String,
+    },
+}
+
+impl fmt::Debug for HeldLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HeldLock")
+            .field("what", &self.what)
+            .finish()
+    }
+}
+
+/// A session that holds a lock another one waits for, as
+/// [`HeldLock::blockers`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blocker {
+    /// The server process of the session.
+    pub pid: i32,
+    /// Its `application_name` (empty when it set none).
+    pub application_name: String,
+    /// `active`, `idle in transaction`, ...
+    pub state: String,
+    /// How long its transaction has been open, if it is in one.
+    pub transaction_age: Option<Duration>,
+}
+
+impl fmt::Display for Blocker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "pid {} (application_name {:?}, {}",
+            self.pid, self.application_name, self.state
+        )?;
+        if let Some(age) = self.transaction_age {
+            let age = Duration::from_millis(age.as_millis() as u64);
+            write!(f, ", transaction open {}", humantime::format_duration(age))?;
+        }
+        write!(f, ")")
+    }
+}
+
+impl HeldLock {
+    /// What is held, for messages: the lock's name and where.
+    pub fn what(&self) -> &str {
+        &self.what
+    }
+
+    /// Fails when the lock's connection is gone (the server ended it, the
+    /// network broke): the lock is then no longer held.
+    pub async fn check(&mut self) -> Result<()> {
+        let alive = match &mut self.conn {
+            Held::Postgres { conn, .. } => conn.ping().await,
+            Held::MySql { conn, .. } => conn.ping().await,
+        };
+        alive.map_err(|e| Error::Unavailable {
+            reason: "the connection that held the lock is gone",
+            source: Some(crate::error::sqlx_db_err(e)),
+        })
+    }
+
+    /// PostgreSQL: the sessions that the server process `pid` waits for
+    /// (`pg_blocking_pids`), oldest transaction first; empty when it waits
+    /// for none, and on other backends.
+    pub async fn blockers(&mut self, pid: i32) -> Result<Vec<Blocker>> {
+        let Held::Postgres { conn, .. } = &mut self.conn else {
+            return Ok(Vec::new());
+        };
+        /// pid, application_name, state, and the transaction's age in seconds.
+        type Row = (i32, Option<String>, Option<String>, Option<f64>);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT pid, application_name, state, \
+                    extract(epoch FROM clock_timestamp() - xact_start)::float8 \
+             FROM pg_stat_activity WHERE pid = ANY(pg_blocking_pids($1)) \
+             ORDER BY xact_start NULLS LAST",
+        )
+        .bind(pid)
+        .fetch_all(conn)
+        .await
+        .map_err(Error::from_sqlx)?;
+        Ok(rows
+            .into_iter()
+            .map(|(pid, application_name, state, age)| Blocker {
+                pid,
+                application_name: application_name.unwrap_or_default(),
+                state: state.unwrap_or_else(|| "unknown".to_owned()),
+                transaction_age: age.map(|s| Duration::from_secs_f64(s.max(0.0))),
+            })
+            .collect())
+    }
+
+    /// Releases the lock and closes its connection. When the release fails,
+    /// closing the connection releases it.
+    pub async fn release(self) {
+        let released = match self.conn {
+            Held::Postgres {
+                mut conn,
+                key,
+                pooled,
+            } => {
+                let released = if pooled {
+                    sqlx::raw_sql("ROLLBACK").execute(&mut conn).await.map(drop)
+                } else {
+                    sqlx::query("SELECT pg_advisory_unlock($1)")
+                        .bind(key)
+                        .execute(&mut conn)
+                        .await
+                        .map(drop)
+                };
+                (released, conn.close().await)
+            }
+            Held::MySql { mut conn, name } => {
+                let released = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT RELEASE_LOCK({MYSQL_LOCK_NAME})"
+                )))
+                .bind(name)
+                .execute(&mut conn)
+                .await
+                .map(drop);
+                (released, conn.close().await)
+            }
+        };
+        if let (Err(e), _) | (_, Err(e)) = released {
+            tracing::debug!("releasing the lock's connection: {e}");
+        }
     }
 }
 
@@ -103,7 +256,12 @@ impl Db {
     ) -> Result<T, E> {
         let key = advisory_key(&lock.name);
         let session = self.begin().await?;
-        let mut waiting = Waiting::new(lock, format!("advisory lock {key} on {}", self.target()));
+        let what = format!(
+            "the {} lock (advisory lock {key} on {})",
+            lock.name,
+            self.target()
+        );
+        let mut waiting = Waiting::new(&what, lock.timeout);
         loop {
             let row = session
                 .query_one_raw(Statement::from_sql_and_values(
@@ -134,33 +292,107 @@ impl Db {
         lock: &Lock,
         work: impl AsyncFnOnce(&Session) -> Result<T, E>,
     ) -> Result<T, E> {
-        const NAME: &str = "CONCAT(?, ':', SHA1(DATABASE()))";
-        let mut holder =
-            acquire_sqlx(self.metrics(), self.conn().get_mysql_connection_pool()).await?;
-        let mut waiting = Waiting::new(lock, format!("GET_LOCK on {}", self.target()));
-        loop {
-            let taken: Option<i64> =
-                sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT GET_LOCK({NAME}, 0)")))
+        let held = self.hold(lock).await?;
+        let result = work(&Session::direct(self.conn().clone(), Access::ReadWrite)).await;
+        held.release().await;
+        result
+    }
+
+    /// Takes `lock` on a connection of its own, taken out of the pool, and
+    /// holds it until [`HeldLock::release`], or until the connection ends:
+    /// when the process dies or the guard is dropped, the server releases
+    /// it. Work meanwhile runs on this handle's pools, in as many
+    /// transactions as it likes (a migrator that runs each migration in its
+    /// own, or none). Another holder is waited for as in
+    /// [`Db::with_lock`].
+    ///
+    /// - PostgreSQL: a session-level advisory lock (`pg_try_advisory_lock`).
+    ///   Through a transaction pooler, where a session-level lock would stay
+    ///   on a server connection that other clients share, it is a
+    ///   transaction-level one in a transaction left open on the lock's
+    ///   connection (the pooler keeps one server connection for it); that
+    ///   transaction holds no snapshot between statements, so it does not
+    ///   hold back vacuum or a concurrent index build.
+    /// - MySQL: `GET_LOCK`.
+    /// - SQLite has no such lock: [`Error::Unsupported`] (use
+    ///   [`Db::with_lock`], whose exclusive transaction is the lock).
+    pub async fn hold(&self, lock: &Lock) -> Result<HeldLock> {
+        let held = match self.backend() {
+            DbBackend::Postgres => {
+                let pooled = self.pooled();
+                let key = advisory_key(&lock.name);
+                let mut conn =
+                    acquire_sqlx(self.metrics(), self.conn().get_postgres_connection_pool())
+                        .await?
+                        .detach();
+                let (how, try_lock) = if pooled {
+                    sqlx::raw_sql("BEGIN")
+                        .execute(&mut conn)
+                        .await
+                        .map_err(Error::from_sqlx)?;
+                    (
+                        "transaction-level advisory lock",
+                        "SELECT pg_try_advisory_xact_lock($1)",
+                    )
+                } else {
+                    ("advisory lock", "SELECT pg_try_advisory_lock($1)")
+                };
+                let what = format!("the {} lock ({how} {key} on {})", lock.name, self.target());
+                let mut waiting = Waiting::new(&what, lock.timeout);
+                loop {
+                    let taken: bool = sqlx::query_scalar(try_lock)
+                        .bind(key)
+                        .fetch_one(&mut conn)
+                        .await
+                        .map_err(Error::from_sqlx)?;
+                    if taken {
+                        break;
+                    }
+                    waiting.pause().await?;
+                }
+                waiting.done();
+                HeldLock {
+                    what,
+                    conn: Held::Postgres { conn, key, pooled },
+                }
+            }
+            DbBackend::MySql => {
+                let mut conn =
+                    acquire_sqlx(self.metrics(), self.conn().get_mysql_connection_pool())
+                        .await?
+                        .detach();
+                let what = format!("the {} lock (GET_LOCK on {})", lock.name, self.target());
+                let mut waiting = Waiting::new(&what, lock.timeout);
+                loop {
+                    let taken: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                        "SELECT GET_LOCK({MYSQL_LOCK_NAME}, 0)"
+                    )))
                     .bind(&lock.name)
-                    .fetch_one(&mut *holder)
+                    .fetch_one(&mut conn)
                     .await
                     .map_err(Error::from_sqlx)?;
-            if taken == Some(1) {
-                break;
+                    if taken == Some(1) {
+                        break;
+                    }
+                    waiting.pause().await?;
+                }
+                waiting.done();
+                HeldLock {
+                    what,
+                    conn: Held::MySql {
+                        conn,
+                        name: lock.name.clone(),
+                    },
+                }
             }
-            waiting.pause().await?;
-        }
-        waiting.done();
-        let result = work(&Session::direct(self.conn().clone(), Access::ReadWrite)).await;
-        let released = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT RELEASE_LOCK({NAME})")))
-            .bind(&lock.name)
-            .execute(&mut *holder)
-            .await;
-        if released.is_err() {
-            // Closing the connection releases the lock too.
-            let _ = holder.detach().close().await;
-        }
-        result
+            _ => {
+                return Err(Error::Unsupported {
+                    operation: "a lock held on a connection of its own",
+                    backend: backend_name(self.backend()),
+                });
+            }
+        };
+        Ok(held)
     }
 
     async fn with_exclusive_transaction<T, E: From<Error>>(
@@ -182,10 +414,12 @@ impl Db {
                 sqlite_transaction_mode: Some(SqliteTransactionMode::Exclusive),
                 ..TransactionOptions::default()
             };
-            let mut waiting = Waiting::new(
-                lock,
-                format!("an exclusive transaction on {}", self.target()),
+            let what = format!(
+                "the {} lock (an exclusive transaction on {})",
+                lock.name,
+                self.target()
             );
+            let mut waiting = Waiting::new(&what, lock.timeout);
             let tx = loop {
                 match acquiring(self.metrics(), writer.begin_with_options(options)).await {
                     Ok(tx) => break tx,
@@ -256,10 +490,10 @@ struct Waiting {
 }
 
 impl Waiting {
-    fn new(lock: &Lock, how: String) -> Self {
+    fn new(what: &str, timeout: Duration) -> Self {
         Waiting {
-            what: format!("the {} lock ({how})", lock.name),
-            timeout: lock.timeout,
+            what: what.to_owned(),
+            timeout,
             start: Instant::now(),
             announced: false,
         }

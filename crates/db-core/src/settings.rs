@@ -129,6 +129,22 @@ settings! {
         #[serde(deserialize_with = "or_off")]
         tcp_keepalive "DB_TCP_KEEPALIVE": Option<Duration> = "off", Postgres, eg "1m", expects OR_OFF,
             sets "tcp_keepalives_idle";
+        /// PostgreSQL `lock_timeout` of every migration statement: a schema change that waits
+        /// longer for its lock (behind a long transaction) stops, so that the queries queued
+        /// behind it go on, and is tried again until `DB_MIGRATION_DEADLINE`.
+        #[serde(with = "humantime_serde")]
+        migration_lock_timeout "DB_MIGRATION_LOCK_TIMEOUT": Duration = "1s", Postgres, eg "3s",
+            expects NONZERO, if |d| !d.is_zero();
+        /// How long a migration stopped by `DB_MIGRATION_LOCK_TIMEOUT` is tried again, with
+        /// jittered backoff, before it gives up naming the sessions in its way.
+        #[serde(with = "humantime_serde")]
+        migration_deadline "DB_MIGRATION_DEADLINE": Duration = "1m", Postgres, eg "10m",
+            expects NONZERO, if |d| !d.is_zero();
+        /// PostgreSQL `lock_timeout` of `CREATE INDEX CONCURRENTLY` in migrations, which waits
+        /// for every transaction older than itself (writes go on meanwhile).
+        #[serde(with = "humantime_serde")]
+        migration_index_timeout "DB_MIGRATION_INDEX_TIMEOUT": Duration = "10m", Postgres, eg "1h",
+            expects NONZERO, if |d| !d.is_zero();
         /// PostgreSQL `search_path`, comma-separated schemas; the server's default when unset.
         schema "DB_SCHEMA": Option<String> = "" or "(server default)", Postgres, eg "tracker,public",
             expects "schema names separated by commas",

@@ -32,4 +32,4 @@ mod service;
 
 pub use error::{Error, Kind, Result};
 pub use seed::seed;
-pub use service::{Compaction, Employee, EmployeeInput, Page, Task, TaskInput, Tracker};
+pub use service::{Employee, EmployeeInput, Page, Task, TaskInput, Tracker};

@@ -3,10 +3,8 @@
 //! [`Db::transaction`], which commits once, rolls back on any error and
 //! retries serialization conflicts.
 
-use std::time::Duration;
-
 use chrono::NaiveDate;
-use db_core::{CachedStatement, Db, Session, SessionOptions, Settings};
+use db_core::{CachedStatement, Db, Session, SessionOptions};
 use entity::{employees, tasks};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ActiveValue::Unchanged, ColumnTrait, ConnectionTrait,
@@ -14,27 +12,17 @@ use sea_orm::{
     QueryFilter, QueryOrder, QuerySelect, QueryTrait, SelectTwoModel, SelectorTrait, SqlErr,
     Statement,
 };
-use tokio_util::task::AbortOnDropHandle;
 
 use crate::error::{Error, Kind, Result};
 
 /// The paging query: `page` of the rows of `E` in `id` order. `skip` counts
-/// rows as `OFFSET` does; `after_id` starts after a known id (keyset paging),
-/// at the same cost at any depth. With `counted`, the table's block counts
-/// (PostgreSQL's `task_blocks`) find where a page `SHALLOW` rows or more deep
-/// starts, so the rows it skips are not read (see docs/performance.md,
-/// "Pages at any depth"); elsewhere `OFFSET` walks them.
+/// rows as `OFFSET` does, so the server walks the rows it skips; `after_id`
+/// starts after a known id (keyset paging), at the same cost at any depth.
 async fn page_of<E: EntityTrait>(
     read: &Session,
     id: E::Column,
     page: Page,
-    counted: Option<&CachedStatement>,
 ) -> Result<Vec<E::Model>> {
-    let backend = read.get_database_backend();
-    if let (Some(sql), Some(values)) = (counted, by_blocks(page, backend)) {
-        let stmt = sql.statement(backend, values)?;
-        return Ok(E::find().from_raw_sql(stmt).all(read).await?);
-    }
     let mut rows = E::find()
         .order_by_asc(id)
         .offset(page.skip)
@@ -44,59 +32,6 @@ async fn page_of<E: EntityTrait>(
     }
     Ok(rows.all(read).await?)
 }
-
-/// Folds the rows of each block that has several into one (dropping blocks
-/// that hold nothing).
-const COMPACT_TASK_BLOCKS: &str = "WITH folded AS ( \
-    DELETE FROM task_blocks WHERE block IN \
-        (SELECT block FROM task_blocks GROUP BY block HAVING count(*) > 1) \
-    RETURNING block, n) \
-INSERT INTO task_blocks (block, n) \
-SELECT block, sum(n) FROM folded GROUP BY block HAVING sum(n) <> 0";
-
-/// Pages that start fewer rows deep than this walk them: one block of ids.
-const SHALLOW: u64 = 1024;
-
-/// The values (`skip`, `limit`) of a statement that pages by the block
-/// counts, if `page` is read that way: on PostgreSQL, `SHALLOW` rows deep or
-/// more, without `after_id`.
-fn by_blocks(page: Page, backend: DbBackend) -> Option<[sea_orm::Value; 2]> {
-    let deep = backend == DbBackend::Postgres && page.after_id.is_none() && page.skip >= SHALLOW;
-    deep.then(|| [page.skip, page.limit].map(|n| i64::try_from(n).unwrap_or(i64::MAX).into()))
-}
-
-/// The block where a page `$1` rows deep starts, from the running sum of the
-/// block counts, and how many rows of it the page skips. Past the end no
-/// block qualifies.
-const PAGE_START: &str = "start AS ( \
-    SELECT block, $1 - before AS rest FROM ( \
-        SELECT block, n, (sum(n) OVER (ORDER BY block) - n)::bigint AS before \
-        FROM (SELECT block, sum(n)::bigint AS n FROM task_blocks GROUP BY block) AS counts \
-    ) AS running \
-    WHERE before + n > $1 ORDER BY block LIMIT 1)";
-
-/// The `$2` tasks of the page from `start`: `OFFSET` inside its block. Past
-/// the end the page is empty.
-const PAGE_TASKS: &str = "SELECT tasks.* FROM tasks WHERE id >= (SELECT block << 10 FROM start) \
-    ORDER BY id LIMIT $2 OFFSET (SELECT rest FROM start)";
-
-/// A page of tasks from `$1` rows deep, `$2` long.
-static TASK_PAGE_BY_BLOCKS: CachedStatement = CachedStatement::new(|backend| {
-    let sql = format!("WITH {PAGE_START} {PAGE_TASKS}");
-    Statement::from_sql_and_values(backend, sql, [0i64.into(), 0i64.into()])
-});
-
-/// The same page with each task's assignee, in one statement: SeaORM's query
-/// for tasks with their assignees, where a CTE named `tasks` (the page)
-/// stands in for the table. Inside its own definition `tasks` is still the
-/// table: a CTE that is not `RECURSIVE` does not see itself.
-static TASK_PAGE_WITH_ASSIGNEES_BY_BLOCKS: CachedStatement = CachedStatement::new(|backend| {
-    let joined = (tasks::Entity::find().find_also_related(employees::Entity))
-        .order_by_asc(tasks::Column::Id)
-        .build(backend);
-    let sql = format!("WITH {PAGE_START}, tasks AS ({PAGE_TASKS}) {}", joined.sql);
-    Statement::from_sql_and_values(backend, sql, [0i64.into(), 0i64.into()])
-});
 
 /// An employee as stored.
 pub type Employee = employees::Model;
@@ -275,7 +210,7 @@ impl Tracker {
     /// A page of employees, by id.
     pub async fn list_employees(&self, page: Page) -> Result<Vec<Employee>> {
         let read = self.db.read().await?;
-        page_of::<employees::Entity>(&read, employees::Column::Id, page, None).await
+        page_of::<employees::Entity>(&read, employees::Column::Id, page).await
     }
 
     /// One employee.
@@ -363,25 +298,17 @@ impl Tracker {
     /// A page of tasks, by id.
     pub async fn list_tasks(&self, page: Page) -> Result<Vec<Task>> {
         let read = self.db.read().await?;
-        page_of::<tasks::Entity>(&read, tasks::Column::Id, page, Some(&TASK_PAGE_BY_BLOCKS)).await
+        page_of::<tasks::Entity>(&read, tasks::Column::Id, page).await
     }
 
-    /// A page of tasks with their assignees. A page read by the block counts
-    /// is one statement that joins the page; any other takes two: the page,
+    /// A page of tasks with their assignees, in two statements: the page,
     /// then its assignees by id (joining first would join every skipped row).
     pub async fn list_tasks_with_assignees(
         &self,
         page: Page,
     ) -> Result<Vec<(Task, Option<Employee>)>> {
         let read = self.db.read().await?;
-        let backend = read.get_database_backend();
-        if let Some(values) = by_blocks(page, backend) {
-            let stmt = TASK_PAGE_WITH_ASSIGNEES_BY_BLOCKS.statement(backend, values)?;
-            let rows = read.query_all_raw(stmt).await?;
-            let pair = SelectTwoModel::<Task, Employee>::from_raw_query_result;
-            return Ok(rows.into_iter().map(pair).collect::<Result<_, DbErr>>()?);
-        }
-        let tasks = page_of::<tasks::Entity>(&read, tasks::Column::Id, page, None).await?;
+        let tasks = page_of::<tasks::Entity>(&read, tasks::Column::Id, page).await?;
         let assignees = tasks.load_one(employees::Entity, &read).await?;
         Ok(tasks.into_iter().zip(assignees).collect())
     }
@@ -508,27 +435,6 @@ impl Tracker {
         Ok(found)
     }
 
-    /// Folds the block counts of deep task pages into one row per block
-    /// (PostgreSQL; elsewhere nothing). Writes append rows, and a page reads
-    /// them all, so this runs about every second: see [`Compaction`]. Returns
-    /// how many folded rows it wrote (a block whose rows add up to zero is
-    /// removed). Concurrent calls are safe: each folds only the rows it
-    /// deleted. On a host list, a failover it runs into is retried, as in
-    /// [`Db::transaction`].
-    pub async fn compact_task_blocks(&self) -> Result<u64> {
-        if self.db.backend() != DbBackend::Postgres {
-            return Ok(0);
-        }
-        // Through the retrying helper, whose failover detection moves the
-        // pool to the new primary.
-        (self.db)
-            .transaction(self.one_statement_write(), |tx| async move {
-                let folded = tx.execute_unprepared(COMPACT_TASK_BLOCKS).await?;
-                Ok(folded.rows_affected())
-            })
-            .await
-    }
-
     /// Turns a foreign-key violation into an error that names the field and
     /// the missing row (looked up after the failed transaction is gone).
     async fn explain_references<T>(&self, result: Result<T>, input: &TaskInput) -> Result<T> {
@@ -560,62 +466,6 @@ impl Tracker {
             });
         }
         Err(err)
-    }
-}
-
-/// [`Tracker::compact_task_blocks`] every second, on a connection of its own
-/// (pool `upkeep` in metrics), so it never waits for a connection behind
-/// requests nor takes one from them. `tracker serve` runs one.
-#[derive(Debug)]
-pub struct Compaction {
-    db: Db,
-    task: AbortOnDropHandle<()>,
-}
-
-impl Compaction {
-    /// Starts compacting the database of `settings` (its primary): on
-    /// PostgreSQL only, elsewhere `None`. A failure is logged at `warn` once,
-    /// and the next success at `info`.
-    pub async fn start(settings: &Settings) -> Result<Option<Compaction>> {
-        if settings.url.backend() != DbBackend::Postgres {
-            return Ok(None);
-        }
-        let mut own = settings.clone();
-        (own.max_connections, own.min_connections) = (1, 1);
-        own.replicas.clear();
-        let db = Db::connect_labelled(&own, "upkeep").await?;
-        let tracker = Tracker::new(db.clone());
-        let task = AbortOnDropHandle::new(tokio::spawn(async move {
-            let mut failing = false;
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                match tracker.compact_task_blocks().await {
-                    Ok(_) if failing => {
-                        tracing::info!("compacting the task block counts works again");
-                        failing = false;
-                    }
-                    Ok(_) => {}
-                    Err(e) if !failing => {
-                        tracing::warn!("compacting the task block counts failed: {e}");
-                        failing = true;
-                    }
-                    Err(e) => tracing::debug!("compacting the task block counts failed: {e}"),
-                }
-            }
-        }));
-        Ok(Some(Compaction { db, task }))
-    }
-
-    /// Stops compacting and closes the connection, waiting at most a second
-    /// for it: shutdown never waits on this background work.
-    pub async fn stop(self) {
-        drop(self.task);
-        if tokio::time::timeout(Duration::from_secs(1), self.db.close())
-            .await
-            .is_err()
-        {
-            tracing::debug!("the compaction's connection did not close within 1 s");
-        }
     }
 }
 

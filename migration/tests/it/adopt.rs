@@ -9,11 +9,10 @@ use db_core::Db;
 use migration::inspect;
 use test_support::{TestDb, original_app};
 
-use crate::support::{int, migrate, migrate_with, strings, tables, with_block_counts};
+use crate::support::{int, lines, migrate, migrate_with, names, strings, tables};
 
 const FIRST: &str = "m20261124_000001_create_employees_and_tasks";
 const SECOND: &str = "m20261125_000001_converge_adopted_schema";
-const THIRD: &str = "m20261203_000001_task_block_counts";
 
 /// What must be equal between an adopted and a fresh schema: columns with
 /// type, nullability and generated ids; primary keys; foreign keys with
@@ -76,18 +75,19 @@ test_support::backend_tests! {
         let rows = original_app::rows(&t.db).await;
         assert_eq!(rows.len(), 1 + 3 + 4, "{rows:?}");
 
+        let (all, n) = (names(), names().len());
         let report = migrate(&t.settings, &["up"]).await;
         assert_eq!(
             report,
-            format!("adopted  {FIRST} (recorded as applied without running it)\napplied  {SECOND}\napplied  {THIRD}\n3 applied, 0 pending\n")
+            format!("adopted  {FIRST} (recorded as applied without running it)\n{}{n} applied, 0 pending\n", lines("applied ", &all[1..]))
         );
-        assert_eq!(migrate(&t.settings, &["status"]).await, format!("applied  {FIRST}\napplied  {SECOND}\napplied  {THIRD}\n3 applied, 0 pending\n"));
+        assert_eq!(migrate(&t.settings, &["status"]).await, format!("{}{n} applied, 0 pending\n", lines("applied ", &all)));
 
         // Every row kept, byte for byte; the original's own table untouched.
         assert_eq!(original_app::rows(&t.db).await, rows);
         assert_eq!(
             tables(&t.db).await,
-            with_block_counts(&t.db, &["alembic_version", "employees", "seaql_migrations", "seaql_migrations_adopted", "tasks"])
+            ["alembic_version", "employees", "seaql_migrations", "seaql_migrations_adopted", "tasks"]
         );
 
         // The schema is the one a fresh `up` makes (names aside).
@@ -95,7 +95,7 @@ test_support::backend_tests! {
 
         // A second `up` changes nothing.
         let before = catalog(&t.db).await;
-        assert_eq!(migrate(&t.settings, &["up"]).await, "3 applied, 0 pending\n");
+        assert_eq!(migrate(&t.settings, &["up"]).await, format!("{n} applied, 0 pending\n"));
         assert_eq!(catalog(&t.db).await, before);
         assert_eq!(original_app::rows(&t.db).await, rows);
 
@@ -111,8 +111,12 @@ test_support::backend_tests! {
     async fn reverting_an_adopted_migration_needs_force(t: TestDb) {
         original_app::create(&t.db).await;
         migrate(&t.settings, &["up"]).await;
-        // The convergence and the block counts were run, not adopted: they revert freely.
-        assert_eq!(migrate(&t.settings, &["down", "-n", "2"]).await, format!("reverted {SECOND}\nreverted {THIRD}\n1 applied, 2 pending\n"));
+        // The later migrations were run, not adopted: they revert freely.
+        let (all, n) = (names(), names().len());
+        assert_eq!(
+            migrate(&t.settings, &["down", "-n", &(n - 1).to_string()]).await,
+            format!("{}1 applied, {} pending\n", lines("reverted", &all[1..]), n - 1)
+        );
         for words in [&["down"][..], &["reset"], &["refresh"], &["fresh"]] {
             let error = migrate_with::<migration::Migrator>(&t.settings, words).await.unwrap_err();
             assert_eq!(
@@ -122,11 +126,14 @@ test_support::backend_tests! {
             );
         }
         assert_eq!(int(&t.db, "SELECT count(*) FROM tasks").await, 4);
-        assert_eq!(migrate(&t.settings, &["down", "--force"]).await, format!("reverted {FIRST}\n0 applied, 3 pending\n"));
+        assert_eq!(migrate(&t.settings, &["down", "--force"]).await, format!("reverted {FIRST}\n0 applied, {n} pending\n"));
         assert_eq!(tables(&t.db).await, ["alembic_version", "seaql_migrations", "seaql_migrations_adopted"]);
         // Made anew, the tables are this project's own: no --force needed.
         migrate(&t.settings, &["up"]).await;
-        assert_eq!(migrate(&t.settings, &["down", "-n", "3"]).await, format!("reverted {FIRST}\nreverted {SECOND}\nreverted {THIRD}\n0 applied, 3 pending\n"));
+        assert_eq!(
+            migrate(&t.settings, &["down", "-n", &n.to_string()]).await,
+            format!("{}0 applied, {n} pending\n", lines("reverted", &all))
+        );
     }
 
     async fn tables_that_differ_are_refused_and_left_alone(t: TestDb) {
@@ -170,7 +177,7 @@ test_support::backend_tests! {
         // Baseline records it without checking; the rest applies normally.
         assert_eq!(
             migrate(&t.settings, &["baseline", "--to", FIRST]).await,
-            format!("adopted  {FIRST} (recorded as applied without running it)\n1 applied, 2 pending\n")
+            format!("adopted  {FIRST} (recorded as applied without running it)\n1 applied, {} pending\n", names().len() - 1)
         );
     }
 
@@ -190,7 +197,7 @@ test_support::backend_tests! {
         original_app::create(&t.db).await;
         assert_eq!(
             migrate(&t.settings, &["baseline"]).await,
-            format!("adopted  {FIRST} (recorded as applied without running it)\n1 applied, 2 pending\n")
+            format!("adopted  {FIRST} (recorded as applied without running it)\n1 applied, {} pending\n", names().len() - 1)
         );
     }
 
@@ -200,14 +207,17 @@ test_support::backend_tests! {
         let adopted = reports.iter().filter(|r| r.contains(&format!("adopted  {FIRST}"))).count();
         let converged = reports.iter().filter(|r| r.contains(&format!("applied  {SECOND}"))).count();
         assert_eq!((adopted, converged), (1, 1), "{reports:#?}");
-        assert_eq!(int(&t.db, "SELECT count(*) FROM seaql_migrations").await, 3);
+        assert_eq!(int(&t.db, "SELECT count(*) FROM seaql_migrations").await, names().len() as i64);
         assert_eq!(int(&t.db, "SELECT count(*) FROM seaql_migrations_adopted").await, 1);
     }
 
     async fn convergence_changes_nothing_on_a_fresh_schema(t: TestDb) {
         migrate(&t.settings, &["up", "-n", "1"]).await;
         let before = catalog(&t.db).await;
-        assert_eq!(migrate(&t.settings, &["up", "-n", "1"]).await, format!("applied  {SECOND}\n2 applied, 1 pending\n"));
+        assert_eq!(
+            migrate(&t.settings, &["up", "-n", "1"]).await,
+            format!("applied  {SECOND}\n2 applied, {} pending\n", names().len() - 2)
+        );
         assert_eq!(catalog(&t.db).await, before);
     }
 }

@@ -1,44 +1,50 @@
 //! Every migrate command on every backend, through the same entry point as
 //! the binaries.
 
+use sea_orm::ConnectionTrait;
 use sea_orm_migration::prelude::*;
 use test_support::{Backend, TestDb};
 
-use crate::support::{migrate, migrate_with, strings, tables, with_block_counts};
-
-const FIRST: &str = "m20261124_000001_create_employees_and_tasks";
-const SECOND: &str = "m20261125_000001_converge_adopted_schema";
-const THIRD: &str = "m20261203_000001_task_block_counts";
+use crate::support::{lines, migrate, migrate_with, names, strings, tables};
 
 test_support::backend_tests! {
     async fn status_reports_without_creating_anything(t: TestDb) {
+        let (all, n) = (names(), names().len());
         let report = migrate(&t.settings, &["status"]).await;
-        assert_eq!(report, format!("pending  {FIRST}\npending  {SECOND}\npending  {THIRD}\n0 applied, 3 pending\n"));
+        assert_eq!(report, format!("{}0 applied, {n} pending\n", lines("pending ", &all)));
         assert!(tables(&t.db).await.is_empty(), "status created {:?}", tables(&t.db).await);
     }
 
     async fn up_down_fresh_refresh_reset(t: TestDb) {
-        assert_eq!(migrate(&t.settings, &["up"]).await, format!("applied  {FIRST}\napplied  {SECOND}\napplied  {THIRD}\n3 applied, 0 pending\n"));
-        assert_eq!(migrate(&t.settings, &["up"]).await, "3 applied, 0 pending\n");
-        assert_eq!(migrate(&t.settings, &["status"]).await, format!("applied  {FIRST}\napplied  {SECOND}\napplied  {THIRD}\n3 applied, 0 pending\n"));
+        let (all, n) = (names(), names().len());
+        let every = format!("{}{n} applied, 0 pending\n", lines("applied ", &all));
+        let none = format!("{}0 applied, {n} pending\n", lines("reverted", &all));
+        assert_eq!(migrate(&t.settings, &["up"]).await, every);
+        assert_eq!(migrate(&t.settings, &["up"]).await, format!("{n} applied, 0 pending\n"));
+        assert_eq!(migrate(&t.settings, &["status"]).await, every);
 
-        assert_eq!(migrate(&t.settings, &["down", "-n", "3"]).await, format!("reverted {FIRST}\nreverted {SECOND}\nreverted {THIRD}\n0 applied, 3 pending\n"));
+        assert_eq!(migrate(&t.settings, &["down", "-n", &n.to_string()]).await, none);
         assert_eq!(tables(&t.db).await, ["seaql_migrations"]);
 
-        assert_eq!(migrate(&t.settings, &["up", "-n", "1"]).await, format!("applied  {FIRST}\n1 applied, 2 pending\n"));
+        assert_eq!(
+            migrate(&t.settings, &["up", "-n", "1"]).await,
+            format!("{}1 applied, {} pending\n", lines("applied ", &all[..1]), n - 1)
+        );
         crate::support::exec(&t.db, "INSERT INTO employees (full_name, position) VALUES ('Ann', 'dev')").await;
-        assert_eq!(migrate(&t.settings, &["fresh"]).await, format!("applied  {FIRST}\napplied  {SECOND}\napplied  {THIRD}\n3 applied, 0 pending\n"));
+        assert_eq!(migrate(&t.settings, &["fresh"]).await, every);
         assert!(strings(&t.db, "SELECT full_name FROM employees").await.is_empty(), "fresh kept rows");
 
-        assert_eq!(migrate(&t.settings, &["refresh"]).await, format!("applied  {FIRST}\napplied  {SECOND}\napplied  {THIRD}\n3 applied, 0 pending\n"));
-        assert_eq!(tables(&t.db).await, with_block_counts(&t.db, &["employees", "seaql_migrations", "tasks"]));
+        assert_eq!(migrate(&t.settings, &["refresh"]).await, every);
+        assert_eq!(tables(&t.db).await, ["employees", "seaql_migrations", "tasks"]);
 
-        assert_eq!(migrate(&t.settings, &["reset"]).await, format!("reverted {FIRST}\nreverted {SECOND}\nreverted {THIRD}\n0 applied, 3 pending\n"));
+        assert_eq!(migrate(&t.settings, &["reset"]).await, none);
         assert!(tables(&t.db).await.is_empty());
     }
 }
 
-/// The project's migration, then one that creates a table and fails.
+/// The project's migrations, then one that creates a table and fails on
+/// the database it is applied to (not on the in-memory one that adoption
+/// learns the schema from).
 struct FailingMigrator;
 
 struct FailsHalfWay;
@@ -60,6 +66,21 @@ impl MigrationTrait for FailsHalfWay {
                     .to_owned(),
             )
             .await?;
+        // The reference is an in-memory SQLite database, whose file name is empty.
+        let file = manager
+            .get_connection()
+            .query_one_raw(sea_orm::Statement::from_string(
+                manager.get_database_backend(),
+                "SELECT file FROM pragma_database_list WHERE name = 'main'",
+            ))
+            .await;
+        if let Ok(Some(row)) = file
+            && row
+                .try_get_by_index::<String>(0)
+                .is_ok_and(|f| f.is_empty())
+        {
+            return Ok(());
+        }
         Err(DbErr::Migration(
             "deliberately failing after creating a table".to_owned(),
         ))
@@ -77,27 +98,50 @@ impl MigratorTrait for FailingMigrator {
 
 #[test_support::needs(postgres)]
 #[tokio::test]
-async fn a_failed_migration_leaves_nothing_behind_on_postgres() {
-    a_failed_migration_leaves_nothing_behind(TestDb::new(Backend::Postgres).await).await;
-}
-
-#[tokio::test]
-async fn a_failed_migration_leaves_nothing_behind_on_sqlite() {
-    a_failed_migration_leaves_nothing_behind(TestDb::new(Backend::Sqlite).await).await;
-}
-
-/// On PostgreSQL and SQLite one transaction runs the whole `up`: when a
-/// migration fails, schema and migration table are as they were before.
-async fn a_failed_migration_leaves_nothing_behind(t: TestDb) {
+async fn a_failed_migration_is_rolled_back_alone_on_postgres() {
+    let t = TestDb::new(Backend::Postgres).await;
     let err = migrate_with::<FailingMigrator>(&t.settings, &["up"])
         .await
         .unwrap_err();
     assert!(err.to_string().contains("deliberately failing"), "{err}");
+    // Each migration ran in a transaction of its own: the ones before it
+    // stay applied, and nothing of the failed one is left.
+    assert_eq!(
+        tables(&t.db).await,
+        ["employees", "seaql_migrations", "tasks"]
+    );
+    assert_eq!(
+        migrate(&t.settings, &["status"]).await,
+        format!(
+            "{}{n} applied, 0 pending\n",
+            lines("applied ", &names()),
+            n = names().len()
+        )
+    );
+    let report = migrate_with::<FailingMigrator>(&t.settings, &["status"])
+        .await
+        .unwrap();
+    let expected = format!(
+        "pending  m20990101_000001_fails_half_way\n{} applied, 1 pending\n",
+        names().len()
+    );
+    assert!(report.ends_with(&expected), "{report}");
+}
+
+#[tokio::test]
+async fn a_failed_migration_leaves_nothing_behind_on_sqlite() {
+    let t = TestDb::new(Backend::Sqlite).await;
+    let err = migrate_with::<FailingMigrator>(&t.settings, &["up"])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("deliberately failing"), "{err}");
+    // One transaction runs the whole command: schema and migration table
+    // are as they were before.
     assert!(tables(&t.db).await.is_empty(), "{:?}", tables(&t.db).await);
     // The database is usable afterwards.
     migrate(&t.settings, &["up"]).await;
     assert_eq!(
         tables(&t.db).await,
-        with_block_counts(&t.db, &["employees", "seaql_migrations", "tasks"])
+        ["employees", "seaql_migrations", "tasks"]
     );
 }

@@ -8,7 +8,7 @@ use db_core::Settings;
 use sea_orm_migration::prelude::*;
 use test_support::TestDb;
 
-use crate::support::{migrate_with, strings};
+use crate::support::{migrate_with, names, strings};
 
 /// Starts `n` `migration up` processes at once against the database of
 /// `settings`; every process must succeed and each migration must be
@@ -38,13 +38,6 @@ fn concurrent_up(settings: &Settings, n: usize) {
         applied += stdout.matches("applied  ").count();
     }
     assert_eq!(applied, migration::Migrator::migrations().len());
-}
-
-fn names() -> Vec<String> {
-    migration::Migrator::migrations()
-        .iter()
-        .map(|m| m.name().to_owned())
-        .collect()
 }
 
 /// The project's migrations, then one that takes its time.

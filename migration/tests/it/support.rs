@@ -93,13 +93,17 @@ pub async fn int(db: &Db, sql: &str) -> i64 {
         .unwrap()
 }
 
-/// `names` and, on PostgreSQL, `task_blocks` (the block counts of deep
-/// pages), sorted as [`tables`] lists them.
-pub fn with_block_counts(db: &Db, names: &[&str]) -> Vec<String> {
-    let mut names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-    if db.backend() == DbBackend::Postgres {
-        names.push("task_blocks".to_owned());
-    }
-    names.sort();
-    names
+/// The project's migrations, oldest first: tests name the ones they are
+/// about and take the rest from here, so a new migration breaks none.
+pub fn names() -> Vec<String> {
+    migration::Migrator::migrations()
+        .iter()
+        .map(|m| m.name().to_owned())
+        .collect()
+}
+
+/// A report's lines for `names`: `verb` as the report pads it (`applied `,
+/// `pending `, `reverted`), then the name.
+pub fn lines(verb: &str, names: &[String]) -> String {
+    names.iter().map(|n| format!("{verb} {n}\n")).collect()
 }

@@ -7,8 +7,19 @@ use test_support::{TestDb, original_app};
 use crate::cli::{text, tracker};
 
 const FIRST: &str = "m20261124_000001_create_employees_and_tasks";
-const SECOND: &str = "m20261125_000001_converge_adopted_schema";
-const THIRD: &str = "m20261203_000001_task_block_counts";
+
+/// The project's migrations, oldest first (a new one breaks no test here).
+fn names() -> Vec<String> {
+    <migration::Migrator as migration::MigratorTrait>::migrations()
+        .iter()
+        .map(|m| m.name().to_owned())
+        .collect()
+}
+
+/// Report lines: `verb` as the report pads it, then each name.
+fn lines(verb: &str, names: &[String]) -> String {
+    names.iter().map(|n| format!("{verb} {n}\n")).collect()
+}
 
 fn run(t: &TestDb, dir: &std::path::Path, words: &[&str]) -> String {
     let mut args = vec!["migrate"];
@@ -23,11 +34,13 @@ test_support::backend_tests! {
     async fn migrate_up_status_down_fresh(t: TestDb) {
         let dir = tempfile::tempdir().unwrap();
         let dir = dir.path();
-        assert_eq!(run(&t, dir, &["status"]), format!("pending  {FIRST}\npending  {SECOND}\npending  {THIRD}\n0 applied, 3 pending\n"));
-        assert_eq!(run(&t, dir, &["up"]), format!("applied  {FIRST}\napplied  {SECOND}\napplied  {THIRD}\n3 applied, 0 pending\n"));
-        assert_eq!(run(&t, dir, &["status"]), format!("applied  {FIRST}\napplied  {SECOND}\napplied  {THIRD}\n3 applied, 0 pending\n"));
-        assert_eq!(run(&t, dir, &["down"]), format!("reverted {THIRD}\n2 applied, 1 pending\n"));
-        assert_eq!(run(&t, dir, &["fresh"]), format!("applied  {FIRST}\napplied  {SECOND}\napplied  {THIRD}\n3 applied, 0 pending\n"));
+        let (all, n) = (names(), names().len());
+        let every = format!("{}{n} applied, 0 pending\n", lines("applied ", &all));
+        assert_eq!(run(&t, dir, &["status"]), format!("{}0 applied, {n} pending\n", lines("pending ", &all)));
+        assert_eq!(run(&t, dir, &["up"]), every);
+        assert_eq!(run(&t, dir, &["status"]), every);
+        assert_eq!(run(&t, dir, &["down"]), format!("{}{} applied, 1 pending\n", lines("reverted", &all[n - 1..]), n - 1));
+        assert_eq!(run(&t, dir, &["fresh"]), every);
     }
 }
 
@@ -37,12 +50,13 @@ test_support::backend_tests! {
         original_app::create(&t.db).await;
         let dir = tempfile::tempdir().unwrap();
         let dir = dir.path();
+        let (all, n) = (names(), names().len());
         assert_eq!(
             run(&t, dir, &["up"]),
-            format!("adopted  {FIRST} (recorded as applied without running it)\napplied  {SECOND}\napplied  {THIRD}\n3 applied, 0 pending\n")
+            format!("adopted  {FIRST} (recorded as applied without running it)\n{}{n} applied, 0 pending\n", lines("applied ", &all[1..]))
         );
-        assert_eq!(run(&t, dir, &["status"]), format!("applied  {FIRST}\napplied  {SECOND}\napplied  {THIRD}\n3 applied, 0 pending\n"));
-        assert_eq!(run(&t, dir, &["up"]), "3 applied, 0 pending\n");
+        assert_eq!(run(&t, dir, &["status"]), format!("{}{n} applied, 0 pending\n", lines("applied ", &all)));
+        assert_eq!(run(&t, dir, &["up"]), format!("{n} applied, 0 pending\n"));
     }
 
     /// Tables that differ: exit 1, one line for each difference and the way out.

@@ -1,0 +1,960 @@
+//! Schema changes that the application keeps running through: building
+//! blocks for migrations, this crate's and yours (docs/migrations.md).
+//!
+//! A schema change stalls an application in two ways: it holds a lock that
+//! blocks writes for as long as it works (a plain `CREATE INDEX`, a foreign
+//! key checked against every row), or it waits for its lock behind a long
+//! transaction while every later query on the table queues behind it. The
+//! runner bounds the second everywhere on PostgreSQL: each statement waits
+//! at most `DB_MIGRATION_LOCK_TIMEOUT` for its lock, then the statement (or
+//! a transactional migration as a whole) is tried again after a jittered
+//! pause, until `DB_MIGRATION_DEADLINE`; giving up names the sessions in
+//! the way. The blocks below avoid the first, and each is safe to run again
+//! after it was interrupted:
+//!
+//! | block | PostgreSQL | MySQL / MariaDB | SQLite |
+//! | --- | --- | --- | --- |
+//! | [`create_index`] | `CREATE INDEX CONCURRENTLY`, an INVALID leftover dropped first | `ALGORITHM=INPLACE, LOCK=NONE` | `CREATE INDEX` |
+//! | [`drop_index`] | `DROP INDEX CONCURRENTLY` | `ALGORITHM=INPLACE, LOCK=NONE` | `DROP INDEX` |
+//! | [`add_foreign_key`] | `NOT VALID`, then `VALIDATE` in a transaction of its own | `ADD CONSTRAINT` (checks rows while it blocks writes) | not possible in place |
+//! | [`replace_foreign_key`] | the old one dropped and the new one added `NOT VALID` at once, then `VALIDATE` | drop, then add | not possible in place |
+//! | [`add_check`] | `NOT VALID`, then `VALIDATE` | `ADD CONSTRAINT` | not possible in place |
+//! | [`set_not_null`] | a validated check, then `SET NOT NULL` (no scan) | `MODIFY` in place | not possible in place |
+//! | [`Backfill`] | batches, each a transaction of its own, paced | the same | the same |
+//! | [`execute`] | one statement in a transaction of its own, retried | the statement | the statement |
+//!
+//! On PostgreSQL they run in a migration that opts out of the runner's
+//! transaction (a `CONCURRENTLY` statement cannot run in one, and a check
+//! that commits separately is the point), and refuse to run inside one:
+//!
+//! ```
+//! use migration::online;
+//! use sea_orm_migration::prelude::*;
+//!
+//! #[derive(DeriveMigrationName)]
+//! pub struct Migration;
+//!
+//! #[async_trait::async_trait]
+//! impl MigrationTrait for Migration {
+//!     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+//!         let index = Index::create()
+//!             .name("idx_tasks_status")
+//!             .table("tasks")
+//!             .col("status")
+//!             .to_owned();
+//!         online::create_index(manager, index).await
+//!     }
+//!
+//!     fn use_transaction(&self) -> Option<bool> {
+//!         Some(false)
+//!     }
+//! }
+//! ```
+//!
+//! SQLite cannot add a constraint to an existing table, nor make a column
+//! `NOT NULL`, without rebuilding the table; those blocks say so.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use db_core::{Blocker, HeldLock};
+use rand::Rng;
+use sea_orm::{
+    ConnectionTrait, DatabaseExecutor, DbBackend, DbErr, RuntimeErr, Statement, TransactionTrait,
+};
+use sea_orm_migration::SchemaManager;
+use sea_orm_migration::prelude::*;
+use tokio::sync::Mutex;
+
+tokio::task_local! {
+    static CONTEXT: Context;
+}
+
+/// How long statements wait for locks and are tried again: the runner's
+/// settings (`DB_MIGRATION_LOCK_TIMEOUT`, `DB_MIGRATION_DEADLINE`,
+/// `DB_MIGRATION_INDEX_TIMEOUT`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Policy {
+    pub lock_timeout: Duration,
+    pub deadline: Duration,
+    pub index_timeout: Duration,
+}
+
+impl Policy {
+    pub(crate) fn from_settings(settings: &db_core::Settings) -> Self {
+        Policy {
+            lock_timeout: settings.migration_lock_timeout,
+            deadline: settings.migration_deadline,
+            index_timeout: settings.migration_index_timeout,
+        }
+    }
+}
+
+/// What the runner gives the migrations it runs.
+#[derive(Clone)]
+pub(crate) struct Context {
+    pub policy: Policy,
+    /// The migration lock's own connection, which sees who blocks a statement.
+    pub lock: Option<Arc<Mutex<HeldLock>>>,
+    /// Through a transaction pooler: nothing may be set on the session.
+    pub pooled: bool,
+}
+
+impl Default for Context {
+    fn default() -> Self {
+        Context {
+            policy: Policy::from_settings(&db_core::Settings::new(
+                db_core::DatabaseUrl::parse("sqlite::memory:", "defaults")
+                    .expect("a constant URL parses"),
+            )),
+            lock: None,
+            pooled: false,
+        }
+    }
+}
+
+/// Runs `work` with `context` for the building blocks it calls.
+pub(crate) async fn scope<T>(context: Context, work: impl Future<Output = T>) -> T {
+    CONTEXT.scope(context, work).await
+}
+
+fn context() -> Context {
+    CONTEXT.try_with(Context::clone).unwrap_or_default()
+}
+
+/// The SQLSTATE of a database error.
+fn sqlstate(e: &DbErr) -> Option<String> {
+    match e {
+        DbErr::Exec(RuntimeErr::SqlxError(e))
+        | DbErr::Query(RuntimeErr::SqlxError(e))
+        | DbErr::Conn(RuntimeErr::SqlxError(e)) => e
+            .as_database_error()
+            .and_then(|d| d.code())
+            .map(|c| c.into_owned()),
+        _ => None,
+    }
+}
+
+/// An error that may be PostgreSQL's `lock_not_available` (55P03): a
+/// statement gave up waiting for a lock.
+pub(crate) trait LockNotAvailable: From<DbErr> {
+    /// Whether this is one.
+    fn lock_not_available(&self) -> bool;
+}
+
+impl LockNotAvailable for DbErr {
+    fn lock_not_available(&self) -> bool {
+        sqlstate(self).as_deref() == Some("55P03")
+    }
+}
+
+/// What the attempts saw while they waited for locks: the sessions in the
+/// way, last seen. Clones share it.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Seen(Arc<std::sync::Mutex<Vec<Blocker>>>);
+
+impl Seen {
+    /// Runs `work` on `conn`, noting every tenth of a second which sessions
+    /// it waits for. On PostgreSQL only, and `conn` must be one server
+    /// process throughout: a transaction, or the runner's connection when it
+    /// does not go through a transaction pooler.
+    pub(crate) async fn watch<T, E: From<DbErr>>(
+        &self,
+        conn: &impl ConnectionTrait,
+        work: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let Some(lock) = context()
+            .lock
+            .filter(|_| conn.get_database_backend() == DbBackend::Postgres)
+        else {
+            return work.await;
+        };
+        let pid: i32 = conn
+            .query_one_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT pg_backend_pid()",
+            ))
+            .await?
+            .ok_or_else(|| DbErr::Migration("no backend pid".to_owned()))?
+            .try_get_by_index(0)?;
+        let mut work = std::pin::pin!(work);
+        loop {
+            tokio::select! {
+                result = &mut work => return result,
+                () = tokio::time::sleep(Duration::from_millis(100)) => {
+                    if let Ok(blockers) = lock.lock().await.blockers(pid).await
+                        && !blockers.is_empty()
+                    {
+                        *self.0.lock().expect("never poisoned") = blockers;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Which setting bounds an attempt's lock wait.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Bound {
+    /// `DB_MIGRATION_LOCK_TIMEOUT`.
+    Statement,
+    /// `DB_MIGRATION_INDEX_TIMEOUT`.
+    Index,
+}
+
+impl Bound {
+    fn setting(self, policy: &Policy) -> (&'static str, Duration) {
+        match self {
+            Bound::Statement => ("DB_MIGRATION_LOCK_TIMEOUT", policy.lock_timeout),
+            Bound::Index => ("DB_MIGRATION_INDEX_TIMEOUT", policy.index_timeout),
+        }
+    }
+}
+
+/// Runs `attempt` until it ends other than by a lock timeout; after one,
+/// pauses (jittered, doubling from 100 ms to 5 s) and tries again, until
+/// `DB_MIGRATION_DEADLINE`, then gives up with one error that names `what`,
+/// the settings, and the sessions the last attempts waited for.
+pub(crate) async fn retrying<T, E: LockNotAvailable, F: Future<Output = Result<T, E>>>(
+    what: &str,
+    bound: Bound,
+    mut attempt: impl FnMut(Seen) -> F,
+) -> Result<T, E> {
+    let policy = context().policy;
+    let start = Instant::now();
+    let seen = Seen::default();
+    let mut attempts = 1u32;
+    loop {
+        let error = match attempt(seen.clone()).await {
+            Err(e) if e.lock_not_available() => e,
+            other => return other,
+        };
+        let (setting, timeout) = bound.setting(&policy);
+        let cap = Duration::from_millis(100 << Ord::min(attempts, 6)).min(Duration::from_secs(5));
+        let pause = rand::rng().random_range(cap / 2..=cap);
+        if start.elapsed() + pause >= policy.deadline {
+            drop(error);
+            return Err(E::from(DbErr::Migration(format!(
+                "{what}: gave up after {} and {attempts} attempts, each waiting {setting}={} for a lock; in the way: {}; end those sessions, or allow more time with DB_MIGRATION_DEADLINE={}",
+                short(start.elapsed()),
+                short(timeout),
+                Blocking(&seen.0.lock().expect("never poisoned")),
+                short(policy.deadline),
+            ))));
+        }
+        tracing::warn!(
+            "{what}: no lock within {setting}={} (attempt {attempts}); in the way: {}; trying again in {}",
+            short(timeout),
+            Blocking(&seen.0.lock().expect("never poisoned")),
+            short(pause),
+        );
+        tokio::time::sleep(pause).await;
+        attempts += 1;
+    }
+}
+
+/// A duration to the millisecond, as settings are written.
+fn short(d: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(Duration::from_millis(d.as_millis() as u64))
+}
+
+struct Blocking<'a>(&'a [Blocker]);
+
+impl fmt::Display for Blocking<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return write!(f, "no session seen (it ended, or holds no lock that shows)");
+        }
+        for (n, blocker) in self.0.iter().enumerate() {
+            if n > 0 {
+                write!(f, ", ")?;
+            }
+            write!(f, "{blocker}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Refuses a block that must commit on its own when it runs inside a
+/// transaction on PostgreSQL; true when the backend is PostgreSQL.
+fn postgres_outside_transaction(manager: &SchemaManager<'_>, what: &str) -> Result<bool, DbErr> {
+    if manager.get_database_backend() != DbBackend::Postgres {
+        return Ok(false);
+    }
+    if matches!(
+        manager.get_connection(),
+        DatabaseExecutor::Transaction(_) | DatabaseExecutor::OwnedTransaction(_)
+    ) {
+        return Err(DbErr::Migration(format!(
+            "{what} runs outside a transaction on PostgreSQL: make the migration's use_transaction() return Some(false)"
+        )));
+    }
+    Ok(true)
+}
+
+/// `name` as a PostgreSQL or SQLite identifier (MySQL: between backticks).
+fn quote(backend: DbBackend, name: &str) -> String {
+    match backend {
+        DbBackend::MySql => format!("`{}`", name.replace('`', "``")),
+        _ => format!("\"{}\"", name.replace('"', "\"\"")),
+    }
+}
+
+fn millis(d: Duration) -> u128 {
+    d.as_millis().max(1)
+}
+
+/// PostgreSQL: runs `statements` in a transaction of their own that waits at
+/// most `DB_MIGRATION_LOCK_TIMEOUT` for each lock, tried again until the
+/// deadline. Returns the rows the last statement affected.
+async fn short_transaction(
+    conn: &DatabaseExecutor<'_>,
+    what: &str,
+    statements: &[String],
+) -> Result<u64, DbErr> {
+    let policy = context().policy;
+    retrying(what, Bound::Statement, |seen| async move {
+        let tx = conn.begin().await?;
+        tx.execute_unprepared(&format!(
+            "SET LOCAL lock_timeout = '{}ms'",
+            millis(policy.lock_timeout)
+        ))
+        .await?;
+        let rows = seen
+            .watch(&tx, async {
+                let mut rows = 0;
+                for sql in statements {
+                    rows = tx.execute_unprepared(sql).await?.rows_affected();
+                }
+                Ok::<_, DbErr>(rows)
+            })
+            .await?;
+        tx.commit().await?;
+        Ok(rows)
+    })
+    .await
+}
+
+/// Runs one statement so that it never queues the application behind it
+/// for long: on PostgreSQL outside a transaction, in a transaction of its
+/// own that waits at most `DB_MIGRATION_LOCK_TIMEOUT` for its lock, tried
+/// again until `DB_MIGRATION_DEADLINE`; inside the runner's transaction, as
+/// part of it (the runner retries the migration as a whole). Elsewhere, as
+/// it is.
+pub async fn execute(manager: &SchemaManager<'_>, sql: &str) -> Result<(), DbErr> {
+    let conn = manager.get_connection();
+    let in_transaction = matches!(
+        conn,
+        DatabaseExecutor::Transaction(_) | DatabaseExecutor::OwnedTransaction(_)
+    );
+    if manager.get_database_backend() == DbBackend::Postgres && !in_transaction {
+        short_transaction(conn, sql, &[sql.to_owned()]).await?;
+    } else {
+        conn.execute_unprepared(sql).await?;
+    }
+    Ok(())
+}
+
+/// PostgreSQL, outside a transaction: runs `sql` with `lock_timeout` set to
+/// `timeout` for it, watched for blockers. Through a transaction pooler,
+/// where nothing may be set on a shared session, the server's own
+/// `lock_timeout` applies.
+async fn with_session_lock_timeout(
+    conn: &DatabaseExecutor<'_>,
+    timeout: Duration,
+    sql: &str,
+    seen: &Seen,
+) -> Result<(), DbErr> {
+    let context = context();
+    if context.pooled {
+        return conn.execute_unprepared(sql).await.map(drop);
+    }
+    conn.execute_unprepared(&format!("SET lock_timeout = '{}ms'", millis(timeout)))
+        .await?;
+    let result = seen.watch(conn, conn.execute_unprepared(sql)).await;
+    let reset = conn
+        .execute_unprepared(&format!(
+            "SET lock_timeout = '{}ms'",
+            millis(context.policy.lock_timeout)
+        ))
+        .await;
+    result?;
+    reset.map(drop)
+}
+
+fn index_name(index: &IndexCreateStatement) -> Result<String, DbErr> {
+    index
+        .get_index_spec()
+        .get_name()
+        .map(str::to_owned)
+        .ok_or_else(|| DbErr::Migration("an index built online needs a name".to_owned()))
+}
+
+/// PostgreSQL: drops the INVALID index called `name` that an interrupted
+/// concurrent build left, if there is one (the migration lock keeps any
+/// other build of it from running now).
+async fn drop_invalid_index(conn: &DatabaseExecutor<'_>, name: &str) -> Result<(), DbErr> {
+    let leftover = conn
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
+             JOIN pg_index i ON i.indexrelid = c.oid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relname = $1 AND NOT i.indisvalid AND pg_table_is_visible(c.oid)",
+            [name.into()],
+        ))
+        .await?;
+    if let Some(row) = leftover {
+        let qualified: String = row.try_get_by_index(0)?;
+        tracing::info!("dropping {qualified}, an INVALID index left by an interrupted build");
+        let policy = context().policy;
+        with_session_lock_timeout(
+            conn,
+            policy.index_timeout,
+            &format!("DROP INDEX CONCURRENTLY IF EXISTS {qualified}"),
+            &Seen::default(),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// MySQL error numbers that mean the change is there already.
+fn mysql_error_is(e: &DbErr, codes: &[&str]) -> bool {
+    sqlstate(e).is_some() && {
+        let text = e.to_string();
+        codes.iter().any(|code| text.contains(code))
+    }
+}
+
+/// Creates an index without blocking writes, and without doing anything
+/// when it exists: on PostgreSQL `CREATE INDEX CONCURRENTLY IF NOT EXISTS`
+/// (waiting at most `DB_MIGRATION_INDEX_TIMEOUT` for older transactions;
+/// an INVALID index of the same name, left by an interrupted build, is
+/// dropped first, and one left by this build when it gives up too); on
+/// MySQL in place (`ALGORITHM=INPLACE, LOCK=NONE`); on SQLite as usual.
+pub async fn create_index(
+    manager: &SchemaManager<'_>,
+    mut index: IndexCreateStatement,
+) -> Result<(), DbErr> {
+    let name = index_name(&index)?;
+    let conn = manager.get_connection();
+    match manager.get_database_backend() {
+        DbBackend::Postgres => {
+            postgres_outside_transaction(manager, "a concurrent index build")?;
+            let sql = DbBackend::Postgres
+                .build(index.concurrently().if_not_exists())
+                .sql;
+            let timeout = context().policy.index_timeout;
+            let (name, sql) = (&name, &sql);
+            let built = retrying(sql, Bound::Index, |seen| async move {
+                drop_invalid_index(conn, name).await?;
+                with_session_lock_timeout(conn, timeout, sql, &seen).await
+            })
+            .await;
+            if built.is_err() {
+                let _ = drop_invalid_index(conn, name).await;
+            }
+            built
+        }
+        DbBackend::MySql => {
+            let sql = format!(
+                "{} ALGORITHM=INPLACE LOCK=NONE",
+                DbBackend::MySql.build(&index).sql
+            );
+            match conn.execute_unprepared(&sql).await {
+                // 1061: duplicate key name.
+                Err(e) if mysql_error_is(&e, &["1061"]) => Ok(()),
+                other => other.map(drop),
+            }
+        }
+        _ => manager.create_index(index.if_not_exists().to_owned()).await,
+    }
+}
+
+/// Drops an index without blocking writes, and without doing anything when
+/// it is gone: `DROP INDEX CONCURRENTLY IF EXISTS` on PostgreSQL, in place
+/// on MySQL.
+pub async fn drop_index(manager: &SchemaManager<'_>, name: &str, table: &str) -> Result<(), DbErr> {
+    let conn = manager.get_connection();
+    let backend = manager.get_database_backend();
+    match backend {
+        DbBackend::Postgres => {
+            postgres_outside_transaction(manager, "a concurrent index drop")?;
+            let sql = format!("DROP INDEX CONCURRENTLY IF EXISTS {}", quote(backend, name));
+            let timeout = context().policy.index_timeout;
+            let sql = &sql;
+            retrying(sql, Bound::Index, |seen| async move {
+                with_session_lock_timeout(conn, timeout, sql, &seen).await
+            })
+            .await
+        }
+        DbBackend::MySql => {
+            let sql = format!(
+                "ALTER TABLE {} DROP INDEX {}, ALGORITHM=INPLACE, LOCK=NONE",
+                quote(backend, table),
+                quote(backend, name)
+            );
+            match conn.execute_unprepared(&sql).await {
+                // 1091: no such index.
+                Err(e) if mysql_error_is(&e, &["1091"]) => Ok(()),
+                other => other.map(drop),
+            }
+        }
+        _ => conn
+            .execute_unprepared(&format!("DROP INDEX IF EXISTS {}", quote(backend, name)))
+            .await
+            .map(drop),
+    }
+}
+
+/// Whether constraint `name` exists on `table`, and whether it is validated.
+async fn constraint(
+    conn: &DatabaseExecutor<'_>,
+    table: &str,
+    name: &str,
+) -> Result<Option<bool>, DbErr> {
+    let backend = conn.get_database_backend();
+    let statement = match backend {
+        DbBackend::Postgres => Statement::from_sql_and_values(
+            backend,
+            "SELECT convalidated FROM pg_constraint WHERE conname = $1 AND conrelid = to_regclass($2)",
+            [name.into(), quote(backend, table).into()],
+        ),
+        _ => Statement::from_sql_and_values(
+            backend,
+            "SELECT TRUE FROM information_schema.TABLE_CONSTRAINTS \
+             WHERE CONSTRAINT_SCHEMA = DATABASE() AND TABLE_NAME = ? AND CONSTRAINT_NAME = ?",
+            [table.into(), name.into()],
+        ),
+    };
+    match conn.query_one_raw(statement).await? {
+        Some(row) => Ok(Some(row.try_get_by_index::<bool>(0)?)),
+        None => Ok(None),
+    }
+}
+
+fn sqlite_cannot(kind: &str, table: &str, name: &str) -> DbErr {
+    DbErr::Migration(format!(
+        "SQLite cannot add {kind} {name} to the existing table {table}: create the table with it, or rebuild the table (docs/migrations.md)"
+    ))
+}
+
+/// Adds constraint `name` to `table` with `add` (an `ALTER TABLE ... ADD
+/// CONSTRAINT` statement): on PostgreSQL `NOT VALID` (a moment's lock; new
+/// rows are checked from then on), then `VALIDATE` in a transaction of its
+/// own (existing rows checked while writes go on); elsewhere as it is.
+async fn add_constraint(
+    manager: &SchemaManager<'_>,
+    kind: &str,
+    table: &str,
+    name: &str,
+    add: String,
+) -> Result<(), DbErr> {
+    let conn = manager.get_connection();
+    let backend = manager.get_database_backend();
+    if backend == DbBackend::Sqlite {
+        return Err(sqlite_cannot(kind, table, name));
+    }
+    let postgres = postgres_outside_transaction(manager, &format!("adding {kind} {name}"))?;
+    let state = constraint(conn, table, name).await?;
+    if !postgres {
+        if state.is_none() {
+            conn.execute_unprepared(&add).await?;
+        }
+        return Ok(());
+    }
+    if state.is_none() {
+        let add = format!("{add} NOT VALID");
+        short_transaction(conn, &add, std::slice::from_ref(&add)).await?;
+    }
+    if state != Some(true) {
+        let validate = format!(
+            "ALTER TABLE {} VALIDATE CONSTRAINT {}",
+            quote(backend, table),
+            quote(backend, name)
+        );
+        short_transaction(conn, &validate, std::slice::from_ref(&validate)).await?;
+    }
+    Ok(())
+}
+
+/// The name of a foreign key and the table it is on.
+fn name_and_table(foreign_key: &ForeignKeyCreateStatement) -> Result<(String, String), DbErr> {
+    let spec = foreign_key.get_foreign_key();
+    let name = spec
+        .get_name()
+        .ok_or_else(|| DbErr::Migration("a foreign key added online needs a name".to_owned()))?
+        .to_owned();
+    match spec.get_table() {
+        Some(TableRef::Table(TableName(_, table), _)) => Ok((name, table.to_string())),
+        _ => Err(DbErr::Migration(format!(
+            "foreign key {name}: the table it is on is missing"
+        ))),
+    }
+}
+
+/// Adds a foreign key (it needs a name) without checking existing rows
+/// while writes wait: see the table in the module docs. Does nothing when
+/// a constraint of that name exists, and validates it when it is not yet.
+pub async fn add_foreign_key(
+    manager: &SchemaManager<'_>,
+    foreign_key: ForeignKeyCreateStatement,
+) -> Result<(), DbErr> {
+    let (name, table) = name_and_table(&foreign_key)?;
+    // SQLite's statement builder cannot write this statement at all.
+    if manager.get_database_backend() == DbBackend::Sqlite {
+        return Err(sqlite_cannot("foreign key", &table, &name));
+    }
+    let add = manager.get_database_backend().build(&foreign_key).sql;
+    add_constraint(manager, "foreign key", &table, &name, add).await
+}
+
+/// Replaces foreign key `old` with `foreign_key` (another name, other rules):
+/// on PostgreSQL the old one is dropped and the new one added `NOT VALID`
+/// in one short transaction, so no moment is without a foreign key, then
+/// the new one is validated while writes go on. Where `old` is gone, only
+/// the new one is made sure of, as [`add_foreign_key`] does.
+pub async fn replace_foreign_key(
+    manager: &SchemaManager<'_>,
+    old: &str,
+    foreign_key: ForeignKeyCreateStatement,
+) -> Result<(), DbErr> {
+    let (name, table) = name_and_table(&foreign_key)?;
+    let backend = manager.get_database_backend();
+    if backend == DbBackend::Sqlite {
+        return Err(sqlite_cannot("foreign key", &table, &name));
+    }
+    let conn = manager.get_connection();
+    let postgres = postgres_outside_transaction(manager, &format!("replacing foreign key {old}"))?;
+    if constraint(conn, &table, old).await?.is_some() {
+        let drop = backend
+            .build(ForeignKey::drop().name(old).table(Alias::new(&table)))
+            .sql;
+        let add = backend.build(&foreign_key).sql;
+        if postgres {
+            let add = format!("{add} NOT VALID");
+            short_transaction(conn, &add, &[drop, add.clone()]).await?;
+        } else {
+            conn.execute_unprepared(&drop).await?;
+            conn.execute_unprepared(&add).await?;
+        }
+    }
+    add_foreign_key(manager, foreign_key).await
+}
+
+/// Adds `CHECK (condition)` as constraint `name` of `table`, checking
+/// existing rows without holding up writes where the backend can: see the
+/// table in the module docs.
+pub async fn add_check(
+    manager: &SchemaManager<'_>,
+    table: &str,
+    name: &str,
+    condition: &str,
+) -> Result<(), DbErr> {
+    let backend = manager.get_database_backend();
+    let add = format!(
+        "ALTER TABLE {} ADD CONSTRAINT {} CHECK ({condition})",
+        quote(backend, table),
+        quote(backend, name)
+    );
+    add_constraint(manager, "check", table, name, add).await
+}
+
+/// Makes `table.column` `NOT NULL`. On PostgreSQL through a validated
+/// `CHECK (column IS NOT NULL)`, which lets `SET NOT NULL` skip its scan of
+/// the table under an exclusive lock, then drops the check; on MySQL with
+/// `MODIFY` in place, keeping the rest of the column's definition. Fails,
+/// changing nothing, while a row holds NULL.
+pub async fn set_not_null(
+    manager: &SchemaManager<'_>,
+    table: &str,
+    column: &str,
+) -> Result<(), DbErr> {
+    let conn = manager.get_connection();
+    let backend = manager.get_database_backend();
+    match backend {
+        DbBackend::Postgres => {
+            postgres_outside_transaction(manager, "SET NOT NULL")?;
+            let row = conn
+                .query_one_raw(Statement::from_sql_and_values(
+                    backend,
+                    "SELECT attnotnull FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = $2",
+                    [quote(backend, table).into(), column.into()],
+                ))
+                .await?
+                .ok_or_else(|| DbErr::Migration(format!("{table}.{column}: no such column")))?;
+            if row.try_get_by_index::<bool>(0)? {
+                return Ok(());
+            }
+            let mut check = format!("{table}_{column}_not_null");
+            check.truncate(63);
+            add_check(
+                manager,
+                table,
+                &check,
+                &format!("{} IS NOT NULL", quote(backend, column)),
+            )
+            .await?;
+            let (table, column, check) = (
+                quote(backend, table),
+                quote(backend, column),
+                quote(backend, &check),
+            );
+            let statements = [
+                format!("ALTER TABLE {table} ALTER COLUMN {column} SET NOT NULL"),
+                format!("ALTER TABLE {table} DROP CONSTRAINT {check}"),
+            ];
+            short_transaction(conn, &statements[0], &statements).await?;
+            Ok(())
+        }
+        DbBackend::MySql => {
+            let create: String = conn
+                .query_one_raw(Statement::from_string(
+                    backend,
+                    format!("SHOW CREATE TABLE {}", quote(backend, table)),
+                ))
+                .await?
+                .ok_or_else(|| DbErr::Migration(format!("{table}: no such table")))?
+                .try_get_by_index(1)?;
+            let definition = mysql_column(&create, column)
+                .ok_or_else(|| DbErr::Migration(format!("{table}.{column}: no such column")))?;
+            let Some(not_null) = mysql_not_null(&definition) else {
+                return Ok(());
+            };
+            conn.execute_unprepared(&format!(
+                "ALTER TABLE {} MODIFY COLUMN {not_null}, ALGORITHM=INPLACE, LOCK=NONE",
+                quote(backend, table)
+            ))
+            .await
+            .map(drop)
+        }
+        _ => Err(DbErr::Migration(format!(
+            "SQLite cannot make the existing column {table}.{column} NOT NULL: rebuild the table (docs/migrations.md)"
+        ))),
+    }
+}
+
+/// The definition of `column` in MySQL's `SHOW CREATE TABLE` text.
+fn mysql_column(create: &str, column: &str) -> Option<String> {
+    let head = format!("`{}` ", column.replace('`', "``"));
+    create.lines().find_map(|line| {
+        let line = line.trim();
+        line.starts_with(&head)
+            .then(|| line.trim_end_matches(',').to_owned())
+    })
+}
+
+/// A MySQL column definition made `NOT NULL`: its `NULL` and `DEFAULT NULL`
+/// removed (outside quoted text), `NOT NULL` added; `None` when it is `NOT
+/// NULL` already.
+fn mysql_not_null(definition: &str) -> Option<String> {
+    // Words outside quotes, with where each starts.
+    let mut words: Vec<(usize, &str)> = Vec::new();
+    let mut quote: Option<char> = None;
+    let mut start = None;
+    for (i, c) in definition.char_indices() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '\'' || c == '"' || c == '`' => quote = Some(c),
+            None if c.is_ascii_alphabetic() => {
+                start.get_or_insert(i);
+                continue;
+            }
+            None => {}
+        }
+        if let Some(s) = start.take() {
+            words.push((s, &definition[s..i]));
+        }
+    }
+    if let Some(s) = start {
+        words.push((s, &definition[s..]));
+    }
+    let upper = |w: &str| w.to_ascii_uppercase();
+    if words
+        .windows(2)
+        .any(|w| upper(w[0].1) == "NOT" && upper(w[1].1) == "NULL")
+    {
+        return None;
+    }
+    // Byte ranges to cut: `DEFAULT NULL`, and a bare `NULL`.
+    let mut cuts: Vec<(usize, usize)> = Vec::new();
+    for (n, (at, word)) in words.iter().enumerate() {
+        if upper(word) != "NULL" {
+            continue;
+        }
+        match n.checked_sub(1).map(|p| words[p]) {
+            Some((before, w))
+                if upper(w) == "DEFAULT" && definition[before + 7..*at].trim().is_empty() =>
+            {
+                cuts.push((before, at + 4))
+            }
+            _ => cuts.push((*at, at + 4)),
+        }
+    }
+    let mut out = String::new();
+    let mut from = 0;
+    for (start, end) in cuts {
+        out.push_str(definition[from..start].trim_end());
+        from = end;
+    }
+    out.push_str(&definition[from..]);
+    Some(format!("{} NOT NULL", out.trim_end()))
+}
+
+/// Sets a value on existing rows in batches, each a transaction of its own
+/// (so no lock is held for long and nothing waits for the whole table),
+/// paced so that the application keeps most of the server: after each batch
+/// it pauses for as long as the batch took, or as [`Backfill::pause`] says.
+/// Rows are taken in the order of an integer key (`id` unless
+/// [`Backfill::key`] names another), from where the last batch ended, so a
+/// run that was interrupted starts again from the beginning but finds
+/// nothing left to do where [`Backfill::only`] excludes filled rows.
+///
+/// ```no_run
+/// # async fn example(manager: &migration::SchemaManager<'_>) -> Result<(), migration::DbErr> {
+/// use migration::online::Backfill;
+/// let rows = Backfill::new("tasks", "priority = CASE WHEN status = 'done' THEN 0 ELSE 1 END")
+///     .only("priority IS NULL")
+///     .batch_size(5_000)
+///     .run(manager)
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Backfill {
+    table: String,
+    set: String,
+    only: Option<String>,
+    key: String,
+    batch_size: u64,
+    pause: Option<Duration>,
+}
+
+impl Backfill {
+    /// Sets `assignments` (what follows `SET` in an `UPDATE`) on every row of `table`.
+    pub fn new(table: &str, assignments: &str) -> Self {
+        Backfill {
+            table: table.to_owned(),
+            set: assignments.to_owned(),
+            only: None,
+            key: "id".to_owned(),
+            batch_size: 1_000,
+            pause: None,
+        }
+    }
+
+    /// Only rows where `condition` holds, such as `priority IS NULL`.
+    pub fn only(mut self, condition: &str) -> Self {
+        self.only = Some(condition.to_owned());
+        self
+    }
+
+    /// The integer column batches follow (default `id`); it should be indexed.
+    pub fn key(mut self, column: &str) -> Self {
+        self.key = column.to_owned();
+        self
+    }
+
+    /// Rows per batch (default 1,000, at least 1).
+    pub fn batch_size(mut self, rows: u64) -> Self {
+        self.batch_size = Ord::max(rows, 1);
+        self
+    }
+
+    /// A fixed pause after each batch, instead of as long as the batch took.
+    pub fn pause(mut self, pause: Duration) -> Self {
+        self.pause = Some(pause);
+        self
+    }
+
+    /// Runs the batches and returns how many rows they changed.
+    pub async fn run(&self, manager: &SchemaManager<'_>) -> Result<u64, DbErr> {
+        let conn = manager.get_connection();
+        let backend = manager.get_database_backend();
+        let postgres = postgres_outside_transaction(manager, "a backfill")?;
+        let (table, key) = (quote(backend, &self.table), quote(backend, &self.key));
+        let only = self.only.as_deref().unwrap_or("1 = 1");
+        let (mut after, mut rows, mut batches) = (None::<i64>, 0, 0);
+        let started = Instant::now();
+        loop {
+            let from = after
+                .map(|after| format!("{key} > {after} AND "))
+                .unwrap_or_default();
+            let upper = async |sql: String| -> Result<Option<i64>, DbErr> {
+                let Some(row) = conn
+                    .query_one_raw(Statement::from_string(backend, sql))
+                    .await?
+                else {
+                    return Ok(None);
+                };
+                // The key's own integer type: 32 or 64 bits.
+                Ok(match row.try_get_by_index::<Option<i64>>(0) {
+                    Ok(key) => key,
+                    Err(_) => row.try_get_by_index::<Option<i32>>(0)?.map(i64::from),
+                })
+            };
+            let last = match upper(format!(
+                "SELECT {key} FROM {table} WHERE {from}({only}) ORDER BY {key} LIMIT 1 OFFSET {}",
+                self.batch_size - 1
+            ))
+            .await?
+            {
+                Some(last) => last,
+                None => match upper(format!(
+                    "SELECT MAX({key}) FROM {table} WHERE {from}({only})"
+                ))
+                .await?
+                {
+                    Some(last) => last,
+                    None => break,
+                },
+            };
+            let update = format!(
+                "UPDATE {table} SET {} WHERE {from}{key} <= {last} AND ({only})",
+                self.set
+            );
+            let batch = Instant::now();
+            rows += if postgres {
+                short_transaction(conn, &update, std::slice::from_ref(&update)).await?
+            } else {
+                conn.execute_unprepared(&update).await?.rows_affected()
+            };
+            batches += 1;
+            after = Some(last);
+            tokio::time::sleep(self.pause.unwrap_or(batch.elapsed())).await;
+        }
+        tracing::info!(
+            "backfilled {rows} rows of {} in {batches} batches ({})",
+            self.table,
+            short(started.elapsed())
+        );
+        Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{mysql_column, mysql_not_null};
+
+    #[test]
+    fn mysql_definitions_become_not_null_keeping_the_rest() {
+        let create = "CREATE TABLE `tasks` (\n  `id` int(11) NOT NULL AUTO_INCREMENT,\n  `deadline` date DEFAULT NULL,\n  `note` varchar(20) DEFAULT 'NULL or not' COMMENT 'may be NULL',\n  `at` timestamp NULL DEFAULT NULL,\n  PRIMARY KEY (`id`)\n)";
+        assert_eq!(mysql_column(create, "missing"), None);
+        let cases = [
+            ("id", None),
+            ("deadline", Some("`deadline` date NOT NULL")),
+            (
+                "note",
+                Some("`note` varchar(20) DEFAULT 'NULL or not' COMMENT 'may be NULL' NOT NULL"),
+            ),
+            ("at", Some("`at` timestamp NOT NULL")),
+        ];
+        for (column, expected) in cases {
+            let definition = mysql_column(create, column).unwrap();
+            assert_eq!(mysql_not_null(&definition).as_deref(), expected, "{column}");
+        }
+    }
+}

@@ -1,0 +1,521 @@
+//! Online schema changes: the building blocks on every backend, bounded lock
+//! waits with retries, and the block counts' removal.
+
+use std::time::{Duration, Instant};
+
+use migration::online::{self, Backfill};
+use sea_orm::{ConnectionTrait, DbBackend};
+use sea_orm_migration::prelude::*;
+use test_support::{Backend, TestDb};
+
+use crate::support::{exec, int, lines, migrate, migrate_with, names, strings};
+
+/// The project's migrations, then `M`.
+macro_rules! then {
+    ($migrator:ident, $($migration:expr),+) => {
+        struct $migrator;
+
+        #[async_trait::async_trait]
+        impl MigratorTrait for $migrator {
+            fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+                let mut all = migration::Migrator::migrations();
+                $(all.push(Box::new($migration));)+
+                all
+            }
+        }
+    };
+}
+
+/// A task priority, filled for existing rows and then required, with an
+/// index, a check and a foreign key to a reviewer: every block, in a
+/// migration that runs outside a transaction. SQLite can do the column, the
+/// backfill and the index only.
+struct AddPriority;
+
+impl MigrationName for AddPriority {
+    fn name(&self) -> &str {
+        "m20990101_000001_add_priority"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for AddPriority {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        // One column per statement: SQLite takes no more.
+        for column in ["priority", "reviewer_id"] {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table("tasks")
+                        .add_column(ColumnDef::new(column).integer().null())
+                        .to_owned(),
+                )
+                .await?;
+        }
+        Backfill::new(
+            "tasks",
+            "priority = CASE WHEN status = 'done' THEN 0 ELSE 1 END",
+        )
+        .only("priority IS NULL")
+        .batch_size(3)
+        .pause(Duration::ZERO)
+        .run(manager)
+        .await?;
+        let index = Index::create()
+            .name("idx_tasks_priority")
+            .table("tasks")
+            .col("priority")
+            .to_owned();
+        online::create_index(manager, index).await?;
+        if manager.get_database_backend() == DbBackend::Sqlite {
+            return Ok(());
+        }
+        online::set_not_null(manager, "tasks", "priority").await?;
+        online::add_check(
+            manager,
+            "tasks",
+            "tasks_priority_range",
+            "priority BETWEEN 0 AND 9",
+        )
+        .await?;
+        let reviewer = ForeignKey::create()
+            .name("fk_tasks_reviewer_id")
+            .from("tasks", "reviewer_id")
+            .to("employees", "id")
+            .on_delete(ForeignKeyAction::SetNull)
+            .to_owned();
+        online::add_foreign_key(manager, reviewer).await
+    }
+
+    fn use_transaction(&self) -> Option<bool> {
+        Some(false)
+    }
+}
+
+then!(PriorityMigrator, AddPriority);
+
+/// The blocks again, on a database that has what they make: nothing to do.
+async fn run_again(t: &TestDb) {
+    let session = t.db.autocommit();
+    let manager = SchemaManager::new(session.executor());
+    AddPriority.up_again(&manager).await.unwrap();
+}
+
+impl AddPriority {
+    /// Every block but the column's creation.
+    async fn up_again(&self, manager: &SchemaManager<'_>) -> Result<(), DbErr> {
+        let rows = Backfill::new("tasks", "priority = 5")
+            .only("priority IS NULL")
+            .run(manager)
+            .await?;
+        assert_eq!(rows, 0, "every row was filled");
+        let index = Index::create()
+            .name("idx_tasks_priority")
+            .table("tasks")
+            .col("priority")
+            .to_owned();
+        online::create_index(manager, index).await?;
+        if manager.get_database_backend() == DbBackend::Sqlite {
+            return Ok(());
+        }
+        online::set_not_null(manager, "tasks", "priority").await?;
+        online::add_check(
+            manager,
+            "tasks",
+            "tasks_priority_range",
+            "priority BETWEEN 0 AND 9",
+        )
+        .await?;
+        let reviewer = ForeignKey::create()
+            .name("fk_tasks_reviewer_id")
+            .from("tasks", "reviewer_id")
+            .to("employees", "id")
+            .to_owned();
+        online::add_foreign_key(manager, reviewer).await
+    }
+}
+
+async fn seed_tasks(t: &TestDb, n: usize) {
+    for i in 0..n {
+        let status = if i % 3 == 0 { "done" } else { "todo" };
+        exec(
+            &t.db,
+            &format!("INSERT INTO tasks (title, status) VALUES ('t{i}', '{status}')"),
+        )
+        .await;
+    }
+}
+
+test_support::backend_tests! {
+    async fn the_building_blocks_change_the_schema_and_run_again_as_no_ops(t: TestDb) {
+        migrate(&t.settings, &["up"]).await;
+        seed_tasks(&t, 10).await;
+        let report = migrate_with::<PriorityMigrator>(&t.settings, &["up"]).await.unwrap();
+        assert_eq!(report, format!("applied  {}\n{} applied, 0 pending\n", AddPriority.name(), names().len() + 1));
+        // Filled in batches: the done tasks 0, the others 1.
+        assert_eq!(int(&t.db, "SELECT count(*) FROM tasks WHERE priority = 0").await, 4);
+        assert_eq!(int(&t.db, "SELECT count(*) FROM tasks WHERE priority = 1").await, 6);
+        let index = match t.backend() {
+            Backend::Postgres => "SELECT indexrelid::regclass::text FROM pg_index WHERE indisvalid AND indrelid = 'tasks'::regclass",
+            Backend::MySql => "SELECT DISTINCT CAST(INDEX_NAME AS CHAR) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'tasks'",
+            Backend::Sqlite => "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'tasks'",
+        };
+        assert!(strings(&t.db, index).await.contains(&"idx_tasks_priority".to_owned()));
+        if t.backend() != Backend::Sqlite {
+            // Required and checked: NULL and 10 are refused, a reviewer must exist.
+            let session = t.db.autocommit();
+            for bad in [
+                "UPDATE tasks SET priority = NULL WHERE id = 1",
+                "UPDATE tasks SET priority = 10 WHERE id = 1",
+                "UPDATE tasks SET reviewer_id = 999 WHERE id = 1",
+            ] {
+                assert!(session.execute_unprepared(bad).await.is_err(), "{bad} was accepted");
+            }
+        }
+        if t.backend() == Backend::Postgres {
+            // Every constraint validated, no check left behind by SET NOT NULL.
+            let constraints = strings(&t.db, "SELECT conname::text || ' ' || convalidated::text FROM pg_constraint WHERE conrelid = 'tasks'::regclass AND contype IN ('c', 'f') ORDER BY 1").await;
+            assert_eq!(constraints, ["fk_tasks_assignee_id true", "fk_tasks_parent_id true", "fk_tasks_reviewer_id true", "tasks_priority_range true"]);
+        }
+        run_again(&t).await;
+    }
+}
+
+/// What SQLite cannot do in place is refused with a message that says so.
+#[tokio::test]
+async fn sqlite_refuses_constraints_on_existing_tables_with_the_reason() {
+    let t = TestDb::new(Backend::Sqlite).await;
+    migrate(&t.settings, &["up"]).await;
+    let session = t.db.autocommit();
+    let manager = SchemaManager::new(session.executor());
+    let reviewer = ForeignKey::create()
+        .name("fk_tasks_parent")
+        .from("tasks", "parent_id")
+        .to("tasks", "id")
+        .to_owned();
+    assert_eq!(
+        online::add_foreign_key(&manager, reviewer)
+            .await
+            .unwrap_err()
+            .to_string(),
+        "Migration Error: SQLite cannot add foreign key fk_tasks_parent to the existing table tasks: create the table with it, or rebuild the table (docs/migrations.md)"
+    );
+    assert_eq!(
+        online::set_not_null(&manager, "tasks", "deadline")
+            .await
+            .unwrap_err()
+            .to_string(),
+        "Migration Error: SQLite cannot make the existing column tasks.deadline NOT NULL: rebuild the table (docs/migrations.md)"
+    );
+}
+
+/// An index built concurrently inside the runner's transaction.
+struct IndexInTransaction;
+
+impl MigrationName for IndexInTransaction {
+    fn name(&self) -> &str {
+        "m20990101_000002_index_in_transaction"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for IndexInTransaction {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let index = Index::create()
+            .name("idx_tasks_deadline")
+            .table("tasks")
+            .col("deadline")
+            .to_owned();
+        online::create_index(manager, index).await
+    }
+}
+
+then!(InTransactionMigrator, IndexInTransaction);
+
+#[test_support::needs(postgres)]
+#[tokio::test]
+async fn a_concurrent_build_in_a_transaction_is_refused_with_the_fix() {
+    let t = TestDb::new(Backend::Postgres).await;
+    let err = migrate_with::<InTransactionMigrator>(&t.settings, &["up"])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "migration failed: Migration Error: a concurrent index build runs outside a transaction on PostgreSQL: make the migration's use_transaction() return Some(false)"
+    );
+}
+
+/// An index over the same column whose earlier, unique attempt failed and
+/// left an INVALID index of the same name behind.
+struct IndexAfterFailedBuild;
+
+impl MigrationName for IndexAfterFailedBuild {
+    fn name(&self) -> &str {
+        "m20990101_000003_index_after_failed_build"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for IndexAfterFailedBuild {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let index = Index::create()
+            .name("idx_tasks_status")
+            .table("tasks")
+            .col("status")
+            .to_owned();
+        online::create_index(manager, index).await
+    }
+
+    fn use_transaction(&self) -> Option<bool> {
+        Some(false)
+    }
+}
+
+then!(AfterFailedBuildMigrator, IndexAfterFailedBuild);
+
+#[test_support::needs(postgres)]
+#[tokio::test]
+async fn an_invalid_index_left_by_an_interrupted_build_is_replaced() {
+    let t = TestDb::new(Backend::Postgres).await;
+    migrate(&t.settings, &["up"]).await;
+    seed_tasks(&t, 4).await;
+    // A unique build over duplicate values fails and leaves its index INVALID.
+    let session = t.db.autocommit();
+    assert!(
+        session
+            .execute_unprepared(
+                "CREATE UNIQUE INDEX CONCURRENTLY idx_tasks_status ON tasks (status)"
+            )
+            .await
+            .is_err()
+    );
+    let validity =
+        "SELECT indisvalid::text FROM pg_index WHERE indexrelid = 'idx_tasks_status'::regclass";
+    assert_eq!(strings(&t.db, validity).await, ["false"]);
+    migrate_with::<AfterFailedBuildMigrator>(&t.settings, &["up"])
+        .await
+        .unwrap();
+    assert_eq!(strings(&t.db, validity).await, ["true"]);
+    assert_eq!(
+        int(&t.db, "SELECT count(*) FROM pg_index WHERE NOT indisvalid").await,
+        0
+    );
+}
+
+/// A column added to `tasks`: it needs the table's strongest lock.
+struct AddColumn;
+
+impl MigrationName for AddColumn {
+    fn name(&self) -> &str {
+        "m20990101_000004_add_column"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for AddColumn {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .alter_table(
+                Table::alter()
+                    .table("tasks")
+                    .add_column(ColumnDef::new("estimate").integer().not_null().default(0))
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
+then!(AddColumnMigrator, AddColumn);
+
+/// A session that reads `tasks` and keeps its transaction open, as a report
+/// or `pg_dump` does, under an `application_name` of its own.
+async fn long_reader(t: &TestDb) -> db_core::Session {
+    let mut settings = t.settings.clone();
+    settings.application_name = Some("long-report".to_owned());
+    let db = db_core::Db::connect(&settings).await.unwrap();
+    let reader = db.begin().await.unwrap();
+    reader
+        .execute_unprepared("SELECT count(*) FROM tasks")
+        .await
+        .unwrap();
+    reader
+}
+
+/// With a transaction holding `tasks`, a migration that needs the table waits
+/// at most DB_MIGRATION_LOCK_TIMEOUT each time, tries again until
+/// DB_MIGRATION_DEADLINE, then gives up naming the session in its way and
+/// leaving nothing applied; once the session ends, the migration applies.
+/// Meanwhile writes to `tasks` go on.
+#[test_support::needs(postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_migration_retries_then_names_the_blocker() {
+    let mut t = TestDb::new(Backend::Postgres).await;
+    migrate(&t.settings, &["up"]).await;
+    t.settings.migration_lock_timeout = Duration::from_millis(200);
+    t.settings.migration_deadline = Duration::from_secs(2);
+    let reader = long_reader(&t).await;
+    // Writers keep going while the migration waits and retries.
+    let writes = {
+        let db = t.db.clone();
+        tokio::spawn(async move {
+            let mut slowest = Duration::ZERO;
+            let until = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < until {
+                let start = Instant::now();
+                db.autocommit()
+                    .execute_unprepared("INSERT INTO tasks (title, status) VALUES ('w', 'todo')")
+                    .await
+                    .unwrap();
+                slowest = slowest.max(start.elapsed());
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            slowest
+        })
+    };
+    let start = Instant::now();
+    let err = migrate_with::<AddColumnMigrator>(&t.settings, &["up"])
+        .await
+        .unwrap_err()
+        .to_string();
+    let waited = start.elapsed();
+    assert!(
+        err.starts_with(&format!(
+            "migration failed: Migration Error: migration {}: gave up after ",
+            AddColumn.name()
+        )),
+        "{err}"
+    );
+    for part in [
+        "each waiting DB_MIGRATION_LOCK_TIMEOUT=200ms for a lock",
+        "in the way: pid ",
+        "(application_name \"long-report\", idle in transaction, transaction open ",
+        "end those sessions, or allow more time with DB_MIGRATION_DEADLINE=2s",
+    ] {
+        assert!(err.contains(part), "{part:?} missing from: {err}");
+    }
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "gave up after {waited:?}"
+    );
+    let slowest = writes.await.unwrap();
+    // Nothing half-applied: not recorded, no column.
+    let recorded = strings(
+        &t.db,
+        "SELECT version FROM seaql_migrations ORDER BY version",
+    )
+    .await;
+    assert_eq!(recorded, names());
+    assert_eq!(
+        int(&t.db, "SELECT count(*) FROM information_schema.columns WHERE table_name = 'tasks' AND column_name = 'estimate'").await,
+        0
+    );
+    test_support::report(&format!(
+        "a migration blocked by a long reader gave up after {waited:.1?}; the slowest write meanwhile took {slowest:.1?}"
+    ));
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a write waited {slowest:?}"
+    );
+    reader.rollback().await.unwrap();
+
+    // The reader ends while the migration retries: it applies.
+    t.settings.migration_deadline = Duration::from_secs(30);
+    let reader = long_reader(&t).await;
+    let finish = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        reader.rollback().await.unwrap();
+    });
+    let report = migrate_with::<AddColumnMigrator>(&t.settings, &["up"])
+        .await
+        .unwrap();
+    assert_eq!(
+        report,
+        format!(
+            "applied  {}\n{} applied, 0 pending\n",
+            AddColumn.name(),
+            names().len() + 1
+        )
+    );
+    finish.await.unwrap();
+}
+
+/// What today's main made for deep pages: the retired migration's triggers,
+/// functions and table, and its record.
+const BLOCK_COUNTS: &str = r#"
+CREATE TABLE task_blocks (block integer NOT NULL, n bigint NOT NULL);
+CREATE FUNCTION task_blocks_added() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO task_blocks (block, n) SELECT id >> 10, count(*) FROM added GROUP BY 1; RETURN NULL; END $$;
+CREATE FUNCTION task_blocks_removed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO task_blocks (block, n) SELECT id >> 10, -count(*) FROM removed GROUP BY 1; RETURN NULL; END $$;
+CREATE FUNCTION task_blocks_moved() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO task_blocks (block, n) VALUES (OLD.id >> 10, -1), (NEW.id >> 10, 1); RETURN NULL; END $$;
+CREATE FUNCTION task_blocks_emptied() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN DELETE FROM task_blocks; RETURN NULL; END $$;
+CREATE TRIGGER task_blocks_insert AFTER INSERT ON tasks REFERENCING NEW TABLE AS added
+    FOR EACH STATEMENT EXECUTE FUNCTION task_blocks_added();
+CREATE TRIGGER task_blocks_delete AFTER DELETE ON tasks REFERENCING OLD TABLE AS removed
+    FOR EACH STATEMENT EXECUTE FUNCTION task_blocks_removed();
+CREATE TRIGGER task_blocks_move AFTER UPDATE OF id ON tasks
+    FOR EACH ROW WHEN (OLD.id IS DISTINCT FROM NEW.id) EXECUTE FUNCTION task_blocks_moved();
+CREATE TRIGGER task_blocks_truncate AFTER TRUNCATE ON tasks
+    FOR EACH STATEMENT EXECUTE FUNCTION task_blocks_emptied();
+INSERT INTO seaql_migrations (version, applied_at) VALUES ('m20261203_000001_task_block_counts', 0);
+"#;
+
+/// No trigger on `tasks`, no `task_blocks`, no function of theirs.
+async fn no_block_counts(t: &TestDb) {
+    assert_eq!(
+        int(
+            &t.db,
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'tasks'::regclass AND NOT tgisinternal"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        int(
+            &t.db,
+            "SELECT count(*) FROM pg_class WHERE relname = 'task_blocks'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        int(
+            &t.db,
+            "SELECT count(*) FROM pg_proc WHERE proname LIKE 'task_blocks%'"
+        )
+        .await,
+        0
+    );
+}
+
+/// A database that the block counts' migration ran on loses them on `up`;
+/// a fresh one never has them.
+#[test_support::needs(postgres)]
+#[tokio::test]
+async fn block_counts_are_gone_after_up_on_old_and_fresh_databases() {
+    let old = TestDb::new(Backend::Postgres).await;
+    migrate(&old.settings, &["up", "-n", "2"]).await;
+    old.db
+        .autocommit()
+        .execute_unprepared(BLOCK_COUNTS)
+        .await
+        .unwrap();
+    seed_tasks(&old, 3).await;
+    assert_eq!(int(&old.db, "SELECT count(*) FROM task_blocks").await, 3);
+    let pending: Vec<String> = names()[3..].to_vec();
+    assert_eq!(
+        migrate(&old.settings, &["up"]).await,
+        format!(
+            "{}{} applied, 0 pending\n",
+            lines("applied ", &pending),
+            names().len()
+        )
+    );
+    no_block_counts(&old).await;
+
+    let fresh = TestDb::new(Backend::Postgres).await;
+    migrate(&fresh.settings, &["up"]).await;
+    no_block_counts(&fresh).await;
+}
