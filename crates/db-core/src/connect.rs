@@ -1,5 +1,16 @@
 //! From settings to driver options, a reachable server and pools. This module
 //! is the only place that turns settings into connections.
+//!
+//! `DB_MIN_CONNECTIONS` is kept by db-core, not by sqlx. When a pool drops
+//! below sqlx's `min_connections` (a connection lost or reaped), sqlx starts
+//! a task that holds a pool permit while it reconnects, retries a refused
+//! connection until a deadline 5 minutes away (the idle reaper's: its next
+//! run), and does not stop when the pool closes; `Pool::close` waits for
+//! every permit, so a pool whose server had stopped could not close for
+//! those minutes, and `tracker serve` did not exit. Each pool here gets a
+//! floor task instead ([`keep_floor`]): it opens connections through the
+//! pool's own acquire (bounded by `DB_ACQUIRE_TIMEOUT`) and ends, giving
+//! its permit back, the moment the pool closes.
 
 use std::future::Future;
 use std::io::ErrorKind;
@@ -17,6 +28,7 @@ use sea_orm::sqlx::postgres::{PgConnectOptions, PgSslMode};
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sea_orm::sqlx::{self, ConnectOptions, Connection};
 use sea_orm::{DatabaseConnection, DbBackend, DbErr};
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::error::{Error, Result, scrub};
 use crate::failover::Failover;
@@ -37,22 +49,39 @@ pub(crate) struct Pools {
     pub statements: Arc<AtomicU64>,
 }
 
-/// One SeaORM pool, with its metrics while they are recorded, and the host
-/// list it follows, if its URL has one.
+/// One SeaORM pool, with its metrics while they are recorded, the host
+/// list it follows, if its URL has one, and the task that keeps its
+/// `DB_MIN_CONNECTIONS` open, which ends with the last clone.
 #[derive(Clone)]
 pub(crate) struct Pool {
     conn: DatabaseConnection,
     sampled: Option<Arc<Sampled>>,
     failover: Option<Arc<Failover>>,
+    /// The task of [`keep_floor`]; dropping the last clone aborts it.
+    _floor: Option<Arc<AbortOnDropHandle<()>>>,
 }
 
 impl Pool {
-    /// `conn` with `metrics`, sampled for as long as the pool lives.
-    fn new(conn: DatabaseConnection, metrics: Option<&Arc<PoolMetrics>>) -> Self {
+    /// `conn` with `metrics`, sampled for as long as the pool lives, and at
+    /// least `min` connections open while its server answers.
+    fn new(conn: DatabaseConnection, metrics: Option<&Arc<PoolMetrics>>, min: u32) -> Self {
+        let floor = (min > 0).then(|| {
+            let task = match conn.get_database_backend() {
+                DbBackend::Postgres => {
+                    tokio::spawn(keep_floor(conn.get_postgres_connection_pool().clone(), min))
+                }
+                DbBackend::MySql => {
+                    tokio::spawn(keep_floor(conn.get_mysql_connection_pool().clone(), min))
+                }
+                _ => tokio::spawn(keep_floor(conn.get_sqlite_connection_pool().clone(), min)),
+            };
+            Arc::new(AbortOnDropHandle::new(task))
+        });
         Pool {
             sampled: metrics.map(|m| watch(m.clone(), &conn)),
             conn,
             failover: None,
+            _floor: floor,
         }
     }
 
@@ -99,8 +128,39 @@ impl From<DatabaseConnection> for Pool {
             conn,
             sampled: None,
             failover: None,
+            _floor: None,
         }
     }
+}
+
+/// How often a pool below its floor tries to open connections again.
+const FLOOR_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Keeps `min` connections open in `pool` until it closes: whenever it has
+/// fewer (at first, and after connections were lost, reaped for idleness or
+/// replaced for age), it acquires connections until the pool has `min` and
+/// gives them back. An acquire waits at most `DB_ACQUIRE_TIMEOUT` and is
+/// dropped, with its permit, as soon as the pool closes: unlike sqlx's own
+/// `min_connections`, this never keeps a closed pool waiting.
+async fn keep_floor<DB: sqlx::Database>(pool: sqlx::Pool<DB>, min: u32) {
+    let mut closing = pool.close_event();
+    let _ = closing
+        .do_until(async {
+            loop {
+                // Idle connections are held too while a new one opens: an
+                // acquire takes an idle connection before it opens one.
+                let mut held = Vec::new();
+                while pool.size() < min {
+                    match pool.acquire().await {
+                        Ok(conn) => held.push(conn),
+                        Err(_) => break,
+                    }
+                }
+                drop(held);
+                tokio::time::sleep(FLOOR_INTERVAL).await;
+            }
+        })
+        .await;
 }
 
 fn count_statements(conn: &mut DatabaseConnection, statements: &Arc<AtomicU64>) {
@@ -132,7 +192,7 @@ pub(crate) fn server_pool(
         Options::Postgres(o) => {
             let failover = Failover::new(s, &o);
             let options = failover.as_ref().map_or(o, |f| f.current());
-            let pool = pool_options::<sqlx::Postgres>(s, max, min, metrics, failover.as_ref())
+            let pool = pool_options::<sqlx::Postgres>(s, max, metrics, failover.as_ref())
                 .connect_lazy_with(options);
             if let Some(f) = &failover {
                 f.follow(pool.clone());
@@ -141,7 +201,7 @@ pub(crate) fn server_pool(
         }
         Options::MySql(o) => (
             DatabaseConnection::from(
-                pool_options::<sqlx::MySql>(s, max, min, metrics, None).connect_lazy_with(o),
+                pool_options::<sqlx::MySql>(s, max, metrics, None).connect_lazy_with(o),
             ),
             None,
         ),
@@ -155,7 +215,7 @@ pub(crate) fn server_pool(
     Ok(ServerPool {
         pool: Pool {
             failover,
-            ..Pool::new(conn, metrics)
+            ..Pool::new(conn, metrics, min.min(max))
         },
     })
 }
@@ -384,16 +444,16 @@ macro_rules! unchecked {
 }
 unchecked!(sqlx::MySql, sqlx::Sqlite);
 
+/// sqlx's options for a pool of at most `max` connections. sqlx's own
+/// `min_connections` stays 0: [`Pool::new`] keeps the floor (see the module docs).
 fn pool_options<DB: Checked>(
     s: &Settings,
     max: u32,
-    min: u32,
     metrics: Option<&Arc<PoolMetrics>>,
     failover: Option<&Arc<Failover>>,
 ) -> PoolOptions<DB> {
     let mut pool = PoolOptions::<DB>::new()
         .max_connections(max)
-        .min_connections(min.min(max))
         .acquire_timeout(s.acquire_timeout)
         .idle_timeout(s.idle_timeout)
         .max_lifetime(s.max_lifetime)
@@ -667,11 +727,11 @@ async fn open_sqlite(
     };
     if sqlite_in_memory(url) {
         // Each connection to `:memory:` is a database of its own: one connection.
-        let pool = pool_options::<sqlx::Sqlite>(s, 1, 1, metrics, None)
+        let pool = pool_options::<sqlx::Sqlite>(s, 1, metrics, None)
             .connect_with(o)
             .await
             .map_err(reject)?;
-        return Ok((Pool::new(DatabaseConnection::from(pool), metrics), None));
+        return Ok((Pool::new(DatabaseConnection::from(pool), metrics, 1), None));
     }
     if sqlite_creates(url)
         && let Some(parent) = o.get_filename().parent()
@@ -685,7 +745,7 @@ async fn open_sqlite(
     // One writer: SQLite allows one write transaction at a time, and waiting in
     // the pool queue is fair and cheap, where waiting on the file lock is
     // neither. WAL lets the readers read while it writes.
-    let writer = pool_options::<sqlx::Sqlite>(s, 1, 1, metrics, None)
+    let writer = pool_options::<sqlx::Sqlite>(s, 1, metrics, None)
         .connect_with(
             o.clone()
                 .journal_mode(SqliteJournalMode::Wal)
@@ -694,19 +754,14 @@ async fn open_sqlite(
         .await
         .map_err(reject)?;
     let reader_metrics = PoolMetrics::new(format!("{label}_reader"));
-    let readers = pool_options::<sqlx::Sqlite>(
-        s,
-        s.max_connections,
-        s.min_connections,
-        reader_metrics.as_ref(),
-        None,
-    )
-    .connect_lazy_with(o.read_only(true).create_if_missing(false));
+    let readers = pool_options::<sqlx::Sqlite>(s, s.max_connections, reader_metrics.as_ref(), None)
+        .connect_lazy_with(o.read_only(true).create_if_missing(false));
     Ok((
-        Pool::new(DatabaseConnection::from(writer), metrics),
+        Pool::new(DatabaseConnection::from(writer), metrics, 1),
         Some(Pool::new(
             DatabaseConnection::from(readers),
             reader_metrics.as_ref(),
+            s.min_connections.min(s.max_connections),
         )),
     ))
 }
@@ -743,14 +798,14 @@ pub(crate) async fn maintenance(s: &Settings) -> Result<(DatabaseConnection, Str
             let user = o.get_username().to_owned();
             wait_for_server(&o, s, &user, "postgres", None).await?;
             DatabaseConnection::from(
-                pool_options::<sqlx::Postgres>(s, 1, 0, None, None).connect_lazy_with(o),
+                pool_options::<sqlx::Postgres>(s, 1, None, None).connect_lazy_with(o),
             )
         }
         Options::MySql(o) => {
             let user = o.get_username().to_owned();
             wait_for_server(&o, s, &user, "information_schema", None).await?;
             DatabaseConnection::from(
-                pool_options::<sqlx::MySql>(s, 1, 0, None, None).connect_lazy_with(o),
+                pool_options::<sqlx::MySql>(s, 1, None, None).connect_lazy_with(o),
             )
         }
         Options::Sqlite(_) => unreachable!("handled above"),

@@ -145,6 +145,80 @@ async fn get_routes_are_served_by_the_replica_and_writes_never_are() {
     drop(replica);
 }
 
+/// A replica that stops at once, as a crash would: reads go on from the
+/// primary, and SIGTERM still stops `serve` with code 0 within 10 s. The
+/// replica's pool lost its only connection, and closing it must not wait for
+/// a reconnection to the stopped server (with `DB_MIN_CONNECTIONS` at its
+/// default of 1, sqlx's own upkeep of that floor kept the close waiting for
+/// about 5 minutes).
+#[test_support::needs(postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_after_the_replica_stopped_exits_0_within_10_s() {
+    let (primary, replica) = tokio::task::spawn_blocking(|| {
+        let primary = PrivatePostgres::start("stopped-replica-pw").expect("primary");
+        primary.psql("postgres", "CREATE DATABASE tracker").unwrap();
+        let replica = primary.start_replica().expect("replica");
+        (primary, Arc::new(replica))
+    })
+    .await
+    .unwrap();
+    let vars = [
+        ("DATABASE_URL", os(primary.url("tracker"))),
+        ("DB_REPLICA_URLS", os(replica.url("tracker"))),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port().unwrap());
+    let mut app = start(dir.path(), &["serve", "--addr", &addr, "--migrate"], &vars).await;
+    let client = reqwest::Client::new();
+    let created: Value = client
+        .post(format!("{}/tasks/", app.base))
+        .json(&json!({"title": "replicated", "status": "todo"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = format!("{}/tasks/{}/", app.base, created["id"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.get(&url).send().await.unwrap().status() != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the task never reached the replica"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    tokio::task::spawn_blocking({
+        let replica = replica.clone();
+        move || replica.stop(StopMode::Immediate)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    for _ in 0..5 {
+        let response = client.get(&url).send().await.unwrap();
+        assert_eq!(
+            response.status(),
+            200,
+            "a read failed with the replica gone"
+        );
+    }
+    assert!(
+        app.logs().iter().any(|l| l.contains("replica unavailable")),
+        "no read found the replica gone: {:?}",
+        app.logs()
+    );
+
+    app.terminate();
+    let (code, took) = app.wait(Duration::from_secs(10)).await;
+    assert_eq!(code, Some(0), "exit code; logs: {:?}", app.logs());
+    report(&format!(
+        "stopped replica: 5/5 GET answered 200 from the primary; SIGTERM to exit 0 in {:.1} s",
+        took.as_secs_f64()
+    ));
+}
+
 /// Through PgBouncer in transaction-pooling mode (`DB_TRANSACTION_POOLER`):
 /// concurrent migrators apply each migration once (the lock is a
 /// transaction-level one), and the app serves concurrent requests.

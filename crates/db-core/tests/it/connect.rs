@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use db_core::{DatabaseUrl, Db, Error, SessionOptions, Settings, Source};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
-use test_support::{Backend, PrivatePostgres, TestDb, free_port};
+use test_support::{Backend, PrivatePostgres, StopMode, TestDb, free_port};
 
 fn settings(url: &str) -> Settings {
     Settings::new(DatabaseUrl::parse(url, "DATABASE_URL").unwrap())
@@ -344,4 +344,57 @@ async fn a_server_coming_up_inside_the_deadline_is_waited_for() {
     db.ping().await.unwrap();
     starter.join().unwrap().unwrap();
     db.close().await;
+}
+
+/// The server connections of `application_name` "floor".
+fn floor_connections(server: &PrivatePostgres) -> u32 {
+    let sql = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'floor'";
+    server.psql("postgres", sql).unwrap().parse().unwrap()
+}
+
+/// Polls until the pool has `n` connections on `server`, for at most 20 s.
+async fn wait_for_floor(server: &PrivatePostgres, n: u32, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while floor_connections(server) != n {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not {n} connections in 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `DB_MIN_CONNECTIONS` connections are open without a request, and again
+/// after the server comes back; and a pool that lost them to a stopped
+/// server closes at once. (sqlx's own `min_connections` would keep the close
+/// waiting for about 5 minutes, reconnecting to the stopped server.)
+#[test_support::needs(postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_floor_comes_back_and_never_holds_up_close() {
+    let server = tokio::task::spawn_blocking(|| PrivatePostgres::start("pw"))
+        .await
+        .unwrap()
+        .expect("starting a private PostgreSQL");
+    let mut s = settings(&server.url("postgres"));
+    s.application_name = Some("floor".to_owned());
+    (s.min_connections, s.max_connections) = (2, 4);
+    s.acquire_timeout = Duration::from_secs(1);
+    let db = Db::connect(&s).await.unwrap();
+    wait_for_floor(&server, 2, "after connecting").await;
+
+    // Each ping takes one of the pooled connections and finds it broken.
+    let lose_connections = async || {
+        server.stop(StopMode::Immediate).unwrap();
+        for _ in 0..3 {
+            assert!(db.ping().await.is_err(), "a ping with the server stopped");
+        }
+    };
+    lose_connections().await;
+    server.start_again().unwrap();
+    wait_for_floor(&server, 2, "after the restart").await;
+
+    lose_connections().await;
+    tokio::time::timeout(Duration::from_secs(10), db.close())
+        .await
+        .expect("the pool closes with its server stopped");
 }
