@@ -4,9 +4,8 @@
 
 # sea-orm-cli flags for entity/src/generated, chosen once: the compact format
 # (relations as an enum, `Linked` impls for the task tree in entity/src/links.rs),
-# serde derives, no version banner, without the migration tables and the block
-# counts of deep pages (`task_blocks`, read with SQL of its own).
-entity_flags := "--entity-format compact --with-serde both --banner-version off --ignore-tables seaql_migrations,seaql_migrations_adopted,task_blocks"
+# serde derives, no version banner, without the migration tables.
+entity_flags := "--entity-format compact --with-serde both --banner-version off --ignore-tables seaql_migrations,seaql_migrations_adopted"
 
 # List the recipes.
 default:
@@ -36,6 +35,21 @@ migrate-down *ARGS:
 migrate-status:
     cargo run -q -p migration -- status
 
+# Print the SQL the pending migrations run (`--all`: every one), from a scratch database on the configured PostgreSQL.
+migrate-sql *ARGS:
+    cargo run -q -p migration -- sql {{ARGS}}
+
+# The migration linter, pinned: squawk-cli from PyPI.
+squawk_cli := "squawk-cli==2.70.0"
+
+# Install the pinned squawk.
+squawk-tool:
+    python3 -m pip install -q {{squawk_cli}}
+
+# Lint every migration's SQL with squawk, on an empty database and on the original app's (needs TEST_POSTGRES_URL).
+lint-migrations: squawk-tool
+    TEST_SQUAWK=1 cargo test -p migration --test it -- sql::
+
 # Drop every table and apply all migrations.
 migrate-fresh *ARGS:
     cargo run -q -p migration -- fresh {{ARGS}}
@@ -57,7 +71,7 @@ SCALE := env_var_or_default("SCALE", "1")
 # Where the benchmarks run: a PostgreSQL database they may wipe.
 BENCH_DATABASE_URL := env_var_or_default("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/tracker_bench")
 
-# Benchmark the stacks (tracker, seaorm-defaults, raw, and raw-naive for list) on PostgreSQL, interleaved in 3 rounds, each on its own database (JSON lines on stdout, medians and spread on stderr).
+# Benchmark the stacks (tracker, seaorm-defaults, raw) on PostgreSQL, interleaved in 3 rounds, each on its own database (JSON lines on stdout, medians and spread on stderr).
 bench:
     cargo build --release -q -p app -p bench
     DATABASE_URL="{{BENCH_DATABASE_URL}}" target/release/tracker db create >&2

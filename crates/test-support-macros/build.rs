@@ -3,7 +3,8 @@
 //! `cfg(browser_configured)` when `TEST_BROWSER` says the browser tools are
 //! installed, `cfg(prometheus_configured)` when `TEST_PROMETHEUS` says
 //! Debian's `prometheus` is, and `cfg(patroni_configured)` when
-//! `TEST_PATRONI` says Debian's `patroni` and `etcd-server` are. Cargo re-runs
+//! `TEST_PATRONI` says Debian's `patroni` and `etcd-server` are, and
+//! `cfg(squawk_configured)` when `TEST_SQUAWK` says `squawk` is. Cargo re-runs
 //! this when any of them changes, so `cargo test` rebuilds the tests (not the
 //! libraries) with what it was given.
 
@@ -14,6 +15,7 @@ fn main() {
         ("TEST_BROWSER", "browser_configured"),
         ("TEST_PROMETHEUS", "prometheus_configured"),
         ("TEST_PATRONI", "patroni_configured"),
+        ("TEST_SQUAWK", "squawk_configured"),
     ] {
         println!("cargo::rerun-if-env-changed={variable}");
         println!("cargo::rustc-check-cfg=cfg({cfg})");

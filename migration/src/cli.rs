@@ -25,8 +25,8 @@ pub struct MigrateArgs {
     pub command: MigrateCommand,
 }
 
-/// Migrate commands. All but `status`, `generate` and `entities` take the
-/// migration lock.
+/// Migrate commands. All but `status`, `sql`, `generate` and `entities` take
+/// the migration lock of the database they change.
 #[derive(Debug, clap::Subcommand)]
 pub enum MigrateCommand {
     /// Apply pending migrations: all, or the next N. A pending migration whose
@@ -90,6 +90,16 @@ pub enum MigrateCommand {
         /// sea-orm-cli `generate entity` flags (the justfile records them).
         #[arg(last = true)]
         flags: Vec<String>,
+    },
+    /// Print the SQL that the pending migrations run on PostgreSQL, for review
+    /// and linting: they are applied to a scratch database on the same
+    /// server (after the ones this database has applied), and every
+    /// statement they send is printed; reads and the migration table's
+    /// bookkeeping are left out. Changes nothing on the database itself.
+    Sql {
+        /// Every migration, as on an empty database.
+        #[arg(long)]
+        all: bool,
     },
     /// Write a new migration file into migration/src and register it.
     Generate {

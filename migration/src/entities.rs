@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 
-use db_core::{Settings, create_database, drop_database};
+use db_core::Settings;
 use sea_orm::DbBackend;
 use sea_orm_migration::MigratorTrait;
 
@@ -56,23 +56,12 @@ pub async fn entities<M: MigratorTrait>(
         )?;
         return compare_or_replace(dir, generated.path(), check, out);
     }
-    let mut scratch = crate::runner::for_migrations(settings);
-    let name = format!(
-        "tracker_entities_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or_default()
-    );
-    scratch.url = scratch.url.with_database(&name);
-    create_database(&scratch).await?;
-    let result = async {
+    let into = generated.path();
+    let result = crate::runner::scratch(settings, "entities", |scratch| async move {
         crate::runner::up_with::<M>(&scratch, std::time::Duration::from_secs(60)).await?;
-        run_cli(&scratch, generated.path(), flags)
-    }
+        run_cli(&scratch, into, flags)
+    })
     .await;
-    drop_database(&scratch).await?;
     result?;
     compare_or_replace(dir, generated.path(), check, out)
 }

@@ -36,6 +36,7 @@ mod entities;
 pub mod inspect;
 pub mod online;
 mod runner;
+pub mod sql;
 
 pub use entities::{SEA_ORM_CLI_VERSION, Source, entities};
 pub use runner::{Error, generate, pending, run, run_with, up};

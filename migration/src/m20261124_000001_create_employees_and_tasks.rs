@@ -14,16 +14,13 @@ pub struct Migration;
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .create_table(
-                Table::create()
-                    .table(Employees::Table)
-                    .col(pk_auto(Employees::Id))
-                    .col(string_len(Employees::FullName, 255))
-                    .col(string_len(Employees::Position, 255))
-                    .to_owned(),
-            )
-            .await?;
+        let employees = Table::create()
+            .table(Employees::Table)
+            .col(pk_auto(Employees::Id))
+            .col(string_len(Employees::FullName, 255))
+            .col(string_len(Employees::Position, 255))
+            .to_owned();
+        original_shape(manager, &employees).await?;
         manager
             .create_index(
                 Index::create()
@@ -51,7 +48,7 @@ impl MigrationTrait for Migration {
         if mysql {
             tasks.index(&mut parent_index).index(&mut assignee_index);
         }
-        manager.create_table(tasks).await?;
+        original_shape(manager, &tasks).await?;
         if !mysql {
             manager.create_index(parent_index).await?;
             manager.create_index(assignee_index).await?;
@@ -75,6 +72,22 @@ impl MigrationTrait for Migration {
             .drop_table(Table::drop().table(Employees::Table).to_owned())
             .await
     }
+}
+
+/// Creates a table with the original app's column types, which adoption
+/// takes over as they are (32-bit ids, the entities' `i32`; bounded
+/// `varchar`), telling the linter so.
+async fn original_shape(
+    manager: &SchemaManager<'_>,
+    table: &TableCreateStatement,
+) -> Result<(), DbErr> {
+    crate::sql::excepted(
+        manager,
+        table,
+        &["prefer-bigint-over-int", "prefer-text-field"],
+        "the original app's column types, which adoption takes over as they are",
+    )
+    .await
 }
 
 /// The tasks table as this migration creates it, named `name`. An adopted

@@ -5,7 +5,9 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use db_core::{Db, HeldLock, Lock, Session, SessionOptions, Settings};
+use db_core::{
+    Db, HeldLock, Lock, Session, SessionOptions, Settings, create_database, drop_database,
+};
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, DynIden};
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::{MigrationStatus, MigratorTrait};
@@ -168,9 +170,94 @@ pub async fn run_with<M: MigratorTrait>(
         };
         return crate::entities::entities::<M>(settings, source, dir, flags, *check, out).await;
     }
+    if let MigrateCommand::Sql { all } = args.command {
+        return print_sql::<M>(settings, all, args.lock_timeout, out).await;
+    }
     let db = connect(settings).await?;
     let result = report::<M>(&db, settings, args, out).await;
     db.close().await;
+    result
+}
+
+/// `migrate sql`: the statements of the pending migrations (or, `all`, of
+/// every one) as they run on a scratch database (see [`crate::sql`]).
+async fn print_sql<M: MigratorTrait>(
+    settings: &Settings,
+    all: bool,
+    lock_timeout: Duration,
+    out: &mut impl Write,
+) -> Result<(), Error> {
+    if settings.url.backend() != DbBackend::Postgres {
+        return Err(Error::Refused(
+            "migrate sql prints PostgreSQL's statements: point DATABASE_URL or DB_* at a PostgreSQL server"
+                .to_owned(),
+        ));
+    }
+    let applied = if all {
+        0
+    } else {
+        let db = connect(settings).await?;
+        let read = db.read().await;
+        let applied = match read {
+            Ok(read) => M::get_applied_migrations_read_only(&read)
+                .await
+                .map(|a| a.len() as u32)
+                .map_err(Error::from),
+            Err(e) => Err(e.into()),
+        };
+        db.close().await;
+        applied?
+    };
+    let recorded = scratch(settings, "sql", |mut scratch| async move {
+        // The recorder takes the driver's reports of statements at any level, but not none.
+        scratch.log_statements = tracing::log::LevelFilter::Debug;
+        if applied > 0 {
+            let db = connect(&scratch).await?;
+            let done = execute::<M>(
+                &db,
+                &scratch,
+                &MigrateCommand::Up { num: Some(applied) },
+                lock_timeout,
+            )
+            .await;
+            db.close().await;
+            done?;
+        }
+        let (result, recorded) = crate::sql::record(up_with::<M>(&scratch, lock_timeout)).await;
+        result?;
+        Ok(recorded)
+    })
+    .await?;
+    writeln!(out, "{}", crate::sql::session_settings(settings))?;
+    write!(out, "{recorded}")?;
+    Ok(())
+}
+
+/// Runs `work` with the settings of a new, empty database on the server of
+/// `settings` (as migrations connect to it), named after `purpose`, and
+/// drops that database afterwards.
+pub(crate) async fn scratch<T, F, Fut>(
+    settings: &Settings,
+    purpose: &str,
+    work: F,
+) -> Result<T, Error>
+where
+    F: FnOnce(Settings) -> Fut,
+    Fut: Future<Output = Result<T, Error>>,
+{
+    let mut scratch = for_migrations(settings);
+    let name = format!(
+        "scratch_{purpose}_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default()
+    );
+    scratch.url = scratch.url.with_database(&name);
+    create_database(&scratch).await?;
+    let result = work(scratch.clone()).await;
+    drop_database(&scratch).await?;
     result
 }
 
@@ -181,7 +268,9 @@ pub async fn run_with<M: MigratorTrait>(
 /// timeout, and wait at most `DB_MIGRATION_LOCK_TIMEOUT` for a lock.
 async fn connect(settings: &Settings) -> Result<Db, Error> {
     let mut settings = for_migrations(settings);
-    settings.statement_timeout = None;
+    // Explicitly none: a server-wide statement_timeout would cut a long
+    // index build or backfill short.
+    settings.statement_timeout = Some(Duration::ZERO);
     settings.lock_timeout = Some(settings.migration_lock_timeout);
     settings.max_connections = 1;
     settings.min_connections = 0;
@@ -254,8 +343,9 @@ async fn execute<M: MigratorTrait>(
     lock_timeout: Duration,
 ) -> Result<Report, Error> {
     let lock = Lock::new(LOCK, lock_timeout).schema_change();
+    let policy = Policy::from_settings(settings);
     let mut context = online::Context {
-        policy: Policy::from_settings(settings),
+        policy,
         lock: None,
         pooled: for_migrations(settings).transaction_pooler,
     };
@@ -267,6 +357,7 @@ async fn execute<M: MigratorTrait>(
                     db,
                     lock: None,
                     session: Some(session),
+                    lock_timeout: policy.lock_timeout,
                 };
                 runner.command::<M>(command).await
             }),
@@ -279,6 +370,7 @@ async fn execute<M: MigratorTrait>(
         db,
         lock: Some(&held),
         session: None,
+        lock_timeout: policy.lock_timeout,
     };
     let result = online::scope(context, runner.command::<M>(command)).await;
     if let Ok(held) = Arc::try_unwrap(held) {
@@ -309,6 +401,8 @@ struct Runner<'a> {
     lock: Option<&'a Mutex<HeldLock>>,
     /// The lock's transaction, which everything runs in (SQLite).
     session: Option<&'a Session>,
+    /// How long a statement waits for a lock (PostgreSQL).
+    lock_timeout: Duration,
 }
 
 impl Runner<'_> {
@@ -350,6 +444,7 @@ impl Runner<'_> {
                 step.finish().await?;
             }
             MigrateCommand::Status
+            | MigrateCommand::Sql { .. }
             | MigrateCommand::Generate { .. }
             | MigrateCommand::Entities { .. } => {
                 unreachable!("handled before taking the lock")
@@ -441,6 +536,7 @@ impl Runner<'_> {
         up: bool,
     ) -> Result<(), Error> {
         let name = migration.name();
+        crate::sql::migration_starts(name);
         let Some(lock) = self.lock else {
             let session = self.session.expect("a runner has a lock or a session");
             return run_migration::<M>(session, migration, up).await;
@@ -454,11 +550,23 @@ impl Runner<'_> {
             return run_migration::<M>(&self.db.autocommit(), migration, up).await;
         }
         let db = self.db;
+        let set_lock_timeout = &(backend == DbBackend::Postgres).then(|| {
+            format!(
+                "SET LOCAL lock_timeout = '{}ms'",
+                self.lock_timeout.as_millis()
+            )
+        });
         online::retrying(
             &format!("migration {name}"),
             Bound::Statement,
             |seen| async move {
+                crate::sql::transaction_begins();
                 let session = db.begin().await?;
+                // What the session has already, said in the transaction too,
+                // so that the SQL printed for review shows it.
+                if let Some(set) = &set_lock_timeout {
+                    session.execute_unprepared(set).await?;
+                }
                 seen.watch(&session, run_migration::<M>(&session, migration, up))
                     .await?;
                 session.commit().await?;

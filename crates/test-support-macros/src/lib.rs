@@ -23,6 +23,9 @@
 //! - `patroni`: ignored when `TEST_PATRONI` was not set: the test runs a
 //!   Patroni cluster (Debian's `patroni` and `etcd-server`, which `.ci/run`
 //!   installs; `just ha-test` and `.ci/run` set the variable).
+//! - `squawk`: ignored when `TEST_SQUAWK` was not set: the test runs the
+//!   `squawk` migration linter (PyPI's `squawk-cli`, pinned in the justfile;
+//!   `just lint-migrations` and `.ci/run` install it and set the variable).
 //! - `chaos`: always ignored; `just chaos` runs these with `--ignored`.
 //!
 //! Every reason starts with `needs`, and a missing server is named by its
@@ -32,7 +35,7 @@ use proc_macro::{TokenStream, TokenTree};
 
 /// Ignores the test it is put on unless the named servers were configured
 /// (`postgres`, `mysql`) or the tools installed (`browser`, `prometheus`,
-/// `patroni`); `chaos` ignores it always.
+/// `patroni`, `squawk`); `chaos` ignores it always.
 #[proc_macro_attribute]
 pub fn needs(args: TokenStream, item: TokenStream) -> TokenStream {
     let mut missing = Vec::new();
@@ -50,8 +53,11 @@ pub fn needs(args: TokenStream, item: TokenStream) -> TokenStream {
                 "patroni" if !cfg!(patroni_configured) => missing.push(
                     "TEST_PATRONI (Debian's patroni and etcd-server packages: `just ha-test`)",
                 ),
+                "squawk" if !cfg!(squawk_configured) => missing.push(
+                    "TEST_SQUAWK (PyPI's squawk-cli: `just lint-migrations`)",
+                ),
                 "chaos" => missing.push("`just chaos` (a long fault-injection test)"),
-                "postgres" | "mysql" | "browser" | "prometheus" | "patroni" => {}
+                "postgres" | "mysql" | "browser" | "prometheus" | "patroni" | "squawk" => {}
                 other => return error(&format!("needs: unknown requirement `{other}`")),
             },
             TokenTree::Punct(punct) if punct.as_char() == ',' => {}

@@ -8,4 +8,5 @@ mod concurrency;
 mod entities;
 mod online;
 mod schema;
+mod sql;
 mod support;
