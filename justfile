@@ -77,7 +77,7 @@ bench:
     DATABASE_URL="{{BENCH_DATABASE_URL}}" target/release/tracker db create >&2
     DATABASE_URL="{{BENCH_DATABASE_URL}}" target/release/bench --scale {{SCALE}}
 
-# Benchmark GET /tasks/{id}/ over HTTP with wrk: tracker serve (metrics on and off) against the limit server, and get_concurrent with metrics on and off, in alternating rounds (ROUNDS=3, DURATION=10s).
+# Benchmark GET /tasks/{id}/ over HTTP with wrk: tracker serve as shipped (and with metrics off) against axum + SeaORM, axum + sqlx and the limit server, in alternating rounds (ROUNDS=5, DURATION=10s); median ratios with min-max, and what metrics cost.
 bench-http:
     BENCH_DATABASE_URL="{{BENCH_DATABASE_URL}}" scripts/bench-http.sh
 

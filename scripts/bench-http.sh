@@ -1,26 +1,41 @@
 #!/usr/bin/env bash
-# `just bench-http`: GET /tasks/{random id}/ over HTTP with wrk (-t2 -c64),
-# `tracker serve` (as shipped, metrics on; and with `--metrics off`) against
-# the limit server (crates/bench/src/bin/limit_server.rs, the same route and
-# JSON bytes with nothing else), on the same database and the same ids, in
-# rounds whose order rotates. Prints req/s, p50/p99 latency and the server's
-# peak RSS of every run (one JSON line each), then the three side by side per
-# round, the median ratio tracker/limit with its min and max, and what metrics
-# cost. Before that, the in-process get_concurrent with and without
-# `bench --metrics`, alternating, ROUNDS times each.
+# `just bench-http`: GET /tasks/{random id}/ over HTTP with wrk (-t2 -c64)
+# against five servers on the same database and the same ids, each run a
+# fresh process, in rounds whose order rotates:
+# - `tracker serve` as shipped (metrics on, the default `info` filter: one
+#   access line per request);
+# - `tracker serve --metrics off`, which shows in the same run what metrics
+#   cost, the figure docs/operations.md points to;
+# - `seaorm-server` (axum and SeaORM with default `ConnectOptions`,
+#   `Entity::find_by_id`) and `sqlx-server` (axum, a default `PgPool` and
+#   `query_as`): what a user would write instead;
+# - `limit-server` (tokio-postgres, queries pipelined on two shared
+#   connections): what the driver allows.
+# The three reference servers answer with the tracker's exact bytes
+# (crates/bench/src/bin, tested by `reference::` in crates/bench/tests/it).
+# Prints req/s, p50/p99 latency and the server's peak RSS of every run (one
+# JSON line each), then the servers side by side per round, the median
+# ratios tracker/seaorm-server, tracker/sqlx-server and tracker/limit with
+# their min and max, and what metrics cost. Before that, the in-process
+# get_concurrent with and without `bench --metrics`, alternating, ROUNDS
+# times each.
 #
-# Variables: ROUNDS (3), DURATION of a measured run (10s), WARMUP before it
+# Variables: ROUNDS (5), DURATION of a measured run (10s), WARMUP before it
 # (2s), SERVER_LOG (the tracker's RUST_LOG; unset: its default, `info`),
 # BENCH_DATABASE_URL. Every DB_* variable set in the environment reaches the
-# tracker; none set means its default settings.
+# tracker; none set means its default settings. PGSSLMODE (`disable` unless
+# set) reaches every server: the tracker reaches a server on this machine
+# without TLS by default, and sqlx's own default (`prefer`) would otherwise
+# measure TLS in the reference servers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 url="${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/tracker_bench}"
-rounds="${ROUNDS:-3}"
+rounds="${ROUNDS:-5}"
 duration="${DURATION:-10s}"
 warmup="${WARMUP:-2s}"
-stacks=(tracker tracker-metrics-off limit)
+stacks=(tracker tracker-metrics-off seaorm-server sqlx-server limit)
+export PGSSLMODE="${PGSSLMODE:-disable}"
 
 if ! command -v wrk >/dev/null; then
     echo "installing wrk (Debian package)" >&2
@@ -75,7 +90,10 @@ start_server() {
             fi
             ;;
         tracker-metrics-off) start_server tracker --metrics off; return ;;
-        limit) target/release/limit-server --addr "127.0.0.1:$port" >/dev/null 2>&1 & ;;
+        seaorm-server | sqlx-server | limit-server)
+            target/release/"$1" --addr "127.0.0.1:$port" >/dev/null 2>&1 &
+            ;;
+        limit) start_server limit-server; return ;;
         *) echo "unknown stack $1" >&2; exit 2 ;;
     esac
     server=$!
@@ -125,7 +143,7 @@ measure() {
 # --- what is measured --------------------------------------------------------
 db_vars=$(env | grep '^DB_' | grep -v -e PASSWORD -e URL | sort | tr '\n' ' ' || true)
 echo "machine: $(nproc) CPUs, $(lscpu | sed -n 's/^Model name: *//p'); load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "tracker: RUST_LOG=${SERVER_LOG:-unset (default filter, info)}; DB_* set: ${db_vars:-none (default settings)}"
+echo "tracker: RUST_LOG=${SERVER_LOG:-unset (default filter, info)}; DB_* set: ${db_vars:-none (default settings)}; PGSSLMODE=$PGSSLMODE"
 echo "wrk -t2 -c64, $warmup warm-up + $duration per run, $rounds rounds alternating ${stacks[*]}"
 
 # --- in process: get_concurrent without and with metrics, alternating -----
@@ -158,19 +176,27 @@ for line in sys.stdin:
     if line.strip():
         stack, round_, rps = line.split()
         runs.setdefault(int(round_), {})[stack] = float(rps)
-print("\n| round | tracker req/s | tracker --metrics off | limit req/s | tracker/limit | metrics cost, HTTP | metrics cost, get_concurrent |")
-print("| --- | --- | --- | --- | --- | --- | --- |")
-ratios, http_cost, inproc_cost = [], [], []
+refs = ["seaorm-server", "sqlx-server", "limit"]
+print("\n| round | tracker req/s | tracker --metrics off | seaorm-server | sqlx-server | limit | tracker/seaorm-server | tracker/sqlx-server | tracker/limit | metrics cost, HTTP | metrics cost, get_concurrent |")
+print("|" + " --- |" * 11)
+ratios = {ref: [] for ref in refs}
+http_cost, inproc_cost = [], []
 for r in sorted(runs):
     run = runs[r]
-    t, off, l = run["tracker"], run["tracker-metrics-off"], run["limit"]
-    ratios.append(t / l)
+    t, off = run["tracker"], run["tracker-metrics-off"]
+    for ref in refs:
+        ratios[ref].append(t / run[ref])
     http_cost.append(100 * (1 - t / off))
     inproc_cost.append(100 * (1 - run["get_concurrent-on"] / run["get_concurrent-off"]))
-    print(f"| {r} | {t:,.0f} | {off:,.0f} | {l:,.0f} | {t / l:.2f} | {http_cost[-1]:.1f}% | {inproc_cost[-1]:.1f}% |")
+    cells = [f"{run[s]:,.0f}" for s in ["tracker", "tracker-metrics-off"] + refs]
+    cells += [f"{ratios[ref][-1]:.2f}" for ref in refs]
+    cells += [f"{http_cost[-1]:.1f}%", f"{inproc_cost[-1]:.1f}%"]
+    print(f"| {r} | " + " | ".join(cells) + " |")
 TWO, ONE = ".2f", ".1f"
 spread = lambda xs, f: f"median {statistics.median(xs):{f}} (min {min(xs):{f}}, max {max(xs):{f}})"
-print(f"\ntracker/limit: {spread(ratios, TWO)} over {len(ratios)} rounds")
+print()
+for ref in refs:
+    print(f"tracker/{ref}: {spread(ratios[ref], TWO)} over {len(ratios[ref])} rounds")
 print(f"metrics cost, HTTP req/s: {spread(http_cost, ONE)} %")
 print(f"metrics cost, in-process get_concurrent: {spread(inproc_cost, ONE)} %")
 '

@@ -22,6 +22,7 @@
 
 #![warn(missing_docs)]
 
+pub mod reference;
 mod stack;
 pub mod workload;
 

@@ -734,7 +734,8 @@ impl DatabaseUrl {
     }
 
     /// The URL with its password: the escape hatch for reference code that
-    /// connects without this crate (the bench's `seaorm-defaults` stack).
+    /// connects without this crate (the bench's `seaorm-defaults` stack and
+    /// its reference servers).
     /// Inside this crate it feeds the drivers' option parsers; nothing else
     /// in the workspace calls it. To start a child process on this database,
     /// use [`child_env`](Self::child_env).

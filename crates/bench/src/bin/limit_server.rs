@@ -8,28 +8,21 @@
 //!
 //! It reads the database URL like `tracker` does (`DATABASE_URL`, `.env`,
 //! `config/*.toml`), prints `listening on ADDR` on standard output once it
-//! accepts connections, and stops on SIGINT or SIGTERM. It is not part of
-//! the product: an id that is not a 32-bit integer gets a 404 here where the
-//! tracker answers 422.
+//! accepts connections, and stops on SIGINT or SIGTERM. Its answers come
+//! from `bench::reference`, which `seaorm-server` and `sqlx-server` share.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::Context;
-use axum::Router;
-use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::header::CONTENT_TYPE;
-use axum::http::{HeaderValue, StatusCode};
 use axum::response::Response;
-use axum::routing::get;
-use chrono::NaiveDate;
+use bench::reference::{SELECT_TASK, TaskJson, not_found, router, task_answer};
 use clap::Parser;
 use db_core::{Settings, Source};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
-use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_postgres::{Client, NoTls, Statement};
 
@@ -38,14 +31,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Connections the requests share; queries pipeline on each.
 const CONNECTIONS: usize = 2;
-
-const SELECT_TASK: &str =
-    "SELECT id, title, parent_id, assignee_id, deadline, status FROM tasks WHERE id = $1";
-
-/// The tracker's 404 body for a missing task.
-const TASK_NOT_FOUND: &[u8] = br#"{"detail":"Task not found"}"#;
-const NOT_FOUND: &[u8] = br#"{"detail":"Not Found"}"#;
-const INTERNAL: &[u8] = br#"{"detail":"Internal Server Error"}"#;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -56,17 +41,6 @@ struct Cli {
     /// Address to listen on (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:8001")]
     addr: SocketAddr,
-}
-
-/// The task as the tracker writes it: same fields, same order.
-#[derive(Serialize)]
-struct TaskJson<'a> {
-    title: &'a str,
-    parent_id: Option<i32>,
-    assignee_id: Option<i32>,
-    deadline: Option<NaiveDate>,
-    status: &'a str,
-    id: i32,
 }
 
 /// The shared connections, each with the statement prepared on it.
@@ -109,48 +83,30 @@ impl Pg {
     }
 }
 
-fn json(status: StatusCode, body: impl Into<Body>) -> Response {
-    let mut response = Response::new(body.into());
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
-}
-
 async fn task(State(pg): State<Arc<Pg>>, Path(id): Path<String>) -> Response {
     let Ok(id) = id.parse::<i32>() else {
-        return json(StatusCode::NOT_FOUND, NOT_FOUND);
+        return not_found();
     };
     let (client, statement) = pg.pick();
-    match client.query_opt(statement, &[&id]).await {
-        Ok(Some(row)) => {
-            let task = TaskJson {
-                id: row.get(0),
-                title: row.get(1),
-                parent_id: row.get(2),
-                assignee_id: row.get(3),
-                deadline: row.get(4),
-                status: row.get(5),
-            };
-            match serde_json::to_vec(&task) {
-                Ok(body) => json(StatusCode::OK, body),
-                Err(_) => json(StatusCode::INTERNAL_SERVER_ERROR, INTERNAL),
-            }
-        }
-        Ok(None) => json(StatusCode::NOT_FOUND, TASK_NOT_FOUND),
-        Err(_) => json(StatusCode::INTERNAL_SERVER_ERROR, INTERNAL),
-    }
+    let row = client.query_opt(statement, &[&id]).await;
+    task_answer(row.as_ref().map(|row| {
+        row.as_ref().map(|row| {
+            TaskJson::new(
+                row.get(0),
+                row.get(1),
+                row.get(2),
+                row.get(3),
+                row.get(4),
+                row.get(5),
+            )
+        })
+    }))
 }
 
 async fn serve(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings::load(&Source::from_process()?)?;
     let pg = Arc::new(Pg::connect(settings.url.expose()).await?);
-    let app = Router::new()
-        .route("/tasks/{id}/", get(task))
-        .route("/tasks/{id}", get(task))
-        .fallback(|| async { json(StatusCode::NOT_FOUND, NOT_FOUND) })
-        .with_state(pg);
+    let app = router(task, pg);
     let listener = TcpListener::bind(cli.addr)
         .await
         .with_context(|| format!("listening on {}", cli.addr))?;

@@ -1,7 +1,7 @@
 //! The benchmark runs once, at a tiny scale, with every answer checked, so
 //! its code cannot rot. (No timing is asserted: speed is for `just bench`.)
 
-mod limit;
+mod reference;
 
 use bench::workload::{OPS, Workload};
 use bench::{Options, STACKS};

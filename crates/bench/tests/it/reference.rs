@@ -1,5 +1,6 @@
-//! The limit server of `just bench-http` answers `GET /tasks/{id}/` with the
-//! same status, content type and body bytes as the tracker, on the same rows.
+//! The reference servers of `just bench-http` (`limit-server`,
+//! `seaorm-server`, `sqlx-server`) answer `GET /tasks/{id}/` with the same
+//! status, content type and body bytes as the tracker, on the same rows.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -10,17 +11,24 @@ use test_support::{Backend, TestDb};
 use tokio::sync::oneshot;
 use tracker::{EmployeeInput, TaskInput, Tracker};
 
-/// The `limit-server` binary on a free port; killed on drop.
-struct Limit {
+/// The reference servers, by binary.
+const SERVERS: [(&str, &str); 3] = [
+    ("limit-server", env!("CARGO_BIN_EXE_limit-server")),
+    ("seaorm-server", env!("CARGO_BIN_EXE_seaorm-server")),
+    ("sqlx-server", env!("CARGO_BIN_EXE_sqlx-server")),
+];
+
+/// A reference server on a free port; killed on drop.
+struct Reference {
     child: Child,
     base: String,
     _dir: tempfile::TempDir,
 }
 
-impl Limit {
-    fn start(database_url: &str) -> Limit {
+impl Reference {
+    fn start(name: &str, binary: &str, database_url: &str) -> Reference {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_limit-server"))
+        let mut child = Command::new(binary)
             .args(["--addr", "127.0.0.1:0"])
             .current_dir(dir.path())
             .env_clear()
@@ -35,8 +43,8 @@ impl Limit {
         let addr = line
             .trim()
             .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("limit-server said {line:?}"));
-        Limit {
+            .unwrap_or_else(|| panic!("{name} said {line:?}"));
+        Reference {
             base: format!("http://{addr}"),
             child,
             _dir: dir,
@@ -44,7 +52,7 @@ impl Limit {
     }
 }
 
-impl Drop for Limit {
+impl Drop for Reference {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -67,7 +75,7 @@ async fn answer(client: &reqwest::Client, url: &str) -> (u16, Option<String>, Ve
 
 #[test_support::needs(postgres)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_limit_server_answers_with_the_trackers_exact_bytes() {
+async fn the_reference_servers_answer_with_the_trackers_exact_bytes() {
     let t = TestDb::new(Backend::Postgres).await;
     Migrator::up(t.db.conn(), None).await.unwrap();
     let tracker = Tracker::new(t.db.clone());
@@ -110,40 +118,42 @@ async fn the_limit_server_answers_with_the_trackers_exact_bytes() {
             let _ = stopped.await;
         },
     ));
-    let url = t.settings.url.expose().to_owned();
-    let limit = tokio::task::spawn_blocking(move || Limit::start(&url))
-        .await
-        .unwrap();
-
     let client = reqwest::Client::new();
     let missing = child.id + 1000;
-    for path in [
-        format!("/tasks/{}/", parent.id),
-        format!("/tasks/{}/", child.id),
-        format!("/tasks/{}", child.id),
-        format!("/tasks/{missing}/"),
-    ] {
-        let ours = answer(&client, &format!("{}{path}", limit.base)).await;
-        let theirs = answer(&client, &format!("{tracker_base}{path}")).await;
-        assert_eq!(
-            (ours.0, &ours.1, String::from_utf8_lossy(&ours.2)),
-            (theirs.0, &theirs.1, String::from_utf8_lossy(&theirs.2)),
-            "GET {path}"
-        );
-        assert_eq!(ours.2, theirs.2, "GET {path}");
-    }
     let (status, _, body) = answer(&client, &format!("{tracker_base}/tasks/{missing}/")).await;
     assert_eq!(
         (status, body.as_slice()),
         (404, &br#"{"detail":"Task not found"}"#[..])
     );
-    let (status, _, body) = answer(&client, &format!("{}/tasks/{}/", limit.base, child.id)).await;
-    assert_eq!(status, 200);
-    let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(value["deadline"], "2026-12-31");
-    assert_eq!(value["assignee_id"], employee.id);
+    for (name, binary) in SERVERS {
+        let url = t.settings.url.expose().to_owned();
+        let server = tokio::task::spawn_blocking(move || Reference::start(name, binary, &url))
+            .await
+            .unwrap();
+        for path in [
+            format!("/tasks/{}/", parent.id),
+            format!("/tasks/{}/", child.id),
+            format!("/tasks/{}", child.id),
+            format!("/tasks/{missing}/"),
+            "/elsewhere".to_owned(),
+        ] {
+            let ours = answer(&client, &format!("{}{path}", server.base)).await;
+            let theirs = answer(&client, &format!("{tracker_base}{path}")).await;
+            assert_eq!(
+                (ours.0, &ours.1, String::from_utf8_lossy(&ours.2)),
+                (theirs.0, &theirs.1, String::from_utf8_lossy(&theirs.2)),
+                "{name}: GET {path}"
+            );
+            assert_eq!(ours.2, theirs.2, "{name}: GET {path}");
+        }
+        let (status, _, body) =
+            answer(&client, &format!("{}/tasks/{}/", server.base, child.id)).await;
+        assert_eq!(status, 200, "{name}");
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(value["deadline"], "2026-12-31", "{name}");
+        assert_eq!(value["assignee_id"], employee.id, "{name}");
+    }
 
-    drop(limit);
     let _ = stop.send(());
     served.await.unwrap().unwrap();
 }
