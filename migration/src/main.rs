@@ -22,13 +22,14 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    migration::binary::init_logging(false, migration::binary::DEFAULT_LOG_FILTER);
+    let logs = migration::binary::init_logging(false, migration::binary::DEFAULT_LOG_FILTER);
     let result = tokio::runtime::Runtime::new()
         .map_err(|e| anyhow::Error::new(e).context("starting the async runtime"))
         .and_then(|runtime| runtime.block_on(run(cli)));
     match result {
+        // Dropping `logs` on return writes out what is still buffered.
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => migration::binary::fail(e.as_ref(), |_| false),
+        Err(e) => logs.fail(e.as_ref(), |_| false),
     }
 }
 

@@ -12,6 +12,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use db_core::sea_orm::DbBackend;
 use db_core::{Created, Db, Role, Settings, Source};
+use migration::binary::DroppedLines;
 
 // mimalloc: fewer cycles in malloc/free on the request path than the system
 // allocator, and the allocator the benchmarks measure.
@@ -82,23 +83,23 @@ enum DbCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    migration::binary::init_logging(cli.log_json, migration::binary::DEFAULT_LOG_FILTER);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(e) => return fail(&anyhow::Error::new(e).context("starting the async runtime")),
-    };
-    match runtime.block_on(run(cli)) {
+    let logs = migration::binary::init_logging(cli.log_json, migration::binary::DEFAULT_LOG_FILTER);
+    let dropped = logs.dropped_lines();
+    // The closure owns the runtime: when it returns, the runtime and its
+    // threads are gone, so nothing logs after the lines are written out.
+    let result = tokio::runtime::Runtime::new()
+        .context("starting the async runtime")
+        .and_then(|runtime| runtime.block_on(run(cli, dropped)));
+    match result {
+        // Dropping `logs` on return writes out what is still buffered.
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&e),
+        // The buffered lines first, then the error; exit code 2 for
+        // configuration errors.
+        Err(e) => logs.fail(e.as_ref(), |_| false),
     }
 }
 
-/// Prints the error on one line; exit code 2 for configuration errors.
-fn fail(e: &anyhow::Error) -> ExitCode {
-    migration::binary::fail(e.as_ref(), |_| false)
-}
-
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli, dropped: DroppedLines) -> anyhow::Result<()> {
     if let Some(Command::Migrate(args)) = &cli.command
         && let migration::cli::MigrateCommand::Generate { name } = &args.command
     {
@@ -107,7 +108,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let settings = Settings::load(&Source::from_process()?)?;
     match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
-        Command::Serve(args) => serve(&settings, args).await,
+        Command::Serve(args) => serve(&settings, args, dropped).await,
         Command::Seed => seed(&settings).await,
         Command::Migrate(args) => {
             Ok(migration::run(&settings, &args, &mut std::io::stdout().lock()).await?)
@@ -144,13 +145,17 @@ async fn prepare_database(settings: &Settings, migrate: bool) -> anyhow::Result<
     Ok(db)
 }
 
-async fn serve(settings: &Settings, args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(settings: &Settings, args: ServeArgs, dropped: DroppedLines) -> anyhow::Result<()> {
     let addr = args
         .addr
         .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8000)));
     // Installed before connecting, so that the pools (the migrator's too) are measured.
     let metrics = match args.metrics {
-        Switch::On => Some(tracker::http::Metrics::install()?),
+        Switch::On => {
+            let metrics = tracker::http::Metrics::install()?;
+            metrics.count_dropped_log_lines(move || dropped.get());
+            Some(metrics)
+        }
         Switch::Off => None,
     };
     let db = prepare_database(settings, args.migrate).await?;

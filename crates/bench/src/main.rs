@@ -55,13 +55,14 @@ fn main() -> ExitCode {
         "{},sqlx=warn,sea_orm=warn",
         migration::binary::DEFAULT_LOG_FILTER
     );
-    migration::binary::init_logging(false, &filter);
+    let logs = migration::binary::init_logging(false, &filter);
     let result = tokio::runtime::Runtime::new()
         .map_err(|e| anyhow::Error::new(e).context("starting the async runtime"))
         .and_then(|runtime| runtime.block_on(run(cli)));
     match result {
+        // Dropping `logs` on return writes out what is still buffered.
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => migration::binary::fail(e.as_ref(), |cause| {
+        Err(e) => logs.fail(e.as_ref(), |cause| {
             matches!(
                 cause.downcast_ref::<bench::Error>(),
                 Some(bench::Error::Usage(_))

@@ -1,6 +1,7 @@
 //! The `tracker` binary, run as a user runs it: a real process, its exit
 //! code and its output.
 
+mod access_log;
 mod chaos;
 mod cli;
 mod config_table;

@@ -231,6 +231,7 @@ async fn metrics_name_every_series_without_secrets_or_sql() {
         r#"http_requests_total{method="POST",route="/employees",status="200"}"#,
         r#"http_requests_total{method="GET",route="unmatched",status="404"}"#,
         r#"http_request_duration_seconds_bucket{method="GET",route="/employees/{employee_id}",le="+Inf"}"#,
+        "log_lines_dropped_total 0",
         "process_resident_memory_bytes",
         "process_cpu_seconds_total",
         "process_open_fds",

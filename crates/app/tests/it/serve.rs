@@ -17,6 +17,11 @@ pub(crate) struct Running {
     child: Child,
     pub(crate) base: String,
     stderr: Arc<Mutex<Vec<String>>>,
+    /// Reads standard error until the process closes it.
+    reader: tokio::task::JoinHandle<()>,
+    /// While true, the reader reads nothing: the pipe fills up and the
+    /// process's writes to standard error wait.
+    paused: tokio::sync::watch::Sender<bool>,
 }
 
 /// Starts `tracker ARGS` in `dir` and waits until it says where it serves.
@@ -42,8 +47,15 @@ pub(crate) async fn start(
     let (found_tx, mut found_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let sink = stderr.clone();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
+    let (paused, mut pause) = tokio::sync::watch::channel(false);
+    let reader = tokio::spawn(async move {
+        loop {
+            if pause.wait_for(|paused| !paused).await.is_err() {
+                return;
+            }
+            let Ok(Some(line)) = lines.next_line().await else {
+                return;
+            };
             if let Some(rest) = line.split("serving http://").nth(1) {
                 let addr = rest
                     .split_whitespace()
@@ -63,6 +75,8 @@ pub(crate) async fn start(
         child,
         base: format!("http://{addr}"),
         stderr,
+        reader,
+        paused,
     }
 }
 
@@ -87,6 +101,22 @@ impl Running {
     }
 
     pub(crate) fn logs(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Stops reading the process's standard error (`true`) or goes on
+    /// reading it (`false`).
+    pub(crate) fn pause_stderr(&self, paused: bool) {
+        self.paused.send_replace(paused);
+    }
+
+    /// Every line the process wrote to standard error, once it has exited
+    /// (after [`wait`](Self::wait)) and the stream has ended.
+    pub(crate) async fn all_logs(self) -> Vec<String> {
+        tokio::time::timeout(Duration::from_secs(10), self.reader)
+            .await
+            .expect("standard error still open 10 s after the exit")
+            .unwrap();
         self.stderr.lock().unwrap().clone()
     }
 }

@@ -7,10 +7,13 @@
 //! | --- | --- | --- |
 //! | `http_requests_total` | counter | `method`, `route`, `status` |
 //! | `http_request_duration_seconds` | histogram | `method`, `route` |
+//! | `log_lines_dropped_total` | counter | |
 //!
 //! `route` is the route template that matched (`/tasks/{task_id}`), or
 //! `unmatched`; it never holds a request's own path. Each route is also the
 //! operation that db-core times statements under, as `GET /tasks/{task_id}`.
+//! `log_lines_dropped_total` is the binary's count of log lines lost because
+//! its log buffer was full ([`Metrics::count_dropped_log_lines`]).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock, RwLock};
@@ -25,6 +28,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 const REQUESTS: &str = "http_requests_total";
 const DURATION: &str = "http_request_duration_seconds";
+const LOG_LINES_DROPPED: &str = "log_lines_dropped_total";
 
 /// How often histogram samples are folded into their buckets when nobody
 /// scrapes, so that memory stays bounded: the exporter buffers every sample
@@ -43,7 +47,11 @@ struct Inner {
     process: metrics_process::Collector,
     /// Each route template's handles, by method label.
     routes: RwLock<HashMap<String, Vec<&'static Route>>>,
+    /// The dropped log lines' counter and where its value comes from.
+    dropped_log_lines: OnceLock<(Counter, DroppedLogLines)>,
 }
+
+type DroppedLogLines = Box<dyn Fn() -> u64 + Send + Sync>;
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -77,6 +85,7 @@ impl Metrics {
             handle,
             process,
             routes: RwLock::default(),
+            dropped_log_lines: OnceLock::new(),
         };
         Ok(Metrics(Box::leak(Box::new(inner))))
     }
@@ -93,10 +102,27 @@ impl Metrics {
         });
     }
 
+    /// Reports `dropped()`, how many log lines the binary lost because its
+    /// log buffer was full, as `log_lines_dropped_total`, read whenever
+    /// `/metrics` is. The series exists from this call on, at 0 while
+    /// nothing is lost. Only the first call counts.
+    pub fn count_dropped_log_lines(&self, dropped: impl Fn() -> u64 + Send + Sync + 'static) {
+        metrics::describe_counter!(
+            LOG_LINES_DROPPED,
+            "Log lines dropped because the log buffer was full"
+        );
+        let counter = metrics::counter!(LOG_LINES_DROPPED);
+        counter.absolute(dropped());
+        let _ = self.0.dropped_log_lines.set((counter, Box::new(dropped)));
+    }
+
     /// The text that `/metrics` answers with, after sampling the pools, the
-    /// replicas (state and lag) and the process.
+    /// replicas (state and lag), the process and the dropped log lines.
     pub async fn render(&self, db: &Db) -> String {
         db_core::metrics::sample();
+        if let Some((counter, dropped)) = self.0.dropped_log_lines.get() {
+            counter.absolute(dropped());
+        }
         // Sets the replicas' state and lag gauges.
         db.replica_status().await;
         self.0.process.collect();
