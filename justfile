@@ -90,6 +90,10 @@ chaos:
 ha-test:
     TEST_PATRONI=1 cargo test -p app --test it -- ha:: --include-ignored --test-threads=1
 
+# Instructions per request of each read route of tracker serve under valgrind's callgrind (REQUESTS=200), and the shares of SeaORM's statement building, row decoding and the access line.
+profile-routes:
+    BENCH_DATABASE_URL="{{BENCH_DATABASE_URL}}" scripts/profile-routes.sh
+
 # Cost as data grows: scales 0.1, 1 and 10 on PostgreSQL (SCALES="0.1 1" for fewer); writes docs/bench-scale.png and the table in docs/performance.md.
 bench-scale:
     BENCH_DATABASE_URL="{{BENCH_DATABASE_URL}}" scripts/bench-scale.sh

@@ -8,9 +8,9 @@ use db_core::{CachedStatement, Db, Session, SessionOptions};
 use entity::{employees, tasks};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ActiveValue::Unchanged, ColumnTrait, ConnectionTrait,
-    DbBackend, DbErr, EntityTrait, IntoActiveModel, IsolationLevel, LoaderTrait, ModelTrait,
-    QueryFilter, QueryOrder, QuerySelect, QueryTrait, SelectTwoModel, SelectorTrait, SqlErr,
-    Statement,
+    DbBackend, DbErr, EntityTrait, FromQueryResult, IntoActiveModel, IsolationLevel, LoaderTrait,
+    ModelTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, SelectTwoModel, SelectorTrait,
+    SqlErr, Statement,
 };
 
 use crate::error::{Error, Kind, Result};
@@ -97,7 +97,9 @@ fn not_found(kind: Kind) -> impl Fn(DbErr) -> Error {
 }
 
 // The hot lookups, built once per backend (building a SeaORM query can cost
-// more CPU than the database spends answering it).
+// more CPU than the database spends answering it). They run through
+// `Model::find_by_statement`: `Entity::find().from_raw_sql(..)` would build a
+// select of every column first, only to replace it.
 static TASK: CachedStatement =
     CachedStatement::new(|backend| tasks::Entity::find_by_id(0).build(backend));
 static TASK_FOR_UPDATE: CachedStatement =
@@ -115,6 +117,13 @@ static SET_STATUS: CachedStatement = CachedStatement::new(|backend| {
 });
 static EMPLOYEE: CachedStatement =
     CachedStatement::new(|backend| employees::Entity::find_by_id(0).build(backend));
+// An employee's tasks, by id.
+static EMPLOYEE_TASKS: CachedStatement = CachedStatement::new(|backend| {
+    tasks::Entity::find()
+        .filter(tasks::Column::AssigneeId.eq(0))
+        .order_by_asc(tasks::Column::Id)
+        .build(backend)
+});
 static TASK_WITH_ASSIGNEE: CachedStatement = CachedStatement::new(|backend| {
     tasks::Entity::find_by_id(0)
         .find_also_related(employees::Entity)
@@ -217,8 +226,7 @@ impl Tracker {
     pub async fn employee(&self, id: i32) -> Result<Employee> {
         let read = self.db.read().await?;
         let stmt = EMPLOYEE.statement(read.get_database_backend(), [id.into()])?;
-        employees::Entity::find()
-            .from_raw_sql(stmt)
+        Employee::find_by_statement(stmt)
             .one(&read)
             .await?
             .ok_or(Error::NotFound(Kind::Employee))
@@ -260,15 +268,17 @@ impl Tracker {
     /// The tasks assigned to an employee, by id.
     pub async fn employee_tasks(&self, id: i32) -> Result<Vec<Task>> {
         let read = self.db.read().await?;
-        let employee = employees::Entity::find_by_id(id)
+        let backend = read.get_database_backend();
+        let employee = EMPLOYEE.statement(backend, [id.into()])?;
+        if Employee::find_by_statement(employee)
             .one(&read)
             .await?
-            .ok_or(Error::NotFound(Kind::Employee))?;
-        Ok(employee
-            .find_related(tasks::Entity)
-            .order_by_asc(tasks::Column::Id)
-            .all(&read)
-            .await?)
+            .is_none()
+        {
+            return Err(Error::NotFound(Kind::Employee));
+        }
+        let tasks = EMPLOYEE_TASKS.statement(backend, [id.into()])?;
+        Ok(Task::find_by_statement(tasks).all(&read).await?)
     }
 
     // --- tasks -----------------------------------------------------------
@@ -317,8 +327,7 @@ impl Tracker {
     pub async fn task(&self, id: i32) -> Result<Task> {
         let read = self.db.read().await?;
         let stmt = TASK.statement(read.get_database_backend(), [id.into()])?;
-        tasks::Entity::find()
-            .from_raw_sql(stmt)
+        Task::find_by_statement(stmt)
             .one(&read)
             .await?
             .ok_or(Error::NotFound(Kind::Task))
@@ -387,8 +396,7 @@ impl Tracker {
         self.db
             .transaction(SessionOptions::read_write(), |tx| async move {
                 let stmt = TASK_FOR_UPDATE.statement(tx.get_database_backend(), [id.into()])?;
-                let task = tasks::Entity::find()
-                    .from_raw_sql(stmt)
+                let task = Task::find_by_statement(stmt)
                     .one(&tx)
                     .await?
                     .ok_or(Error::NotFound(Kind::Task))?;
@@ -399,8 +407,7 @@ impl Tracker {
                     return Ok(row.update(&tx).await?);
                 }
                 let stmt = SET_STATUS.statement(backend, [status.into(), id.into()])?;
-                tasks::Entity::find()
-                    .from_raw_sql(stmt)
+                Task::find_by_statement(stmt)
                     .one(&tx)
                     .await?
                     .ok_or(Error::NotFound(Kind::Task))
@@ -427,7 +434,7 @@ impl Tracker {
     pub async fn subtree(&self, id: i32) -> Result<Vec<Task>> {
         let read = self.db.read().await?;
         let stmt = SUBTREE.statement(read.get_database_backend(), [id.into()])?;
-        let found = tasks::Entity::find().from_raw_sql(stmt).all(&read).await?;
+        let found = Task::find_by_statement(stmt).all(&read).await?;
         if found.is_empty() {
             // No descendants, or no such task: tell them apart.
             self.task(id).await?;

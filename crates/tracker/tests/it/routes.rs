@@ -68,13 +68,15 @@ test_support::backend_tests! {
         let moved = json!({"title": "moved", "parent_id": 2, "assignee_id": 1, "deadline": "2027-01-02", "status": "done", "id": 3});
         assert_eq!(
             s.put("/tasks/3/", json!({"title": "moved", "status": "done", "parent_id": 2, "assignee_id": "1", "deadline": "2027-01-02"})).await,
-            (200, moved)
+            (200, moved.clone())
         );
+        assert_eq!(s.get("/employees/1/tasks/").await, (200, json!([&moved])));
 
         // Deleting an employee unassigns their tasks.
         assert_eq!(s.delete("/employees/2/").await, (200, bob.clone()));
         assert_eq!(s.get("/tasks/2/").await.1["assignee_id"], json!(null));
         assert_eq!(s.get("/employees/2/").await, (404, json!({"detail": "Employee not found"})));
+        assert_eq!(s.get("/employees/2/tasks/").await, (404, json!({"detail": "Employee not found"})));
 
         // Deleting a task deletes its subtree.
         assert_eq!(s.delete("/tasks/1/").await, (200, root.clone()));
