@@ -1,6 +1,7 @@
 //! What the database says its tables are: columns, primary keys, foreign keys
 //! and indexes, read from the catalog of each backend and reduced to what
-//! adoption compares and convergence changes.
+//! adoption compares and convergence changes. An INVALID index (left by an
+//! interrupted concurrent build) is no index: nothing uses it.
 
 use std::collections::BTreeMap;
 
@@ -208,7 +209,7 @@ FROM pg_index ix \
 JOIN pg_class c ON c.oid = ix.indrelid \
 JOIN pg_class i ON i.oid = ix.indexrelid \
 JOIN pg_namespace n ON n.oid = c.relnamespace \
-WHERE n.nspname = current_schema() \
+WHERE n.nspname = current_schema() AND ix.indisvalid \
 ORDER BY 1, 2";
 
 const MYSQL_COLUMNS: &str = "\

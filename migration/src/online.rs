@@ -393,9 +393,46 @@ fn index_name(index: &IndexCreateStatement) -> Result<String, DbErr> {
 }
 
 /// PostgreSQL: drops the INVALID index called `name` that an interrupted
-/// concurrent build left, if there is one (the migration lock keeps any
-/// other build of it from running now).
+/// concurrent build left, if there is one. A build whose migrator died may
+/// still be running on the server (it notices the lost client only at its
+/// next check, see the runner's `client_connection_check_interval`), and
+/// no live migrator runs beside this one (the migration lock): such a build
+/// is waited for, up to `DB_MIGRATION_INDEX_TIMEOUT`, before its index is
+/// dropped.
 async fn drop_invalid_index(conn: &DatabaseExecutor<'_>, name: &str) -> Result<(), DbErr> {
+    let policy = context().policy;
+    let started = Instant::now();
+    let mut announced = false;
+    loop {
+        let building = conn
+            .query_one_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT count(*) FROM pg_stat_progress_create_index p \
+                 JOIN pg_class c ON c.oid = p.index_relid \
+                 WHERE c.relname = $1 AND pg_table_is_visible(c.oid) AND p.pid <> pg_backend_pid()",
+                [name.into()],
+            ))
+            .await?
+            .map(|row| row.try_get_by_index::<i64>(0))
+            .transpose()?
+            .unwrap_or(0);
+        if building == 0 {
+            break;
+        }
+        if started.elapsed() >= policy.index_timeout {
+            return Err(DbErr::Migration(format!(
+                "index {name}: an earlier build of it is still running after {}; end it, or allow more time with DB_MIGRATION_INDEX_TIMEOUT",
+                short(started.elapsed())
+            )));
+        }
+        if !announced {
+            tracing::info!(
+                "index {name}: waiting for an earlier build of it, whose migrator is gone, to end"
+            );
+            announced = true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let leftover = conn
         .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,

@@ -366,6 +366,22 @@ async fn execute<M: MigratorTrait>(
     }
     let held = Arc::new(Mutex::new(db.hold(&lock).await?));
     context.lock = Some(held.clone());
+    if db.backend() == DbBackend::Postgres && !context.pooled {
+        // The server checks every second that this migrator is still there
+        // while a statement runs, and cancels it when it is not: a migrator
+        // killed during a long statement (an index build, a backfill batch)
+        // leaves nothing running for the next one to wait for. The session
+        // is the runner's one connection; PostgreSQL before 14 has no such
+        // check, and the statement fails harmlessly there.
+        let session = db.autocommit();
+        if session
+            .execute_unprepared("SET client_connection_check_interval = '1s'")
+            .await
+            .is_err()
+        {
+            tracing::debug!("this server cannot check for a vanished migrator");
+        }
+    }
     let runner = Runner {
         db,
         lock: Some(&held),

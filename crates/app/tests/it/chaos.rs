@@ -55,6 +55,32 @@ pub(crate) fn drive(
     writes: fn(usize, u64) -> bool,
     stop: Arc<AtomicBool>,
 ) -> (Arc<Mutex<Vec<Outcome>>>, Vec<tokio::task::JoinHandle<()>>) {
+    drive_with(base, workers, stop, move |client, base, worker, n| {
+        if writes(worker, n) {
+            let name = format!("w{worker}-{n}");
+            let body = json!({"full_name": name, "position": "chaos"});
+            (
+                Some(name),
+                client.post(format!("{base}/employees/")).json(&body),
+            )
+        } else {
+            (None, client.get(format!("{base}/employees/?limit=5")))
+        }
+    })
+}
+
+/// Clients that send `request(client, base, worker, n)` until stopped,
+/// recording every outcome; a request that names a write (`Some(name)`)
+/// stores a row by that name.
+pub(crate) fn drive_with(
+    base: &str,
+    workers: usize,
+    stop: Arc<AtomicBool>,
+    request: impl Fn(&reqwest::Client, &str, usize, u64) -> (Option<String>, reqwest::RequestBuilder)
+    + Clone
+    + Send
+    + 'static,
+) -> (Arc<Mutex<Vec<Outcome>>>, Vec<tokio::task::JoinHandle<()>>) {
     let outcomes = Arc::new(Mutex::new(Vec::new()));
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -63,27 +89,19 @@ pub(crate) fn drive(
         .unwrap();
     let handles = (0..workers)
         .map(|worker| {
-            let (client, base, stop, outcomes) = (
+            let (client, base, stop, outcomes, request) = (
                 client.clone(),
                 base.to_owned(),
                 stop.clone(),
                 outcomes.clone(),
+                request.clone(),
             );
             tokio::spawn(async move {
                 let mut n = 0;
                 while !stop.load(Ordering::SeqCst) {
                     n += 1;
                     let start = Instant::now();
-                    let (write, request) = if writes(worker, n) {
-                        let name = format!("w{worker}-{n}");
-                        let body = json!({"full_name": name, "position": "chaos"});
-                        (
-                            Some(name),
-                            client.post(format!("{base}/employees/")).json(&body),
-                        )
-                    } else {
-                        (None, client.get(format!("{base}/employees/?limit=5")))
-                    };
+                    let (write, request) = request(&client, &base, worker, n);
                     let status = request
                         .send()
                         .await

@@ -10,5 +10,6 @@ mod docs;
 mod ha;
 mod metrics;
 mod migrate_commands;
+mod online;
 mod scaling;
 mod serve;

@@ -1,0 +1,650 @@
+//! Schema changes under live traffic (`just chaos`), on PostgreSQL with a
+//! million tasks or more (`ONLINE_TASKS`): adopting the original app's
+//! database while its SQL keeps writing, a migration's online changes while
+//! `tracker serve` answers reads and writes, the same behind a transaction
+//! that holds `tasks` for 20 s, a migrator killed in the middle, and the old
+//! way (one transaction, no lock timeout) as the negative control.
+
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use db_core::sea_orm::{ConnectionTrait, Statement};
+use db_core::{Db, Session, Settings};
+use migration::cli::{MigrateArgs, MigrateCommand};
+use migration::{
+    ColumnDef, DbErr, ForeignKey, ForeignKeyAction, Index, MigrationName, MigrationTrait,
+    MigratorTrait, SchemaManager, Table,
+};
+use rand::Rng;
+use serde_json::json;
+use test_support::{Backend, TestDb, free_port, original_app, report};
+
+use crate::chaos::{Outcome, drive_with};
+use crate::serve::start;
+
+/// Tasks loaded before the changes, 1M unless `ONLINE_TASKS` says.
+fn task_count() -> i64 {
+    std::env::var("ONLINE_TASKS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1_000_000)
+}
+
+/// The original app's tables, with 1,000 employees and `tasks` tasks (ids
+/// from 100, each with an assignee, every task from 1,000 on a parent).
+async fn original_database(tasks: i64) -> TestDb {
+    let t = TestDb::new(Backend::Postgres).await;
+    original_app::create(&t.db).await;
+    let session = t.db.autocommit();
+    for sql in [
+        "INSERT INTO employees (id, full_name, position) \
+         SELECT g, 'Employee ' || g, 'dev' FROM generate_series(100, 1099) g"
+            .to_owned(),
+        format!(
+            "INSERT INTO tasks (id, title, status, assignee_id, parent_id) \
+             SELECT g, 'Task ' || g, 'todo', 100 + g % 1000, CASE WHEN g >= 1000 THEN g / 10 END \
+             FROM generate_series(100, {}) g",
+            99 + tasks
+        ),
+        "SELECT setval('employees_id_seq', (SELECT max(id) FROM employees))".to_owned(),
+        "SELECT setval('tasks_id_seq', (SELECT max(id) FROM tasks))".to_owned(),
+        "VACUUM ANALYZE employees".to_owned(),
+        "VACUUM ANALYZE tasks".to_owned(),
+    ] {
+        session.execute_unprepared(&sql).await.unwrap();
+    }
+    t
+}
+
+/// Latencies of a stretch of traffic: how many, how many failed, the
+/// slowest, and the 99th percentile.
+#[derive(Debug, Clone, Copy)]
+struct Stretch {
+    requests: usize,
+    failed: usize,
+    slowest: Duration,
+    p99: Duration,
+}
+
+impl Stretch {
+    fn of(outcomes: &[Outcome], from: Instant, to: Instant) -> Stretch {
+        let mut inside: Vec<&Outcome> = outcomes
+            .iter()
+            .filter(|o| o.at >= from && o.at < to)
+            .collect();
+        inside.sort_by_key(|o| o.latency);
+        let p99 = inside
+            .get((inside.len() * 99 / 100).min(inside.len().saturating_sub(1)))
+            .map_or(Duration::ZERO, |o| o.latency);
+        Stretch {
+            requests: inside.len(),
+            failed: inside.iter().filter(|o| o.status != Ok(200)).count(),
+            slowest: inside.last().map_or(Duration::ZERO, |o| o.latency),
+            p99,
+        }
+    }
+}
+
+impl std::fmt::Display for Stretch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} requests, {} failed, p99 {:.1} ms, slowest {:.1} ms",
+            self.requests,
+            self.failed,
+            self.p99.as_secs_f64() * 1000.0,
+            self.slowest.as_secs_f64() * 1000.0
+        )
+    }
+}
+
+/// Clients that run the original app's SQL on `db` until stopped: read a
+/// task, add one, change one's status, each statement on its own.
+fn original_writers(
+    db: &Db,
+    clients: usize,
+    tasks: i64,
+    stop: Arc<AtomicBool>,
+) -> (Arc<Mutex<Vec<Outcome>>>, Vec<tokio::task::JoinHandle<()>>) {
+    let outcomes = Arc::new(Mutex::new(Vec::new()));
+    let handles = (0..clients)
+        .map(|client| {
+            let (db, stop, outcomes) = (db.clone(), stop.clone(), outcomes.clone());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    let id = rand::rng().random_range(100..100 + tasks);
+                    let sql = match n % 3 {
+                        0 => format!("SELECT * FROM tasks WHERE id = {id}"),
+                        1 => format!(
+                            "INSERT INTO tasks (title, status, assignee_id, parent_id) \
+                             VALUES ('o{client}-{n}', 'todo', {}, {id})",
+                            100 + n % 1000
+                        ),
+                        _ => format!("UPDATE tasks SET status = 'done' WHERE id = {id}"),
+                    };
+                    let start = Instant::now();
+                    let status = db
+                        .autocommit()
+                        .execute_unprepared(&sql)
+                        .await
+                        .map(|_| 200)
+                        .map_err(|e| e.to_string());
+                    outcomes.lock().unwrap().push(Outcome {
+                        at: start,
+                        write: None,
+                        status,
+                        latency: start.elapsed(),
+                    });
+                }
+            })
+        })
+        .collect();
+    (outcomes, handles)
+}
+
+/// HTTP clients of `tracker serve` at `base`: every other request adds a
+/// task under an existing one, the others read a random task.
+fn http_clients(
+    base: &str,
+    tasks: i64,
+    stop: Arc<AtomicBool>,
+) -> (Arc<Mutex<Vec<Outcome>>>, Vec<tokio::task::JoinHandle<()>>) {
+    drive_with(base, 8, stop, move |client, base, worker, n| {
+        let id = rand::rng().random_range(100..100 + tasks);
+        if n % 2 == 0 {
+            let title = format!("h{worker}-{n}");
+            let body = json!({"title": title, "status": "todo", "parent_id": id, "assignee_id": 100 + n % 1000});
+            (
+                Some(title),
+                client.post(format!("{base}/tasks/")).json(&body),
+            )
+        } else {
+            (None, client.get(format!("{base}/tasks/{id}/")))
+        }
+    })
+}
+
+/// Stops the clients and returns what they recorded.
+async fn finish(
+    stop: &AtomicBool,
+    (outcomes, handles): (Arc<Mutex<Vec<Outcome>>>, Vec<tokio::task::JoinHandle<()>>),
+) -> Vec<Outcome> {
+    stop.store(true, Ordering::SeqCst);
+    for handle in handles {
+        handle.await.unwrap();
+    }
+    outcomes.lock().unwrap().clone()
+}
+
+/// A number from the catalog.
+async fn number(db: &Db, sql: &str) -> i64 {
+    let read = db.read().await.unwrap();
+    let row = read
+        .query_one_raw(Statement::from_string(db.backend(), sql))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get_by_index(0).unwrap()
+}
+
+/// Every index valid and ready, every constraint validated, no trigger on
+/// `tasks`.
+async fn complete(db: &Db) {
+    assert_eq!(
+        number(
+            db,
+            "SELECT count(*) FROM pg_index WHERE NOT indisvalid OR NOT indisready"
+        )
+        .await,
+        0,
+        "an index is INVALID"
+    );
+    assert_eq!(
+        number(
+            db,
+            "SELECT count(*) FROM pg_constraint WHERE NOT convalidated"
+        )
+        .await,
+        0,
+        "a constraint is not validated"
+    );
+    assert_eq!(
+        number(
+            db,
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'tasks'::regclass AND NOT tgisinternal"
+        )
+        .await,
+        0,
+        "a trigger on tasks"
+    );
+}
+
+/// `tracker migrate up` as a process on the database of `settings`.
+fn migrate_up(settings: &Settings) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_tracker"));
+    command
+        .args(["migrate", "up"])
+        .env_clear()
+        .envs([settings.url.child_env()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// A migration with every kind of online change a team makes to a busy
+/// table: a column with a default, filled for existing rows in batches and
+/// then required; an index; a foreign key. Outside a transaction, as the
+/// building blocks need.
+struct TriageColumns;
+
+impl MigrationName for TriageColumns {
+    fn name(&self) -> &str {
+        "m20990101_000001_triage_columns"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for TriageColumns {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        use migration::online::{self, Backfill};
+        // Portable statements: adoption also runs every pending migration on
+        // an in-memory SQLite database, to learn what it creates.
+        manager
+            .alter_table(
+                Table::alter()
+                    .table("tasks")
+                    .add_column(ColumnDef::new("priority").integer().null())
+                    .to_owned(),
+            )
+            .await?;
+        let postgres = manager.get_database_backend() == db_core::sea_orm::DbBackend::Postgres;
+        if postgres {
+            // New rows get the default from now on; the rows already there
+            // are filled below, in batches, from what they hold.
+            online::execute(
+                manager,
+                "ALTER TABLE tasks ALTER COLUMN priority SET DEFAULT 1",
+            )
+            .await?;
+        }
+        Backfill::new(
+            "tasks",
+            "priority = CASE WHEN status = 'done' THEN 0 ELSE 1 END",
+        )
+        .only("priority IS NULL")
+        .batch_size(10_000)
+        .run(manager)
+        .await?;
+        if postgres {
+            online::set_not_null(manager, "tasks", "priority").await?;
+        }
+        let index = Index::create()
+            .name("idx_tasks_status")
+            .table("tasks")
+            .col("status")
+            .to_owned();
+        online::create_index(manager, index).await?;
+        manager
+            .alter_table(
+                Table::alter()
+                    .table("tasks")
+                    .add_column(ColumnDef::new("reviewer_id").integer().null())
+                    .to_owned(),
+            )
+            .await?;
+        if !postgres {
+            return Ok(());
+        }
+        let reviewer = ForeignKey::create()
+            .name("fk_tasks_reviewer_id")
+            .from("tasks", "reviewer_id")
+            .to("employees", "id")
+            .on_delete(ForeignKeyAction::SetNull)
+            .to_owned();
+        online::add_foreign_key(manager, reviewer).await
+    }
+
+    fn use_transaction(&self) -> Option<bool> {
+        Some(false)
+    }
+}
+
+/// A column whose `ALTER TABLE` needs the table to itself for a moment.
+struct Estimate;
+
+impl MigrationName for Estimate {
+    fn name(&self) -> &str {
+        "m20990101_000002_estimate"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Estimate {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .alter_table(
+                Table::alter()
+                    .table("tasks")
+                    .add_column(ColumnDef::new("estimate").integer().not_null().default(0))
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
+struct LiveMigrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for LiveMigrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        let mut all = migration::Migrator::migrations();
+        all.push(Box::new(TriageColumns));
+        all.push(Box::new(Estimate));
+        all
+    }
+}
+
+/// Applies the next `n` migrations of [`LiveMigrator`]; returns how long it took.
+async fn migrate_live(settings: &Settings, n: u32) -> Duration {
+    let args = MigrateArgs {
+        lock_timeout: Duration::from_secs(300),
+        command: MigrateCommand::Up { num: Some(n) },
+    };
+    let start = Instant::now();
+    migration::run_with::<LiveMigrator>(settings, &args, &mut std::io::sink())
+        .await
+        .unwrap_or_else(|e| panic!("migrating: {e}"));
+    start.elapsed()
+}
+
+/// A session that reads `tasks` and then keeps its transaction open: it
+/// holds ACCESS SHARE on the table, as a report or `pg_dump` does.
+async fn long_reader(db: &Db) -> Session {
+    let reader = db.begin().await.unwrap();
+    reader
+        .execute_unprepared("SELECT count(*) FROM tasks WHERE id < 200")
+        .await
+        .unwrap();
+    reader
+}
+
+const WARM: Duration = Duration::from_secs(5);
+
+#[test_support::needs(postgres, chaos)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_schema_changes_under_live_traffic() {
+    let tasks = task_count();
+    let filled = Instant::now();
+    let t = original_database(tasks).await;
+    report(&format!(
+        "online: the original app's database with {tasks} tasks, filled in {:.1}s",
+        filled.elapsed().as_secs_f64()
+    ));
+
+    // (a) Adoption while the original app's SQL writes from 8 clients.
+    let mut original = t.settings.clone();
+    original.max_connections = 8;
+    let db = Db::connect(&original).await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = original_writers(&db, 8, tasks, stop.clone());
+    tokio::time::sleep(WARM).await;
+    let began = Instant::now();
+    let adopted = migrate_up(&t.settings).output().await.unwrap();
+    let ended = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let outcomes = finish(&stop, writers).await;
+    assert!(
+        adopted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&adopted.stderr)
+    );
+    let (before, during) = (
+        Stretch::of(&outcomes, began - WARM, began),
+        Stretch::of(&outcomes, began, ended),
+    );
+    report(&format!(
+        "online (a) adoption with 8 writers of the original's SQL: migrate up {:.2}s; before: {before}; during: {during}",
+        (ended - began).as_secs_f64()
+    ));
+    complete(&t.db).await;
+    assert_eq!(before.failed + during.failed, 0, "failed statements");
+    assert!(
+        during.slowest <= Duration::from_millis(500),
+        "a statement took {:?}",
+        during.slowest
+    );
+    assert!(
+        during.p99 <= before.p99 * 2,
+        "p99 {:?} during, {:?} before",
+        during.p99,
+        before.p99
+    );
+    db.close().await;
+
+    // (b) A migration's online changes while `tracker serve` answers.
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port().unwrap());
+    let mut app = start(
+        dir.path(),
+        &["serve", "--addr", &addr],
+        &[t.settings.url.child_env()],
+    )
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = http_clients(&app.base, tasks, stop.clone());
+    tokio::time::sleep(WARM).await;
+    let began = Instant::now();
+    let took = migrate_live(&t.settings, 1).await;
+    let ended = Instant::now();
+
+    // (c) The same traffic, and a transaction that holds `tasks` for 20 s
+    // from just before a migration that needs the table to itself.
+    let reader = long_reader(&t.db).await;
+    let held = Instant::now();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        reader.rollback().await.unwrap();
+        Instant::now()
+    });
+    let waited = migrate_live(&t.settings, 1).await;
+    let released = release.await.unwrap();
+    let adversary_ended = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let outcomes = finish(&stop, clients).await;
+    app.terminate();
+    assert_eq!(app.wait(Duration::from_secs(15)).await.0, Some(0));
+    let (before, during, behind) = (
+        Stretch::of(&outcomes, began - WARM, began),
+        Stretch::of(&outcomes, began, ended),
+        Stretch::of(&outcomes, held, adversary_ended),
+    );
+    report(&format!(
+        "online (b) index, NOT NULL column with a default and a backfill of {tasks} rows, foreign key, through tracker serve: {:.2}s; before: {before}; during: {during}",
+        took.as_secs_f64()
+    ));
+    report(&format!(
+        "online (c) a 20 s holder of ACCESS SHARE on tasks, then ADD COLUMN: applied {:.1}s after it started ({:.1}s after the holder ended); meanwhile: {behind}",
+        waited.as_secs_f64(),
+        (held + waited)
+            .saturating_duration_since(released)
+            .as_secs_f64(),
+    ));
+    assert_eq!(
+        before.failed + during.failed + behind.failed,
+        0,
+        "failed requests"
+    );
+    assert!(
+        during.slowest <= Duration::from_millis(500),
+        "a request took {:?}",
+        during.slowest
+    );
+    assert!(
+        during.p99 <= before.p99 * 2,
+        "p99 {:?} during, {:?} before",
+        during.p99,
+        before.p99
+    );
+    assert!(
+        waited >= Duration::from_secs(19),
+        "the migration did not wait for the holder: {waited:?}"
+    );
+    assert!(
+        behind.slowest <= Duration::from_millis(1500),
+        "a request took {:?}",
+        behind.slowest
+    );
+    complete(&t.db).await;
+    assert_eq!(
+        number(
+            &t.db,
+            "SELECT count(*) FROM tasks WHERE priority IS NULL OR estimate IS NULL"
+        )
+        .await,
+        0
+    );
+
+    // The old way, as the negative control: the same kind of change in one
+    // transaction without a lock timeout, behind a 5 s holder, stalls the
+    // writers for as long as the holder holds.
+    let mut original = t.settings.clone();
+    original.max_connections = 8;
+    let db = Db::connect(&original).await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = original_writers(&db, 8, tasks, stop.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let reader = long_reader(&t.db).await;
+    let began = Instant::now();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        reader.rollback().await.unwrap();
+    });
+    let old_way = t.db.begin().await.unwrap();
+    old_way
+        .execute_unprepared("SET LOCAL lock_timeout = 0")
+        .await
+        .unwrap();
+    old_way
+        .execute_unprepared("ALTER TABLE tasks ADD COLUMN old_way integer")
+        .await
+        .unwrap();
+    old_way.commit().await.unwrap();
+    let ended = Instant::now();
+    release.await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let outcomes = finish(&stop, writers).await;
+    db.close().await;
+    let stalled = Stretch::of(&outcomes, began, ended);
+    report(&format!(
+        "online, the old way (one transaction, no lock_timeout) behind a 5 s holder: {stalled}"
+    ));
+    assert!(
+        stalled.slowest >= Duration::from_secs(3),
+        "no stall the old way: {stalled}"
+    );
+}
+
+/// A migrator killed while it builds an index concurrently leaves an
+/// INVALID index and, for as long as its connection lives, nothing else:
+/// the next `migrate up` drops the leftover, builds the index and ends with
+/// the migration lock free.
+#[test_support::needs(postgres, chaos)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_a_migrator_killed_in_a_concurrent_build_is_completed_by_the_next() {
+    let t = original_database(task_count()).await;
+    let mut child = migrate_up(&t.settings).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let building = number(
+            &t.db,
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'CREATE INDEX CONCURRENTLY%'",
+        )
+        .await;
+        if building > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no concurrent build seen");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    let invalid = number(&t.db, "SELECT count(*) FROM pg_index WHERE NOT indisvalid").await;
+
+    let rerun = migrate_up(&t.settings).output().await.unwrap();
+    assert!(
+        rerun.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
+    complete(&t.db).await;
+    assert_eq!(
+        number(
+            &t.db,
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        )
+        .await,
+        0,
+        "the migration lock is still held"
+    );
+    report(&format!(
+        "online: SIGKILL during CREATE INDEX CONCURRENTLY left {invalid} INVALID index(es); the next migrate up exited 0 with every index valid and the lock free"
+    ));
+}
+
+/// Adoption behind a transaction that holds `tasks` for 15 s from just
+/// before `migrate up`, with 8 writers of the original app's SQL: the
+/// convergence waits for its locks at most DB_MIGRATION_LOCK_TIMEOUT at a
+/// time, so the writers keep going, and it completes once the reader ends.
+#[test_support::needs(postgres, chaos)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_adoption_behind_a_long_reader_keeps_writes_flowing() {
+    let tasks = task_count();
+    let t = original_database(tasks).await;
+    let mut original = t.settings.clone();
+    original.max_connections = 9;
+    let db = Db::connect(&original).await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = original_writers(&db, 8, tasks, stop.clone());
+    tokio::time::sleep(WARM).await;
+    let reader = long_reader(&db).await;
+    let began = Instant::now();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        reader.rollback().await.unwrap();
+    });
+    let adopted = migrate_up(&t.settings).output().await.unwrap();
+    let ended = Instant::now();
+    release.await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let outcomes = finish(&stop, writers).await;
+    db.close().await;
+    assert!(
+        adopted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&adopted.stderr)
+    );
+    let (before, during) = (
+        Stretch::of(&outcomes, began - WARM, began),
+        Stretch::of(&outcomes, began, ended),
+    );
+    report(&format!(
+        "online: adoption of {tasks} tasks behind a 15 s holder of ACCESS SHARE, 8 writers of the original's SQL: migrate up {:.1}s; before: {before}; during: {during}",
+        (ended - began).as_secs_f64()
+    ));
+    complete(&t.db).await;
+    assert_eq!(before.failed + during.failed, 0, "failed statements");
+    assert!(
+        ended - began >= Duration::from_secs(14),
+        "the migration did not wait for the reader"
+    );
+    assert!(
+        during.slowest <= Duration::from_millis(1500),
+        "a statement took {:?}",
+        during.slowest
+    );
+}
