@@ -4,8 +4,9 @@
 //! `src/generated/` is exactly what `sea-orm-cli generate entity` writes from a
 //! freshly migrated PostgreSQL database (`just entities`; `just check-entities`
 //! fails when it drifts). Never edit it by hand: change the schema with a
-//! migration and regenerate. Hand-written additions live beside it:
-//! [`links`] adds the self-referencing relations the generator cannot express.
+//! migration and regenerate: the new table's module is then `entity::<table>`
+//! with no edit here. Hand-written additions live beside it: [`links`] adds
+//! the self-referencing relations the generator cannot express.
 //!
 //! Relations:
 //! - task → assignee: `tasks::Entity::find().find_also_related(employees::Entity)`
@@ -20,4 +21,6 @@ mod generated;
 
 pub mod links;
 
-pub use generated::{employees, prelude, tasks};
+// Every module the generator writes, under its table's name: a new table's
+// entity is reachable as soon as it is generated.
+pub use generated::*;

@@ -22,6 +22,7 @@
 
 #![warn(missing_docs)]
 
+pub mod ops;
 pub mod reference;
 mod stack;
 pub mod workload;
@@ -75,6 +76,19 @@ pub enum Error {
 impl From<sea_orm::DbErr> for Error {
     fn from(e: sea_orm::DbErr) -> Self {
         Error::Db(e.into())
+    }
+}
+
+impl db_core::Retryable for Error {
+    fn is_retryable(&self) -> bool {
+        matches!(self, Error::Db(e) if e.is_retryable())
+    }
+
+    fn retry_reason(&self) -> Option<db_core::metrics::RetryReason> {
+        match self {
+            Error::Db(e) => e.retry_reason(),
+            _ => None,
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use sea_orm::{
 use tracker::{Employee, Page, Task, TaskInput, Tracker};
 
 use crate::Error;
+use crate::ops::{self, SETVAL};
 use crate::workload::{PAGE, Workload};
 
 /// A task with its assignee, as `get` and `list` return them.
@@ -68,7 +69,7 @@ impl Stack {
     pub async fn load(&self, w: &Workload) -> Result<(), Error> {
         let (employees, tasks) = (w.employee_rows(), w.task_rows());
         match self {
-            Stack::Tracker(t) => Ok(t.import(&employees, &tasks).await?),
+            Stack::Tracker(t) => ops::import(t.db(), &employees, &tasks).await,
             Stack::SeaOrm(db) => {
                 // What a user writes with SeaORM alone: batched insert_many in a
                 // transaction, then the sequence fix-up by hand.
@@ -106,11 +107,7 @@ impl Stack {
     /// One task by id with its assignee.
     pub async fn get(&self, id: i32) -> Result<Option<TaskAndAssignee>, Error> {
         match self {
-            Stack::Tracker(t) => match t.task_with_assignee(id).await {
-                Ok(found) => Ok(Some(found)),
-                Err(tracker::Error::NotFound(_)) => Ok(None),
-                Err(e) => Err(e.into()),
-            },
+            Stack::Tracker(t) => ops::task_with_assignee(t.db(), id).await,
             Stack::SeaOrm(db) => Ok(tasks::Entity::find_by_id(id)
                 .find_also_related(employees::Entity)
                 .one(db)
@@ -149,7 +146,7 @@ impl Stack {
     /// Loads a task, changes its status, commits, returns the updated row.
     pub async fn update(&self, id: i32, status: &str) -> Result<Task, Error> {
         match self {
-            Stack::Tracker(t) => Ok(t.set_task_status(id, status).await?),
+            Stack::Tracker(t) => ops::set_task_status(t.db(), id, status).await,
             Stack::SeaOrm(db) => {
                 let tx = db.begin().await?;
                 let task = tasks::Entity::find_by_id(id)
@@ -173,13 +170,14 @@ impl Stack {
         let after = keyset.then_some(offset as i32);
         let skip = if keyset { 0 } else { offset };
         match self {
-            Stack::Tracker(t) => Ok(t
-                .list_tasks_with_assignees(Page {
+            Stack::Tracker(t) => {
+                let page = Page {
                     skip,
                     limit: PAGE,
                     after_id: after,
-                })
-                .await?),
+                };
+                ops::list_with_assignees(t, page).await
+            }
             Stack::SeaOrm(db) => {
                 let mut page = tasks::Entity::find()
                     .find_also_related(employees::Entity)
@@ -225,9 +223,6 @@ impl Stack {
         }
     }
 }
-
-const SETVAL: &str = "SELECT setval(pg_get_serial_sequence('employees', 'id'), COALESCE(MAX(id), 0) + 1, false) FROM employees;
-SELECT setval(pg_get_serial_sequence('tasks', 'id'), COALESCE(MAX(id), 0) + 1, false) FROM tasks;";
 
 fn subtree_sql(backend: DbBackend) -> String {
     let param = if backend == DbBackend::Postgres {
@@ -561,7 +556,7 @@ impl Raw {
         match self {
             // COPY, the fastest way into PostgreSQL, is the tracker's: one
             // writer of COPY's text format, with its escaping.
-            Raw::Postgres(_, db) => Ok(Tracker::new(db.clone()).import(employees, tasks).await?),
+            Raw::Postgres(_, db) => ops::import(db, employees, tasks).await,
             Raw::MySql(pool) => {
                 insert_load!(pool, employees, tasks, "ANALYZE TABLE employees, tasks")
             }

@@ -4,8 +4,8 @@
 //!
 //! - [`Tracker`] holds the operations; each is one unit of work (reads on
 //!   read-only sessions, writes in a transaction that commits once and rolls
-//!   back on failure). Lists are pages ordered by id; a page of tasks with
-//!   their assignees and a task's whole subtree are one query each.
+//!   back on failure). Lists are pages ordered by id, and a task's whole
+//!   subtree is one query.
 //! - [`http`] maps the operations to routes and describes them in an OpenAPI
 //!   3.1 document (`/openapi.json`, rendered at `/docs` and `/redoc`);
 //!   [`http::serve`] runs them, with Prometheus metrics at `/metrics`
@@ -26,7 +26,6 @@
 
 mod error;
 pub mod http;
-mod import;
 mod seed;
 mod service;
 

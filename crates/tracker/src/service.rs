@@ -8,9 +8,8 @@ use db_core::{CachedStatement, Db, Session, SessionOptions};
 use entity::{employees, tasks};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ActiveValue::Unchanged, ColumnTrait, ConnectionTrait,
-    DbBackend, DbErr, EntityTrait, FromQueryResult, IntoActiveModel, IsolationLevel, LoaderTrait,
-    ModelTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, SelectTwoModel, SelectorTrait,
-    SqlErr, Statement,
+    DbBackend, DbErr, EntityTrait, FromQueryResult, IsolationLevel, ModelTrait, QueryFilter,
+    QueryOrder, QuerySelect, QueryTrait, SqlErr, Statement,
 };
 
 use crate::error::{Error, Kind, Result};
@@ -102,19 +101,6 @@ fn not_found(kind: Kind) -> impl Fn(DbErr) -> Error {
 // select of every column first, only to replace it.
 static TASK: CachedStatement =
     CachedStatement::new(|backend| tasks::Entity::find_by_id(0).build(backend));
-static TASK_FOR_UPDATE: CachedStatement =
-    CachedStatement::new(|backend| tasks::Entity::find_by_id(0).lock_exclusive().build(backend));
-// `UPDATE tasks SET status = ? WHERE id = ? RETURNING *` (where RETURNING exists).
-static SET_STATUS: CachedStatement = CachedStatement::new(|backend| {
-    backend.build(
-        &sea_orm::sea_query::Query::update()
-            .table(tasks::Entity)
-            .value(tasks::Column::Status, "")
-            .and_where(tasks::Column::Id.eq(0))
-            .returning_all()
-            .to_owned(),
-    )
-});
 static EMPLOYEE: CachedStatement =
     CachedStatement::new(|backend| employees::Entity::find_by_id(0).build(backend));
 // An employee's tasks, by id.
@@ -122,11 +108,6 @@ static EMPLOYEE_TASKS: CachedStatement = CachedStatement::new(|backend| {
     tasks::Entity::find()
         .filter(tasks::Column::AssigneeId.eq(0))
         .order_by_asc(tasks::Column::Id)
-        .build(backend)
-});
-static TASK_WITH_ASSIGNEE: CachedStatement = CachedStatement::new(|backend| {
-    tasks::Entity::find_by_id(0)
-        .find_also_related(employees::Entity)
         .build(backend)
 });
 // Every descendant, as full rows. UNION (not UNION ALL) ends the recursion
@@ -311,18 +292,6 @@ impl Tracker {
         page_of::<tasks::Entity>(&read, tasks::Column::Id, page).await
     }
 
-    /// A page of tasks with their assignees, in two statements: the page,
-    /// then its assignees by id (joining first would join every skipped row).
-    pub async fn list_tasks_with_assignees(
-        &self,
-        page: Page,
-    ) -> Result<Vec<(Task, Option<Employee>)>> {
-        let read = self.db.read().await?;
-        let tasks = page_of::<tasks::Entity>(&read, tasks::Column::Id, page).await?;
-        let assignees = tasks.load_one(employees::Entity, &read).await?;
-        Ok(tasks.into_iter().zip(assignees).collect())
-    }
-
     /// One task.
     pub async fn task(&self, id: i32) -> Result<Task> {
         let read = self.db.read().await?;
@@ -331,19 +300,6 @@ impl Tracker {
             .one(&read)
             .await?
             .ok_or(Error::NotFound(Kind::Task))
-    }
-
-    /// One task with its assignee, in one query.
-    pub async fn task_with_assignee(&self, id: i32) -> Result<(Task, Option<Employee>)> {
-        let read = self.db.read().await?;
-        let stmt = TASK_WITH_ASSIGNEE.statement(read.get_database_backend(), [id.into()])?;
-        let row = read
-            .query_one_raw(stmt)
-            .await?
-            .ok_or(Error::NotFound(Kind::Task))?;
-        Ok(SelectTwoModel::<Task, Employee>::from_raw_query_result(
-            row,
-        )?)
     }
 
     /// Replaces every field of a task. A new parent must not be the task
@@ -387,32 +343,6 @@ impl Tracker {
             })
             .await;
         self.explain_references(result, &input).await
-    }
-
-    /// Loads a task, changes its status and returns the updated row, in one
-    /// transaction with the row locked, so concurrent status changes do not
-    /// overwrite each other's other fields.
-    pub async fn set_task_status(&self, id: i32, status: &str) -> Result<Task> {
-        self.db
-            .transaction(SessionOptions::read_write(), |tx| async move {
-                let stmt = TASK_FOR_UPDATE.statement(tx.get_database_backend(), [id.into()])?;
-                let task = Task::find_by_statement(stmt)
-                    .one(&tx)
-                    .await?
-                    .ok_or(Error::NotFound(Kind::Task))?;
-                let backend = tx.get_database_backend();
-                if !tx.support_returning() {
-                    let mut row = task.into_active_model();
-                    row.status = Set(status.to_owned());
-                    return Ok(row.update(&tx).await?);
-                }
-                let stmt = SET_STATUS.statement(backend, [status.into(), id.into()])?;
-                Task::find_by_statement(stmt)
-                    .one(&tx)
-                    .await?
-                    .ok_or(Error::NotFound(Kind::Task))
-            })
-            .await
     }
 
     /// Deletes a task and returns it; its subtasks are deleted with it.

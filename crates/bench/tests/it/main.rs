@@ -99,3 +99,41 @@ fn unknown_names_are_refused() {
         "unknown op \"fly\"; expected one of load,get,get_concurrent,create,update,list,list_after,subtree"
     );
 }
+
+test_support::backend_tests! {
+    async fn import_keeps_ids_and_any_text_and_moves_the_counters(t: TestDb) {
+        migration::up(&t.settings, std::time::Duration::from_secs(60)).await.unwrap();
+        let tracker = tracker::Tracker::new(t.db.clone());
+        let odd = ["tab\there", "new\nline", "back\\slash", "\\N", "quote'\"", "ünï cödé", ""];
+        let employees: Vec<tracker::Employee> = odd
+            .iter()
+            .enumerate()
+            .map(|(i, s)| tracker::Employee { id: i as i32 + 10, full_name: s.to_string(), position: format!("{s}!") })
+            .collect();
+        let tasks: Vec<tracker::Task> = odd
+            .iter()
+            .enumerate()
+            .map(|(i, s)| tracker::Task {
+                id: i as i32 + 100,
+                title: s.to_string(),
+                parent_id: (i > 0).then_some(100),
+                assignee_id: Some(i as i32 + 10),
+                deadline: chrono::NaiveDate::from_ymd_opt(2026, 2, i as u32 + 1),
+                status: "todo".into(),
+            })
+            .collect();
+        bench::ops::import(&t.db, &employees, &tasks).await.unwrap();
+        assert_eq!(tracker.list_employees(tracker::Page::default()).await.unwrap(), employees);
+        assert_eq!(tracker.list_tasks(tracker::Page::default()).await.unwrap(), tasks);
+        let next = tracker
+            .create_task(tracker::TaskInput { title: "after".into(), status: "todo".into(), parent_id: None, assignee_id: None, deadline: None })
+            .await
+            .unwrap();
+        assert!(next.id > 106, "the id counter was not moved: {}", next.id);
+        let next = tracker
+            .create_employee(tracker::EmployeeInput { full_name: "after".into(), position: "x".into() })
+            .await
+            .unwrap();
+        assert!(next.id > 16, "the id counter was not moved: {}", next.id);
+    }
+}
