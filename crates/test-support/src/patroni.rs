@@ -1,8 +1,8 @@
 //! A PostgreSQL high-availability cluster for tests (Debian's `patroni` and
 //! `etcd-server` packages): one etcd and three Patroni-managed PostgreSQL
 //! nodes on free loopback ports in a temporary folder, with synchronous
-//! replication. Tests kill its leader or switch it over, and measure how long
-//! the cluster itself takes to promote another node.
+//! replication. Tests kill, pause or switch over its leader, and measure how
+//! long the cluster itself takes to promote another node.
 //!
 //! Every node trusts connections from loopback (the superuser `postgres`,
 //! the replication user `replicator`), so its URLs carry no password.
@@ -21,7 +21,10 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use super::http;
-use super::postgres_server::{as_postgres, find_bin, free_port, give_to_postgres, psql};
+use super::postgres_server::{
+    as_postgres, find_bin, free_port, give_to_postgres, pause_server, postmaster, psql,
+    resume_server, stat_field,
+};
 
 /// The cluster's name in etcd (Patroni's `scope`).
 const SCOPE: &str = "tracker-test";
@@ -396,6 +399,23 @@ impl PatroniCluster {
         )
     }
 
+    /// Pauses the PostgreSQL server of node `name` (`SIGSTOP` of its
+    /// postmaster and every process it started) while its Patroni runs on:
+    /// its connections stay open and nothing answers, as with a server stuck
+    /// on I/O. Patroni cannot renew the leader key through it, so a leader
+    /// loses the key after the TTL and another node is promoted.
+    pub fn pause(&self, name: &str) -> io::Result<()> {
+        self.node(name)?;
+        pause_server(&self.data_dir(name))
+    }
+
+    /// Resumes what [`Self::pause`] paused (`SIGCONT`); Patroni then finds
+    /// out whether the node still leads.
+    pub fn resume(&self, name: &str) -> io::Result<()> {
+        self.node(name)?;
+        resume_server(&self.data_dir(name))
+    }
+
     /// `kill -9` of the leader's Patroni and of its postmaster, as a crash
     /// of its machine would do; returns the leader's name and the moment.
     pub fn kill_leader(&self) -> io::Result<Killed> {
@@ -474,29 +494,13 @@ impl PatroniCluster {
     /// The postmaster of node `name`, from its `postmaster.pid`, if that
     /// process is still that node's server.
     fn postmaster(&self, name: &str) -> Option<Postmaster> {
-        let data = self.node_dir(name).join("data");
-        let pid: u32 = std::fs::read_to_string(data.join("postmaster.pid"))
-            .ok()?
-            .lines()
-            .next()?
-            .trim()
-            .parse()
-            .ok()?;
-        // The file outlives a killed server, and its pid may have been reused.
-        let command_line = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        if !String::from_utf8_lossy(&command_line).contains(&*data.to_string_lossy()) {
-            return None;
-        }
-        // `pid (comm) state ppid pgrp ...`; the name may hold spaces.
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let group = stat
-            .rsplit_once(')')?
-            .1
-            .split_whitespace()
-            .nth(2)?
-            .parse()
-            .ok()?;
+        let pid = postmaster(&self.data_dir(name))?;
+        let group = stat_field(pid, 2)?;
         Some(Postmaster { pid, group })
+    }
+
+    fn data_dir(&self, name: &str) -> PathBuf {
+        self.node_dir(name).join("data")
     }
 
     /// `kill -9` of the process group of `name`'s Patroni (or etcd).

@@ -1,23 +1,26 @@
 //! A private PostgreSQL server for tests that need what the shared server
-//! cannot give: password authentication, or a server they may stop, kill and
-//! restart. Built from Debian's PostgreSQL binaries on a free port in a
-//! temporary folder, which is removed with the server.
+//! cannot give: password authentication, or a server they may stop, kill,
+//! restart or pause. Built from Debian's PostgreSQL binaries on a free port
+//! in a temporary folder, which is removed with the server.
 
 use std::ffi::OsStr;
 use std::io;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 
-/// A PostgreSQL server of one test's own. Stopped (immediately) and deleted on drop.
+/// A PostgreSQL server of one test's own. Resumed if paused, stopped
+/// (immediately) and deleted on drop.
 #[derive(Debug)]
 pub struct PrivatePostgres {
     dir: tempfile::TempDir,
     bin: PathBuf,
     port: u16,
     password: String,
+    paused: AtomicBool,
 }
 
 /// How to stop the server, as `pg_ctl stop -m` says.
@@ -142,6 +145,88 @@ pub(crate) fn psql(
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
+/// Sends `signal` (`STOP`, `CONT`, `KILL`, ...) to each process of `pids`;
+/// one that has exited meanwhile is no error.
+pub(crate) fn signal(signal: &str, pids: &[u32]) -> io::Result<()> {
+    if pids.is_empty() {
+        return Ok(());
+    }
+    // `kill` fails when any pid is gone (a backend that just ended); the
+    // others got the signal all the same.
+    Command::new("kill")
+        .arg(format!("-{signal}"))
+        .args(pids.iter().map(u32::to_string))
+        .stderr(Stdio::null())
+        .status()
+        .map(drop)
+}
+
+/// Field `n` after the name in `/proc/PID/stat` (`pid (comm) state ppid
+/// pgrp ...`: 1 is the parent, 2 the process group), if the process exists.
+pub(crate) fn stat_field(pid: u32, n: usize) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The name may hold spaces and parentheses: the fields follow the last `)`.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(n)?
+        .parse()
+        .ok()
+}
+
+/// The processes whose parent is `parent`.
+fn children(parent: u32) -> io::Result<Vec<u32>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let name = entry?.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if stat_field(pid, 1) == Some(parent) {
+            found.push(pid);
+        }
+    }
+    Ok(found)
+}
+
+/// The postmaster of the server in `data`, from its `postmaster.pid`, if
+/// that process is still that server (the file outlives a killed server,
+/// and its pid may have been reused).
+pub(crate) fn postmaster(data: &Path) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(data.join("postmaster.pid"))
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()?;
+    let command_line = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    String::from_utf8_lossy(&command_line)
+        .contains(&*data.to_string_lossy())
+        .then_some(pid)
+}
+
+/// Pauses the server in `data` as a paused machine would: `SIGSTOP` of its
+/// postmaster (first, so that it starts no process meanwhile) and of every
+/// process it started (backends, WAL writer, checkpointer, WAL sender or
+/// receiver). Its sockets stay open; the kernel still accepts connections
+/// into the listen queue, but nothing answers.
+pub(crate) fn pause_server(data: &Path) -> io::Result<()> {
+    let postmaster = postmaster(data)
+        .ok_or_else(|| io::Error::other(format!("no server runs in {}", data.display())))?;
+    signal("STOP", &[postmaster])?;
+    signal("STOP", &children(postmaster)?)
+}
+
+/// Resumes what [`pause_server`] paused (`SIGCONT`).
+pub(crate) fn resume_server(data: &Path) -> io::Result<()> {
+    let Some(postmaster) = postmaster(data) else {
+        return Ok(());
+    };
+    signal("CONT", &children(postmaster)?)?;
+    signal("CONT", &[postmaster])
+}
+
 impl PrivatePostgres {
     /// Initialises and starts a server whose superuser `postgres` has
     /// `password` (scram-sha-256 over TCP; trust on its own Unix socket).
@@ -181,6 +266,7 @@ impl PrivatePostgres {
             bin,
             port: free_port()?,
             password: password.to_owned(),
+            paused: AtomicBool::new(false),
         })
     }
 
@@ -217,6 +303,7 @@ impl PrivatePostgres {
             bin: self.bin.clone(),
             port: free_port()?,
             password: self.password.clone(),
+            paused: AtomicBool::new(false),
         };
         replica.start_again()?;
         Ok(replica)
@@ -268,6 +355,22 @@ impl PrivatePostgres {
         .map(drop)
     }
 
+    /// Pauses the server: `SIGSTOP` of the postmaster and of every process it
+    /// started. Connections stay open and new ones are accepted by the
+    /// kernel, but nothing answers until [`Self::resume`], as with a paused
+    /// virtual machine or a network path that silently drops traffic.
+    pub fn pause(&self) -> io::Result<()> {
+        self.paused.store(true, Ordering::SeqCst);
+        pause_server(&self.data_dir())
+    }
+
+    /// Resumes a paused server (`SIGCONT`).
+    pub fn resume(&self) -> io::Result<()> {
+        resume_server(&self.data_dir())?;
+        self.paused.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
     /// Runs SQL as the superuser over the server's own socket and returns psql's
     /// unaligned output.
     pub fn psql(&self, database: &str, sql: &str) -> io::Result<String> {
@@ -302,6 +405,11 @@ impl PrivatePostgres {
 
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
+        // A stopped postmaster never reads `pg_ctl stop`'s signal, and
+        // `pg_ctl stop -w` would wait for it forever.
+        if self.paused.load(Ordering::SeqCst) {
+            let _ = self.resume();
+        }
         let _ = self.stop(StopMode::Immediate);
     }
 }
