@@ -5,11 +5,16 @@
 //! the host chosen last; each new connection checks `target_session_attrs`
 //! right after connecting (one query), and a connection to a server that does
 //! not fit is refused, which makes sqlx back off and read the options again.
-//! A refused connection, or an error that means the server went away or
-//! turned read-only, starts a search: the hosts are tried in order (shuffled
-//! with `load_balance_hosts=random`) until one fits, and the pool's options
-//! move there. Pooled connections older than the last failover are dropped
-//! when they are next checked out.
+//! A refused connection, or an error that means the server went away, turned
+//! read-only or stopped answering, starts a search in the background, and
+//! the pool's options move to the first host found to fit. The search probes
+//! every host at once, each again every few hundred milliseconds while none
+//! fits, so a host that does not answer (a paused primary, whose connection
+//! attempts wait out `DB_CONNECT_TIMEOUT`) holds up none of the others: the
+//! pool follows a newly promoted primary within one probe of its promotion.
+//! Pooled connections older than the last failover are dropped when they
+//! are next checked out. At startup the hosts are tried in order instead
+//! (shuffled with `load_balance_hosts=random`), as libpq does.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -55,11 +60,17 @@ struct Skipped {
     reason: String,
     /// Retrying cannot help (bad credentials, unknown database, TLS).
     hard: Option<Error>,
+    /// The server answered; it is just not what was wanted.
+    answered: bool,
 }
 
 impl Skipped {
     fn soft(reason: String) -> Self {
-        Skipped { reason, hard: None }
+        Skipped {
+            reason,
+            hard: None,
+            answered: false,
+        }
     }
 }
 
@@ -80,9 +91,36 @@ async fn connect(
                 Err(hard) => Skipped {
                     reason: hard.to_string().replace(&format!("{target}: "), ""),
                     hard: Some(hard),
+                    answered: false,
                 },
             })
         }
+        Err(_) => Err(Skipped::soft("timed out".to_owned())),
+    }
+}
+
+/// Connects to the server of `options` (shown as `target`) and checks it
+/// against `wanted`; the check waits for an answer no longer than the
+/// connection did.
+async fn probe(
+    s: &Settings,
+    options: &PgConnectOptions,
+    target: &str,
+    wanted: TargetSessionAttrs,
+) -> Result<(), Skipped> {
+    let mut conn = connect(s, options, target).await?;
+    let fits = tokio::time::timeout(s.connect_timeout, check(&mut conn, wanted)).await;
+    let _ = conn.close().await;
+    match fits {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(why))) => Err(Skipped {
+            answered: true,
+            ..Skipped::soft(why.to_owned())
+        }),
+        Ok(Err(e)) => Err(Skipped::soft(scrub(
+            &e.to_string(),
+            s.url.password().as_deref(),
+        ))),
         Err(_) => Err(Skipped::soft("timed out".to_owned())),
     }
 }
@@ -218,11 +256,15 @@ impl Failover {
         let reasons: Vec<String> = (skipped.iter())
             .map(|(i, why)| format!("{} {}", self.name(*i), why.reason))
             .collect();
-        let what = match self.attrs {
+        Ok(Err(format!("{}: {}", self.none_fits(), reasons.join(", "))))
+    }
+
+    /// What it means that no host fits.
+    fn none_fits(&self) -> String {
+        match self.attrs {
             TargetSessionAttrs::Any => "no host answered".to_owned(),
             attrs => format!("no host fits target_session_attrs={attrs}"),
-        };
-        Ok(Err(format!("{what}: {}", reasons.join(", "))))
+        }
     }
 
     /// Makes host `i` the target of new connections.
@@ -245,18 +287,7 @@ impl Failover {
 
     /// Connects to host `i` and checks it against `wanted`.
     async fn probe(&self, i: usize, wanted: TargetSessionAttrs) -> Result<(), Skipped> {
-        let s = &self.settings;
-        let mut conn = connect(s, &self.options(i), &self.name(i)).await?;
-        let fits = check(&mut conn, wanted).await;
-        let _ = conn.close().await;
-        match fits {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(why)) => Err(Skipped::soft(why.to_owned())),
-            Err(e) => Err(Skipped::soft(scrub(
-                &e.to_string(),
-                s.url.password().as_deref(),
-            ))),
-        }
+        probe(&self.settings, &self.options(i), &self.name(i), wanted).await
     }
 
     /// Whether the pool was closed (the search then stops).
@@ -266,8 +297,20 @@ impl Failover {
     }
 }
 
-/// Searches until a host fits, the pool closes, or the [`Failover`] is dropped.
+/// Searches until a host fits, the pool closes, or the [`Failover`] is
+/// dropped: every host is probed at once, and each again [`SEARCH_PAUSE`]
+/// after its last probe ended, so a host whose probe waits out the connect
+/// timeout holds up no other. The first host found to fit is chosen. With
+/// `prefer-standby`, a standby is wanted; once every host has been probed
+/// and none is a standby, the first that answered is chosen.
 async fn search_until_found(weak: Weak<Failover>) {
+    let Some(hosts) = weak.upgrade().map(|f| f.hosts.len()) else {
+        return;
+    };
+    let mut probes = tokio::task::JoinSet::new();
+    let mut probing = vec![false; hosts];
+    let mut due = vec![Instant::now(); hosts];
+    let mut last: Vec<Option<Skipped>> = (0..hosts).map(|_| None).collect();
     let mut warned = false;
     loop {
         let Some(this) = weak.upgrade() else { return };
@@ -275,23 +318,66 @@ async fn search_until_found(weak: Weak<Failover>) {
             this.searching.store(false, Ordering::Release);
             return;
         }
-        match this.find().await {
-            Ok(Ok(())) => {
-                this.searching.store(false, Ordering::Release);
-                return;
+        let wanted = match this.attrs {
+            TargetSessionAttrs::PreferStandby => TargetSessionAttrs::Standby,
+            attrs => attrs,
+        };
+        let now = Instant::now();
+        for i in 0..hosts {
+            if probing[i] || due[i] > now {
+                continue;
             }
-            Ok(Err(reason)) if !warned => {
-                warned = true;
-                tracing::warn!("{reason}; trying again");
-            }
-            Err(e) if !warned => {
-                warned = true;
-                tracing::warn!("{e}; trying again");
-            }
-            _ => {}
+            probing[i] = true;
+            // The probe holds no reference to the failover, so that it can
+            // be dropped (with its pool) while a probe waits.
+            let (s, options, target) = (this.settings.clone(), this.options(i), this.name(i));
+            probes.spawn(async move { (i, probe(&s, &options, &target, wanted).await) });
         }
+        let next = (0..hosts).filter(|&i| !probing[i]).map(|i| due[i]).min();
+        let attrs = this.attrs;
         drop(this);
-        tokio::time::sleep(SEARCH_PAUSE).await;
+        let found = tokio::select! {
+            Some(Ok((i, result))) = probes.join_next() => {
+                probing[i] = false;
+                due[i] = Instant::now() + SEARCH_PAUSE;
+                match result {
+                    Ok(()) => Some(i),
+                    Err(skipped) => {
+                        last[i] = Some(skipped);
+                        None
+                    }
+                }
+            }
+            () = sleep_until_or_forever(next) => None,
+        };
+        let Some(this) = weak.upgrade() else { return };
+        let everyone = last.iter().all(Option::is_some);
+        let fallback = (attrs == TargetSessionAttrs::PreferStandby && everyone)
+            .then(|| {
+                last.iter()
+                    .position(|s| s.as_ref().is_some_and(|s| s.answered))
+            })
+            .flatten();
+        if let Some(i) = found.or(fallback) {
+            this.choose(i);
+            this.searching.store(false, Ordering::Release);
+            return;
+        }
+        if everyone && !warned {
+            warned = true;
+            let reasons: Vec<String> = (last.iter().enumerate())
+                .filter_map(|(i, s)| Some(format!("{} {}", this.name(i), s.as_ref()?.reason)))
+                .collect();
+            tracing::warn!("{}: {}; trying again", this.none_fits(), reasons.join(", "));
+        }
+    }
+}
+
+/// Sleeps until `at`, or forever when there is no such moment.
+async fn sleep_until_or_forever(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 
