@@ -265,12 +265,14 @@ where
 /// one connection, so what a migration sets on its session stays for its
 /// next statement; the migration lock takes another, out of the pool. On
 /// PostgreSQL its statements run without the application's statement
-/// timeout, and wait at most `DB_MIGRATION_LOCK_TIMEOUT` for a lock.
+/// timeout and operation timeout (a migration may take minutes), and wait
+/// at most `DB_MIGRATION_LOCK_TIMEOUT` for a lock.
 async fn connect(settings: &Settings) -> Result<Db, Error> {
     let mut settings = for_migrations(settings);
     // Explicitly none: a server-wide statement_timeout would cut a long
     // index build or backfill short.
     settings.statement_timeout = Some(Duration::ZERO);
+    settings.operation_timeout = None;
     settings.lock_timeout = Some(settings.migration_lock_timeout);
     settings.max_connections = 1;
     settings.min_connections = 0;

@@ -30,7 +30,8 @@ use sea_orm::sqlx::{self, ConnectOptions, Connection};
 use sea_orm::{DatabaseConnection, DbBackend, DbErr};
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::error::{Error, Result, scrub};
+use crate::bound::{checkout, handed_over, settled};
+use crate::error::{Error, Result, scrub, unanswered, unconfirmed_write};
 use crate::failover::Failover;
 use crate::metrics::{PoolMetrics, Sampled, acquiring, time_statements, watch};
 use crate::replicas::Replicas;
@@ -50,13 +51,15 @@ pub(crate) struct Pools {
 }
 
 /// One SeaORM pool, with its metrics while they are recorded, the host
-/// list it follows, if its URL has one, and the task that keeps its
+/// list it follows, if its URL has one, the bound on each of its operations
+/// (`DB_OPERATION_TIMEOUT`), and the task that keeps its
 /// `DB_MIN_CONNECTIONS` open, which ends with the last clone.
 #[derive(Clone)]
 pub(crate) struct Pool {
     conn: DatabaseConnection,
     sampled: Option<Arc<Sampled>>,
     failover: Option<Arc<Failover>>,
+    operation_timeout: Option<Duration>,
     /// The task of [`keep_floor`]; dropping the last clone aborts it.
     _floor: Option<Arc<AbortOnDropHandle<()>>>,
 }
@@ -81,6 +84,7 @@ impl Pool {
             sampled: metrics.map(|m| watch(m.clone(), &conn)),
             conn,
             failover: None,
+            operation_timeout: None,
             _floor: floor,
         }
     }
@@ -94,23 +98,60 @@ impl Pool {
         self.failover.as_ref()
     }
 
-    /// Runs `work` on this pool, with its wait for a connection counted. On a
-    /// host list, an error that means the server could not be reached or went
-    /// away starts the search for a host that fits, so the next work goes
-    /// there; `work` itself is not run again ([`Db::transaction`] does that).
+    /// The bound on each operation on this pool's connections
+    /// (`DB_OPERATION_TIMEOUT`; none on SQLite).
+    pub(crate) fn operation_timeout(&self) -> Option<Duration> {
+        self.operation_timeout
+    }
+
+    /// Runs `work`, which takes a connection from this pool and uses it,
+    /// with its wait for a connection counted and each operation bounded
+    /// (see [`crate::bound`]); also whether a connection was handed over,
+    /// so that `work` may have reached the server.
+    pub(crate) async fn attempt<T>(
+        &self,
+        work: impl Future<Output = Result<T, DbErr>>,
+    ) -> (Result<T, DbErr>, bool) {
+        checkout(self.operation_timeout, acquiring(self.metrics(), work)).await
+    }
+
+    /// Runs `work` as [`Pool::attempt`] does. On a host list, an error that
+    /// means the server could not be reached, went away or stopped answering
+    /// starts the search for a host that fits, so the next work goes there;
+    /// `work` itself is not run again ([`Db::transaction`] does that).
     ///
     /// [`Db::transaction`]: crate::Db::transaction
     pub(crate) async fn run<T>(
         &self,
         work: impl Future<Output = Result<T, DbErr>>,
     ) -> Result<T, DbErr> {
-        let result = acquiring(self.metrics(), work).await;
+        self.run_sent(work).await.0
+    }
+
+    /// [`Pool::run`] for a statement that is a whole write (it commits by
+    /// itself): when it reached the server and no answer came, its outcome
+    /// is unknown ([`Error::OutcomeUnknown`]).
+    pub(crate) async fn run_write<T>(
+        &self,
+        work: impl Future<Output = Result<T, DbErr>>,
+    ) -> Result<T, DbErr> {
+        match self.run_sent(work).await {
+            (Err(e), true) if unanswered(&e) => Err(unconfirmed_write(e)),
+            (result, _) => result,
+        }
+    }
+
+    async fn run_sent<T>(
+        &self,
+        work: impl Future<Output = Result<T, DbErr>>,
+    ) -> (Result<T, DbErr>, bool) {
+        let (result, sent) = self.attempt(work).await;
         if let (Err(e), Some(failover)) = (&result, &self.failover)
             && Error::unreachable(e)
         {
             failover.detected();
         }
-        result
+        (result, sent)
     }
 }
 
@@ -128,6 +169,7 @@ impl From<DatabaseConnection> for Pool {
             conn,
             sampled: None,
             failover: None,
+            operation_timeout: None,
             _floor: None,
         }
     }
@@ -215,6 +257,7 @@ pub(crate) fn server_pool(
     Ok(ServerPool {
         pool: Pool {
             failover,
+            operation_timeout: s.operation_timeout,
             ..Pool::new(conn, metrics, min.min(max))
         },
     })
@@ -445,14 +488,23 @@ macro_rules! unchecked {
 unchecked!(sqlx::MySql, sqlx::Sqlite);
 
 /// sqlx's options for a pool of at most `max` connections. sqlx's own
-/// `min_connections` stays 0: [`Pool::new`] keeps the floor (see the module docs).
+/// `min_connections` stays 0: [`Pool::new`] keeps the floor (see the module
+/// docs). Its callbacks mark the moment a connection is handed over (for
+/// the acquire metrics and the operation timeout, see [`crate::bound`]),
+/// check connections against the host list, and close a returned
+/// connection that still owes the server an answer instead of pooling it.
 fn pool_options<DB: Checked>(
     s: &Settings,
     max: u32,
     metrics: Option<&Arc<PoolMetrics>>,
     failover: Option<&Arc<Failover>>,
 ) -> PoolOptions<DB> {
-    let mut pool = PoolOptions::<DB>::new()
+    let ping_after_idle = s.ping_after_idle;
+    // Weak: the failover holds the pool, and the pool these callbacks.
+    let failover = failover.map(Arc::downgrade);
+    let (connected, acquired, released) = (metrics.cloned(), metrics.cloned(), metrics.cloned());
+    let (verify, stale) = (failover.clone(), failover);
+    PoolOptions::<DB>::new()
         .max_connections(max)
         .acquire_timeout(s.acquire_timeout)
         .idle_timeout(s.idle_timeout)
@@ -460,53 +512,45 @@ fn pool_options<DB: Checked>(
         // A ping on every checkout costs a round trip per query; ping only
         // connections that sat idle long enough to have been dropped by a
         // firewall or a server restart.
-        .test_before_acquire(false);
-    let ping_after_idle = s.ping_after_idle;
-    if metrics.is_some() || failover.is_some() {
-        // Weak: the failover holds the pool, and the pool these callbacks.
-        let failover = failover.map(Arc::downgrade);
-        let (connected, acquired) = (metrics.cloned(), metrics.cloned());
-        let (verify, stale) = (failover.clone(), failover);
-        pool = pool
-            .after_connect(move |conn, _| {
-                let (connected, verify) =
-                    (connected.clone(), verify.as_ref().and_then(Weak::upgrade));
-                Box::pin(async move {
-                    if let Some(failover) = &verify {
-                        DB::verify(conn, failover).await?;
-                    }
-                    connected.inspect(|m| m.connected());
-                    Ok(())
-                })
-            })
-            .before_acquire(move |conn, meta| {
-                let acquired = acquired.clone();
-                // A connection made before the last failover may be to the
-                // old primary, now read-only or gone: never hand it out.
-                let stale =
-                    (stale.as_ref().and_then(Weak::upgrade)).is_some_and(|f| f.stale(meta.age));
-                Box::pin(async move {
-                    if stale {
-                        return Ok(false);
-                    }
-                    if ping_after_idle.is_some_and(|threshold| meta.idle_for >= threshold) {
-                        conn.ping().await?;
-                    }
-                    acquired.inspect(|m| m.handed_over());
-                    Ok(true)
-                })
-            });
-    } else if let Some(threshold) = ping_after_idle {
-        pool = pool.before_acquire(move |conn, meta| {
+        .test_before_acquire(false)
+        .after_connect(move |conn, _| {
+            let (connected, verify) = (connected.clone(), verify.as_ref().and_then(Weak::upgrade));
             Box::pin(async move {
-                if meta.idle_for >= threshold {
+                if let Some(failover) = &verify {
+                    DB::verify(conn, failover).await?;
+                }
+                connected.inspect(|m| m.connected());
+                handed_over();
+                Ok(())
+            })
+        })
+        .before_acquire(move |conn, meta| {
+            let acquired = acquired.clone();
+            // A connection made before the last failover may be to the
+            // old primary, now read-only or gone: never hand it out.
+            let stale = (stale.as_ref().and_then(Weak::upgrade)).is_some_and(|f| f.stale(meta.age));
+            Box::pin(async move {
+                if stale {
+                    return Ok(false);
+                }
+                if ping_after_idle.is_some_and(|threshold| meta.idle_for >= threshold) {
                     conn.ping().await?;
                 }
+                acquired.inspect(|m| m.handed_over());
+                handed_over();
                 Ok(true)
             })
-        });
-    }
-    pool
+        })
+        .after_release(move |conn, _| {
+            let keep = settled(conn);
+            if !keep {
+                if let Some(m) = &released {
+                    m.discarded();
+                }
+                tracing::debug!("closing a connection that still owes the server an answer");
+            }
+            Box::pin(async move { Ok(keep) })
+        })
 }
 
 /// Waits until the server accepts a connection, retrying with exponential

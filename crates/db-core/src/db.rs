@@ -12,6 +12,7 @@ use sea_orm::{
     TransactionOptions, TransactionTrait,
 };
 
+use crate::bound::no_answer;
 use crate::connect::{Pools, open};
 use crate::error::{Error, Result, Retryable};
 use crate::failover::REPLAY_LAG;
@@ -286,6 +287,7 @@ impl Db {
         } else {
             pool.run(pool.begin_with_options(tx_options)).await?
         };
+        let session = Session::transaction(tx, options.access, pool.operation_timeout());
         if let Some(setup) = &self.inner.pooler_setup {
             let mut sql = "DEALLOCATE ALL".to_owned();
             if let Some(level) = isolation_level {
@@ -295,9 +297,9 @@ impl Db {
                 sql.push_str("; SET TRANSACTION READ ONLY");
             }
             sql.push_str(setup);
-            tx.execute_unprepared(&sql).await?;
+            session.execute_unprepared(&sql).await?;
         }
-        Ok(Session::transaction(tx, options.access))
+        Ok(session)
     }
 
     /// Runs `work` in a session and commits it. When the database aborts the
@@ -307,12 +309,20 @@ impl Db {
     /// `options.max_attempts` times in all.
     ///
     /// With a PostgreSQL host list, work interrupted by a failover (the
-    /// server went away or turned read-only, or no connection came in time)
-    /// before its COMMIT runs again on a fresh connection, for up to
-    /// `DB_FAILOVER_TIMEOUT`; a single statement then runs in a transaction
+    /// server went away, turned read-only or gave no answer within
+    /// `DB_OPERATION_TIMEOUT`, or no connection came in time) before its
+    /// COMMIT runs again on a fresh connection, until `DB_FAILOVER_TIMEOUT`
+    /// after the work began, which also cuts an attempt still running then
+    /// (before its COMMIT); a single statement then runs in a transaction
     /// too, so that it is known not to have committed. When the connection
-    /// breaks during COMMIT, the outcome is unknown and the error is returned
-    /// (unavailable: HTTP 503), never retried.
+    /// breaks or the server gives no answer during COMMIT, the outcome is
+    /// unknown: [`Error::OutcomeUnknown`] is returned (HTTP 503), never
+    /// retried, since a retry could write twice.
+    ///
+    /// Work that fails because the server could not be reached or gave no
+    /// answer is not rolled back with a `ROLLBACK` it would wait for: the
+    /// session is dropped, and its connection, which owes the server an
+    /// answer, is closed (the server rolls back when it sees that).
     ///
     /// `work` gets a clone of the session, to move into its future:
     ///
@@ -341,30 +351,48 @@ impl Db {
         if failover.is_some() && options.access == Access::ReadWrite {
             options.single_statement = false;
         }
-        let start = Instant::now();
+        let deadline = Instant::now() + self.inner.failover_timeout;
         let mut attempt = 1;
+        let mut after_failover = false;
         loop {
             let mut committing = false;
-            let error = match self.session(options).await {
-                Err(e) => E::from(e),
-                Ok(session) => match work(session.clone()).await {
-                    Ok(value) => {
-                        committing = true;
-                        match session.commit().await {
-                            Ok(()) => return Ok(value),
-                            Err(e) => E::from(e),
-                        }
-                    }
+            let ran = async {
+                let session = self.session(options).await.map_err(E::from)?;
+                match work(session.clone()).await {
+                    Ok(value) => Ok((session, value)),
                     Err(e) => {
-                        let _ = session.rollback().await;
-                        e
+                        if e.retry_reason() != Some(RetryReason::Failover) {
+                            let _ = session.rollback().await;
+                        }
+                        Err(e)
                     }
-                },
+                }
+            };
+            let ran = if after_failover {
+                match tokio::time::timeout_at(deadline.into(), ran).await {
+                    Ok(ran) => ran,
+                    Err(_) => Err(E::from(Error::from(no_answer(
+                        self.inner.failover_timeout,
+                        "DB_FAILOVER_TIMEOUT",
+                    )))),
+                }
+            } else {
+                ran.await
+            };
+            let error = match ran {
+                Ok((session, value)) => {
+                    committing = true;
+                    match session.commit().await {
+                        Ok(()) => return Ok(value),
+                        Err(e) => E::from(e),
+                    }
+                }
+                Err(e) => e,
             };
             let reason = error.retry_reason();
             if let Some(failover) = failover.filter(|_| reason == Some(RetryReason::Failover)) {
                 failover.detected();
-                if committing || start.elapsed() >= self.inner.failover_timeout {
+                if committing || Instant::now() >= deadline {
                     return Err(error);
                 }
                 self.inner.retries.fetch_add(1, Ordering::Relaxed);
@@ -373,6 +401,7 @@ impl Db {
                 let pause = rand::rng()
                     .random_range(Duration::from_millis(50)..=Duration::from_millis(250));
                 tokio::time::sleep(pause).await;
+                after_failover = true;
                 continue;
             }
             if attempt >= options.max_attempts || !error.is_retryable() {
@@ -479,13 +508,37 @@ impl Db {
         })
     }
 
-    /// Closes the pools: waits for checked-out connections to come back, then
-    /// closes every connection. Later use fails with [`Error::PoolTimeout`].
+    /// Closes the pools, all at once: idle connections are closed, and later
+    /// use fails with [`Error::PoolTimeout`]. Connections still checked out
+    /// are closed as they come back, which each operation's bound
+    /// (`DB_OPERATION_TIMEOUT`) makes soon; this waits for them at most a
+    /// second. What can keep one out longer is a server that stopped
+    /// answering during sqlx's release ping, which has no timeout (see
+    /// [`crate::bound`]): it is left to the process's exit, which closes its
+    /// socket.
     pub async fn close(&self) {
-        let _ = self.inner.pools.write.close_by_ref().await;
-        let _ = self.inner.pools.read.close_by_ref().await;
-        for replica in self.inner.pools.replicas.all() {
-            let _ = replica.conn().close_by_ref().await;
+        let pools = &self.inner.pools;
+        let mut closing = tokio::task::JoinSet::new();
+        // The read pool is the write pool except on SQLite.
+        let read = (self.inner.backend == DbBackend::Sqlite).then(|| (*pools.read).clone());
+        let replicas = pools.replicas.all().iter().map(|r| r.conn());
+        for conn in std::iter::once((*pools.write).clone())
+            .chain(read)
+            .chain(replicas)
+        {
+            closing.spawn(async move {
+                let _ = conn.close_by_ref().await;
+            });
+        }
+        let all = async { while closing.join_next().await.is_some() {} };
+        if tokio::time::timeout(CLOSE_WAIT, all).await.is_err() {
+            tracing::warn!(
+                "closing the database pools: connections still out after {}ms (a server that stopped answering); leaving them to the exit",
+                CLOSE_WAIT.as_millis()
+            );
         }
     }
 }
+
+/// How long [`Db::close`] waits for connections still checked out.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);

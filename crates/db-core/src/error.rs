@@ -3,6 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::bound::NoAnswer;
 use crate::metrics::RetryReason;
 use sea_orm::{DbErr, RuntimeErr, sqlx};
 
@@ -80,9 +81,10 @@ pub enum Error {
     )]
     PoolTimeout,
 
-    /// The connection to the server broke while in use, or the server is
-    /// going away. `reason` says which; `source` is the driver's error (which
-    /// never holds the password: it comes from a connection already made).
+    /// The connection to the server broke while in use, the server gave no
+    /// answer within `DB_OPERATION_TIMEOUT`, or it is going away. `reason`
+    /// says which; `source` is the driver's error (which never holds the
+    /// password: it comes from a connection already made).
     #[error("database unavailable: {reason}")]
     Unavailable {
         /// What happened, e.g. `the connection broke`.
@@ -90,6 +92,18 @@ pub enum Error {
         /// The database error behind it, when there is one.
         #[source]
         source: Option<DbErr>,
+    },
+
+    /// A write was sent but its end was never confirmed: the server stopped
+    /// answering, or the connection broke, while its `COMMIT` (or the single
+    /// statement that was the whole write) was in flight. It may have been
+    /// saved or not; the server may still commit it once it answers again.
+    /// Running it again could write it twice: read it back first.
+    #[error("the write may or may not have been saved: the database did not confirm it")]
+    OutcomeUnknown {
+        /// Why there was no confirmation.
+        #[source]
+        source: DbErr,
     },
 
     /// A named lock could not be taken in time.
@@ -196,8 +210,16 @@ impl Error {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            Error::Unreachable { .. } | Error::PoolTimeout | Error::Unavailable { .. }
+            Error::Unreachable { .. }
+                | Error::PoolTimeout
+                | Error::Unavailable { .. }
+                | Error::OutcomeUnknown { .. }
         )
+    }
+
+    /// True when a write may or may not have been saved ([`Error::OutcomeUnknown`]).
+    pub fn is_outcome_unknown(&self) -> bool {
+        matches!(self, Error::OutcomeUnknown { .. })
     }
 
     /// The underlying SeaORM error, if this is one.
@@ -223,8 +245,79 @@ pub(crate) fn sqlx_db_err(e: sqlx::Error) -> DbErr {
     DbErr::Exec(RuntimeErr::SqlxError(std::sync::Arc::new(e)))
 }
 
+/// A write whose statement reached the server (or may have) without an
+/// answer: it travels through SeaORM's API as the database error of the
+/// statement, and becomes [`Error::OutcomeUnknown`].
+#[derive(Debug)]
+struct Unconfirmed(DbErr);
+
+impl fmt::Display for Unconfirmed {
+    /// What happened to the connection, without the wrappers that the
+    /// driver's error around this one repeats.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match io_error(&self.0) {
+            Some(io) => write!(f, "the write was not confirmed: {io}"),
+            None => write!(f, "the write was not confirmed: {}", self.0),
+        }
+    }
+}
+
+impl std::error::Error for Unconfirmed {}
+
+/// Marks `err`, the failure of a statement that was a whole write, as
+/// leaving the write's outcome unknown.
+pub(crate) fn unconfirmed_write(err: DbErr) -> DbErr {
+    let kind = match &err {
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
+            match &**e {
+                sqlx::Error::Io(io) => io.kind(),
+                _ => std::io::ErrorKind::Other,
+            }
+        }
+        _ => std::io::ErrorKind::Other,
+    };
+    sqlx_db_err(sqlx::Error::Io(std::io::Error::new(kind, Unconfirmed(err))))
+}
+
+/// The driver's I/O error behind `err`, if that is what it is.
+fn io_error(err: &DbErr) -> Option<&std::io::Error> {
+    match err {
+        DbErr::Conn(RuntimeErr::SqlxError(e))
+        | DbErr::Exec(RuntimeErr::SqlxError(e))
+        | DbErr::Query(RuntimeErr::SqlxError(e)) => match &**e {
+            sqlx::Error::Io(io) => Some(io),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Whether `err` leaves it unknown if the server ran the statement: the
+/// connection broke or the server gave no answer after it was sent. An
+/// answer from the server (an error it reported) is no such case, nor is a
+/// failure to get a connection.
+pub(crate) fn unanswered(err: &DbErr) -> bool {
+    match err {
+        DbErr::Conn(RuntimeErr::SqlxError(e))
+        | DbErr::Exec(RuntimeErr::SqlxError(e))
+        | DbErr::Query(RuntimeErr::SqlxError(e)) => matches!(
+            &**e,
+            sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::Tls(_)
+        ),
+        _ => false,
+    }
+}
+
 impl From<DbErr> for Error {
     fn from(err: DbErr) -> Self {
+        if let Some(Unconfirmed(cause)) = io_error(&err)
+            .and_then(|io| io.get_ref())
+            .and_then(|e| e.downcast_ref::<Unconfirmed>())
+        {
+            return Error::OutcomeUnknown {
+                source: cause.clone(),
+            };
+        }
         match connection_failure(&err) {
             Some(Failure::PoolTimeout) => Error::PoolTimeout,
             Some(Failure::Unavailable(reason)) => Error::Unavailable {
@@ -258,6 +351,13 @@ fn connection_failure(err: &DbErr) -> Option<Failure> {
         | DbErr::Exec(RuntimeErr::SqlxError(e))
         | DbErr::Query(RuntimeErr::SqlxError(e)) => match &**e {
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => Some(Failure::PoolTimeout),
+            sqlx::Error::Io(io)
+                if io
+                    .get_ref()
+                    .is_some_and(|e| e.downcast_ref::<NoAnswer>().is_some()) =>
+            {
+                Some(Failure::Unavailable("the server did not answer in time"))
+            }
             sqlx::Error::Io(_) => Some(Failure::Unavailable("the connection broke")),
             sqlx::Error::Protocol(_) | sqlx::Error::Tls(_) => {
                 Some(Failure::Unavailable("the connection failed"))
@@ -335,6 +435,8 @@ impl Retryable for Error {
     /// or no connection came in time. [`Db::transaction`](crate::Db::transaction)
     /// retries those only on a host list, within `DB_FAILOVER_TIMEOUT`.
     fn retry_reason(&self) -> Option<RetryReason> {
+        // Never `OutcomeUnknown`: running a write that may have been saved
+        // again could save it twice.
         match self {
             Error::Unavailable { .. } | Error::PoolTimeout => Some(RetryReason::Failover),
             _ => self.db_err().and_then(RetryReason::of),

@@ -60,6 +60,7 @@
 #![warn(missing_docs)]
 
 mod admin;
+mod bound;
 mod cached;
 mod connect;
 mod copy;

@@ -428,7 +428,8 @@ impl Db {
                 }
             };
             waiting.done();
-            let session = Session::transaction(tx, Access::ReadWrite);
+            // SQLite: no server that could stop answering.
+            let session = Session::transaction(tx, Access::ReadWrite, None);
             let value = work(&session).await?;
             if lock.schema_change {
                 foreign_key_check(&session).await?;

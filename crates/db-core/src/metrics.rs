@@ -14,6 +14,7 @@
 //! | `db_pool_acquire_timeouts_total` | counter | `pool` |
 //! | `db_pool_connections_opened_total` | counter | `pool` |
 //! | `db_pool_connections_closed_total` | counter | `pool` |
+//! | `db_pool_connections_discarded_total` | counter | `pool` |
 //! | `db_pool_connection_failures_total` | counter | `pool` |
 //! | `db_statement_duration_seconds` | histogram | `operation` |
 //! | `db_transaction_retries_total` | counter | `reason` |
@@ -77,6 +78,7 @@ const ACQUIRE_WAIT: &str = "db_pool_acquire_wait_seconds";
 const ACQUIRE_TIMEOUTS: &str = "db_pool_acquire_timeouts_total";
 const OPENED: &str = "db_pool_connections_opened_total";
 const CLOSED: &str = "db_pool_connections_closed_total";
+const DISCARDED: &str = "db_pool_connections_discarded_total";
 const FAILED: &str = "db_pool_connection_failures_total";
 const STATEMENT_DURATION: &str = "db_statement_duration_seconds";
 const RETRIES: &str = "db_transaction_retries_total";
@@ -111,6 +113,10 @@ fn describe() {
     describe_counter!(
         CLOSED,
         "Connections that left the pool (idle or lifetime limit, errors, close)"
+    );
+    describe_counter!(
+        DISCARDED,
+        "Connections closed when they came back still owing the server an answer (an operation that timed out, a cancelled request)"
     );
     describe_counter!(
         FAILED,
@@ -148,6 +154,7 @@ pub(crate) struct PoolMetrics {
     timeouts: Counter,
     opened: Counter,
     closed: Counter,
+    discarded: Counter,
     failed: Counter,
     /// Sessions waiting for a connection now. The gauge is set from it when
     /// the metrics are sampled: a plain counter costs a request less than
@@ -183,6 +190,7 @@ impl PoolMetrics {
             timeouts: metrics::counter!(ACQUIRE_TIMEOUTS, "pool" => label.clone()),
             opened: metrics::counter!(OPENED, "pool" => label.clone()),
             closed: metrics::counter!(CLOSED, "pool" => label.clone()),
+            discarded: metrics::counter!(DISCARDED, "pool" => label.clone()),
             failed: metrics::counter!(FAILED, "pool" => label.clone()),
             waiting: AtomicI64::new(0),
             opened_here: AtomicU64::new(0),
@@ -201,6 +209,11 @@ impl PoolMetrics {
         self.opened.increment(1);
         self.opened_here.fetch_add(1, Ordering::Relaxed);
         self.handed_over();
+    }
+
+    /// A connection came back owing the server an answer and was closed.
+    pub(crate) fn discarded(&self) {
+        self.discarded.increment(1);
     }
 
     /// A connection attempt failed.

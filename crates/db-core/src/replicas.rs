@@ -1,8 +1,10 @@
 //! Read replicas: read-only sessions go to them round-robin; one that fails
-//! is skipped (the statement runs again on the next one, then on the
-//! primary) until a background probe finds it answering again. On a host
-//! list, a read that the primary's failover interrupts runs again once a host
-//! fits, within `DB_FAILOVER_TIMEOUT`.
+//! or gives no answer within `DB_OPERATION_TIMEOUT` is skipped (the
+//! statement runs again on the next one, then on the primary) until a
+//! background probe finds it answering again. Each replica has a probe task
+//! of its own, so a replica that does not answer holds up no other. On a
+//! host list, a read that the primary's failover interrupts runs again once
+//! a host fits, within `DB_FAILOVER_TIMEOUT`.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -11,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use sea_orm::{DatabaseConnection, DbErr};
 
+use crate::bound::{answered, no_answer};
 use crate::connect::{Pool, ServerPool, probe, server_pool};
-use crate::error::{Error, Result};
-use crate::metrics::{self, PoolMetrics, RetryReason, acquiring};
+use crate::error::{Error, Result, sqlx_db_err};
+use crate::metrics::{self, PoolMetrics, RetryReason};
 use crate::settings::Settings;
 
 /// How often a replica marked down is tried again.
@@ -89,7 +92,9 @@ impl Replica {
 
     /// On a host list, checks that the chosen host still fits: a standby
     /// that a failover promoted is left for one that fits before the next
-    /// failover takes its connections away. One query per probe interval.
+    /// failover takes its connections away. One query per probe interval;
+    /// a replica that gives no answer within `DB_OPERATION_TIMEOUT` is
+    /// marked down.
     async fn recheck(&self) {
         let pool = self.pool();
         let Some(failover) = pool.failover() else {
@@ -99,7 +104,15 @@ impl Replica {
         if let Ok(mut conn) = metrics::acquire_sqlx(pool.metrics(), sqlx_pool).await {
             // On a mismatch this starts a search and marks the pool's
             // connections stale; the error says no more than that.
-            let _ = failover.verify(&mut conn).await;
+            let verified = answered(pool.operation_timeout(), async {
+                failover.verify(&mut conn).await.map_err(sqlx_db_err)
+            })
+            .await;
+            if let Err(e) = verified
+                && Error::unreachable(&e)
+            {
+                self.mark_down(&e.to_string());
+            }
         }
     }
 
@@ -160,8 +173,8 @@ impl Replicas {
             next: AtomicUsize::new(0),
             failover_timeout: settings.failover_timeout,
         });
-        if !replicas.list.is_empty() {
-            tokio::spawn(monitor(Arc::downgrade(&replicas)));
+        for i in 0..replicas.list.len() {
+            tokio::spawn(monitor(Arc::downgrade(&replicas), i));
         }
         Ok(replicas)
     }
@@ -193,7 +206,7 @@ impl Replicas {
     {
         for replica in self.in_turn() {
             let pool = replica.pool();
-            match acquiring(pool.metrics(), work((*pool).clone())).await {
+            match pool.attempt(work((*pool).clone())).await.0 {
                 Err(e) if Error::unreachable(&e) => {
                     replica.mark_down(&e.to_string());
                     metrics::retried(Some(RetryReason::Failover));
@@ -202,17 +215,29 @@ impl Replicas {
             }
         }
         // On a host list the primary may be moving: a read runs again there
-        // once a host fits, within the failover timeout.
-        let start = Instant::now();
+        // once a host fits, until the failover timeout, which also cuts the
+        // attempt running then (a read is safe to cut).
+        let deadline = Instant::now() + self.failover_timeout;
+        let mut again = false;
         loop {
-            let result = acquiring(primary.metrics(), work((**primary).clone())).await;
+            let attempt = primary.attempt(work((**primary).clone()));
+            let result = if again {
+                match tokio::time::timeout_at(deadline.into(), attempt).await {
+                    Ok((result, _)) => result,
+                    Err(_) => Err(no_answer(self.failover_timeout, "DB_FAILOVER_TIMEOUT")),
+                }
+            } else {
+                attempt.await.0
+            };
             match (&result, primary.failover()) {
-                (Err(e), Some(failover))
-                    if Error::unreachable(e) && start.elapsed() < self.failover_timeout =>
-                {
+                (Err(e), Some(failover)) if Error::unreachable(e) => {
                     failover.detected();
+                    if Instant::now() >= deadline {
+                        return result;
+                    }
                     metrics::retried(Some(RetryReason::Failover));
                     tokio::time::sleep(RETRY_PAUSE).await;
+                    again = true;
                 }
                 _ => return result,
             }
@@ -220,18 +245,19 @@ impl Replicas {
     }
 }
 
-async fn monitor(replicas: Weak<Replicas>) {
+/// Rechecks replica `i` while it is up and tries to revive it while it is
+/// down, once per probe interval, for as long as the set lives.
+async fn monitor(replicas: Weak<Replicas>, i: usize) {
     loop {
         tokio::time::sleep(PROBE_INTERVAL).await;
         let Some(replicas) = replicas.upgrade() else {
             return;
         };
-        for replica in replicas.list.iter() {
-            if replica.is_up() {
-                replica.recheck().await;
-            } else {
-                replica.revive().await;
-            }
+        let replica = &replicas.list[i];
+        if replica.is_up() {
+            replica.recheck().await;
+        } else {
+            replica.revive().await;
         }
     }
 }

@@ -1,15 +1,18 @@
 //! Sessions: one scoped unit of work per request or job.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sea_orm::{
     ConnectionTrait, DatabaseExecutor, DatabaseTransaction, DbBackend, DbErr, ExecResult,
     IsolationLevel, QueryResult, Statement,
 };
 
+use crate::bound::answered;
 use crate::connect::Pool;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, unanswered};
 use crate::replicas::Replicas;
 
 /// How a session reads and writes.
@@ -100,7 +103,8 @@ impl Default for SessionOptions {
 
 #[derive(Clone)]
 enum Conn {
-    Tx(Arc<DatabaseTransaction>),
+    /// A transaction, and the bound on each of its operations.
+    Tx(Arc<DatabaseTransaction>, Option<Duration>),
     Direct(Pool),
     /// Reads on the replicas, falling back to the primary.
     Routed(Arc<Replicas>, Pool),
@@ -113,6 +117,10 @@ enum Conn {
 /// return, `?`, panic, cancelled request) it is rolled back. Clones share the
 /// same transaction, so a session can be moved into the future that uses it;
 /// `commit` needs the last one.
+///
+/// Each statement, `COMMIT` and `ROLLBACK` waits for the server at most
+/// `DB_OPERATION_TIMEOUT` (see [`crate::bound`]); a statement without a
+/// transaction waits that long once the pool has handed it a connection.
 #[derive(Clone)]
 pub struct Session {
     conn: Conn,
@@ -123,15 +131,20 @@ impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Session")
             .field("access", &self.access)
-            .field("transaction", &matches!(self.conn, Conn::Tx(_)))
+            .field("transaction", &matches!(self.conn, Conn::Tx(..)))
             .finish()
     }
 }
 
 impl Session {
-    pub(crate) fn transaction(tx: DatabaseTransaction, access: Access) -> Self {
+    /// A session on `tx`, each of whose operations waits at most `limit`.
+    pub(crate) fn transaction(
+        tx: DatabaseTransaction,
+        access: Access,
+        limit: Option<Duration>,
+    ) -> Self {
         Session {
-            conn: Conn::Tx(Arc::new(tx)),
+            conn: Conn::Tx(Arc::new(tx), limit),
             access,
         }
     }
@@ -154,7 +167,7 @@ impl Session {
     /// (such as a migrator); `None` for a session without a transaction.
     pub fn as_transaction(&self) -> Option<&DatabaseTransaction> {
         match &self.conn {
-            Conn::Tx(tx) => Some(tx),
+            Conn::Tx(tx, _) => Some(tx),
             _ => None,
         }
     }
@@ -164,7 +177,7 @@ impl Session {
     /// APIs that take one, such as a migrator's `up`.
     pub fn executor(&self) -> DatabaseExecutor<'_> {
         match &self.conn {
-            Conn::Tx(tx) => DatabaseExecutor::Transaction(tx),
+            Conn::Tx(tx, _) => DatabaseExecutor::Transaction(tx),
             Conn::Direct(c) | Conn::Routed(_, c) => DatabaseExecutor::Connection(c),
         }
     }
@@ -175,12 +188,20 @@ impl Session {
     }
 
     /// Commits the work. For a read-only session without a transaction this
-    /// does nothing.
+    /// does nothing. When the connection breaks or the server gives no
+    /// answer while a read-write session's `COMMIT` is in flight, the work
+    /// may have been committed or not: [`Error::OutcomeUnknown`].
     pub async fn commit(self) -> Result<()> {
         match self.conn {
-            Conn::Tx(tx) => {
+            Conn::Tx(tx, limit) => {
                 let tx = Arc::try_unwrap(tx).map_err(|_| Error::SessionInUse)?;
-                tx.commit().await.map_err(Error::from)
+                match answered(limit, tx.commit()).await {
+                    Ok(()) => Ok(()),
+                    Err(source) if self.access == Access::ReadWrite && unanswered(&source) => {
+                        Err(Error::OutcomeUnknown { source })
+                    }
+                    Err(e) => Err(Error::from(e)),
+                }
             }
             Conn::Direct(_) | Conn::Routed(..) => Ok(()),
         }
@@ -189,12 +210,25 @@ impl Session {
     /// Rolls the work back now (dropping the session does it too, a moment later).
     pub async fn rollback(self) -> Result<()> {
         match self.conn {
-            Conn::Tx(tx) => match Arc::try_unwrap(tx) {
-                Ok(tx) => tx.rollback().await.map_err(Error::from),
+            Conn::Tx(tx, limit) => match Arc::try_unwrap(tx) {
+                Ok(tx) => answered(limit, tx.rollback()).await.map_err(Error::from),
                 // Another clone is alive; it rolls back when it is dropped.
                 Err(_) => Ok(()),
             },
             Conn::Direct(_) | Conn::Routed(..) => Ok(()),
+        }
+    }
+
+    /// Runs a statement without a transaction on the pool `c`; a read-write
+    /// session's statement is a whole write.
+    async fn on_pool<T>(
+        &self,
+        c: &Pool,
+        statement: impl Future<Output = Result<T, DbErr>>,
+    ) -> Result<T, DbErr> {
+        match self.access {
+            Access::ReadWrite => c.run_write(statement).await,
+            Access::ReadOnly => c.run(statement).await,
         }
     }
 }
@@ -203,15 +237,15 @@ impl Session {
 impl ConnectionTrait for Session {
     fn get_database_backend(&self) -> DbBackend {
         match &self.conn {
-            Conn::Tx(tx) => tx.get_database_backend(),
+            Conn::Tx(tx, _) => tx.get_database_backend(),
             Conn::Direct(c) | Conn::Routed(_, c) => c.get_database_backend(),
         }
     }
 
     async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
         match &self.conn {
-            Conn::Tx(tx) => tx.execute_raw(stmt).await,
-            Conn::Direct(c) => c.run(c.execute_raw(stmt)).await,
+            Conn::Tx(tx, limit) => answered(*limit, tx.execute_raw(stmt)).await,
+            Conn::Direct(c) => self.on_pool(c, c.execute_raw(stmt)).await,
             Conn::Routed(replicas, primary) => {
                 replicas
                     .route(primary, |c| {
@@ -225,8 +259,8 @@ impl ConnectionTrait for Session {
 
     async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
         match &self.conn {
-            Conn::Tx(tx) => tx.execute_unprepared(sql).await,
-            Conn::Direct(c) => c.run(c.execute_unprepared(sql)).await,
+            Conn::Tx(tx, limit) => answered(*limit, tx.execute_unprepared(sql)).await,
+            Conn::Direct(c) => self.on_pool(c, c.execute_unprepared(sql)).await,
             Conn::Routed(replicas, primary) => {
                 replicas
                     .route(primary, |c| async move { c.execute_unprepared(sql).await })
@@ -237,8 +271,8 @@ impl ConnectionTrait for Session {
 
     async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
         match &self.conn {
-            Conn::Tx(tx) => tx.query_one_raw(stmt).await,
-            Conn::Direct(c) => c.run(c.query_one_raw(stmt)).await,
+            Conn::Tx(tx, limit) => answered(*limit, tx.query_one_raw(stmt)).await,
+            Conn::Direct(c) => self.on_pool(c, c.query_one_raw(stmt)).await,
             Conn::Routed(replicas, primary) => {
                 replicas
                     .route(primary, |c| {
@@ -252,8 +286,8 @@ impl ConnectionTrait for Session {
 
     async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
         match &self.conn {
-            Conn::Tx(tx) => tx.query_all_raw(stmt).await,
-            Conn::Direct(c) => c.run(c.query_all_raw(stmt)).await,
+            Conn::Tx(tx, limit) => answered(*limit, tx.query_all_raw(stmt)).await,
+            Conn::Direct(c) => self.on_pool(c, c.query_all_raw(stmt)).await,
             Conn::Routed(replicas, primary) => {
                 replicas
                     .route(primary, |c| {

@@ -93,6 +93,14 @@ settings! {
         /// How long a caller waits for a free pooled connection; then HTTP 503.
         #[serde(with = "humantime_serde")]
         acquire_timeout "DB_ACQUIRE_TIMEOUT": Duration = "5s", All, eg "1s", expects NONZERO, if |d| !d.is_zero();
+        /// How long a caller waits for the server's answer to one statement (or `BEGIN`, `COMMIT`,
+        /// `ROLLBACK`) once it has a connection, also when the server stopped answering with the
+        /// connection still open (a paused machine, a dropped network path); then HTTP 503, and the
+        /// connection is closed, never reused. So no request waits on the database for longer than
+        /// `DB_ACQUIRE_TIMEOUT` plus this (on a host list: `DB_FAILOVER_TIMEOUT` plus this). Keep it
+        /// above the slowest statement of a request; `DB_STATEMENT_TIMEOUT` stays the server's own bound.
+        #[serde(deserialize_with = "or_off")]
+        operation_timeout "DB_OPERATION_TIMEOUT": Option<Duration> = "2s", Server, eg "10s", expects OR_OFF;
         /// Idle connections above `min_connections` are closed after this.
         #[serde(deserialize_with = "or_off")]
         idle_timeout "DB_IDLE_TIMEOUT": Option<Duration> = "10m", All, eg "off", expects OR_OFF;
@@ -103,10 +111,12 @@ settings! {
         #[serde(deserialize_with = "or_off")]
         ping_after_idle "DB_PING_AFTER_IDLE": Option<Duration> = "30s", All, eg "off", expects OR_OFF;
         /// With a host list or `target_session_attrs`: how long work is tried again, on a fresh
-        /// connection, after the server went away or turned read-only (a failover): a unit of work
-        /// of the retrying transaction helper, and a read routed to a host list; then HTTP 503.
+        /// connection, after the server went away, turned read-only or stopped answering (a
+        /// failover), counted from the start of the work: a unit of work of the retrying
+        /// transaction helper, and a read routed to a host list; then HTTP 503. It bounds how long
+        /// such a request waits: a failover that takes longer reaches clients as 503s.
         #[serde(with = "humantime_serde")]
-        failover_timeout "DB_FAILOVER_TIMEOUT": Duration = "30s", Postgres, eg "1m", expects NONZERO,
+        failover_timeout "DB_FAILOVER_TIMEOUT": Duration = "5s", Postgres, eg "30s", expects NONZERO,
             if |d| !d.is_zero();
         /// PostgreSQL `statement_timeout` (migrations run without it).
         #[serde(deserialize_with = "or_off")]

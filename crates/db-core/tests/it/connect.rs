@@ -189,6 +189,8 @@ async fn db_tcp_keepalive_is_the_servers_keepalive_idle_time() {
 async fn postgres_connections_carry_the_session_settings() {
     let mut s = Backend::Postgres.server_settings();
     s.statement_timeout = Some(Duration::from_millis(2500));
+    // The server's timeout, not the client's, is to end the statement.
+    s.operation_timeout = None;
     s.application_name = Some("db-core-test".to_owned());
     s.schema = Some("pg_catalog,public".to_owned());
     let db = Db::connect(&s).await.unwrap();

@@ -144,6 +144,12 @@ async fn writes_follow_a_host_that_turns_read_only() {
     for n in 0..4 {
         assert_eq!(write(n).await.unwrap(), private.port().to_string());
     }
+    // All of them: a connection that the pool opened after the switch would
+    // find the server read-only and move the pool before the next write.
+    let sessions = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tracker'";
+    while private.psql("postgres", sessions).unwrap() != "4" {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     turn_read_only(&private);
     // The server applies the reload a moment later.

@@ -8,6 +8,7 @@ mod errors;
 mod failover;
 mod lock;
 mod metrics;
+mod paused;
 mod replicas;
 mod session;
 mod settings;

@@ -28,3 +28,20 @@ pub fn retries(reason: &str) -> u64 {
         .find_map(|line| line.strip_prefix(&series))
         .map_or(0, |value| value.parse().expect("a counter's value"))
 }
+
+/// Installs the recorder (if no test did yet) and returns what it renders,
+/// with every pool's gauges sampled first.
+pub fn rendered() -> String {
+    let handle = recorder();
+    db_core::metrics::sample();
+    handle.render()
+}
+
+/// The value of one series, `name{labels}` exactly as rendered.
+pub fn value(series: &str) -> Option<f64> {
+    let prefix = format!("{series} ");
+    rendered()
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map(|value| value.parse().expect("a number"))
+}
