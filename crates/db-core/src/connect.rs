@@ -27,7 +27,7 @@ use sea_orm::sqlx::pool::PoolOptions;
 use sea_orm::sqlx::postgres::{PgConnectOptions, PgSslMode};
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sea_orm::sqlx::{self, ConnectOptions, Connection};
-use sea_orm::{DatabaseConnection, DbBackend, DbErr};
+use sea_orm::{ConnAcquireErr, DatabaseConnection, DbBackend, DbErr};
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::bound::{checkout, handed_over, settled};
@@ -108,11 +108,28 @@ impl Pool {
     /// with its wait for a connection counted and each operation bounded
     /// (see [`crate::bound`]); also whether a connection was handed over,
     /// so that `work` may have reached the server.
+    ///
+    /// On a host list, a connection is not asked for while a search for the
+    /// host to use is under way (see [`Failover::searched_in_time`]); when
+    /// it does not end within the acquire timeout, the work fails as if no
+    /// connection had come.
     pub(crate) async fn attempt<T>(
         &self,
         work: impl Future<Output = Result<T, DbErr>>,
     ) -> (Result<T, DbErr>, bool) {
-        checkout(self.operation_timeout, acquiring(self.metrics(), work)).await
+        let after_search = async {
+            if let Some(failover) = &self.failover
+                && !failover.searched_in_time().await
+            {
+                return Err(DbErr::ConnectionAcquire(ConnAcquireErr::Timeout));
+            }
+            work.await
+        };
+        checkout(
+            self.operation_timeout,
+            acquiring(self.metrics(), after_search),
+        )
+        .await
     }
 
     /// Runs `work` as [`Pool::attempt`] does. On a host list, an error that

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use rand::seq::SliceRandom;
 use sea_orm::sqlx::postgres::{PgConnectOptions, PgConnection, PgPool};
 use sea_orm::sqlx::{self, ConnectOptions, Connection, Row};
+use tokio::sync::Notify;
 
 use crate::connect::{Options, transient_reason};
 use crate::error::{Error, Result, scrub};
@@ -47,6 +48,8 @@ pub(crate) struct Failover {
     epoch: Instant,
     failed_over: AtomicU64,
     searching: AtomicBool,
+    /// Wakes the work that waits for a search to end.
+    searched: Notify,
     /// The pool whose options follow the chosen host. Only the [`Pool`]
     /// holds this value strongly; the pool's callbacks hold it weakly, so
     /// dropping the pool drops it.
@@ -140,6 +143,7 @@ impl Failover {
             epoch: Instant::now(),
             failed_over: AtomicU64::new(0),
             searching: AtomicBool::new(false),
+            searched: Notify::new(),
             pool: Mutex::new(None),
         }))
     }
@@ -213,6 +217,34 @@ impl Failover {
         }
         tokio::spawn(search_until_found(Arc::downgrade(self)));
         true
+    }
+
+    /// The search ended: work waiting for it goes on.
+    fn searched(&self) {
+        self.searching.store(false, Ordering::Release);
+        self.searched.notify_waiters();
+    }
+
+    /// Waits, for at most the acquire timeout, while a search is under way:
+    /// until it ends, new connections would go to the host that failed,
+    /// which may not answer at all (a paused primary), and each attempt
+    /// would hold a pool permit for the whole acquire timeout. Whether no
+    /// search is under way (any more).
+    pub(crate) async fn searched_in_time(&self) -> bool {
+        let deadline = Instant::now() + self.settings.acquire_timeout;
+        loop {
+            // Registered before the flag is read, so that no end is missed.
+            let ended = self.searched.notified();
+            if !self.searching.load(Ordering::Acquire) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline.into(), ended)
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
     }
 
     fn mark_stale(&self) {
@@ -315,7 +347,7 @@ async fn search_until_found(weak: Weak<Failover>) {
     loop {
         let Some(this) = weak.upgrade() else { return };
         if this.closed() {
-            this.searching.store(false, Ordering::Release);
+            this.searched();
             return;
         }
         let wanted = match this.attrs {
@@ -360,7 +392,7 @@ async fn search_until_found(weak: Weak<Failover>) {
             .flatten();
         if let Some(i) = found.or(fallback) {
             this.choose(i);
-            this.searching.store(false, Ordering::Release);
+            this.searched();
             return;
         }
         if everyone && !warned {
