@@ -62,6 +62,9 @@ pub enum ApiError {
     MethodNotAllowed,
     /// 503: the database is unreachable or has no free connection.
     Unavailable(Cause),
+    /// 503: a write reached the database, which never confirmed it: it may
+    /// or may not have been saved.
+    OutcomeUnknown(Cause),
     /// 500: a bug or an unexpected failure; the cause, when known, goes to
     /// the log.
     Internal(Option<Cause>),
@@ -110,6 +113,7 @@ impl From<Error> for ApiError {
                 message,
                 None,
             )]),
+            Error::Db(e) if e.is_outcome_unknown() => ApiError::OutcomeUnknown(Cause::new(e)),
             Error::Db(e) if e.is_unavailable() => ApiError::Unavailable(Cause::new(e)),
             Error::Db(e) => ApiError::Internal(Some(Cause::new(e))),
         }
@@ -181,6 +185,10 @@ impl IntoResponse for ApiError {
                 ),
                 Some(cause),
             ),
+            ApiError::OutcomeUnknown(cause) => with_cause(
+                message(StatusCode::SERVICE_UNAVAILABLE, OUTCOME_UNKNOWN),
+                Some(cause),
+            ),
             ApiError::Internal(cause) => with_cause(
                 message(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"),
                 cause,
@@ -189,11 +197,17 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The detail of a 503 for a write whose outcome is unknown.
+const OUTCOME_UNKNOWN: &str = "Database unavailable: the write may or may not have been saved; read it back before retrying it";
+
 /// The 503 every route that reads or writes the database can answer.
 #[derive(utoipa::IntoResponses)]
 #[response(
     status = 503,
-    description = "The database is unreachable or has no free connection; try again later",
+    description = "The database is unreachable or has no free connection; try again later. \
+        For a write whose confirmation never came (the database stopped answering while it \
+        committed), the detail says that the write may or may not have been saved: read it \
+        back before retrying it",
     example = json!({"detail": "Database unavailable, try again later"})
 )]
 #[expect(dead_code, reason = "only the OpenAPI document reads it")]
