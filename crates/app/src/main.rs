@@ -48,7 +48,7 @@ enum Command {
     Db(DbCommand),
 }
 
-#[derive(Debug, Default, clap::Args)]
+#[derive(Debug, clap::Args)]
 struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8000")]
@@ -64,6 +64,10 @@ struct ServeArgs {
     /// need not be public.
     #[arg(long, env = "METRICS_ADDR")]
     metrics_addr: Option<SocketAddr>,
+    /// On SIGTERM or SIGINT, how long requests in flight may run on before
+    /// the pools close and the process exits (a duration with a unit).
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "8s", value_parser = humantime::parse_duration)]
+    shutdown_grace: Duration,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -107,7 +111,11 @@ async fn run(cli: Cli, dropped: DroppedLines) -> anyhow::Result<()> {
         return Ok(migration::generate(name)?);
     }
     let settings = Settings::load(&Source::from_process()?)?;
-    match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
+    let command = match cli.command {
+        Some(command) => command,
+        None => Command::Serve(serve_defaults()),
+    };
+    match command {
         Command::Serve(args) => serve(&settings, args, dropped).await,
         Command::Seed => seed(&settings).await,
         Command::Migrate(args) => {
@@ -118,11 +126,19 @@ async fn run(cli: Cli, dropped: DroppedLines) -> anyhow::Result<()> {
     }
 }
 
+/// `serve`'s arguments when no command is given: their defaults, and the
+/// variables they read (`METRICS`, `SHUTDOWN_GRACE`, ...).
+/// A bad value exits as `tracker serve` would: clap's message, exit code 2.
+fn serve_defaults() -> ServeArgs {
+    use clap::{Args, FromArgMatches};
+    ServeArgs::augment_args(clap::Command::new("tracker"))
+        .try_get_matches_from(["tracker"])
+        .and_then(|matches| ServeArgs::from_arg_matches(&matches))
+        .unwrap_or_else(|e| e.exit())
+}
+
 /// How long startup waits for another process's migration lock.
 const MIGRATION_LOCK_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// How long shutdown waits for in-flight requests.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// Connects, first applying pending migrations on SQLite or when asked; on a
 /// server database with pending migrations and no `--migrate`, refuses.
@@ -199,16 +215,25 @@ async fn serve(settings: &Settings, args: ServeArgs, dropped: DroppedLines) -> a
         exposure,
         shutdown,
     );
+    // Every wait of a request on the database is bounded (by the acquire
+    // and operation timeouts), so requests in flight end within the grace
+    // period whatever state the servers are in; one still running after it
+    // is abandoned, and `Db::close` waits a bounded time too. So the
+    // process exits with code 0 shortly after the grace period at most.
+    let grace = args.shutdown_grace;
     let drain_deadline = async {
         if stopping_rx.await.is_ok() {
-            tokio::time::sleep(DRAIN_TIMEOUT).await;
+            tokio::time::sleep(grace).await;
         } else {
             std::future::pending::<()>().await;
         }
     };
     tokio::select! {
         result = server => result.context("serving")?,
-        () = drain_deadline => tracing::warn!("requests still running after {DRAIN_TIMEOUT:?}; stopping anyway"),
+        () = drain_deadline => tracing::warn!(
+            "requests still running after {} (SHUTDOWN_GRACE); stopping anyway",
+            humantime::format_duration(grace)
+        ),
     }
     db.close().await;
     tracing::info!("stopped");
