@@ -270,6 +270,9 @@ async fn chaos_an_exhausted_pool_answers_503_then_recovers() {
         t.settings.url.child_env(),
         ("DB_MAX_CONNECTIONS", os("2")),
         ("DB_ACQUIRE_TIMEOUT", os("1s")),
+        // The two requests that hold the connections wait 3 s for the lock,
+        // longer than the default operation timeout.
+        ("DB_OPERATION_TIMEOUT", os("10s")),
     ];
     let dir = tempfile::tempdir().unwrap();
     let addr = format!("127.0.0.1:{}", free_port().unwrap());

@@ -423,3 +423,116 @@ async fn chaos_ha_failover_and_switchover_lose_no_acknowledged_write() {
         );
     }
 }
+
+/// The leader paused (its Patroni and its PostgreSQL, as a paused machine),
+/// under 8 writing clients and a reader through `tracker serve` on the
+/// multi-host URL with the default settings: Patroni promotes another node
+/// once the leader key expires, and the pool follows it instead of waiting
+/// on the paused one.
+/// No request takes longer than 8 s, failures are 503s, writes succeed
+/// within 2 s of the promotion, no acknowledged write is lost (also once
+/// the old leader answers again and Patroni demotes it), and SIGTERM ends
+/// the process with code 0 within 10 s.
+#[test_support::needs(patroni, chaos)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_ha_a_paused_leader_is_left_for_the_new_one() {
+    let cluster = start_cluster().await;
+    let leader = on_cluster(&cluster, |c| c.leader()).await.name;
+    let name = leader.clone();
+    on_cluster(&cluster, move |c| {
+        c.psql(&name, "postgres", "CREATE DATABASE tracker")
+    })
+    .await;
+    let on_leader = cluster.node_url(&leader, "tracker").unwrap();
+    let settings = Settings::new(DatabaseUrl::parse(&on_leader, "DATABASE_URL").unwrap());
+    migration::up(&settings, Duration::from_secs(60))
+        .await
+        .unwrap();
+    on_cluster(&cluster, |c| c.wait_for_standbys()).await;
+
+    let vars = [
+        (
+            "DATABASE_URL",
+            OsString::from(cluster.url("tracker", "read-write")),
+        ),
+        (
+            "DB_REPLICA_URLS",
+            OsString::from(cluster.url("tracker", "standby")),
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port().unwrap());
+    let mut app = start(dir.path(), &["serve", "--addr", &addr], &vars).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (outcomes, clients) = drive(
+        &app.base,
+        WRITERS + 1,
+        |worker, _| worker < WRITERS,
+        stop.clone(),
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    let paused = leader.clone();
+    on_cluster(&cluster, move |c| c.pause(&paused)).await;
+    let paused_at = Instant::now();
+    let old = leader.clone();
+    let promotion = on_cluster(&cluster, move |c| c.wait_for_new_leader(&old, paused_at)).await;
+    let promoted = promotion.started + promotion.took;
+    writes_back(&outcomes, promoted).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let resumed = leader.clone();
+    on_cluster(&cluster, move |c| c.resume(&resumed)).await;
+    let resumed_at = Instant::now();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        client.await.unwrap();
+    }
+    let exit = crate::pause::stop(&mut app).await;
+
+    let outcomes = outcomes.lock().unwrap().clone();
+    let to = promotion.to.clone();
+    let stored = on_cluster(&cluster, move |c| {
+        c.psql(
+            &to,
+            "tracker",
+            "SELECT full_name FROM employees WHERE position = 'chaos'",
+        )
+    })
+    .await;
+    let tally = crate::pause::Tally::of(&outcomes, &stored.lines().collect());
+    let writes: Vec<Outcome> = outcomes
+        .iter()
+        .filter(|o| o.write.is_some())
+        .cloned()
+        .collect();
+    let back = recovery(&writes, promoted);
+    let after_resume = crate::pause::Tally::of(
+        &outcomes
+            .iter()
+            .filter(|o| o.at >= resumed_at)
+            .cloned()
+            .collect::<Vec<_>>(),
+        &stored.lines().collect(),
+    );
+    report(&format!(
+        "ha pause: the leader {} paused (Patroni and PostgreSQL; ttl 10), {} promoted {:.2}s later; \
+         {WRITERS} writing clients and 1 reader, default settings: {}; a write sent after the promotion \
+         succeeded after {}; after SIGCONT of the old leader: {}; SIGTERM to exit {:?} in {:.2}s",
+        promotion.from,
+        promotion.to,
+        promotion.took.as_secs_f64(),
+        tally.line(),
+        back.map_or("never".to_owned(), |s| format!("{s:.2}s")),
+        after_resume.line(),
+        exit.0,
+        exit.1.as_secs_f64(),
+    ));
+    tally.assert_targets();
+    assert!(
+        back.is_some_and(|s| s <= 2.0),
+        "writes came back {back:?}s after the promotion"
+    );
+    crate::pause::assert_exit(exit, &app);
+}

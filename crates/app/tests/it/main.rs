@@ -11,5 +11,6 @@ mod ha;
 mod metrics;
 mod migrate_commands;
 mod online;
+mod pause;
 mod scaling;
 mod serve;

@@ -23,6 +23,9 @@ async fn serve(t: &TestDb, dir: &std::path::Path, metrics_addr: Option<&str>) ->
         ("DATABASE_URL", OsString::from(t.settings.url.expose())),
         ("DB_MAX_CONNECTIONS", "2".into()),
         ("DB_ACQUIRE_TIMEOUT", "200ms".into()),
+        // The requests that hold the connections wait 1.5 s for a lock: only
+        // the acquire timeout is to fail requests here.
+        ("DB_OPERATION_TIMEOUT", "10s".into()),
     ];
     start(dir, &args, &vars).await
 }
@@ -222,6 +225,7 @@ async fn metrics_name_every_series_without_secrets_or_sql() {
         r#"db_pool_connections_opened_total{pool="primary"}"#,
         r#"db_pool_connections_opened_total{pool="migration"}"#,
         r#"db_pool_connections_closed_total{pool="migration"}"#,
+        r#"db_pool_connections_discarded_total{pool="primary"}"#,
         r#"db_pool_connection_failures_total{pool="primary"}"#,
         r#"db_statement_duration_seconds_count{operation="POST /employees"}"#,
         r#"db_statement_duration_seconds_count{operation="GET /employees/{employee_id}"}"#,
