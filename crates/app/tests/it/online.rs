@@ -510,9 +510,11 @@ async fn chaos_schema_changes_under_live_traffic() {
 
     // The old way, as the negative control: the same kind of change in one
     // transaction without a lock timeout, behind a 5 s holder, stalls the
-    // writers for as long as the holder holds.
+    // writers for as long as the holder holds (they wait without the
+    // operation timeout, to show how long).
     let mut original = t.settings.clone();
     original.max_connections = 8;
+    original.operation_timeout = None;
     let db = Db::connect(&original).await.unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let writers = original_writers(&db, 8, tasks, stop.clone());
