@@ -66,6 +66,9 @@ pub struct HeldLock {
     conn: Held,
 }
 
+/// The lock's connection. Its statements are unnamed (`persistent(false)`):
+/// through a transaction pooler a named one would stay behind on a server
+/// connection that other clients share.
 enum Held {
     Postgres {
         conn: PgConnection,
@@ -151,6 +154,7 @@ impl HeldLock {
              ORDER BY xact_start NULLS LAST",
         )
         .bind(pid)
+        .persistent(false)
         .fetch_all(conn)
         .await
         .map_err(Error::from_sqlx)?;
@@ -179,6 +183,7 @@ impl HeldLock {
                 } else {
                     sqlx::query("SELECT pg_advisory_unlock($1)")
                         .bind(key)
+                        .persistent(false)
                         .execute(&mut conn)
                         .await
                         .map(drop)
@@ -325,28 +330,40 @@ impl Db {
                     acquire_sqlx(self.metrics(), self.conn().get_postgres_connection_pool())
                         .await?
                         .detach();
-                let (how, try_lock) = if pooled {
-                    sqlx::raw_sql("BEGIN")
-                        .execute(&mut conn)
-                        .await
-                        .map_err(Error::from_sqlx)?;
-                    (
+                let (how, try_lock) = match pooled {
+                    true => (
                         "transaction-level advisory lock",
                         "SELECT pg_try_advisory_xact_lock($1)",
-                    )
-                } else {
-                    ("advisory lock", "SELECT pg_try_advisory_lock($1)")
+                    ),
+                    false => ("advisory lock", "SELECT pg_try_advisory_lock($1)"),
                 };
                 let what = format!("the {} lock ({how} {key} on {})", lock.name, self.target());
                 let mut waiting = Waiting::new(&what, lock.timeout);
                 loop {
+                    // Through a pooler, each attempt is a transaction of its
+                    // own, kept open only when it took the lock: a waiter
+                    // holds neither a server connection nor a transaction
+                    // that a concurrent index build would wait for.
+                    if pooled {
+                        sqlx::raw_sql("BEGIN")
+                            .execute(&mut conn)
+                            .await
+                            .map_err(Error::from_sqlx)?;
+                    }
                     let taken: bool = sqlx::query_scalar(try_lock)
                         .bind(key)
+                        .persistent(false)
                         .fetch_one(&mut conn)
                         .await
                         .map_err(Error::from_sqlx)?;
                     if taken {
                         break;
+                    }
+                    if pooled {
+                        sqlx::raw_sql("ROLLBACK")
+                            .execute(&mut conn)
+                            .await
+                            .map_err(Error::from_sqlx)?;
                     }
                     waiting.pause().await?;
                 }
