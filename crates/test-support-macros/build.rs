@@ -4,7 +4,9 @@
 //! installed, `cfg(prometheus_configured)` when `TEST_PROMETHEUS` says
 //! Debian's `prometheus` is, and `cfg(patroni_configured)` when
 //! `TEST_PATRONI` says Debian's `patroni` and `etcd-server` are, and
-//! `cfg(squawk_configured)` when `TEST_SQUAWK` says `squawk` is. Cargo re-runs
+//! `cfg(squawk_configured)` when `TEST_SQUAWK` says `squawk` is, and
+//! `cfg(pgbouncer_configured)` when `TEST_PGBOUNCER` says Debian's `pgbouncer`
+//! is. Cargo re-runs
 //! this when any of them changes, so `cargo test` rebuilds the tests (not the
 //! libraries) with what it was given.
 
@@ -16,6 +18,7 @@ fn main() {
         ("TEST_PROMETHEUS", "prometheus_configured"),
         ("TEST_PATRONI", "patroni_configured"),
         ("TEST_SQUAWK", "squawk_configured"),
+        ("TEST_PGBOUNCER", "pgbouncer_configured"),
     ] {
         println!("cargo::rerun-if-env-changed={variable}");
         println!("cargo::rustc-check-cfg=cfg({cfg})");

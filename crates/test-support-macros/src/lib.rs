@@ -26,6 +26,8 @@
 //! - `squawk`: ignored when `TEST_SQUAWK` was not set: the test runs the
 //!   `squawk` migration linter (PyPI's `squawk-cli`, pinned in the justfile;
 //!   `just lint-migrations` and `.ci/run` install it and set the variable).
+//! - `pgbouncer`: ignored when `TEST_PGBOUNCER` was not set: the test runs
+//!   Debian's `pgbouncer` (`.ci/run` installs it and sets the variable).
 //! - `chaos`: always ignored; `just chaos` runs these with `--ignored`.
 //!
 //! Every reason starts with `needs`, and a missing server is named by its
@@ -35,7 +37,7 @@ use proc_macro::{TokenStream, TokenTree};
 
 /// Ignores the test it is put on unless the named servers were configured
 /// (`postgres`, `mysql`) or the tools installed (`browser`, `prometheus`,
-/// `patroni`, `squawk`); `chaos` ignores it always.
+/// `patroni`, `squawk`, `pgbouncer`); `chaos` ignores it always.
 #[proc_macro_attribute]
 pub fn needs(args: TokenStream, item: TokenStream) -> TokenStream {
     let mut missing = Vec::new();
@@ -56,8 +58,12 @@ pub fn needs(args: TokenStream, item: TokenStream) -> TokenStream {
                 "squawk" if !cfg!(squawk_configured) => missing.push(
                     "TEST_SQUAWK (PyPI's squawk-cli: `just lint-migrations`)",
                 ),
+                "pgbouncer" if !cfg!(pgbouncer_configured) => {
+                    missing.push("TEST_PGBOUNCER (Debian's pgbouncer package)")
+                }
                 "chaos" => missing.push("`just chaos` (a long fault-injection test)"),
-                "postgres" | "mysql" | "browser" | "prometheus" | "patroni" | "squawk" => {}
+                "postgres" | "mysql" | "browser" | "prometheus" | "patroni" | "squawk"
+                | "pgbouncer" => {}
                 other => return error(&format!("needs: unknown requirement `{other}`")),
             },
             TokenTree::Punct(punct) if punct.as_char() == ',' => {}

@@ -2,7 +2,6 @@
 //! GET routes, and PgBouncer in transaction-pooling mode in front of the
 //! primary (Debian's `pgbouncer`).
 
-use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,21 +10,6 @@ use test_support::{PgBouncer, PrivatePostgres, StopMode, free_port, report};
 
 use crate::cli::{os, text, tracker};
 use crate::serve::start;
-
-fn pgbouncer_installed() -> bool {
-    let installed = std::process::Command::new("pgbouncer")
-        .arg("--version")
-        .output()
-        .is_ok();
-    if !installed {
-        // Written straight to the stream: the harness captures `eprintln!`.
-        let _ = writeln!(
-            std::io::stderr(),
-            "note: pgbouncer is not installed: the PgBouncer test did not run (apt-get install pgbouncer)"
-        );
-    }
-    installed
-}
 
 /// With a replica configured, `GET /tasks/{id}/` is answered by the replica:
 /// it still answers with the primary stopped, while writes (which never go
@@ -222,12 +206,9 @@ async fn sigterm_after_the_replica_stopped_exits_0_within_10_s() {
 /// Through PgBouncer in transaction-pooling mode (`DB_TRANSACTION_POOLER`):
 /// concurrent migrators apply each migration once (the lock is a
 /// transaction-level one), and the app serves concurrent requests.
-#[test_support::needs(postgres)]
+#[test_support::needs(postgres, pgbouncer)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_app_and_its_migrations_work_through_pgbouncer() {
-    if !pgbouncer_installed() {
-        return;
-    }
     let (server, bouncer) = tokio::task::spawn_blocking(|| {
         let server = PrivatePostgres::start("bouncer-pw").expect("postgres");
         server.psql("postgres", "CREATE DATABASE tracker").unwrap();
