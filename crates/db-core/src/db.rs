@@ -474,7 +474,9 @@ impl Db {
     pub async fn ping(&self) -> Result<Duration> {
         let start = Instant::now();
         let pool = &self.inner.pools.write;
-        pool.run(pool.ping()).await?;
+        // Boxed: SeaORM's ping is a large future, which every layer around
+        // it would otherwise copy on the stack of a debug build.
+        pool.run(Box::pin(pool.ping())).await?;
         Ok(start.elapsed())
     }
 
