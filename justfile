@@ -81,7 +81,7 @@ bench:
 bench-http:
     BENCH_DATABASE_URL="{{BENCH_DATABASE_URL}}" scripts/bench-http.sh
 
-# Fault injection (database restarts and crashes under load, pool exhaustion, startup with the server down, killed and concurrent migrators, a Patroni failover and switchover) and 100k-case property tests; prints the figures.
+# Fault injection (database restarts, crashes and pauses under load, pool exhaustion, startup with the server down, SIGTERM during a pause, killed and concurrent migrators, a Patroni failover, switchover and paused leader) and 100k-case property tests; prints the figures.
 chaos:
     cargo test --workspace -- chaos --ignored --test-threads=1
     PROPTEST_CASES=100000 cargo test -p db-core -- properties any_parts

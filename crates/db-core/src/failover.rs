@@ -30,7 +30,7 @@ use crate::error::{Error, Result, scrub};
 use crate::settings::Settings;
 use crate::url::{LoadBalanceHosts, TargetSessionAttrs, host_text};
 
-/// How long a search waits before trying the hosts again while none fits
+/// How long a search waits before probing a host again while none fits
 /// (during a promotion there is no primary for some seconds).
 const SEARCH_PAUSE: Duration = Duration::from_millis(300);
 
