@@ -258,6 +258,8 @@ async fn chaos_a_paused_primary_fails_fast_and_recovers_at_once() {
     );
     tokio::time::sleep(Duration::from_secs(5)).await;
     let open_before = metric(&app.base, r#"db_pool_connections{pool="primary"}"#).await;
+    let discarded_series = r#"db_pool_connections_discarded_total{pool="primary"}"#;
+    let discarded_before = metric(&app.base, discarded_series).await;
 
     blocking(&server, PrivatePostgres::pause).await;
     tokio::time::sleep(PAUSE).await;
@@ -276,11 +278,7 @@ async fn chaos_a_paused_primary_fails_fast_and_recovers_at_once() {
     )
     .await;
     let open = metric(&app.base, r#"db_pool_connections{pool="primary"}"#).await;
-    let discarded = metric(
-        &app.base,
-        r#"db_pool_connections_discarded_total{pool="primary"}"#,
-    )
-    .await;
+    let discarded = metric(&app.base, discarded_series).await;
     let exit = stop(&mut app).await;
 
     let outcomes = outcomes.lock().unwrap().clone();
@@ -294,7 +292,7 @@ async fn chaos_a_paused_primary_fails_fast_and_recovers_at_once() {
     let writes_back = recovery(&writes, back);
     report(&format!(
         "paused primary (20 s, 4 writing and 4 reading clients, default settings): {}; \
-         a write sent after SIGCONT succeeded after {:.2}s; pool before the pause: open {open_before:?}; \
+         a write sent after SIGCONT succeeded after {:.2}s; pool before the pause: open {open_before:?}, discarded {discarded_before:?}; \
          after it: in use {in_use:?}, open {open:?}, discarded {discarded:?}; SIGTERM to exit {:?} in {:.2}s",
         tally.line(),
         writes_back.unwrap_or(f64::NAN),
@@ -312,6 +310,7 @@ async fn chaos_a_paused_primary_fails_fast_and_recovers_at_once() {
     );
     assert_eq!(in_use, Some(0.0), "connections still checked out");
     assert!(open.is_some_and(|n| n <= 10.0), "{open:?} connections open");
+    assert_eq!(discarded_before, Some(0.0), "discarded under normal load");
     assert!(
         discarded.is_some_and(|n| n > 0.0),
         "no connection was discarded"
