@@ -66,8 +66,14 @@ struct ServeArgs {
     metrics_addr: Option<SocketAddr>,
     /// On SIGTERM or SIGINT, how long requests in flight may run on before
     /// the pools close and the process exits (a duration with a unit).
-    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "8s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "8s", value_parser = duration)]
     shutdown_grace: Duration,
+}
+
+/// A duration argument, with a message that says what is expected.
+fn duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|_| "expected a duration with a unit, like 8s or 500ms".to_owned())
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

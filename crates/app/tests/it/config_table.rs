@@ -230,6 +230,11 @@ const CASES: &[Case] = &[
         expected: "DB_LOCK_TIMEOUT=\"10\": expected a duration with a unit, like 5s, 500ms or 2m or off",
     },
     Case {
+        vars: parts_and![("DB_OPERATION_TIMEOUT", "2")],
+        files: &[],
+        expected: "DB_OPERATION_TIMEOUT=\"2\": expected a duration with a unit, like 5s, 500ms or 2m or off",
+    },
+    Case {
         vars: parts_and![("DB_SSL_MODE", "allow")],
         files: &[],
         expected: "DB_SSL_MODE=\"allow\": expected disable, prefer, require or verify-full",

@@ -121,6 +121,29 @@ impl Running {
     }
 }
 
+/// A bad `SHUTDOWN_GRACE` stops `serve` (with or without the subcommand)
+/// before it starts, with exit code 2 and a line that names it.
+#[test]
+fn a_bad_shutdown_grace_exits_2_naming_it() {
+    let dir = sqlite_dir();
+    for args in [&["serve"][..], &[]] {
+        let output = crate::cli::tracker(
+            dir.path(),
+            args,
+            &[("SHUTDOWN_GRACE", OsString::from("soon"))],
+        );
+        let (_, stderr) = crate::cli::text(&output);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.starts_with(
+                "error: invalid value 'soon' for '--shutdown-grace <SHUTDOWN_GRACE>': \
+                 expected a duration with a unit, like 8s or 500ms"
+            ),
+            "{stderr}"
+        );
+    }
+}
+
 fn sqlite_dir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
