@@ -16,7 +16,6 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -139,8 +138,6 @@ pub struct PatroniCluster {
     /// etcd and each node's Patroni, each the leader of its process group.
     children: Mutex<Vec<(String, Child)>>,
     started_in: Duration,
-    /// The node whose REST API answered last.
-    answered: AtomicUsize,
 }
 
 impl PatroniCluster {
@@ -164,7 +161,6 @@ impl PatroniCluster {
             bin: find_bin()?,
             nodes: Vec::new(),
             children: Mutex::new(Vec::new()),
-            answered: AtomicUsize::new(0),
             started_in: Duration::ZERO,
         };
         let etcd_port = free_port()?;
@@ -311,20 +307,15 @@ impl PatroniCluster {
     }
 
     /// The members as Patroni's `/cluster` reports them now, asked of the
-    /// first node whose REST API answers, starting with the one that
-    /// answered last (a paused node's API keeps the asker waiting).
+    /// first node whose REST API answers.
     pub fn members(&self) -> io::Result<Vec<Member>> {
         let mut last = io::Error::other("no node to ask");
-        let first = self.answered.load(Ordering::Relaxed);
-        let count = self.nodes.len();
-        for i in (0..count).map(|k| (first + k) % count) {
-            let node = &self.nodes[i];
+        for node in &self.nodes {
             match http::request(node.api_port, "GET", "/cluster", "", Duration::from_secs(2)) {
                 Ok((200, body)) => {
                     let state: ClusterState = serde_json::from_str(&body).map_err(|e| {
                         io::Error::other(format!("{}'s /cluster: {e}: {body}", node.name))
                     })?;
-                    self.answered.store(i, Ordering::Relaxed);
                     return Ok(state.members);
                 }
                 Ok((status, body)) => {
@@ -408,30 +399,20 @@ impl PatroniCluster {
         )
     }
 
-    /// Pauses node `name` as a paused machine would: `SIGSTOP` of its
-    /// Patroni (first, so that it does not see its server stop) and of its
-    /// PostgreSQL server (the postmaster and every process it started). Its
-    /// connections stay open and nothing answers; a leader's key expires
-    /// after the TTL and another node is promoted.
-    ///
-    /// Only the server, with Patroni running on, is no such pause: Patroni
-    /// 3.0.2 (Debian 12's) then waits in a query to its server, and once the
-    /// server answers again it renews the leader key it had lost and takes
-    /// the cluster back from the node promoted meanwhile, whose commits are
-    /// lost.
+    /// Pauses the PostgreSQL server of node `name` (`SIGSTOP` of its
+    /// postmaster and every process it started) while its Patroni runs on:
+    /// its connections stay open and nothing answers. A leader's Patroni
+    /// then waits in a query to its server and cannot renew the leader key,
+    /// so another node is promoted after the TTL.
     pub fn pause(&self, name: &str) -> io::Result<()> {
         self.node(name)?;
-        self.signal_group(name, "STOP");
         pause_server(&self.data_dir(name))
     }
 
-    /// Resumes what [`Self::pause`] paused (`SIGCONT`); Patroni then finds
-    /// out whether the node still leads, and if not demotes it.
+    /// Resumes what [`Self::pause`] paused (`SIGCONT`).
     pub fn resume(&self, name: &str) -> io::Result<()> {
         self.node(name)?;
-        resume_server(&self.data_dir(name))?;
-        self.signal_group(name, "CONT");
-        Ok(())
+        resume_server(&self.data_dir(name))
     }
 
     /// `kill -9` of the leader's Patroni and of its postmaster, as a crash
@@ -442,7 +423,7 @@ impl PatroniCluster {
             .postmaster(&leader.name)
             .ok_or_else(|| io::Error::other(format!("{} has no postmaster", leader.name)))?;
         self.kill_group(&leader.name);
-        kill("KILL", &postmaster.pid.to_string())?;
+        kill(&postmaster.pid.to_string())?;
         Ok(Killed {
             leader: leader.name,
             at: Instant::now(),
@@ -523,14 +504,9 @@ impl PatroniCluster {
 
     /// `kill -9` of the process group of `name`'s Patroni (or etcd).
     fn kill_group(&self, name: &str) {
-        self.signal_group(name, "KILL");
-    }
-
-    /// Sends `signal` to the process group of `name`'s Patroni (or etcd).
-    fn signal_group(&self, name: &str, signal: &str) {
         let children = self.children.lock().unwrap_or_else(|e| e.into_inner());
         for (_, child) in children.iter().filter(|(n, _)| n == name) {
-            let _ = kill(signal, &format!("-{}", child.id()));
+            let _ = kill(&format!("-{}", child.id()));
         }
     }
 
@@ -561,14 +537,14 @@ struct Postmaster {
     group: u32,
 }
 
-/// `kill -SIGNAL TARGET` (a pid, or `-PGID` for a process group).
-fn kill(signal: &str, target: &str) -> io::Result<()> {
+/// `kill -9 TARGET` (a pid, or `-PGID` for a process group).
+fn kill(target: &str) -> io::Result<()> {
     let status = Command::new("kill")
-        .args([&format!("-{signal}"), "--", target])
+        .args(["-KILL", "--", target])
         .stderr(Stdio::null())
         .status()?;
     if !status.success() {
-        return Err(io::Error::other(format!("kill -{signal} {target} failed")));
+        return Err(io::Error::other(format!("kill -9 {target} failed")));
     }
     Ok(())
 }
@@ -581,7 +557,7 @@ impl Drop for PatroniCluster {
         }
         for node in &self.nodes {
             if let Some(postmaster) = self.postmaster(&node.name) {
-                let _ = kill("KILL", &format!("-{}", postmaster.group));
+                let _ = kill(&format!("-{}", postmaster.group));
             }
         }
         self.kill_group("etcd");

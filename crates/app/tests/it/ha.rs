@@ -424,15 +424,17 @@ async fn chaos_ha_failover_and_switchover_lose_no_acknowledged_write() {
     }
 }
 
-/// The leader paused (its Patroni and its PostgreSQL, as a paused machine),
-/// under 8 writing clients and a reader through `tracker serve` on the
-/// multi-host URL with the default settings: Patroni promotes another node
-/// once the leader key expires, and the pool follows it instead of waiting
-/// on the paused one.
-/// No request takes longer than 8 s, failures are 503s, writes succeed
-/// within 2 s of the promotion, no acknowledged write is lost (also once
-/// the old leader answers again and Patroni demotes it), and SIGTERM ends
-/// the process with code 0 within 10 s.
+/// The leader's PostgreSQL paused (`SIGSTOP` of its postmaster and every
+/// backend), under 8 writing clients and a reader through `tracker serve`
+/// on the multi-host URL with the default settings: Patroni promotes
+/// another node once the leader key expires, and the pool follows it
+/// instead of waiting on the paused one. No request takes longer than 8 s,
+/// failures are 503s, writes succeed within 2 s of the promotion, none of
+/// the acknowledged writes is missing on the new leader, and SIGTERM, sent
+/// while the old leader is still paused, ends the process with code 0
+/// within 10 s. What Patroni does once the old leader answers again is
+/// reported, not asserted: that is the cluster's business (see
+/// docs/scaling.md).
 #[test_support::needs(patroni, chaos)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_ha_a_paused_leader_is_left_for_the_new_one() {
@@ -481,10 +483,6 @@ async fn chaos_ha_a_paused_leader_is_left_for_the_new_one() {
     let promoted = promotion.started + promotion.took;
     writes_back(&outcomes, promoted).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let resumed = leader.clone();
-    on_cluster(&cluster, move |c| c.resume(&resumed)).await;
-    let resumed_at = Instant::now();
-    tokio::time::sleep(Duration::from_secs(8)).await;
     stop.store(true, Ordering::SeqCst);
     for client in clients {
         client.await.unwrap();
@@ -492,15 +490,9 @@ async fn chaos_ha_a_paused_leader_is_left_for_the_new_one() {
     let exit = crate::pause::stop(&mut app).await;
 
     let outcomes = outcomes.lock().unwrap().clone();
+    let chaos = "SELECT full_name FROM employees WHERE position = 'chaos'";
     let to = promotion.to.clone();
-    let stored = on_cluster(&cluster, move |c| {
-        c.psql(
-            &to,
-            "tracker",
-            "SELECT full_name FROM employees WHERE position = 'chaos'",
-        )
-    })
-    .await;
+    let stored = on_cluster(&cluster, move |c| c.psql(&to, "tracker", chaos)).await;
     let tally = crate::pause::Tally::of(&outcomes, &stored.lines().collect());
     let writes: Vec<Outcome> = outcomes
         .iter()
@@ -508,27 +500,39 @@ async fn chaos_ha_a_paused_leader_is_left_for_the_new_one() {
         .cloned()
         .collect();
     let back = recovery(&writes, promoted);
-    let after_resume = crate::pause::Tally::of(
-        &outcomes
-            .iter()
-            .filter(|o| o.at >= resumed_at)
-            .cloned()
-            .collect::<Vec<_>>(),
-        &stored.lines().collect(),
-    );
     report(&format!(
-        "ha pause: the leader {} paused (Patroni and PostgreSQL; ttl 10), {} promoted {:.2}s later; \
+        "ha pause: the leader {} paused (its PostgreSQL; ttl 10), {} promoted {:.2}s later; \
          {WRITERS} writing clients and 1 reader, default settings: {}; a write sent after the promotion \
-         succeeded after {}; after SIGCONT of the old leader: {}; SIGTERM to exit {:?} in {:.2}s",
+         succeeded after {}; SIGTERM with the old leader still paused to exit {:?} in {:.2}s",
         promotion.from,
         promotion.to,
         promotion.took.as_secs_f64(),
         tally.line(),
         back.map_or("never".to_owned(), |s| format!("{s:.2}s")),
-        after_resume.line(),
         exit.0,
         exit.1.as_secs_f64(),
     ));
+
+    // The old leader answers again: which node leads then, and how many of
+    // the acknowledged writes it has.
+    let resumed = leader.clone();
+    on_cluster(&cluster, move |c| c.resume(&resumed)).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let after = on_cluster(&cluster, move |c| {
+        let leader = c.leader()?.name;
+        let rows = c.psql(&leader, "tracker", chaos)?;
+        Ok((leader, rows))
+    })
+    .await;
+    let kept = crate::pause::Tally::of(&outcomes, &after.1.lines().collect());
+    report(&format!(
+        "ha pause: 10 s after SIGCONT of {} Patroni has {} as the leader, with {} of the {} acknowledged writes",
+        promotion.from,
+        after.0,
+        kept.acknowledged - kept.lost,
+        kept.acknowledged,
+    ));
+
     tally.assert_targets();
     assert!(
         back.is_some_and(|s| s <= 2.0),
