@@ -267,15 +267,7 @@ impl std::error::Error for Unconfirmed {}
 /// Marks `err`, the failure of a statement that was a whole write, as
 /// leaving the write's outcome unknown.
 pub(crate) fn unconfirmed_write(err: DbErr) -> DbErr {
-    let kind = match &err {
-        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
-            match &**e {
-                sqlx::Error::Io(io) => io.kind(),
-                _ => std::io::ErrorKind::Other,
-            }
-        }
-        _ => std::io::ErrorKind::Other,
-    };
+    let kind = io_error(&err).map_or(std::io::ErrorKind::Other, std::io::Error::kind);
     sqlx_db_err(sqlx::Error::Io(std::io::Error::new(kind, Unconfirmed(err))))
 }
 
