@@ -162,6 +162,19 @@ async fn no_pool_permit_is_left_taken_by_a_paused_server() {
         .await;
     assert!(failed.is_err());
     assert_eq!(discarded(), Some(0.0), "discarded in normal work");
+    // sqlx pings each connection as it comes back: a ping in flight when the
+    // server stops waits for it (the window that bound.rs describes), so the
+    // pause starts once every connection is back.
+    let in_use = || metrics::value(r#"db_pool_in_use_connections{pool="paused"}"#);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while in_use() != Some(0.0) {
+        assert!(
+            Instant::now() < deadline,
+            "connections still out: {:?}",
+            in_use()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     server.pause().unwrap();
     let failures: Vec<_> = (0..6)
@@ -176,9 +189,8 @@ async fn no_pool_permit_is_left_taken_by_a_paused_server() {
     }
     // sqlx closes a refused connection in a task of its own.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let in_use = metrics::value(r#"db_pool_in_use_connections{pool="paused"}"#);
     assert_eq!(
-        in_use,
+        in_use(),
         Some(0.0),
         "connections still checked out while paused"
     );
