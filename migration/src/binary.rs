@@ -1,6 +1,7 @@
 //! What the workspace's binaries (`tracker`, `migration`, `bench`) share:
-//! logging to standard error without making the logging thread wait for it,
-//! and turning an error into one line and an exit code.
+//! where their settings come from, with the project's own defaults; logging
+//! to standard error without making the logging thread wait for it; and
+//! turning an error into one line and an exit code.
 
 use std::error::Error as StdError;
 use std::io::{BufWriter, IsTerminal, Write};
@@ -9,6 +10,21 @@ use std::process::ExitCode;
 use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 
 use crate::Error;
+
+/// With nothing configured, the binaries use a SQLite file, so that a fresh
+/// clone runs with no server.
+pub const DEFAULT_DATABASE: &str = "sqlite://data/tracker.db?mode=rwc";
+
+/// The binaries' PostgreSQL `application_name`, unless configured.
+pub const APPLICATION_NAME: &str = "tracker";
+
+/// The binaries' settings source: the process environment and `.env`, with
+/// the project's own defaults ([`DEFAULT_DATABASE`], [`APPLICATION_NAME`]).
+pub fn source() -> Result<db_core::Source, db_core::Error> {
+    Ok(db_core::Source::from_process()?
+        .default_value("url", DEFAULT_DATABASE)
+        .default_value("application_name", APPLICATION_NAME))
+}
 
 /// The log filter binaries use when `RUST_LOG` is not set: `info`, without
 /// PostgreSQL's notices and the migrator's step-by-step lines.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use db_core::sea_orm::DbBackend;
-use db_core::{Created, Db, Role, Settings, Source};
+use db_core::{Created, Db, Role, Settings};
 use migration::binary::DroppedLines;
 
 // mimalloc: fewer cycles in malloc/free on the request path than the system
@@ -116,7 +116,7 @@ async fn run(cli: Cli, dropped: DroppedLines) -> anyhow::Result<()> {
         // Writing a file needs no database, nor valid database settings.
         return Ok(migration::generate(name)?);
     }
-    let settings = Settings::load(&Source::from_process()?)?;
+    let settings = Settings::load(&migration::binary::source()?)?;
     let command = match cli.command {
         Some(command) => command,
         None => Command::Serve(serve_defaults()),

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use bench::workload::OPS;
 use bench::{Options, STACKS};
 use clap::Parser;
-use db_core::{Settings, Source};
+use db_core::Settings;
 
 // The same allocator as the `tracker` binary, for every stack alike.
 #[global_allocator]
@@ -75,7 +75,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.metrics {
         tracker::http::Metrics::install()?.spawn_upkeep();
     }
-    let settings = Settings::load(&Source::from_process()?)?;
+    let settings = Settings::load(&migration::binary::source()?)?;
     let options = Options {
         scale: cli.scale,
         ops: cli.ops,

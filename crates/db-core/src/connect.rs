@@ -7,7 +7,7 @@
 //! connection until a deadline 5 minutes away (the idle reaper's: its next
 //! run), and does not stop when the pool closes; `Pool::close` waits for
 //! every permit, so a pool whose server had stopped could not close for
-//! those minutes, and `tracker serve` did not exit. Each pool here gets a
+//! those minutes, and a server process using it did not exit. Each pool here gets a
 //! floor task instead ([`keep_floor`]): it opens connections through the
 //! pool's own acquire (bounded by `DB_ACQUIRE_TIMEOUT`) and ends, giving
 //! its permit back, the moment the pool closes.

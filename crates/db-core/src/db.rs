@@ -152,7 +152,9 @@ impl Db {
     /// [`Db::connect`] with the label its primary pool has in metrics
     /// (`pool="migration"` for the migrator's own pool).
     pub async fn connect_labelled(settings: &Settings, label: &'static str) -> Result<Db> {
-        let pools = open(settings, label).await?;
+        // On the heap: opening waits for the server in a large future, and
+        // callers on a small stack (a test thread) await it.
+        let pools = Box::pin(open(settings, label)).await?;
         Ok(Db {
             inner: Arc::new(Inner {
                 pools,
@@ -516,7 +518,7 @@ impl Db {
     /// (`DB_OPERATION_TIMEOUT`) makes soon; this waits for them at most a
     /// second. What can keep one out longer is a server that stopped
     /// answering during sqlx's release ping, which has no timeout (see
-    /// [`crate::bound`]): it is left to the process's exit, which closes its
+    /// the `bound` module): it is left to the process's exit, which closes its
     /// socket.
     pub async fn close(&self) {
         let pools = &self.inner.pools;

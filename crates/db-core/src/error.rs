@@ -55,7 +55,7 @@ pub enum Error {
 
     /// The server answered, but the configured database does not exist.
     #[error(
-        "{target}: database \"{database}\" does not exist (create it with `tracker db create`)"
+        "{target}: database \"{database}\" does not exist (create it, or check DB_NAME or DATABASE_URL)"
     )]
     UnknownDatabase {
         /// Where we tried to connect.

@@ -3,8 +3,8 @@
 //! - [`Settings`] are loaded in layers from a [`Source`] (built-in defaults,
 //!   `config/default.toml`, `config/{APP_ENV}.toml`, environment variables). The
 //!   seed's `DB_HOST`, `DB_PORT`, `DB_NAME`, `DB_USER`, `DB_PASS` select
-//!   PostgreSQL; `DATABASE_URL` overrides them; with nothing set, a SQLite file
-//!   `data/tracker.db` is used. The password is a secret that no `Debug`,
+//!   PostgreSQL; `DATABASE_URL` overrides them; with nothing set, the binary's
+//!   default database ([`Source::default_value`]) is used, or it is an error. The password is a secret that no `Debug`,
 //!   `Display`, error or log line shows.
 //! - [`Db::connect`] waits for the server within a deadline and returns a
 //!   cheap-to-clone handle on tuned pools.
@@ -47,7 +47,7 @@
 //! use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 //!
 //! // Binaries build the source with `Source::from_process()`.
-//! let settings = Settings::load(&Source::new().var("DATABASE_URL", "sqlite://data/tracker.db"))?;
+//! let settings = Settings::load(&Source::new().var("DATABASE_URL", "sqlite://data/app.db"))?;
 //! let db = Db::connect(&settings).await?;
 //!
 //! let session = db.read().await?;
@@ -83,8 +83,8 @@ pub use error::{Error, Report, Result, Retryable};
 pub use failover::{HostStatus, Role, host_status};
 pub use lock::{Blocker, HeldLock, Lock};
 pub use session::{Access, Session, SessionOptions};
-pub use settings::{DEFAULT_SQLITE_PATH, SETTINGS, SettingInfo, Settings};
-pub use source::Source;
+pub use settings::{Options, SettingInfo, Settings, documented};
+pub use source::{Section, Source};
 pub use url::{DatabaseUrl, LoadBalanceHosts, SslMode, TargetSessionAttrs, backend_name};
 
 /// The SeaORM this crate is built on, for users who want the same version.

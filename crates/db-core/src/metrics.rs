@@ -1,6 +1,6 @@
 //! Metrics of the pools, statements and retries, recorded through the
-//! `metrics` facade into whatever recorder the binary installed (`tracker
-//! serve` installs a Prometheus one). Nothing is recorded until [`enable`] is
+//! `metrics` facade into whatever recorder the binary installed (a
+//! Prometheus one, for example). Nothing is recorded until [`enable`] is
 //! called; pools opened before it stay silent.
 //!
 //! | metric | kind | labels |

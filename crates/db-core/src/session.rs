@@ -119,7 +119,7 @@ enum Conn {
 /// `commit` needs the last one.
 ///
 /// Each statement, `COMMIT` and `ROLLBACK` waits for the server at most
-/// `DB_OPERATION_TIMEOUT` (see [`crate::bound`]); a statement without a
+/// `DB_OPERATION_TIMEOUT` (see the `bound` module); a statement without a
 /// transaction waits that long once the pool has handed it a connection.
 #[derive(Clone)]
 pub struct Session {

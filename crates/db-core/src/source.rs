@@ -1,13 +1,100 @@
-//! Where settings come from, as text: variables and configuration files.
-//! [`crate::Settings::load`] turns that text into typed values.
+//! Where settings come from, as text: variables and configuration files,
+//! and how a struct of settings is read from them: [`Source::section`] for
+//! a service's own, [`crate::Settings::load`] for the database's.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use config::{ConfigError, File, FileFormat, FileSourceString, Map, Source as _, Value, ValueKind};
+use config::{Config, ConfigError, File, FileFormat, Map, Source as _, Value, ValueKind};
+use schemars::JsonSchema;
+use sea_orm::DbBackend;
+use serde::de::DeserializeOwned;
+use serde_json::Value as Json;
 
 use crate::error::{Error, Result, bail};
+
+/// Settings of one part of an application, read by [`Source::section`]: the
+/// table `[NAME]` of the configuration files, and the variables that start
+/// with `PREFIX` (`NOTES_MAX_TITLE_LENGTH` for the key `max_title_length`).
+/// Each field's doc comment documents it; `#[schemars(extend("default" =
+/// "…", "example" = "…", "expects" = "…"))]` gives its default, an example,
+/// and what the one-line error says it expects.
+pub trait Section: DeserializeOwned + JsonSchema {
+    /// The table in the configuration files.
+    const NAME: &'static str;
+    /// What the variables start with, such as `NOTES_`.
+    const PREFIX: &'static str;
+
+    /// The first field whose value parses but is not valid, by key.
+    fn invalid(&self) -> Option<&'static str> {
+        None
+    }
+}
+
+/// One setting as documented: what generates README.md's configuration
+/// table and `.env.example`, read from the struct's declaration.
+#[derive(Debug, Clone)]
+pub struct SettingInfo {
+    /// Key in `config/*.toml`.
+    pub key: String,
+    /// Environment variable.
+    pub var: String,
+    /// Default, as text; empty when there is none.
+    pub default: String,
+    /// An example value.
+    pub example: String,
+    /// What it means (Markdown).
+    pub help: String,
+    pub(crate) expects: String,
+    /// `postgres`, `server` (not SQLite) or `sqlite`; empty: every backend.
+    pub(crate) applies: String,
+}
+
+impl SettingInfo {
+    /// The fields of `T`, in declaration order, with variables named `PREFIX` + the key.
+    pub fn of<T: JsonSchema>(prefix: &str) -> Vec<SettingInfo> {
+        let schema = schemars::SchemaGenerator::default().into_root_schema_for::<T>();
+        let Some(Json::Object(fields)) = schema.get("properties") else {
+            return Vec::new();
+        };
+        let text = |field: &Json, name: &str| {
+            field
+                .get(name)
+                .and_then(Json::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        (fields.iter())
+            .map(|(key, field)| SettingInfo {
+                var: Some(text(field, "var"))
+                    .filter(|v| !v.is_empty())
+                    .unwrap_or_else(|| format!("{prefix}{}", key.to_uppercase())),
+                default: text(field, "default"),
+                example: text(field, "example"),
+                help: text(field, "description")
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                expects: match field.get("expects") {
+                    Some(_) => text(field, "expects"),
+                    None => "a valid value".to_owned(),
+                },
+                applies: text(field, "applies"),
+                key: key.clone(),
+            })
+            .collect()
+    }
+
+    pub(crate) fn applies_to(&self, backend: DbBackend) -> bool {
+        match self.applies.as_str() {
+            "postgres" => backend == DbBackend::Postgres,
+            "server" => backend != DbBackend::Sqlite,
+            "sqlite" => backend == DbBackend::Sqlite,
+            _ => true,
+        }
+    }
+}
 
 /// Where settings come from: a set of environment variables and a folder of
 /// configuration files. Tests build one by hand; binaries call
@@ -15,10 +102,14 @@ use crate::error::{Error, Result, bail};
 /// on its own.
 #[derive(Clone, Default)]
 pub struct Source {
-    pub(crate) vars: BTreeMap<String, String>,
+    vars: BTreeMap<String, String>,
     /// Variables whose value is not valid UTF-8.
-    pub(crate) not_unicode: BTreeSet<String>,
+    not_unicode: BTreeSet<String>,
     config_dir: Option<PathBuf>,
+    /// The binary's own defaults, by key.
+    defaults: BTreeMap<String, String>,
+    /// The sections the binary reads, besides the database's top level.
+    sections: BTreeSet<&'static str>,
 }
 
 impl fmt::Debug for Source {
@@ -51,6 +142,21 @@ impl Source {
         self
     }
 
+    /// The binary's own default for the database setting `key`, over the
+    /// built-in one: `url` names the database used when none is configured
+    /// (such as a SQLite file), `application_name` the binary.
+    pub fn default_value(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.defaults.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// Declares that the binary reads section `T` ([`Source::section`]): its
+    /// table in the configuration files is not an unknown key.
+    pub fn declare<T: Section>(mut self) -> Self {
+        self.sections.insert(T::NAME);
+        self
+    }
+
     /// The process environment, with `./.env` (if present) filling in variables
     /// that are not set. For binaries: this is the only place the process
     /// environment and `.env` are read. A value that is not valid UTF-8 is an
@@ -76,9 +182,125 @@ impl Source {
         Ok(source)
     }
 
+    /// Reads section `T` from the layers: its defaults, the table `[T::NAME]`
+    /// of each configuration file, then the variables. Every problem is one
+    /// line that names the key or variable and says where the value came
+    /// from; a key the section does not have is an error, a variable with
+    /// its prefix that it does not have a warning.
+    pub fn section<T: Section>(&self) -> Result<T> {
+        let all = SettingInfo::of::<T>(T::PREFIX);
+        let (value, given) = self.read::<T>(T::NAME, &all)?;
+        if let Some(key) = value.invalid() {
+            return Err(given.invalid(&all, key));
+        }
+        for name in self
+            .names()
+            .filter(|n| n.starts_with(T::PREFIX) && !all.iter().any(|s| s.var == **n))
+        {
+            tracing::warn!("{name} is not a setting of [{}] and is ignored", T::NAME);
+        }
+        Ok(value)
+    }
+
+    /// The names of the variables.
+    pub(crate) fn names(&self) -> impl Iterator<Item = &String> {
+        self.vars.keys().chain(&self.not_unicode)
+    }
+
+    /// `T` read from the layers of section `name` (the top level when it is
+    /// empty), whose settings are `all`; with where each given value came
+    /// from.
+    pub(crate) fn read<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        all: &[SettingInfo],
+    ) -> Result<(T, Given)> {
+        let mut layers = Config::builder();
+        for s in all.iter().filter(|s| !s.default.is_empty()) {
+            layers = layers
+                .set_default(&s.key, s.default.as_str())
+                .map_err(config_error)?;
+        }
+        for (key, value) in self.defaults.iter().filter(|_| name.is_empty()) {
+            layers = layers
+                .set_default(key, value.as_str())
+                .map_err(config_error)?;
+        }
+        let mut given = Given(
+            BTreeMap::new(),
+            all.iter().map(|s| (s.key.clone(), s.var.clone())).collect(),
+        );
+        for (shown, mut values) in self.files()? {
+            if !name.is_empty() {
+                values = match values.shift_remove(name).map(|v| v.kind) {
+                    Some(ValueKind::Table(table)) => table,
+                    Some(_) => bail!("{shown}: `{}` must be a table", name),
+                    None => Map::new(),
+                };
+            }
+            for (key, value) in values {
+                let section = matches!(value.kind, ValueKind::Table(_)) && name.is_empty();
+                if section && self.sections.contains(key.as_str()) {
+                    continue;
+                }
+                if !all.iter().any(|s| s.key == key) {
+                    let place = if name.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" of [{name}]")
+                    };
+                    bail!(
+                        "{shown}: unknown key `{key}`{place} (see the configuration table in README.md)"
+                    );
+                }
+                if matches!(value.kind, ValueKind::Table(_) | ValueKind::Array(_)) {
+                    bail!("{shown}: `{key}` must be a single value, not a table or list");
+                }
+                given
+                    .0
+                    .insert(key.clone(), (format!("{shown}: {key}"), value.to_string()));
+                layers = layers.set_override(&key, value).map_err(config_error)?;
+            }
+        }
+        // The variables are the top layer: `DB_PORT` overrides the key `port`.
+        for s in all {
+            if self.not_unicode.contains(&s.var) {
+                bail!("{}: not valid UTF-8", s.var);
+            }
+            if let Some(value) = self.vars.get(&s.var) {
+                layers = layers
+                    .set_override(&s.key, value.as_str())
+                    .map_err(config_error)?;
+                given
+                    .0
+                    .insert(s.key.clone(), (s.var.clone(), value.clone()));
+            }
+        }
+        let empty = |s: &&SettingInfo| {
+            given
+                .0
+                .get(&s.key)
+                .is_some_and(|(_, v)| v.trim().is_empty())
+        };
+        if let Some(s) = all.iter().filter(|s| !s.expects.is_empty()).find(empty) {
+            bail!(
+                "{} is empty: unset it or give {}",
+                given.origin(&s.key),
+                s.expects
+            );
+        }
+        match layers.build().and_then(Config::try_deserialize::<T>) {
+            Ok(value) => Ok((value, given)),
+            Err(
+                ConfigError::Type { key: Some(key), .. } | ConfigError::At { key: Some(key), .. },
+            ) => Err(given.invalid(all, &key)),
+            Err(e) => bail!("settings: {e}"),
+        }
+    }
+
     /// `default.toml` and `{APP_ENV}.toml` of the configuration folder, those
-    /// that exist, parsed.
-    pub(crate) fn files(&self) -> Result<Vec<ConfigFile>> {
+    /// that exist, parsed: each as its path and its values.
+    fn files(&self) -> Result<Vec<(String, Map<String, Value>)>> {
         let mut names = vec!["default"];
         if let Some(app_env) = self.vars.get("APP_ENV") {
             let valid = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
@@ -90,42 +312,59 @@ impl Source {
             names.push(app_env);
         }
         let dir = self.config_dir.as_deref().unwrap_or(Path::new("config"));
-        let paths = names
-            .into_iter()
-            .map(|name| dir.join(format!("{name}.toml")));
         let mut files = Vec::new();
-        for path in paths.filter(|path| path.exists()) {
+        for path in names
+            .into_iter()
+            .map(|name| dir.join(format!("{name}.toml")))
+            .filter(|p| p.exists())
+        {
             let shown = path.display().to_string();
             // Read the file here: an unreadable one is an error, not a missing one.
             let text = match std::fs::read_to_string(&path) {
                 Ok(text) => text,
                 Err(e) => bail!("{shown}: cannot read: {e}"),
             };
-            let file = File::from_str(&text, FileFormat::Toml);
-            let values = file.collect().map_err(|e| toml_error(&shown, &text, &e))?;
-            if let Some((key, _)) = (values.iter())
-                .find(|(_, v)| matches!(v.kind, ValueKind::Table(_) | ValueKind::Array(_)))
-            {
-                bail!("{shown}: `{key}` must be a single value, not a table or list");
-            }
-            files.push(ConfigFile {
-                shown,
-                file,
-                values,
-            });
+            let values = File::from_str(&text, FileFormat::Toml)
+                .collect()
+                .map_err(|e| toml_error(&shown, &text, &e))?;
+            files.push((shown, values));
         }
         Ok(files)
     }
 }
 
-/// A configuration file, parsed.
-pub(crate) struct ConfigFile {
-    /// Its path, as messages show it.
-    pub(crate) shown: String,
-    /// The file as a layer of `config`.
-    pub(crate) file: File<FileSourceString, FileFormat>,
-    /// Its keys and values.
-    pub(crate) values: Map<String, Value>,
+/// The values given in files and variables, by key: where each came from and
+/// its text; and each key's variable. Never shown whole: it holds the password.
+pub(crate) struct Given(BTreeMap<String, (String, String)>, BTreeMap<String, String>);
+
+impl Given {
+    /// Where `key` was given, if it was.
+    pub(crate) fn given(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(|(origin, _)| origin.as_str())
+    }
+
+    /// Where `key` came from; its variable if it was not given.
+    pub(crate) fn origin<'a>(&'a self, key: &'a str) -> &'a str {
+        self.given(key)
+            .or(self.1.get(key).map(String::as_str))
+            .unwrap_or(key)
+    }
+
+    /// The error for an invalid value of `key`, one of `all`.
+    pub(crate) fn invalid(&self, all: &[SettingInfo], key: &str) -> Error {
+        let Some(s) = all.iter().find(|s| s.key == key) else {
+            return Error::Config(format!("settings: cannot read `{key}`"));
+        };
+        Error::Config(match self.0.get(key) {
+            Some((origin, raw)) => format!("{origin}=\"{raw}\": expected {}", s.expects),
+            None => format!("{}: the built-in default {:?} is invalid", s.var, s.default),
+        })
+    }
+}
+
+/// A layer that `config` refused, as our error.
+fn config_error(e: ConfigError) -> Error {
+    Error::Config(e.to_string())
 }
 
 /// A file error without the file's text, which may contain a password.

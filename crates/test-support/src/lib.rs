@@ -49,7 +49,7 @@ pub use prometheus::Prometheus;
 pub use test_support_macros::needs;
 
 /// Prefix of every database this module creates.
-const PREFIX: &str = "tracker_test_";
+const PREFIX: &str = "test_db_";
 
 /// Databases older than this are left over from killed test runs and dropped.
 const STALE_AFTER_SECS: u64 = 6 * 3600;
@@ -156,7 +156,10 @@ pub struct TestDb {
 }
 
 impl TestDb {
-    /// A fresh, empty database. Panics with a clear message when the
+    /// A fresh, empty database: no tables, not even the migrations' own.
+    /// Apply the project's migrations with
+    /// `migration::up(&t.settings, Duration::from_secs(60))`, as the service
+    /// crates' tests do. Panics with a clear message when the
     /// backend's server cannot be used: a configured server that is down is a
     /// failure, not a skip (see [`Backend::server_settings`]).
     pub async fn new(backend: Backend) -> TestDb {
@@ -229,7 +232,7 @@ fn unix_now() -> u64 {
         .unwrap_or_default()
 }
 
-/// `tracker_test_<unix time>_<pid>_<n>_<random>`: unique across parallel tests
+/// `test_db_<unix time>_<pid>_<n>_<random>`: unique across parallel tests
 /// and processes, and dated so leftovers can be recognised.
 fn unique_name() -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);

@@ -110,7 +110,7 @@ fn db_check_on_an_unreachable_server_fails_after_the_deadline() {
 
 fn db_create_twice(backend: Backend) {
     let server = backend.server_settings();
-    let name = format!("tracker_test_cli_{}", std::process::id());
+    let name = format!("test_db_cli_{}", std::process::id());
     let mut settings = server.clone();
     settings.url = server.url.with_database(&name);
     let dir = tempfile::tempdir().unwrap();

@@ -14,3 +14,4 @@ mod online;
 mod pause;
 mod scaling;
 mod serve;
+mod settings_docs;

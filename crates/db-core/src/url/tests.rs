@@ -77,7 +77,7 @@ fn hostile_passwords_survive_the_round_trip() {
         "[brackets]{braces}",
         "",
     ] {
-        assert_round_trip("127.0.0.1", 5432, "tracker", "app", password);
+        assert_round_trip("127.0.0.1", 5432, "app", "app", password);
     }
 }
 
@@ -335,12 +335,12 @@ proptest! {
 
 #[test]
 fn another_sqlite_database_is_a_file_beside_the_first() {
-    let url = DatabaseUrl::sqlite_file("/srv/data/tracker.db");
+    let url = DatabaseUrl::sqlite_file("/srv/data/app.db");
     assert_eq!(
         url.with_database("bench_raw").redacted(),
         "sqlite:///srv/data/bench_raw.db?mode=rwc"
     );
-    let relative = DatabaseUrl::parse("sqlite:tracker.db", "DATABASE_URL").unwrap();
+    let relative = DatabaseUrl::parse("sqlite:app.db", "DATABASE_URL").unwrap();
     assert_eq!(relative.with_database("b").redacted(), "sqlite:b.db");
     let memory = DatabaseUrl::parse("sqlite::memory:", "DATABASE_URL").unwrap();
     assert_eq!(memory.with_database("b").redacted(), "sqlite::memory:");

@@ -6,11 +6,7 @@ use test_support::Backend;
 async fn create_twice_then_drop(backend: Backend) {
     let server = backend.server_settings();
     let mut s = server.clone();
-    let name = format!(
-        "tracker_test_admin_{}_{}",
-        std::process::id(),
-        rand_suffix()
-    );
+    let name = format!("test_db_admin_{}_{}", std::process::id(), rand_suffix());
     s.url = server.url.with_database(&name);
     assert_eq!(
         create_database(&s).await.unwrap(),

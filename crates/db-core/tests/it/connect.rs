@@ -261,7 +261,7 @@ async fn an_unknown_database_fails_at_once_and_says_so() {
     let err = Db::connect(&s).await.unwrap_err();
     assert!(matches!(err, Error::UnknownDatabase { .. }), "{err:?}");
     assert!(err.to_string().ends_with(
-        "database \"tracker_no_such_database\" does not exist (create it with `tracker db create`)"
+        "database \"tracker_no_such_database\" does not exist (create it, or check DB_NAME or DATABASE_URL)"
     ));
     assert!(
         start.elapsed() < Duration::from_secs(20),

@@ -12,4 +12,3 @@ mod paused;
 mod replicas;
 mod session;
 mod settings;
-mod settings_docs;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use db_core::{DEFAULT_SQLITE_PATH, Settings, Source, SslMode};
+use db_core::{Section, Settings, Source, SslMode};
 use sea_orm::DbBackend;
 
 fn load(source: &Source) -> Settings {
@@ -19,20 +19,29 @@ fn error(source: &Source) -> String {
     }
 }
 
+/// The database a binary names for when none is configured.
+const DEFAULT_DATABASE: &str = "sqlite://data/app.db?mode=rwc";
+
 /// A source whose configuration folder is an empty temporary one, so the
-/// tests never read a `config/` folder of the working directory.
+/// tests never read a `config/` folder of the working directory, with a
+/// binary's default database.
 fn isolated() -> (Source, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    (Source::new().config_dir(dir.path()), dir)
+    let source = Source::new().config_dir(dir.path());
+    (source.default_value("url", DEFAULT_DATABASE), dir)
 }
 
 #[test]
-fn nothing_set_means_the_embedded_sqlite_file() {
-    let (source, _dir) = isolated();
+fn nothing_set_means_the_binarys_default_database_or_an_error_without_one() {
+    let (source, dir) = isolated();
     let s = load(&source);
     assert_eq!(s.url.backend(), DbBackend::Sqlite);
-    assert_eq!(s.url.target(), format!("sqlite {DEFAULT_SQLITE_PATH}"));
+    assert_eq!(s.url.target(), "sqlite data/app.db");
     assert!(s.warnings().is_empty());
+    assert_eq!(
+        error(&Source::new().config_dir(dir.path())),
+        "no database is configured: set DATABASE_URL, or DB_HOST, DB_NAME, DB_USER and DB_PASS"
+    );
 }
 
 #[test]
@@ -237,54 +246,18 @@ fn debug_of_settings_and_source_never_shows_the_password() {
 fn the_documented_defaults_are_the_built_in_ones() {
     let defaults = Settings::new(db_core::DatabaseUrl::parse("postgres://u@h/d", "test").unwrap());
     let described = defaults.describe();
-    for setting in db_core::SETTINGS.iter().filter(|s| !s.default.is_empty()) {
+    for setting in db_core::documented()
+        .iter()
+        .filter(|s| !s.default.is_empty())
+    {
         if let Some((_, value)) = described.iter().find(|(key, _)| *key == setting.key) {
-            if setting.key == "ssl_mode" {
-                // Left to the URL, whose own default is `prefer`.
-                assert!(
-                    value.ends_with(&format!("default {})", setting.default)),
-                    "{value}"
-                );
-            } else {
-                assert_eq!(value, setting.default, "{}", setting.var);
-            }
-        }
-    }
-}
-
-#[test]
-fn every_setting_is_documented_in_the_readme_and_env_example() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-    let example = std::fs::read_to_string(root.join(".env.example")).unwrap();
-    for setting in db_core::SETTINGS {
-        assert!(
-            readme.contains(&format!("| `{}` |", setting.var)),
-            "README.md lacks {}",
-            setting.var
-        );
-        assert!(
-            example.contains(&format!("{}=", setting.var)),
-            ".env.example lacks {}",
-            setting.var
-        );
-        if !setting.default.is_empty() {
-            let row = readme
-                .lines()
-                .find(|l| l.starts_with(&format!("| `{}` |", setting.var)))
-                .unwrap();
-            assert!(
-                row.contains(&format!("`{}`", setting.default)),
-                "README.md's default for {} is not {}",
-                setting.var,
-                setting.default
-            );
+            assert_eq!(*value, setting.default, "{}", setting.var);
         }
     }
 }
 
 mod properties {
-    use db_core::{SETTINGS, Settings, Source};
+    use db_core::{Settings, Source, documented};
     use proptest::prelude::*;
 
     fn cases() -> u32 {
@@ -309,12 +282,7 @@ mod properties {
 
     fn name() -> impl Strategy<Value = String> {
         prop_oneof![
-            prop::sample::select(
-                SETTINGS
-                    .iter()
-                    .map(|s| s.var.to_owned())
-                    .collect::<Vec<_>>()
-            ),
+            prop::sample::select(documented().into_iter().map(|s| s.var).collect::<Vec<_>>()),
             Just("APP_ENV".to_owned()),
             "DB_[A-Z_]{1,10}",
         ]
@@ -349,7 +317,7 @@ mod properties {
                     let message = e.to_string();
                     prop_assert!(!message.contains('\n'), "{}", message);
                     prop_assert!(!message.contains(&password) && !message.contains(&encoded), "{}", message);
-                    let names_one = SETTINGS.iter().any(|s| message.starts_with(s.var))
+                    let names_one = documented().iter().any(|s| message.starts_with(&s.var))
                         || message.starts_with("APP_ENV");
                     prop_assert!(names_one, "{}", message);
                 }
@@ -412,5 +380,97 @@ fn host_lists_come_from_db_host_and_db_port_and_replica_urls_may_hold_them() {
     assert_eq!(
         error(&source),
         "DB_REPLICA_URLS: an empty entry in the list"
+    );
+}
+
+/// A service's own settings, declared as a team would: a serde struct whose
+/// doc comments and `schemars` attributes document it.
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+struct Notes {
+    /// The longest title a note may have.
+    #[schemars(extend("default" = "50", "example" = "80", "expects" = "a whole number 1-1000"))]
+    max_title_length: u32,
+    /// Where new notes are announced.
+    #[schemars(extend("example" = "https://hooks.example/notes", "expects" = "a URL"))]
+    webhook: Option<String>,
+}
+
+impl Section for Notes {
+    const NAME: &'static str = "notes";
+    const PREFIX: &'static str = "NOTES_";
+
+    fn invalid(&self) -> Option<&'static str> {
+        (!(1..=1000).contains(&self.max_title_length)).then_some("max_title_length")
+    }
+}
+
+#[test]
+fn a_section_of_a_services_own_is_layered_like_the_database_settings() {
+    let (source, dir) = isolated();
+    let notes = source.section::<Notes>().unwrap();
+    assert_eq!(notes.max_title_length, 50);
+    assert_eq!(notes.webhook, None);
+
+    let path = dir.path().join("default.toml");
+    std::fs::write(
+        &path,
+        "max_connections = 4\n[notes]\nmax_title_length = 80\nwebhook = \"https://h/n\"\n",
+    )
+    .unwrap();
+    let notes = source.section::<Notes>().unwrap();
+    assert_eq!(
+        (notes.max_title_length, notes.webhook.as_deref()),
+        (80, Some("https://h/n"))
+    );
+    let source = source.var("NOTES_MAX_TITLE_LENGTH", "90");
+    assert_eq!(source.section::<Notes>().unwrap().max_title_length, 90);
+
+    // The database settings accept the table once the binary declares it,
+    // and the section does not see the database's keys.
+    let shown = path.display().to_string();
+    assert_eq!(
+        error(&source),
+        format!("{shown}: unknown key `notes` (see the configuration table in README.md)")
+    );
+    let declared = source.clone().declare::<Notes>();
+    assert_eq!(load(&declared).max_connections, 4);
+}
+
+#[test]
+fn a_sections_errors_are_one_line_naming_the_key_and_where_it_came_from() {
+    let (source, dir) = isolated();
+    let message = |source: &Source| match source.section::<Notes>() {
+        Ok(notes) => panic!("expected an error, got {notes:?}"),
+        Err(e) => {
+            assert!(e.is_config(), "not a configuration error: {e:?}");
+            e.to_string()
+        }
+    };
+    assert_eq!(
+        message(&source.clone().var("NOTES_MAX_TITLE_LENGTH", "long")),
+        "NOTES_MAX_TITLE_LENGTH=\"long\": expected a whole number 1-1000"
+    );
+    assert_eq!(
+        message(&source.clone().var("NOTES_MAX_TITLE_LENGTH", "0")),
+        "NOTES_MAX_TITLE_LENGTH=\"0\": expected a whole number 1-1000"
+    );
+    let path = dir.path().join("default.toml");
+    let shown = path.display().to_string();
+    std::fs::write(&path, "[notes]\nmax_title_length = 2000\n").unwrap();
+    assert_eq!(
+        message(&source),
+        format!("{shown}: max_title_length=\"2000\": expected a whole number 1-1000")
+    );
+    std::fs::write(&path, "[notes]\ncolour = \"red\"\n").unwrap();
+    assert_eq!(
+        message(&source),
+        format!(
+            "{shown}: unknown key `colour` of [notes] (see the configuration table in README.md)"
+        )
+    );
+    std::fs::write(&path, "notes = 3\n").unwrap();
+    assert_eq!(
+        message(&source),
+        format!("{shown}: `notes` must be a table")
     );
 }

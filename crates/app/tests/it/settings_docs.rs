@@ -1,27 +1,37 @@
 //! README.md's configuration table and `.env.example` are generated from the
-//! settings table (`db_core::SETTINGS`); these tests fail when they drift.
-//! `UPDATE_DOCS=1 cargo test -p db-core --test it settings_docs` rewrites them.
+//! settings' declarations (`db_core::documented`), with the binaries' own
+//! defaults; these tests fail when they drift.
+//! `UPDATE_DOCS=1 cargo test -p app --test it settings_docs` rewrites them.
 
 use std::path::PathBuf;
 
-use db_core::SETTINGS;
+use db_core::SettingInfo;
+use migration::binary::APPLICATION_NAME;
 
-const HOW: &str = "generated from the settings table in crates/db-core/src/settings.rs; \
-    edit it there, then run UPDATE_DOCS=1 cargo test -p db-core --test it settings_docs";
+const HOW: &str = "generated from the settings' declarations in crates/db-core/src/settings.rs; \
+    edit them there, then run UPDATE_DOCS=1 cargo test -p app --test it settings_docs";
 
-fn one_line(help: &str) -> String {
-    help.split_whitespace().collect::<Vec<_>>().join(" ")
+/// Every setting, with the defaults the binaries give. (The binaries'
+/// default database, their SQLite file, is said in the README's text.)
+fn settings() -> Vec<SettingInfo> {
+    let mut all = db_core::documented();
+    for s in &mut all {
+        if s.key == "application_name" {
+            s.default = APPLICATION_NAME.to_owned();
+        }
+    }
+    all
 }
 
 fn readme_table() -> String {
     let mut out =
         "| Variable | Default | Example | Meaning |\n| --- | --- | --- | --- |\n".to_owned();
-    for s in SETTINGS {
-        let default = match s.default {
+    for s in settings() {
+        let default = match s.default.as_str() {
             "" => "—".to_owned(),
             default => format!("`{default}`"),
         };
-        let (var, example, help) = (s.var, s.example, one_line(s.help));
+        let (var, example, help) = (&s.var, &s.example, s.help);
         out += &format!("| `{var}` | {default} | `{example}` | {help} |\n");
     }
     out
@@ -29,13 +39,13 @@ fn readme_table() -> String {
 
 fn env_example() -> String {
     let mut out = String::new();
-    for s in SETTINGS {
+    for s in settings() {
         let value = if s.default.is_empty() {
-            s.example
+            &s.example
         } else {
-            s.default
+            &s.default
         };
-        out += &format!("# {}\n# {}={value}\n", one_line(s.help), s.var);
+        out += &format!("# {}\n# {}={value}\n", s.help, s.var);
     }
     out
 }
@@ -90,7 +100,7 @@ fn the_env_example_is_the_settings_table() {
 
 #[test]
 fn file_keys_are_the_variable_names_without_db_in_lower_case() {
-    for s in SETTINGS {
+    for s in settings() {
         let var = if s.key == "url" {
             "DATABASE_URL".to_owned()
         } else {
