@@ -372,16 +372,20 @@ async fn execute<M: MigratorTrait>(
         // The server checks every second that this migrator is still there
         // while a statement runs, and cancels it when it is not: a migrator
         // killed during a long statement (an index build, a backfill batch)
-        // leaves nothing running for the next one to wait for. The session
-        // is the runner's one connection; PostgreSQL before 14 has no such
-        // check, and the statement fails harmlessly there.
+        // leaves nothing running for the next one to wait for (PostgreSQL
+        // 14 and later). And an index build runs in this session's process
+        // alone, without parallel workers: a schema change under live
+        // traffic takes one core, not every core the server has (PostgreSQL
+        // 11 and later). The session is the runner's one connection; a
+        // server without either setting refuses it harmlessly.
         let session = db.autocommit();
-        if session
-            .execute_unprepared("SET client_connection_check_interval = '1s'")
-            .await
-            .is_err()
-        {
-            tracing::debug!("this server cannot check for a vanished migrator");
+        for setting in [
+            "SET client_connection_check_interval = '1s'",
+            "SET max_parallel_maintenance_workers = 0",
+        ] {
+            if let Err(e) = session.execute_unprepared(setting).await {
+                tracing::debug!("this server refused `{setting}`: {e}");
+            }
         }
     }
     let runner = Runner {

@@ -93,6 +93,17 @@ impl Stretch {
     }
 }
 
+/// Whether a p99 while migrating stays near the one before: at most twice
+/// it, or 10 ms above it. The migration's work takes a share of the two
+/// cores (an index build or a validation in one backend, a backfill half of
+/// one) and each DDL statement its table's lock for a moment, so on a quiet
+/// machine a p99 of 2 to 6 ms grows by a few milliseconds; a lock wait
+/// behind a long transaction, what this test is about, is hundreds of
+/// milliseconds or more.
+fn quiet_enough(before: Duration, during: Duration) -> bool {
+    during <= (before * 2).max(before + Duration::from_millis(10))
+}
+
 impl std::fmt::Display for Stretch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -424,7 +435,7 @@ async fn chaos_schema_changes_under_live_traffic() {
         during.slowest
     );
     assert!(
-        during.p99 <= before.p99 * 2,
+        quiet_enough(before.p99, during.p99),
         "p99 {:?} during, {:?} before",
         during.p99,
         before.p99
@@ -490,7 +501,7 @@ async fn chaos_schema_changes_under_live_traffic() {
         during.slowest
     );
     assert!(
-        during.p99 <= before.p99 * 2,
+        quiet_enough(before.p99, during.p99),
         "p99 {:?} during, {:?} before",
         during.p99,
         before.p99
