@@ -3,6 +3,10 @@
 //!
 //! Exit codes: 0 success, 1 failure, 2 configuration error (or bad arguments).
 
+// The futures of `run`'s commands nest deeper than the default limit of the
+// compiler's layout queries allows in a release build.
+#![recursion_limit = "256"]
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
