@@ -168,7 +168,7 @@ async fn chaos_a_killed_migrator_leaves_a_state_the_next_one_completes() {
     loop {
         let waiting = strings(
             &t.db,
-            "SELECT query FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'CREATE TABLE%employees%'",
+            "SELECT query FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%CREATE TABLE%employees%'",
         )
         .await;
         if !waiting.is_empty() {
