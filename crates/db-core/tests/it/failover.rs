@@ -104,8 +104,8 @@ async fn read_write_and_read_only_pick_the_host_that_fits() {
 }
 
 /// Writes through `Db::transaction` keep succeeding when the host they go
-/// to turns read-only: the old connections are dropped, and the work runs
-/// again on the host that accepts writes.
+/// to turns read-only: the old connections are dropped, and the work lands
+/// on the host that accepts writes.
 #[test_support::needs(postgres)]
 #[tokio::test]
 async fn writes_follow_a_host_that_turns_read_only() {
