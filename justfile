@@ -115,7 +115,7 @@ browser-tools:
 browser-test: browser-tools
     TEST_BROWSER=1 cargo test -p app --test it -- docs::
 
-# The ReDoc version vendored in crates/tracker/assets/redoc.
+# The ReDoc version vendored in crates/web/assets/redoc.
 redoc_version := "2.5.4"
 
 # Replace the vendored ReDoc bundle with `redoc_version` from the npm registry.
@@ -126,4 +126,4 @@ vendor-redoc:
     trap 'rm -rf "$tmp"' EXIT
     npm pack --silent --pack-destination "$tmp" "redoc@{{redoc_version}}" >/dev/null
     tar -xzf "$tmp/redoc-{{redoc_version}}.tgz" -C "$tmp"
-    cp "$tmp/package/bundles/redoc.standalone.js" "$tmp/package/bundles/redoc.standalone.js.LICENSE.txt" "$tmp/package/LICENSE" crates/tracker/assets/redoc/
+    cp "$tmp/package/bundles/redoc.standalone.js" "$tmp/package/bundles/redoc.standalone.js.LICENSE.txt" "$tmp/package/LICENSE" crates/web/assets/redoc/

@@ -178,7 +178,7 @@ async fn serve(settings: &Settings, args: ServeArgs, dropped: DroppedLines) -> a
     // Installed before connecting, so that the pools (the migrator's too) are measured.
     let metrics = match args.metrics {
         Switch::On => {
-            let metrics = tracker::http::Metrics::install()?;
+            let metrics = web::Metrics::install()?;
             metrics.count_dropped_log_lines(move || dropped.get());
             Some(metrics)
         }
@@ -189,8 +189,8 @@ async fn serve(settings: &Settings, args: ServeArgs, dropped: DroppedLines) -> a
         .await
         .with_context(|| format!("listening on {addr}"))?;
     let exposure = match (metrics, args.metrics_addr) {
-        (None, _) => tracker::http::Exposure::Off,
-        (Some(m), None) => tracker::http::Exposure::Api(m),
+        (None, _) => web::Exposure::Off,
+        (Some(m), None) => web::Exposure::Api(m),
         (Some(m), Some(metrics_addr)) => {
             let metrics_listener = tokio::net::TcpListener::bind(metrics_addr)
                 .await
@@ -199,13 +199,13 @@ async fn serve(settings: &Settings, args: ServeArgs, dropped: DroppedLines) -> a
                 "serving metrics at http://{}/metrics",
                 metrics_listener.local_addr()?
             );
-            tokio::spawn(tracker::http::serve_metrics(
+            tokio::spawn(web::serve_metrics(
                 metrics_listener,
                 m,
                 db.clone(),
                 std::future::pending(),
             ));
-            tracker::http::Exposure::Separate(m)
+            web::Exposure::Separate(m)
         }
     };
     tracing::info!(
@@ -219,12 +219,7 @@ async fn serve(settings: &Settings, args: ServeArgs, dropped: DroppedLines) -> a
         tracing::info!("shutting down: finishing requests in flight");
         let _ = stopping_tx.send(());
     };
-    let server = tracker::http::serve(
-        listener,
-        tracker::Tracker::new(db.clone()),
-        exposure,
-        shutdown,
-    );
+    let server = app(&db).serve(listener, exposure, shutdown);
     // Every wait of a request on the database is bounded (by the acquire
     // and operation timeouts), so requests in flight end within the grace
     // period whatever state the servers are in; one still running after it
@@ -248,6 +243,14 @@ async fn serve(settings: &Settings, args: ServeArgs, dropped: DroppedLines) -> a
     db.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The application served: its title in the OpenAPI document, and the
+/// routes of each of its services.
+fn app(db: &Db) -> web::App {
+    web::App::new("Task Tracker", "0.1.0", db.clone())
+        .description("Employees and a tree of tasks.")
+        .service(tracker::http::routes(tracker::Tracker::new(db.clone())))
 }
 
 /// SIGINT (Ctrl-C) or SIGTERM.

@@ -73,7 +73,7 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.metrics {
-        tracker::http::Metrics::install()?.spawn_upkeep();
+        web::Metrics::install()?.spawn_upkeep();
     }
     let settings = Settings::load(&migration::binary::source()?)?;
     let options = Options {

@@ -6,10 +6,9 @@
 //!   read-only sessions, writes in a transaction that commits once and rolls
 //!   back on failure). Lists are pages ordered by id, and a task's whole
 //!   subtree is one query.
-//! - [`http`] maps the operations to routes and describes them in an OpenAPI
-//!   3.1 document (`/openapi.json`, rendered at `/docs` and `/redoc`);
-//!   [`http::serve`] runs them, with Prometheus metrics at `/metrics`
-//!   ([`http::Metrics`], [`http::Exposure`]).
+//! - [`http`] maps the operations to routes and describes them for the
+//!   application's OpenAPI document; [`http::routes`] gives them to a
+//!   `web::App`, which serves them.
 //! - [`seed`] fills an empty database with a few employees and a task tree.
 //!
 //! ```no_run
@@ -26,6 +25,7 @@
 
 mod error;
 pub mod http;
+mod input;
 mod seed;
 mod service;
 

@@ -110,14 +110,11 @@ async fn the_reference_servers_answer_with_the_trackers_exact_bytes() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let tracker_base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = oneshot::channel::<()>();
-    let served = tokio::spawn(tracker::http::serve(
-        listener,
-        tracker,
-        tracker::http::Exposure::Off,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let app = web::App::new("Task Tracker", "0.1.0", tracker.db().clone())
+        .service(tracker::http::routes(tracker));
+    let served = tokio::spawn(app.serve(listener, web::Exposure::Off, async {
+        let _ = stopped.await;
+    }));
     let client = reqwest::Client::new();
     let missing = child.id + 1000;
     let (status, _, body) = answer(&client, &format!("{tracker_base}/tasks/{missing}/")).await;

@@ -11,8 +11,7 @@ use sea_orm::ConnectionTrait;
 use test_support::{Backend, TestDb, terminate_connections};
 use tower::ServiceExt;
 use tracing::Instrument;
-use tracker::Tracker;
-use tracker::http::Exposure;
+use web::Exposure;
 
 use crate::support::migrate;
 
@@ -72,7 +71,7 @@ async fn a_5xx_logs_its_cause_and_never_the_password() {
     let db = Db::connect(&Backend::Postgres.settings_with_password(&t.name(), PASSWORD))
         .await
         .unwrap();
-    let app = tracker::http::router(Tracker::new(db.clone()), &Exposure::Off);
+    let app = crate::support::app(&db).router(&Exposure::Off);
     assert_eq!(get(&app, "/tasks").await, StatusCode::OK);
 
     db.session(SessionOptions::single_statement())

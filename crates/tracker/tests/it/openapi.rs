@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use serde_json::{Value, json};
 use test_support::Backend;
 use tracker::Tracker;
-use tracker::http::Exposure;
+use web::Exposure;
 
 use crate::support::Server;
 
@@ -203,7 +203,10 @@ async fn the_document_has_the_originals_paths_parameters_and_schemas() {
 /// other way to list them. A format change fails the test rather than
 /// passing it with an empty list.
 fn routed_paths(tracker: Tracker) -> BTreeSet<String> {
-    let debug = format!("{:?}", tracker::http::router(tracker, &Exposure::Off));
+    let debug = format!(
+        "{:?}",
+        crate::support::app(tracker.db()).router(&Exposure::Off)
+    );
     // The fallback's own catch-all routes come after the routes proper.
     let routes = debug.split("fallback_router").next().unwrap();
     let mut paths = BTreeSet::new();
@@ -355,9 +358,9 @@ async fn every_example_is_a_real_request_or_answer() {
     s.stop().await;
 }
 
-/// The request schemas' required fields and lengths, and the list
-/// parameters' bounds, are the parsers': each documented limit is tried at
-/// the limit and one past it.
+/// The request schemas' required fields, lengths and patterns, and the
+/// list parameters' bounds, are the parsers': each documented limit is
+/// tried at the limit and one past it.
 #[tokio::test]
 async fn request_schemas_and_parameters_are_what_the_parsers_enforce() {
     let s = Server::start(Backend::Sqlite).await;
@@ -401,11 +404,18 @@ async fn request_schemas_and_parameters_are_what_the_parsers_enforce() {
                 assert_eq!(answer["detail"][0]["type"], "missing");
                 assert_eq!(answer["detail"][0]["loc"], json!(["body", field]));
             }
-            // Each documented length: taken at the limit, refused past it.
+            // Each documented length: taken at the limit, refused past it;
+            // each string's pattern says that NUL is refused, and it is.
             for (field, property) in schema["properties"].as_object().unwrap() {
                 let Some(max) = property["maxLength"].as_u64() else {
                     continue;
                 };
+                assert_eq!(property["pattern"], web::input::NO_NUL, "{path} {field}");
+                let mut body = example.clone();
+                body.insert(field.clone(), Value::from("a\0b"));
+                let (status, answer) = s.send(&method, &url, Value::from(body)).await;
+                assert_eq!(status, 422, "{method} {path} {field} with NUL");
+                assert_eq!(answer["detail"][0]["type"], "string_nul");
                 for (length, ok) in [(max, true), (max + 1, false)] {
                     let mut body = example.clone();
                     body.insert(field.clone(), Value::from("x".repeat(length as usize)));

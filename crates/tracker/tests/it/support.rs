@@ -13,6 +13,12 @@ pub async fn migrate(t: &TestDb) {
         .unwrap();
 }
 
+/// The tracker's routes in an application, as the binary composes them.
+pub fn app(db: &db_core::Db) -> web::App {
+    web::App::new("Task Tracker", "0.1.0", db.clone())
+        .service(tracker::http::routes(Tracker::new(db.clone())))
+}
+
 /// A running server and its database.
 pub struct Server {
     pub t: TestDb,
@@ -35,15 +41,9 @@ impl Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
-        let tracker = Tracker::new(t.db.clone());
-        let task = tokio::spawn(tracker::http::serve(
-            listener,
-            tracker,
-            tracker::http::Exposure::Off,
-            async {
-                let _ = stopped.await;
-            },
-        ));
+        let task = tokio::spawn(app(&t.db).serve(listener, web::Exposure::Off, async {
+            let _ = stopped.await;
+        }));
         Server {
             t,
             base,

@@ -1,8 +1,9 @@
 //! Every HTTP error response, built in one place. Clients get a JSON
-//! `{"detail": ...}`: a clear 4xx for their mistakes (FastAPI's shapes, so the
-//! original front end reads them), a generic 5xx for ours, with the cause in
-//! the log. The types at the end describe these answers in the OpenAPI
-//! document.
+//! `{"detail": ...}`: a clear 4xx for their mistakes (FastAPI's shapes), a
+//! generic 5xx for ours, with the cause in the log. A handler returns
+//! [`ApiError`] (a db-core error converts into one with `?`); the types at
+//! the end describe these answers in the OpenAPI document, for a handler's
+//! `responses(...)`.
 
 use std::sync::Arc;
 
@@ -12,8 +13,6 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
-
-use crate::error::{Error, Kind};
 
 /// One problem with the request, in FastAPI's shape.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -34,7 +33,8 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    pub(crate) fn new(
+    /// A problem of `kind` at `loc` (such as `&["body", "title"]`).
+    pub fn new(
         kind: &'static str,
         loc: &[&str],
         msg: impl Into<String>,
@@ -90,7 +90,7 @@ impl Cause {
 /// Logs the cause of a 5xx answer: a warning for an unavailable database,
 /// an error otherwise. Handlers only build answers; every answer passes
 /// here (see `layer.rs`).
-pub(super) fn log_failure(response: &Response) {
+pub(crate) fn log_failure(response: &Response) {
     if let Some(Cause(error)) = response.extensions().get::<Cause>() {
         // The whole chain: a database error's cause is its source.
         let error = db_core::Report(&**error);
@@ -102,34 +102,24 @@ pub(super) fn log_failure(response: &Response) {
     }
 }
 
-impl From<Error> for ApiError {
-    fn from(e: Error) -> Self {
-        match e {
-            Error::NotFound(Kind::Employee) => ApiError::NotFound("Employee not found".to_owned()),
-            Error::NotFound(Kind::Task) => ApiError::NotFound("Task not found".to_owned()),
-            Error::Invalid { field, message } => ApiError::Validation(vec![FieldError::new(
-                "value_error",
-                &["body", field],
-                message,
-                None,
-            )]),
-            Error::Db(e) if e.is_outcome_unknown() => ApiError::OutcomeUnknown(Cause::new(e)),
-            Error::Db(e) if e.is_unavailable() => ApiError::Unavailable(Cause::new(e)),
-            Error::Db(e) => ApiError::Internal(Some(Cause::new(e))),
-        }
-    }
-}
-
 impl From<db_core::Error> for ApiError {
+    /// 503 when the database is unreachable or never confirmed a write,
+    /// 500 otherwise; the error itself goes to the log.
     fn from(e: db_core::Error) -> Self {
-        Error::Db(e).into()
+        if e.is_outcome_unknown() {
+            ApiError::OutcomeUnknown(Cause::new(e))
+        } else if e.is_unavailable() {
+            ApiError::Unavailable(Cause::new(e))
+        } else {
+            ApiError::Internal(Some(Cause::new(e)))
+        }
     }
 }
 
 /// An error other than a validation error.
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(as = HTTPError)]
-pub(crate) struct Message {
+pub struct Message {
     /// What went wrong, for people.
     detail: String,
 }
@@ -143,7 +133,7 @@ pub(crate) struct Message {
         {"type": "missing", "loc": ["body", "position"], "msg": "Field required"},
     ]})
 )]
-pub(crate) struct ValidationErrors {
+pub struct ValidationErrors {
     /// The problems, in the order the fields were read.
     detail: Vec<FieldError>,
 }
@@ -201,7 +191,7 @@ impl IntoResponse for ApiError {
 const OUTCOME_UNKNOWN: &str = "Database unavailable: the write may or may not have been saved; read it back before retrying it";
 
 /// The 503 every route that reads or writes the database can answer.
-#[derive(utoipa::IntoResponses)]
+#[derive(Debug, utoipa::IntoResponses)]
 #[response(
     status = 503,
     description = "The database is unreachable or has no free connection; try again later. \
@@ -211,30 +201,10 @@ const OUTCOME_UNKNOWN: &str = "Database unavailable: the write may or may not ha
     example = json!({"detail": "Database unavailable, try again later"})
 )]
 #[expect(dead_code, reason = "only the OpenAPI document reads it")]
-pub(crate) struct Unavailable(Message);
+pub struct Unavailable(Message);
 
 /// The 422 of every route that takes input (a body, a query or an id).
-#[derive(utoipa::IntoResponses)]
+#[derive(Debug, utoipa::IntoResponses)]
 #[response(status = 422, description = "Validation Error")]
 #[expect(dead_code, reason = "only the OpenAPI document reads it")]
-pub(crate) struct Invalid(ValidationErrors);
-
-/// The 404 of the routes that take an employee id.
-#[derive(utoipa::IntoResponses)]
-#[response(
-    status = 404,
-    description = "No employee has this id",
-    example = json!({"detail": "Employee not found"})
-)]
-#[expect(dead_code, reason = "only the OpenAPI document reads it")]
-pub(crate) struct EmployeeNotFound(Message);
-
-/// The 404 of the routes that take a task id.
-#[derive(utoipa::IntoResponses)]
-#[response(
-    status = 404,
-    description = "No task has this id",
-    example = json!({"detail": "Task not found"})
-)]
-#[expect(dead_code, reason = "only the OpenAPI document reads it")]
-pub(crate) struct TaskNotFound(Message);
+pub struct Invalid(ValidationErrors);

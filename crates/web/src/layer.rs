@@ -14,16 +14,16 @@ use std::time::Instant;
 use axum::extract::{MatchedPath, Request};
 use axum::response::Response;
 
-use super::error::log_failure;
-use super::metrics::{Metrics, Route};
+use crate::error::log_failure;
+use crate::metrics::{Metrics, Route};
 
 /// Puts [`Answer`] around each route.
 #[derive(Clone, Copy)]
-pub(super) struct AnswerLayer(Option<Metrics>);
+pub(crate) struct AnswerLayer(Option<Metrics>);
 
 impl AnswerLayer {
     /// With `metrics`, requests are also counted and timed.
-    pub(super) fn new(metrics: Option<Metrics>) -> Self {
+    pub(crate) fn new(metrics: Option<Metrics>) -> Self {
         AnswerLayer(metrics)
     }
 }
@@ -43,7 +43,7 @@ impl<S> tower::Layer<S> for AnswerLayer {
 /// [`AnswerLayer`] around one route's service. axum clones it for every
 /// request: it holds references only, so a clone writes to nothing shared.
 #[derive(Clone)]
-pub(super) struct Answer<S> {
+pub(crate) struct Answer<S> {
     metrics: Option<(Metrics, &'static OnceLock<&'static Route>)>,
     inner: S,
 }

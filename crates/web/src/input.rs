@@ -1,27 +1,29 @@
-//! Reading requests the way the original's validation (pydantic v2, lax
-//! mode) does where its front end depends on it: integers may come as JSON
-//! numbers or as strings of digits (`<select>` values), dates as
-//! `YYYY-MM-DD` strings (`<input type=date>`). Anything else is a 422 that
-//! names the field.
+//! Reading requests: extractors whose rejections are the `{"detail": …}`
+//! 422 and 413 answers, and [`Fields`], which reads a JSON object's fields
+//! the way pydantic v2 does in lax mode (FastAPI's validation): integers may
+//! come as JSON numbers or as strings of digits (`<select>` values), dates as
+//! `YYYY-MM-DD` strings (`<input type=date>`). Every problem of a body is
+//! reported at once, each a 422 entry that names its field.
 //!
-//! The types at the end describe what these parsers read, for the OpenAPI
-//! document; the tests check the document against the parsers.
+//! Each parser's limits are the ones to declare in the OpenAPI document:
+//! [`Fields::string`] refuses NUL characters, which `pattern = "^[^\\x00]*$"`
+//! ([`NO_NUL`]) states.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use chrono::NaiveDate;
 use serde_json::{Map, Value};
-use utoipa::{IntoParams, ToSchema};
 
-use super::error::{ApiError, FieldError};
-use crate::service::{EmployeeInput, Page, TaskInput};
+use crate::error::{ApiError, FieldError};
+
+/// The pattern that states, in the OpenAPI document, that a string may not
+/// contain NUL (which [`Fields::string`] refuses, as PostgreSQL cannot store
+/// it): `#[schema(pattern = "^[^\\x00]*$")]`.
+pub const NO_NUL: &str = "^[^\\x00]*$";
 
 /// Largest request body accepted.
 pub const BODY_LIMIT: usize = 64 * 1024;
-
-/// Largest page a list returns.
-pub const MAX_LIMIT: u64 = 1000;
 
 /// A JSON object body, read with a size limit.
 #[derive(Debug)]
@@ -54,21 +56,33 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
     }
 }
 
-/// Collects the problems of one body, so all of them are reported at once.
-struct Fields<'a> {
+/// The fields of one JSON object body, read one by one; the problems are
+/// collected, so that all of them are reported at once by [`Fields::finish`].
+///
+/// ```
+/// # use serde_json::json;
+/// let body = json!({"title": "", "parent_id": "12"});
+/// let mut f = web::input::Fields::new(body.as_object().unwrap());
+/// let (title, parent) = (f.string("title", 50), f.id("parent_id"));
+/// assert_eq!(f.finish((title, parent)).unwrap(), (String::new(), Some(12)));
+/// ```
+#[derive(Debug)]
+pub struct Fields<'a> {
     body: &'a Map<String, Value>,
     errors: Vec<FieldError>,
 }
 
 impl<'a> Fields<'a> {
-    fn new(body: &'a Map<String, Value>) -> Self {
+    /// Reads `body`.
+    pub fn new(body: &'a Map<String, Value>) -> Self {
         Fields {
             body,
             errors: Vec::new(),
         }
     }
 
-    fn fail(
+    /// Records a problem with `field`.
+    pub fn fail(
         &mut self,
         kind: &'static str,
         field: &str,
@@ -81,7 +95,7 @@ impl<'a> Fields<'a> {
 
     /// A required string of at most `max` characters, without NUL (which
     /// PostgreSQL cannot store).
-    fn string(&mut self, field: &str, max: usize) -> String {
+    pub fn string(&mut self, field: &str, max: usize) -> String {
         match self.body.get(field) {
             None => self.fail("missing", field, "Field required", None),
             Some(Value::String(s)) if s.chars().count() > max => self.fail(
@@ -109,7 +123,7 @@ impl<'a> Fields<'a> {
 
     /// An optional id: a JSON integer, a float without a fraction, or a
     /// string of digits (surrounding spaces allowed); `null` or absent is none.
-    fn id(&mut self, field: &str) -> Option<i32> {
+    pub fn id(&mut self, field: &str) -> Option<i32> {
         let value = self.body.get(field)?;
         match lax_int(value) {
             Ok(None) => None,
@@ -137,7 +151,7 @@ impl<'a> Fields<'a> {
     }
 
     /// An optional `YYYY-MM-DD` date; `null` or absent is none.
-    fn date(&mut self, field: &str) -> Option<NaiveDate> {
+    pub fn date(&mut self, field: &str) -> Option<NaiveDate> {
         let value = self.body.get(field)?;
         match value {
             Value::Null => None,
@@ -165,7 +179,8 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn finish<T>(self, value: T) -> Result<T, ApiError> {
+    /// `value` if no field had a problem, else the 422 that lists them all.
+    pub fn finish<T>(self, value: T) -> Result<T, ApiError> {
         if self.errors.is_empty() {
             Ok(value)
         } else {
@@ -220,8 +235,9 @@ fn lax_int(value: &Value) -> Result<Option<i64>, (&'static str, &'static str)> {
     }
 }
 
-/// An optionally signed run of ASCII digits, surrounding spaces allowed.
-fn parse_int_text(s: &str) -> Option<i64> {
+/// An optionally signed run of ASCII digits, surrounding spaces allowed, as
+/// a query or path parameter is read.
+pub fn parse_int_text(s: &str) -> Option<i64> {
     let t = s.trim();
     let digits = t.strip_prefix(['-', '+']).unwrap_or(t);
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -250,29 +266,6 @@ impl<S: Send + Sync> FromRequestParts<S> for PathParam {
     }
 }
 
-/// An employee body.
-pub fn employee(body: &Map<String, Value>) -> Result<EmployeeInput, ApiError> {
-    let mut f = Fields::new(body);
-    let input = EmployeeInput {
-        full_name: f.string("full_name", 255),
-        position: f.string("position", 255),
-    };
-    f.finish(input)
-}
-
-/// A task body.
-pub fn task(body: &Map<String, Value>) -> Result<TaskInput, ApiError> {
-    let mut f = Fields::new(body);
-    let input = TaskInput {
-        title: f.string("title", 255),
-        status: f.string("status", 64),
-        parent_id: f.id("parent_id"),
-        assignee_id: f.id("assignee_id"),
-        deadline: f.date("deadline"),
-    };
-    f.finish(input)
-}
-
 /// An id from the path: 422 if it is not an integer, 404 if it is one that
 /// no row can have (ids are 1 to 2^31-1).
 pub fn path_id(raw: &str, name: &str, not_found: &str) -> Result<i32, ApiError> {
@@ -288,141 +281,4 @@ pub fn path_id(raw: &str, name: &str, not_found: &str) -> Result<i32, ApiError> 
         .ok()
         .filter(|id| *id > 0)
         .ok_or_else(|| ApiError::NotFound(not_found.to_owned()))
-}
-
-/// `skip`, `limit` and `after_id` from the query string (defaults 0, 100 and none).
-pub fn page(query: Option<&str>) -> Result<Page, ApiError> {
-    let mut page = Page::default();
-    let mut errors = Vec::new();
-    for (key, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-        let max = match &*key {
-            "skip" => i64::MAX as u64,
-            "limit" => MAX_LIMIT,
-            "after_id" => i32::MAX as u64,
-            _ => continue,
-        };
-        let loc = ["query", &*key];
-        match parse_int_text(&value) {
-            None => errors.push(FieldError::new(
-                "int_parsing",
-                &loc,
-                "Input should be a valid integer, unable to parse string as an integer",
-                Some(&Value::from(&*value)),
-            )),
-            Some(n) if n < 0 => errors.push(FieldError::new(
-                "greater_than_equal",
-                &loc,
-                "Input should be greater than or equal to 0",
-                Some(&Value::from(&*value)),
-            )),
-            Some(n) if n as u64 > max => errors.push(FieldError::new(
-                "less_than_equal",
-                &loc,
-                format!("Input should be less than or equal to {max}"),
-                Some(&Value::from(&*value)),
-            )),
-            // In range: `after_id` is at most `i32::MAX`.
-            Some(n) => match &*key {
-                "skip" => page.skip = n as u64,
-                "limit" => page.limit = n as u64,
-                _ => page.after_id = Some(n as i32),
-            },
-        }
-    }
-    if errors.is_empty() {
-        Ok(page)
-    } else {
-        Err(ApiError::Validation(errors))
-    }
-}
-
-/// Declares the schema of a body under the names the original gives it for
-/// create and for replace (the two take the same fields).
-macro_rules! body_schema {
-    ($(#[$meta:meta])* $create:ident, $update:ident { $($fields:tt)* }) => {
-        #[derive(ToSchema)]
-        $(#[$meta])*
-        #[expect(dead_code, reason = "only the OpenAPI document reads it")]
-        pub(super) struct $create { $($fields)* }
-
-        #[derive(ToSchema)]
-        $(#[$meta])*
-        #[expect(dead_code, reason = "only the OpenAPI document reads it")]
-        pub(super) struct $update { $($fields)* }
-    };
-}
-
-body_schema! {
-    /// An employee's fields. A replace sets both.
-    #[schema(example = json!({"full_name": "Ann Lee", "position": "developer"}))]
-    EmployeeCreate, EmployeeUpdate {
-        /// Full name.
-        #[schema(max_length = 255)]
-        full_name: String,
-        /// Job title.
-        #[schema(max_length = 255)]
-        position: String,
-    }
-}
-
-body_schema! {
-    /// A task's fields. A replace sets every field: one left out becomes
-    /// `null`. Ids may also be given as strings of digits.
-    #[schema(example = json!({
-        "title": "Write the report", "status": "todo",
-        "parent_id": null, "assignee_id": null, "deadline": "2026-12-01"
-    }))]
-    TaskCreate, TaskUpdate {
-        /// Title.
-        #[schema(max_length = 255)]
-        title: String,
-        /// Free-form status, e.g. `todo`.
-        #[schema(max_length = 64)]
-        status: String,
-        /// The parent task, if this is a subtask; it must exist and must not
-        /// be the task itself or one of its subtasks.
-        parent_id: Option<i32>,
-        /// The employee assigned, if any; they must exist.
-        assignee_id: Option<i32>,
-        /// Due date.
-        deadline: Option<NaiveDate>,
-    }
-}
-
-/// The page of a list: `skip`, `limit` and `after_id`, read by [`page`].
-#[derive(IntoParams)]
-#[into_params(parameter_in = Query)]
-#[expect(dead_code, reason = "only the OpenAPI document reads it")]
-pub(super) struct PageQuery {
-    /// Rows to skip.
-    #[param(default = 0, minimum = 0)]
-    skip: Option<u64>,
-    /// Rows to return at most.
-    // The bounds are literals (as the attribute needs); a test tries them
-    // against `page`, whose upper bound is `MAX_LIMIT`.
-    #[param(default = 100, minimum = 0, maximum = 1000)]
-    limit: Option<u64>,
-    /// Only rows with a larger id: pass the last id of the previous page to
-    /// get the next one (keyset paging, as fast at any depth); `skip` counts
-    /// from there. Not in the original API.
-    #[param(minimum = 0, maximum = 2147483647)]
-    after_id: Option<i32>,
-}
-
-/// An employee id in the path, read by [`path_id`].
-#[derive(IntoParams)]
-#[into_params(parameter_in = Path)]
-#[expect(dead_code, reason = "only the OpenAPI document reads it")]
-pub(super) struct EmployeeId {
-    /// The employee's id.
-    employee_id: i32,
-}
-
-/// A task id in the path, read by [`path_id`].
-#[derive(IntoParams)]
-#[into_params(parameter_in = Path)]
-#[expect(dead_code, reason = "only the OpenAPI document reads it")]
-pub(super) struct TaskId {
-    /// The task's id.
-    task_id: i32,
 }

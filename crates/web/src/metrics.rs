@@ -133,7 +133,7 @@ impl Metrics {
     /// route matched), made on first use and kept for the life of the
     /// process, like the series they feed. Method labels and the router's
     /// templates bound how many there are.
-    pub(super) fn route(&self, method: &Method, path: Option<&str>) -> &'static Route {
+    pub(crate) fn route(&self, method: &Method, path: Option<&str>) -> &'static Route {
         let (method, path) = (method_label(method), path.unwrap_or("unmatched"));
         let find = |routes: &HashMap<String, Vec<&'static Route>>| {
             let of_path = routes.get(path)?;
@@ -157,11 +157,11 @@ impl Metrics {
 const STATUS_SLOTS: usize = 8;
 
 /// One route template and method: its handles.
-pub(super) struct Route {
+pub(crate) struct Route {
     method: &'static str,
     path: String,
-    pub(super) duration: Histogram,
-    pub(super) operation: Operation,
+    pub(crate) duration: Histogram,
+    pub(crate) operation: Operation,
     /// The request counter of each status seen, filled in order.
     by_status: [OnceLock<(StatusCode, Counter)>; STATUS_SLOTS],
     more_statuses: Mutex<Vec<(StatusCode, Counter)>>,
@@ -180,12 +180,12 @@ impl Route {
     }
 
     /// Whether these are the handles of `method` on the template `path`.
-    pub(super) fn is(&self, method: &Method, path: Option<&str>) -> bool {
+    pub(crate) fn is(&self, method: &Method, path: Option<&str>) -> bool {
         self.method == method_label(method) && self.path == path.unwrap_or("unmatched")
     }
 
     /// Counts one answer with `status`.
-    pub(super) fn count(&self, status: StatusCode) {
+    pub(crate) fn count(&self, status: StatusCode) {
         let counter = || {
             let status = status.as_u16().to_string();
             let route = self.path.clone();
@@ -223,7 +223,7 @@ fn method_label(method: &Method) -> &'static str {
 }
 
 /// The `/metrics` handler's answer.
-pub(super) async fn answer(metrics: &Metrics, db: &Db) -> Response {
+pub(crate) async fn answer(metrics: &Metrics, db: &Db) -> Response {
     (
         [(
             header::CONTENT_TYPE,

@@ -1,6 +1,5 @@
-//! The Task Tracker HTTP API: the original's routes and JSON, with and
-//! without the trailing slash, CORS open to any origin, one log line per
-//! request, and JSON errors only.
+//! The Task Tracker's routes: the original's paths and JSON, and its error
+//! shapes (`web::ApiError`).
 //!
 //! | route | answer |
 //! | --- | --- |
@@ -12,51 +11,28 @@
 //! | `GET /tasks/?skip&limit&after_id` | a page of tasks |
 //! | `GET`, `PUT`, `DELETE /tasks/{id}/` | the task (DELETE removes its subtasks too) |
 //! | `GET /tasks/{id}/subtree/` | every descendant of the task |
-//! | `GET /health` | the process is up |
-//! | `GET /ready` | the database answers a ping (503 if not) |
-//! | `GET /openapi.json` | the OpenAPI 3.1 document of the routes above |
-//! | `GET /docs`, `GET /redoc` | the document rendered by Swagger UI and by ReDoc |
-//! | `GET /metrics` | Prometheus metrics, when [`serve`] is given [`Exposure::Api`] |
+//!
+//! [`routes`] gives them to a `web::App`, which serves them with the shared
+//! layers and describes them in the application's OpenAPI document.
 //!
 //! Each handler's `#[utoipa::path]` attribute declares its method, path,
-//! parameters and answers; [`router`] routes the handlers from those
+//! parameters and answers; [`routes`] routes the handlers from those
 //! declarations, and the document is built from the same ones.
 
-mod docs;
-mod error;
-mod input;
-mod layer;
-mod metrics;
-
-use std::future::Future;
-use std::time::Duration;
-
-use axum::body::Body;
+use axum::Json;
 use axum::extract::{RawQuery, State};
-use axum::http::{Method, Request};
-use axum::response::{IntoResponse, Response};
-use axum::{Json, Router, ServiceExt};
 use serde::Serialize;
-use tokio::net::TcpListener;
-use tower::ServiceBuilder;
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::cors::{Any, CorsLayer};
-use tower_http::normalize_path::NormalizePathLayer;
-use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use utoipa::ToSchema;
 use utoipa_axum::routes;
+use web::error::{Invalid, Message, Unavailable};
+use web::input::{JsonObject, PathParam as Path};
+use web::{ApiError, FieldError, Routes};
 
-pub use error::{ApiError, Cause, FieldError};
-pub use input::{BODY_LIMIT, MAX_LIMIT};
-pub use metrics::{InstallError, Metrics};
-
-use crate::service::{Employee, Task, Tracker};
-use docs::Api;
-use error::{EmployeeNotFound, Invalid, TaskNotFound, Unavailable};
-use input::{
-    EmployeeCreate, EmployeeId, EmployeeUpdate, JsonObject, PageQuery, PathParam as Path,
-    TaskCreate, TaskId, TaskUpdate,
+use crate::error::{Error, Kind};
+use crate::input::{
+    self, EmployeeCreate, EmployeeId, EmployeeUpdate, PageQuery, TaskCreate, TaskId, TaskUpdate,
 };
+use crate::service::{Employee, Task, Tracker};
 
 /// An employee.
 #[derive(Debug, Serialize, ToSchema)]
@@ -129,162 +105,67 @@ fn many<T, O: From<T>>(rows: Vec<T>) -> Json<Vec<O>> {
     Json(rows.into_iter().map(O::from).collect())
 }
 
-/// The routes and their documentation pages (and `/metrics` with
-/// [`Exposure::Api`]), each behind the one layer that every answer passes:
-/// it logs a 5xx answer's cause and, unless metrics are off, counts and
-/// times the request under its route template. Without what [`serve`] adds
-/// around the whole router: trailing-slash normalisation, CORS, the request
-/// log and catching panics.
-pub fn router(tracker: Tracker, exposure: &Exposure) -> Router {
-    let db = tracker.db().clone();
-    let mut app = Api::new()
+/// The tracker's routes, for `web::App::service`.
+pub fn routes(tracker: Tracker) -> Routes {
+    Routes::new()
+        .tag("employees", "People who can be assigned tasks")
+        .tag(
+            "tasks",
+            "Tasks, each with an optional parent task and assignee",
+        )
         .routes(routes!(list_employees, create_employee))
         .routes(routes!(get_employee, update_employee, delete_employee))
         .routes(routes!(employee_tasks))
         .routes(routes!(list_tasks, create_task))
         .routes(routes!(get_task, update_task, delete_task))
         .routes(routes!(subtree))
-        .routes(routes!(health))
-        .routes(routes!(ready))
-        .finish()
-        .fallback(|| async { ApiError::NotFound("Not Found".to_owned()) })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .with_state(tracker);
-    let metrics = match exposure {
-        Exposure::Off => None,
-        Exposure::Api(m) => {
-            app = app.merge(metrics_route(*m, db));
-            Some(m)
+        .with_state(tracker)
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::NotFound(Kind::Employee) => ApiError::NotFound("Employee not found".to_owned()),
+            Error::NotFound(Kind::Task) => ApiError::NotFound("Task not found".to_owned()),
+            Error::Invalid { field, message } => ApiError::Validation(vec![FieldError::new(
+                "value_error",
+                &["body", field],
+                message,
+                None,
+            )]),
+            Error::Db(e) => e.into(),
         }
-        Exposure::Separate(m) => Some(m),
-    };
-    app.layer(layer::AnswerLayer::new(metrics.copied()))
-}
-
-/// Whether requests are measured, and where `/metrics` is served.
-#[derive(Debug, Clone)]
-pub enum Exposure {
-    /// No metrics recorded.
-    Off,
-    /// Recorded, and served at `/metrics` on the API's listener.
-    Api(Metrics),
-    /// Recorded; served elsewhere (see [`serve_metrics`]).
-    Separate(Metrics),
-}
-
-/// Serves the API on `listener` until `shutdown` completes, then stops
-/// accepting, lets in-flight requests finish, and returns.
-pub async fn serve(
-    listener: TcpListener,
-    tracker: Tracker,
-    exposure: Exposure,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    if let Exposure::Api(m) | Exposure::Separate(m) = &exposure {
-        m.spawn_upkeep();
     }
-    let cors = CorsLayer::new()
-        .allow_origin(Any)
-        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
-        .allow_headers(Any)
-        .max_age(Duration::from_secs(600));
-    // Around the whole router, once: `Router::layer` would wrap each route
-    // in each of these, a boxed service more to clone on every request.
-    let app = ServiceBuilder::new()
-        // Normalising the path must happen before routing.
-        .layer(NormalizePathLayer::trim_trailing_slash())
-        .layer(cors)
-        .map_response(|r: Response<_>| r.map(Body::new))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(DefaultMakeSpan::new().level(tracing::Level::INFO))
-                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
-        )
-        .layer(CatchPanicLayer::custom(|_| {
-            tracing::error!("a request handler panicked");
-            ApiError::Internal(None).into_response()
-        }))
-        .service(router(tracker, &exposure));
-    axum::serve(
-        listener,
-        ServiceExt::<Request<Body>>::into_make_service(app),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
 }
 
-fn metrics_route(m: Metrics, db: db_core::Db) -> Router {
-    Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let db = db.clone();
-            async move { metrics::answer(&m, &db).await }
-        }),
-    )
-}
-
-/// Serves only `/metrics` on `listener` (a listener apart from the API's,
-/// which need not be public) until `shutdown` completes.
-pub async fn serve_metrics(
-    listener: TcpListener,
-    metrics: Metrics,
-    db: db_core::Db,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, metrics_route(metrics, db))
-        .with_graceful_shutdown(shutdown)
-        .await
-}
-
-/// The process is up.
-#[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({"status": "ok"}))]
-struct Health {
-    /// Always `ok`.
-    status: &'static str,
-}
-
-/// The database answers.
-#[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({"status": "ready", "database": "sqlite"}))]
-struct Ready {
-    /// Always `ready`.
-    status: &'static str,
-    /// The backend: `postgres`, `mysql` or `sqlite`.
-    database: &'static str,
-}
-
-/// Liveness: the process answers (the database is not asked)
-#[utoipa::path(get, path = "/health", tag = "health", responses((status = 200, description = "The process is up", body = Health)))]
-async fn health() -> Json<Health> {
-    Json(Health { status: "ok" })
-}
-
-/// Readiness: the database answers a ping
-#[utoipa::path(
-    get,
-    path = "/ready",
-    tag = "health",
-    responses((status = 200, description = "The database answers", body = Ready), Unavailable)
+/// The 404 of the routes that take an employee id.
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = 404,
+    description = "No employee has this id",
+    example = json!({"detail": "Employee not found"})
 )]
-async fn ready(State(tracker): State<Tracker>) -> ApiResult<Ready> {
-    match tracker.db().ping().await {
-        Ok(_) => Ok(Json(Ready {
-            status: "ready",
-            database: db_core::backend_name(tracker.db().backend()),
-        })),
-        Err(e) => Err(ApiError::Unavailable(Cause::new(e))),
-    }
-}
+#[expect(dead_code, reason = "only the OpenAPI document reads it")]
+struct EmployeeNotFound(Message);
+
+/// The 404 of the routes that take a task id.
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = 404,
+    description = "No task has this id",
+    example = json!({"detail": "Task not found"})
+)]
+#[expect(dead_code, reason = "only the OpenAPI document reads it")]
+struct TaskNotFound(Message);
 
 // --- employees ------------------------------------------------------------
 
 fn employee_id(raw: &str) -> Result<i32, ApiError> {
-    input::path_id(raw, "employee_id", "Employee not found")
+    web::input::path_id(raw, "employee_id", "Employee not found")
 }
 
 fn task_id(raw: &str) -> Result<i32, ApiError> {
-    input::path_id(raw, "task_id", "Task not found")
+    web::input::path_id(raw, "task_id", "Task not found")
 }
 
 /// A new employee, with their (empty) task list.

@@ -1,0 +1,266 @@
+//! The HTTP side of the foundation: an application is an [`App`] made of its
+//! services' [`Routes`], served with the same layers, errors and document
+//! for every route.
+//!
+//! - Each service builds its [`Routes`] from handlers annotated with
+//!   `#[utoipa::path]`; the application adds them with [`App::service`].
+//! - Every route answers errors as JSON `{"detail": …}` ([`ApiError`]; the
+//!   extractors in [`input`] reject bad input the same way), and passes one
+//!   layer that logs a 5xx answer's cause and, with metrics on, counts and
+//!   times the request under its route template ([`metrics`]).
+//! - Around the whole router, [`App::serve`] adds trailing-slash
+//!   normalisation (`/tasks` and `/tasks/` are one route), CORS open to any
+//!   origin, one log line per request, and a 500 for a handler that panics.
+//! - The application's routes are described by one OpenAPI 3.1 document
+//!   titled for it, at `/openapi.json`, rendered at `/docs` (Swagger UI) and
+//!   `/redoc`; `/health` and `/ready` (the database answers a ping) are
+//!   always there, and `/metrics` with [`Exposure::Api`].
+//!
+//! ```no_run
+//! # async fn example(db: db_core::Db, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+//! # let hello = web::Routes::new();
+//! web::App::new("Notes", "1.0.0", db)
+//!     .description("Short notes.")
+//!     .service(hello)
+//!     .serve(listener, web::Exposure::Off, std::future::pending())
+//!     .await
+//! # }
+//! ```
+#![warn(missing_docs)]
+
+mod docs;
+pub mod error;
+pub mod input;
+mod layer;
+pub mod metrics;
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{Method, Request};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router, ServiceExt};
+use db_core::Db;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{Any, CorsLayer};
+use tower_http::normalize_path::NormalizePathLayer;
+use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+use utoipa::openapi::InfoBuilder;
+use utoipa::{OpenApi as _, ToSchema};
+use utoipa_axum::routes;
+
+pub use docs::Routes;
+pub use error::{ApiError, Cause, FieldError};
+pub use metrics::{InstallError, Metrics};
+
+/// What every document says of every route.
+const CONVENTIONS: &str =
+    "Paths answer with and without the trailing slash. Every error is JSON with a `detail`.";
+
+/// An application: its services' routes, the probes, and one document.
+#[derive(Debug)]
+pub struct App {
+    services: Vec<Routes>,
+    title: String,
+    version: String,
+    description: String,
+    db: Db,
+}
+
+impl App {
+    /// An application titled `title` at `version` (in its document), whose
+    /// `/ready` pings `db`.
+    pub fn new(title: &str, version: &str, db: Db) -> App {
+        App {
+            services: Vec::new(),
+            title: title.to_owned(),
+            version: version.to_owned(),
+            description: String::new(),
+            db,
+        }
+    }
+
+    /// What the application does, for its document (Markdown).
+    pub fn description(mut self, text: &str) -> App {
+        self.description = text.to_owned();
+        self
+    }
+
+    /// Adds a service's routes. Two services may not route the same path
+    /// and method: building the router panics, naming the path.
+    pub fn service(mut self, routes: Routes) -> App {
+        self.services.push(routes);
+        self
+    }
+
+    /// The routes, the probes, the document and its pages (and `/metrics`
+    /// with [`Exposure::Api`]), each behind the one layer that every answer
+    /// passes. Without what [`App::serve`] adds around the whole router:
+    /// trailing-slash normalisation, CORS, the request log and catching
+    /// panics.
+    pub fn router(self, exposure: &Exposure) -> Router {
+        let description = match self.description.is_empty() {
+            true => CONVENTIONS.to_owned(),
+            false => format!("{} {CONVENTIONS}", self.description),
+        };
+        let mut doc = Shared::openapi();
+        doc.info = InfoBuilder::new()
+            .title(self.title)
+            .version(self.version)
+            .description(Some(description))
+            .build();
+        let mut router = Router::new();
+        for routes in self.services.into_iter().chain([probes(self.db.clone())]) {
+            router = router.merge(routes.router);
+            doc.merge(routes.doc);
+        }
+        let mut app = router
+            .merge(docs::pages(doc))
+            .fallback(|| async { ApiError::NotFound("Not Found".to_owned()) })
+            .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
+        let metrics = match exposure {
+            Exposure::Off => None,
+            Exposure::Api(m) => {
+                app = app.merge(metrics_route(*m, self.db));
+                Some(m)
+            }
+            Exposure::Separate(m) => Some(m),
+        };
+        app.layer(layer::AnswerLayer::new(metrics.copied()))
+    }
+
+    /// Serves the application on `listener` until `shutdown` completes, then
+    /// stops accepting, lets in-flight requests finish, and returns.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        exposure: Exposure,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        if let Exposure::Api(m) | Exposure::Separate(m) = &exposure {
+            m.spawn_upkeep();
+        }
+        let cors = CorsLayer::new()
+            .allow_origin(Any)
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+            .allow_headers(Any)
+            .max_age(Duration::from_secs(600));
+        // Around the whole router, once: `Router::layer` would wrap each route
+        // in each of these, a boxed service more to clone on every request.
+        let app = ServiceBuilder::new()
+            // Normalising the path must happen before routing.
+            .layer(NormalizePathLayer::trim_trailing_slash())
+            .layer(cors)
+            .map_response(|r: Response<_>| r.map(Body::new))
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(DefaultMakeSpan::new().level(tracing::Level::INFO))
+                    .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+            )
+            .layer(CatchPanicLayer::custom(|_| {
+                tracing::error!("a request handler panicked");
+                ApiError::Internal(None).into_response()
+            }))
+            .service(self.router(&exposure));
+        axum::serve(
+            listener,
+            ServiceExt::<Request<Body>>::into_make_service(app),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+    }
+}
+
+/// Whether requests are measured, and where `/metrics` is served.
+#[derive(Debug, Clone)]
+pub enum Exposure {
+    /// No metrics recorded.
+    Off,
+    /// Recorded, and served at `/metrics` on the application's listener.
+    Api(Metrics),
+    /// Recorded; served elsewhere (see [`serve_metrics`]).
+    Separate(Metrics),
+}
+
+/// The document's parts that every application shares: the error answers.
+#[derive(utoipa::OpenApi)]
+#[openapi(components(schemas(error::Message, error::ValidationErrors, FieldError)))]
+struct Shared;
+
+fn metrics_route(m: Metrics, db: Db) -> Router {
+    Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let db = db.clone();
+            async move { metrics::answer(&m, &db).await }
+        }),
+    )
+}
+
+/// Serves only `/metrics` on `listener` (a listener apart from the
+/// application's, which need not be public) until `shutdown` completes.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    metrics: Metrics,
+    db: Db,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, metrics_route(metrics, db))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// `/health` and `/ready`.
+fn probes(db: Db) -> Routes {
+    Routes::new()
+        .tag("health", "Liveness and readiness probes")
+        .routes(routes!(health))
+        .routes(routes!(ready))
+        .with_state(db)
+}
+
+/// The process is up.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"status": "ok"}))]
+struct Health {
+    /// Always `ok`.
+    status: &'static str,
+}
+
+/// The database answers.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"status": "ready", "database": "sqlite"}))]
+struct Ready {
+    /// Always `ready`.
+    status: &'static str,
+    /// The backend: `postgres`, `mysql` or `sqlite`.
+    database: &'static str,
+}
+
+/// Liveness: the process answers (the database is not asked)
+#[utoipa::path(get, path = "/health", tag = "health", responses((status = 200, description = "The process is up", body = Health)))]
+async fn health() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// Readiness: the database answers a ping
+#[utoipa::path(
+    get,
+    path = "/ready",
+    tag = "health",
+    responses((status = 200, description = "The database answers", body = Ready), error::Unavailable)
+)]
+async fn ready(State(db): State<Db>) -> Result<Json<Ready>, ApiError> {
+    match db.ping().await {
+        Ok(_) => Ok(Json(Ready {
+            status: "ready",
+            database: db_core::backend_name(db.backend()),
+        })),
+        Err(e) => Err(ApiError::Unavailable(Cause::new(e))),
+    }
+}
