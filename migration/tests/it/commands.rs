@@ -5,7 +5,7 @@ use sea_orm::ConnectionTrait;
 use sea_orm_migration::prelude::*;
 use test_support::{Backend, TestDb};
 
-use crate::support::{lines, migrate, migrate_with, names, strings, tables};
+use crate::support::{assert_tables_include, lines, migrate, migrate_with, names, strings, tables};
 
 test_support::backend_tests! {
     async fn status_reports_without_creating_anything(t: TestDb) {
@@ -35,7 +35,7 @@ test_support::backend_tests! {
         assert!(strings(&t.db, "SELECT full_name FROM employees").await.is_empty(), "fresh kept rows");
 
         assert_eq!(migrate(&t.settings, &["refresh"]).await, every);
-        assert_eq!(tables(&t.db).await, ["employees", "seaql_migrations", "tasks"]);
+        assert_tables_include(&t.db, &["employees", "seaql_migrations", "tasks"]).await;
 
         assert_eq!(migrate(&t.settings, &["reset"]).await, none);
         assert!(tables(&t.db).await.is_empty());
@@ -106,10 +106,8 @@ async fn a_failed_migration_is_rolled_back_alone_on_postgres() {
     assert!(err.to_string().contains("deliberately failing"), "{err}");
     // Each migration ran in a transaction of its own: the ones before it
     // stay applied, and nothing of the failed one is left.
-    assert_eq!(
-        tables(&t.db).await,
-        ["employees", "seaql_migrations", "tasks"]
-    );
+    assert_tables_include(&t.db, &["employees", "seaql_migrations", "tasks"]).await;
+    assert!(!tables(&t.db).await.contains(&"doomed".to_owned()));
     assert_eq!(
         migrate(&t.settings, &["status"]).await,
         format!(
@@ -140,8 +138,5 @@ async fn a_failed_migration_leaves_nothing_behind_on_sqlite() {
     assert!(tables(&t.db).await.is_empty(), "{:?}", tables(&t.db).await);
     // The database is usable afterwards.
     migrate(&t.settings, &["up"]).await;
-    assert_eq!(
-        tables(&t.db).await,
-        ["employees", "seaql_migrations", "tasks"]
-    );
+    assert_tables_include(&t.db, &["employees", "seaql_migrations", "tasks"]).await;
 }

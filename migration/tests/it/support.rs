@@ -36,6 +36,17 @@ pub async fn migrate(settings: &Settings, words: &[&str]) -> String {
 }
 
 /// The user tables of the database, sorted.
+/// Asserts that the database's tables include `some`: what a test is about,
+/// without pinning the whole list (a new migration may add tables).
+pub async fn assert_tables_include(db: &Db, some: &[&str]) {
+    let all = tables(db).await;
+    let missing: Vec<_> = some
+        .iter()
+        .filter(|t| !all.iter().any(|a| a == *t))
+        .collect();
+    assert!(missing.is_empty(), "missing tables {missing:?} in {all:?}");
+}
+
 pub async fn tables(db: &Db) -> Vec<String> {
     let sql = match db.backend() {
         DbBackend::Postgres => {
