@@ -39,7 +39,7 @@ mod runner;
 pub mod sql;
 
 pub use entities::{SEA_ORM_CLI_VERSION, Source, entities};
-pub use runner::{Error, generate, pending, run, run_with, up};
+pub use runner::{Error, generate, pending, run, run_with, up, up_with};
 
 mod m20261124_000001_create_employees_and_tasks;
 mod m20261125_000001_converge_adopted_schema;

@@ -92,8 +92,9 @@ pub async fn up(settings: &Settings, lock_timeout: Duration) -> Result<Vec<Strin
     up_with::<Migrator>(settings, lock_timeout).await
 }
 
-/// [`up`] for any migrator.
-pub(crate) async fn up_with<M: MigratorTrait>(
+/// [`up`] for any migrator, such as one that adds a service's migrations
+/// to the project's.
+pub async fn up_with<M: MigratorTrait>(
     settings: &Settings,
     lock_timeout: Duration,
 ) -> Result<Vec<String>, Error> {

@@ -246,6 +246,27 @@ pub fn parse_int_text(s: &str) -> Option<i64> {
     t.parse().ok()
 }
 
+/// A query string read into `T` with serde (axum's `Query`); a parameter
+/// that does not fit `T` is a 422 that names it.
+#[derive(Debug)]
+pub struct Query<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(Query(value)),
+            Err(rejection) => Err(ApiError::Validation(vec![FieldError::new(
+                "query_invalid",
+                &["query"],
+                rejection.body_text(),
+                None,
+            )])),
+        }
+    }
+}
+
 /// A path parameter as text; a segment that is not valid UTF-8 is a 422.
 #[derive(Debug)]
 pub struct PathParam(pub String);
