@@ -229,3 +229,27 @@ async fn the_binary_serves_notes_with_their_setting_and_metrics() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+/// Every Rust block of docs/your-service.md is quoted from this example,
+/// so the guide's code is the code that compiles and passes these tests.
+#[test]
+fn the_guide_quotes_the_example_verbatim() {
+    let guide = include_str!("../../../../docs/your-service.md");
+    let example = [
+        include_str!("../../src/lib.rs"),
+        include_str!("../../src/migration.rs"),
+        include_str!("../../src/entity.rs"),
+        include_str!("../../src/main.rs"),
+        include_str!("main.rs"),
+    ]
+    .concat();
+    let blocks: Vec<&str> = guide
+        .split("```rust\n")
+        .skip(1)
+        .map(|block| block.split("```").next().unwrap())
+        .collect();
+    assert!(blocks.len() >= 8, "{} blocks", blocks.len());
+    for block in blocks {
+        assert!(example.contains(block), "not in examples/notes:\n{block}");
+    }
+}
