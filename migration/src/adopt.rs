@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use db_core::{DatabaseUrl, Db, Settings};
+use db_core::{Db, Settings, url::DatabaseUrl};
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::{MigrationStatus, MigratorTrait, SchemaManager};

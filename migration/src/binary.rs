@@ -109,7 +109,9 @@ impl Logs {
         let _ = writeln!(
             std::io::stderr(),
             "error: {}",
-            db_core::Report(error).to_string().replace('\n', "\n  ")
+            db_core::error::Report(error)
+                .to_string()
+                .replace('\n', "\n  ")
         );
         ExitCode::from(if usage { 2 } else { 1 })
     }

@@ -58,7 +58,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use db_core::{Blocker, HeldLock};
+use db_core::lock::{Blocker, HeldLock};
 use rand::Rng;
 use sea_orm::{
     ConnectionTrait, DatabaseExecutor, DbBackend, DbErr, RuntimeErr, Statement, TransactionTrait,
@@ -105,7 +105,7 @@ impl Default for Context {
     fn default() -> Self {
         Context {
             policy: Policy::from_settings(&db_core::Settings::new(
-                db_core::DatabaseUrl::parse("sqlite::memory:", "defaults")
+                db_core::url::DatabaseUrl::parse("sqlite::memory:", "defaults")
                     .expect("a constant URL parses"),
             )),
             lock: None,

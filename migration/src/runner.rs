@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use db_core::{
-    Db, HeldLock, Lock, Session, SessionOptions, Settings, create_database, drop_database,
+    Db, Lock, Session, SessionOptions, Settings,
+    admin::{create_database, drop_database},
+    lock::HeldLock,
 };
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, DynIden};
 use sea_orm_migration::prelude::*;

@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use db_core::sea_orm::DbBackend;
-use db_core::{Created, Db, Role, Settings};
+use db_core::{Db, Settings, admin::Created, failover::Role};
 use migration::binary::DroppedLines;
 
 // mimalloc: fewer cycles in malloc/free on the request path than the system
@@ -317,7 +317,7 @@ async fn db_check(settings: &Settings) -> anyhow::Result<()> {
         )?;
     }
     db.close().await;
-    let hosts = db_core::host_status(settings).await;
+    let hosts = db_core::failover::host_status(settings).await;
     if !hosts.is_empty() {
         writeln!(out, "hosts:")?;
     }
@@ -341,7 +341,7 @@ async fn db_check(settings: &Settings) -> anyhow::Result<()> {
 
 async fn db_create(settings: &Settings) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    match db_core::create_database(settings).await? {
+    match db_core::admin::create_database(settings).await? {
         Created::Created(name) => writeln!(out, "created database \"{name}\"")?,
         Created::Existed(name) => writeln!(out, "database \"{name}\" exists already")?,
         Created::NotNeeded => writeln!(

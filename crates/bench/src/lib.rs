@@ -31,7 +31,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use db_core::{Db, Settings, backend_name, create_database};
+use db_core::{Db, Settings, admin::create_database, url::backend_name};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sea_orm::{ConnectOptions, Database};
@@ -79,7 +79,7 @@ impl From<sea_orm::DbErr> for Error {
     }
 }
 
-impl db_core::Retryable for Error {
+impl db_core::error::Retryable for Error {
     fn is_retryable(&self) -> bool {
         matches!(self, Error::Db(e) if e.is_retryable())
     }

@@ -4,7 +4,7 @@
 //! change, and a page with its assignees. The hot statements are built once
 //! per backend ([`CachedStatement`]), as the service builds its own.
 
-use db_core::{CachedStatement, CopyIn, Db, Session, SessionOptions};
+use db_core::{Db, Session, SessionOptions, cached::CachedStatement, copy::CopyIn};
 use entity::{employees, tasks};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait,

@@ -14,7 +14,7 @@ use sea_orm::{DbBackend, DbErr, Statement, Value};
 /// values given in the same order.
 ///
 /// ```
-/// use db_core::CachedStatement;
+/// use db_core::cached::CachedStatement;
 /// use sea_orm::{DbBackend, QueryTrait, Statement};
 ///
 /// static BY_ID: CachedStatement = CachedStatement::new(|backend| {

@@ -66,7 +66,7 @@ impl<'a, T: Into<CopyValue<'a>>> From<Option<T>> for CopyValue<'a> {
 /// [`Db::copy_in`] loads them.
 ///
 /// ```
-/// use db_core::CopyIn;
+/// use db_core::copy::CopyIn;
 ///
 /// let mut rows = CopyIn::new("employees", &["id", "full_name", "position"]);
 /// rows.row([1.into(), "Ann\tLee".into(), None::<&str>.into()])?;

@@ -123,7 +123,7 @@ pub enum Error {
         table: String,
     },
 
-    /// A value for [`CopyIn`](crate::CopyIn) holds a NUL character, which
+    /// A value for [`CopyIn`](crate::copy::CopyIn) holds a NUL character, which
     /// PostgreSQL text cannot store.
     #[error(
         "{table}.{column}, row {row}: text with a NUL character cannot be stored in PostgreSQL"
@@ -170,7 +170,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///     source: Some(sea_orm::DbErr::Conn(sea_orm::RuntimeErr::Internal("reset".into()))),
 /// };
 /// assert_eq!(
-///     db_core::Report(&err).to_string(),
+///     db_core::error::Report(&err).to_string(),
 ///     "database unavailable: the connection broke: Connection Error: reset"
 /// );
 /// ```

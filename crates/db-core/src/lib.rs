@@ -16,14 +16,25 @@
 //!   transaction-pooling PgBouncer, `DB_TRANSACTION_POOLER` keeps sessions safe.
 //! - [`Db::with_lock`] runs a unit of work under a named [`Lock`], so a job
 //!   such as a migrator runs once at a time per database, across processes.
-//! - [`CachedStatement`] builds a hot query's SQL once per backend.
-//! - [`create_database`], [`Db::health`].
 //! - Errors are one [`Error`] type whose causes stay attached as sources;
-//!   [`Report`] prints one with its causes on a single line. No message,
-//!   source or `Debug` shows the password.
-//! - [`DatabaseUrl::child_env`] hands the URL to a child process.
-//! - [`metrics`]: pool, statement, retry and replica metrics through the
-//!   `metrics` facade, once a binary calls [`metrics::enable`].
+//!   [`error::Report`] prints one with its causes on a single line. No
+//!   message, source or `Debug` shows the password.
+//!
+//! The root holds the core; the rest is in named modules:
+//!
+//! | module | what |
+//! | --- | --- |
+//! | [`settings`] | every database setting ([`settings::Options`]), a service's own [`settings::Section`], and the documentation rows of both |
+//! | [`url`] | [`url::DatabaseUrl`]: building, parsing and redacting URLs, libpq host lists, handing one to a child process |
+//! | [`session`] | [`session::Access`] of a session |
+//! | [`db`] | what a [`Db`] reports: [`db::Health`], pool [`db::Stats`], [`db::ReplicaStatus`], and [`db::Scope`] (read your own writes) |
+//! | [`failover`] | high availability: the role of each host of a list ([`failover::host_status`]) |
+//! | [`lock`] | who holds or waits for a [`Lock`] ([`lock::Blocker`], [`lock::HeldLock`]) |
+//! | [`admin`] | [`admin::create_database`] and [`admin::drop_database`] |
+//! | [`copy`] | bulk loading with PostgreSQL's `COPY` ([`copy::CopyIn`]) |
+//! | [`cached`] | [`cached::CachedStatement`]: a hot query's SQL built once per backend |
+//! | [`error`] | [`error::Report`], [`error::Retryable`] |
+//! | [`metrics`] | pool, statement, retry and replica metrics through the `metrics` facade, once a binary calls [`metrics::enable`] |
 //!
 //! The main path: settings, then a `Db`, then one session per unit of work,
 //! used wherever SeaORM takes a connection.
@@ -59,33 +70,28 @@
 //! ```
 #![warn(missing_docs)]
 
-mod admin;
+pub mod admin;
 mod bound;
-mod cached;
+pub mod cached;
 mod connect;
-mod copy;
-mod db;
-mod error;
-mod failover;
-mod lock;
+pub mod copy;
+pub mod db;
+pub mod error;
+pub mod failover;
+pub mod lock;
 pub mod metrics;
 mod replicas;
-mod session;
-mod settings;
+pub mod session;
+pub mod settings;
 mod source;
-mod url;
+pub mod url;
 
-pub use admin::{Created, create_database, drop_database};
-pub use cached::CachedStatement;
-pub use copy::{CopyIn, CopyValue};
-pub use db::{Db, Health, ReplicaStatus, Scope, Stats};
-pub use error::{Error, Report, Result, Retryable};
-pub use failover::{HostStatus, Role, host_status};
-pub use lock::{Blocker, HeldLock, Lock};
-pub use session::{Access, Session, SessionOptions};
-pub use settings::{Options, SettingInfo, Settings, documented};
-pub use source::{Section, Source};
-pub use url::{DatabaseUrl, LoadBalanceHosts, SslMode, TargetSessionAttrs, backend_name};
+pub use db::Db;
+pub use error::{Error, Result};
+pub use lock::Lock;
+pub use session::{Session, SessionOptions};
+pub use settings::Settings;
+pub use source::Source;
 
 /// The SeaORM this crate is built on, for users who want the same version.
 pub use sea_orm;

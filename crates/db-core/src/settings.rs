@@ -19,8 +19,8 @@ use serde::{Deserialize, Deserializer, de::Error as _};
 use serde_with::{As, DisplayFromStr};
 
 use crate::error::{Result, bail};
-pub use crate::source::SettingInfo;
 use crate::source::{Given, Source};
+pub use crate::source::{Section, SettingInfo};
 use crate::url::backend_name;
 use crate::url::{self, DatabaseUrl, LoadBalanceHosts, Parts, SslMode, TargetSessionAttrs};
 

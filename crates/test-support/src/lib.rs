@@ -40,7 +40,11 @@ mod pgbouncer;
 mod postgres_server;
 mod prometheus;
 
-use db_core::{DatabaseUrl, Db, SessionOptions, Settings, create_database, drop_database};
+use db_core::{
+    Db, SessionOptions, Settings,
+    admin::{create_database, drop_database},
+    url::DatabaseUrl,
+};
 pub use patroni::{Killed, Member, Node, PatroniCluster, Promotion, Role};
 use percent_encoding::NON_ALPHANUMERIC;
 pub use pgbouncer::PgBouncer;

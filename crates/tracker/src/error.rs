@@ -44,7 +44,7 @@ impl From<sea_orm::DbErr> for Error {
     }
 }
 
-impl db_core::Retryable for Error {
+impl db_core::error::Retryable for Error {
     fn is_retryable(&self) -> bool {
         matches!(self, Error::Db(e) if e.is_retryable())
     }

@@ -12,11 +12,11 @@
 //! | `GET`, `PUT`, `DELETE /tasks/{id}/` | the task (DELETE removes its subtasks too) |
 //! | `GET /tasks/{id}/subtree/` | every descendant of the task |
 //!
-//! [`routes`] gives them to a `web::App`, which serves them with the shared
+//! [`routes()`] gives them to a `web::App`, which serves them with the shared
 //! layers and describes them in the application's OpenAPI document.
 //!
 //! Each handler's `#[utoipa::path]` attribute declares its method, path,
-//! parameters and answers; [`routes`] routes the handlers from those
+//! parameters and answers; [`routes()`] routes the handlers from those
 //! declarations, and the document is built from the same ones.
 
 use axum::Json;

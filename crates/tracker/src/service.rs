@@ -4,7 +4,7 @@
 //! retries serialization conflicts.
 
 use chrono::NaiveDate;
-use db_core::{CachedStatement, Db, Session, SessionOptions};
+use db_core::{Db, Session, SessionOptions, cached::CachedStatement};
 use entity::{employees, tasks};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ActiveValue::Unchanged, ColumnTrait, ConnectionTrait,

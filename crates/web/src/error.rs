@@ -71,7 +71,7 @@ pub enum ApiError {
 }
 
 /// Why a request failed on our side. It travels with the response (in its
-/// extensions, never in its body) to [`log_failure`], which logs it.
+/// extensions, never in its body) to the layer around each route, which logs it.
 #[derive(Debug, Clone)]
 pub struct Cause(Arc<dyn std::error::Error + Send + Sync>);
 
@@ -93,7 +93,7 @@ impl Cause {
 pub(crate) fn log_failure(response: &Response) {
     if let Some(Cause(error)) = response.extensions().get::<Cause>() {
         // The whole chain: a database error's cause is its source.
-        let error = db_core::Report(&**error);
+        let error = db_core::error::Report(&**error);
         if response.status() == StatusCode::SERVICE_UNAVAILABLE {
             tracing::warn!(%error, "database unavailable");
         } else {

@@ -259,7 +259,7 @@ async fn ready(State(db): State<Db>) -> Result<Json<Ready>, ApiError> {
     match db.ping().await {
         Ok(_) => Ok(Json(Ready {
             status: "ready",
-            database: db_core::backend_name(db.backend()),
+            database: db_core::url::backend_name(db.backend()),
         })),
         Err(e) => Err(ApiError::Unavailable(Cause::new(e))),
     }

@@ -3,7 +3,7 @@
 //! ([`entity`], as `sea-orm-cli generate entity` writes it), a setting
 //! ([`NotesSettings`], the `[notes]` table of `config/*.toml` and the
 //! `NOTES_` variables), the operations ([`Notes`]) and two routes
-//! ([`routes`]: `POST /notes/` and `GET /notes/`). The `notes` binary
+//! ([`routes()`]: `POST /notes/` and `GET /notes/`). The `notes` binary
 //! (`src/main.rs`) serves them beside the tracker's, in one application.
 //!
 //! In the project itself the migration and the entity live in the
@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use db_core::{Db, Section, SessionOptions};
+use db_core::{Db, SessionOptions, settings::Section};
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
 use sea_orm::{QueryOrder, QuerySelect};
 use serde::{Deserialize, Serialize};

@@ -120,7 +120,7 @@ fn db_create_twice(backend: Backend) {
     let check = tracker(dir.path(), &["db", "check"], &vars);
     tokio::runtime::Runtime::new()
         .unwrap()
-        .block_on(db_core::drop_database(&settings))
+        .block_on(db_core::admin::drop_database(&settings))
         .unwrap();
     assert_eq!(
         text(&first).0,

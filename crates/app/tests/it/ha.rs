@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use db_core::{DatabaseUrl, Settings};
+use db_core::{Settings, url::DatabaseUrl};
 use test_support::{PatroniCluster, Promotion, Role, free_port, report};
 
 use crate::chaos::{Outcome, drive, recovery};

@@ -347,9 +347,9 @@ async fn sigterm_under_load_answers_what_it_accepted_and_exits_0() {
     assert!(took < Duration::from_secs(10));
     assert!(ok > 0 && unserved > 0, "ok {ok}, unserved {unserved}");
     assert!(bad.is_empty(), "{bad:?}");
-    let db = db_core::Db::connect(&db_core::Settings::new(db_core::DatabaseUrl::sqlite_file(
-        dir.path().join("data/tracker.db"),
-    )))
+    let db = db_core::Db::connect(&db_core::Settings::new(
+        db_core::url::DatabaseUrl::sqlite_file(dir.path().join("data/tracker.db")),
+    ))
     .await
     .unwrap();
     let tracker = tracker::Tracker::new(db);

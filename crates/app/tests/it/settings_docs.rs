@@ -1,11 +1,11 @@
 //! README.md's configuration table and `.env.example` are generated from the
-//! settings' declarations (`db_core::documented`), with the binaries' own
+//! settings' declarations (`db_core::settings::documented`), with the binaries' own
 //! defaults; these tests fail when they drift.
 //! `UPDATE_DOCS=1 cargo test -p app --test it settings_docs` rewrites them.
 
 use std::path::PathBuf;
 
-use db_core::SettingInfo;
+use db_core::settings::SettingInfo;
 use migration::binary::APPLICATION_NAME;
 
 const HOW: &str = "generated from the settings' declarations in crates/db-core/src/settings.rs; \
@@ -14,7 +14,7 @@ const HOW: &str = "generated from the settings' declarations in crates/db-core/s
 /// Every setting, with the defaults the binaries give. (The binaries'
 /// default database, their SQLite file, is said in the README's text.)
 fn settings() -> Vec<SettingInfo> {
-    let mut all = db_core::documented();
+    let mut all = db_core::settings::documented();
     for s in &mut all {
         if s.key == "application_name" {
             s.default = APPLICATION_NAME.to_owned();

@@ -1,6 +1,9 @@
 //! Creating and dropping databases through the maintenance database.
 
-use db_core::{Created, Db, create_database, drop_database};
+use db_core::{
+    Db,
+    admin::{Created, create_database, drop_database},
+};
 use test_support::Backend;
 
 async fn create_twice_then_drop(backend: Backend) {
@@ -48,7 +51,7 @@ async fn create_is_idempotent_and_drop_works_on_mysql() {
 
 #[tokio::test]
 async fn create_is_a_no_op_on_sqlite() {
-    let s = db_core::Settings::new(db_core::DatabaseUrl::sqlite_file("unused.db"));
+    let s = db_core::Settings::new(db_core::url::DatabaseUrl::sqlite_file("unused.db"));
     assert_eq!(create_database(&s).await.unwrap(), Created::NotNeeded);
     assert!(!std::path::Path::new("unused.db").exists());
 }

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use db_core::{DatabaseUrl, Db, Error, SessionOptions, Settings, Source};
+use db_core::{Db, Error, SessionOptions, Settings, Source, url::DatabaseUrl};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use test_support::{Backend, PrivatePostgres, StopMode, TestDb, free_port};
 
@@ -214,12 +214,12 @@ async fn ssl_modes_are_honoured_on_postgres() {
     let base = Backend::Postgres.server_settings();
     let ssl_in_use = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
     let mut s = base.clone();
-    s.ssl_mode = Some(db_core::SslMode::Require);
+    s.ssl_mode = Some(db_core::url::SslMode::Require);
     let db = Db::connect(&s).await.unwrap();
     assert_eq!(scalar(&db, ssl_in_use).await, "true");
 
     let mut s = base.clone();
-    s.ssl_mode = Some(db_core::SslMode::Disable);
+    s.ssl_mode = Some(db_core::url::SslMode::Disable);
     let db = Db::connect(&s).await.unwrap();
     assert_eq!(scalar(&db, ssl_in_use).await, "false");
 
@@ -229,7 +229,7 @@ async fn ssl_modes_are_honoured_on_postgres() {
     let db = Db::connect(&base).await.unwrap();
     assert_eq!(scalar(&db, ssl_in_use).await, "false");
     let mut s = base.clone();
-    s.url = db_core::DatabaseUrl::parse(
+    s.url = db_core::url::DatabaseUrl::parse(
         &format!("{}?sslmode=require", base.url.expose()),
         "DATABASE_URL",
     )
@@ -240,7 +240,7 @@ async fn ssl_modes_are_honoured_on_postgres() {
     // The test server's certificate is self-signed: verify-full refuses it at
     // once instead of retrying until the deadline.
     let mut s = base;
-    s.ssl_mode = Some(db_core::SslMode::VerifyFull);
+    s.ssl_mode = Some(db_core::url::SslMode::VerifyFull);
     s.connect_deadline = Duration::from_secs(30);
     let start = Instant::now();
     let err = Db::connect(&s).await.unwrap_err();

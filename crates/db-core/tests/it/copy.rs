@@ -1,7 +1,7 @@
 //! Bulk loads with COPY: values that need escaping arrive intact, NUL is
 //! refused, and a load is all or nothing.
 
-use db_core::{CopyIn, Error};
+use db_core::{Error, copy::CopyIn};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use test_support::{Backend, TestDb};
 

@@ -3,7 +3,7 @@
 
 use std::error::Error as _;
 
-use db_core::{Db, Error, Report, SessionOptions, Settings, Source};
+use db_core::{Db, Error, SessionOptions, Settings, Source, error::Report};
 use sea_orm::{ConnectionTrait, DbErr, Statement};
 use test_support::{Backend, TestDb, free_port, terminate_connections};
 

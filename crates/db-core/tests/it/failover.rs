@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use db_core::{DatabaseUrl, Db, Error, SessionOptions, Settings};
+use db_core::{Db, Error, SessionOptions, Settings, url::DatabaseUrl};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use test_support::{Backend, PrivatePostgres, free_port};
 

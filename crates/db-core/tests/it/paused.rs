@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use db_core::{DatabaseUrl, Db, Error, Session, SessionOptions, Settings};
+use db_core::{Db, Error, Session, SessionOptions, Settings, url::DatabaseUrl};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use test_support::PrivatePostgres;
 
@@ -72,7 +72,7 @@ async fn a_statement_on_a_paused_server_is_unavailable_within_its_bounds() {
         assert!(took <= ACQUIRE + OPERATION + SLACK, "took {took:?}: {err}");
     }
     let err = backend_pid(&db).await.unwrap_err();
-    let shown = db_core::Report(&err).to_string();
+    let shown = db_core::error::Report(&err).to_string();
     assert!(
         shown.contains("no answer within 1s (DB_OPERATION_TIMEOUT)")
             || shown.contains("no database connection available within the acquire timeout"),
@@ -244,7 +244,7 @@ async fn a_write_in_flight_on_a_paused_server_has_an_unknown_outcome() {
     assert!(err.is_outcome_unknown(), "{err:?}");
     assert!(start.elapsed() <= OPERATION + SLACK);
     assert!(
-        db_core::Report(&err)
+        db_core::error::Report(&err)
             .to_string()
             .starts_with("the write may or may not have been saved"),
         "{err}"

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use db_core::{DatabaseUrl, Db, Session, Settings};
+use db_core::{Db, Session, Settings, url::DatabaseUrl};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use test_support::{PrivatePostgres, StopMode};
 

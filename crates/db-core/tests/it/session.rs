@@ -186,7 +186,7 @@ test_support::backend_tests! {
 
     async fn health_reports_backend_version_and_round_trip(t: TestDb) {
         let health = t.db.health().await.unwrap();
-        assert_eq!(health.backend, db_core::backend_name(t.db.backend()));
+        assert_eq!(health.backend, db_core::url::backend_name(t.db.backend()));
         assert!(health.server_version.chars().next().is_some_and(|c| c.is_ascii_digit()), "{health:?}");
         assert!(!health.round_trip.is_zero());
         t.db.close().await;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use db_core::{Section, Settings, Source, SslMode};
+use db_core::{Settings, Source, settings::Section, url::SslMode};
 use sea_orm::DbBackend;
 
 fn load(source: &Source) -> Settings {
@@ -244,9 +244,10 @@ fn debug_of_settings_and_source_never_shows_the_password() {
 
 #[test]
 fn the_documented_defaults_are_the_built_in_ones() {
-    let defaults = Settings::new(db_core::DatabaseUrl::parse("postgres://u@h/d", "test").unwrap());
+    let defaults =
+        Settings::new(db_core::url::DatabaseUrl::parse("postgres://u@h/d", "test").unwrap());
     let described = defaults.describe();
-    for setting in db_core::documented()
+    for setting in db_core::settings::documented()
         .iter()
         .filter(|s| !s.default.is_empty())
     {
@@ -257,7 +258,7 @@ fn the_documented_defaults_are_the_built_in_ones() {
 }
 
 mod properties {
-    use db_core::{Settings, Source, documented};
+    use db_core::{Settings, Source, settings::documented};
     use proptest::prelude::*;
 
     fn cases() -> u32 {

@@ -84,7 +84,7 @@ test_support::backend_tests! {
         assert_eq!(s.get("/tasks/").await, (200, json!([])));
 
         assert_eq!(s.get("/health").await, (200, json!({"status": "ok"})));
-        let backend = db_core::backend_name(s.t.db.backend());
+        let backend = db_core::url::backend_name(s.t.db.backend());
         assert_eq!(s.get("/ready").await, (200, json!({"status": "ready", "database": backend})));
         s.stop().await;
     }
