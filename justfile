@@ -105,13 +105,18 @@ bench-scaling:
 # Pinned tools of the browser test; playwright-core's version is in its package.json.
 browser_test_dir := "crates/app/tests/browser"
 openapi_validator := "openapi-spec-validator==0.9.0"
+# schemathesis, in a virtual environment of its own (its dependencies stay
+# out of the system's Python, which Debian's Patroni uses).
+schemathesis := "schemathesis==4.32.5"
 
-# Install the browser test's pinned tools: the validator (pip) and playwright-core (npm); the browser is Debian's chromium.
+# Install the browser test's pinned tools: the validator and schemathesis (pip), and playwright-core (npm); the browser is Debian's chromium.
 browser-tools:
     python3 -m pip install -q {{openapi_validator}}
+    test -x target/tools/schemathesis/bin/schemathesis || python3 -m venv target/tools/schemathesis
+    target/tools/schemathesis/bin/pip install -q {{schemathesis}}
     npm install --prefix {{browser_test_dir}} --no-package-lock --no-audit --no-fund --loglevel=error
 
-# /openapi.json through an OpenAPI 3.1 validator, /docs and /redoc in headless Chromium (needs Debian's chromium).
+# /openapi.json through an OpenAPI 3.1 validator and schemathesis, /docs and /redoc in headless Chromium (needs Debian's chromium).
 browser-test: browser-tools
     TEST_BROWSER=1 cargo test -p app --test it -- docs::
 

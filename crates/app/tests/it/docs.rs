@@ -1,6 +1,7 @@
 //! The API's documentation as a user meets it, on a real `tracker serve`:
-//! `/openapi.json` checked by an OpenAPI 3.1 validator, and `/docs` and
-//! `/redoc` used in headless Chromium with every outside request blocked.
+//! `/openapi.json` checked by an OpenAPI 3.1 validator, the API tested
+//! against it by schemathesis, and `/docs` and `/redoc` used in headless
+//! Chromium with every outside request blocked.
 //!
 //! Both need tools from outside Cargo, so a plain `cargo test` reports them
 //! as ignored unless `TEST_BROWSER` is set; `just browser-test` (and CI)
@@ -71,6 +72,60 @@ async fn openapi_json_validates_as_openapi_3_1() {
         "install it with `pip install openapi-spec-validator==0.9.0`",
     );
     assert!(report.contains("OK"), "{report}");
+    stop(server).await;
+}
+
+/// schemathesis, with all its checks, generates requests from the
+/// document (valid and invalid ones, and sequences that follow the links
+/// between operations) and compares the answers with it. The one thing it
+/// may find is a valid-looking id of a row that does not exist (an
+/// `assignee_id` or `parent_id`), which the API refuses with a 422 that
+/// the document cannot foresee.
+#[test_support::needs(browser)]
+#[tokio::test]
+async fn schemathesis_finds_nothing_but_references_to_missing_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path()).await;
+    let program = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../target/tools/schemathesis/bin/schemathesis"
+    );
+    let output = Command::new(program)
+        .current_dir(dir.path())
+        .args(["run", &format!("{}/openapi.json", server.base)])
+        .args(["--checks", "all", "--no-color"])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}; `just browser-tools` installs it"));
+    let report = String::from_utf8_lossy(&output.stdout);
+    let generated = report
+        .lines()
+        .find_map(|l| l.trim().split_once(" generated"))
+        .and_then(|(n, _)| n.parse::<u32>().ok())
+        .unwrap_or_else(|| panic!("no test cases reported:\n{report}"));
+    assert!(generated >= 500, "{generated} test cases:\n{report}");
+    let failures: Vec<&str> = report
+        .split("Failures:")
+        .nth(1)
+        .map(|rest| rest.split("\n\n").next().unwrap_or_default())
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    for failure in &failures {
+        assert!(
+            failure.contains("Schema-valid request rejected"),
+            "{failure}:\n{report}"
+        );
+    }
+    for answer in report.lines().filter(|l| l.trim_start().starts_with("`{")) {
+        assert!(answer.contains(" does not exist\""), "{answer}:\n{report}");
+    }
+    assert_eq!(
+        output.status.success(),
+        failures.is_empty(),
+        "exit {}:\n{report}",
+        output.status
+    );
     stop(server).await;
 }
 
