@@ -103,6 +103,14 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
         self
     }
 
+    /// Edits the service's part of the document, for what is known only at
+    /// run time, such as a limit that a setting gives: the document states
+    /// every limit the handlers enforce.
+    pub fn document(mut self, edit: impl FnOnce(&mut openapi::OpenApi)) -> Self {
+        edit(&mut self.doc);
+        self
+    }
+
     /// The routes with their state given.
     pub fn with_state(self, state: S) -> Routes {
         Routes {

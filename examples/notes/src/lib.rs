@@ -23,6 +23,7 @@ use db_core::{Db, SessionOptions, settings::Section};
 use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
 use sea_orm::{QueryOrder, QuerySelect};
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::{RefOr, Schema};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::routes;
 use web::error::{Invalid, Unavailable};
@@ -93,11 +94,22 @@ impl Notes {
     }
 }
 
-/// The notes routes, for `web::App::service`.
+/// The notes routes, for `web::App::service`. The document states the
+/// configured title limit.
 pub fn routes(notes: Notes) -> Routes {
+    let max = notes.settings.max_title_length as usize;
     Routes::new()
         .tag("notes", "Short notes")
         .routes(routes!(list_notes, create_note))
+        .document(|doc| {
+            let schemas = doc.components.as_mut().map(|c| &mut c.schemas);
+            if let Some(RefOr::T(Schema::Object(note))) =
+                schemas.and_then(|s| s.get_mut("NoteCreate"))
+                && let Some(RefOr::T(Schema::Object(title))) = note.properties.get_mut("title")
+            {
+                title.max_length = Some(max);
+            }
+        })
         .with_state(notes)
 }
 
@@ -107,7 +119,7 @@ pub fn routes(notes: Notes) -> Routes {
 #[expect(dead_code, reason = "only the OpenAPI document reads it")]
 struct NoteCreate {
     /// Title, at most `max_title_length` characters (`[notes]`, 50 unless
-    /// configured).
+    /// configured; `routes()` puts the configured one in the document).
     #[schema(max_length = 1000, pattern = "^[^\\x00]*$")]
     title: String,
     /// Text.

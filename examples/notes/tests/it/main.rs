@@ -76,6 +76,8 @@ test_support::backend_tests! {
         assert_eq!(call(reqwest::Method::GET, format!("{base}/tasks/"), None).await, (200, json!([])));
         let (_, doc) = call(reqwest::Method::GET, format!("{base}/openapi.json"), None).await;
         assert_eq!(doc["info"]["title"], "Task Tracker");
+        let title = &doc["components"]["schemas"]["NoteCreate"]["properties"]["title"];
+        assert_eq!(title["maxLength"], 5, "the configured limit: {title}");
         for path in ["/notes/", "/tasks/", "/employees/", "/health"] {
             assert!(doc["paths"].get(path).is_some(), "{path} missing from the document");
         }
