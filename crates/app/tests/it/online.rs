@@ -94,14 +94,15 @@ impl Stretch {
 }
 
 /// Whether a p99 while migrating stays near the one before: at most twice
-/// it, or 10 ms above it. The migration's work takes a share of the two
+/// it, or 25 ms above it. The migration's work takes a share of the two
 /// cores (an index build or a validation in one backend, a backfill half of
 /// one) and each DDL statement its table's lock for a moment, so on a quiet
-/// machine a p99 of 2 to 6 ms grows by a few milliseconds; a lock wait
+/// machine a p99 of 2 to 6 ms grows by a few milliseconds, and on a busy
+/// one by up to about 15 ms (7.4 to 22.8 ms in one CI run); a lock wait
 /// behind a long transaction, what this test is about, is hundreds of
 /// milliseconds or more.
 fn quiet_enough(before: Duration, during: Duration) -> bool {
-    during <= (before * 2).max(before + Duration::from_millis(10))
+    during <= (before * 2).max(before + Duration::from_millis(25))
 }
 
 impl std::fmt::Display for Stretch {
