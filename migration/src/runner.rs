@@ -357,11 +357,11 @@ async fn execute<M: MigratorTrait>(
     if db.backend() == DbBackend::Sqlite {
         return online::scope(
             context,
-            db.with_lock(&lock, async |session| {
+            db.with_lock(&lock, |session| async move {
                 let runner = Runner {
                     db,
                     lock: None,
-                    session: Some(session),
+                    session: Some(&session),
                     lock_timeout: policy.lock_timeout,
                 };
                 runner.command::<M>(command).await

@@ -209,7 +209,8 @@ impl HeldLock {
 
 impl Db {
     /// Runs `work` on a read-write session while holding `lock` on this
-    /// database, and returns its result. Another holder of the same lock on
+    /// database, and returns its result; `work` takes the session as
+    /// [`Db::transaction`]'s does, once. Another holder of the same lock on
     /// the same database, in any process, is waited for at most the lock's
     /// timeout (announced once in the log), then [`Error::LockTimeout`] names
     /// the lock. The lock is released when the work ends, and when the
@@ -232,19 +233,20 @@ impl Db {
     /// use sea_orm::ConnectionTrait;
     ///
     /// let lock = db_core::Lock::new("nightly", Duration::from_secs(10));
-    /// db.with_lock(&lock, async |session| {
+    /// db.with_lock(&lock, |session| async move {
     ///     session.execute_unprepared("DELETE FROM tasks WHERE status = 'done'").await?;
     ///     Ok::<_, db_core::Error>(())
     /// })
     /// .await?;
     /// # Ok(()) }
     /// ```
-    pub async fn with_lock<T, E>(
+    pub async fn with_lock<T, E, Fut>(
         &self,
         lock: &Lock,
-        work: impl AsyncFnOnce(&Session) -> Result<T, E>,
+        work: impl FnOnce(Session) -> Fut,
     ) -> Result<T, E>
     where
+        Fut: Future<Output = Result<T, E>>,
         E: From<Error>,
     {
         match self.backend() {
@@ -254,10 +256,10 @@ impl Db {
         }
     }
 
-    async fn with_advisory_lock<T, E: From<Error>>(
+    async fn with_advisory_lock<T, E: From<Error>, Fut: Future<Output = Result<T, E>>>(
         &self,
         lock: &Lock,
-        work: impl AsyncFnOnce(&Session) -> Result<T, E>,
+        work: impl FnOnce(Session) -> Fut,
     ) -> Result<T, E> {
         let key = advisory_key(&lock.name);
         let session = self.begin().await?;
@@ -287,18 +289,18 @@ impl Db {
             waiting.pause().await?;
         }
         waiting.done();
-        let value = work(&session).await?;
+        let value = work(session.clone()).await?;
         session.commit().await?;
         Ok(value)
     }
 
-    async fn with_named_lock<T, E: From<Error>>(
+    async fn with_named_lock<T, E: From<Error>, Fut: Future<Output = Result<T, E>>>(
         &self,
         lock: &Lock,
-        work: impl AsyncFnOnce(&Session) -> Result<T, E>,
+        work: impl FnOnce(Session) -> Fut,
     ) -> Result<T, E> {
         let held = self.hold(lock).await?;
-        let result = work(&Session::direct(self.conn().clone(), Access::ReadWrite)).await;
+        let result = work(Session::direct(self.conn().clone(), Access::ReadWrite)).await;
         held.release().await;
         result
     }
@@ -412,10 +414,10 @@ impl Db {
         Ok(held)
     }
 
-    async fn with_exclusive_transaction<T, E: From<Error>>(
+    async fn with_exclusive_transaction<T, E: From<Error>, Fut: Future<Output = Result<T, E>>>(
         &self,
         lock: &Lock,
-        work: impl AsyncFnOnce(&Session) -> Result<T, E>,
+        work: impl FnOnce(Session) -> Fut,
     ) -> Result<T, E> {
         // Only possible outside a transaction. The writer pool has one
         // connection, so the pragma applies to the one the transaction runs on.
@@ -447,7 +449,7 @@ impl Db {
             waiting.done();
             // SQLite: no server that could stop answering.
             let session = Session::transaction(tx, Access::ReadWrite, None);
-            let value = work(&session).await?;
+            let value = work(session.clone()).await?;
             if lock.schema_change {
                 foreign_key_check(&session).await?;
             }

@@ -25,7 +25,7 @@ async fn hold(db: &Db, name: &str) -> (oneshot::Sender<()>, tokio::task::JoinHan
     let db = db.clone();
     let lock = Lock::new(name, Duration::from_secs(10));
     let task = tokio::spawn(async move {
-        db.with_lock(&lock, async |_session| {
+        db.with_lock(&lock, |_session| async move {
             held_tx.send(()).unwrap();
             let _ = release_rx.await;
             Ok::<_, Error>(())
@@ -56,7 +56,7 @@ test_support::backend_tests! {
         let other = other_process(&t).await;
         let start = Instant::now();
         let err = other
-            .with_lock(&Lock::new("test", Duration::from_millis(500)), async |_session| {
+            .with_lock(&Lock::new("test", Duration::from_millis(500)), |_session| async move {
                 Ok::<_, Error>(())
             })
             .await
@@ -72,7 +72,7 @@ test_support::backend_tests! {
         release.send(()).unwrap();
         holder.await.unwrap();
         let value = other
-            .with_lock(&Lock::new("test", Duration::from_secs(10)), async |_session| {
+            .with_lock(&Lock::new("test", Duration::from_secs(10)), |_session| async move {
                 Ok::<_, Error>(42)
             })
             .await
@@ -83,7 +83,7 @@ test_support::backend_tests! {
 
     async fn work_commits_on_ok_and_its_error_comes_back(t: TestDb) {
         let lock = Lock::new("test", Duration::from_secs(10));
-        t.db.with_lock(&lock, async |session| {
+        t.db.with_lock(&lock, |session| async move {
             session.execute_unprepared("CREATE TABLE items (id INTEGER PRIMARY KEY)").await?;
             session.execute_unprepared("INSERT INTO items (id) VALUES (1)").await?;
             Ok::<_, Error>(())
@@ -94,7 +94,7 @@ test_support::backend_tests! {
 
         let err = t
             .db
-            .with_lock(&lock, async |session| {
+            .with_lock(&lock, |session| async move {
                 session.execute_unprepared("INSERT INTO items (id) VALUES (2)").await?;
                 // A duplicate key: the work fails.
                 session.execute_unprepared("INSERT INTO items (id) VALUES (1)").await?;
@@ -113,7 +113,7 @@ test_support::backend_tests! {
         let (release, holder) = hold(&t.db, "one").await;
         let other = other_process(&t).await;
         let taken = other
-            .with_lock(&Lock::new("two", Duration::from_millis(500)), async |_session| {
+            .with_lock(&Lock::new("two", Duration::from_millis(500)), |_session| async move {
                 Ok::<_, Error>(())
             })
             .await;
@@ -144,7 +144,7 @@ async fn a_lock_is_per_database() {
             .db
             .with_lock(
                 &Lock::new("test", Duration::from_millis(500)),
-                async |_session| Ok::<_, Error>(()),
+                |_session| async { Ok::<_, Error>(()) },
             )
             .await
             .unwrap_or_else(|e| panic!("{backend:?}: {e}"));
@@ -172,7 +172,7 @@ async fn sqlite_schema_changes_rebuild_referenced_tables_and_check_foreign_keys(
     let lock = Lock::new("schema", Duration::from_secs(10)).schema_change();
 
     // A rebuild of the referenced table: drop, create, copy back.
-    t.db.with_lock(&lock, async |session| {
+    t.db.with_lock(&lock, |session| async move {
         session
             .execute_unprepared(
                 "CREATE TABLE parents_new (id INTEGER PRIMARY KEY, name TEXT NOT NULL DEFAULT '');
@@ -189,7 +189,7 @@ async fn sqlite_schema_changes_rebuild_referenced_tables_and_check_foreign_keys(
 
     // A change that leaves a dangling reference is refused and rolled back.
     let err =
-        t.db.with_lock(&lock, async |session| {
+        t.db.with_lock(&lock, |session| async move {
             session.execute_unprepared("DELETE FROM parents").await?;
             Ok::<_, Error>(())
         })
