@@ -55,6 +55,7 @@
 //! `NOT NULL`, without rebuilding the table; those blocks say so.
 
 use std::fmt;
+use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -213,7 +214,10 @@ impl Bound {
 }
 
 /// Runs `attempt` until it ends other than by a lock timeout; after one,
-/// pauses (jittered, doubling from 100 ms to 5 s) and tries again, until
+/// pauses (jittered, doubling from 100 ms to 5 s, and after a statement's
+/// lock wait never shorter than that wait, so that the queries that queued
+/// behind it drain and the table is blocked at most half the time) and
+/// tries again, until
 /// `DB_MIGRATION_DEADLINE`, then gives up with one error that names `what`,
 /// the settings, and the sessions the last attempts waited for.
 pub(crate) async fn retrying<T, E: LockNotAvailable, F: Future<Output = Result<T, E>>>(
@@ -231,8 +235,7 @@ pub(crate) async fn retrying<T, E: LockNotAvailable, F: Future<Output = Result<T
             other => return other,
         };
         let (setting, timeout) = bound.setting(&policy);
-        let cap = Duration::from_millis(100 << Ord::min(attempts, 6)).min(Duration::from_secs(5));
-        let pause = rand::rng().random_range(cap / 2..=cap);
+        let pause = rand::rng().random_range(pauses(bound, timeout, attempts));
         if start.elapsed() + pause >= policy.deadline {
             drop(error);
             return Err(E::from(DbErr::Migration(format!(
@@ -252,6 +255,23 @@ pub(crate) async fn retrying<T, E: LockNotAvailable, F: Future<Output = Result<T
         tokio::time::sleep(pause).await;
         attempts += 1;
     }
+}
+
+/// The range that the pause after attempt `attempts` is drawn from: from
+/// 100 to 200 ms after the first, doubling up to 2.5 to 5 s; after a
+/// statement's lock wait of `timeout`, never less than `timeout`. (A `CREATE
+/// INDEX CONCURRENTLY` waiting for older transactions blocks no query; a
+/// statement waiting for its table's lock blocks every query on the table
+/// behind it.)
+fn pauses(bound: Bound, timeout: Duration, attempts: u32) -> RangeInclusive<Duration> {
+    let floor = match bound {
+        Bound::Statement => timeout,
+        Bound::Index => Duration::ZERO,
+    };
+    let cap = Duration::from_millis(100 << Ord::min(attempts, 6))
+        .min(Duration::from_secs(5))
+        .max(floor * 2);
+    cap / 2..=cap
 }
 
 /// A duration to the millisecond, as settings are written.
@@ -979,7 +999,24 @@ impl Backfill {
 
 #[cfg(test)]
 mod tests {
-    use super::{mysql_column, mysql_not_null};
+    use std::time::Duration;
+
+    use super::{Bound, mysql_column, mysql_not_null, pauses};
+
+    #[test]
+    fn pauses_double_and_never_undercut_a_statements_lock_wait() {
+        let ms = Duration::from_millis;
+        let index: Vec<_> = (1..=7)
+            .map(|n| pauses(Bound::Index, ms(600_000), n))
+            .collect();
+        let doubling = [100, 200, 400, 800, 1_600, 2_500, 2_500].map(|low| ms(low)..=ms(low * 2));
+        assert_eq!(index, doubling);
+        for (n, doubled) in (1..=7).zip(&doubling) {
+            let statement = pauses(Bound::Statement, ms(1_000), n);
+            assert!(*statement.start() >= ms(1_000), "{n}: {statement:?}");
+            assert_eq!(*statement.end(), ms(2_000).max(*doubled.end()));
+        }
+    }
 
     #[test]
     fn mysql_definitions_become_not_null_keeping_the_rest() {

@@ -376,15 +376,17 @@ async fn execute<M: MigratorTrait>(
         // while a statement runs, and cancels it when it is not: a migrator
         // killed during a long statement (an index build, a backfill batch)
         // leaves nothing running for the next one to wait for (PostgreSQL
-        // 14 and later). And an index build runs in this session's process
-        // alone, without parallel workers: a schema change under live
-        // traffic takes one core, not every core the server has (PostgreSQL
-        // 11 and later). The session is the runner's one connection; a
-        // server without either setting refuses it harmlessly.
+        // 14 and later). And an index build, a validation or a backfill's
+        // query runs in this session's process alone, without parallel
+        // workers: a schema change under live traffic takes one core, not
+        // every core the server has (PostgreSQL 11 and later). The session
+        // is the runner's one connection; a server without one of these
+        // settings refuses it harmlessly.
         let session = db.autocommit();
         for setting in [
             "SET client_connection_check_interval = '1s'",
             "SET max_parallel_maintenance_workers = 0",
+            "SET max_parallel_workers_per_gather = 0",
         ] {
             if let Err(e) = session.execute_unprepared(setting).await {
                 tracing::debug!("this server refused `{setting}`: {e}");

@@ -55,7 +55,7 @@ pub(crate) fn drive(
     writes: fn(usize, u64) -> bool,
     stop: Arc<AtomicBool>,
 ) -> (Arc<Mutex<Vec<Outcome>>>, Vec<tokio::task::JoinHandle<()>>) {
-    drive_with(base, workers, stop, move |client, base, worker, n| {
+    drive_with(base, workers, None, stop, move |client, base, worker, n| {
         if writes(worker, n) {
             let name = format!("w{worker}-{n}");
             let body = json!({"full_name": name, "position": "chaos"});
@@ -69,12 +69,38 @@ pub(crate) fn drive(
     })
 }
 
-/// Clients that send `request(client, base, worker, n)` until stopped,
-/// recording every outcome; a request that names a write (`Some(name)`)
-/// stores a row by that name.
+/// When a client's requests are due: one as soon as the last has ended
+/// (closed loop, without a pace), or one every `pace` (open loop).
+pub(crate) struct Schedule(Option<tokio::time::Interval>);
+
+impl Schedule {
+    pub(crate) fn new(pace: Option<Duration>) -> Schedule {
+        Schedule(pace.map(|pace| {
+            let mut ticks = tokio::time::interval(pace);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            ticks
+        }))
+    }
+
+    /// Waits until the next request is due, and returns when it was due.
+    /// Paced, a client that fell behind sends the requests it owes at once,
+    /// and each one's latency counts from when it was due: a stall counts
+    /// against every request it held back, not only the one it caught.
+    pub(crate) async fn next(&mut self) -> Instant {
+        match &mut self.0 {
+            Some(ticks) => ticks.tick().await.into_std(),
+            None => Instant::now(),
+        }
+    }
+}
+
+/// Clients that send `request(client, base, worker, n)` until stopped, on
+/// the [`Schedule`] of `pace`, recording every outcome; a request that
+/// names a write (`Some(name)`) stores a row by that name.
 pub(crate) fn drive_with(
     base: &str,
     workers: usize,
+    pace: Option<Duration>,
     stop: Arc<AtomicBool>,
     request: impl Fn(&reqwest::Client, &str, usize, u64) -> (Option<String>, reqwest::RequestBuilder)
     + Clone
@@ -97,10 +123,11 @@ pub(crate) fn drive_with(
                 request.clone(),
             );
             tokio::spawn(async move {
+                let mut schedule = Schedule::new(pace);
                 let mut n = 0;
                 while !stop.load(Ordering::SeqCst) {
                     n += 1;
-                    let start = Instant::now();
+                    let start = schedule.next().await;
                     let (write, request) = request(&client, &base, worker, n);
                     let status = request
                         .send()
