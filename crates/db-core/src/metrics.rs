@@ -419,22 +419,28 @@ tokio::task_local! {
     static OPERATION: &'static Histogram;
 }
 
-/// Times every statement run on `conn` under the current [`Operation`]
-/// (`other` outside one).
+/// Counts a statement that took the given time and records it under the
+/// current [`Operation`] (`other` outside one).
+pub(crate) type StatementTimer = Arc<dyn Fn(Duration) + Send + Sync>;
+
+/// Times every statement that SeaORM runs on `conn`; returns the timer, for
+/// the statements that db-core runs on the same pool itself.
 pub(crate) fn time_statements(
     conn: &mut DatabaseConnection,
     count: impl Fn() + Send + Sync + 'static,
-) {
+) -> StatementTimer {
     let other = enabled().then(|| metrics::histogram!(STATEMENT_DURATION, "operation" => "other"));
-    conn.set_metric_callback(move |info| {
+    let timer: StatementTimer = Arc::new(move |elapsed| {
         count();
-        if let Some(other) = &other {
-            let elapsed: Duration = info.elapsed;
-            if OPERATION.try_with(|h| h.record(elapsed)).is_err() {
-                other.record(elapsed);
-            }
+        if let Some(other) = &other
+            && OPERATION.try_with(|h| h.record(elapsed)).is_err()
+        {
+            other.record(elapsed);
         }
     });
+    let callback = timer.clone();
+    conn.set_metric_callback(move |info| callback(info.elapsed));
+    timer
 }
 
 /// Why work ran again.

@@ -201,12 +201,12 @@ impl Replicas {
     /// may run twice.
     pub(crate) async fn route<T, F, Fut>(&self, primary: &Pool, work: F) -> Result<T, DbErr>
     where
-        F: Fn(DatabaseConnection) -> Fut,
+        F: Fn(Pool) -> Fut,
         Fut: Future<Output = Result<T, DbErr>>,
     {
         for replica in self.in_turn() {
             let pool = replica.pool();
-            match pool.attempt(work((*pool).clone())).await.0 {
+            match pool.attempt(work(pool.clone())).await.0 {
                 Err(e) if Error::unreachable(&e) => {
                     replica.mark_down(&e.to_string());
                     metrics::retried(Some(RetryReason::Failover));
@@ -220,7 +220,7 @@ impl Replicas {
         let deadline = Instant::now() + self.failover_timeout;
         let mut again = false;
         loop {
-            let attempt = primary.attempt(work((**primary).clone()));
+            let attempt = primary.attempt(work(primary.clone()));
             let result = if again {
                 match tokio::time::timeout_at(deadline.into(), attempt).await {
                     Ok((result, _)) => result,

@@ -272,12 +272,12 @@ impl ConnectionTrait for Session {
     async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
         match &self.conn {
             Conn::Tx(tx, limit) => answered(*limit, tx.query_one_raw(stmt)).await,
-            Conn::Direct(c) => self.on_pool(c, c.query_one_raw(stmt)).await,
+            Conn::Direct(c) => self.on_pool(c, c.query_one(stmt)).await,
             Conn::Routed(replicas, primary) => {
                 replicas
                     .route(primary, |c| {
                         let stmt = stmt.clone();
-                        async move { c.query_one_raw(stmt).await }
+                        async move { c.query_one(stmt).await }
                     })
                     .await
             }
@@ -287,12 +287,12 @@ impl ConnectionTrait for Session {
     async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
         match &self.conn {
             Conn::Tx(tx, limit) => answered(*limit, tx.query_all_raw(stmt)).await,
-            Conn::Direct(c) => self.on_pool(c, c.query_all_raw(stmt)).await,
+            Conn::Direct(c) => self.on_pool(c, c.query_all(stmt)).await,
             Conn::Routed(replicas, primary) => {
                 replicas
                     .route(primary, |c| {
                         let stmt = stmt.clone();
-                        async move { c.query_all_raw(stmt).await }
+                        async move { c.query_all(stmt).await }
                     })
                     .await
             }
