@@ -214,11 +214,9 @@ impl Bound {
 }
 
 /// Runs `attempt` until it ends other than by a lock timeout; after one,
-/// pauses (jittered, doubling from 100 ms to 5 s, and after a statement's
-/// lock wait never shorter than that wait, so that the queries that queued
-/// behind it drain and the table is blocked at most half the time) and
-/// tries again, until
-/// `DB_MIGRATION_DEADLINE`, then gives up with one error that names `what`,
+/// pauses for a time drawn from [`pauses`] (so that the queries that
+/// queued behind a statement drain, and its table is blocked at most half
+/// the time) and tries again, until `DB_MIGRATION_DEADLINE`, then gives up with one error that names `what`,
 /// the settings, and the sessions the last attempts waited for.
 pub(crate) async fn retrying<T, E: LockNotAvailable, F: Future<Output = Result<T, E>>>(
     what: &str,

@@ -104,8 +104,9 @@ impl Pool {
     /// The first row of `stmt`'s answer, as SeaORM's `query_one_raw` gives
     /// it. On PostgreSQL the query goes to sqlx directly: SeaORM's future
     /// holds the state of every backend it supports and is moved into a box
-    /// on every call, which `just profile-routes` measured at about a third
-    /// of the CPU instructions of a `GET /tasks/{id}/`.
+    /// on every call, which cost about a quarter of the CPU instructions of
+    /// a `GET /tasks/{id}/` (docs/performance.md, "What each read route
+    /// pays").
     pub(crate) fn query_one(&self, stmt: Statement) -> Answer<'_, Option<QueryResult>> {
         let DatabaseConnectionType::SqlxPostgresPoolConnection(_) = &self.conn.inner else {
             return self.conn.query_one_raw(stmt);
@@ -113,7 +114,7 @@ impl Pool {
         Box::pin(async move {
             let mut conn = self.postgres_connection().await?;
             let start = Instant::now();
-            let row = postgres_query(&stmt).fetch_optional(&mut *conn).await;
+            let row = postgres_query(stmt).fetch_optional(&mut *conn).await;
             self.timed(start);
             Ok(row.map_err(query_error)?.map(QueryResult::from))
         })
@@ -127,7 +128,7 @@ impl Pool {
         Box::pin(async move {
             let mut conn = self.postgres_connection().await?;
             let start = Instant::now();
-            let rows = postgres_query(&stmt).fetch_all(&mut *conn).await;
+            let rows = postgres_query(stmt).fetch_all(&mut *conn).await;
             self.timed(start);
             Ok(rows
                 .map_err(query_error)?
@@ -299,9 +300,9 @@ fn count_statements(pool: &mut Pool, statements: &Arc<AtomicU64>) {
 }
 
 /// `stmt` for sqlx, with its values bound as SeaORM binds them.
-fn postgres_query(stmt: &Statement) -> Query<'_, Postgres, SqlxValues> {
-    let values = stmt.values.clone().unwrap_or(Values(Vec::new()));
-    sqlx::query_with(AssertSqlSafe(stmt.sql.as_str()), SqlxValues(values))
+fn postgres_query(stmt: Statement) -> Query<'static, Postgres, SqlxValues> {
+    let values = stmt.values.unwrap_or(Values(Vec::new()));
+    sqlx::query_with(AssertSqlSafe(stmt.sql), SqlxValues(values))
 }
 
 /// A query's error, as SeaORM gives it.
