@@ -378,6 +378,7 @@ async fn a_blocked_migration_retries_then_names_the_blocker() {
         .unwrap_err()
         .to_string();
     let waited = start.elapsed();
+    let slowest = writes.await.unwrap();
     assert!(
         err.starts_with(&format!(
             "migration failed: Migration Error: migration {}: gave up after ",
@@ -393,11 +394,21 @@ async fn a_blocked_migration_retries_then_names_the_blocker() {
     ] {
         assert!(err.contains(part), "{part:?} missing from: {err}");
     }
+    // It gives up when the next pause would end past the deadline. After
+    // 200 ms lock waits the pauses are 200–400, 200–400, then 400–800 ms,
+    // so it cannot give up before 1.2 s, and gives up after one attempt
+    // only if that attempt took 1.6 s.
+    let attempts: u32 = err
+        .split(" attempts, ")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no attempt count in: {err}"));
+    assert!(attempts >= 2, "gave up after {attempts} attempt: {err}");
     assert!(
-        waited >= Duration::from_millis(1500),
+        waited >= Duration::from_millis(1200),
         "gave up after {waited:?}"
     );
-    let slowest = writes.await.unwrap();
     // Nothing half-applied: not recorded, no column.
     let recorded = strings(
         &t.db,
