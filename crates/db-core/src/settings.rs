@@ -512,13 +512,13 @@ fn database_url(c: &Connection, given: &Given, warnings: &mut Vec<String>) -> Re
     let session = [
         (
             "target_session_attrs",
-            c.target_session_attrs.map(|a| a.as_str()),
-            hosts.and_then(|h| h.attrs).map(|a| a.as_str()),
+            c.target_session_attrs.map(<&str>::from),
+            hosts.and_then(|h| h.attrs).map(<&str>::from),
         ),
         (
             "load_balance_hosts",
-            c.load_balance_hosts.map(|b| b.as_str()),
-            hosts.and_then(|h| h.balance).map(|b| b.as_str()),
+            c.load_balance_hosts.map(<&str>::from),
+            hosts.and_then(|h| h.balance).map(<&str>::from),
         ),
     ];
     for (key, value, in_url) in session {

@@ -21,6 +21,8 @@ use sea_orm::sqlx::mysql::MySqlConnectOptions;
 use sea_orm::sqlx::postgres::PgConnectOptions;
 use sea_orm::sqlx::sqlite::SqliteConnectOptions;
 use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use strum::{Display, EnumString, IntoStaticStr, VariantNames};
 
 use crate::error::{Error, Result, bail, scrub};
 
@@ -85,55 +87,25 @@ fn database_part(database: &str) -> (String, Vec<String>) {
     }
 }
 
-/// Declares a keyword setting: its values as written in URLs and settings,
-/// read with `FromStr` and serde, shown with `Display`.
-macro_rules! keywords {
-    ($ty:ident { $($variant:ident = $text:literal),* $(,)? }) => {
-        impl $ty {
-            /// Every value, as written in URLs and settings.
-            pub const ALL: &[&str] = &[$($text),*];
-
-            /// The value as written in URLs and settings.
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $($ty::$variant => $text,)*
-                }
-            }
-        }
-
-        impl FromStr for $ty {
-            type Err = ();
-
-            fn from_str(text: &str) -> std::result::Result<Self, ()> {
-                match text {
-                    $($text => Ok($ty::$variant),)*
-                    _ => Err(()),
-                }
-            }
-        }
-
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl<'de> serde::Deserialize<'de> for $ty {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-                let text = String::deserialize(d)?;
-                text.parse().map_err(|()| {
-                    serde::de::Error::custom(format!("expected one of {}", $ty::ALL.join(", ")))
-                })
-            }
-        }
-    };
-}
-
 /// Which server of a host list a connection may use (libpq's
 /// `target_session_attrs`). Checked after connecting: `read-write` and
 /// `read-only` with `SHOW transaction_read_only`, the others with
 /// `pg_is_in_recovery()`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Deserialize,
+    EnumString,
+    Display,
+    IntoStaticStr,
+    VariantNames,
+)]
+#[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum TargetSessionAttrs {
     /// Any server that answers.
     #[default]
@@ -150,17 +122,22 @@ pub enum TargetSessionAttrs {
     PreferStandby,
 }
 
-keywords!(TargetSessionAttrs {
-    Any = "any",
-    ReadWrite = "read-write",
-    ReadOnly = "read-only",
-    Primary = "primary",
-    Standby = "standby",
-    PreferStandby = "prefer-standby",
-});
-
 /// The order in which a host list is tried (libpq's `load_balance_hosts`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Deserialize,
+    EnumString,
+    Display,
+    IntoStaticStr,
+    VariantNames,
+)]
+#[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum LoadBalanceHosts {
     /// In the order given.
     #[default]
@@ -169,13 +146,12 @@ pub enum LoadBalanceHosts {
     Random,
 }
 
-keywords!(LoadBalanceHosts {
-    Disable = "disable",
-    Random = "random",
-});
-
 /// TLS for server connections.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Deserialize, EnumString, Display, IntoStaticStr, VariantNames,
+)]
+#[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum SslMode {
     /// Never use TLS.
     Disable,
@@ -186,13 +162,6 @@ pub enum SslMode {
     /// Require TLS with a certificate that is valid for the host name.
     VerifyFull,
 }
-
-keywords!(SslMode {
-    Disable = "disable",
-    Prefer = "prefer",
-    Require = "require",
-    VerifyFull = "verify-full",
-});
 
 /// The libpq URL parameters that sqlx does not read and this module takes out.
 const TARGET_SESSION_ATTRS: &str = "target_session_attrs";
@@ -342,10 +311,10 @@ fn split_hosts(url: &str, setting: &str) -> Result<(String, Option<Hosts>)> {
         let value = percent_decode_str(value).decode_utf8_lossy();
         match key {
             TARGET_SESSION_ATTRS => {
-                attrs = Some(keyword(setting, key, &value, TargetSessionAttrs::ALL)?);
+                attrs = Some(keyword(setting, key, &value, TargetSessionAttrs::VARIANTS)?);
             }
             LOAD_BALANCE_HOSTS => {
-                balance = Some(keyword(setting, key, &value, LoadBalanceHosts::ALL)?);
+                balance = Some(keyword(setting, key, &value, LoadBalanceHosts::VARIANTS)?);
             }
             _ => kept.push(pair),
         }

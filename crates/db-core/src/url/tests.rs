@@ -7,6 +7,7 @@ use super::{DatabaseUrl, LoadBalanceHosts, Parts, TargetSessionAttrs};
 use proptest::prelude::*;
 use sea_orm::sqlx::postgres::PgConnectOptions;
 use secrecy::SecretString;
+use strum::VariantNames;
 
 struct Parsed {
     user: String,
@@ -300,8 +301,8 @@ proptest! {
         password in "[^\u{0}]{0,16}",
         database in "[^\u{0}]{1,16}",
         hosts in prop::collection::vec((any_host(), 1u16..), 2..5),
-        attrs in prop::option::of(prop::sample::select(TargetSessionAttrs::ALL)),
-        balance in prop::option::of(prop::sample::select(LoadBalanceHosts::ALL)),
+        attrs in prop::option::of(prop::sample::select(TargetSessionAttrs::VARIANTS)),
+        balance in prop::option::of(prop::sample::select(LoadBalanceHosts::VARIANTS)),
     ) {
         let list: Vec<(&str, u16)> = hosts.iter().map(|(h, p)| (h.as_str(), *p)).collect();
         let built = DatabaseUrl::from_parts(&Parts {
@@ -320,8 +321,8 @@ proptest! {
         let got_list: Vec<(String, u16)> = got.list.iter().map(|(h, p)| (normal(h), *p)).collect();
         let want: Vec<(String, u16)> = hosts.iter().map(|(h, p)| (normal(h), *p)).collect();
         prop_assert_eq!(got_list, want);
-        prop_assert_eq!(got.attrs.map(|a| a.as_str()), attrs);
-        prop_assert_eq!(got.balance.map(|b| b.as_str()), balance);
+        prop_assert_eq!(got.attrs.map(<&str>::from), attrs);
+        prop_assert_eq!(got.balance.map(<&str>::from), balance);
         let first = parse_with_sqlx(&DatabaseUrl::parse(parsed.driver_url(), "X").unwrap());
         prop_assert_eq!(first.user, user);
         prop_assert_eq!(first.password.unwrap_or_default(), password.clone());

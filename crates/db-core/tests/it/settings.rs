@@ -169,6 +169,52 @@ fn postgres_only_settings_on_sqlite_are_ignored_with_a_warning() {
     );
 }
 
+/// Keyword settings read as written, in files and variables, are shown the
+/// same way, and a word that is none of them names the setting and the
+/// words it takes.
+#[test]
+fn keyword_settings_read_and_show_as_written() {
+    let (source, dir) = isolated();
+    std::fs::write(
+        dir.path().join("default.toml"),
+        "load_balance_hosts = \"random\"\n",
+    )
+    .unwrap();
+    let source = source
+        .var("DATABASE_URL", "postgres://u@h1,h2/d")
+        .var("DB_SSL_MODE", "verify-full")
+        .var("DB_TARGET_SESSION_ATTRS", "prefer-standby");
+    let s = load(&source);
+    assert_eq!(s.ssl_mode, Some(SslMode::VerifyFull));
+    assert_eq!(
+        s.url.redacted(),
+        "postgres://u@h1:5432,h2:5432/d?target_session_attrs=prefer-standby&load_balance_hosts=random"
+    );
+    let described = s.describe();
+    assert!(
+        described.contains(&("ssl_mode".to_owned(), "verify-full".to_owned())),
+        "{described:?}"
+    );
+    for (var, value, expects) in [
+        (
+            "DB_SSL_MODE",
+            "verify_full",
+            "disable, prefer, require or verify-full",
+        ),
+        (
+            "DB_TARGET_SESSION_ATTRS",
+            "writable",
+            "any, read-write, read-only, primary, standby or prefer-standby",
+        ),
+        ("DB_LOAD_BALANCE_HOSTS", "Random", "disable or random"),
+    ] {
+        assert_eq!(
+            error(&source.clone().var(var, value)),
+            format!("{var}=\"{value}\": expected {expects}")
+        );
+    }
+}
+
 #[test]
 fn unknown_db_variables_are_warned_about() {
     let (source, _dir) = isolated();
