@@ -91,20 +91,9 @@ fn database_part(database: &str) -> (String, Vec<String>) {
 /// `target_session_attrs`). Checked after connecting: `read-write` and
 /// `read-only` with `SHOW transaction_read_only`, the others with
 /// `pg_is_in_recovery()`.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    Deserialize,
-    EnumString,
-    Display,
-    IntoStaticStr,
-    VariantNames,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[derive(EnumString, Display, IntoStaticStr, VariantNames)]
 #[strum(serialize_all = "kebab-case")]
 pub enum TargetSessionAttrs {
     /// Any server that answers.
@@ -123,20 +112,9 @@ pub enum TargetSessionAttrs {
 }
 
 /// The order in which a host list is tried (libpq's `load_balance_hosts`).
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    Deserialize,
-    EnumString,
-    Display,
-    IntoStaticStr,
-    VariantNames,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[derive(EnumString, Display, IntoStaticStr, VariantNames)]
 #[strum(serialize_all = "kebab-case")]
 pub enum LoadBalanceHosts {
     /// In the order given.
@@ -147,10 +125,9 @@ pub enum LoadBalanceHosts {
 }
 
 /// TLS for server connections.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Deserialize, EnumString, Display, IntoStaticStr, VariantNames,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[derive(EnumString, Display, IntoStaticStr, VariantNames)]
 #[strum(serialize_all = "kebab-case")]
 pub enum SslMode {
     /// Never use TLS.
