@@ -216,8 +216,9 @@ impl Bound {
 /// Runs `attempt` until it ends other than by a lock timeout; after one,
 /// pauses for a time drawn from [`pauses`] (so that the queries that
 /// queued behind a statement drain, and its table is blocked at most half
-/// the time) and tries again, until `DB_MIGRATION_DEADLINE`, then gives up with one error that names `what`,
-/// the settings, and the sessions the last attempts waited for.
+/// the time) and tries again, until `DB_MIGRATION_DEADLINE`, then gives up
+/// with one error that names `what`, the settings, and the sessions the
+/// last attempts waited for.
 pub(crate) async fn retrying<T, E: LockNotAvailable, F: Future<Output = Result<T, E>>>(
     what: &str,
     bound: Bound,
