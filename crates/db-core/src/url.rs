@@ -5,7 +5,12 @@
 //! (`postgres://u@h1:5432,[::1]:5433/db?target_session_attrs=read-write`).
 //! sqlx's parser reads one host, so the host list and libpq's
 //! `target_session_attrs` and `load_balance_hosts` are taken out here, and the
-//! driver sees the URL of the first host.
+//! driver sees the URL of the first host. tokio-postgres's `Config` parses
+//! libpq host lists too, but it refuses what these URLs carry: the
+//! `target_session_attrs` `primary`, `standby` and `prefer-standby` (the
+//! read replicas of a cluster), `sslmode=verify-full`, and sqlx's own
+//! parameters (`sslrootcert`, `statement-cache-capacity`); so the list is
+//! split here.
 
 use std::ffi::OsString;
 use std::fmt;
