@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
@@ -87,17 +87,17 @@ impl Cause {
     }
 }
 
-/// Logs the cause of a 5xx answer: a warning for an unavailable database,
-/// an error otherwise. Handlers only build answers; every answer passes
-/// here (see `layer.rs`).
-pub(crate) fn log_failure(response: &Response) {
+/// Logs the cause of a 5xx answer to `method` `uri`: a warning for an
+/// unavailable database, an error otherwise. Handlers only build answers;
+/// every answer passes here (see `layer.rs`).
+pub(crate) fn log_failure(response: &Response, method: &Method, uri: &Uri) {
     if let Some(Cause(error)) = response.extensions().get::<Cause>() {
         // The whole chain: a database error's cause is its source.
         let error = db_core::error::Report(&**error);
         if response.status() == StatusCode::SERVICE_UNAVAILABLE {
-            tracing::warn!(%error, "database unavailable");
+            tracing::warn!(%method, %uri, %error, "database unavailable");
         } else {
-            tracing::error!(%error, "request failed");
+            tracing::error!(%method, %uri, %error, "request failed");
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The one layer around each route: every answer passes it once. It logs
+//! The one layer around each route, [`AnswerLayer`]: every answer passes it once. It logs
 //! the cause of a 5xx answer and, when metrics are on, runs the request as
 //! its route's db-core operation, then counts and times it under the route
 //! template. One layer, not one per concern: axum wraps each route in each
@@ -12,7 +12,10 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
+use axum::http::{Method, Uri};
 use axum::response::Response;
+use tracing::Instrument as _;
+use tracing::instrument::Instrumented;
 
 use crate::error::log_failure;
 use crate::metrics::{Metrics, Route};
@@ -75,18 +78,95 @@ where
             };
             (route, Instant::now())
         });
+        // For the line that names a 5xx answer's cause.
+        let (method, uri) = (request.method().clone(), request.uri().clone());
         let response = self.inner.call(request);
         Box::pin(async move {
             let Some((route, start)) = route else {
                 let Ok(response) = response.await;
-                log_failure(&response);
+                log_failure(&response, &method, &uri);
                 return Ok(response);
             };
             let Ok(response) = route.operation.scope(response).await;
-            log_failure(&response);
+            log_failure(&response, &method, &uri);
             route.duration.record(start.elapsed());
             route.count(response.status());
             Ok(response)
         })
+    }
+}
+
+/// Puts [`AccessLog`] around a service: the whole router, once.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AccessLogLayer;
+
+impl<S> tower::Layer<S> for AccessLogLayer {
+    type Service = AccessLog<S>;
+
+    fn layer(&self, inner: S) -> AccessLog<S> {
+        AccessLog(inner)
+    }
+}
+
+/// Writes one line per answered request at `info`, target `access`: method,
+/// URI, status and latency in microseconds. The request runs in a `request`
+/// span (method and URI) at `debug`, so that with `RUST_LOG=debug` every line
+/// logged inside a request names it. At `info` that span is never created:
+/// creating, entering (on every poll) and closing it cost as many
+/// instructions as the access line itself (docs/performance.md).
+#[derive(Clone, Debug)]
+pub(crate) struct AccessLog<S>(S);
+
+impl<S, B, R> tower::Service<Request<B>> for AccessLog<S>
+where
+    S: tower::Service<Request<B>, Response = axum::http::Response<R>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Logged<Instrumented<S::Future>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let (method, uri) = (request.method().clone(), request.uri().clone());
+        let span = tracing::debug_span!("request", %method, %uri);
+        Logged {
+            inner: self.0.call(request).instrument(span),
+            line: Some((method, uri, Instant::now())),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's answer, logged when it is ready.
+    pub(crate) struct Logged<F> {
+        #[pin]
+        inner: F,
+        line: Option<(Method, Uri, Instant)>,
+    }
+}
+
+impl<F, R, E> Future for Logged<F>
+where
+    F: Future<Output = Result<axum::http::Response<R>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let output = std::task::ready!(this.inner.poll(cx));
+        if let (Ok(response), Some((method, uri, start))) = (&output, this.line.take()) {
+            tracing::info!(
+                target: "access",
+                %method,
+                %uri,
+                status = response.status().as_u16(),
+                latency_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX),
+                "finished processing request"
+            );
+        }
+        Poll::Ready(output)
     }
 }

@@ -49,7 +49,6 @@ use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{Any, CorsLayer};
 use tower_http::normalize_path::NormalizePathLayer;
-use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
 use utoipa::openapi::InfoBuilder;
 use utoipa::{OpenApi as _, ToSchema};
 use utoipa_axum::routes;
@@ -149,7 +148,11 @@ impl App {
             .allow_origin(Any)
             .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
             .allow_headers(Any)
-            .max_age(Duration::from_secs(600));
+            .max_age(Duration::from_secs(600))
+            // No answer depends on the request's origin or preflight
+            // headers (any is allowed), so no `Vary` header: building it
+            // cost an allocation on every request.
+            .vary([]);
         // Around the whole router, once: `Router::layer` would wrap each route
         // in each of these, a boxed service more to clone on every request.
         let app = ServiceBuilder::new()
@@ -157,11 +160,7 @@ impl App {
             .layer(NormalizePathLayer::trim_trailing_slash())
             .layer(cors)
             .map_response(|r: Response<_>| r.map(Body::new))
-            .layer(
-                TraceLayer::new_for_http()
-                    .make_span_with(DefaultMakeSpan::new().level(tracing::Level::INFO))
-                    .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
-            )
+            .layer(layer::AccessLogLayer)
             .layer(CatchPanicLayer::custom(|_| {
                 tracing::error!("a request handler panicked");
                 ApiError::Internal(None).into_response()

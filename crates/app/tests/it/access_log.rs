@@ -1,6 +1,7 @@
 //! The access log of `tracker serve` at the default `info` level: written
 //! off the request's thread, yet one line for every request, none lost at
-//! SIGTERM, and a metric for lines dropped when the buffer is full.
+//! SIGTERM, and a metric for lines dropped when the buffer is full; and the
+//! request span that `debug` adds to every line logged inside a request.
 
 use std::time::{Duration, Instant};
 
@@ -102,4 +103,35 @@ async fn sigterm_right_after_a_burst_loses_no_access_line() {
     // The last line logged, just before the process ends, is there too.
     let last = logs.last().map(String::as_str).unwrap_or_default();
     assert!(last.contains("stopped"), "{last}");
+}
+
+/// The access line names the method, the URI, the status and the latency.
+/// At `info` nothing else names the request; at `debug` a line logged
+/// inside it (here sqlx's statement) carries its span.
+#[tokio::test]
+async fn at_debug_lines_inside_a_request_name_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port().unwrap());
+    let vars = [("RUST_LOG", "debug".into())];
+    let mut server = start(dir.path(), &["serve", "--addr", &addr], &vars).await;
+    let answer = reqwest::get(format!("{}/tasks/41/", server.base))
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 404);
+    server.terminate();
+    assert_eq!(server.wait(Duration::from_secs(10)).await.0, Some(0));
+    let logs = server.all_logs().await;
+    let access = logs
+        .iter()
+        .find(|l| l.contains(ACCESS_LINE))
+        .expect("an access line");
+    assert!(
+        access.contains(" INFO access: finished processing request method=GET uri=/tasks/41 status=404 latency_us="),
+        "{access}"
+    );
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("request{method=GET uri=/tasks/41}") && l.contains("sqlx::query")),
+        "{logs:#?}"
+    );
 }

@@ -1,5 +1,5 @@
-//! The log line of a 5xx answer: it carries the cause, with the sources the
-//! cause keeps, and never the password.
+//! The log line of a 5xx answer: it names the request and carries the
+//! cause, with the sources the cause keeps, and never the password.
 
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -85,6 +85,11 @@ async fn a_5xx_logs_its_cause_and_never_the_password() {
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert!(failed[0].contains("ERROR"), "{}", failed[0]);
     assert!(
+        failed[0].contains("method=GET uri=/tasks "),
+        "{}",
+        failed[0]
+    );
+    assert!(
         failed[0].contains(r#"relation "tasks" does not exist"#),
         "{}",
         failed[0]
@@ -99,6 +104,7 @@ async fn a_5xx_logs_its_cause_and_never_the_password() {
     assert_eq!(unavailable.len(), 1, "{unavailable:?}");
     let line = &unavailable[0];
     assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("method=GET uri=/employees "), "{line}");
     // The reason, then the driver's error it keeps as its source.
     assert!(
         line.contains("error=database unavailable: the server is going away: ")
