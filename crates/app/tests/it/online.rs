@@ -434,6 +434,59 @@ async fn long_reader(db: &Db) -> Session {
 const WARM: Duration = Duration::from_secs(2);
 const BEFORE: Duration = Duration::from_secs(5);
 
+/// A change to the database of `t` while 8 clients run the original app's
+/// SQL on a pool of `clients`' settings, started [`WARM`] + [`BEFORE`]
+/// earlier; with `hold`, a transaction holds ACCESS SHARE on `tasks` for
+/// that long from just before the change. Returns what the change gave, how
+/// long it took, and the clients' latencies before and during it. `change`
+/// must not start before it is polled (a process spawned by
+/// `Command::output` starts at once: wrap it in `async`).
+async fn under_original_writers<T>(
+    t: &TestDb,
+    clients: &Settings,
+    tasks: i64,
+    hold: Option<Duration>,
+    change: impl Future<Output = T>,
+) -> (T, Duration, Stretch, Stretch) {
+    let db = Db::connect(clients).await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = original_writers(&db, 8, tasks, stop.clone());
+    tokio::time::sleep(WARM + BEFORE).await;
+    let holder = match hold {
+        Some(hold) => {
+            let reader = long_reader(&t.db).await;
+            Some(tokio::spawn(async move {
+                tokio::time::sleep(hold).await;
+                reader.rollback().await.unwrap();
+            }))
+        }
+        None => None,
+    };
+    let began = Instant::now();
+    let changed = change.await;
+    let ended = Instant::now();
+    if let Some(holder) = holder {
+        holder.await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let outcomes = finish(&stop, writers).await;
+    db.close().await;
+    let during = Stretch::of(&outcomes, began, ended);
+    assert!(during.requests > 0, "no statement ran during the change");
+    let before = Stretch::of(&outcomes, began - BEFORE, began);
+    (changed, ended - began, before, during)
+}
+
+/// `tracker migrate up` as it ended: it must have succeeded.
+fn succeeded(migrated: std::io::Result<std::process::Output>) {
+    let migrated = migrated.unwrap();
+    assert!(
+        migrated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
+}
+
 #[test_support::needs(postgres, chaos)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_schema_changes_under_live_traffic() {
@@ -446,29 +499,17 @@ async fn chaos_schema_changes_under_live_traffic() {
     ));
 
     // (a) Adoption while the original app's SQL writes from 8 clients.
-    let mut original = t.settings.clone();
-    original.max_connections = 8;
-    let db = Db::connect(&original).await.unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let writers = original_writers(&db, 8, tasks, stop.clone());
-    tokio::time::sleep(WARM + BEFORE).await;
-    let began = Instant::now();
-    let adopted = migrate_up(&t.settings).output().await.unwrap();
-    let ended = Instant::now();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let outcomes = finish(&stop, writers).await;
-    assert!(
-        adopted.status.success(),
-        "{}",
-        String::from_utf8_lossy(&adopted.stderr)
-    );
-    let (before, during) = (
-        Stretch::of(&outcomes, began - BEFORE, began),
-        Stretch::of(&outcomes, began, ended),
-    );
+    let mut writers = t.settings.clone();
+    writers.max_connections = 8;
+    let (adopted, took, before, during) =
+        under_original_writers(&t, &writers, tasks, None, async {
+            migrate_up(&t.settings).output().await
+        })
+        .await;
+    succeeded(adopted);
     report(&format!(
         "online (a) adoption with 8 writers of the original's SQL: migrate up {:.2}s; before: {before}; during: {during}",
-        (ended - began).as_secs_f64()
+        took.as_secs_f64()
     ));
     complete(&t.db).await;
     assert_eq!(before.failed + during.failed, 0, "failed statements");
@@ -483,7 +524,6 @@ async fn chaos_schema_changes_under_live_traffic() {
         during.p99,
         before.p99
     );
-    db.close().await;
 
     // (b) A migration's online changes while `tracker serve` answers.
     let dir = tempfile::tempdir().unwrap();
@@ -572,35 +612,21 @@ async fn chaos_schema_changes_under_live_traffic() {
     // transaction without a lock timeout, behind a 5 s holder, stalls the
     // writers for as long as the holder holds (they wait without the
     // operation timeout, to show how long).
-    let mut original = t.settings.clone();
-    original.max_connections = 8;
-    original.operation_timeout = None;
-    let db = Db::connect(&original).await.unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let writers = original_writers(&db, 8, tasks, stop.clone());
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let reader = long_reader(&t.db).await;
-    let began = Instant::now();
-    let release = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        reader.rollback().await.unwrap();
-    });
-    let old_way = t.db.begin().await.unwrap();
-    old_way
-        .execute_unprepared("SET LOCAL lock_timeout = 0")
-        .await
-        .unwrap();
-    old_way
-        .execute_unprepared("ALTER TABLE tasks ADD COLUMN old_way integer")
-        .await
-        .unwrap();
-    old_way.commit().await.unwrap();
-    let ended = Instant::now();
-    release.await.unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let outcomes = finish(&stop, writers).await;
-    db.close().await;
-    let stalled = Stretch::of(&outcomes, began, ended);
+    writers.operation_timeout = None;
+    let old_way = async {
+        let old_way = t.db.begin().await.unwrap();
+        old_way
+            .execute_unprepared("SET LOCAL lock_timeout = 0")
+            .await
+            .unwrap();
+        old_way
+            .execute_unprepared("ALTER TABLE tasks ADD COLUMN old_way integer")
+            .await
+            .unwrap();
+        old_way.commit().await.unwrap();
+    };
+    let hold = Some(Duration::from_secs(5));
+    let ((), _, _, stalled) = under_original_writers(&t, &writers, tasks, hold, old_way).await;
     report(&format!(
         "online, the old way (one transaction, no lock_timeout) behind a 5 s holder: {stalled}"
     ));
@@ -667,41 +693,23 @@ async fn chaos_a_migrator_killed_in_a_concurrent_build_is_completed_by_the_next(
 async fn chaos_adoption_behind_a_long_reader_keeps_writes_flowing() {
     let tasks = task_count();
     let t = original_database(tasks).await;
-    let mut original = t.settings.clone();
-    original.max_connections = 9;
-    let db = Db::connect(&original).await.unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let writers = original_writers(&db, 8, tasks, stop.clone());
-    tokio::time::sleep(WARM + BEFORE).await;
-    let reader = long_reader(&db).await;
-    let began = Instant::now();
-    let release = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(15)).await;
-        reader.rollback().await.unwrap();
-    });
-    let adopted = migrate_up(&t.settings).output().await.unwrap();
-    let ended = Instant::now();
-    release.await.unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let outcomes = finish(&stop, writers).await;
-    db.close().await;
-    assert!(
-        adopted.status.success(),
-        "{}",
-        String::from_utf8_lossy(&adopted.stderr)
-    );
-    let (before, during) = (
-        Stretch::of(&outcomes, began - BEFORE, began),
-        Stretch::of(&outcomes, began, ended),
-    );
+    let mut writers = t.settings.clone();
+    writers.max_connections = 8;
+    let hold = Some(Duration::from_secs(15));
+    let (adopted, took, before, during) =
+        under_original_writers(&t, &writers, tasks, hold, async {
+            migrate_up(&t.settings).output().await
+        })
+        .await;
+    succeeded(adopted);
     report(&format!(
         "online: adoption of {tasks} tasks behind a 15 s holder of ACCESS SHARE, 8 writers of the original's SQL: migrate up {:.1}s; before: {before}; during: {during}",
-        (ended - began).as_secs_f64()
+        took.as_secs_f64()
     ));
     complete(&t.db).await;
     assert_eq!(before.failed + during.failed, 0, "failed statements");
     assert!(
-        ended - began >= Duration::from_secs(14),
+        took >= Duration::from_secs(14),
         "the migration did not wait for the reader"
     );
     assert!(
