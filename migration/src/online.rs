@@ -941,6 +941,8 @@ impl Backfill {
         let (mut after, mut rows, mut batches) = (None::<i64>, 0, 0);
         let started = Instant::now();
         loop {
+            // The batch's time includes finding where it ends.
+            let batch = Instant::now();
             let from = after
                 .map(|after| format!("{key} > {after} AND "))
                 .unwrap_or_default();
@@ -977,7 +979,6 @@ impl Backfill {
                 "UPDATE {table} SET {} WHERE {from}{key} <= {last} AND ({only})",
                 self.set
             );
-            let batch = Instant::now();
             rows += if postgres {
                 short_transaction(conn, &update, std::slice::from_ref(&update)).await?
             } else {
