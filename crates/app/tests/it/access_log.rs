@@ -76,7 +76,10 @@ async fn a_load_writes_one_access_line_per_request_and_drops_none() {
     assert_eq!(access_lines(&server.logs()), expected);
     server.terminate();
     assert_eq!(server.wait(Duration::from_secs(10)).await.0, Some(0));
-    assert_eq!(access_lines(&server.all_logs().await), expected);
+    let logs = server.all_logs().await;
+    assert_eq!(access_lines(&logs), expected);
+    // At `info` no request span is made.
+    assert!(!logs.iter().any(|l| l.contains("request{")), "{logs:#?}");
 }
 
 /// Nobody reads standard error during the burst, so its pipe fills up and
@@ -105,9 +108,9 @@ async fn sigterm_right_after_a_burst_loses_no_access_line() {
     assert!(last.contains("stopped"), "{last}");
 }
 
-/// The access line names the method, the URI, the status and the latency.
-/// At `info` nothing else names the request; at `debug` a line logged
-/// inside it (here sqlx's statement) carries its span.
+/// The access line names the method, the URI (without the trailing slash
+/// that the router trims), the status and the latency. At `debug` a line
+/// logged inside a request (here sqlx's statement) carries its span.
 #[tokio::test]
 async fn at_debug_lines_inside_a_request_name_it() {
     let dir = tempfile::tempdir().unwrap();

@@ -477,7 +477,7 @@ async fn under_original_writers<T>(
     (changed, ended - began, before, during)
 }
 
-/// `tracker migrate up` as it ended: it must have succeeded.
+/// Asserts that `tracker migrate up` exited 0; if not, shows its standard error.
 fn succeeded(migrated: std::io::Result<std::process::Output>) {
     let migrated = migrated.unwrap();
     assert!(
