@@ -293,10 +293,10 @@ fn split_hosts(url: &str, setting: &str) -> Result<(String, Option<Hosts>)> {
         let value = percent_decode_str(value).decode_utf8_lossy();
         match key {
             TARGET_SESSION_ATTRS => {
-                attrs = Some(keyword(setting, key, &value, TargetSessionAttrs::VARIANTS)?);
+                attrs = Some(keyword(setting, key, &value)?);
             }
             LOAD_BALANCE_HOSTS => {
-                balance = Some(keyword(setting, key, &value, LoadBalanceHosts::VARIANTS)?);
+                balance = Some(keyword(setting, key, &value)?);
             }
             _ => kept.push(pair),
         }
@@ -342,12 +342,13 @@ fn split_hosts(url: &str, setting: &str) -> Result<(String, Option<Hosts>)> {
     ))
 }
 
-/// A libpq keyword parameter's value, or an error naming the parameter.
-fn keyword<T: FromStr>(setting: &str, key: &str, value: &str, all: &[&str]) -> Result<T> {
+/// A libpq keyword parameter's value, or an error naming the parameter
+/// and the words it takes.
+fn keyword<T: FromStr + VariantNames>(setting: &str, key: &str, value: &str) -> Result<T> {
     value.parse().map_err(|_| {
         Error::Config(format!(
             "{setting}: {key}=\"{value}\": expected {}",
-            all.join(", ")
+            T::VARIANTS.join(", ")
         ))
     })
 }
