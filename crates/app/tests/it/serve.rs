@@ -95,7 +95,11 @@ impl Running {
         let start = Instant::now();
         let status = tokio::time::timeout(limit, self.child.wait())
             .await
-            .unwrap_or_else(|_| panic!("tracker still running after {limit:?}"))
+            .unwrap_or_else(|_| {
+                let logs = self.logs();
+                let last = &logs[logs.len().saturating_sub(20)..];
+                panic!("tracker still running after {limit:?}; its last lines: {last:#?}")
+            })
             .unwrap();
         (status.code(), start.elapsed())
     }
