@@ -208,6 +208,11 @@ async fn serve(settings: &Settings, args: ServeArgs, dropped: DroppedLines) -> a
             web::Exposure::Separate(m)
         }
     };
+    // Listening before the line that says it serves: a SIGTERM that comes
+    // before the server first polls its shutdown future is kept, not lost.
+    // (Until here, while it connects and migrates, SIGTERM ends the process
+    // at once.)
+    let signal = shutdown_signal();
     tracing::info!(
         "serving http://{} from {}",
         listener.local_addr()?,
@@ -215,7 +220,7 @@ async fn serve(settings: &Settings, args: ServeArgs, dropped: DroppedLines) -> a
     );
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel();
     let shutdown = async move {
-        shutdown_signal().await;
+        signal.await;
         tracing::info!("shutting down: finishing requests in flight");
         let _ = stopping_tx.send(());
     };
@@ -254,19 +259,26 @@ fn app(db: &Db) -> web::App {
 }
 
 /// SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let mut terminate =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(e) => {
-                tracing::warn!("cannot listen for SIGTERM: {e}");
-                let _ = tokio::signal::ctrl_c().await;
-                return;
+/// SIGTERM or SIGINT. The listeners are registered when this is called, so
+/// a signal that arrives before the future is first polled still ends it.
+fn shutdown_signal() -> impl Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let listeners = signal(SignalKind::terminate()).and_then(|terminate| {
+        signal(SignalKind::interrupt()).map(|interrupt| (terminate, interrupt))
+    });
+    async move {
+        match listeners {
+            Ok((mut terminate, mut interrupt)) => {
+                tokio::select! {
+                    _ = terminate.recv() => {}
+                    _ = interrupt.recv() => {}
+                }
             }
-        };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM and SIGINT: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
     }
 }
 
