@@ -6,11 +6,14 @@
 //! - [`run`] applies a [`cli::MigrateArgs`] command under a migration lock,
 //!   held around reading the pending list and applying it, so concurrent
 //!   deploys apply each migration exactly once: on PostgreSQL a
-//!   transaction-level advisory lock and on SQLite an exclusive transaction,
-//!   each in the one transaction that runs every migration of the command
-//!   (all apply or none); on MySQL, whose DDL cannot be rolled back, a
-//!   `GET_LOCK`. The `migration` binary and `tracker migrate` both call it.
-//!   Migrations connect to `DB_MIGRATION_URL` when it is set.
+//!   session-level advisory lock and on MySQL a `GET_LOCK`, each held on a
+//!   connection of its own (it ends with the migrator), while each
+//!   migration runs in a transaction of its own on PostgreSQL, or in none
+//!   when it opts out ([`online`] has the building blocks for that); on
+//!   SQLite an exclusive transaction that runs every migration of the
+//!   command (all apply or none). The `migration` binary and `tracker
+//!   migrate` both call it. Migrations connect to `DB_MIGRATION_URL` when
+//!   it is set.
 //! - Adoption: `up` records a pending migration as applied without running
 //!   it when its tables already exist with the shape it would create (tables
 //!   made by the original app, or by any other tool), and refuses with a

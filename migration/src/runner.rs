@@ -26,7 +26,9 @@ pub enum Error {
     /// Settings, connection or lock problems.
     #[error(transparent)]
     Db(#[from] db_core::Error),
-    /// A migration failed; on PostgreSQL and SQLite the whole command was rolled back.
+    /// A migration failed: rolled back on PostgreSQL when it ran in a
+    /// transaction (those before it stay applied), and on SQLite with the
+    /// whole command.
     #[error("migration failed: {0}")]
     Migration(#[source] DbErr),
     /// Writing a new migration file failed.
