@@ -4,12 +4,12 @@
 //! turning an error into one line and an exit code.
 
 use std::error::Error as StdError;
-use std::io::{BufWriter, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
-use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
-
 use crate::Error;
+
+mod log_buffer;
 
 /// With nothing configured, the binaries use a SQLite file, so that a fresh
 /// clone runs with no server.
@@ -30,62 +30,47 @@ pub fn source() -> Result<db_core::Source, db_core::Error> {
 /// PostgreSQL's notices and the migrator's step-by-step lines.
 pub const DEFAULT_LOG_FILTER: &str = "info,sqlx::postgres::notice=warn,sea_orm_migration=warn";
 
-/// Lines the log buffer holds while its writer thread catches up: half a
-/// second of access lines at 30,000 requests a second. A line that finds the
-/// buffer full is dropped and counted ([`Logs::dropped_lines`]), so that a
-/// slow standard error never holds up a request.
-const BUFFERED_LINES: usize = 16_384;
-
-/// The writer thread's buffer in front of standard error: when lines queue
-/// up, one `write(2)` carries many of them.
-const WRITE_BUFFER_BYTES: usize = 64 * 1024;
-
 /// Logs to standard error: human-readable (colours on a terminal) or JSON
 /// lines. `RUST_LOG` wins over `filter`.
 ///
-/// The thread that logs formats its line and hands it to a buffer; a thread
-/// of its own writes the buffer out, many lines to one `write(2)` when they
-/// queue up. Keep the returned [`Logs`] until the program ends: dropping it,
-/// or [`Logs::fail`], writes out every line logged before.
+/// The thread that logs formats its line and appends it to a buffer in
+/// memory; a thread of its own writes the buffer out, every line gathered
+/// in the last 20 ms in one `write(2)`. If standard error falls 4 MiB
+/// behind, further lines are dropped and counted ([`Logs::dropped_lines`]),
+/// so that a slow standard error never holds up a request. Keep the
+/// returned [`Logs`] until the program ends: dropping it, or [`Logs::fail`],
+/// writes out every line logged before.
 pub fn init_logging(json: bool, filter: &str) -> Logs {
-    let (writer, guard) = NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(BUFFERED_LINES)
-        .thread_name("log-writer")
-        .finish(BufWriter::with_capacity(
-            WRITE_BUFFER_BYTES,
-            std::io::stderr(),
-        ));
-    let dropped = writer.error_counter();
+    let (buffer, writer) = log_buffer::start(std::io::stderr());
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(writer);
+        .with_writer(buffer.clone());
     if json {
         builder.json().init();
     } else {
         builder.init();
     }
-    Logs { guard, dropped }
+    Logs { writer, buffer }
 }
 
 /// The log writer of [`init_logging`]. Dropping it writes out the lines
-/// still buffered (waiting up to about a second for a backlog) and stops the
-/// writer thread; lines logged after that are lost, so it lives until
-/// `main` returns.
+/// still buffered (waiting up to a second for standard error to take them)
+/// and stops the writer thread; lines logged after that are lost, so it
+/// lives until `main` returns.
 #[derive(Debug)]
 #[must_use = "dropping it stops writing logs"]
 pub struct Logs {
-    guard: WorkerGuard,
-    dropped: ErrorCounter,
+    writer: log_buffer::Writer,
+    buffer: log_buffer::Buffer,
 }
 
 impl Logs {
     /// How many log lines were dropped because the buffer was full.
     pub fn dropped_lines(&self) -> DroppedLines {
-        DroppedLines(self.dropped.clone())
+        DroppedLines(self.buffer.clone())
     }
 
     /// Writes out the buffered log lines, then prints `error` and its causes
@@ -98,7 +83,7 @@ impl Logs {
         error: &(dyn StdError + 'static),
         is_usage: impl Fn(&(dyn StdError + 'static)) -> bool,
     ) -> ExitCode {
-        drop(self.guard);
+        drop(self.writer);
         let usage = std::iter::successors(Some(error), |&e| e.source()).any(|cause| {
             cause
                 .downcast_ref::<db_core::Error>()
@@ -120,11 +105,11 @@ impl Logs {
 /// The count of log lines dropped because the buffer was full, as it grows
 /// (for a metric).
 #[derive(Debug, Clone)]
-pub struct DroppedLines(ErrorCounter);
+pub struct DroppedLines(log_buffer::Buffer);
 
 impl DroppedLines {
     /// Lines dropped so far.
     pub fn get(&self) -> u64 {
-        u64::try_from(self.0.dropped_lines()).unwrap_or(u64::MAX)
+        self.0.dropped()
     }
 }

@@ -280,7 +280,7 @@ async fn chaos_database_restarts_under_load_lose_no_acknowledged_write() {
         recovered_crash.is_some_and(|s| s <= 5.0),
         "recovery after the crash: {recovered_crash:?}"
     );
-    assert_no_secret_in(&app.logs());
+    assert_no_secret_in(&app.all_logs().await);
 }
 
 /// A pool of 2 and 50 concurrent requests that the database holds up: the
@@ -428,5 +428,5 @@ async fn chaos_startup_waits_for_the_database_within_the_deadline() {
     app.wait(Duration::from_secs(10)).await;
     assert_eq!(ready, 200);
     assert!(up_after >= Duration::from_secs(2));
-    assert_no_secret_in(&app.logs());
+    assert_no_secret_in(&app.all_logs().await);
 }

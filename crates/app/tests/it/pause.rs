@@ -230,9 +230,11 @@ async fn a_write_the_database_did_not_confirm_answers_503_saying_so() {
     // own before it is sent); either way, writes work again.
     assert_eq!(post("after").await.0, 200);
     assert!(
-        app.logs()
-            .iter()
-            .any(|l| l.contains("the write may or may not have been saved")),
+        app.logged(
+            "the write may or may not have been saved",
+            Duration::from_secs(5)
+        )
+        .await,
         "{:?}",
         app.logs()
     );

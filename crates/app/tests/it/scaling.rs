@@ -189,7 +189,8 @@ async fn sigterm_after_the_replica_stopped_exits_0_within_10_s() {
         );
     }
     assert!(
-        app.logs().iter().any(|l| l.contains("replica unavailable")),
+        app.logged("replica unavailable", Duration::from_secs(5))
+            .await,
         "no read found the replica gone: {:?}",
         app.logs()
     );

@@ -104,8 +104,24 @@ impl Running {
         (status.code(), start.elapsed())
     }
 
+    /// The lines read from standard error so far.
     pub(crate) fn logs(&self) -> Vec<String> {
         self.stderr.lock().unwrap().clone()
+    }
+
+    /// Whether a line containing `text` is written within `limit`: the
+    /// process writes its log out every few milliseconds, not line by line.
+    pub(crate) async fn logged(&self, text: &str, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            if self.logs().iter().any(|l| l.contains(text)) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Stops reading the process's standard error (`true`) or goes on
@@ -172,7 +188,7 @@ async fn a_fresh_checkout_serves_from_sqlite_and_creates_an_employee() {
     assert!(dir.path().join("data/tracker.db").is_file());
     server.terminate();
     assert_eq!(server.wait(Duration::from_secs(10)).await.0, Some(0));
-    let logs = server.logs();
+    let logs = server.all_logs().await;
     assert!(
         logs.iter()
             .any(|l| l.contains("applied migration m20261124_000001")),
@@ -203,7 +219,7 @@ test_support::backend_tests! {
         assert_eq!(response.text().await.unwrap(), r#"{"full_name":"O'Brien  ","position":"lead","id":5}"#);
         server.terminate();
         assert_eq!(server.wait(Duration::from_secs(10)).await.0, Some(0));
-        let logs = server.logs();
+        let logs = server.all_logs().await;
         assert!(
             logs.iter().any(|l| l.contains("the tables of migration m20261124_000001_create_employees_and_tasks already exist with its shape; recorded it as applied without running it")),
             "{logs:?}"
@@ -246,7 +262,7 @@ async fn logs_can_be_json_lines() {
         .unwrap();
     server.terminate();
     server.wait(Duration::from_secs(10)).await;
-    let logs = server.logs();
+    let logs = server.all_logs().await;
     assert!(!logs.is_empty());
     for line in &logs {
         let parsed: serde_json::Value =
