@@ -105,7 +105,7 @@ PARTS = {
     "select": r"sea_orm::query::select::Select<E>::new$|EntityTrait::find(_by_id)?$|ModelTrait::find_related$",
     "sql": r"SelectStatement as sea_orm::database::statement::StatementBuilder>::build",
     "decode": r"Model as sea_orm::entity::model::FromQueryResult>::from_query_result$",
-    "log": r"Format<tracing_subscriber::fmt::format::Full,T> as tracing_subscriber::fmt::format::FormatEvent<S,N>>::format_event$",
+    "log": r"(migration::binary::text::Text|Format<tracing_subscriber::fmt::format::Full,T>) as tracing_subscriber::fmt::format::FormatEvent<S,N>>::format_event$",
 }
 total, parts = None, {k: 0 for k in PARTS}
 for line in open(path):

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use crate::Error;
 
 mod log_buffer;
+mod text;
 
 /// With nothing configured, the binaries use a SQLite file, so that a fresh
 /// clone runs with no server.
@@ -49,9 +50,9 @@ pub fn init_logging(json: bool, filter: &str) -> Logs {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(buffer.clone());
     if json {
-        builder.json().init();
+        builder.json().with_timer(text::Time).init();
     } else {
-        builder.init();
+        builder.event_format(text::Text::default()).init();
     }
     Logs { writer, buffer }
 }
