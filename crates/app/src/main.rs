@@ -258,26 +258,30 @@ fn app(db: &Db) -> web::App {
         .service(tracker::http::routes(tracker::Tracker::new(db.clone())))
 }
 
-/// SIGINT (Ctrl-C) or SIGTERM.
-/// SIGTERM or SIGINT. The listeners are registered when this is called, so
-/// a signal that arrives before the future is first polled still ends it.
+/// SIGTERM or SIGINT (Ctrl-C). The listeners are registered when this is
+/// called, so a signal that arrives before the future is first polled still
+/// ends it. A signal that cannot be listened for is logged and left to its
+/// default action (the process ends at once); the other still stops it.
 fn shutdown_signal() -> impl Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let listeners = signal(SignalKind::terminate()).and_then(|terminate| {
-        signal(SignalKind::interrupt()).map(|interrupt| (terminate, interrupt))
-    });
-    async move {
-        match listeners {
-            Ok((mut terminate, mut interrupt)) => {
-                tokio::select! {
-                    _ = terminate.recv() => {}
-                    _ = interrupt.recv() => {}
+    let listen = |kind: SignalKind, name: &'static str| {
+        let listener = signal(kind);
+        async move {
+            match listener {
+                Ok(mut listener) => drop(listener.recv().await),
+                Err(e) => {
+                    tracing::warn!("cannot listen for {name}: {e}");
+                    std::future::pending::<()>().await;
                 }
             }
-            Err(e) => {
-                tracing::warn!("cannot listen for SIGTERM and SIGINT: {e}");
-                std::future::pending::<()>().await;
-            }
+        }
+    };
+    let terminate = listen(SignalKind::terminate(), "SIGTERM");
+    let interrupt = listen(SignalKind::interrupt(), "SIGINT");
+    async move {
+        tokio::select! {
+            () = terminate => {}
+            () = interrupt => {}
         }
     }
 }
