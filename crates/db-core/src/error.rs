@@ -327,6 +327,16 @@ impl Error {
     pub(crate) fn unreachable(err: &DbErr) -> bool {
         connection_failure(err).is_some()
     }
+
+    /// Whether `err` says that a table, column or function does not exist
+    /// (SQLSTATE 42P01, 42703, 42883; MySQL's 42S02, 42S22): from a
+    /// replica, that it has not yet replayed a migration that the primary
+    /// has.
+    pub(crate) fn schema_behind(err: &DbErr) -> bool {
+        database_error(err)
+            .and_then(|d| d.code())
+            .is_some_and(|code| matches!(&*code, "42P01" | "42703" | "42883" | "42S02" | "42S22"))
+    }
 }
 
 /// A connection-level failure, as [`Error`] reports it.

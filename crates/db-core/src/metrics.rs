@@ -59,6 +59,7 @@ pub fn enable() {
         RetryReason::Serialization,
         RetryReason::Deadlock,
         RetryReason::Failover,
+        RetryReason::ReplicaBehind,
     ] {
         metrics::counter!(RETRIES, "reason" => reason.label()).absolute(0);
     }
@@ -453,6 +454,10 @@ pub enum RetryReason {
     /// A replica could not be reached and the read moved on, or work on a
     /// host list ran again after the primary went away or turned read-only.
     Failover,
+    /// A replica did not know a table, column or function that the read
+    /// uses, as while it has not yet replayed a migration: the read ran
+    /// again on the primary.
+    ReplicaBehind,
 }
 
 impl RetryReason {
@@ -461,6 +466,7 @@ impl RetryReason {
             RetryReason::Serialization => "serialization",
             RetryReason::Deadlock => "deadlock",
             RetryReason::Failover => "failover",
+            RetryReason::ReplicaBehind => "replica_behind",
         }
     }
 

@@ -197,8 +197,10 @@ impl Replicas {
     }
 
     /// Runs `work` on a replica, moving on to the next one (and finally to
-    /// `primary`) when a replica cannot be reached. Only for reads, which
-    /// may run twice.
+    /// `primary`) when a replica cannot be reached; on `primary` when the
+    /// replica does not know a table, column or function that `work` uses
+    /// (it has not replayed a migration yet, and the others are no further
+    /// ahead for sure). Only for reads, which may run twice.
     pub(crate) async fn route<T, F, Fut>(&self, primary: &Pool, work: F) -> Result<T, DbErr>
     where
         F: Fn(Pool) -> Fut,
@@ -210,6 +212,10 @@ impl Replicas {
                 Err(e) if Error::unreachable(&e) => {
                     replica.mark_down(&e.to_string());
                     metrics::retried(Some(RetryReason::Failover));
+                }
+                Err(e) if Error::schema_behind(&e) => {
+                    metrics::retried(Some(RetryReason::ReplicaBehind));
+                    break;
                 }
                 done => return done,
             }

@@ -232,6 +232,7 @@ async fn metrics_name_every_series_without_secrets_or_sql() {
         r#"db_transaction_retries_total{reason="serialization"}"#,
         r#"db_transaction_retries_total{reason="deadlock"}"#,
         r#"db_transaction_retries_total{reason="failover"}"#,
+        r#"db_transaction_retries_total{reason="replica_behind"}"#,
         r#"http_requests_total{method="POST",route="/employees",status="200"}"#,
         r#"http_requests_total{method="GET",route="unmatched",status="404"}"#,
         r#"http_request_duration_seconds_bucket{method="GET",route="/employees/{employee_id}",le="+Inf"}"#,
