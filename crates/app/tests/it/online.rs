@@ -99,6 +99,11 @@ impl Stretch {
             p99,
         }
     }
+
+    /// The one with the larger p99.
+    fn max(self, other: Stretch) -> Stretch {
+        if other.p99 > self.p99 { other } else { self }
+    }
 }
 
 /// Whether a p99 while migrating stays near the one before: at most twice
@@ -229,11 +234,20 @@ fn http_clients(base: &str, tasks: i64, stop: Arc<AtomicBool>) -> Clients {
 
 /// One HTTP client beside [`http_clients`] that touches no table: `GET
 /// /ready` (a ping through the same pool) at the same pace. The machine's
-/// own stalls delay it as much as the others; a lock on `tasks` does not.
+/// own stalls of the CPU delay it as much as the others (those of the disk:
+/// [`untouched_sql_client`]); a lock on `tasks` does not.
 fn untouched_http_client(base: &str, stop: Arc<AtomicBool>) -> Clients {
     drive_with(base, 1, Some(HTTP_PACE), stop, |client, base, _, _| {
         (None, client.get(format!("{base}/ready")))
     })
+}
+
+/// One SQL client beside the others that touches no table: `SELECT
+/// txid_current()`, which commits and so waits for its WAL flush as a write
+/// does, on `db` at [`SQL_PACE`]. The machine's own stalls (CPU, disk)
+/// delay it as much as the others; a lock on `tasks` does not.
+fn untouched_sql_client(db: &Db, stop: Arc<AtomicBool>) -> Clients {
+    sql_clients(db, 1, stop, |_, _| "SELECT txid_current()".to_owned())
 }
 
 /// Stops the clients and returns what they recorded.
@@ -463,8 +477,7 @@ const BEFORE: Duration = Duration::from_secs(5);
 /// A change to the database of `t` while 8 clients run the original app's
 /// SQL on a pool of `clients`' settings, started [`WARM`] + [`BEFORE`]
 /// earlier; with `hold`, a transaction holds ACCESS SHARE on `tasks` for
-/// that long from just before the change. A ninth client runs `SELECT 1`
-/// at the same pace, touching no table. Returns what the change gave, how
+/// that long from just before the change, and [`untouched_sql_client`]. Returns what the change gave, how
 /// long it took, and the latencies before and during it: of the 8 clients,
 /// and of the ninth during it. `change` must not start before it is polled
 /// (a process spawned by `Command::output` starts at once: wrap it in
@@ -479,7 +492,7 @@ async fn under_original_writers<T>(
     let db = Db::connect(clients).await.unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let writers = original_writers(&db, 8, tasks, stop.clone());
-    let untouched = sql_clients(&db, 1, stop.clone(), |_, _| "SELECT 1".to_owned());
+    let untouched = untouched_sql_client(&db, stop.clone());
     tokio::time::sleep(WARM + BEFORE).await;
     let holder = match hold {
         Some(hold) => {
@@ -538,7 +551,7 @@ async fn chaos_schema_changes_under_live_traffic() {
         .await;
     succeeded(adopted);
     report(&format!(
-        "online (a) adoption with 8 writers of the original's SQL: migrate up {:.2}s; before: {before}; during: {during}; SELECT 1 meanwhile: {untouched}",
+        "online (a) adoption with 8 writers of the original's SQL: migrate up {:.2}s; before: {before}; during: {during}; untouched meanwhile: {untouched}",
         took.as_secs_f64()
     ));
     complete(&t.db).await;
@@ -567,6 +580,7 @@ async fn chaos_schema_changes_under_live_traffic() {
     let stop = Arc::new(AtomicBool::new(false));
     let clients = http_clients(&app.base, tasks, stop.clone());
     let ready = untouched_http_client(&app.base, stop.clone());
+    let committing = untouched_sql_client(&t.db, stop.clone());
     tokio::time::sleep(WARM + BEFORE).await;
     let began = Instant::now();
     let took = migrate_live(&t.settings, 1).await;
@@ -593,16 +607,17 @@ async fn chaos_schema_changes_under_live_traffic() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let outcomes = finish(&stop, clients).await;
     let ready = finish(&stop, ready).await;
+    let committing = finish(&stop, committing).await;
     app.terminate();
     assert_eq!(app.wait(Duration::from_secs(15)).await.0, Some(0));
     let (before, during, untouched, behind) = (
         Stretch::of(&outcomes, began - BEFORE, began),
         Stretch::of(&outcomes, began, ended),
-        Stretch::of(&ready, began, ended),
+        Stretch::of(&ready, began, ended).max(Stretch::of(&committing, began, ended)),
         Stretch::of(&outcomes, held, adversary_ended),
     );
     report(&format!(
-        "online (b) index, NOT NULL column with a default and a backfill of {tasks} rows, foreign key, through tracker serve: {:.2}s; before: {before}; during: {during}; GET /ready meanwhile: {untouched}",
+        "online (b) index, NOT NULL column with a default and a backfill of {tasks} rows, foreign key, through tracker serve: {:.2}s; before: {before}; during: {during}; untouched meanwhile (the slower of GET /ready and SELECT txid_current()): {untouched}",
         took.as_secs_f64()
     ));
     report(&format!(
