@@ -475,13 +475,13 @@ const WARM: Duration = Duration::from_secs(2);
 const BEFORE: Duration = Duration::from_secs(5);
 
 /// A change to the database of `t` while 8 clients run the original app's
-/// SQL on a pool of `clients`' settings, started [`WARM`] + [`BEFORE`]
-/// earlier; with `hold`, a transaction holds ACCESS SHARE on `tasks` for
-/// that long from just before the change, and [`untouched_sql_client`]. Returns what the change gave, how
-/// long it took, and the latencies before and during it: of the 8 clients,
-/// and of the ninth during it. `change` must not start before it is polled
-/// (a process spawned by `Command::output` starts at once: wrap it in
-/// `async`).
+/// SQL, with an [`untouched_sql_client`] beside them, on a pool of
+/// `clients`' settings, started [`WARM`] + [`BEFORE`] earlier; with `hold`,
+/// a transaction holds ACCESS SHARE on `tasks` for that long from just
+/// before the change. Returns what the change gave, how long it took, and the latencies of the
+/// 8 clients before and during it and of the untouched one during it.
+/// `change` must not start before it is polled (a process spawned by
+/// `Command::output` starts at once: wrap it in `async`).
 async fn under_original_writers<T>(
     t: &TestDb,
     clients: &Settings,
