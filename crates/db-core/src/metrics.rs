@@ -24,7 +24,8 @@
 //! `pool` is `primary`, `primary_reader` (SQLite's read-only pool), `replica1`,
 //! `replica2`, … in the order of `DB_REPLICA_URLS`, or `migration`.
 //! `operation` is a name the caller gives with [`Operation`] (`other` outside
-//! one); `reason` is `serialization`, `deadlock` or `failover`. No label
+//! one); `reason` is `serialization`, `deadlock`, `failover` or
+//! `replica_behind`. No label
 //! carries a URL, a user, SQL text or a parameter.
 //!
 //! Acquisitions are measured wherever db-core asks a pool for a connection:
@@ -130,7 +131,7 @@ fn describe() {
     );
     describe_counter!(
         RETRIES,
-        "Work run again: a transaction after a conflict, a read moved off a failed replica"
+        "Work run again: a transaction after a conflict, a read moved off a failed replica or off one behind a migration"
     );
     describe_gauge!(
         REPLICA_UP,

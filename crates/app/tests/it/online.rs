@@ -245,7 +245,8 @@ fn untouched_http_client(base: &str, stop: Arc<AtomicBool>) -> Clients {
 /// One SQL client beside the others that touches no table: `SELECT
 /// txid_current()`, which commits and so waits for its WAL flush as a write
 /// does, on `db` at [`SQL_PACE`]. The machine's own stalls (CPU, disk)
-/// delay it as much as the others; a lock on `tasks` does not.
+/// delay it as much as the others; a lock on `tasks` does not, as long as
+/// `db` is a pool that the others do not wait for.
 fn untouched_sql_client(db: &Db, stop: Arc<AtomicBool>) -> Clients {
     sql_clients(db, 1, stop, |_, _| "SELECT txid_current()".to_owned())
 }
@@ -475,13 +476,14 @@ const WARM: Duration = Duration::from_secs(2);
 const BEFORE: Duration = Duration::from_secs(5);
 
 /// A change to the database of `t` while 8 clients run the original app's
-/// SQL, with an [`untouched_sql_client`] beside them, on a pool of
-/// `clients`' settings, started [`WARM`] + [`BEFORE`] earlier; with `hold`,
-/// a transaction holds ACCESS SHARE on `tasks` for that long from just
-/// before the change. Returns what the change gave, how long it took, and the latencies of the
-/// 8 clients before and during it and of the untouched one during it.
-/// `change` must not start before it is polled (a process spawned by
-/// `Command::output` starts at once: wrap it in `async`).
+/// SQL on a pool of `clients`' settings, with an [`untouched_sql_client`]
+/// beside them on the harness's pool, started [`WARM`] + [`BEFORE`]
+/// earlier; with `hold`, a transaction holds ACCESS SHARE on `tasks` for
+/// that long from just before the change. Returns what the change gave, how
+/// long it took, the latencies of the 8 clients before and during it, and
+/// those of the untouched one during it. `change` must not start before it
+/// is polled (a process spawned by `Command::output` starts at once: wrap
+/// it in `async`).
 async fn under_original_writers<T>(
     t: &TestDb,
     clients: &Settings,
@@ -492,7 +494,8 @@ async fn under_original_writers<T>(
     let db = Db::connect(clients).await.unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let writers = original_writers(&db, 8, tasks, stop.clone());
-    let untouched = untouched_sql_client(&db, stop.clone());
+    // On a pool of its own: the writers' pool has one connection per writer.
+    let untouched = untouched_sql_client(&t.db, stop.clone());
     tokio::time::sleep(WARM + BEFORE).await;
     let holder = match hold {
         Some(hold) => {

@@ -9,16 +9,18 @@ use test_support::{PrivatePostgres, StopMode};
 
 use crate::metrics;
 
-async fn in_recovery(session: &Session) -> bool {
-    let row = session
-        .query_one_raw(Statement::from_string(
-            DbBackend::Postgres,
-            "SELECT pg_is_in_recovery()",
-        ))
+/// The boolean that `sql` selects on `conn`.
+async fn flag(conn: &impl ConnectionTrait, sql: &str) -> bool {
+    let row = conn
+        .query_one_raw(Statement::from_string(DbBackend::Postgres, sql))
         .await
         .unwrap()
         .unwrap();
     row.try_get_by_index::<bool>(0).unwrap()
+}
+
+async fn in_recovery(session: &Session) -> bool {
+    flag(session, "SELECT pg_is_in_recovery()").await
 }
 
 /// The rows of `t`.
@@ -122,16 +124,8 @@ async fn reads_go_to_the_replica_writes_to_the_primary_and_reads_survive_its_los
         .await
         .unwrap();
     write.commit().await.unwrap();
-    let unknown = on_replica
-        .query_one_raw(Statement::from_string(
-            DbBackend::Postgres,
-            "SELECT to_regclass('added') IS NULL",
-        ))
-        .await
-        .unwrap()
-        .unwrap();
     assert!(
-        unknown.try_get_by_index::<bool>(0).unwrap(),
+        flag(&on_replica, "SELECT to_regclass('added') IS NULL").await,
         "the replica replayed the migration while paused"
     );
     let behind = metrics::retries("replica_behind");
