@@ -695,7 +695,7 @@ where
 {
     let target = s.url.target();
     let start = Instant::now();
-    let deadline = start + s.connect_deadline;
+    let deadline = start + s.connect_deadline.unwrap_or_default();
     let mut delay = Duration::from_millis(100);
     let mut tries = 1u32;
     loop {

@@ -15,8 +15,9 @@ use log::LevelFilter;
 use schemars::JsonSchema;
 use sea_orm::DbBackend;
 use secrecy::SecretString;
-use serde::{Deserialize, Deserializer, de::Error as _};
-use serde_with::{As, DisplayFromStr};
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de::Error as _};
+use serde_json::Value as Json;
+use serde_with::{DeserializeAs, DisplayFromStr};
 
 use crate::error::{Result, bail};
 use crate::source::{Given, Source};
@@ -24,27 +25,58 @@ pub use crate::source::{Section, SettingInfo};
 use crate::url::backend_name;
 use crate::url::{self, DatabaseUrl, LoadBalanceHosts, Parts, SslMode, TargetSessionAttrs};
 
-const DURATION: &str = "a duration with a unit, like 5s, 500ms or 2m";
 const NONZERO: &str = "a duration greater than zero with a unit, like 5s, 500ms or 2m";
 const OR_OFF: &str = "a duration with a unit, like 5s, 500ms or 2m or off";
 const URL: &str = "a postgres://, mysql:// or sqlite: URL";
 
-/// A value read with `FromStr` from text or a TOML number (strictly: `on` is no number).
-type Number = As<DisplayFromStr>;
-
-/// A duration with a unit (`500ms`, `2m`); `off` or zero is `None`.
-fn or_off<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Duration>, D::Error> {
-    match String::deserialize(d)?.as_str() {
-        "off" => Ok(None),
-        text => humantime::parse_duration(text)
-            .map(|d| Some(d).filter(|d| !d.is_zero()))
-            .map_err(D::Error::custom),
+/// A duration with a unit (`500ms`, `2m`) greater than zero.
+mod nonzero {
+    use super::*;
+    pub(super) use humantime_serde::serialize;
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let d: Duration = humantime_serde::deserialize(d)?;
+        if d.is_zero() {
+            return Err(D::Error::custom("zero"));
+        }
+        Ok(d)
     }
 }
 
-/// A duration with a unit, where `off` is zero.
-fn off_is_zero<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
-    or_off(d).map(Option::unwrap_or_default)
+/// A duration with a unit (`500ms`, `2m`); `off` or zero is `None`.
+mod or_off {
+    use super::*;
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "off" => Ok(None),
+            text => humantime::parse_duration(text)
+                .map(|d| Some(d).filter(|d| !d.is_zero()))
+                .map_err(D::Error::custom),
+        }
+    }
+    pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.collect_str(&humantime::format_duration(*d)),
+            None => s.serialize_str("off"),
+        }
+    }
+}
+
+/// A log level by name, in any case (strictly: `on` is none); shown in lower case.
+mod level {
+    use super::*;
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<LevelFilter, D::Error> {
+        DisplayFromStr::deserialize_as(d)
+    }
+    pub(super) fn serialize<S: Serializer>(level: &LevelFilter, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&level.as_str().to_lowercase())
+    }
+}
+
+/// A path shown as text (`describe`), lossily if it is not UTF-8.
+fn shown_path<S: Serializer>(path: &Option<PathBuf>, s: S) -> std::result::Result<S::Ok, S::Error> {
+    path.as_ref().map(|p| p.display().to_string()).serialize(s)
 }
 
 /// How the database is given; [`Settings::load`] combines these into URLs.
@@ -97,26 +129,28 @@ struct Connection {
 /// Pools, timeouts and sessions: every setting that is not the database's
 /// address. [`Settings`] dereferences to it, so `settings.max_connections`
 /// reads and writes these fields.
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
 #[non_exhaustive]
 pub struct Options {
     /// Upper bound of pooled connections.
+    #[schemars(range(min = 1, max = 10_000))]
     #[schemars(extend("default" = "10", "example" = "16", "expects" = "a whole number 1-10000"))]
     pub max_connections: u32,
     /// Connections kept open when idle.
+    #[schemars(range(max = 10_000))]
     #[schemars(extend("default" = "1", "example" = "0", "expects" = "a whole number 0-10000"))]
     pub min_connections: u32,
     /// Time allowed for one connection attempt.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "nonzero")]
     #[schemars(with = "String", extend("default" = "5s", "example" = "2s", "expects" = NONZERO))]
     pub connect_timeout: Duration,
     /// How long connecting retries a server that is not up yet, with exponential
-    /// backoff; `0s`: one attempt.
-    #[serde(deserialize_with = "off_is_zero")]
-    #[schemars(with = "String", extend("default" = "30s", "example" = "2m", "expects" = DURATION))]
-    pub connect_deadline: Duration,
+    /// backoff; `off` or `0s`: one attempt.
+    #[serde(with = "or_off")]
+    #[schemars(with = "String", extend("default" = "30s", "example" = "2m", "expects" = OR_OFF))]
+    pub connect_deadline: Option<Duration>,
     /// How long a caller waits for a free pooled connection; then HTTP 503.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "nonzero")]
     #[schemars(with = "String", extend("default" = "5s", "example" = "1s", "expects" = NONZERO))]
     pub acquire_timeout: Duration,
     /// How long a caller waits for the server's answer to one statement (or `BEGIN`, `COMMIT`,
@@ -125,19 +159,19 @@ pub struct Options {
     /// connection is closed, never reused. So no request waits on the database for longer than
     /// `DB_ACQUIRE_TIMEOUT` plus this (on a host list: `DB_FAILOVER_TIMEOUT` plus this). Keep it
     /// above the slowest statement of a request; `DB_STATEMENT_TIMEOUT` stays the server's own bound.
-    #[serde(deserialize_with = "or_off")]
+    #[serde(with = "or_off")]
     #[schemars(with = "String", extend("default" = "2s", "example" = "10s", "expects" = OR_OFF, "applies" = "server"))]
     pub operation_timeout: Option<Duration>,
     /// Idle connections above `min_connections` are closed after this.
-    #[serde(deserialize_with = "or_off")]
+    #[serde(with = "or_off")]
     #[schemars(with = "String", extend("default" = "10m", "example" = "off", "expects" = OR_OFF))]
     pub idle_timeout: Option<Duration>,
     /// Connections are replaced after this age.
-    #[serde(deserialize_with = "or_off")]
+    #[serde(with = "or_off")]
     #[schemars(with = "String", extend("default" = "30m", "example" = "off", "expects" = OR_OFF))]
     pub max_lifetime: Option<Duration>,
     /// A pooled connection idle for this long is pinged before use (not on every checkout).
-    #[serde(deserialize_with = "or_off")]
+    #[serde(with = "or_off")]
     #[schemars(with = "String", extend("default" = "30s", "example" = "off", "expects" = OR_OFF))]
     pub ping_after_idle: Option<Duration>,
     /// With a host list or `target_session_attrs`: how long work is tried again, on a fresh
@@ -145,48 +179,48 @@ pub struct Options {
     /// failover), counted from the start of the work: a unit of work of the retrying
     /// transaction helper, and a read routed to a host list; then HTTP 503. It bounds how long
     /// such a request waits: a failover that takes longer reaches clients as 503s.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "nonzero")]
     #[schemars(with = "String", extend("default" = "5s", "example" = "30s", "expects" = NONZERO, "applies" = "postgres"))]
     pub failover_timeout: Duration,
     /// PostgreSQL `statement_timeout` (migrations run without it).
-    #[serde(deserialize_with = "or_off")]
+    #[serde(with = "or_off")]
     #[schemars(with = "String", extend("default" = "30s", "example" = "off", "expects" = OR_OFF, "applies" = "postgres"))]
     pub statement_timeout: Option<Duration>,
     /// PostgreSQL `lock_timeout`: a statement that waits longer for a lock fails instead of
     /// queueing (and holding up everyone queued behind it).
-    #[serde(deserialize_with = "or_off")]
+    #[serde(with = "or_off")]
     #[schemars(with = "String", extend("default" = "off", "example" = "10s", "expects" = OR_OFF, "applies" = "postgres"))]
     pub lock_timeout: Option<Duration>,
     /// PostgreSQL `idle_in_transaction_session_timeout`: a session left idle inside a
     /// transaction for longer is ended, releasing its locks and its snapshot.
-    #[serde(deserialize_with = "or_off")]
+    #[serde(with = "or_off")]
     #[schemars(with = "String", extend("default" = "off", "example" = "1m", "expects" = OR_OFF, "applies" = "postgres"))]
     pub idle_in_transaction_timeout: Option<Duration>,
     /// PostgreSQL `tcp_keepalives_idle`: after this long without traffic the server probes
     /// the connection, so a client that vanished (its host crashed, the network dropped)
     /// is noticed within minutes and its session ends, releasing its locks; `off`: the
     /// operating system's default, often two hours.
-    #[serde(deserialize_with = "or_off")]
+    #[serde(with = "or_off")]
     #[schemars(with = "String", extend("default" = "off", "example" = "1m", "expects" = OR_OFF, "applies" = "postgres"))]
     pub tcp_keepalive: Option<Duration>,
     /// PostgreSQL `lock_timeout` of every migration statement: a schema change that waits
     /// longer for its lock (behind a long transaction) stops, so that the queries queued
     /// behind it go on, and is tried again until `DB_MIGRATION_DEADLINE`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "nonzero")]
     #[schemars(with = "String", extend("default" = "1s", "example" = "3s", "expects" = NONZERO, "applies" = "postgres"))]
     pub migration_lock_timeout: Duration,
     /// How long a migration stopped by `DB_MIGRATION_LOCK_TIMEOUT` is tried again, with
     /// jittered backoff, before it gives up naming the sessions in its way.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "nonzero")]
     #[schemars(with = "String", extend("default" = "1m", "example" = "10m", "expects" = NONZERO, "applies" = "postgres"))]
     pub migration_deadline: Duration,
     /// PostgreSQL `lock_timeout` of `CREATE INDEX CONCURRENTLY` in migrations, which waits
     /// for every transaction older than itself (writes go on meanwhile).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "nonzero")]
     #[schemars(with = "String", extend("default" = "10m", "example" = "1h", "expects" = NONZERO, "applies" = "postgres"))]
     pub migration_index_timeout: Duration,
     /// PostgreSQL `search_path`, comma-separated schemas; the server's default when unset.
-    #[schemars(extend("example" = "app,public", "expects" = "schema names separated by commas", "applies" = "postgres"))]
+    #[schemars(extend("example" = "app,public", "expects" = "schema names separated by commas", "applies" = "postgres", "unset" = "(server default)"))]
     pub schema: Option<String>,
     /// PostgreSQL `application_name` (a URL parameter wins).
     #[schemars(extend("example" = "app-worker", "expects" = "at most 63 printable ASCII characters", "applies" = "postgres"))]
@@ -194,25 +228,27 @@ pub struct Options {
     /// TLS mode: `disable`, `prefer`, `require` or `verify-full`; when unset, the URL's
     /// `sslmode`, else `prefer`, except to a server on this machine (`localhost`, a loopback
     /// address, a socket), which is reached without TLS.
-    #[schemars(with = "String", extend("example" = "verify-full", "expects" = "disable, prefer, require or verify-full", "applies" = "server"))]
+    #[schemars(with = "String", extend("example" = "verify-full", "expects" = "disable, prefer, require or verify-full", "applies" = "server", "unset" = "(from URL, default prefer; none locally)"))]
     pub ssl_mode: Option<SslMode>,
     /// CA certificate file for `verify-full`.
+    #[serde(serialize_with = "shown_path")]
     #[schemars(extend("example" = "/etc/ssl/db-ca.pem", "expects" = "an existing file", "applies" = "server"))]
     pub ssl_root_cert: Option<PathBuf>,
     /// Prepared statements cached per connection (`0`: off). Off is not enough for a
     /// transaction pooler, where sqlx's statement names collide: use `DB_TRANSACTION_POOLER`.
+    #[schemars(range(max = 100_000))]
     #[schemars(extend("default" = "100", "example" = "0", "expects" = "a whole number 0-100000", "applies" = "server"))]
     pub statement_cache_capacity: usize,
     /// How long SQLite waits for a lock held by another connection.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "nonzero")]
     #[schemars(with = "String", extend("default" = "5s", "example" = "30s", "expects" = NONZERO, "applies" = "sqlite"))]
     pub sqlite_busy_timeout: Duration,
     /// Level at which every statement is logged (`off`, `error`, `warn`, `info`, `debug`, `trace`).
-    #[serde(with = "Number")]
+    #[serde(with = "level")]
     #[schemars(with = "String", extend("default" = "debug", "example" = "info", "expects" = "off, error, warn, info, debug or trace"))]
     pub log_statements: LevelFilter,
     /// Statements slower than this are logged at `warn`.
-    #[serde(deserialize_with = "or_off")]
+    #[serde(with = "or_off")]
     #[schemars(with = "String", extend("default" = "1s", "example" = "200ms", "expects" = OR_OFF))]
     pub slow_statement_threshold: Option<Duration>,
     /// The server is reached through a transaction-pooling PgBouncer: every session is a
@@ -240,35 +276,14 @@ impl Connection {
 }
 
 impl Options {
-    /// The first field, if any, whose value parses but is out of range.
+    /// The first field, if any, whose value parses but is not valid (the
+    /// ranges of numbers are declared with the fields).
     fn invalid(&self) -> Option<&'static str> {
-        let nonzero = [
-            ("connect_timeout", self.connect_timeout),
-            ("acquire_timeout", self.acquire_timeout),
-            ("failover_timeout", self.failover_timeout),
-            ("migration_lock_timeout", self.migration_lock_timeout),
-            ("migration_deadline", self.migration_deadline),
-            ("migration_index_timeout", self.migration_index_timeout),
-            ("sqlite_busy_timeout", self.sqlite_busy_timeout),
-        ];
         let printable =
             |s: &str| s.len() <= 63 && s.chars().all(|c| c.is_ascii_graphic() || c == ' ');
+        let schema = |s: &str| s.split(',').all(|p| !p.trim().is_empty());
         [
-            (
-                "max_connections",
-                !(1..=10_000).contains(&self.max_connections),
-            ),
-            ("min_connections", self.min_connections > 10_000),
-            (
-                "statement_cache_capacity",
-                self.statement_cache_capacity > 100_000,
-            ),
-            (
-                "schema",
-                self.schema
-                    .as_deref()
-                    .is_some_and(|s| s.split(',').any(|p| p.trim().is_empty())),
-            ),
+            ("schema", self.schema.as_deref().is_some_and(|s| !schema(s))),
             (
                 "application_name",
                 self.application_name
@@ -281,7 +296,6 @@ impl Options {
             ),
         ]
         .into_iter()
-        .chain(nonzero.map(|(key, d)| (key, d.is_zero())))
         .find_map(|(key, bad)| bad.then_some(key))
     }
 
@@ -438,68 +452,28 @@ impl Settings {
     /// `db check` and startup logs: the options that apply to this backend.
     pub fn describe(&self) -> Vec<(String, String)> {
         let backend = self.url.backend();
-        let shown = |d: &Option<Duration>| {
-            d.map_or("off".to_owned(), |d| {
-                humantime::format_duration(d).to_string()
-            })
-        };
-        let none = || "(none)".to_owned();
-        let o = &self.options;
-        let values = [
-            o.max_connections.to_string(),
-            o.min_connections.to_string(),
-            shown(&Some(o.connect_timeout)),
-            shown(&Some(o.connect_deadline).filter(|d| !d.is_zero())),
-            shown(&Some(o.acquire_timeout)),
-            shown(&o.operation_timeout),
-            shown(&o.idle_timeout),
-            shown(&o.max_lifetime),
-            shown(&o.ping_after_idle),
-            shown(&Some(o.failover_timeout)),
-            shown(&o.statement_timeout),
-            shown(&o.lock_timeout),
-            shown(&o.idle_in_transaction_timeout),
-            shown(&o.tcp_keepalive),
-            shown(&Some(o.migration_lock_timeout)),
-            shown(&Some(o.migration_deadline)),
-            shown(&Some(o.migration_index_timeout)),
-            o.schema
-                .clone()
-                .unwrap_or_else(|| "(server default)".to_owned()),
-            o.application_name.clone().unwrap_or_else(none),
-            o.ssl_mode.map_or_else(
-                || "(from URL, default prefer; none locally)".to_owned(),
-                |m| m.to_string(),
-            ),
-            o.ssl_root_cert
-                .as_ref()
-                .map_or_else(none, |p| p.display().to_string()),
-            o.statement_cache_capacity.to_string(),
-            shown(&Some(o.sqlite_busy_timeout)),
-            o.log_statements.as_str().to_lowercase(),
-            shown(&o.slow_statement_threshold),
-            o.transaction_pooler.to_string(),
-        ];
+        // Each field's serializer is infallible: numbers, booleans, text.
+        let values = serde_json::to_value(&self.options).expect("options serialize");
         let mut rows = vec![
             ("backend".to_owned(), backend_name(backend).to_owned()),
             ("url".to_owned(), self.url.redacted()),
         ];
-        let options = SettingInfo::of::<Options>("DB_");
         rows.extend(
-            (options.into_iter().zip(values))
-                .filter(|(s, _)| s.applies_to(backend))
-                .map(|(s, v)| (s.key, v)),
+            (SettingInfo::of::<Options>("DB_").into_iter())
+                .filter(|s| s.applies_to(backend))
+                .map(|s| match &values[&s.key] {
+                    Json::String(text) => (s.key, text.clone()),
+                    Json::Null => (s.key, s.unset),
+                    value => (s.key, value.to_string()),
+                }),
         );
-        let migration_url = self
-            .migration_url
-            .as_ref()
-            .map_or_else(none, DatabaseUrl::redacted);
-        rows.push(("migration_url".to_owned(), migration_url));
-        rows.extend(
-            self.replicas
-                .iter()
-                .map(|r| ("replica".to_owned(), r.redacted())),
-        );
+        let redacted =
+            |url: Option<&DatabaseUrl>| url.map_or("(none)".to_owned(), DatabaseUrl::redacted);
+        rows.push((
+            "migration_url".to_owned(),
+            redacted(self.migration_url.as_ref()),
+        ));
+        rows.extend((self.replicas.iter()).map(|r| ("replica".to_owned(), redacted(Some(r)))));
         rows
     }
 }

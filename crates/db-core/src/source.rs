@@ -19,14 +19,16 @@ use crate::error::{Error, Result, bail};
 /// with `PREFIX` (`NOTES_MAX_TITLE_LENGTH` for the key `max_title_length`).
 /// Each field's doc comment documents it; `#[schemars(extend("default" =
 /// "…", "example" = "…", "expects" = "…"))]` gives its default, an example,
-/// and what the one-line error says it expects.
+/// and what the one-line error says it expects, and `#[schemars(range(min =
+/// …, max = …))]` the range of a number.
 pub trait Section: DeserializeOwned + JsonSchema {
     /// The table in the configuration files.
     const NAME: &'static str;
     /// What the variables start with, such as `NOTES_`.
     const PREFIX: &'static str;
 
-    /// The first field whose value parses but is not valid, by key.
+    /// The first field whose value parses but is not valid, by key, beyond
+    /// the declared ranges.
     fn invalid(&self) -> Option<&'static str> {
         None
     }
@@ -49,6 +51,10 @@ pub struct SettingInfo {
     pub(crate) expects: String,
     /// `postgres`, `server` (not SQLite) or `sqlite`; empty: every backend.
     pub(crate) applies: String,
+    /// What `describe` shows when it is not set.
+    pub(crate) unset: String,
+    /// The smallest and largest number it may be.
+    range: (f64, f64),
 }
 
 impl SettingInfo {
@@ -58,6 +64,7 @@ impl SettingInfo {
         let Some(Json::Object(fields)) = schema.get("properties") else {
             return Vec::new();
         };
+        let number = |field: &Json, name: &str| field.get(name).and_then(Json::as_f64);
         let text = |field: &Json, name: &str| {
             field
                 .get(name)
@@ -81,6 +88,13 @@ impl SettingInfo {
                     None => "a valid value".to_owned(),
                 },
                 applies: text(field, "applies"),
+                unset: Some(text(field, "unset"))
+                    .filter(|u| !u.is_empty())
+                    .unwrap_or_else(|| "(none)".to_owned()),
+                range: (
+                    number(field, "minimum").unwrap_or(f64::MIN),
+                    number(field, "maximum").unwrap_or(f64::MAX),
+                ),
                 key: key.clone(),
             })
             .collect()
@@ -289,13 +303,21 @@ impl Source {
                 s.expects
             );
         }
-        match layers.build().and_then(Config::try_deserialize::<T>) {
-            Ok(value) => Ok((value, given)),
-            Err(
-                ConfigError::Type { key: Some(key), .. } | ConfigError::At { key: Some(key), .. },
-            ) => Err(given.invalid(all, &key)),
-            Err(e) => bail!("settings: {e}"),
+        let invalid = |e| match e {
+            ConfigError::Type { key: Some(key), .. } | ConfigError::At { key: Some(key), .. } => {
+                given.invalid(all, &key)
+            }
+            e => Error::Config(format!("settings: {e}")),
+        };
+        let values = layers.build().map_err(invalid)?;
+        if let Some(s) = all.iter().find(|s| {
+            let (min, max) = s.range;
+            values.get_float(&s.key).is_ok_and(|n| n < min || n > max)
+        }) {
+            return Err(given.invalid(all, &s.key));
         }
+        let value = values.try_deserialize::<T>().map_err(invalid)?;
+        Ok((value, given))
     }
 
     /// `default.toml` and `{APP_ENV}.toml` of the configuration folder, those

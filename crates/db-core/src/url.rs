@@ -26,7 +26,7 @@ use sea_orm::sqlx::mysql::MySqlConnectOptions;
 use sea_orm::sqlx::postgres::PgConnectOptions;
 use sea_orm::sqlx::sqlite::SqliteConnectOptions;
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use strum::{Display, EnumString, IntoStaticStr, VariantNames};
 
 use crate::error::{Error, Result, bail, scrub};
@@ -130,7 +130,7 @@ pub enum LoadBalanceHosts {
 }
 
 /// TLS for server connections.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 #[derive(EnumString, Display, IntoStaticStr, VariantNames)]
 #[strum(serialize_all = "kebab-case")]

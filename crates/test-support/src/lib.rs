@@ -117,7 +117,7 @@ impl Backend {
 /// Settings for a test server: they give up waiting for it after 5 seconds.
 fn settings(url: DatabaseUrl) -> Settings {
     let mut settings = Settings::new(url);
-    settings.connect_deadline = std::time::Duration::from_secs(5);
+    settings.connect_deadline = Some(std::time::Duration::from_secs(5));
     settings
 }
 

@@ -35,6 +35,7 @@ use web::{ApiError, FieldError, Routes};
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 pub struct NotesSettings {
     /// The longest title a note may have, in characters.
+    #[schemars(range(min = 1, max = 1000))]
     #[schemars(extend("default" = "50", "example" = "80", "expects" = "a whole number 1-1000"))]
     pub max_title_length: u32,
 }
@@ -42,10 +43,6 @@ pub struct NotesSettings {
 impl Section for NotesSettings {
     const NAME: &'static str = "notes";
     const PREFIX: &'static str = "NOTES_";
-
-    fn invalid(&self) -> Option<&'static str> {
-        (!(1..=1000).contains(&self.max_title_length)).then_some("max_title_length")
-    }
 }
 
 /// A note as stored.

@@ -195,6 +195,16 @@ const CASES: &[Case] = &[
         expected: "DB_MAX_CONNECTIONS=\"0\": expected a whole number 1-10000",
     },
     Case {
+        vars: parts_and![("DB_MAX_CONNECTIONS", "10001")],
+        files: &[],
+        expected: "DB_MAX_CONNECTIONS=\"10001\": expected a whole number 1-10000",
+    },
+    Case {
+        vars: parts_and![("DB_STATEMENT_CACHE_CAPACITY", "-1")],
+        files: &[],
+        expected: "DB_STATEMENT_CACHE_CAPACITY=\"-1\": expected a whole number 0-100000",
+    },
+    Case {
         vars: parts_and![("DB_MAX_CONNECTIONS", "ten")],
         files: &[],
         expected: "DB_MAX_CONNECTIONS=\"ten\": expected a whole number 1-10000",

@@ -29,7 +29,7 @@ async fn scalar(db: &Db, sql: &str) -> String {
 async fn an_unreachable_server_fails_after_the_deadline_with_the_reason() {
     let port = free_port().unwrap();
     let mut s = settings(&format!("postgres://u:secret@127.0.0.1:{port}/d"));
-    s.connect_deadline = Duration::from_millis(1500);
+    s.connect_deadline = Some(Duration::from_millis(1500));
     let start = Instant::now();
     let err = Db::connect(&s).await.unwrap_err();
     let waited = start.elapsed();
@@ -43,7 +43,7 @@ async fn an_unreachable_server_fails_after_the_deadline_with_the_reason() {
     );
     assert!(!message.contains("secret"));
     assert!(
-        waited >= s.connect_deadline,
+        waited >= Duration::from_millis(1500),
         "gave up early, after {waited:?}"
     );
 }
@@ -241,7 +241,7 @@ async fn ssl_modes_are_honoured_on_postgres() {
     // once instead of retrying until the deadline.
     let mut s = base;
     s.ssl_mode = Some(db_core::url::SslMode::VerifyFull);
-    s.connect_deadline = Duration::from_secs(30);
+    s.connect_deadline = Some(Duration::from_secs(30));
     let start = Instant::now();
     let err = Db::connect(&s).await.unwrap_err();
     assert!(matches!(err, Error::Rejected { .. }), "{err:?}");
@@ -256,7 +256,7 @@ async fn ssl_modes_are_honoured_on_postgres() {
 async fn an_unknown_database_fails_at_once_and_says_so() {
     let mut s = Backend::Postgres.server_settings();
     s.url = s.url.with_database("tracker_no_such_database");
-    s.connect_deadline = Duration::from_secs(30);
+    s.connect_deadline = Some(Duration::from_secs(30));
     let start = Instant::now();
     let err = Db::connect(&s).await.unwrap_err();
     assert!(matches!(err, Error::UnknownDatabase { .. }), "{err:?}");
@@ -329,7 +329,7 @@ async fn a_server_coming_up_inside_the_deadline_is_waited_for() {
         .expect("initialising a private PostgreSQL");
     let server = std::sync::Arc::new(server);
     let mut s = settings(&server.url("postgres"));
-    s.connect_deadline = Duration::from_secs(60);
+    s.connect_deadline = Some(Duration::from_secs(60));
     let starter = {
         let server = server.clone();
         std::thread::spawn(move || {

@@ -18,7 +18,7 @@ fn shared() -> String {
 fn settings(hosts: &str, attrs: &str) -> Settings {
     let url = format!("postgres://postgres:pw@{hosts}/postgres?target_session_attrs={attrs}");
     let mut s = Settings::new(DatabaseUrl::parse(&url, "DATABASE_URL").unwrap());
-    s.connect_deadline = Duration::ZERO;
+    s.connect_deadline = None;
     s
 }
 

@@ -435,10 +435,11 @@ fn host_lists_come_from_db_host_and_db_port_and_replica_urls_may_hold_them() {
 #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 struct Notes {
     /// The longest title a note may have.
+    #[schemars(range(min = 1, max = 1000))]
     #[schemars(extend("default" = "50", "example" = "80", "expects" = "a whole number 1-1000"))]
     max_title_length: u32,
     /// Where new notes are announced.
-    #[schemars(extend("example" = "https://hooks.example/notes", "expects" = "a URL"))]
+    #[schemars(extend("example" = "https://hooks.example/notes", "expects" = "an https:// URL"))]
     webhook: Option<String>,
 }
 
@@ -447,7 +448,11 @@ impl Section for Notes {
     const PREFIX: &'static str = "NOTES_";
 
     fn invalid(&self) -> Option<&'static str> {
-        (!(1..=1000).contains(&self.max_title_length)).then_some("max_title_length")
+        let https = |w: &str| w.starts_with("https://");
+        self.webhook
+            .as_deref()
+            .is_some_and(|w| !https(w))
+            .then_some("webhook")
     }
 }
 
@@ -500,6 +505,14 @@ fn a_sections_errors_are_one_line_naming_the_key_and_where_it_came_from() {
     assert_eq!(
         message(&source.clone().var("NOTES_MAX_TITLE_LENGTH", "0")),
         "NOTES_MAX_TITLE_LENGTH=\"0\": expected a whole number 1-1000"
+    );
+    assert_eq!(
+        message(&source.clone().var("NOTES_MAX_TITLE_LENGTH", "-3")),
+        "NOTES_MAX_TITLE_LENGTH=\"-3\": expected a whole number 1-1000"
+    );
+    assert_eq!(
+        message(&source.clone().var("NOTES_WEBHOOK", "http://h/n")),
+        "NOTES_WEBHOOK=\"http://h/n\": expected an https:// URL"
     );
     let path = dir.path().join("default.toml");
     let shown = path.display().to_string();
