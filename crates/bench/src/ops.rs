@@ -6,15 +6,16 @@
 
 use db_core::{Db, Session, SessionOptions, cached::CachedStatement, copy::CopyIn};
 use entity::{employees, tasks};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, JoinType};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait,
-    FromQueryResult, IntoActiveModel, LoaderTrait, QuerySelect, QueryTrait, SelectTwoModel,
-    SelectorTrait, Statement, Value,
+    FromQueryResult, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+    SelectTwoModel, SelectorTrait, Statement, Value,
 };
-use tracker::{Employee, Page, Task, Tracker};
+use tracker::{Employee, Task};
 
-use crate::Error;
 use crate::stack::TaskAndAssignee;
+use crate::{Error, PAGE};
 
 /// The columns the load fills, in the order of each row's values.
 const EMPLOYEE_COLUMNS: [&str; 3] = ["id", "full_name", "position"];
@@ -47,6 +48,39 @@ static SET_STATUS: CachedStatement = CachedStatement::new(|backend| {
             .to_owned(),
     )
 });
+/// Tasks after an id, with assignees: `id > ? ORDER BY id LIMIT ?`.
+static PAGE_AFTER: CachedStatement = CachedStatement::new(|backend| {
+    tasks::Entity::find()
+        .find_also_related(employees::Entity)
+        .filter(tasks::Column::Id.gt(0))
+        .order_by_asc(tasks::Column::Id)
+        .limit(1)
+        .build(backend)
+});
+
+/// Tasks from a depth, with assignees: the page's ids `ORDER BY id LIMIT ?
+/// OFFSET ?` in a derived table, joined to the rows.
+static PAGE_AT: CachedStatement = CachedStatement::new(|backend| {
+    let ids = tasks::Entity::find()
+        .select_only()
+        .column(tasks::Column::Id)
+        .order_by_asc(tasks::Column::Id)
+        .limit(1)
+        .offset(2)
+        .into_query();
+    let page = Alias::new("page");
+    let mut rows = tasks::Entity::find()
+        .find_also_related(employees::Entity)
+        .order_by_asc(tasks::Column::Id);
+    QueryTrait::query(&mut rows).join_subquery(
+        JoinType::InnerJoin,
+        ids,
+        page.clone(),
+        Expr::col((page, tasks::Column::Id)).equals((tasks::Entity, tasks::Column::Id)),
+    );
+    rows.build(backend)
+});
+
 static TASK_WITH_ASSIGNEE: CachedStatement = CachedStatement::new(|backend| {
     tasks::Entity::find_by_id(0)
         .find_also_related(employees::Entity)
@@ -182,15 +216,24 @@ pub async fn set_task_status(db: &Db, id: i32, status: &str) -> Result<Task, Err
     .await
 }
 
-/// A page of tasks with their assignees, in two statements: the service's
-/// page, then its assignees by id (joining first would join every skipped
-/// row).
+/// A page of tasks with their assignees, in one statement that joins the
+/// page's rows alone: after a task (`keyset`), or `from` rows deep, where a
+/// derived table finds the page's ids first, so that no skipped row is
+/// joined (MySQL refuses `LIMIT` in an `IN` subquery).
 pub async fn list_with_assignees(
-    tracker: &Tracker,
-    page: Page,
+    db: &Db,
+    from: u64,
+    keyset: bool,
 ) -> Result<Vec<TaskAndAssignee>, Error> {
-    let tasks = tracker.list_tasks(page).await?;
-    let read = tracker.db().read().await?;
-    let assignees = tasks.load_one(employees::Entity, &read).await?;
-    Ok(tasks.into_iter().zip(assignees).collect())
+    let read = db.read().await?;
+    let backend = read.get_database_backend();
+    let stmt = match keyset {
+        true => PAGE_AFTER.statement(backend, [(from as i32).into(), PAGE.into()])?,
+        false => PAGE_AT.statement(backend, [PAGE.into(), from.into()])?,
+    };
+    let rows = read.query_all_raw(stmt).await?;
+    let page = rows
+        .into_iter()
+        .map(SelectTwoModel::<Task, Employee>::from_raw_query_result);
+    Ok(page.collect::<Result<_, _>>()?)
 }

@@ -8,7 +8,7 @@ use sea_orm::{
     DbBackend, EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Statement,
     TransactionTrait,
 };
-use tracker::{Employee, Page, Task, TaskInput, Tracker};
+use tracker::{Employee, Task, TaskInput, Tracker};
 
 use crate::Error;
 use crate::ops::{self, SETVAL};
@@ -170,14 +170,7 @@ impl Stack {
         let after = keyset.then_some(offset as i32);
         let skip = if keyset { 0 } else { offset };
         match self {
-            Stack::Tracker(t) => {
-                let page = Page {
-                    skip,
-                    limit: PAGE,
-                    after_id: after,
-                };
-                ops::list_with_assignees(t, page).await
-            }
+            Stack::Tracker(t) => ops::list_with_assignees(t.db(), offset, keyset).await,
             Stack::SeaOrm(db) => {
                 let mut page = tasks::Entity::find()
                     .find_also_related(employees::Entity)
