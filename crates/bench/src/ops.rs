@@ -6,7 +6,6 @@
 
 use db_core::{Db, Session, SessionOptions, cached::CachedStatement, copy::CopyIn};
 use entity::{employees, tasks};
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, JoinType};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait,
     FromQueryResult, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
@@ -58,26 +57,20 @@ static PAGE_AFTER: CachedStatement = CachedStatement::new(|backend| {
         .build(backend)
 });
 
-/// Tasks from a depth, with assignees: the page's ids `ORDER BY id LIMIT ?
-/// OFFSET ?` in a derived table, joined to the rows.
+/// Tasks from a depth, with assignees: the page `ORDER BY id LIMIT ? OFFSET
+/// ?` as a derived table named `tasks`, so that only its rows are joined.
 static PAGE_AT: CachedStatement = CachedStatement::new(|backend| {
-    let ids = tasks::Entity::find()
-        .select_only()
-        .column(tasks::Column::Id)
+    let page = tasks::Entity::find()
         .order_by_asc(tasks::Column::Id)
         .limit(1)
         .offset(2)
         .into_query();
-    let page = Alias::new("page");
     let mut rows = tasks::Entity::find()
         .find_also_related(employees::Entity)
         .order_by_asc(tasks::Column::Id);
-    QueryTrait::query(&mut rows).join_subquery(
-        JoinType::InnerJoin,
-        ids,
-        page.clone(),
-        Expr::col((page, tasks::Column::Id)).equals((tasks::Entity, tasks::Column::Id)),
-    );
+    QueryTrait::query(&mut rows)
+        .from_clear()
+        .from_subquery(page, tasks::Entity);
     rows.build(backend)
 });
 
@@ -217,9 +210,9 @@ pub async fn set_task_status(db: &Db, id: i32, status: &str) -> Result<Task, Err
 }
 
 /// A page of tasks with their assignees, in one statement that joins the
-/// page's rows alone: after a task (`keyset`), or `from` rows deep, where a
-/// derived table finds the page's ids first, so that no skipped row is
-/// joined (MySQL refuses `LIMIT` in an `IN` subquery).
+/// page's rows alone: after a task (`keyset`), or `from` rows deep, where
+/// the page is a derived table (joining first would join every skipped row
+/// too).
 pub async fn list_with_assignees(
     db: &Db,
     from: u64,
