@@ -53,8 +53,8 @@ pub struct SettingInfo {
     pub(crate) applies: String,
     /// What `describe` shows when it is not set.
     pub(crate) unset: String,
-    /// The smallest and largest number it may be.
-    range: (f64, f64),
+    /// The smallest and largest number it may be, for a number.
+    range: Option<(f64, f64)>,
 }
 
 impl SettingInfo {
@@ -91,10 +91,10 @@ impl SettingInfo {
                 unset: Some(text(field, "unset"))
                     .filter(|u| !u.is_empty())
                     .unwrap_or_else(|| "(none)".to_owned()),
-                range: (
-                    number(field, "minimum").unwrap_or(f64::MIN),
-                    number(field, "maximum").unwrap_or(f64::MAX),
-                ),
+                range: (field.get("minimum").or(field.get("maximum"))).map(|_| {
+                    let min = number(field, "minimum").unwrap_or(f64::MIN);
+                    (min, number(field, "maximum").unwrap_or(f64::MAX))
+                }),
                 key: key.clone(),
             })
             .collect()
@@ -310,9 +310,13 @@ impl Source {
             e => Error::Config(format!("settings: {e}")),
         };
         let values = layers.build().map_err(invalid)?;
+        // Only numbers have a range: text such as a password may read as one (`inf`).
         if let Some(s) = all.iter().find(|s| {
-            let (min, max) = s.range;
-            values.get_float(&s.key).is_ok_and(|n| n < min || n > max)
+            s.range.is_some_and(|(min, max)| {
+                values
+                    .get_float(&s.key)
+                    .is_ok_and(|n| !(min..=max).contains(&n))
+            })
         }) {
             return Err(given.invalid(all, &s.key));
         }

@@ -142,14 +142,26 @@ fn knobs_parse_with_units_and_off() {
 #[test]
 fn a_password_that_looks_like_a_number_is_kept_as_written() {
     let (source, _dir) = isolated();
-    let s = load(
-        &source
-            .var("DB_HOST", "h")
-            .var("DB_NAME", "d")
-            .var("DB_USER", "u")
-            .var("DB_PASS", "007"),
-    );
+    let source = source
+        .var("DB_HOST", "h")
+        .var("DB_NAME", "d")
+        .var("DB_USER", "u");
+    let s = load(&source.clone().var("DB_PASS", "007"));
     assert_eq!(s.url.expose(), "postgres://u:007@h:5432/d");
+    // Text that reads as a number out of any range is still just text.
+    for password in ["inf", "1e999", "NaN"] {
+        let s = load(
+            &source
+                .clone()
+                .var("DB_PASS", password)
+                .var("DB_APPLICATION_NAME", password),
+        );
+        assert_eq!(s.application_name.as_deref(), Some(password));
+        assert!(
+            s.url.expose().contains(&format!(":{password}@")),
+            "{password}"
+        );
+    }
 }
 
 #[test]
