@@ -63,7 +63,7 @@ mod or_off {
     }
 }
 
-/// A log level by name, in any case (strictly: `on` is none); shown in lower case.
+/// A log level by name (`off` to `trace`, in any case), shown in lower case.
 mod level {
     use super::*;
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<LevelFilter, D::Error> {
