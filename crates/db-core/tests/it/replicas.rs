@@ -4,35 +4,28 @@
 use std::time::{Duration, Instant};
 
 use db_core::{Db, Session, Settings, url::DatabaseUrl};
-use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use sea_orm::{ConnectionTrait, DbBackend, Statement, TryGetable};
 use test_support::{PrivatePostgres, StopMode};
 
 use crate::metrics;
 
-/// The boolean that `sql` selects on `conn`.
-async fn flag(conn: &impl ConnectionTrait, sql: &str) -> bool {
+/// The one value that `sql` selects on `conn`.
+async fn value<T: TryGetable>(conn: &impl ConnectionTrait, sql: &str) -> T {
     let row = conn
         .query_one_raw(Statement::from_string(DbBackend::Postgres, sql))
         .await
         .unwrap()
-        .unwrap();
-    row.try_get_by_index::<bool>(0).unwrap()
+        .expect("a row");
+    row.try_get_by_index::<T>(0).unwrap()
 }
 
 async fn in_recovery(session: &Session) -> bool {
-    flag(session, "SELECT pg_is_in_recovery()").await
+    value(session, "SELECT pg_is_in_recovery()").await
 }
 
 /// The rows of `t`.
-async fn count(session: &Session) -> Result<i64, sea_orm::DbErr> {
-    let row = session
-        .query_one_raw(Statement::from_string(
-            DbBackend::Postgres,
-            "SELECT COUNT(*) FROM t",
-        ))
-        .await?
-        .expect("COUNT(*) returns a row");
-    row.try_get_by_index::<i64>(0)
+async fn count(session: &Session) -> i64 {
+    value(session, "SELECT COUNT(*) FROM t").await
 }
 
 /// Polls `check` until it holds, for at most 20 s.
@@ -80,7 +73,7 @@ async fn reads_go_to_the_replica_writes_to_the_primary_and_reads_survive_its_los
 
     // Answered at once: by the replica, or by the primary while the replica
     // has not replayed the table yet (as with the paused replay below).
-    assert_eq!(count(&db.read().await.unwrap()).await.unwrap(), 1);
+    assert_eq!(count(&db.read().await.unwrap()).await, 1);
     assert!(
         in_recovery(&db.read().await.unwrap()).await,
         "a read session ran on the primary"
@@ -97,7 +90,7 @@ async fn reads_go_to_the_replica_writes_to_the_primary_and_reads_survive_its_los
     write.commit().await.unwrap();
     let read = scope.read().await.unwrap();
     assert!(!in_recovery(&read).await);
-    assert_eq!(count(&read).await.unwrap(), 2);
+    assert_eq!(count(&read).await, 2);
 
     let status = db.replica_status().await;
     assert_eq!(status.len(), 1);
@@ -125,20 +118,12 @@ async fn reads_go_to_the_replica_writes_to_the_primary_and_reads_survive_its_los
         .unwrap();
     write.commit().await.unwrap();
     assert!(
-        flag(&on_replica, "SELECT to_regclass('added') IS NULL").await,
+        value::<bool>(&on_replica, "SELECT to_regclass('added') IS NULL").await,
         "the replica replayed the migration while paused"
     );
     let behind = metrics::retries("replica_behind");
     let read = db.read().await.unwrap();
-    let row = read
-        .query_one_raw(Statement::from_string(
-            DbBackend::Postgres,
-            "SELECT x FROM added",
-        ))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(row.try_get_by_index::<i32>(0).unwrap(), 7);
+    assert_eq!(value::<i32>(&read, "SELECT x FROM added").await, 7);
     assert_eq!(metrics::retries("replica_behind"), behind + 1);
     on_replica
         .execute_unprepared("SELECT pg_wal_replay_resume()")
@@ -152,7 +137,7 @@ async fn reads_go_to_the_replica_writes_to_the_primary_and_reads_survive_its_los
     replica.stop(StopMode::Fast).unwrap();
     for _ in 0..20 {
         let read = db.read().await.unwrap();
-        assert_eq!(count(&read).await.unwrap(), 2);
+        assert_eq!(count(&read).await, 2);
         assert!(!in_recovery(&read).await);
     }
     assert!(!db.replica_status().await[0].up);
