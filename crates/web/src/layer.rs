@@ -1,6 +1,6 @@
 //! The layers of this crate's own. [`AnswerLayer`] is the one layer around
-//! each route: every answer passes it once. It logs the cause of a 5xx
-//! answer and, when metrics are on, runs the request as its route's db-core
+//! each route: every answer passes it once. It answers a handler's panic
+//! with a 500, logs the cause of a 5xx answer and, when metrics are on, runs the request as its route's db-core
 //! operation, then counts and times it under the route template. One layer,
 //! not one per concern: axum wraps each route in each layer of
 //! `Router::layer` and clones that stack of boxed services for every
@@ -8,6 +8,7 @@
 //! access line.
 
 use std::convert::Infallible;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::OnceLock;
 use std::task::{Context, Poll};
@@ -15,11 +16,12 @@ use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::{Method, Uri};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
+use futures::FutureExt as _;
 use tracing::Instrument as _;
 use tracing::instrument::Instrumented;
 
-use crate::error::log_failure;
+use crate::error::{ApiError, log_failure};
 use crate::metrics::{Metrics, Route};
 
 /// Puts [`Answer`] around each route.
@@ -82,19 +84,39 @@ where
         });
         // For the line that names a 5xx answer's cause.
         let (method, uri) = (request.method().clone(), request.uri().clone());
-        let response = self.inner.call(request);
+        let response = AssertUnwindSafe(self.inner.call(request)).catch_unwind();
         Box::pin(async move {
             let Some((route, start)) = route else {
-                let Ok(response) = response.await;
+                let response = answer(response.await, &method, &uri);
                 log_failure(&response, &method, &uri);
                 return Ok(response);
             };
-            let Ok(response) = route.operation.scope(response).await;
+            let response = answer(route.operation.scope(response).await, &method, &uri);
             log_failure(&response, &method, &uri);
             route.duration.record(start.elapsed());
             route.count(response.status());
             Ok(response)
         })
+    }
+}
+
+/// The handler's answer; a 500 if it panicked, with the panic logged. The
+/// panic unwinds no further than the route: it is counted and timed as the
+/// route's 500, and the connection serves on.
+fn answer(
+    outcome: std::thread::Result<Result<Response, Infallible>>,
+    method: &Method,
+    uri: &Uri,
+) -> Response {
+    match outcome {
+        Ok(Ok(response)) => response,
+        Err(panic) => {
+            let message = (panic.downcast_ref::<&str>().copied())
+                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("(no message)");
+            tracing::error!(%method, %uri, panic = message, "a request handler panicked");
+            ApiError::Internal(None).into_response()
+        }
     }
 }
 

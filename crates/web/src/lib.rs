@@ -6,11 +6,12 @@
 //!   `#[utoipa::path]`; the application adds them with [`App::service`].
 //! - Every route answers errors as JSON `{"detail": …}` ([`ApiError`]; the
 //!   extractors in [`input`] reject bad input the same way), and passes one
-//!   layer that logs a 5xx answer's cause and, with metrics on, counts and
-//!   times the request under its route template ([`metrics`]).
+//!   layer that answers a handler's panic with a 500, logs a 5xx answer's
+//!   cause and, with metrics on, counts and times the request under its
+//!   route template ([`metrics`]).
 //! - Around the whole router, [`App::serve`] adds trailing-slash
 //!   normalisation (`/tasks` and `/tasks/` are one route), CORS open to any
-//!   origin, one log line per request, and a 500 for a handler that panics.
+//!   origin, and one log line per request.
 //! - The application's routes are described by one OpenAPI 3.1 document
 //!   titled for it, at `/openapi.json`, rendered at `/docs` (Swagger UI) and
 //!   `/redoc`; `/health` and `/ready` (the database answers a ping) are
@@ -40,13 +41,12 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{Method, Request};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::{Json, Router, ServiceExt};
 use db_core::Db;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
-use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{Any, CorsLayer};
 use tower_http::normalize_path::NormalizePathLayer;
 use utoipa::openapi::InfoBuilder;
@@ -100,8 +100,7 @@ impl App {
     /// The routes, the probes, the document and its pages (and `/metrics`
     /// with [`Exposure::Api`]), each behind the one layer that every answer
     /// passes. Without what [`App::serve`] adds around the whole router:
-    /// trailing-slash normalisation, CORS, the request log and catching
-    /// panics.
+    /// trailing-slash normalisation, CORS and the request log.
     pub fn router(self, exposure: &Exposure) -> Router {
         let description = match self.description.is_empty() {
             true => CONVENTIONS.to_owned(),
@@ -161,10 +160,6 @@ impl App {
             .layer(cors)
             .map_response(|r: Response<_>| r.map(Body::new))
             .layer(layer::AccessLogLayer)
-            .layer(CatchPanicLayer::custom(|_| {
-                tracing::error!("a request handler panicked");
-                ApiError::Internal(None).into_response()
-            }))
             .service(self.router(&exposure));
         axum::serve(
             listener,

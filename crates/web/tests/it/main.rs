@@ -1,0 +1,218 @@
+//! What `web` gives an application's own routes, on an application with
+//! one small service and nothing of the tracker in it: the shared layers,
+//! the `{"detail": …}` answers, one document titled for the application,
+//! the metrics of every route, and a handler's panic answered as a 500 that
+//! is logged and counted like any other.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use axum::Json;
+use db_core::url::DatabaseUrl;
+use db_core::{Db, Settings};
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use utoipa_axum::routes;
+use web::input::{Fields, JsonObject};
+use web::{ApiError, App, Exposure, Metrics, Routes};
+
+/// Greet someone
+#[utoipa::path(
+    post,
+    path = "/hello/",
+    tag = "hello",
+    responses((status = 200, body = String), web::error::Invalid)
+)]
+async fn hello(JsonObject(body): JsonObject) -> Result<Json<String>, ApiError> {
+    let mut f = Fields::new(&body);
+    let name = f.string("name", 20);
+    f.finish(Json(format!("hello {name}")))
+}
+
+/// Fail the way a bug does
+#[utoipa::path(get, path = "/boom/", tag = "hello", responses((status = 500)))]
+async fn boom() -> Json<String> {
+    panic!("a bug in the handler");
+}
+
+fn greetings() -> Routes {
+    Routes::new()
+        .tag("hello", "Greetings")
+        .routes(routes!(hello))
+        .routes(routes!(boom))
+        .with_state(())
+}
+
+async fn db() -> Db {
+    let url = DatabaseUrl::parse("sqlite::memory:", "DATABASE_URL").unwrap();
+    Db::connect(&Settings::new(url)).await.unwrap()
+}
+
+/// The process's one metrics recorder.
+fn metrics() -> Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    *METRICS.get_or_init(|| Metrics::install().unwrap())
+}
+
+/// Everything logged in this test binary, through one global subscriber.
+fn log() -> &'static Arc<Mutex<Vec<u8>>> {
+    static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOG.get_or_init(|| {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || Sink(sink.clone()))
+            .init();
+        log
+    })
+}
+
+struct Sink(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Sink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Serves the application "Greeter" with `/metrics`; returns its base URL
+/// and the sender that stops it.
+async fn serve() -> (String, oneshot::Sender<()>) {
+    log();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let app = App::new("Greeter", "0.1.0", db().await)
+        .description("Greets.")
+        .service(greetings());
+    tokio::spawn(app.serve(listener, Exposure::Api(metrics()), async {
+        stopped.await.ok();
+    }));
+    (base, stop)
+}
+
+/// Sends `method` `path` with `body` (JSON text); returns the status and the
+/// answer, parsed as JSON when it is.
+async fn call(method: Method, url: String, body: Option<&str>) -> (StatusCode, Value) {
+    let mut request = Client::new().request(method, url);
+    if let Some(body) = body {
+        request = request
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+#[tokio::test]
+async fn a_service_route_gets_the_shared_layers_errors_and_document() {
+    let (base, _stop) = serve().await;
+    let hello = || format!("{base}/hello/");
+
+    let greeted = call(
+        Method::POST,
+        format!("{base}/hello"),
+        Some(r#"{"name": "Ann"}"#),
+    )
+    .await;
+    assert_eq!(greeted, (StatusCode::OK, json!("hello Ann")));
+    let (status, bad_json) = call(Method::POST, hello(), Some("{")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(bad_json["detail"][0]["type"], "json_invalid");
+    assert_eq!(bad_json["detail"][0]["loc"], json!(["body"]));
+    let (status, nul) = call(Method::POST, hello(), Some(r#"{"name": "A\u0000"}"#)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(nul["detail"][0]["loc"], json!(["body", "name"]));
+    assert_eq!(
+        call(Method::GET, hello(), None).await,
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            json!({"detail": "Method Not Allowed"})
+        )
+    );
+    assert_eq!(
+        call(Method::GET, format!("{base}/nowhere"), None).await,
+        (StatusCode::NOT_FOUND, json!({"detail": "Not Found"}))
+    );
+    let preflight = Client::new()
+        .request(Method::OPTIONS, hello())
+        .header("origin", "https://elsewhere.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.headers()["access-control-allow-origin"], "*");
+
+    let (status, doc) = call(Method::GET, format!("{base}/openapi.json"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(doc["info"]["title"], "Greeter");
+    let paths = doc["paths"].as_object().unwrap();
+    for path in ["/hello/", "/boom/", "/health", "/ready"] {
+        assert!(paths.contains_key(path), "{path} is not in {paths:?}");
+    }
+    let (_, metrics) = call(Method::GET, format!("{base}/metrics"), None).await;
+    let metrics = metrics.as_str().unwrap();
+    assert!(
+        metrics.contains(r#"http_requests_total{method="POST",route="/hello",status="422"} 2"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_panicking_handler_answers_500_logged_and_counted_and_the_server_goes_on() {
+    let (base, _stop) = serve().await;
+    let answer = call(Method::GET, format!("{base}/boom"), None).await;
+    assert_eq!(
+        answer,
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"detail": "Internal Server Error"})
+        )
+    );
+    let greeted = call(
+        Method::POST,
+        format!("{base}/hello"),
+        Some(r#"{"name": "Bo"}"#),
+    )
+    .await;
+    assert_eq!(greeted, (StatusCode::OK, json!("hello Bo")));
+
+    let (_, metrics) = call(Method::GET, format!("{base}/metrics"), None).await;
+    let metrics = metrics.as_str().unwrap();
+    assert!(
+        metrics.contains(r#"http_requests_total{method="GET",route="/boom",status="500"} 1"#),
+        "{metrics}"
+    );
+    let log = String::from_utf8_lossy(&log().lock().unwrap()).into_owned();
+    let panicked: Vec<_> = log.lines().filter(|l| l.contains("panicked")).collect();
+    assert_eq!(panicked.len(), 1, "{log}");
+    for part in ["ERROR", "GET", "/boom", "a bug in the handler"] {
+        assert!(
+            panicked[0].contains(part),
+            "{part} is not in {}",
+            panicked[0]
+        );
+    }
+}
+
+#[tokio::test]
+#[should_panic(expected = "/hello")]
+async fn two_services_routing_one_path_and_method_are_refused_naming_the_path() {
+    let _router = App::new("Greeter", "0.1.0", db().await)
+        .service(greetings())
+        .service(greetings())
+        .router(&Exposure::Off);
+}
