@@ -52,15 +52,40 @@ impl MigrationTrait for AddPriority {
                 )
                 .await?;
         }
-        Backfill::new(
-            "tasks",
+        Self::blocks(
+            manager,
             "priority = CASE WHEN status = 'done' THEN 0 ELSE 1 END",
         )
-        .only("priority IS NULL")
-        .batch_size(3)
-        .pause(Duration::ZERO)
-        .run(manager)
-        .await?;
+        .await
+        .map(drop)
+    }
+
+    fn use_transaction(&self) -> Option<bool> {
+        Some(false)
+    }
+}
+
+then!(PriorityMigrator, AddPriority);
+
+/// The blocks again, on a database that has what they make: nothing to do.
+async fn run_again(t: &TestDb) {
+    let session = t.db.autocommit();
+    let manager = SchemaManager::new(session.executor());
+    let rows = AddPriority::blocks(&manager, "priority = 5").await.unwrap();
+    assert_eq!(rows, 0, "every row was filled");
+}
+
+impl AddPriority {
+    /// Every block but the columns' creation: the backfill with `fill`,
+    /// the index and, on a server, `NOT NULL`, the check and the foreign
+    /// key. Returns how many rows the backfill filled.
+    async fn blocks(manager: &SchemaManager<'_>, fill: &str) -> Result<u64, DbErr> {
+        let rows = Backfill::new("tasks", fill)
+            .only("priority IS NULL")
+            .batch_size(3)
+            .pause(Duration::ZERO)
+            .run(manager)
+            .await?;
         let index = Index::create()
             .name("idx_tasks_priority")
             .table("tasks")
@@ -68,7 +93,7 @@ impl MigrationTrait for AddPriority {
             .to_owned();
         online::create_index(manager, index).await?;
         if manager.get_database_backend() == DbBackend::Sqlite {
-            return Ok(());
+            return Ok(rows);
         }
         online::set_not_null(manager, "tasks", "priority").await?;
         online::add_check(
@@ -84,54 +109,8 @@ impl MigrationTrait for AddPriority {
             .to("employees", "id")
             .on_delete(ForeignKeyAction::SetNull)
             .to_owned();
-        online::add_foreign_key(manager, reviewer).await
-    }
-
-    fn use_transaction(&self) -> Option<bool> {
-        Some(false)
-    }
-}
-
-then!(PriorityMigrator, AddPriority);
-
-/// The blocks again, on a database that has what they make: nothing to do.
-async fn run_again(t: &TestDb) {
-    let session = t.db.autocommit();
-    let manager = SchemaManager::new(session.executor());
-    AddPriority.up_again(&manager).await.unwrap();
-}
-
-impl AddPriority {
-    /// Every block but the column's creation.
-    async fn up_again(&self, manager: &SchemaManager<'_>) -> Result<(), DbErr> {
-        let rows = Backfill::new("tasks", "priority = 5")
-            .only("priority IS NULL")
-            .run(manager)
-            .await?;
-        assert_eq!(rows, 0, "every row was filled");
-        let index = Index::create()
-            .name("idx_tasks_priority")
-            .table("tasks")
-            .col("priority")
-            .to_owned();
-        online::create_index(manager, index).await?;
-        if manager.get_database_backend() == DbBackend::Sqlite {
-            return Ok(());
-        }
-        online::set_not_null(manager, "tasks", "priority").await?;
-        online::add_check(
-            manager,
-            "tasks",
-            "tasks_priority_range",
-            "priority BETWEEN 0 AND 9",
-        )
-        .await?;
-        let reviewer = ForeignKey::create()
-            .name("fk_tasks_reviewer_id")
-            .from("tasks", "reviewer_id")
-            .to("employees", "id")
-            .to_owned();
-        online::add_foreign_key(manager, reviewer).await
+        online::add_foreign_key(manager, reviewer).await?;
+        Ok(rows)
     }
 }
 

@@ -10,10 +10,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use db_core::{Settings, url::DatabaseUrl};
+use tempfile::TempDir;
 use test_support::{PatroniCluster, Promotion, Role, free_port, report};
 
 use crate::chaos::{Outcome, drive, recovery};
-use crate::serve::start;
+use crate::serve::{Running, start};
 
 /// Writing clients; one more client only reads.
 const WRITERS: usize = 8;
@@ -37,6 +38,46 @@ async fn on_cluster<T: Send + 'static>(
         .await
         .unwrap()
         .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A cluster with the tracker's database migrated on its leader and
+/// replayed on the standbys, and `tracker serve` on it (in a folder of its
+/// own, returned to live as long as it) with writes on the read-write node,
+/// reads on the standbys, and the `extra` variables. Returns the leader's
+/// name too.
+async fn tracker_on_cluster(
+    extra: &[(&str, OsString)],
+) -> (Arc<PatroniCluster>, String, Running, TempDir) {
+    let cluster = start_cluster().await;
+    let leader = on_cluster(&cluster, |c| c.leader()).await.name;
+    let name = leader.clone();
+    on_cluster(&cluster, move |c| {
+        c.psql(&name, "postgres", "CREATE DATABASE tracker")
+    })
+    .await;
+    let on_leader = cluster.node_url(&leader, "tracker").unwrap();
+    let settings = Settings::new(DatabaseUrl::parse(&on_leader, "DATABASE_URL").unwrap());
+    migration::up(&settings, Duration::from_secs(60))
+        .await
+        .unwrap();
+    // A read on a standby that has not replayed the migrations yet would fail.
+    on_cluster(&cluster, |c| c.wait_for_standbys()).await;
+
+    let mut vars = vec![
+        (
+            "DATABASE_URL",
+            OsString::from(cluster.url("tracker", "read-write")),
+        ),
+        (
+            "DB_REPLICA_URLS",
+            OsString::from(cluster.url("tracker", "standby")),
+        ),
+    ];
+    vars.extend_from_slice(extra);
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port().unwrap());
+    let app = start(dir.path(), &["serve", "--addr", &addr], &vars).await;
+    (cluster, leader, app, dir)
 }
 
 /// The cluster comes up with a leader, a sync standby and a replica; a
@@ -286,36 +327,11 @@ async fn writes_back(outcomes: &std::sync::Mutex<Vec<Outcome>>, since: Instant) 
 #[test_support::needs(patroni, chaos)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_ha_failover_and_switchover_lose_no_acknowledged_write() {
-    let cluster = start_cluster().await;
-    let leader = on_cluster(&cluster, |c| c.leader()).await.name;
-    let name = leader.clone();
-    on_cluster(&cluster, move |c| {
-        c.psql(&name, "postgres", "CREATE DATABASE tracker")
-    })
-    .await;
-    let on_leader = cluster.node_url(&leader, "tracker").unwrap();
-    let settings = Settings::new(DatabaseUrl::parse(&on_leader, "DATABASE_URL").unwrap());
-    migration::up(&settings, Duration::from_secs(60))
-        .await
-        .unwrap();
-    // A read on a standby that has not replayed the migrations yet would fail.
-    on_cluster(&cluster, |c| c.wait_for_standbys()).await;
-
-    let vars = [
-        (
-            "DATABASE_URL",
-            OsString::from(cluster.url("tracker", "read-write")),
-        ),
-        (
-            "DB_REPLICA_URLS",
-            OsString::from(cluster.url("tracker", "standby")),
-        ),
+    let extra = [
         ("DB_ACQUIRE_TIMEOUT", OsString::from("2s")),
         ("DB_CONNECT_TIMEOUT", OsString::from("1s")),
     ];
-    let dir = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_port().unwrap());
-    let mut app = start(dir.path(), &["serve", "--addr", &addr], &vars).await;
+    let (cluster, _, mut app, _dir) = tracker_on_cluster(&extra).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let begun = Instant::now();
@@ -438,33 +454,7 @@ async fn chaos_ha_failover_and_switchover_lose_no_acknowledged_write() {
 #[test_support::needs(patroni, chaos)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_ha_a_paused_leader_is_left_for_the_new_one() {
-    let cluster = start_cluster().await;
-    let leader = on_cluster(&cluster, |c| c.leader()).await.name;
-    let name = leader.clone();
-    on_cluster(&cluster, move |c| {
-        c.psql(&name, "postgres", "CREATE DATABASE tracker")
-    })
-    .await;
-    let on_leader = cluster.node_url(&leader, "tracker").unwrap();
-    let settings = Settings::new(DatabaseUrl::parse(&on_leader, "DATABASE_URL").unwrap());
-    migration::up(&settings, Duration::from_secs(60))
-        .await
-        .unwrap();
-    on_cluster(&cluster, |c| c.wait_for_standbys()).await;
-
-    let vars = [
-        (
-            "DATABASE_URL",
-            OsString::from(cluster.url("tracker", "read-write")),
-        ),
-        (
-            "DB_REPLICA_URLS",
-            OsString::from(cluster.url("tracker", "standby")),
-        ),
-    ];
-    let dir = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_port().unwrap());
-    let mut app = start(dir.path(), &["serve", "--addr", &addr], &vars).await;
+    let (cluster, leader, mut app, _dir) = tracker_on_cluster(&[]).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let (outcomes, clients) = drive(

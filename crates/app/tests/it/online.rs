@@ -533,6 +533,40 @@ fn succeeded(migrated: std::io::Result<std::process::Output>) {
     );
 }
 
+/// The settings of the 8 writers of the original app's SQL: a connection
+/// each.
+fn writer_settings(t: &TestDb) -> Settings {
+    let mut writers = t.settings.clone();
+    writers.max_connections = 8;
+    writers
+}
+
+/// Adopts the original app's database with `tracker migrate up` while 8
+/// clients write the original app's SQL ([`under_original_writers`], with
+/// `hold`), reports it as `what`, and checks that it succeeded, left the
+/// schema complete and failed no statement. Returns how long it took, and
+/// the latencies before, during, and of the untouched client.
+async fn adopt(
+    t: &TestDb,
+    tasks: i64,
+    hold: Option<Duration>,
+    what: &str,
+) -> (Duration, Stretch, Stretch, Stretch) {
+    let (adopted, took, before, during, untouched) =
+        under_original_writers(t, &writer_settings(t), tasks, hold, async {
+            migrate_up(&t.settings).output().await
+        })
+        .await;
+    succeeded(adopted);
+    report(&format!(
+        "online {what}, {tasks} tasks, 8 writers of the original's SQL: migrate up {:.2}s; before: {before}; during: {during}; untouched meanwhile: {untouched}",
+        took.as_secs_f64()
+    ));
+    complete(&t.db).await;
+    assert_eq!(before.failed + during.failed, 0, "failed statements");
+    (took, before, during, untouched)
+}
+
 #[test_support::needs(postgres, chaos)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_schema_changes_under_live_traffic() {
@@ -545,20 +579,7 @@ async fn chaos_schema_changes_under_live_traffic() {
     ));
 
     // (a) Adoption while the original app's SQL writes from 8 clients.
-    let mut writers = t.settings.clone();
-    writers.max_connections = 8;
-    let (adopted, took, before, during, untouched) =
-        under_original_writers(&t, &writers, tasks, None, async {
-            migrate_up(&t.settings).output().await
-        })
-        .await;
-    succeeded(adopted);
-    report(&format!(
-        "online (a) adoption with 8 writers of the original's SQL: migrate up {:.2}s; before: {before}; during: {during}; untouched meanwhile: {untouched}",
-        took.as_secs_f64()
-    ));
-    complete(&t.db).await;
-    assert_eq!(before.failed + during.failed, 0, "failed statements");
+    let (_, before, during, untouched) = adopt(&t, tasks, None, "(a) adoption").await;
     assert!(
         during.slowest <= Duration::from_millis(500),
         "too slow while adopting: {during}"
@@ -669,6 +690,7 @@ async fn chaos_schema_changes_under_live_traffic() {
     // transaction without a lock timeout, behind a 5 s holder, stalls the
     // writers for as long as the holder holds (they wait without the
     // operation timeout, to show how long).
+    let mut writers = writer_settings(&t);
     writers.operation_timeout = None;
     let old_way = async {
         let old_way = t.db.begin().await.unwrap();
@@ -750,21 +772,9 @@ async fn chaos_a_migrator_killed_in_a_concurrent_build_is_completed_by_the_next(
 async fn chaos_adoption_behind_a_long_reader_keeps_writes_flowing() {
     let tasks = task_count();
     let t = original_database(tasks).await;
-    let mut writers = t.settings.clone();
-    writers.max_connections = 8;
     let hold = Some(Duration::from_secs(15));
-    let (adopted, took, before, during, _) =
-        under_original_writers(&t, &writers, tasks, hold, async {
-            migrate_up(&t.settings).output().await
-        })
-        .await;
-    succeeded(adopted);
-    report(&format!(
-        "online: adoption of {tasks} tasks behind a 15 s holder of ACCESS SHARE, 8 writers of the original's SQL: migrate up {:.1}s; before: {before}; during: {during}",
-        took.as_secs_f64()
-    ));
-    complete(&t.db).await;
-    assert_eq!(before.failed + during.failed, 0, "failed statements");
+    let what = "adoption behind a 15 s holder of ACCESS SHARE";
+    let (took, _, during, _) = adopt(&t, tasks, hold, what).await;
     assert!(
         took >= Duration::from_secs(14),
         "the migration did not wait for the reader"
