@@ -167,7 +167,12 @@ async fn metric_settles(base: &str, series: &str, ok: impl Fn(f64) -> bool) -> O
     }
 }
 
-async fn blocking(server: &Arc<PrivatePostgres>, f: fn(&PrivatePostgres) -> std::io::Result<()>) {
+/// Runs `f` on `server` off the runtime's threads (starting and stopping a
+/// server waits for it).
+pub(crate) async fn blocking(
+    server: &Arc<PrivatePostgres>,
+    f: fn(&PrivatePostgres) -> std::io::Result<()>,
+) {
     let server = server.clone();
     tokio::task::spawn_blocking(move || f(&server))
         .await

@@ -2,14 +2,79 @@
 //! GET routes, and PgBouncer in transaction-pooling mode in front of the
 //! primary (Debian's `pgbouncer`).
 
+use std::ffi::OsString;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use tempfile::TempDir;
 use test_support::{PgBouncer, PrivatePostgres, StopMode, free_port, report};
 
 use crate::cli::{os, text, tracker};
-use crate::serve::start;
+use crate::pause::blocking;
+use crate::serve::{Running, start};
+
+/// A primary and its streaming replica, servers of their own with the
+/// password `password`, and `tracker serve --migrate` on both
+/// (`DB_REPLICA_URLS`) with the `extra` variables.
+struct Replicated {
+    primary: Arc<PrivatePostgres>,
+    replica: Arc<PrivatePostgres>,
+    /// The app's variables.
+    vars: Vec<(&'static str, OsString)>,
+    /// The folder the app runs in.
+    dir: TempDir,
+    app: Running,
+    /// The URL of a task created through the app and since answered by a
+    /// GET, which the replica serves: it has replayed the task.
+    task: String,
+}
+
+async fn replicated(password: &'static str, extra: &[(&'static str, OsString)]) -> Replicated {
+    let (primary, replica) = tokio::task::spawn_blocking(move || {
+        let primary = PrivatePostgres::start(password).expect("primary");
+        primary.psql("postgres", "CREATE DATABASE tracker").unwrap();
+        let replica = primary.start_replica().expect("replica");
+        (Arc::new(primary), Arc::new(replica))
+    })
+    .await
+    .unwrap();
+    let mut vars = vec![
+        ("DATABASE_URL", os(primary.url("tracker"))),
+        ("DB_REPLICA_URLS", os(replica.url("tracker"))),
+    ];
+    vars.extend_from_slice(extra);
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port().unwrap());
+    let app = start(dir.path(), &["serve", "--addr", &addr, "--migrate"], &vars).await;
+    let client = reqwest::Client::new();
+    let created: Value = client
+        .post(format!("{}/tasks/", app.base))
+        .json(&json!({"title": "replicated", "status": "todo"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let task = format!("{}/tasks/{}/", app.base, created["id"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.get(&task).send().await.unwrap().status() != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the task never reached the replica"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Replicated {
+        primary,
+        replica,
+        vars,
+        dir,
+        app,
+        task,
+    }
+}
 
 /// With a replica configured, `GET /tasks/{id}/` is answered by the replica:
 /// it still answers with the primary stopped, while writes (which never go
@@ -17,20 +82,14 @@ use crate::serve::start;
 #[test_support::needs(postgres)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_routes_are_served_by_the_replica_and_writes_never_are() {
-    let (primary, replica) = tokio::task::spawn_blocking(|| {
-        let primary = PrivatePostgres::start("scaling-pw").expect("primary");
-        primary.psql("postgres", "CREATE DATABASE tracker").unwrap();
-        let replica = primary.start_replica().expect("replica");
-        (Arc::new(primary), replica)
-    })
-    .await
-    .unwrap();
-    let vars = [
-        ("DATABASE_URL", os(primary.url("tracker"))),
-        ("DB_REPLICA_URLS", os(replica.url("tracker"))),
-        ("DB_ACQUIRE_TIMEOUT", os("1s")),
-    ];
-    let dir = tempfile::tempdir().unwrap();
+    let Replicated {
+        primary,
+        replica,
+        vars,
+        dir,
+        mut app,
+        task: url,
+    } = replicated("scaling-pw", &[("DB_ACQUIRE_TIMEOUT", os("1s"))]).await;
 
     let check = tracker(dir.path(), &["db", "check"], &vars);
     let (stdout, stderr) = text(&check);
@@ -45,41 +104,9 @@ async fn get_routes_are_served_by_the_replica_and_writes_never_are() {
     );
     assert!(!stdout.contains("scaling-pw"));
 
-    let addr = format!("127.0.0.1:{}", free_port().unwrap());
-    let mut app = start(dir.path(), &["serve", "--addr", &addr, "--migrate"], &vars).await;
-    let client = reqwest::Client::new();
-    let created: Value = client
-        .post(format!("{}/tasks/", app.base))
-        .json(&json!({"title": "replicated", "status": "todo"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = created["id"].as_i64().unwrap();
-    let url = format!("{}/tasks/{id}/", app.base);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let response = client.get(&url).send().await.unwrap();
-        if response.status() == 200 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the task never reached the replica"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-
     // Only the replica is left: reads succeed, writes cannot.
-    tokio::task::spawn_blocking({
-        let primary = primary.clone();
-        move || primary.stop(StopMode::Fast)
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    blocking(&primary, |s| s.stop(StopMode::Fast)).await;
+    let client = reqwest::Client::new();
     for _ in 0..10 {
         let response = client.get(&url).send().await.unwrap();
         assert_eq!(response.status(), 200, "a read needed the primary");
@@ -103,13 +130,7 @@ async fn get_routes_are_served_by_the_replica_and_writes_never_are() {
         "replica: with the primary stopped, 10/10 GET /tasks/{id}/ answered 200 from the replica; POST answered 503",
     );
 
-    tokio::task::spawn_blocking({
-        let primary = primary.clone();
-        move || primary.start_again()
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    blocking(&primary, PrivatePostgres::start_again).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let write = client
@@ -138,48 +159,18 @@ async fn get_routes_are_served_by_the_replica_and_writes_never_are() {
 #[test_support::needs(postgres)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_after_the_replica_stopped_exits_0_within_10_s() {
-    let (primary, replica) = tokio::task::spawn_blocking(|| {
-        let primary = PrivatePostgres::start("stopped-replica-pw").expect("primary");
-        primary.psql("postgres", "CREATE DATABASE tracker").unwrap();
-        let replica = primary.start_replica().expect("replica");
-        (primary, Arc::new(replica))
-    })
-    .await
-    .unwrap();
-    let vars = [
-        ("DATABASE_URL", os(primary.url("tracker"))),
-        ("DB_REPLICA_URLS", os(replica.url("tracker"))),
-    ];
-    let dir = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_port().unwrap());
-    let mut app = start(dir.path(), &["serve", "--addr", &addr, "--migrate"], &vars).await;
-    let client = reqwest::Client::new();
-    let created: Value = client
-        .post(format!("{}/tasks/", app.base))
-        .json(&json!({"title": "replicated", "status": "todo"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let url = format!("{}/tasks/{}/", app.base, created["id"]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while client.get(&url).send().await.unwrap().status() != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "the task never reached the replica"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // The primary and the folder live as long as the app.
+    let Replicated {
+        primary: _primary,
+        replica,
+        dir: _dir,
+        mut app,
+        task: url,
+        ..
+    } = replicated("stopped-replica-pw", &[]).await;
 
-    tokio::task::spawn_blocking({
-        let replica = replica.clone();
-        move || replica.stop(StopMode::Immediate)
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    blocking(&replica, |s| s.stop(StopMode::Immediate)).await;
+    let client = reqwest::Client::new();
     for _ in 0..5 {
         let response = client.get(&url).send().await.unwrap();
         assert_eq!(
