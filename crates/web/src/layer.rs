@@ -1,11 +1,11 @@
 //! The layers of this crate's own. [`AnswerLayer`] is the one layer around
 //! each route: every answer passes it once. It answers a handler's panic
-//! with a 500, logs the cause of a 5xx answer and, when metrics are on, runs the request as its route's db-core
-//! operation, then counts and times it under the route template. One layer,
-//! not one per concern: axum wraps each route in each layer of
-//! `Router::layer` and clones that stack of boxed services for every
-//! request. [`AccessLogLayer`] goes around the whole router and writes the
-//! access line.
+//! with a 500, logs the cause of a 5xx answer and, when metrics are on,
+//! runs the request as its route's db-core operation, then counts and times
+//! it under the route template. One layer, not one per concern: axum wraps
+//! each route in each layer of `Router::layer` and clones that stack of
+//! boxed services for every request. [`AccessLogLayer`] goes around the
+//! whole router and writes the access line.
 
 use std::convert::Infallible;
 use std::panic::AssertUnwindSafe;
