@@ -601,7 +601,8 @@ fn sqlite_cannot(kind: &str, table: &str, name: &str) -> DbErr {
 /// Adds constraint `name` to `table` with `add` (an `ALTER TABLE ... ADD
 /// CONSTRAINT` statement): on PostgreSQL `NOT VALID` (a moment's lock; new
 /// rows are checked from then on), then `VALIDATE` in a transaction of its
-/// own (existing rows checked while writes go on); elsewhere as it is.
+/// own (existing rows checked while writes go on), and when existing rows
+/// break it, dropped again before the error returns; elsewhere as it is.
 async fn add_constraint(
     manager: &SchemaManager<'_>,
     kind: &str,
@@ -627,12 +628,20 @@ async fn add_constraint(
         short_transaction(conn, &add, std::slice::from_ref(&add)).await?;
     }
     if state != Some(true) {
-        let validate = format!(
-            "ALTER TABLE {} VALIDATE CONSTRAINT {}",
-            quote(backend, table),
-            quote(backend, name)
-        );
-        short_transaction(conn, &validate, std::slice::from_ref(&validate)).await?;
+        let (table, name) = (quote(backend, table), quote(backend, name));
+        let validate = format!("ALTER TABLE {table} VALIDATE CONSTRAINT {name}");
+        let validated = short_transaction(conn, &validate, std::slice::from_ref(&validate)).await;
+        // Rows that break it: the constraint this call added goes again, so
+        // that new writes are not held to it either. (One left by an
+        // earlier, interrupted run stays as it was.)
+        let violated = |e: &DbErr| matches!(sqlstate(e).as_deref(), Some("23514" | "23503"));
+        if let Err(e) = validated {
+            if state.is_none() && violated(&e) {
+                let drop = format!("ALTER TABLE {table} DROP CONSTRAINT {name}");
+                short_transaction(conn, &drop, std::slice::from_ref(&drop)).await?;
+            }
+            return Err(e);
+        }
     }
     Ok(())
 }

@@ -160,6 +160,45 @@ test_support::backend_tests! {
     }
 }
 
+/// Existing rows that break a new check or `NOT NULL`: the call fails
+/// naming the problem and leaves no constraint behind, so that new writes
+/// are not held to a rule the migration did not apply.
+mod a_constraint_that_existing_rows_break_is_not_left_behind {
+    use super::*;
+
+    async fn body(t: TestDb) {
+        migrate(&t.settings, &["up"]).await;
+        // Titles t0 to t2, no deadline.
+        seed_tasks(&t, 3).await;
+        let session = t.db.autocommit();
+        let manager = SchemaManager::new(session.executor());
+        let check = online::add_check(&manager, "tasks", "tasks_not_t1", "title <> 't1'").await;
+        let check = check.unwrap_err().to_string();
+        assert!(check.contains("tasks_not_t1"), "{check}");
+        assert!(
+            online::set_not_null(&manager, "tasks", "deadline")
+                .await
+                .is_err()
+        );
+        session
+            .execute_unprepared("INSERT INTO tasks (title, status) VALUES ('t1', 'todo')")
+            .await
+            .unwrap();
+    }
+
+    #[test_support::needs(postgres)]
+    #[tokio::test]
+    async fn postgres() {
+        body(TestDb::new(Backend::Postgres).await).await;
+    }
+
+    #[test_support::needs(mysql)]
+    #[tokio::test]
+    async fn mysql() {
+        body(TestDb::new(Backend::MySql).await).await;
+    }
+}
+
 /// What SQLite cannot do in place is refused with a message that says so.
 #[tokio::test]
 async fn sqlite_refuses_constraints_on_existing_tables_with_the_reason() {
