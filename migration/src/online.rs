@@ -320,8 +320,10 @@ fn quote(backend: DbBackend, name: &str) -> String {
     }
 }
 
-fn millis(d: Duration) -> u128 {
-    d.as_millis().max(1)
+/// `d` in whole milliseconds for a PostgreSQL timeout, rounded up and at
+/// least 1 (0 would turn it off).
+pub(crate) fn millis(d: Duration) -> u128 {
+    d.as_nanos().div_ceil(1_000_000).max(1)
 }
 
 /// PostgreSQL: runs `statements` in a transaction of their own that waits at
@@ -758,8 +760,10 @@ pub async fn set_not_null(
             if row.try_get_by_index::<bool>(0)? {
                 return Ok(());
             }
+            // At most 63 bytes, as PostgreSQL keeps of a name, cut between characters.
             let mut check = format!("{table}_{column}_not_null");
-            check.truncate(63);
+            let cut = (0..=check.len().min(63)).rfind(|&i| check.is_char_boundary(i));
+            check.truncate(cut.unwrap_or(0));
             add_check(
                 manager,
                 table,

@@ -281,6 +281,10 @@ async fn connect(settings: &Settings) -> Result<Db, Error> {
     settings.lock_timeout = Some(settings.migration_lock_timeout);
     settings.max_connections = 1;
     settings.min_connections = 0;
+    // The one connection lives as long as the run: what the runner sets on
+    // its session (see `lock`) would be missing on a replacement.
+    settings.max_lifetime = None;
+    settings.idle_timeout = None;
     // SQLite waits this long inside each attempt at the lock; the lock
     // timeout bounds the attempts.
     settings.sqlite_busy_timeout = Duration::from_millis(200);
@@ -582,7 +586,7 @@ impl Runner<'_> {
         let set_lock_timeout = &(backend == DbBackend::Postgres).then(|| {
             format!(
                 "SET LOCAL lock_timeout = '{}ms'",
-                self.lock_timeout.as_millis()
+                crate::online::millis(self.lock_timeout)
             )
         });
         online::retrying(

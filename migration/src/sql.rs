@@ -72,7 +72,7 @@ pub fn session_settings(settings: &db_core::Settings) -> String {
     format!(
         "-- Every migration statement runs on a session opened with these settings:\n\
          SET statement_timeout = 0;\nSET lock_timeout = '{}ms';\n",
-        settings.migration_lock_timeout.as_millis()
+        crate::online::millis(settings.migration_lock_timeout)
     )
 }
 

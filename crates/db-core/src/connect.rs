@@ -466,8 +466,8 @@ impl Options {
                     o = o.statement_cache_capacity(0);
                 } else {
                     o = o.statement_cache_capacity(s.statement_cache_capacity);
-                    for (name, value) in s.session_parameters() {
-                        o = o.options([(name, format!("{}ms", value.as_millis()))]);
+                    for (name, millis) in s.session_parameters() {
+                        o = o.options([(name, format!("{millis}ms"))]);
                     }
                     if let Some(schema) = &s.schema {
                         o = o.options([("search_path", schema)]);

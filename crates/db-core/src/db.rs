@@ -65,8 +65,8 @@ pub struct Health {
 /// on every connection): the per-connection settings, for this transaction.
 fn pooler_setup(settings: &Settings) -> String {
     let mut sql = String::new();
-    for (name, value) in settings.session_parameters() {
-        sql.push_str(&format!("; SET LOCAL {name} = '{}ms'", value.as_millis()));
+    for (name, millis) in settings.session_parameters() {
+        sql.push_str(&format!("; SET LOCAL {name} = '{millis}ms'"));
     }
     if let Some(schema) = &settings.schema {
         let schemas: Vec<String> = schema

@@ -300,8 +300,9 @@ impl Options {
     }
 
     /// The PostgreSQL session parameters that these options set, by the
-    /// server's name: those that are on.
-    pub(crate) fn session_parameters(&self) -> impl Iterator<Item = (&'static str, Duration)> {
+    /// server's name, in whole milliseconds (rounded up: `500us` is 1 ms,
+    /// where 0 would mean off): those that are on.
+    pub(crate) fn session_parameters(&self) -> impl Iterator<Item = (&'static str, u128)> {
         [
             ("statement_timeout", self.statement_timeout),
             ("lock_timeout", self.lock_timeout),
@@ -312,7 +313,7 @@ impl Options {
             ("tcp_keepalives_idle", self.tcp_keepalive),
         ]
         .into_iter()
-        .filter_map(|(name, value)| Some((name, value?)))
+        .filter_map(|(name, value)| Some((name, value?.as_nanos().div_ceil(1_000_000))))
     }
 }
 

@@ -173,6 +173,15 @@ async fn db_idle_in_transaction_timeout_is_set_on_the_server_and_off_by_default(
     assert_eq!(shown, ("0".to_owned(), "90s".to_owned()));
 }
 
+/// The server takes whole milliseconds, where 0 is off: a timeout under a
+/// millisecond is rounded up, never turned off.
+#[test_support::needs(postgres)]
+#[tokio::test]
+async fn a_timeout_under_a_millisecond_is_one_not_off() {
+    let shown = shown_without_and_with("SHOW lock_timeout", "DB_LOCK_TIMEOUT", "500us").await;
+    assert_eq!(shown, ("0".to_owned(), "1ms".to_owned()));
+}
+
 #[test_support::needs(postgres)]
 #[tokio::test]
 async fn db_tcp_keepalive_is_the_servers_keepalive_idle_time() {
