@@ -55,6 +55,8 @@ pub struct SettingInfo {
     pub(crate) unset: String,
     /// The smallest and largest number it may be, for a number.
     range: Option<(f64, f64)>,
+    /// A whole number.
+    integer: bool,
 }
 
 impl SettingInfo {
@@ -95,6 +97,10 @@ impl SettingInfo {
                     let min = number(field, "minimum").unwrap_or(f64::MIN);
                     (min, number(field, "maximum").unwrap_or(f64::MAX))
                 }),
+                integer: match field.get("type") {
+                    Some(Json::Array(types)) => types.iter().any(|t| t == "integer"),
+                    kind => kind.is_some_and(|t| t == "integer"),
+                },
                 key: key.clone(),
             })
             .collect()
@@ -302,6 +308,14 @@ impl Source {
                 given.origin(&s.key),
                 s.expects
             );
+        }
+        // `config` would read `yes` as 1, `off` as 0 and `2.6` as 3.
+        let whole = |s: &&SettingInfo| {
+            let given = given.0.get(&s.key);
+            s.integer && given.is_some_and(|(_, v)| v.trim().parse::<i64>().is_err())
+        };
+        if let Some(s) = all.iter().find(whole) {
+            return Err(given.invalid(all, &s.key));
         }
         let invalid = |e| match e {
             ConfigError::Type { key: Some(key), .. } | ConfigError::At { key: Some(key), .. } => {

@@ -205,6 +205,21 @@ const CASES: &[Case] = &[
         expected: "DB_STATEMENT_CACHE_CAPACITY=\"-1\": expected a whole number 0-100000",
     },
     Case {
+        vars: parts_and![("DB_MAX_CONNECTIONS", "yes")],
+        files: &[],
+        expected: "DB_MAX_CONNECTIONS=\"yes\": expected a whole number 1-10000",
+    },
+    Case {
+        vars: parts_and![("DB_MIN_CONNECTIONS", "off")],
+        files: &[],
+        expected: "DB_MIN_CONNECTIONS=\"off\": expected a whole number 0-10000",
+    },
+    Case {
+        vars: parts_and![],
+        files: &[("config/default.toml", "max_connections = 2.6\n")],
+        expected: "config/default.toml: max_connections=\"2.6\": expected a whole number 1-10000",
+    },
+    Case {
         vars: parts_and![("DB_MAX_CONNECTIONS", "ten")],
         files: &[],
         expected: "DB_MAX_CONNECTIONS=\"ten\": expected a whole number 1-10000",
