@@ -25,8 +25,21 @@ pub use crate::source::{Section, SettingInfo};
 use crate::url::backend_name;
 use crate::url::{self, DatabaseUrl, LoadBalanceHosts, Parts, SslMode, TargetSessionAttrs};
 
-const NONZERO: &str = "a duration greater than zero with a unit, like 5s, 500ms or 2m";
-const OR_OFF: &str = "a duration with a unit, like 5s, 500ms or 2m or off";
+const NONZERO: &str =
+    "a duration greater than zero with a unit, like 5s, 500ms or 2m, up to 24 days";
+const OR_OFF: &str = "a duration with a unit, like 5s, 500ms or 2m, up to 24 days, or off";
+
+/// The longest duration a setting takes: PostgreSQL's timeouts are a
+/// 32-bit count of milliseconds (24 days and 20 hours).
+const LONGEST: Duration = Duration::from_millis(i32::MAX as u64);
+
+/// `d` if it is at most [`LONGEST`].
+fn at_most_longest<E: serde::de::Error>(d: Duration) -> Result<Duration, E> {
+    match d > LONGEST {
+        true => Err(E::custom("too long")),
+        false => Ok(d),
+    }
+}
 const URL: &str = "a postgres://, mysql:// or sqlite: URL";
 
 /// A duration with a unit (`500ms`, `2m`) greater than zero.
@@ -34,7 +47,7 @@ mod nonzero {
     use super::*;
     pub(super) use humantime_serde::serialize;
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let d: Duration = humantime_serde::deserialize(d)?;
+        let d = at_most_longest(humantime_serde::deserialize(d)?)?;
         if d.is_zero() {
             return Err(D::Error::custom("zero"));
         }
@@ -51,8 +64,9 @@ mod or_off {
         match String::deserialize(d)?.as_str() {
             "off" => Ok(None),
             text => humantime::parse_duration(text)
-                .map(|d| Some(d).filter(|d| !d.is_zero()))
-                .map_err(D::Error::custom),
+                .map_err(D::Error::custom)
+                .and_then(at_most_longest)
+                .map(|d| Some(d).filter(|d| !d.is_zero())),
         }
     }
     pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {

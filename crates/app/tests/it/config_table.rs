@@ -205,6 +205,16 @@ const CASES: &[Case] = &[
         expected: "DB_STATEMENT_CACHE_CAPACITY=\"-1\": expected a whole number 0-100000",
     },
     Case {
+        vars: parts_and![("DB_CONNECT_DEADLINE", "9999999999999999999s")],
+        files: &[],
+        expected: "DB_CONNECT_DEADLINE=\"9999999999999999999s\": expected a duration with a unit, like 5s, 500ms or 2m, up to 24 days, or off",
+    },
+    Case {
+        vars: parts_and![("DB_STATEMENT_TIMEOUT", "30d")],
+        files: &[],
+        expected: "DB_STATEMENT_TIMEOUT=\"30d\": expected a duration with a unit, like 5s, 500ms or 2m, up to 24 days, or off",
+    },
+    Case {
         vars: parts_and![("DB_MAX_CONNECTIONS", "yes")],
         files: &[],
         expected: "DB_MAX_CONNECTIONS=\"yes\": expected a whole number 1-10000",
@@ -232,32 +242,32 @@ const CASES: &[Case] = &[
     Case {
         vars: parts_and![("DB_CONNECT_TIMEOUT", "5")],
         files: &[],
-        expected: "DB_CONNECT_TIMEOUT=\"5\": expected a duration greater than zero with a unit, like 5s, 500ms or 2m",
+        expected: "DB_CONNECT_TIMEOUT=\"5\": expected a duration greater than zero with a unit, like 5s, 500ms or 2m, up to 24 days",
     },
     Case {
         vars: parts_and![("DB_ACQUIRE_TIMEOUT", "0s")],
         files: &[],
-        expected: "DB_ACQUIRE_TIMEOUT=\"0s\": expected a duration greater than zero with a unit, like 5s, 500ms or 2m",
+        expected: "DB_ACQUIRE_TIMEOUT=\"0s\": expected a duration greater than zero with a unit, like 5s, 500ms or 2m, up to 24 days",
     },
     Case {
         vars: parts_and![("DB_IDLE_TIMEOUT", "soon")],
         files: &[],
-        expected: "DB_IDLE_TIMEOUT=\"soon\": expected a duration with a unit, like 5s, 500ms or 2m or off",
+        expected: "DB_IDLE_TIMEOUT=\"soon\": expected a duration with a unit, like 5s, 500ms or 2m, up to 24 days, or off",
     },
     Case {
         vars: parts_and![("DB_STATEMENT_TIMEOUT", "-5s")],
         files: &[],
-        expected: "DB_STATEMENT_TIMEOUT=\"-5s\": expected a duration with a unit, like 5s, 500ms or 2m or off",
+        expected: "DB_STATEMENT_TIMEOUT=\"-5s\": expected a duration with a unit, like 5s, 500ms or 2m, up to 24 days, or off",
     },
     Case {
         vars: parts_and![("DB_LOCK_TIMEOUT", "10")],
         files: &[],
-        expected: "DB_LOCK_TIMEOUT=\"10\": expected a duration with a unit, like 5s, 500ms or 2m or off",
+        expected: "DB_LOCK_TIMEOUT=\"10\": expected a duration with a unit, like 5s, 500ms or 2m, up to 24 days, or off",
     },
     Case {
         vars: parts_and![("DB_OPERATION_TIMEOUT", "2")],
         files: &[],
-        expected: "DB_OPERATION_TIMEOUT=\"2\": expected a duration with a unit, like 5s, 500ms or 2m or off",
+        expected: "DB_OPERATION_TIMEOUT=\"2\": expected a duration with a unit, like 5s, 500ms or 2m, up to 24 days, or off",
     },
     Case {
         vars: parts_and![("DB_SSL_MODE", "allow")],
