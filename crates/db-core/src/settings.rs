@@ -7,6 +7,7 @@
 //! ([`documented`]). A service's own settings are a [`Section`] of the same
 //! layers.
 
+use std::net::Ipv6Addr;
 use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -20,7 +21,7 @@ use serde_json::Value as Json;
 use serde_with::{DeserializeAs, DisplayFromStr};
 
 use crate::error::{Result, bail};
-use crate::source::{Given, Source};
+use crate::source::{Given, Source, quoted};
 pub use crate::source::{Section, SettingInfo};
 use crate::url::backend_name;
 use crate::url::{self, DatabaseUrl, LoadBalanceHosts, Parts, SslMode, TargetSessionAttrs};
@@ -101,7 +102,7 @@ struct Connection {
     url: Option<String>,
     /// PostgreSQL host name, IP address (`::1`) or socket directory (`/var/run/postgresql`);
     /// or several hosts, comma-separated, tried as libpq does (see `DB_TARGET_SESSION_ATTRS`).
-    #[schemars(extend("example" = "db.internal", "expects" = "a host name, an IP address or a socket directory"))]
+    #[schemars(extend("example" = "db.internal", "expects" = "a host name, an IP address or a socket directory (a port goes in DB_PORT)"))]
     host: Option<String>,
     /// PostgreSQL port; with several hosts in `DB_HOST`, one port for all or one per host,
     /// comma-separated.
@@ -276,9 +277,15 @@ pub struct Options {
 impl Connection {
     /// The first field, if any, whose value parses but is not valid.
     fn invalid(&self) -> Option<&'static str> {
+        // Each of a list: a name or an IP address (a colon only in an IPv6
+        // one: a port goes in DB_PORT), or a socket directory.
         let host = |h: &str| {
             !h.contains(|c: char| c.is_whitespace() || "@?#".contains(c))
                 && (h.starts_with('/') || !h.contains('/'))
+                && h.split(',').all(|h| {
+                    let h = h.trim();
+                    h.starts_with('/') || !h.contains(':') || h.parse::<Ipv6Addr>().is_ok()
+                })
         };
         [
             ("host", self.host.as_deref().is_some_and(|h| !host(h))),
@@ -589,7 +596,8 @@ fn replicas(c: &Connection, given: &Given, primary: &DatabaseUrl) -> Result<Vec<
             false => Some(DatabaseUrl::parse(item, origin)?),
         };
         let Some(url) = url else {
-            bail!("{origin}=\"{item}\": expected host or host:port, comma-separated");
+            let given = quoted(origin, item);
+            bail!("{given}: expected host or host:port, comma-separated");
         };
         match backend_name(url.backend()) {
             got if got != want => bail!("{origin}: a {got} replica for a {want} primary"),

@@ -396,9 +396,19 @@ impl Given {
             return Error::Config(format!("settings: cannot read `{key}`"));
         };
         Error::Config(match self.0.get(key) {
-            Some((origin, raw)) => format!("{origin}=\"{raw}\": expected {}", s.expects),
+            Some((origin, raw)) => format!("{}: expected {}", quoted(origin, raw), s.expects),
             None => format!("{}: the built-in default {:?} is invalid", s.var, s.default),
         })
+    }
+}
+
+/// `origin="raw"` for an error, unless `raw` has an `@`, as credentials in
+/// a URL do (`user:password@host` given where a host was expected): then
+/// the origin alone, saying why.
+pub(crate) fn quoted(origin: &str, raw: &str) -> String {
+    match raw.contains('@') {
+        true => format!("{origin} (not shown: it has an @, as credentials do)"),
+        false => format!("{origin}=\"{raw}\""),
     }
 }
 

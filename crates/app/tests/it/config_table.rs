@@ -67,12 +67,35 @@ const CASES: &[Case] = &[
     Case {
         vars: &[("DB_HOST", ""), ("DB_NAME", "t"), ("DB_USER", "u")],
         files: &[],
-        expected: "DB_HOST is empty: unset it or give a host name, an IP address or a socket directory",
+        expected: "DB_HOST is empty: unset it or give a host name, an IP address or a socket directory (a port goes in DB_PORT)",
     },
     Case {
         vars: &[("DB_HOST", "db host"), ("DB_NAME", "t"), ("DB_USER", "u")],
         files: &[],
-        expected: "DB_HOST=\"db host\": expected a host name, an IP address or a socket directory",
+        expected: "DB_HOST=\"db host\": expected a host name, an IP address or a socket directory (a port goes in DB_PORT)",
+    },
+    Case {
+        vars: &[("DB_HOST", "db:6432"), ("DB_NAME", "t"), ("DB_USER", "u")],
+        files: &[],
+        expected: "DB_HOST=\"db:6432\": expected a host name, an IP address or a socket directory (a port goes in DB_PORT)",
+    },
+    Case {
+        vars: &[
+            ("DB_HOST", "h1,h2:6432"),
+            ("DB_NAME", "t"),
+            ("DB_USER", "u"),
+        ],
+        files: &[],
+        expected: "DB_HOST=\"h1,h2:6432\": expected a host name, an IP address or a socket directory (a port goes in DB_PORT)",
+    },
+    Case {
+        vars: &[
+            ("DB_HOST", "app:{pw}@db"),
+            ("DB_NAME", "t"),
+            ("DB_USER", "u"),
+        ],
+        files: &[],
+        expected: "DB_HOST (not shown: it has an @, as credentials do): expected a host name, an IP address or a socket directory (a port goes in DB_PORT)",
     },
     Case {
         vars: &[("DATABASE_URL", "")],
@@ -313,6 +336,11 @@ const CASES: &[Case] = &[
         vars: parts_and![("DB_REPLICA_HOSTS", "replica:port")],
         files: &[],
         expected: "DB_REPLICA_HOSTS=\"replica:port\": expected host or host:port, comma-separated",
+    },
+    Case {
+        vars: parts_and![("DB_REPLICA_HOSTS", "postgres://app:{pw}@replica/tracker")],
+        files: &[],
+        expected: "DB_REPLICA_HOSTS (not shown: it has an @, as credentials do): expected host or host:port, comma-separated",
     },
     Case {
         vars: parts_and![
