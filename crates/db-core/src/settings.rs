@@ -237,7 +237,7 @@ pub struct Options {
     /// PostgreSQL `search_path`, comma-separated schemas; the server's default when unset.
     #[schemars(extend("example" = "app,public", "expects" = "schema names separated by commas", "applies" = "postgres", "unset" = "(server default)"))]
     pub schema: Option<String>,
-    /// PostgreSQL `application_name` (a URL parameter wins).
+    /// PostgreSQL `application_name` (a URL parameter wins, then libpq's `PGAPPNAME`).
     #[schemars(extend("example" = "app-worker", "expects" = "at most 63 printable ASCII characters", "applies" = "postgres"))]
     pub application_name: Option<String>,
     /// TLS mode: `disable`, `prefer`, `require` or `verify-full`; when unset, the URL's
