@@ -419,8 +419,8 @@ fn index_name(index: &IndexCreateStatement) -> Result<String, DbErr> {
 /// next check, see the runner's `client_connection_check_interval`), and
 /// no live migrator runs beside this one (the migration lock): such a build
 /// is waited for, up to `DB_MIGRATION_INDEX_TIMEOUT`, before its index is
-/// dropped.
-async fn drop_invalid_index(conn: &DatabaseExecutor<'_>, name: &str) -> Result<(), DbErr> {
+/// dropped. Returns whether there was one.
+async fn drop_invalid_index(conn: &DatabaseExecutor<'_>, name: &str) -> Result<bool, DbErr> {
     let policy = context().policy;
     let started = Instant::now();
     let mut announced = false;
@@ -464,19 +464,19 @@ async fn drop_invalid_index(conn: &DatabaseExecutor<'_>, name: &str) -> Result<(
             [name.into()],
         ))
         .await?;
-    if let Some(row) = leftover {
-        let qualified: String = row.try_get_by_index(0)?;
-        tracing::info!("dropping {qualified}, an INVALID index left by an interrupted build");
-        let policy = context().policy;
-        with_session_lock_timeout(
-            conn,
-            policy.index_timeout,
-            &format!("DROP INDEX CONCURRENTLY IF EXISTS {qualified}"),
-            &Seen::default(),
-        )
-        .await?;
-    }
-    Ok(())
+    let Some(row) = leftover else {
+        return Ok(false);
+    };
+    let qualified: String = row.try_get_by_index(0)?;
+    tracing::info!("dropping {qualified}, an INVALID index left by an interrupted build");
+    with_session_lock_timeout(
+        conn,
+        policy.index_timeout,
+        &format!("DROP INDEX CONCURRENTLY IF EXISTS {qualified}"),
+        &Seen::default(),
+    )
+    .await?;
+    Ok(true)
 }
 
 /// MySQL error numbers that mean the change is there already.
@@ -509,7 +509,14 @@ pub async fn create_index(
             let (name, sql) = (&name, &sql);
             let built = retrying(sql, Bound::Index, |seen| async move {
                 drop_invalid_index(conn, name).await?;
-                with_session_lock_timeout(conn, timeout, sql, &seen).await
+                with_session_lock_timeout(conn, timeout, sql, &seen).await?;
+                // `IF NOT EXISTS` passes over an index of that name that an
+                // earlier build, whose migrator is gone, made meanwhile: if
+                // that one ended INVALID, it goes, and this one is built.
+                while drop_invalid_index(conn, name).await? {
+                    with_session_lock_timeout(conn, timeout, sql, &seen).await?;
+                }
+                Ok(())
             })
             .await;
             if built.is_err() {
