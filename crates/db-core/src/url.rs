@@ -672,6 +672,16 @@ impl DatabaseUrl {
         if let Some(port) = port {
             url.set_port(Some(port)).ok()?;
         }
+        // A server given as a parameter (the primary's socket directory,
+        // MySQL's socket) would win over the new host.
+        let kept: Vec<(String, String)> = (url.query_pairs())
+            .filter(|(k, _)| !matches!(k.as_ref(), "host" | "hostaddr" | "socket"))
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        url.set_query(None);
+        if !kept.is_empty() {
+            url.query_pairs_mut().extend_pairs(kept);
+        }
         Some(DatabaseUrl {
             url: SecretString::from(url.to_string()),
             single: None,

@@ -31,6 +31,32 @@ fn isolated() -> (Source, tempfile::TempDir) {
     (source.default_value("url", DEFAULT_DATABASE), dir)
 }
 
+/// `DB_REPLICA_HOSTS`: the primary's database and credentials on other
+/// hosts, also when the primary is reached through a socket directory
+/// (whose `host` parameter must not follow to the replicas).
+#[test]
+fn replica_hosts_take_the_primarys_database_and_credentials() {
+    let (source, _dir) = isolated();
+    for primary in ["db", "/var/run/postgresql"] {
+        let source = (source.clone())
+            .var("DB_HOST", primary)
+            .var("DB_NAME", "app")
+            .var("DB_USER", "u")
+            .var("DB_PASS", "secret")
+            .var("DB_REPLICA_HOSTS", "r1, r2:5433");
+        let s = load(&source);
+        let replicas: Vec<_> = s.replicas.iter().map(|r| r.redacted()).collect();
+        assert_eq!(
+            replicas,
+            [
+                "postgres://u:***@r1:5432/app",
+                "postgres://u:***@r2:5433/app"
+            ],
+            "primary {primary}"
+        );
+    }
+}
+
 #[test]
 fn nothing_set_means_the_binarys_default_database_or_an_error_without_one() {
     let (source, dir) = isolated();
