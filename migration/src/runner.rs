@@ -285,6 +285,9 @@ async fn connect(settings: &Settings) -> Result<Db, Error> {
     // its session (see `lock`) would be missing on a replacement.
     settings.max_lifetime = None;
     settings.idle_timeout = None;
+    // Through a transaction pooler the migration lock is a transaction left
+    // open while the migrations run: it must not be ended for being idle.
+    settings.idle_in_transaction_timeout = None;
     // SQLite waits this long inside each attempt at the lock; the lock
     // timeout bounds the attempts.
     settings.sqlite_busy_timeout = Duration::from_millis(200);
