@@ -2,8 +2,9 @@
 //! its own for each test, private PostgreSQL servers and PgBouncer for tests
 //! that need password authentication or stop a server, a Patroni cluster
 //! (etcd and three PostgreSQL nodes) whose leader tests kill or switch over,
-//! a Prometheus server that scrapes a test's `tracker serve`, and tests that
-//! are reported as ignored when their server is not configured.
+//! a Prometheus server that scrapes a test's `tracker serve`, what a test
+//! binary logs ([`capture_logs`]), and tests that are reported as ignored
+//! when their server is not configured.
 //!
 //! [`TestDb::new`] gives each test a database of its own: on PostgreSQL and
 //! MySQL a uniquely named database created through the maintenance database
@@ -34,6 +35,7 @@ use rand::Rng;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
 mod http;
+mod logs;
 pub mod original_app;
 mod patroni;
 mod pgbouncer;
@@ -45,6 +47,7 @@ use db_core::{
     admin::{create_database, drop_database},
     url::DatabaseUrl,
 };
+pub use logs::{capture_logs, logged};
 pub use patroni::{Killed, Member, Node, PatroniCluster, Promotion, Role};
 use percent_encoding::NON_ALPHANUMERIC;
 pub use pgbouncer::PgBouncer;

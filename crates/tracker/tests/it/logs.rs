@@ -1,14 +1,12 @@
 //! The log line of a 5xx answer: it names the request and carries the
 //! cause, with the sources the cause keeps, and never the password.
 
-use std::sync::{Arc, Mutex, OnceLock};
-
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use db_core::{Db, SessionOptions};
 use sea_orm::ConnectionTrait;
-use test_support::{Backend, TestDb, terminate_connections};
+use test_support::{Backend, TestDb, capture_logs, logged, terminate_connections};
 use tower::ServiceExt;
 use tracing::Instrument;
 use web::Exposure;
@@ -19,26 +17,9 @@ const PASSWORD: &str = "Pw-s3cr%t/x";
 /// `PASSWORD` as it appears inside a URL.
 const ENCODED: &str = "Pw%2Ds3cr%25t%2Fx";
 
-/// Everything logged in this test binary, through one global subscriber. (A
-/// subscriber set for one thread misses events: while it is the only one,
-/// tracing caches "nobody listens" for a call site that another test's
-/// thread reaches first.)
-fn log() -> &'static Arc<Mutex<Vec<u8>>> {
-    static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOG.get_or_init(|| {
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_writer(move || Writer(sink.clone()))
-            .init();
-        log
-    })
-}
-
 /// The lines logged so far inside this test's span that contain `needle`.
 fn lines_with(needle: &str) -> Vec<String> {
-    String::from_utf8_lossy(&log().lock().unwrap())
+    logged()
         .lines()
         .filter(|line| line.contains(SPAN) && line.contains(needle))
         .map(str::to_owned)
@@ -65,7 +46,7 @@ async fn get(app: &Router, path: &str) -> StatusCode {
 #[test_support::needs(postgres)]
 #[tokio::test]
 async fn a_5xx_logs_its_cause_and_never_the_password() {
-    log();
+    capture_logs();
     let t = TestDb::new(Backend::Postgres).await;
     migrate(&t).await;
     let db = Db::connect(&Backend::Postgres.settings_with_password(&t.name(), PASSWORD))
@@ -116,7 +97,7 @@ async fn a_5xx_logs_its_cause_and_never_the_password() {
         "the cause's source is missing: {line}"
     );
 
-    let all = String::from_utf8_lossy(&log().lock().unwrap()).into_owned();
+    let all = logged();
     for line in all.lines() {
         assert!(
             !line.contains(PASSWORD) && !line.contains(ENCODED) && !line.contains("s3cr"),
@@ -124,18 +105,4 @@ async fn a_5xx_logs_its_cause_and_never_the_password() {
         );
     }
     db.close().await;
-}
-
-/// Appends to the shared buffer.
-struct Writer(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Writer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }

@@ -4,8 +4,7 @@
 //! the metrics of every route, and a handler's panic answered as a 500 that
 //! is logged and counted like any other.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use axum::Json;
 use db_core::url::DatabaseUrl;
@@ -56,37 +55,10 @@ fn metrics() -> Metrics {
     *METRICS.get_or_init(|| Metrics::install().unwrap())
 }
 
-/// Everything logged in this test binary, through one global subscriber.
-fn log() -> &'static Arc<Mutex<Vec<u8>>> {
-    static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOG.get_or_init(|| {
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_writer(move || Sink(sink.clone()))
-            .init();
-        log
-    })
-}
-
-struct Sink(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Sink {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Serves the application "Greeter" with `/metrics`; returns its base URL
 /// and the sender that stops it.
 async fn serve() -> (String, oneshot::Sender<()>) {
-    log();
+    test_support::capture_logs();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = oneshot::channel::<()>();
@@ -196,7 +168,7 @@ async fn a_panicking_handler_answers_500_logged_and_counted_and_the_server_goes_
         metrics.contains(r#"http_requests_total{method="GET",route="/boom",status="500"} 1"#),
         "{metrics}"
     );
-    let log = String::from_utf8_lossy(&log().lock().unwrap()).into_owned();
+    let log = test_support::logged();
     let panicked: Vec<_> = log.lines().filter(|l| l.contains("panicked")).collect();
     assert_eq!(panicked.len(), 1, "{log}");
     for part in ["ERROR", "GET", "/boom", "a bug in the handler"] {
