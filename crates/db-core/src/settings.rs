@@ -29,6 +29,7 @@ use crate::url::{self, DatabaseUrl, LoadBalanceHosts, Parts, SslMode, TargetSess
 const NONZERO: &str =
     "a duration greater than zero with a unit, like 5s, 500ms or 2m, up to 24 days";
 const OR_OFF: &str = "a duration with a unit, like 5s, 500ms or 2m, up to 24 days, or off";
+const URL: &str = "a postgres://, mysql:// or sqlite: URL";
 
 /// The longest duration a setting takes: PostgreSQL's timeouts are a
 /// 32-bit count of milliseconds (24 days and 20 hours).
@@ -41,7 +42,6 @@ fn at_most_longest<E: serde::de::Error>(d: Duration) -> Result<Duration, E> {
         false => Ok(d),
     }
 }
-const URL: &str = "a postgres://, mysql:// or sqlite: URL";
 
 /// A duration with a unit (`500ms`, `2m`) greater than zero.
 mod nonzero {

@@ -71,7 +71,7 @@ async fn serve() -> (String, oneshot::Sender<()>) {
     (base, stop)
 }
 
-/// Sends `method` `path` with `body` (JSON text); returns the status and the
+/// Sends `method` to `url` with `body` (JSON text); returns the status and the
 /// answer, parsed as JSON when it is.
 async fn call(method: Method, url: String, body: Option<&str>) -> (StatusCode, Value) {
     let mut request = Client::new().request(method, url);
