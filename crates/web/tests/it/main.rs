@@ -181,10 +181,11 @@ async fn a_panicking_handler_answers_500_logged_and_counted_and_the_server_goes_
 }
 
 #[tokio::test]
-#[should_panic(expected = "/hello")]
+#[should_panic(expected = "POST /hello")]
 async fn two_services_routing_one_path_and_method_are_refused_naming_the_path() {
+    let hello_again = Routes::new().routes(routes!(hello)).with_state(());
     let _router = App::new("Greeter", "0.1.0", db().await)
         .service(greetings())
-        .service(greetings())
+        .service(hello_again)
         .router(&Exposure::Off);
 }
