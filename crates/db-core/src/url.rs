@@ -435,6 +435,16 @@ impl DatabaseUrl {
                 );
             }
         };
+        // A password with a raw `/`, `?` or `#` ends the host part early, and
+        // its rest would be read as the path, parameters or fragment, where
+        // errors and logs show it. An `@` there gives it away.
+        if backend != DbBackend::Sqlite
+            && host_span(url).is_some_and(|h| url[h.end..].contains('@'))
+        {
+            bail!(
+                "{setting}: an @ after the host, as a password with a raw /, ? or # gives: percent-encode them (%2F, %3F, %23; @ is %40)"
+            );
+        }
         let server_url = backend != DbBackend::Sqlite || url.starts_with("sqlite://");
         let listed = server_url && host_span(url).is_some_and(|span| url[span].contains(','));
         let libpq = [TARGET_SESSION_ATTRS, LOAD_BALANCE_HOSTS]

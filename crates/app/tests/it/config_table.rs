@@ -115,7 +115,7 @@ const CASES: &[Case] = &[
     Case {
         vars: &[("DATABASE_URL", "postgres://app:{pw}@db:port/tracker")],
         files: &[],
-        expected: "DATABASE_URL: not a valid postgres URL: invalid port number",
+        expected: "DATABASE_URL: an @ after the host, as a password with a raw /, ? or # gives: percent-encode them (%2F, %3F, %23; @ is %40)",
     },
     Case {
         vars: &[("DATABASE_URL", "postgres://app@db/tracker?passwrd={pw}")],

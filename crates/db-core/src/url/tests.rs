@@ -199,6 +199,10 @@ fn bad_urls_are_configuration_errors_that_do_not_quote_the_url() {
             "DATABASE_URL: a host list, target_session_attrs and load_balance_hosts are for PostgreSQL, not mysql",
         ),
         (
+            "postgres://u:2024/hunter2@h/d",
+            "DATABASE_URL: an @ after the host, as a password with a raw /, ? or # gives: percent-encode them (%2F, %3F, %23; @ is %40)",
+        ),
+        (
             "sqlite://h1,h2/x.db",
             "DATABASE_URL: a host list, target_session_attrs and load_balance_hosts are for PostgreSQL, not sqlite",
         ),
@@ -241,6 +245,32 @@ proptest! {
         let shown = url::Url::parse(&url.redacted()).unwrap();
         let expected = (!password.is_empty()).then_some("***");
         prop_assert_eq!(shown.password(), expected);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(256)
+    ))]
+
+    /// A password written into a URL without percent-encoding is either
+    /// read as the password or refused, and neither the error nor the
+    /// redacted URL shows any of it (its letters appear in no message).
+    #[test]
+    fn a_raw_password_never_shows(
+        scheme in prop_oneof![Just("postgres"), Just("mysql")],
+        password in "[QXZJ0-9/?#@:%&=.]{1,16}",
+    ) {
+        let leaked = |text: &str| text.contains(['Q', 'X', 'Z', 'J']);
+        let url = format!("{scheme}://app:{password}@db:5432/app");
+        match DatabaseUrl::parse(&url, "DATABASE_URL") {
+            Err(e) => prop_assert!(!leaked(&e.to_string()), "{}", e),
+            Ok(url) => {
+                for shown in [url.redacted(), url.target(), format!("{url:?}")] {
+                    prop_assert!(!leaked(&shown), "{}", shown);
+                }
+            }
+        }
     }
 }
 
