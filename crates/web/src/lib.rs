@@ -117,19 +117,24 @@ impl App {
             router = router.merge(routes.router);
             doc.merge(routes.doc);
         }
-        let mut app = router
-            .merge(docs::pages(doc))
-            .fallback(|| async { ApiError::NotFound("Not Found".to_owned()) })
-            .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
         let metrics = match exposure {
             Exposure::Off => None,
             Exposure::Api(m) => {
-                app = app.merge(metrics_route(*m, self.db));
+                router = router.merge(metrics_route(*m, self.db));
                 Some(m)
             }
             Exposure::Separate(m) => Some(m),
         };
-        app.layer(layer::AnswerLayer::new(metrics.copied()))
+        // The fallbacks last: the 405 one applies to the routes merged before it.
+        router
+            .merge(docs::pages(doc))
+            .fallback(|| async { ApiError::NotFound("Not Found".to_owned()) })
+            .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+            .layer(layer::AnswerLayer::new(metrics.copied()))
+            // Builds each route's services now, once: a handler routed
+            // without state (the pages, the probes, the fallbacks) is
+            // otherwise built, with its layers, for every request.
+            .with_state(())
     }
 
     /// Serves the application on `listener` until `shutdown` completes, then

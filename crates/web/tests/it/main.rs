@@ -5,15 +5,18 @@
 //! is logged and counted like any other.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use axum::Json;
+use axum::body::Body;
 use db_core::url::DatabaseUrl;
 use db_core::{Db, Settings};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use tower::ServiceExt as _;
 use utoipa_axum::routes;
 use web::input::{Fields, JsonObject};
 use web::{ApiError, App, Exposure, Metrics, Routes};
@@ -120,6 +123,13 @@ async fn a_service_route_gets_the_shared_layers_errors_and_document() {
         call(Method::GET, format!("{base}/nowhere"), None).await,
         (StatusCode::NOT_FOUND, json!({"detail": "Not Found"}))
     );
+    assert_eq!(
+        call(Method::POST, format!("{base}/metrics"), None).await,
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            json!({"detail": "Method Not Allowed"})
+        )
+    );
     let preflight = Client::new()
         .request(Method::OPTIONS, hello())
         .header("origin", "https://elsewhere.example")
@@ -179,6 +189,53 @@ async fn a_panicking_handler_answers_500_logged_and_counted_and_the_server_goes_
             panicked[0]
         );
     }
+}
+
+/// A layer that counts the route services it wraps.
+#[derive(Clone)]
+struct CountWraps(Arc<AtomicUsize>);
+
+impl<S> tower::Layer<S> for CountWraps {
+    type Service = S;
+
+    fn layer(&self, inner: S) -> S {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        inner
+    }
+}
+
+/// The router's routes are built when it is, each once: none is built
+/// again, with its layers, for a request (a route's layer that kept
+/// something per route would otherwise keep it per request).
+#[tokio::test]
+async fn each_route_is_built_once_not_for_every_request() {
+    let wraps = Arc::new(AtomicUsize::new(0));
+    let router = App::new("Greeter", "0.1.0", db().await)
+        .service(greetings())
+        .router(&Exposure::Api(metrics()))
+        .layer(CountWraps(wraps.clone()));
+    let built = wraps.load(Ordering::SeqCst);
+    assert!(built > 0);
+    // A page, the document, a probe, `/metrics`, a 404 and a 405.
+    for path in [
+        "/docs",
+        "/openapi.json",
+        "/health",
+        "/metrics",
+        "/nowhere",
+        "/hello/",
+    ] {
+        for _ in 0..3 {
+            let request = axum::http::Request::get(path).body(Body::empty()).unwrap();
+            let response = router.clone().oneshot(request).await.unwrap();
+            assert_ne!(
+                response.status(),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "{path}"
+            );
+        }
+    }
+    assert_eq!(wraps.load(Ordering::SeqCst), built);
 }
 
 #[tokio::test]
