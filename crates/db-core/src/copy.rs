@@ -94,11 +94,9 @@ impl CopyIn {
 
     /// Adds a row: one value per column, in the order of the columns.
     /// Text is escaped (backslashes, tabs, newlines, carriage returns); text
-    /// with a NUL character is refused with [`Error::NulInText`], and the
-    /// row is not added.
-    ///
-    /// # Panics
-    /// When the number of values is not the number of columns.
+    /// with a NUL character is refused with [`Error::NulInText`], a row with
+    /// more or fewer values than columns with [`Error::CopyRowWidth`], and
+    /// the row is not added.
     pub fn row<'a>(&mut self, values: impl IntoIterator<Item = CopyValue<'a>>) -> Result<()> {
         let start = self.data.len();
         let mut count = 0;
@@ -112,12 +110,15 @@ impl CopyIn {
             }
             count += 1;
         }
-        assert_eq!(
-            count,
-            self.columns.len(),
-            "a row of {} needs one value per column",
-            self.table
-        );
+        if count != self.columns.len() {
+            self.data.truncate(start);
+            return Err(Error::CopyRowWidth {
+                table: self.table.clone(),
+                row: self.rows + 1,
+                values: count,
+                columns: self.columns.len(),
+            });
+        }
         self.data.push('\n');
         self.rows += 1;
         Ok(())

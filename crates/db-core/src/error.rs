@@ -137,6 +137,19 @@ pub enum Error {
         row: usize,
     },
 
+    /// A row for `COPY` with more or fewer values than it has columns.
+    #[error("{table}, row {row}: {values} values for {columns} columns")]
+    CopyRowWidth {
+        /// The table of the row.
+        table: String,
+        /// The row, counted from 1.
+        row: usize,
+        /// How many values it had.
+        values: usize,
+        /// How many columns it is for.
+        columns: usize,
+    },
+
     /// An operation that this backend does not have, such as `COPY` outside PostgreSQL.
     #[error("{operation} is not available on {backend}")]
     Unsupported {

@@ -74,6 +74,19 @@ fn a_nul_character_is_refused_and_names_the_value() {
     assert_eq!(rows.len(), 1, "the refused row is not added");
 }
 
+#[test]
+fn a_row_without_a_value_for_each_column_is_refused() {
+    let mut rows = CopyIn::new("notes", &["id", "body"]);
+    for values in [vec![1.into()], vec![1.into(), "a".into(), "b".into()]] {
+        let err = rows.row(values).unwrap_err();
+        assert!(matches!(err, Error::CopyRowWidth { .. }), "{err:?}");
+    }
+    let err = rows.row([]).unwrap_err();
+    assert_eq!(err.to_string(), "notes, row 1: 0 values for 2 columns");
+    rows.row([1.into(), "fine".into()]).unwrap();
+    assert_eq!(rows.len(), 1, "the refused rows are not added");
+}
+
 /// A failure in any table (here a duplicate id in the second) loads nothing.
 #[test_support::needs(postgres)]
 #[tokio::test]
