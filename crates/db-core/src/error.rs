@@ -341,6 +341,12 @@ impl Error {
         connection_failure(err).is_some()
     }
 
+    /// Whether `err` is PostgreSQL's refusal to write in a read-only
+    /// transaction or on a standby (SQLSTATE 25006).
+    pub(crate) fn read_only(err: &DbErr) -> bool {
+        database_error(err).and_then(|d| d.code()).as_deref() == Some("25006")
+    }
+
     /// Whether `err` says that a table, column or function does not exist
     /// (SQLSTATE 42P01, 42703, 42883; MySQL's 42S02, 42S22): from a
     /// replica, that it has not yet replayed a migration that the primary

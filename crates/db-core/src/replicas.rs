@@ -200,7 +200,8 @@ impl Replicas {
     /// `primary`) when a replica cannot be reached; on `primary` when the
     /// replica does not know a table, column or function that `work` uses
     /// (it has not replayed a migration yet, and the others are no further
-    /// ahead for sure). Only for reads, which may run twice.
+    /// ahead for sure). Only for reads, which may run twice: a write that a
+    /// replica refuses as read-only fails, and runs nowhere else.
     pub(crate) async fn route<T, F, Fut>(&self, primary: &Pool, work: F) -> Result<T, DbErr>
     where
         F: Fn(Pool) -> Fut,
@@ -209,6 +210,9 @@ impl Replicas {
         for replica in self.in_turn() {
             let pool = replica.pool();
             match pool.attempt(work(pool.clone())).await.0 {
+                // A replica is read-only: `work` writes, which is its own
+                // error, not the replica's.
+                Err(e) if Error::read_only(&e) => return Err(e),
                 Err(e) if Error::unreachable(&e) => {
                     replica.mark_down(&e.to_string());
                     metrics::retried(Some(RetryReason::Failover));

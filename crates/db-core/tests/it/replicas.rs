@@ -131,6 +131,19 @@ async fn reads_go_to_the_replica_writes_to_the_primary_and_reads_survive_its_los
         .unwrap();
     on_replica.close().await.unwrap();
 
+    // A write sent through a read session is the replica's to refuse: it
+    // fails, runs nowhere else, and the replica stays up.
+    let refused = (db.read().await.unwrap())
+        .execute_unprepared("INSERT INTO t VALUES (3)")
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("read-only transaction"),
+        "{refused}"
+    );
+    assert!(db.replica_status().await[0].up);
+    assert_eq!(count(&db.begin().await.unwrap()).await, 2);
+
     // The replica goes away: every read still succeeds, on the primary. The
     // read that found it gone moved on, counted as a failover retry.
     let failovers = metrics::retries("failover");
