@@ -494,8 +494,11 @@ impl Db {
             DbBackend::MySql => "SELECT VERSION()",
             _ => "SELECT sqlite_version()",
         };
-        // On the primary; through a pooler, in a transaction like every statement.
-        let session = self.session(SessionOptions::single_statement()).await?;
+        // A read on the primary; through a pooler, in a transaction like
+        // every statement.
+        let session = self
+            .session(SessionOptions::read_only().on_primary())
+            .await?;
         let row = session
             .query_one_raw(Statement::from_string(self.inner.backend, sql))
             .await?
