@@ -14,6 +14,7 @@ use sea_orm::{
     TransactionTrait,
 };
 
+use crate::bound::no_answer;
 use crate::db::Db;
 use crate::error::{Error, Result, database_error};
 use crate::metrics::{acquire_sqlx, acquiring};
@@ -63,6 +64,8 @@ const MYSQL_LOCK_NAME: &str = "CONCAT(?, ':', SHA1(DATABASE()))";
 /// which releases it too).
 pub struct HeldLock {
     what: String,
+    /// The lock's timeout, which also bounds each of its statements.
+    timeout: Duration,
     conn: Held,
 }
 
@@ -170,38 +173,46 @@ impl HeldLock {
     }
 
     /// Releases the lock and closes its connection. When the release fails,
-    /// closing the connection releases it.
+    /// or the server gives no answer within the lock's timeout, the
+    /// connection is dropped instead, and the server releases the lock when
+    /// it sees the connection closed.
     pub async fn release(self) {
+        let timeout = self.timeout;
         let released = match self.conn {
             Held::Postgres {
                 mut conn,
                 key,
                 pooled,
             } => {
-                let released = if pooled {
-                    sqlx::raw_sql("ROLLBACK").execute(&mut conn).await.map(drop)
-                } else {
-                    sqlx::query("SELECT pg_advisory_unlock($1)")
-                        .bind(key)
-                        .persistent(false)
-                        .execute(&mut conn)
-                        .await
-                        .map(drop)
+                let unlock = async {
+                    match pooled {
+                        true => sqlx::raw_sql("ROLLBACK").execute(&mut conn).await.map(drop),
+                        false => sqlx::query("SELECT pg_advisory_unlock($1)")
+                            .bind(key)
+                            .persistent(false)
+                            .execute(&mut conn)
+                            .await
+                            .map(drop),
+                    }
                 };
-                (released, conn.close().await)
+                match within(timeout, unlock).await {
+                    Ok(()) => conn.close().await.map_err(Error::from_sqlx),
+                    Err(e) => Err(e),
+                }
             }
             Held::MySql { mut conn, name } => {
-                let released = sqlx::query(sqlx::AssertSqlSafe(format!(
+                let unlock = sqlx::query(sqlx::AssertSqlSafe(format!(
                     "SELECT RELEASE_LOCK({MYSQL_LOCK_NAME})"
                 )))
                 .bind(name)
-                .execute(&mut conn)
-                .await
-                .map(drop);
-                (released, conn.close().await)
+                .execute(&mut conn);
+                match within(timeout, unlock).await {
+                    Ok(_) => conn.close().await.map_err(Error::from_sqlx),
+                    Err(e) => Err(e),
+                }
             }
         };
-        if let (Err(e), _) | (_, Err(e)) = released {
+        if let Err(e) = released {
             tracing::debug!("releasing the lock's connection: {e}");
         }
     }
@@ -300,7 +311,7 @@ impl Db {
         work: impl FnOnce(Session) -> Fut,
     ) -> Result<T, E> {
         let held = self.hold(lock).await?;
-        let result = work(Session::direct(self.conn().clone(), Access::ReadWrite)).await;
+        let result = work(self.autocommit()).await;
         held.release().await;
         result
     }
@@ -347,31 +358,28 @@ impl Db {
                     // holds neither a server connection nor a transaction
                     // that a concurrent index build would wait for.
                     if pooled {
-                        sqlx::raw_sql("BEGIN")
-                            .execute(&mut conn)
-                            .await
-                            .map_err(Error::from_sqlx)?;
+                        within(lock.timeout, sqlx::raw_sql("BEGIN").execute(&mut conn)).await?;
                     }
-                    let taken: bool = sqlx::query_scalar(try_lock)
-                        .bind(key)
-                        .persistent(false)
-                        .fetch_one(&mut conn)
-                        .await
-                        .map_err(Error::from_sqlx)?;
+                    let taken: bool = within(
+                        lock.timeout,
+                        sqlx::query_scalar(try_lock)
+                            .bind(key)
+                            .persistent(false)
+                            .fetch_one(&mut conn),
+                    )
+                    .await?;
                     if taken {
                         break;
                     }
                     if pooled {
-                        sqlx::raw_sql("ROLLBACK")
-                            .execute(&mut conn)
-                            .await
-                            .map_err(Error::from_sqlx)?;
+                        within(lock.timeout, sqlx::raw_sql("ROLLBACK").execute(&mut conn)).await?;
                     }
                     waiting.pause().await?;
                 }
                 waiting.done();
                 HeldLock {
                     what,
+                    timeout: lock.timeout,
                     conn: Held::Postgres { conn, key, pooled },
                 }
             }
@@ -383,13 +391,12 @@ impl Db {
                 let what = format!("the {} lock (GET_LOCK on {})", lock.name, self.target());
                 let mut waiting = Waiting::new(&what, lock.timeout);
                 loop {
-                    let taken: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    let get_lock = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                         "SELECT GET_LOCK({MYSQL_LOCK_NAME}, 0)"
                     )))
                     .bind(&lock.name)
-                    .fetch_one(&mut conn)
-                    .await
-                    .map_err(Error::from_sqlx)?;
+                    .fetch_one(&mut conn);
+                    let taken: Option<i64> = within(lock.timeout, get_lock).await?;
                     if taken == Some(1) {
                         break;
                     }
@@ -398,6 +405,7 @@ impl Db {
                 waiting.done();
                 HeldLock {
                     what,
+                    timeout: lock.timeout,
                     conn: Held::MySql {
                         conn,
                         name: lock.name.clone(),
@@ -502,6 +510,20 @@ fn sqlite_busy(e: &DbErr) -> bool {
 }
 
 /// Bounded waiting for a lock, announced once.
+/// `statement` on a lock's own connection, which has no
+/// `DB_OPERATION_TIMEOUT`: a server that gives no answer within the lock's
+/// `timeout` (paused, or a network path gone with the socket open) makes it
+/// fail as unavailable, and the connection is dropped.
+async fn within<T>(
+    timeout: Duration,
+    statement: impl Future<Output = sqlx::Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(timeout, statement).await {
+        Ok(answer) => answer.map_err(Error::from_sqlx),
+        Err(_) => Err(Error::from(no_answer(timeout, "the lock's timeout"))),
+    }
+}
+
 struct Waiting {
     what: String,
     timeout: Duration,

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use db_core::{Db, Error, Session, SessionOptions, Settings, url::DatabaseUrl};
+use db_core::{Db, Error, Lock, Session, SessionOptions, Settings, url::DatabaseUrl};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use test_support::PrivatePostgres;
 
@@ -84,6 +84,41 @@ async fn a_statement_on_a_paused_server_is_unavailable_within_its_bounds() {
     );
     server.resume().unwrap();
     backend_pid(&db).await.unwrap();
+    db.close().await;
+}
+
+/// A lock held on a connection of its own, which has no operation timeout:
+/// taking it from a paused server, and releasing it there, end within the
+/// lock's timeout; once the server answers again, the lock is free.
+#[test_support::needs(postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_on_a_paused_server_ends_within_its_timeout() {
+    let server = start_server().await;
+    let db = Db::connect(&settings(&server)).await.unwrap();
+    let lock = Lock::new("paused", Duration::from_secs(1));
+    // A pooled connection, idle, for the lock to take.
+    backend_pid(&db).await.unwrap();
+
+    server.pause().unwrap();
+    let start = Instant::now();
+    let err = db.hold(&lock).await.unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+    let shown = db_core::error::Report(&err).to_string();
+    assert!(
+        shown.contains("no answer within 1s (the lock's timeout)"),
+        "{shown}"
+    );
+    assert!(start.elapsed() <= Duration::from_secs(1) + SLACK);
+    server.resume().unwrap();
+
+    let held = db.hold(&lock).await.unwrap();
+    server.pause().unwrap();
+    let start = Instant::now();
+    held.release().await;
+    assert!(start.elapsed() <= Duration::from_secs(1) + SLACK);
+    server.resume().unwrap();
+    let patient = Lock::new("paused", Duration::from_secs(10));
+    db.hold(&patient).await.unwrap().release().await;
     db.close().await;
 }
 
