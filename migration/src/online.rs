@@ -338,22 +338,31 @@ async fn short_transaction(
     retrying(what, Bound::Statement, |seen| async move {
         crate::sql::transaction_begins();
         let tx = conn.begin().await?;
-        tx.execute_unprepared(&format!(
-            "SET LOCAL lock_timeout = '{}ms'",
-            millis(policy.lock_timeout)
-        ))
-        .await?;
         let rows = seen
             .watch(&tx, async {
+                tx.execute_unprepared(&format!(
+                    "SET LOCAL lock_timeout = '{}ms'",
+                    millis(policy.lock_timeout)
+                ))
+                .await?;
                 let mut rows = 0;
                 for sql in statements {
                     rows = tx.execute_unprepared(sql).await?.rows_affected();
                 }
                 Ok::<_, DbErr>(rows)
             })
-            .await?;
-        tx.commit().await?;
-        Ok(rows)
+            .await;
+        // Rolled back here, not when dropped: a dropped transaction's
+        // connection is closed, and the runner's one connection carries
+        // what the runner set on its session.
+        match rows {
+            Ok(rows) => tx.commit().await.map(|()| rows),
+            Err(e) => {
+                // The error that ended the work is the one to report.
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+        }
     })
     .await
 }

@@ -598,14 +598,26 @@ impl Runner<'_> {
             |seen| async move {
                 crate::sql::transaction_begins();
                 let session = db.begin().await?;
-                // What the session has already, said in the transaction too,
-                // so that the SQL printed for review shows it.
-                if let Some(set) = &set_lock_timeout {
-                    session.execute_unprepared(set).await?;
+                let work = async {
+                    // What the session has already, said in the transaction
+                    // too, so that the SQL printed for review shows it.
+                    if let Some(set) = &set_lock_timeout {
+                        session.execute_unprepared(set).await?;
+                    }
+                    seen.watch(&session, run_migration::<M>(&session, migration, up))
+                        .await
+                };
+                // Rolled back here, not when dropped: a dropped transaction's
+                // connection is closed, and the runner's one connection
+                // carries what the runner set on its session.
+                match work.await {
+                    Ok(()) => session.commit().await?,
+                    Err(e) => {
+                        // The error that ended the work is the one to report.
+                        let _ = session.rollback().await;
+                        return Err(e);
+                    }
                 }
-                seen.watch(&session, run_migration::<M>(&session, migration, up))
-                    .await?;
-                session.commit().await?;
                 Ok::<_, Error>(())
             },
         )

@@ -359,6 +359,72 @@ async fn long_reader(t: &TestDb) -> db_core::Session {
     reader
 }
 
+/// A column added to `tasks`, in a transaction or with
+/// [`online::execute`], then a check that the runner's session still runs
+/// without parallel workers: a retry after a lock timeout must not lose the
+/// runner's connection and what it set on it.
+struct ColumnThenCheck(bool);
+
+impl MigrationName for ColumnThenCheck {
+    fn name(&self) -> &str {
+        "m20990101_000005_column_then_check"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for ColumnThenCheck {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let sql = "ALTER TABLE tasks ADD COLUMN checked integer";
+        let conn = manager.get_connection();
+        match self.0 {
+            true => conn.execute_unprepared(sql).await.map(|_| ())?,
+            false => online::execute(manager, sql).await?,
+        }
+        // On PostgreSQL only: every migration also builds the reference
+        // schema that adoption compares with, on an in-memory SQLite.
+        if manager.get_database_backend() != sea_orm::DbBackend::Postgres {
+            return Ok(());
+        }
+        conn.execute_unprepared(
+            "DO $$ BEGIN IF current_setting('max_parallel_maintenance_workers') <> '0' \
+             THEN RAISE EXCEPTION 'the runner''s session settings are gone'; END IF; END $$",
+        )
+        .await
+        .map(drop)
+    }
+
+    fn use_transaction(&self) -> Option<bool> {
+        Some(self.0)
+    }
+}
+
+then!(CheckInTransactionMigrator, ColumnThenCheck(true));
+then!(CheckOnlineMigrator, ColumnThenCheck(false));
+
+/// A migration that a long reader holds up retries on the runner's own
+/// connection, in a transaction and with the online blocks alike: the
+/// session settings the runner made are still there after the retries.
+#[test_support::needs(postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_migration_keeps_the_runners_session() {
+    for in_transaction in [true, false] {
+        let mut t = TestDb::new(Backend::Postgres).await;
+        migrate(&t.settings, &["up"]).await;
+        t.settings.migration_lock_timeout = Duration::from_millis(200);
+        let reader = long_reader(&t).await;
+        let ends = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            reader.rollback().await.unwrap();
+        });
+        let applied = match in_transaction {
+            true => migrate_with::<CheckInTransactionMigrator>(&t.settings, &["up"]).await,
+            false => migrate_with::<CheckOnlineMigrator>(&t.settings, &["up"]).await,
+        };
+        ends.await.unwrap();
+        applied.unwrap_or_else(|e| panic!("in a transaction: {in_transaction}: {e}"));
+    }
+}
+
 /// With a transaction holding `tasks`, a migration that needs the table waits
 /// at most DB_MIGRATION_LOCK_TIMEOUT each time, tries again until
 /// DB_MIGRATION_DEADLINE, then gives up naming the session in its way and
