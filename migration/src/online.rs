@@ -427,10 +427,13 @@ fn index_name(index: &IndexCreateStatement) -> Result<String, DbErr> {
 /// still be running on the server (it notices the lost client only at its
 /// next check, see the runner's `client_connection_check_interval`), and
 /// no live migrator runs beside this one (the migration lock): such a build
-/// is waited for, up to `DB_MIGRATION_INDEX_TIMEOUT`, before its index is
-/// dropped. Returns whether there was one.
-async fn drop_invalid_index(conn: &DatabaseExecutor<'_>, name: &str) -> Result<bool, DbErr> {
-    let policy = context().policy;
+/// is waited for, and then the older transactions that the drop waits for,
+/// each up to `wait`. Returns whether there was one.
+async fn drop_invalid_index(
+    conn: &DatabaseExecutor<'_>,
+    name: &str,
+    wait: Duration,
+) -> Result<bool, DbErr> {
     let started = Instant::now();
     let mut announced = false;
     loop {
@@ -449,7 +452,7 @@ async fn drop_invalid_index(conn: &DatabaseExecutor<'_>, name: &str) -> Result<b
         if building == 0 {
             break;
         }
-        if started.elapsed() >= policy.index_timeout {
+        if started.elapsed() >= wait {
             return Err(DbErr::Migration(format!(
                 "index {name}: an earlier build of it is still running after {}; end it, or allow more time with DB_MIGRATION_INDEX_TIMEOUT",
                 short(started.elapsed())
@@ -480,7 +483,7 @@ async fn drop_invalid_index(conn: &DatabaseExecutor<'_>, name: &str) -> Result<b
     tracing::info!("dropping {qualified}, an INVALID index left by an interrupted build");
     with_session_lock_timeout(
         conn,
-        policy.index_timeout,
+        wait,
         &format!("DROP INDEX CONCURRENTLY IF EXISTS {qualified}"),
         &Seen::default(),
     )
@@ -500,7 +503,9 @@ fn mysql_error_is(e: &DbErr, codes: &[&str]) -> bool {
 /// when it exists: on PostgreSQL `CREATE INDEX CONCURRENTLY IF NOT EXISTS`
 /// (waiting at most `DB_MIGRATION_INDEX_TIMEOUT` for older transactions;
 /// an INVALID index of the same name, left by an interrupted build, is
-/// dropped first, and one left by this build when it gives up too); on
+/// dropped first, and one left by this build when it fails too, unless the
+/// transactions in the way hold up that drop for longer than
+/// `DB_MIGRATION_LOCK_TIMEOUT`: then the error says that it is left); on
 /// MySQL in place (`ALGORITHM=INPLACE, LOCK=NONE`); on SQLite as usual.
 pub async fn create_index(
     manager: &SchemaManager<'_>,
@@ -514,24 +519,39 @@ pub async fn create_index(
             let sql = DbBackend::Postgres
                 .build(index.concurrently().if_not_exists())
                 .sql;
-            let timeout = context().policy.index_timeout;
+            let policy = context().policy;
+            let timeout = policy.index_timeout;
             let (name, sql) = (&name, &sql);
             let built = retrying(sql, Bound::Index, |seen| async move {
-                drop_invalid_index(conn, name).await?;
+                drop_invalid_index(conn, name, timeout).await?;
                 with_session_lock_timeout(conn, timeout, sql, &seen).await?;
                 // `IF NOT EXISTS` passes over an index of that name that an
                 // earlier build, whose migrator is gone, made meanwhile: if
                 // that one ended INVALID, it goes, and this one is built.
-                while drop_invalid_index(conn, name).await? {
+                while drop_invalid_index(conn, name, timeout).await? {
                     with_session_lock_timeout(conn, timeout, sql, &seen).await?;
                 }
                 Ok(())
             })
             .await;
-            if built.is_err() {
-                let _ = drop_invalid_index(conn, name).await;
+            // The build's own INVALID index goes too. The transactions that
+            // stopped the build would hold up its drop as long: the drop
+            // waits `DB_MIGRATION_LOCK_TIMEOUT` only, so that the error comes
+            // at once, and says so when it leaves the index to the next run.
+            let Err(e) = built else { return Ok(()) };
+            let left = drop_invalid_index(conn, name, policy.lock_timeout)
+                .await
+                .is_err();
+            let note = format!("its INVALID index {name} is left, and the next run drops it first");
+            match e {
+                DbErr::Migration(why) if left => Err(DbErr::Migration(format!("{why}; {note}"))),
+                e => {
+                    if left {
+                        tracing::warn!("{note}");
+                    }
+                    Err(e)
+                }
             }
-            built
         }
         DbBackend::MySql => {
             let sql = format!(

@@ -320,6 +320,50 @@ async fn an_invalid_index_left_by_an_interrupted_build_is_replaced() {
     );
 }
 
+/// An index build behind a transaction that wrote to `tasks` and stays
+/// open gives up at the deadline. Its INVALID index would wait for the same
+/// transaction to go: the error comes at once and says that the index is
+/// left; once the transaction ends, the next run drops it and builds the
+/// index.
+#[test_support::needs(postgres)]
+#[tokio::test]
+async fn an_index_build_that_gives_up_says_its_invalid_index_is_left() {
+    let mut t = TestDb::new(Backend::Postgres).await;
+    migrate(&t.settings, &["up"]).await;
+    seed_tasks(&t, 4).await;
+    t.settings.migration_lock_timeout = Duration::from_millis(200);
+    t.settings.migration_index_timeout = Duration::from_millis(300);
+    t.settings.migration_deadline = Duration::from_millis(300);
+    let writer = t.db.begin().await.unwrap();
+    writer
+        .execute_unprepared("INSERT INTO tasks (title, status) VALUES ('open', 'todo')")
+        .await
+        .unwrap();
+    let err = migrate_with::<AfterFailedBuildMigrator>(&t.settings, &["up"])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(": gave up after "), "{err}");
+    assert!(
+        err.ends_with(
+            "; its INVALID index idx_tasks_status is left, and the next run drops it first"
+        ),
+        "{err}"
+    );
+    let validity =
+        "SELECT indisvalid::text FROM pg_index WHERE indexrelid = 'idx_tasks_status'::regclass";
+    assert_eq!(strings(&t.db, validity).await, ["false"]);
+    writer.rollback().await.unwrap();
+    migrate_with::<AfterFailedBuildMigrator>(&t.settings, &["up"])
+        .await
+        .unwrap();
+    assert_eq!(strings(&t.db, validity).await, ["true"]);
+    assert_eq!(
+        int(&t.db, "SELECT count(*) FROM pg_index WHERE NOT indisvalid").await,
+        0
+    );
+}
+
 /// A column added to `tasks`: it needs the table's strongest lock.
 struct AddColumn;
 
