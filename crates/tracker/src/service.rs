@@ -3,13 +3,15 @@
 //! [`Db::transaction`], which commits once, rolls back on any error and
 //! retries serialization conflicts.
 
+use std::collections::{BTreeMap, HashSet};
+
 use chrono::NaiveDate;
 use db_core::{Db, Session, SessionOptions, cached::CachedStatement};
 use entity::{employees, tasks};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ActiveValue::Unchanged, ColumnTrait, ConnectionTrait,
     DbBackend, DbErr, EntityTrait, FromQueryResult, IsolationLevel, ModelTrait, QueryFilter,
-    QueryOrder, QuerySelect, QueryTrait, SqlErr, Statement,
+    QueryOrder, QuerySelect, QueryTrait, SqlErr, Statement, sea_query::Expr,
 };
 
 use crate::error::{Error, Kind, Result};
@@ -110,39 +112,103 @@ static EMPLOYEE_TASKS: CachedStatement = CachedStatement::new(|backend| {
         .order_by_asc(tasks::Column::Id)
         .build(backend)
 });
-// Every descendant, as full rows. UNION (not UNION ALL) ends the recursion
-// even if a cycle was written behind the service's back.
+/// How many levels of the tree one recursive query walks: within MariaDB's
+/// `max_recursive_iterations` (1,000 by default, where it stops without an
+/// error) and MySQL's `cte_max_recursion_depth` (1,000, where it fails). A
+/// deeper tree takes a query more per 500 levels; the limit also ends the
+/// walk around a cycle written behind the service's back.
+const LEVELS: i64 = 500;
+
+/// `1` as a 64-bit integer: the type of the recursive queries' `level`.
+fn one(backend: DbBackend) -> &'static str {
+    match backend {
+        DbBackend::MySql => "CAST(1 AS SIGNED)",
+        _ => "CAST(1 AS BIGINT)",
+    }
+}
+
+// A task's descendants down to `LEVELS` levels, as full rows with their
+// `level` (1 for a child).
 static SUBTREE: CachedStatement = CachedStatement::new(|backend| {
-    let param = placeholder(backend, 1);
+    let (param, one) = (placeholder(backend, 1), one(backend));
     Statement::from_sql_and_values(
         backend,
         format!(
             "WITH RECURSIVE subtree AS ( \
-                 SELECT * FROM tasks WHERE parent_id = {param} \
-                 UNION \
-                 SELECT t.* FROM tasks t JOIN subtree s ON t.parent_id = s.id \
+                 SELECT t.*, {one} AS level FROM tasks t WHERE t.parent_id = {param} \
+                 UNION ALL \
+                 SELECT t.*, s.level + 1 FROM tasks t JOIN subtree s ON t.parent_id = s.id \
+                 WHERE s.level < {LEVELS} \
              ) \
              SELECT * FROM subtree ORDER BY id"
         ),
         [0.into()],
     )
 });
-// How many of `candidate`'s ancestors (itself included) are `task`.
+// Of `candidate` and its ancestors, up to `LEVELS` of them: `task`, if it is
+// one, and the last one walked, whose parent is where the walk goes on.
 static ANCESTOR: CachedStatement = CachedStatement::new(|backend| {
-    let (a, b) = (placeholder(backend, 1), placeholder(backend, 2));
+    let (a, b, one) = (
+        placeholder(backend, 1),
+        placeholder(backend, 2),
+        one(backend),
+    );
     Statement::from_sql_and_values(
         backend,
         format!(
-            "WITH RECURSIVE ancestors (id, parent_id) AS ( \
-                 SELECT id, parent_id FROM tasks WHERE id = {a} \
-                 UNION \
-                 SELECT t.id, t.parent_id FROM tasks t JOIN ancestors a ON t.id = a.parent_id \
+            "WITH RECURSIVE ancestors (id, parent_id, level) AS ( \
+                 SELECT id, parent_id, {one} FROM tasks WHERE id = {a} \
+                 UNION ALL \
+                 SELECT t.id, t.parent_id, a.level + 1 FROM tasks t \
+                 JOIN ancestors a ON t.id = a.parent_id WHERE a.level < {LEVELS} \
              ) \
-             SELECT COUNT(*) FROM ancestors WHERE id = {b}"
+             SELECT id, parent_id FROM ancestors WHERE id = {b} OR level = {LEVELS}"
         ),
         [0.into(), 0.into()],
     )
 });
+
+/// Every descendant of task `id` (not the task itself), by id: one
+/// recursive query over the indexed `parent_id` per `LEVELS` levels.
+async fn descendants(conn: &impl ConnectionTrait, id: i32) -> Result<Vec<Task>> {
+    let backend = conn.get_database_backend();
+    let mut found = BTreeMap::new();
+    let mut from = vec![id];
+    while let Some(root) = from.pop() {
+        let stmt = SUBTREE.statement(backend, [root.into()])?;
+        for row in conn.query_all_raw(stmt).await? {
+            let task = Task::from_query_result(&row, "")?;
+            let level: i64 = row.try_get("", "level")?;
+            if level == LEVELS && !found.contains_key(&task.id) {
+                from.push(task.id);
+            }
+            found.insert(task.id, task);
+        }
+    }
+    Ok(found.into_values().collect())
+}
+
+/// Deletes every descendant of task `id` without a cascade: MySQL's InnoDB
+/// cascades a delete at most 15 levels deep and SQLite at most 1,000
+/// (PostgreSQL has no such limit). Their links to each other go first, so
+/// that deleting them cascades to nothing, a thousand rows a statement.
+async fn delete_descendants(tx: &Session, id: i32) -> Result<()> {
+    let ids: Vec<i32> = (descendants(tx, id).await?).iter().map(|t| t.id).collect();
+    for chunk in ids.chunks(1000) {
+        tasks::Entity::update_many()
+            .col_expr(tasks::Column::ParentId, Expr::value(Option::<i32>::None))
+            .filter(tasks::Column::Id.is_in(chunk.iter().copied()))
+            .exec(tx)
+            .await?;
+    }
+    for chunk in ids.chunks(1000) {
+        tasks::Entity::delete_many()
+            .filter(tasks::Column::Id.is_in(chunk.iter().copied()))
+            .exec(tx)
+            .await?;
+    }
+    Ok(())
+}
 
 fn placeholder(backend: DbBackend, n: usize) -> String {
     match backend {
@@ -353,6 +419,9 @@ impl Tracker {
                     .one(&tx)
                     .await?
                     .ok_or(Error::NotFound(Kind::Task))?;
+                if tx.get_database_backend() != DbBackend::Postgres {
+                    delete_descendants(&tx, id).await?;
+                }
                 task.clone().delete(&tx).await?;
                 Ok(task)
             })
@@ -360,11 +429,11 @@ impl Tracker {
     }
 
     /// Every descendant of a task (not the task itself), by id, in one
-    /// recursive query over the indexed `parent_id`.
+    /// recursive query over the indexed `parent_id` (one more per 500
+    /// levels of depth).
     pub async fn subtree(&self, id: i32) -> Result<Vec<Task>> {
         let read = self.db.read().await?;
-        let stmt = SUBTREE.statement(read.get_database_backend(), [id.into()])?;
-        let found = Task::find_by_statement(stmt).all(&read).await?;
+        let found = descendants(&read, id).await?;
         if found.is_empty() {
             // No descendants, or no such task: tell them apart.
             self.task(id).await?;
@@ -408,19 +477,29 @@ impl Tracker {
 
 /// Whether `task` is `candidate` or one of its ancestors, i.e. whether making
 /// `candidate` the parent of `task` would close a cycle. Walks up from
-/// `candidate`: a few index lookups, whatever the size of the subtree.
+/// `candidate`: a few index lookups, whatever the size of the subtree, in
+/// one query per `LEVELS` ancestors.
 async fn is_ancestor_or_self(
     conn: &impl ConnectionTrait,
     task: i32,
     candidate: i32,
 ) -> Result<bool> {
-    if task == candidate {
-        return Ok(true);
+    let backend = conn.get_database_backend();
+    let (mut from, mut walked) = (candidate, HashSet::new());
+    while task != from {
+        let stmt = ANCESTOR.statement(backend, [from.into(), task.into()])?;
+        let mut next = None;
+        for row in conn.query_all_raw(stmt).await? {
+            match row.try_get_by_index::<i32>(0)? == task {
+                true => return Ok(true),
+                false => next = row.try_get_by_index::<Option<i32>>(1)?,
+            }
+        }
+        // On from the last one walked; around a cycle, once only.
+        match next {
+            Some(parent) if walked.insert(parent) => from = parent,
+            _ => return Ok(false),
+        }
     }
-    let stmt = ANCESTOR.statement(conn.get_database_backend(), [candidate.into(), task.into()])?;
-    let row = conn
-        .query_one_raw(stmt)
-        .await?
-        .ok_or_else(|| DbErr::Custom("COUNT(*) returned no row".to_owned()))?;
-    Ok(row.try_get_by_index::<i64>(0)? > 0)
+    Ok(true)
 }

@@ -1,6 +1,7 @@
 //! The service's queries: no N+1, one recursive query per subtree.
 
 use db_core::Db;
+use sea_orm::ConnectionTrait as _;
 use test_support::TestDb;
 use tracker::{EmployeeInput, Page, TaskInput, Tracker};
 
@@ -99,6 +100,39 @@ test_support::backend_tests! {
 }
 
 test_support::backend_tests! {
+    /// A chain deeper than a backend walks in one recursive query (1,000
+    /// levels on MariaDB, which stops there without an error) or cascades a
+    /// delete (15 levels on MySQL's InnoDB, 1,000 on SQLite): its subtree is
+    /// whole, moving its root under its last task is refused, and deleting
+    /// the root deletes the chain.
+    async fn a_deep_chain_is_read_checked_and_deleted_whole(t: TestDb) {
+        migrate(&t).await;
+        let tracker = Tracker::new(t.db.clone());
+        let rows: Vec<String> = (1..=1100)
+            .map(|i| match i {
+                1 => "(1, 't1', 'todo', NULL)".to_owned(),
+                i => format!("({i}, 't{i}', 'todo', {})", i - 1),
+            })
+            .collect();
+        let insert = format!("INSERT INTO tasks (id, title, status, parent_id) VALUES {}", rows.join(", "));
+        t.db.autocommit().execute_unprepared(&insert).await.unwrap();
+        let subtree = tracker.subtree(1).await.unwrap();
+        assert_eq!(subtree.iter().map(|t| t.id).collect::<Vec<_>>(), (2..=1100).collect::<Vec<_>>());
+        let err = tracker
+            .update_task(1, TaskInput {
+                title: "t1".into(),
+                status: "todo".into(),
+                parent_id: Some(1100),
+                assignee_id: None,
+                deadline: None,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_string(), "parent_id: task 1100 is a subtask of task 1");
+        assert_eq!(tracker.delete_task(1).await.unwrap().title, "t1");
+        assert!(tracker.list_tasks(Page::default()).await.unwrap().is_empty());
+    }
+
     /// Every way to ask for a page answers what OFFSET over the whole list
     /// answers: with gaps in the ids, past the end, and after an id that is
     /// not there.
