@@ -6,7 +6,7 @@
 use chrono::NaiveDate;
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
-use web::input::{Fields, parse_int_text};
+use web::input::{Fields, integer_text};
 use web::{ApiError, FieldError};
 
 use crate::service::{EmployeeInput, Page, TaskInput};
@@ -49,7 +49,16 @@ pub(crate) fn page(query: Option<&str>) -> Result<Page, ApiError> {
             _ => continue,
         };
         let loc = ["query", &*key];
-        match parse_int_text(&value) {
+        // Any integer, however large, is one: past the range it is out of range.
+        let n = integer_text(&value).map(|t| {
+            let saturated = if t.starts_with('-') {
+                i128::MIN
+            } else {
+                i128::MAX
+            };
+            t.parse::<i128>().unwrap_or(saturated)
+        });
+        match n {
             None => errors.push(FieldError::new(
                 "int_parsing",
                 &loc,
@@ -62,7 +71,7 @@ pub(crate) fn page(query: Option<&str>) -> Result<Page, ApiError> {
                 "Input should be greater than or equal to 0",
                 Some(&Value::from(&*value)),
             )),
-            Some(n) if n as u64 > max => errors.push(FieldError::new(
+            Some(n) if n > i128::from(max) => errors.push(FieldError::new(
                 "less_than_equal",
                 &loc,
                 format!("Input should be less than or equal to {max}"),
@@ -142,7 +151,7 @@ body_schema! {
 #[expect(dead_code, reason = "only the OpenAPI document reads it")]
 pub(crate) struct PageQuery {
     /// Rows to skip.
-    #[param(default = 0, minimum = 0)]
+    #[param(default = 0, minimum = 0, maximum = 9223372036854775807_i64)]
     skip: Option<u64>,
     /// Rows to return at most.
     // The bounds are literals (as the attribute needs); a test tries them

@@ -238,12 +238,15 @@ fn lax_int(value: &Value) -> Result<Option<i64>, (&'static str, &'static str)> {
 /// An optionally signed run of ASCII digits, surrounding spaces allowed, as
 /// a query or path parameter is read.
 pub fn parse_int_text(s: &str) -> Option<i64> {
+    integer_text(s)?.parse().ok()
+}
+
+/// `s` without its surrounding spaces if it is an integer as
+/// [`parse_int_text`] reads one, of any size.
+pub fn integer_text(s: &str) -> Option<&str> {
     let t = s.trim();
     let digits = t.strip_prefix(['-', '+']).unwrap_or(t);
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    t.parse().ok()
+    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then_some(t)
 }
 
 /// A query string read into `T` with serde (axum's `Query`); a parameter
@@ -288,9 +291,9 @@ impl<S: Send + Sync> FromRequestParts<S> for PathParam {
 }
 
 /// An id from the path: 422 if it is not an integer, 404 if it is one that
-/// no row can have (ids are 1 to 2^31-1).
+/// no row can have (ids are 1 to 2^31-1), however large.
 pub fn path_id(raw: &str, name: &str, not_found: &str) -> Result<i32, ApiError> {
-    let n = parse_int_text(raw).ok_or_else(|| {
+    let n = integer_text(raw).ok_or_else(|| {
         ApiError::Validation(vec![FieldError::new(
             "int_parsing",
             &["path", name],
@@ -298,8 +301,7 @@ pub fn path_id(raw: &str, name: &str, not_found: &str) -> Result<i32, ApiError> 
             Some(&Value::from(raw)),
         )])
     })?;
-    i32::try_from(n)
-        .ok()
+    (n.parse::<i32>().ok())
         .filter(|id| *id > 0)
         .ok_or_else(|| ApiError::NotFound(not_found.to_owned()))
 }

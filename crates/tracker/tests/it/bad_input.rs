@@ -44,6 +44,13 @@ fn cases() -> Vec<Case> {
         ("GET", "/tasks/-1/", None, 404, json!("Task not found")),
         (
             "GET",
+            "/tasks/99999999999999999999/",
+            None,
+            404,
+            json!("Task not found"),
+        ),
+        (
+            "GET",
             "/tasks/0/subtree/",
             None,
             404,

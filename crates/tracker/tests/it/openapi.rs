@@ -436,10 +436,10 @@ async fn request_schemas_and_parameters_are_what_the_parsers_enforce() {
             let name = parameter["name"].as_str().unwrap();
             let bounds = &parameter["schema"];
             let mut cases = Vec::new();
-            if let Some(min) = bounds["minimum"].as_i64() {
+            if let Some(min) = bounds["minimum"].as_i64().map(i128::from) {
                 cases.extend([(min, true), (min - 1, false)]);
             }
-            if let Some(max) = bounds["maximum"].as_i64() {
+            if let Some(max) = bounds["maximum"].as_i64().map(i128::from) {
                 cases.extend([(max, true), (max + 1, false)]);
             }
             for (value, ok) in cases {
