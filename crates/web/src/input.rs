@@ -25,17 +25,38 @@ pub const NO_NUL: &str = "^[^\\x00]*$";
 /// Largest request body accepted.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
-/// A JSON object body, read with a size limit.
+/// A JSON object body, read with a size limit. As in FastAPI, the body is
+/// read as JSON when the request has no `Content-Type` or a JSON one
+/// (`application/json`, `application/…+json`); with another, it is not an
+/// object (422 at `body`).
 #[derive(Debug)]
 pub struct JsonObject(pub Map<String, Value>);
+
+/// Whether a `Content-Type` value is JSON: `application/json` or
+/// `application/…+json`, in any case, with any parameters.
+fn is_json(content_type: &[u8]) -> bool {
+    let essence = content_type
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default();
+    let essence = String::from_utf8_lossy(essence).trim().to_ascii_lowercase();
+    essence
+        .strip_prefix("application/")
+        .is_some_and(|subtype| subtype == "json" || subtype.ends_with("+json"))
+}
 
 impl<S: Send + Sync> FromRequest<S> for JsonObject {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, _: &S) -> Result<Self, ApiError> {
+        let json = (req.headers().get(axum::http::header::CONTENT_TYPE))
+            .is_none_or(|value| is_json(value.as_bytes()));
         let bytes: Bytes = axum::body::to_bytes(req.into_body(), BODY_LIMIT)
             .await
             .map_err(|_| ApiError::TooLarge(BODY_LIMIT))?;
+        if !json {
+            return Err(not_an_object(&Value::from(String::from_utf8_lossy(&bytes))));
+        }
         let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
             ApiError::Validation(vec![FieldError::new(
                 "json_invalid",
@@ -46,14 +67,19 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
         })?;
         match value {
             Value::Object(map) => Ok(JsonObject(map)),
-            other => Err(ApiError::Validation(vec![FieldError::new(
-                "model_attributes_type",
-                &["body"],
-                "Input should be a valid dictionary or object to extract fields from",
-                Some(&other),
-            )])),
+            other => Err(not_an_object(&other)),
         }
     }
+}
+
+/// The 422 for a body that is not a JSON object.
+fn not_an_object(input: &Value) -> ApiError {
+    ApiError::Validation(vec![FieldError::new(
+        "model_attributes_type",
+        &["body"],
+        "Input should be a valid dictionary or object to extract fields from",
+        Some(input),
+    )])
 }
 
 /// The fields of one JSON object body, read one by one; the problems are

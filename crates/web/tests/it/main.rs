@@ -109,6 +109,33 @@ async fn a_service_route_gets_the_shared_layers_errors_and_document() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(bad_json["detail"][0]["type"], "json_invalid");
     assert_eq!(bad_json["detail"][0]["loc"], json!(["body"]));
+    // The body is JSON without a Content-Type or with a JSON one, as in
+    // FastAPI; with another it is not an object.
+    for (content_type, status) in [
+        ("Application/JSON; charset=utf-8", StatusCode::OK),
+        ("application/merge-patch+json", StatusCode::OK),
+        ("text/plain", StatusCode::UNPROCESSABLE_ENTITY),
+        (
+            "application/x-www-form-urlencoded",
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+    ] {
+        let answer = Client::new()
+            .post(hello())
+            .header("content-type", content_type)
+            .body(r#"{"name": "Ann"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), status, "{content_type}");
+        if status != StatusCode::OK {
+            let answer: Value = answer.json().await.unwrap();
+            assert_eq!(answer["detail"][0]["type"], "model_attributes_type");
+            assert_eq!(answer["detail"][0]["loc"], json!(["body"]));
+        }
+    }
+    let untyped = Client::new().post(hello()).body(r#"{"name": "Ann"}"#);
+    assert_eq!(untyped.send().await.unwrap().status(), StatusCode::OK);
     let (status, nul) = call(Method::POST, hello(), Some(r#"{"name": "A\u0000"}"#)).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(nul["detail"][0]["loc"], json!(["body", "name"]));
@@ -149,7 +176,7 @@ async fn a_service_route_gets_the_shared_layers_errors_and_document() {
     let (_, metrics) = call(Method::GET, format!("{base}/metrics"), None).await;
     let metrics = metrics.as_str().unwrap();
     assert!(
-        metrics.contains(r#"http_requests_total{method="POST",route="/hello",status="422"} 2"#),
+        metrics.contains(r#"http_requests_total{method="POST",route="/hello",status="422"} 4"#),
         "{metrics}"
     );
 }
