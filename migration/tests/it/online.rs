@@ -291,6 +291,23 @@ impl MigrationTrait for IndexAfterFailedBuild {
 
 then!(AfterFailedBuildMigrator, IndexAfterFailedBuild);
 
+/// Whether `idx_tasks_status` is valid, as text.
+const STATUS_INDEX_VALID: &str =
+    "SELECT indisvalid::text FROM pg_index WHERE indexrelid = 'idx_tasks_status'::regclass";
+
+/// Runs [`AfterFailedBuildMigrator`]: `idx_tasks_status` is then valid, and
+/// no index is INVALID.
+async fn build_status_index(t: &TestDb) {
+    migrate_with::<AfterFailedBuildMigrator>(&t.settings, &["up"])
+        .await
+        .unwrap();
+    assert_eq!(strings(&t.db, STATUS_INDEX_VALID).await, ["true"]);
+    assert_eq!(
+        int(&t.db, "SELECT count(*) FROM pg_index WHERE NOT indisvalid").await,
+        0
+    );
+}
+
 #[test_support::needs(postgres)]
 #[tokio::test]
 async fn an_invalid_index_left_by_an_interrupted_build_is_replaced() {
@@ -307,17 +324,8 @@ async fn an_invalid_index_left_by_an_interrupted_build_is_replaced() {
             .await
             .is_err()
     );
-    let validity =
-        "SELECT indisvalid::text FROM pg_index WHERE indexrelid = 'idx_tasks_status'::regclass";
-    assert_eq!(strings(&t.db, validity).await, ["false"]);
-    migrate_with::<AfterFailedBuildMigrator>(&t.settings, &["up"])
-        .await
-        .unwrap();
-    assert_eq!(strings(&t.db, validity).await, ["true"]);
-    assert_eq!(
-        int(&t.db, "SELECT count(*) FROM pg_index WHERE NOT indisvalid").await,
-        0
-    );
+    assert_eq!(strings(&t.db, STATUS_INDEX_VALID).await, ["false"]);
+    build_status_index(&t).await;
 }
 
 /// An index build behind a transaction that wrote to `tasks` and stays
@@ -350,18 +358,9 @@ async fn an_index_build_that_gives_up_says_its_invalid_index_is_left() {
         ),
         "{err}"
     );
-    let validity =
-        "SELECT indisvalid::text FROM pg_index WHERE indexrelid = 'idx_tasks_status'::regclass";
-    assert_eq!(strings(&t.db, validity).await, ["false"]);
+    assert_eq!(strings(&t.db, STATUS_INDEX_VALID).await, ["false"]);
     writer.rollback().await.unwrap();
-    migrate_with::<AfterFailedBuildMigrator>(&t.settings, &["up"])
-        .await
-        .unwrap();
-    assert_eq!(strings(&t.db, validity).await, ["true"]);
-    assert_eq!(
-        int(&t.db, "SELECT count(*) FROM pg_index WHERE NOT indisvalid").await,
-        0
-    );
+    build_status_index(&t).await;
 }
 
 /// A column added to `tasks`: it needs the table's strongest lock.
