@@ -322,7 +322,8 @@ impl Db {
     /// it. Work meanwhile runs on this handle's pools, in as many
     /// transactions as it likes (a migrator that runs each migration in its
     /// own, or none). Another holder is waited for as in
-    /// [`Db::with_lock`].
+    /// [`Db::with_lock`]; a server that stops answering, for as long (at
+    /// least a second) for each statement on the lock's connection.
     ///
     /// - PostgreSQL: a session-level advisory lock (`pg_try_advisory_lock`).
     ///   Through a transaction pooler, where a session-level lock would stay
@@ -509,21 +510,23 @@ fn sqlite_busy(e: &DbErr) -> bool {
         .is_some_and(|code| matches!(code & 0xff, 5 | 6))
 }
 
-/// Bounded waiting for a lock, announced once.
 /// `statement` on a lock's own connection, which has no
-/// `DB_OPERATION_TIMEOUT`: a server that gives no answer within the lock's
-/// `timeout` (paused, or a network path gone with the socket open) makes it
-/// fail as unavailable, and the connection is dropped.
+/// `DB_OPERATION_TIMEOUT`. A server that gives no answer (paused, or its
+/// network path gone with the socket open) within the lock's `timeout`, or
+/// within a second when that is shorter (a lock tried once), makes it fail
+/// as unavailable; the connection is dropped.
 async fn within<T>(
     timeout: Duration,
     statement: impl Future<Output = sqlx::Result<T>>,
 ) -> Result<T> {
-    match tokio::time::timeout(timeout, statement).await {
+    let limit = timeout.max(Duration::from_secs(1));
+    match tokio::time::timeout(limit, statement).await {
         Ok(answer) => answer.map_err(Error::from_sqlx),
-        Err(_) => Err(Error::from(no_answer(timeout, "the lock's timeout"))),
+        Err(_) => Err(Error::from(no_answer(limit, "the lock's timeout"))),
     }
 }
 
+/// Bounded waiting for a lock, announced once.
 struct Waiting {
     what: String,
     timeout: Duration,
