@@ -3,11 +3,13 @@
 //! restart or pause. Built from Debian's PostgreSQL binaries on a free port
 //! in a temporary folder, which is removed with the server.
 
+use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::io;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
@@ -58,9 +60,17 @@ pub(crate) fn superuser_url(password: &str, port: u16, database: &str) -> String
     )
 }
 
-/// A TCP port that was free a moment ago.
+/// A TCP port that was free a moment ago, and that this process has not
+/// handed out before: the servers of one test (a Patroni cluster's eight
+/// ports) never get the same one, as two quick binds to port 0 can.
 pub fn free_port() -> io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        if GIVEN.lock().expect("never poisoned").insert(port) {
+            return Ok(port);
+        }
+    }
 }
 
 fn is_root() -> bool {
