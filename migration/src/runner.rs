@@ -286,7 +286,9 @@ async fn connect(settings: &Settings) -> Result<Db, Error> {
     settings.max_lifetime = None;
     settings.idle_timeout = None;
     // Through a transaction pooler the migration lock is a transaction left
-    // open while the migrations run: it must not be ended for being idle.
+    // open while the migrations run (`Db::hold` keeps the server's idle
+    // timeout off it), and the migrations' own transactions may idle
+    // between statements: the application's idle timeout is not set.
     settings.idle_in_transaction_timeout = None;
     // SQLite waits this long inside each attempt at the lock; the lock
     // timeout bounds the attempts.

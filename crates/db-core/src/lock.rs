@@ -329,9 +329,11 @@ impl Db {
     ///   Through a transaction pooler, where a session-level lock would stay
     ///   on a server connection that other clients share, it is a
     ///   transaction-level one in a transaction left open on the lock's
-    ///   connection (the pooler keeps one server connection for it); that
-    ///   transaction holds no snapshot between statements, so it does not
-    ///   hold back vacuum or a concurrent index build.
+    ///   connection (the pooler keeps one server connection for it, and
+    ///   the transaction turns the server's idle-in-transaction timeout off
+    ///   for itself); that transaction holds no snapshot between
+    ///   statements, so it does not hold back vacuum or a concurrent index
+    ///   build.
     /// - MySQL: `GET_LOCK`.
     /// - SQLite has no such lock: [`Error::Unsupported`] (use
     ///   [`Db::with_lock`], whose exclusive transaction is the lock).
@@ -369,6 +371,14 @@ impl Db {
                             .fetch_one(&mut conn),
                     )
                     .await?;
+                    if taken && pooled {
+                        // The transaction that is the lock stays open and
+                        // idle while the work runs: a server-side idle
+                        // timeout (the role's, the database's) must not
+                        // end it.
+                        let forever = "SET LOCAL idle_in_transaction_session_timeout = 0";
+                        within(lock.timeout, sqlx::raw_sql(forever).execute(&mut conn)).await?;
+                    }
                     if taken {
                         break;
                     }

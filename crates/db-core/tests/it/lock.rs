@@ -3,9 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use db_core::{Db, Error, Lock};
+use db_core::{Db, Error, Lock, Settings, url::DatabaseUrl};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
-use test_support::TestDb;
+use test_support::{PgBouncer, PrivatePostgres, TestDb};
 use tokio::sync::oneshot;
 
 /// A second handle on the test's database, as another process would have.
@@ -214,4 +214,39 @@ async fn sqlite_schema_changes_rebuild_referenced_tables_and_check_foreign_keys(
         dangling.is_err(),
         "foreign keys are off after the schema change"
     );
+}
+
+/// Through a transaction pooler a held lock is a transaction left open and
+/// idle on the lock's connection: an idle-in-transaction timeout set on the
+/// server (here on the database) does not end it while the work runs.
+#[test_support::needs(postgres, pgbouncer)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_held_through_a_pooler_outlasts_the_servers_idle_timeout() {
+    let (server, bouncer) = tokio::task::spawn_blocking(|| {
+        let server = PrivatePostgres::start("bouncer-pw").expect("postgres");
+        server.psql("postgres", "CREATE DATABASE app").unwrap();
+        let idle = "ALTER DATABASE app SET idle_in_transaction_session_timeout = '300ms'";
+        server.psql("postgres", idle).unwrap();
+        let bouncer = PgBouncer::start(&server, "app").expect("pgbouncer");
+        (server, bouncer)
+    })
+    .await
+    .unwrap();
+    let mut settings =
+        Settings::new(DatabaseUrl::parse(&bouncer.url("app"), "DATABASE_URL").unwrap());
+    settings.transaction_pooler = true;
+    let db = Db::connect(&settings).await.unwrap();
+    let lock = Lock::new("pooled", Duration::from_secs(1));
+    let mut held = db.hold(&lock).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    held.check().await.unwrap();
+    let err = db
+        .hold(&Lock::new("pooled", Duration::from_millis(300)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::LockTimeout { .. }), "{err:?}");
+    held.release().await;
+    db.hold(&lock).await.unwrap().release().await;
+    db.close().await;
+    drop((bouncer, server));
 }
