@@ -13,13 +13,14 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use serde_json::json;
 use utoipa::openapi::tag::Tag;
-use utoipa::openapi::{self, Components};
+use utoipa::openapi::{self, Components, ContentBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa_axum::router::UtoipaMethodRouter;
 use utoipa_swagger_ui::Config;
 
-use crate::error::{ApiError, Cause};
-use crate::input::PathParam;
+use crate::error::{ApiError, Cause, too_large_detail};
+use crate::input::{BODY_LIMIT, PathParam};
 
 /// Where the document is served.
 const DOCUMENT_URL: &str = "/openapi.json";
@@ -116,6 +117,45 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
         Routes {
             router: self.router.with_state(state),
             doc: self.doc,
+        }
+    }
+}
+
+/// States the body limit in `doc`: a 413 answer for every operation that
+/// takes a body, unless it describes its own.
+pub(crate) fn state_body_limit(doc: &mut openapi::OpenApi) {
+    let example = json!({"detail": too_large_detail(BODY_LIMIT)});
+    let too_large: RefOr<openapi::Response> = ResponseBuilder::new()
+        .description(format!("The body is over {BODY_LIMIT} bytes"))
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("HTTPError")))
+                .example(Some(example))
+                .build(),
+        )
+        .build()
+        .into();
+    for item in doc.paths.paths.values_mut() {
+        let methods = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.options,
+            &mut item.head,
+            &mut item.patch,
+            &mut item.trace,
+            &mut item.query,
+        ];
+        let operations = methods.into_iter().flatten();
+        for operation in operations.chain(item.additional_operations.values_mut()) {
+            if operation.request_body.is_some() {
+                let responses = &mut operation.responses.responses;
+                responses
+                    .entry("413".to_owned())
+                    .or_insert_with(|| too_large.clone());
+            }
         }
     }
 }

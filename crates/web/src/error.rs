@@ -58,6 +58,9 @@ pub enum ApiError {
     Validation(Vec<FieldError>),
     /// 413: the body is over the limit.
     TooLarge(usize),
+    /// 400 with a message: the request could not be read (a body cut off
+    /// before its announced length).
+    BadRequest(String),
     /// 405 on a known path.
     MethodNotAllowed,
     /// 503: the database is unreachable or has no free connection.
@@ -161,10 +164,10 @@ impl IntoResponse for ApiError {
                 Json(ValidationErrors { detail }),
             )
                 .into_response(),
-            ApiError::TooLarge(limit) => message(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("Request body too large (limit {limit} bytes)"),
-            ),
+            ApiError::TooLarge(limit) => {
+                message(StatusCode::PAYLOAD_TOO_LARGE, too_large_detail(limit))
+            }
+            ApiError::BadRequest(detail) => message(StatusCode::BAD_REQUEST, detail),
             ApiError::MethodNotAllowed => {
                 message(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
             }
@@ -185,6 +188,11 @@ impl IntoResponse for ApiError {
             ),
         }
     }
+}
+
+/// The detail of a 413 for a body over `limit` bytes.
+pub(crate) fn too_large_detail(limit: usize) -> String {
+    format!("Request body too large (limit {limit} bytes)")
 }
 
 /// The detail of a 503 for a write whose outcome is unknown.

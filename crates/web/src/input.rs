@@ -1,5 +1,5 @@
 //! Reading requests: extractors whose rejections are the `{"detail": …}`
-//! 422 and 413 answers, and [`Fields`], which reads a JSON object's fields
+//! 422, 413 and 400 answers, and [`Fields`], which reads a JSON object's fields
 //! the way pydantic v2 does in lax mode (FastAPI's validation): integers may
 //! come as JSON numbers or as strings of digits (`<select>` values), dates as
 //! `YYYY-MM-DD` strings (`<input type=date>`). Every problem of a body is
@@ -10,9 +10,12 @@
 //! ([`NO_NUL`]) states.
 
 use axum::body::Bytes;
+use axum::extract::path::ErrorKind;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use chrono::NaiveDate;
+use http_body_util::LengthLimitError;
 use serde_json::{Map, Value};
 
 use crate::error::{ApiError, FieldError};
@@ -39,10 +42,13 @@ fn is_json(content_type: &[u8]) -> bool {
         .split(|&b| b == b';')
         .next()
         .unwrap_or_default();
-    let essence = String::from_utf8_lossy(essence).trim().to_ascii_lowercase();
-    essence
-        .strip_prefix("application/")
-        .is_some_and(|subtype| subtype == "json" || subtype.ends_with("+json"))
+    match essence.trim_ascii().split_at_checked(b"application/".len()) {
+        Some((kind, subtype)) if kind.eq_ignore_ascii_case(b"application/") => {
+            let end = &subtype[subtype.len().saturating_sub(5)..];
+            subtype.eq_ignore_ascii_case(b"json") || end.eq_ignore_ascii_case(b"+json")
+        }
+        _ => false,
+    }
 }
 
 impl<S: Send + Sync> FromRequest<S> for JsonObject {
@@ -53,7 +59,11 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
             .is_none_or(|value| is_json(value.as_bytes()));
         let bytes: Bytes = axum::body::to_bytes(req.into_body(), BODY_LIMIT)
             .await
-            .map_err(|_| ApiError::TooLarge(BODY_LIMIT))?;
+            .map_err(|e| match e.into_inner().is::<LengthLimitError>() {
+                true => ApiError::TooLarge(BODY_LIMIT),
+                // The client broke off or garbled the body (FastAPI's 400).
+                false => ApiError::BadRequest("There was an error parsing the body".to_owned()),
+            })?;
         if !json {
             return Err(not_an_object(&Value::from(String::from_utf8_lossy(&bytes))));
         }
@@ -296,7 +306,8 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Que
     }
 }
 
-/// A path parameter as text; a segment that is not valid UTF-8 is a 422.
+/// A path parameter as text; a segment that is not valid UTF-8 is a 422
+/// that names the parameter.
 #[derive(Debug)]
 pub struct PathParam(pub String);
 
@@ -304,15 +315,24 @@ impl<S: Send + Sync> FromRequestParts<S> for PathParam {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        match Path::<String>::from_request_parts(parts, state).await {
-            Ok(Path(value)) => Ok(PathParam(value)),
-            Err(rejection) => Err(ApiError::Validation(vec![FieldError::new(
-                "path_invalid",
-                &["path"],
-                rejection.body_text(),
-                None,
-            )])),
-        }
+        let rejection = match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => return Ok(PathParam(value)),
+            Err(rejection) => rejection,
+        };
+        let key = match &rejection {
+            PathRejection::FailedToDeserializePathParams(e) => match e.kind() {
+                ErrorKind::InvalidUtf8InPathParam { key } => Some(key.as_str()),
+                _ => None,
+            },
+            _ => None,
+        };
+        let loc: Vec<&str> = ["path"].into_iter().chain(key).collect();
+        Err(ApiError::Validation(vec![FieldError::new(
+            "path_invalid",
+            &loc,
+            rejection.body_text(),
+            None,
+        )]))
     }
 }
 

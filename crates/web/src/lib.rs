@@ -117,6 +117,7 @@ impl App {
             router = router.merge(routes.router);
             doc.merge(routes.doc);
         }
+        docs::state_body_limit(&mut doc);
         let metrics = match exposure {
             Exposure::Off => None,
             Exposure::Api(m) => {
@@ -125,11 +126,7 @@ impl App {
             }
             Exposure::Separate(m) => Some(m),
         };
-        // The fallbacks last: the 405 one applies to the routes merged before it.
-        router
-            .merge(docs::pages(doc))
-            .fallback(|| async { ApiError::NotFound("Not Found".to_owned()) })
-            .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        with_fallbacks(router.merge(docs::pages(doc)))
             .layer(layer::AnswerLayer::new(metrics.copied()))
             // Builds each route's services now, once: a handler routed
             // without state (the pages, the probes, the fallbacks) is
@@ -209,9 +206,18 @@ pub async fn serve_metrics(
     db: Db,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, metrics_route(metrics, db))
+    axum::serve(listener, with_fallbacks(metrics_route(metrics, db)))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// `router` answering an unknown path with 404 and a known one with another
+/// method with 405, as JSON errors. Last: the 405 applies to the routes
+/// merged before it.
+fn with_fallbacks(router: Router) -> Router {
+    router
+        .fallback(|| async { ApiError::NotFound("Not Found".to_owned()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
 }
 
 /// `/health` and `/ready`.

@@ -27,6 +27,7 @@ fn cases() -> Vec<Case> {
     let long = "x".repeat(256);
     vec![
         ("GET", "/tasks/abc/", None, 422, loc(&["path", "task_id"])),
+        ("GET", "/tasks/%FF/", None, 422, loc(&["path", "task_id"])),
         (
             "GET",
             "/employees/1.5/",

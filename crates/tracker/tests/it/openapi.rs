@@ -332,6 +332,8 @@ async fn every_example_is_a_real_request_or_answer() {
     send("GET", "/employees/99/", None).await;
     send("GET", "/tasks/99/", None).await;
     answers.push(s.call("POST", "/employees/", Some(b"{}")).await);
+    let over_the_limit = vec![b' '; web::input::BODY_LIMIT + 1];
+    answers.push(s.call("POST", "/tasks/", Some(&over_the_limit)).await);
     answers.push(s.get("/health").await);
     answers.push(s.get("/ready").await);
     s.t.db.close().await;

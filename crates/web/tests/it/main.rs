@@ -4,9 +4,12 @@
 //! the metrics of every route, and a handler's panic answered as a 500 that
 //! is logged and counted like any other.
 
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
@@ -21,11 +24,20 @@ use utoipa_axum::routes;
 use web::input::{Fields, JsonObject};
 use web::{ApiError, App, Exposure, Metrics, Routes};
 
+/// Whom to greet, as the document describes the body.
+#[derive(utoipa::ToSchema)]
+#[expect(dead_code, reason = "only the OpenAPI document reads it")]
+struct Greeting {
+    /// Their name.
+    name: String,
+}
+
 /// Greet someone
 #[utoipa::path(
     post,
     path = "/hello/",
     tag = "hello",
+    request_body = Greeting,
     responses((status = 200, body = String), web::error::Invalid)
 )]
 async fn hello(JsonObject(body): JsonObject) -> Result<Json<String>, ApiError> {
@@ -173,11 +185,80 @@ async fn a_service_route_gets_the_shared_layers_errors_and_document() {
     for path in ["/hello/", "/boom/", "/health", "/ready"] {
         assert!(paths.contains_key(path), "{path} is not in {paths:?}");
     }
+    // The body limit is stated where a body is taken.
+    let limit = &doc["paths"]["/hello/"]["post"]["responses"]["413"];
+    assert_eq!(limit["description"], "The body is over 65536 bytes");
+    let answer = call(Method::POST, hello(), Some(&" ".repeat(65537))).await;
+    assert_eq!(
+        answer,
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            limit["content"]["application/json"]["example"].clone()
+        )
+    );
+    assert_eq!(
+        doc["paths"]["/boom/"]["get"]["responses"]["413"],
+        Value::Null
+    );
     let (_, metrics) = call(Method::GET, format!("{base}/metrics"), None).await;
     let metrics = metrics.as_str().unwrap();
     assert!(
         metrics.contains(r#"http_requests_total{method="POST",route="/hello",status="422"} 4"#),
         "{metrics}"
+    );
+}
+
+/// A body cut off before its announced length is the client's broken
+/// request (400), not one over the limit.
+#[tokio::test]
+async fn a_body_cut_short_is_a_bad_request() {
+    let (base, _stop) = serve().await;
+    let address = base.strip_prefix("http://").unwrap().to_owned();
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let request = "POST /hello HTTP/1.1\r\nhost: greeter\r\n\
+            content-type: application/json\r\ncontent-length: 100\r\n\r\n{\"name\"";
+        stream.write_all(request.as_bytes()).unwrap();
+        stream.shutdown(Shutdown::Write).unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(
+        answer.ends_with(r#"{"detail":"There was an error parsing the body"}"#),
+        "{answer}"
+    );
+}
+
+/// `/metrics` on a listener of its own answers other paths and methods as
+/// the application does.
+#[tokio::test]
+async fn the_metrics_listener_answers_json_errors() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (_stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(web::serve_metrics(listener, metrics(), db().await, async {
+        stopped.await.ok();
+    }));
+    let (status, text) = call(Method::GET, format!("{base}/metrics"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(text.as_str().unwrap().contains("db_pool"), "{text}");
+    assert_eq!(
+        call(Method::GET, format!("{base}/nowhere"), None).await,
+        (StatusCode::NOT_FOUND, json!({"detail": "Not Found"}))
+    );
+    assert_eq!(
+        call(Method::POST, format!("{base}/metrics"), None).await,
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            json!({"detail": "Method Not Allowed"})
+        )
     );
 }
 
