@@ -528,6 +528,7 @@ impl Db {
         let mut closing = tokio::task::JoinSet::new();
         // The read pool is the write pool except on SQLite.
         let read = (self.inner.backend == DbBackend::Sqlite).then(|| (*pools.read).clone());
+        pools.replicas.close();
         let replicas = pools.replicas.all().iter().map(|r| r.conn());
         for conn in std::iter::once((*pools.write).clone())
             .chain(read)

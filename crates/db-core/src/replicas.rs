@@ -117,8 +117,9 @@ impl Replica {
     }
 
     /// Tries the replica; if it answers, gives it a fresh pool (the old
-    /// connections died with the outage) and marks it up.
-    async fn revive(&self) {
+    /// connections died with the outage) and marks it up, unless the pools
+    /// were `closed` meanwhile.
+    async fn revive(&self, closed: &AtomicBool) {
         if !probe(&self.settings).await {
             if let Some(m) = &self.metrics {
                 m.connect_failed();
@@ -128,14 +129,22 @@ impl Replica {
         let Ok(fresh) = server_pool(&self.settings, &self.statements, self.metrics.as_ref()) else {
             return;
         };
-        if let Some(failover) = fresh.pool.failover() {
+        // Under the pool's lock: `Db::close` sets `closed`, then takes each
+        // pool under it to close it. The one that is not used is closed.
+        let (unused, closed) = {
+            let mut pool = self.pool.write().unwrap_or_else(|e| e.into_inner());
+            match closed.load(Ordering::Acquire) {
+                true => (fresh, true),
+                false => (std::mem::replace(&mut *pool, fresh), false),
+            }
+        };
+        tokio::spawn(async move { unused.close().await });
+        if closed {
+            return;
+        }
+        if let Some(failover) = self.pool().failover() {
             failover.search();
         }
-        let old = std::mem::replace(
-            &mut *self.pool.write().unwrap_or_else(|e| e.into_inner()),
-            fresh,
-        );
-        tokio::spawn(async move { old.close().await });
         self.up.store(true, Ordering::Relaxed);
         self.report(None);
         tracing::info!(replica = %self.target, "replica is back");
@@ -148,6 +157,9 @@ pub(crate) struct Replicas {
     next: AtomicUsize,
     /// How long a read waits for a primary on a host list to come back.
     failover_timeout: Duration,
+    /// [`Db::close`](crate::Db::close) closed the pools: no replica is
+    /// given a fresh one any more.
+    closed: AtomicBool,
 }
 
 impl Replicas {
@@ -172,6 +184,7 @@ impl Replicas {
             list,
             next: AtomicUsize::new(0),
             failover_timeout: settings.failover_timeout,
+            closed: AtomicBool::new(false),
         });
         for i in 0..replicas.list.len() {
             tokio::spawn(monitor(Arc::downgrade(&replicas), i));
@@ -185,6 +198,12 @@ impl Replicas {
 
     pub(crate) fn all(&self) -> &[Replica] {
         &self.list
+    }
+
+    /// Stops the probes: a replica marked down is not revived with a fresh
+    /// pool once the pools are closing. Before closing them.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
     }
 
     /// The replicas that are up, starting with the next in turn.
@@ -256,7 +275,8 @@ impl Replicas {
 }
 
 /// Rechecks replica `i` while it is up and tries to revive it while it is
-/// down, once per probe interval, for as long as the set lives.
+/// down, once per probe interval, for as long as the set lives and is not
+/// closed.
 async fn monitor(replicas: Weak<Replicas>, i: usize) {
     loop {
         tokio::time::sleep(PROBE_INTERVAL).await;
@@ -267,7 +287,10 @@ async fn monitor(replicas: Weak<Replicas>, i: usize) {
         if replica.is_up() {
             replica.recheck().await;
         } else {
-            replica.revive().await;
+            replica.revive(&replicas.closed).await;
+        }
+        if replicas.closed.load(Ordering::Acquire) {
+            return;
         }
     }
 }

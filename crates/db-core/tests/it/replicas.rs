@@ -162,6 +162,26 @@ async fn reads_go_to_the_replica_writes_to_the_primary_and_reads_survive_its_los
         in_recovery(&db.read().await.unwrap()).await
     })
     .await;
+
+    // Closed while the replica is down: when it comes back, nothing of the
+    // closed handle revives it or connects to it.
+    replica.stop(StopMode::Fast).unwrap();
+    for _ in 0..3 {
+        assert_eq!(count(&db.read().await.unwrap()).await, 2);
+    }
+    assert!(!db.replica_status().await[0].up);
     db.close().await;
+    replica.start_again().unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let on_replica = sea_orm::Database::connect(replica.url("postgres"))
+        .await
+        .unwrap();
+    let others = "SELECT count(*) FROM pg_stat_activity \
+        WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()";
+    assert_eq!(
+        value::<i64>(&on_replica, others).await,
+        0,
+        "a closed handle connected to the replica that came back"
+    );
     drop(primary);
 }
