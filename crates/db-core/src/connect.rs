@@ -229,10 +229,8 @@ impl Pool {
         work: impl Future<Output = Result<T, DbErr>>,
     ) -> (Result<T, DbErr>, bool) {
         let (result, sent) = self.attempt(work).await;
-        if let (Err(e), Some(failover)) = (&result, &self.failover)
-            && Error::unreachable(e)
-        {
-            failover.detected();
+        if let (Err(e), Some(failover)) = (&result, &self.failover) {
+            failover.saw(e);
         }
         (result, sent)
     }

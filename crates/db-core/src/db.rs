@@ -358,8 +358,15 @@ impl Db {
         let mut after_failover = false;
         loop {
             let mut committing = false;
+            // Until the session is open, an error is the pool's, which has
+            // told the host list what it means (`Failover::saw`); a cut at
+            // the deadline then ends a wait for a connection (a server that
+            // does not answer `BEGIN` is the pool's to see, within
+            // `DB_OPERATION_TIMEOUT`).
+            let mut opening = true;
             let ran = async {
                 let session = self.session(options).await.map_err(E::from)?;
+                opening = false;
                 match work(session.clone()).await {
                     Ok(value) => Ok((session, value)),
                     Err(e) => {
@@ -393,7 +400,9 @@ impl Db {
             };
             let reason = error.retry_reason();
             if let Some(failover) = failover.filter(|_| reason == Some(RetryReason::Failover)) {
-                failover.detected();
+                if !opening {
+                    failover.detected();
+                }
                 if committing || Instant::now() >= deadline {
                     return Err(error);
                 }

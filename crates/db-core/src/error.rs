@@ -341,6 +341,11 @@ impl Error {
         connection_failure(err).is_some()
     }
 
+    /// Whether `err` is a wait for a pooled connection that ended without one.
+    pub(crate) fn pool_timeout(err: &DbErr) -> bool {
+        matches!(connection_failure(err), Some(Failure::PoolTimeout))
+    }
+
     /// Whether `err` is PostgreSQL's refusal to write in a read-only
     /// transaction or on a standby (SQLSTATE 25006).
     pub(crate) fn read_only(err: &DbErr) -> bool {

@@ -13,7 +13,10 @@
 //! attempts wait out `DB_CONNECT_TIMEOUT`) holds up none of the others: the
 //! pool follows a newly promoted primary within one probe of its promotion.
 //! Pooled connections older than the last failover are dropped when they
-//! are next checked out. At startup the hosts are tried in order instead
+//! are next checked out. A wait for a pooled connection that ends without
+//! one starts a search too (the chosen host may take no connections), but
+//! is no failover by itself: a busy pool keeps its connections unless the
+//! search moves it to another host. At startup the hosts are tried in order instead
 //! (shuffled with `load_balance_hosts=random`), as libpq does.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -21,6 +24,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use rand::seq::SliceRandom;
+use sea_orm::DbErr;
 use sea_orm::sqlx::postgres::{PgConnectOptions, PgConnection, PgPool};
 use sea_orm::sqlx::{self, ConnectOptions, Connection, Row};
 use tokio::sync::Notify;
@@ -195,6 +199,21 @@ impl Failover {
         let at = self.failed_over.load(Ordering::Relaxed);
         at != 0
             && (self.epoch.elapsed().as_nanos() as u64).saturating_sub(age.as_nanos() as u64) < at
+    }
+
+    /// What the error `e` of work on the pool says: a server that went
+    /// away, turned read-only or stopped answering is a failover
+    /// ([`Failover::detected`]). No free connection in time may as well be a
+    /// busy pool as a server that takes no connections: that starts a search
+    /// (which moves the pool, and drops its connections, only if another
+    /// host fits), but marks no connection stale, since closing and
+    /// reopening them all would add to the load.
+    pub(crate) fn saw(self: &Arc<Self>, e: &DbErr) {
+        if Error::pool_timeout(e) {
+            self.search();
+        } else if Error::unreachable(e) {
+            self.detected();
+        }
     }
 
     /// A failover was seen (a server went away or turned read-only): marks

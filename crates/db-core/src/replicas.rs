@@ -260,7 +260,7 @@ impl Replicas {
             };
             match (&result, primary.failover()) {
                 (Err(e), Some(failover)) if Error::unreachable(e) => {
-                    failover.detected();
+                    failover.saw(e);
                     if Instant::now() >= deadline {
                         return result;
                     }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use db_core::{Db, Error, SessionOptions, Settings, url::DatabaseUrl};
+use db_core::{Db, Error, Session, SessionOptions, Settings, url::DatabaseUrl};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use test_support::{Backend, PrivatePostgres, free_port};
 
@@ -319,5 +319,45 @@ async fn plain_sessions_move_on_once_the_chosen_host_is_gone() {
         }
     };
     assert_eq!(reached, shared_port());
+    db.close().await;
+}
+
+/// A pool with every connection in use is busy, not failed over: the waits
+/// that end without a connection (opening a session, and in the retrying
+/// transaction helper) leave its connections alone, where closing and
+/// reopening them all would add to the load.
+#[test_support::needs(postgres)]
+#[tokio::test]
+async fn a_busy_pool_keeps_its_connections() {
+    let mut s = settings(&shared(), "read-write");
+    s.max_connections = 1;
+    s.acquire_timeout = Duration::from_millis(300);
+    s.failover_timeout = Duration::from_secs(1);
+    let db = Db::connect(&s).await.unwrap();
+    let pid = async |session: &Session| -> i32 {
+        let sql = Statement::from_string(DbBackend::Postgres, "SELECT pg_backend_pid()");
+        let row = session.query_one_raw(sql).await.unwrap().unwrap();
+        row.try_get_by_index(0).unwrap()
+    };
+    let holder = db.begin().await.unwrap();
+    let first = pid(&holder).await;
+    let busy = db.begin().await.unwrap_err();
+    assert!(matches!(busy, Error::PoolTimeout), "{busy:?}");
+    let waited = db
+        .transaction(SessionOptions::read_write(), |tx| async move {
+            tx.execute_unprepared("SELECT 1").await?;
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap_err();
+    assert!(waited.is_unavailable(), "{waited:?}");
+    holder.commit().await.unwrap();
+    let again = db.begin().await.unwrap();
+    assert_eq!(
+        pid(&again).await,
+        first,
+        "the busy pool's connection was replaced"
+    );
+    again.commit().await.unwrap();
     db.close().await;
 }
