@@ -129,38 +129,45 @@ impl HeldLock {
     }
 
     /// Fails when the lock's connection is gone (the server ended it, the
-    /// network broke): the lock is then no longer held.
+    /// network broke): the lock is then no longer held; and when the server
+    /// gives no answer within the lock's timeout (at least a second).
     pub async fn check(&mut self) -> Result<()> {
-        let alive = match &mut self.conn {
-            Held::Postgres { conn, .. } => conn.ping().await,
-            Held::MySql { conn, .. } => conn.ping().await,
+        let ping = async {
+            match &mut self.conn {
+                Held::Postgres { conn, .. } => conn.ping().await,
+                Held::MySql { conn, .. } => conn.ping().await,
+            }
         };
-        alive.map_err(|e| Error::Unavailable {
-            reason: "the connection that held the lock is gone",
-            source: Some(crate::error::sqlx_db_err(e)),
+        within(self.timeout, ping).await.map_err(|e| match e {
+            Error::Unavailable { source, .. } => Error::Unavailable {
+                reason: "the connection that held the lock is gone or gives no answer",
+                source,
+            },
+            e => e,
         })
     }
 
     /// PostgreSQL: the sessions that the server process `pid` waits for
     /// (`pg_blocking_pids`), oldest transaction first; empty when it waits
-    /// for none, and on other backends.
+    /// for none, and on other backends. Fails as unavailable when the server
+    /// gives no answer within the lock's timeout (at least a second).
     pub async fn blockers(&mut self, pid: i32) -> Result<Vec<Blocker>> {
         let Held::Postgres { conn, .. } = &mut self.conn else {
             return Ok(Vec::new());
         };
         /// pid, application_name, state, and the transaction's age in seconds.
         type Row = (i32, Option<String>, Option<String>, Option<f64>);
-        let rows: Vec<Row> = sqlx::query_as(
+        let query = sqlx::query_as(
             "SELECT pid, application_name, state, \
                     extract(epoch FROM clock_timestamp() - xact_start)::float8 \
              FROM pg_stat_activity WHERE pid = ANY(pg_blocking_pids($1)) \
              ORDER BY xact_start NULLS LAST",
+        );
+        let rows: Vec<Row> = within(
+            self.timeout,
+            query.bind(pid).persistent(false).fetch_all(conn),
         )
-        .bind(pid)
-        .persistent(false)
-        .fetch_all(conn)
-        .await
-        .map_err(Error::from_sqlx)?;
+        .await?;
         Ok(rows
             .into_iter()
             .map(|(pid, application_name, state, age)| Blocker {

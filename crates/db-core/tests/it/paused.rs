@@ -111,8 +111,19 @@ async fn a_lock_on_a_paused_server_ends_within_its_timeout() {
     assert!(start.elapsed() <= Duration::from_secs(1) + SLACK);
     server.resume().unwrap();
 
-    let held = db.hold(&lock).await.unwrap();
+    let mut held = db.hold(&lock).await.unwrap();
     server.pause().unwrap();
+    // Watching the lock and what a migration waits for: bounded too.
+    let start = Instant::now();
+    let err = held.blockers(1).await.unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+    let err = held.check().await.unwrap_err();
+    let shown = db_core::error::Report(&err).to_string();
+    assert!(
+        shown.contains("the connection that held the lock is gone or gives no answer"),
+        "{shown}"
+    );
+    assert!(start.elapsed() <= Duration::from_secs(2) + SLACK);
     let start = Instant::now();
     held.release().await;
     assert!(start.elapsed() <= Duration::from_secs(1) + SLACK);
