@@ -220,7 +220,9 @@ impl Replicas {
     /// replica does not know a table, column or function that `work` uses
     /// (it has not replayed a migration yet, and the others are no further
     /// ahead for sure). Only for reads, which may run twice: a write that a
-    /// replica refuses as read-only fails, and runs nowhere else.
+    /// replica refuses as read-only fails, and runs nowhere else, but one
+    /// that reaches the primary (no replica up, or one that lacks its
+    /// table) runs there.
     pub(crate) async fn route<T, F, Fut>(&self, primary: &Pool, work: F) -> Result<T, DbErr>
     where
         F: Fn(Pool) -> Fut,

@@ -71,8 +71,16 @@ async fn reads_go_to_the_replica_writes_to_the_primary_and_reads_survive_its_los
         .unwrap();
     write.commit().await.unwrap();
 
-    // Answered at once: by the replica, or by the primary while the replica
-    // has not replayed the table yet (as with the paused replay below).
+    // Once the replica has replayed the table: a write sent through a read
+    // session below must reach it (to be refused), not fall back to the
+    // primary as a statement on a table the replica lacks does.
+    let on_replica = sea_orm::Database::connect(replica.url("postgres"))
+        .await
+        .unwrap();
+    eventually("the replica replaying t", async || {
+        value::<bool>(&on_replica, "SELECT to_regclass('t') IS NOT NULL").await
+    })
+    .await;
     assert_eq!(count(&db.read().await.unwrap()).await, 1);
     assert!(
         in_recovery(&db.read().await.unwrap()).await,
@@ -104,9 +112,6 @@ async fn reads_go_to_the_replica_writes_to_the_primary_and_reads_survive_its_los
 
     // A migration that the replica has not replayed yet: a read that uses
     // what it added runs again on the primary instead of failing, counted.
-    let on_replica = sea_orm::Database::connect(replica.url("postgres"))
-        .await
-        .unwrap();
     on_replica
         .execute_unprepared("SELECT pg_wal_replay_pause()")
         .await
