@@ -49,6 +49,12 @@ impl Lock {
     /// then off while it runs and checked before the commit (SQLite's own
     /// procedure for schema changes: without it, dropping a referenced table
     /// fails and rebuilding one cascades); elsewhere this changes nothing.
+    /// SQLite turns them off on the handle's one writer connection just
+    /// before the work's transaction and on just after it, so run schema
+    /// changes on a handle that nothing else writes through meanwhile, as
+    /// the migrator's own handle is: a transaction of another task that
+    /// took the connection between would run without foreign keys, and so
+    /// would later ones if the work's future is dropped mid-way.
     pub fn schema_change(mut self) -> Self {
         self.schema_change = true;
         self
