@@ -124,10 +124,14 @@ fn differences(name: &str, expected: &Inspected, live: &Inspected) -> Vec<String
     lines
 }
 
-/// Before pending migrations run: records as applied, without running them,
-/// the leading pending migrations whose tables already exist with the shape
-/// they would create. Returns their names; fails, changing nothing, when the
-/// existing tables differ.
+/// Before pending migrations run on a database that no migration of ours
+/// has been applied to: records as applied, without running them, the
+/// leading migrations whose tables already exist with the shape they would
+/// create. Returns their names; fails, changing nothing, when the existing
+/// tables differ. Once one is applied, a pending migration's tables are not
+/// another tool's: its own run stopped midway (a migration outside a
+/// transaction, or MySQL's DDL), and running it again is what finishes it,
+/// or says what is in the way (`migrate baseline` records one by hand).
 pub(crate) async fn adopt<M: MigratorTrait, C: ConnectionTrait>(
     conn: &C,
     target: &str,
@@ -135,7 +139,7 @@ pub(crate) async fn adopt<M: MigratorTrait, C: ConnectionTrait>(
     let statuses = M::get_migration_with_status_read_only(conn).await?;
     if statuses
         .iter()
-        .all(|m| m.status() == MigrationStatus::Applied)
+        .any(|m| m.status() == MigrationStatus::Applied)
     {
         return Ok(Vec::new());
     }
@@ -143,9 +147,6 @@ pub(crate) async fn adopt<M: MigratorTrait, C: ConnectionTrait>(
     let created = reference::<M>().await?;
     let mut adopted: Vec<(String, Vec<String>)> = Vec::new();
     for (migration, creates) in statuses.iter().zip(&created) {
-        if migration.status() == MigrationStatus::Applied {
-            continue;
-        }
         if creates.is_empty() || !creates.keys().any(|t| live.contains_key(t)) {
             break;
         }

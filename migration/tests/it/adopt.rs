@@ -7,6 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use db_core::Db;
 use migration::inspect;
+use sea_orm::ConnectionTrait;
+use sea_orm_migration::prelude::*;
 use test_support::{TestDb, original_app};
 
 use crate::support::{int, lines, migrate, migrate_with, names, strings, tables};
@@ -220,5 +222,82 @@ test_support::backend_tests! {
             format!("applied  {SECOND}\n2 applied, {} pending\n", names().len() - 2)
         );
         assert_eq!(catalog(&t.db).await, before);
+    }
+}
+
+/// A migration outside a transaction, written to be run again: it creates a
+/// table, then builds a unique index on `tasks.title`, which fails while
+/// titles repeat.
+struct Projects;
+
+impl MigrationName for Projects {
+    fn name(&self) -> &str {
+        "m20990101_000001_projects"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Projects {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let table = Table::create()
+            .table("projects")
+            .if_not_exists()
+            .col(
+                ColumnDef::new("id")
+                    .integer()
+                    .not_null()
+                    .auto_increment()
+                    .primary_key(),
+            )
+            .to_owned();
+        manager.create_table(table).await?;
+        let index = Index::create()
+            .name("uq_tasks_title")
+            .table("tasks")
+            .col("title")
+            .unique()
+            .to_owned();
+        migration::online::create_index(manager, index).await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_table(Table::drop().table("projects").to_owned())
+            .await
+    }
+
+    fn use_transaction(&self) -> Option<bool> {
+        Some(false)
+    }
+}
+
+/// The project's migrations and [`Projects`].
+struct WithProjects;
+
+#[async_trait::async_trait]
+impl MigratorTrait for WithProjects {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        let mut all = migration::Migrator::migrations();
+        all.push(Box::new(Projects));
+        all
+    }
+}
+
+test_support::backend_tests! {
+    /// Tables left by a migration of ours that stopped midway are not another
+    /// tool's to adopt: the next `up` runs it again, and it finishes.
+    async fn a_migration_that_stopped_midway_is_run_again_not_adopted(t: TestDb) {
+        migrate(&t.settings, &["up"]).await;
+        let twice = "INSERT INTO tasks (title, status) VALUES ('twice', 'todo')";
+        original_app::execute(&t.db, &[twice, twice]).await;
+        migrate_with::<WithProjects>(&t.settings, &["up"]).await.unwrap_err();
+        let last = "DELETE FROM tasks WHERE id = (SELECT m FROM (SELECT max(id) AS m FROM tasks) AS x)";
+        original_app::execute(&t.db, &[last]).await;
+
+        let report = migrate_with::<WithProjects>(&t.settings, &["up"]).await.unwrap();
+        let n = names().len() + 1;
+        assert_eq!(report, format!("applied  {}\n{n} applied, 0 pending\n", Projects.name()));
+        let again = t.db.autocommit().execute_unprepared(twice).await;
+        assert!(again.is_err(), "the unique index was not built");
     }
 }
