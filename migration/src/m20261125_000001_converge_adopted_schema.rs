@@ -76,11 +76,14 @@ impl MigrationTrait for Migration {
                 online::replace_foreign_key(manager, name, foreign_key(column)).await?;
             }
             // Ours, validated: also when an earlier run was interrupted
-            // between the replacement and its validation.
+            // between the replacement and its validation, or (MySQL, where
+            // the replacement is two statements) between the drop and the
+            // add, which left the column without a key.
             for (column, ours, ..) in FOREIGN_KEYS {
                 let replaced = stale.iter().any(|(_, c, _)| *c == column);
-                let named_ours = tasks.foreign_key_on(column).is_some_and(|(n, _)| n == ours);
-                if replaced || named_ours {
+                let existing = tasks.foreign_key_on(column);
+                let named_ours = existing.is_some_and(|(n, _)| n == ours);
+                if replaced || named_ours || existing.is_none() {
                     online::add_foreign_key(manager, foreign_key(column)).await?;
                 }
             }

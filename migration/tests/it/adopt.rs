@@ -301,3 +301,47 @@ test_support::backend_tests! {
         assert!(again.is_err(), "the unique index was not built");
     }
 }
+
+/// MySQL replaces a foreign key in two statements: when the new key cannot
+/// be added (a row that a dump restored with `FOREIGN_KEY_CHECKS=0` breaks
+/// it), the column is left without one, and every later `up` adds ours
+/// again, failing while the row is there, instead of recording the
+/// convergence as done.
+#[test_support::needs(mysql)]
+#[tokio::test]
+async fn a_foreign_key_that_could_not_be_replaced_is_added_by_the_next_run() {
+    let t = TestDb::new(test_support::Backend::MySql).await;
+    original_app::create(&t.db).await;
+    let session = t.db.begin().await.unwrap();
+    for sql in [
+        "SET FOREIGN_KEY_CHECKS = 0",
+        "INSERT INTO tasks (title, status, assignee_id) VALUES ('orphan', 'todo', 999)",
+        "SET FOREIGN_KEY_CHECKS = 1",
+    ] {
+        session.execute_unprepared(sql).await.unwrap();
+    }
+    session.commit().await.unwrap();
+    let keys = "SELECT CONCAT(CAST(CONSTRAINT_NAME AS CHAR), ' ', CAST(COLUMN_NAME AS CHAR)) \
+        FROM information_schema.KEY_COLUMN_USAGE WHERE TABLE_SCHEMA = DATABASE() \
+        AND TABLE_NAME = 'tasks' AND REFERENCED_TABLE_NAME IS NOT NULL ORDER BY 1";
+    for _ in 0..2 {
+        let error = migrate_with::<migration::Migrator>(&t.settings, &["up"])
+            .await
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("a foreign key constraint fails"),
+            "{error}"
+        );
+        let status = migrate(&t.settings, &["status"]).await;
+        assert!(status.contains(&format!("pending  {SECOND}")), "{status}");
+    }
+    original_app::execute(&t.db, &["DELETE FROM tasks WHERE title = 'orphan'"]).await;
+    migrate(&t.settings, &["up"]).await;
+    assert_eq!(
+        strings(&t.db, keys).await,
+        [
+            "fk_tasks_assignee_id assignee_id",
+            "fk_tasks_parent_id parent_id"
+        ]
+    );
+}
