@@ -1,5 +1,6 @@
 //! Applying migration commands under the migration lock.
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -206,12 +207,25 @@ async fn print_sql<M: MigratorTrait>(
         let applied = match read {
             Ok(read) => M::get_applied_migrations_read_only(&read)
                 .await
-                .map(|a| a.len() as u32)
                 .map_err(Error::from),
             Err(e) => Err(e.into()),
         };
         db.close().await;
-        applied?
+        let applied: BTreeSet<String> = applied?.iter().map(|m| m.name().to_owned()).collect();
+        // The scratch database gets the oldest ones: they must be the applied.
+        let names: Vec<String> = M::migrations()
+            .iter()
+            .map(|m| m.name().to_owned())
+            .collect();
+        if let Some(pending) = names[..applied.len().min(names.len())]
+            .iter()
+            .find(|name| !applied.contains(*name))
+        {
+            return Err(Error::Refused(format!(
+                "{pending} is pending, but a newer migration is applied: `migrate sql` prints the SQL of the migrations after the applied ones, so it cannot show this database's; `migrate sql --all` prints every migration's"
+            )));
+        }
+        applied.len() as u32
     };
     let recorded = scratch(settings, "sql", |mut scratch| async move {
         // The recorder takes the driver's reports of statements at any level, but not none.
@@ -261,9 +275,42 @@ where
     );
     scratch.url = scratch.url.with_database(&name);
     create_database(&scratch).await?;
-    let result = work(scratch.clone()).await;
+    let result = async {
+        create_schemas(&scratch).await?;
+        work(scratch.clone()).await
+    }
+    .await;
     drop_database(&scratch).await?;
     result
+}
+
+/// The schemas that `DB_SCHEMA` names, in a new PostgreSQL database, which
+/// has only `public`: the migrations create their tables in the first.
+async fn create_schemas(settings: &Settings) -> Result<(), Error> {
+    let Some(list) =
+        (settings.schema.as_deref()).filter(|_| settings.url.backend() == DbBackend::Postgres)
+    else {
+        return Ok(());
+    };
+    let db = Db::connect(settings).await?;
+    let session = db.autocommit();
+    let mut created = Ok(());
+    for name in list.split(',').map(str::trim) {
+        let name = match name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+            Some(quoted) => quoted.replace("\"\"", "\""),
+            None => name.to_lowercase(),
+        };
+        let sql = format!(
+            "CREATE SCHEMA IF NOT EXISTS \"{}\"",
+            name.replace('"', "\"\"")
+        );
+        created = session.execute_unprepared(&sql).await.map(drop);
+        if created.is_err() {
+            break;
+        }
+    }
+    db.close().await;
+    Ok(created?)
 }
 
 /// A pool of our own: migrations never run on an application's pool. It has

@@ -93,6 +93,52 @@ async fn migrate_sql_prints_what_is_pending_and_changes_nothing() {
     );
 }
 
+/// A database where an older migration is pending behind newer applied ones
+/// (branches merged): the scratch database cannot be brought to its state
+/// by the oldest migrations, so `migrate sql` refuses instead of printing
+/// another migration's SQL.
+#[test_support::needs(postgres)]
+#[tokio::test]
+async fn migrate_sql_refuses_a_pending_migration_older_than_an_applied_one() {
+    let t = TestDb::new(Backend::Postgres).await;
+    migrate(&t.settings, &["up"]).await;
+    let all = names();
+    let forget = format!("DELETE FROM seaql_migrations WHERE version = '{}'", all[1]);
+    crate::support::exec(&t.db, &forget).await;
+    let err = migrate_with::<migration::Migrator>(&t.settings, &["sql"])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{} is pending, but a newer migration is applied: `migrate sql` prints the SQL of the migrations after the applied ones, so it cannot show this database's; `migrate sql --all` prints every migration's",
+            all[1]
+        )
+    );
+}
+
+/// With `DB_SCHEMA` naming a schema of its own, the scratch database gets
+/// it too.
+#[test_support::needs(postgres)]
+#[tokio::test]
+async fn migrate_sql_works_in_a_schema_of_its_own() {
+    let t = TestDb::new(Backend::Postgres).await;
+    crate::support::exec(&t.db, "CREATE SCHEMA app").await;
+    let mut settings = t.settings.clone();
+    settings.schema = Some("app".to_owned());
+    migrate(&settings, &["up", "-n", "1"]).await;
+    let printed = migrate(&settings, &["sql"]).await;
+    assert!(
+        printed.contains(&format!("-- {}\n", names()[1])),
+        "{printed}"
+    );
+    let printed = migrate(&settings, &["sql", "--all"]).await;
+    assert!(
+        printed.contains(&format!("-- {}\n", names()[0])),
+        "{printed}"
+    );
+}
+
 #[tokio::test]
 async fn migrate_sql_needs_postgresql() {
     let t = TestDb::new(Backend::Sqlite).await;
