@@ -121,21 +121,25 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
     }
 }
 
-/// States the body limit in `doc`: a 413 answer for every operation that
-/// takes a body, unless it describes its own.
+/// States what reading a body answers in `doc`, for every operation that
+/// takes one (unless it describes its own): 413 over the limit, 400 for a
+/// body that could not be read.
 pub(crate) fn state_body_limit(doc: &mut openapi::OpenApi) {
-    let example = json!({"detail": too_large_detail(BODY_LIMIT)});
-    let too_large: RefOr<openapi::Response> = ResponseBuilder::new()
-        .description(format!("The body is over {BODY_LIMIT} bytes"))
-        .content(
-            "application/json",
-            ContentBuilder::new()
-                .schema(Some(Ref::from_schema_name("HTTPError")))
-                .example(Some(example))
-                .build(),
-        )
-        .build()
-        .into();
+    let answer = |description: String, example: Option<serde_json::Value>| {
+        let content = ContentBuilder::new().schema(Some(Ref::from_schema_name("HTTPError")));
+        let response = ResponseBuilder::new()
+            .description(description)
+            .content("application/json", content.example(example).build());
+        RefOr::<openapi::Response>::from(response.build())
+    };
+    let too_large = answer(
+        format!("The body is over {BODY_LIMIT} bytes"),
+        Some(json!({"detail": too_large_detail(BODY_LIMIT)})),
+    );
+    let unreadable = answer(
+        "The body could not be read: it ended before its announced length".to_owned(),
+        None,
+    );
     for item in doc.paths.paths.values_mut() {
         let methods = [
             &mut item.get,
@@ -152,9 +156,11 @@ pub(crate) fn state_body_limit(doc: &mut openapi::OpenApi) {
         for operation in operations.chain(item.additional_operations.values_mut()) {
             if operation.request_body.is_some() {
                 let responses = &mut operation.responses.responses;
-                responses
-                    .entry("413".to_owned())
-                    .or_insert_with(|| too_large.clone());
+                for (status, answer) in [("400", &unreadable), ("413", &too_large)] {
+                    responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| answer.clone());
+                }
             }
         }
     }

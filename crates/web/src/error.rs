@@ -10,6 +10,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use db_core::error::Retryable as _;
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -106,12 +107,15 @@ pub(crate) fn log_failure(response: &Response, method: &Method, uri: &Uri) {
 }
 
 impl From<db_core::Error> for ApiError {
-    /// 503 when the database is unreachable or never confirmed a write,
-    /// 500 otherwise; the error itself goes to the log.
+    /// 503 when the database is unreachable or never confirmed a write, or
+    /// when the transaction kept conflicting with concurrent ones (a
+    /// serialization failure or deadlock left after the retries: the
+    /// request was valid, and may succeed again); 500 otherwise. The error
+    /// itself goes to the log.
     fn from(e: db_core::Error) -> Self {
         if e.is_outcome_unknown() {
             ApiError::OutcomeUnknown(Cause::new(e))
-        } else if e.is_unavailable() {
+        } else if e.is_unavailable() || e.is_retryable() {
             ApiError::Unavailable(Cause::new(e))
         } else {
             ApiError::Internal(Some(Cause::new(e)))
@@ -202,7 +206,8 @@ const OUTCOME_UNKNOWN: &str = "Database unavailable: the write may or may not ha
 #[derive(Debug, utoipa::IntoResponses)]
 #[response(
     status = 503,
-    description = "The database is unreachable or has no free connection; try again later. \
+    description = "The database is unreachable, has no free connection, or the request kept \
+        conflicting with concurrent ones; try again later. \
         For a write whose confirmation never came (the database stopped answering while it \
         committed), the detail says that the write may or may not have been saved: read it \
         back before retrying it",

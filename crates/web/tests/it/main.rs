@@ -200,6 +200,11 @@ async fn a_service_route_gets_the_shared_layers_errors_and_document() {
         doc["paths"]["/boom/"]["get"]["responses"]["413"],
         Value::Null
     );
+    let unreadable = &doc["paths"]["/hello/"]["post"]["responses"]["400"]["description"];
+    assert_eq!(
+        *unreadable,
+        "The body could not be read: it ended before its announced length"
+    );
     let (_, metrics) = call(Method::GET, format!("{base}/metrics"), None).await;
     let metrics = metrics.as_str().unwrap();
     assert!(
@@ -361,4 +366,47 @@ async fn two_services_routing_one_path_and_method_are_refused_naming_the_path() 
         message,
         "Overlapping method route. Handler for `POST /hello` already exists"
     );
+}
+
+/// A transaction that kept conflicting with concurrent ones (PostgreSQL's
+/// serialization failure, left after the retries) answers 503, to try
+/// again, not 500: the request was valid and nothing broke.
+#[test_support::needs(postgres)]
+#[tokio::test]
+async fn a_conflict_left_after_the_retries_is_a_503() {
+    use axum::response::IntoResponse;
+    use db_core::SessionOptions;
+    use db_core::sea_orm::{ConnectionTrait, IsolationLevel};
+
+    let t = test_support::TestDb::new(test_support::Backend::Postgres).await;
+    let setup = t.db.begin().await.unwrap();
+    setup
+        .execute_unprepared("CREATE TABLE shifts (n int)")
+        .await
+        .unwrap();
+    setup.commit().await.unwrap();
+    // Write skew: each reads the table, then writes what the other read.
+    let serializable = SessionOptions::read_write().isolation(IsolationLevel::Serializable);
+    let (first, second) = (
+        t.db.session(serializable).await.unwrap(),
+        t.db.session(serializable).await.unwrap(),
+    );
+    for session in [&first, &second] {
+        session
+            .execute_unprepared("SELECT count(*) FROM shifts")
+            .await
+            .unwrap();
+    }
+    first
+        .execute_unprepared("INSERT INTO shifts VALUES (1)")
+        .await
+        .unwrap();
+    second
+        .execute_unprepared("INSERT INTO shifts VALUES (2)")
+        .await
+        .unwrap();
+    first.commit().await.unwrap();
+    let conflict = second.commit().await.unwrap_err();
+    let answer = ApiError::from(conflict).into_response();
+    assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
