@@ -434,9 +434,10 @@ impl Tracker {
     pub async fn subtree(&self, id: i32) -> Result<Vec<Task>> {
         let read = self.db.read().await?;
         let found = descendants(&read, id).await?;
-        if found.is_empty() {
-            // No descendants, or no such task: tell them apart.
-            self.task(id).await?;
+        // No descendants, or no such task: told apart on the same session,
+        // which may hold a connection (a transaction through a pooler).
+        if found.is_empty() && tasks::Entity::find_by_id(id).one(&read).await?.is_none() {
+            return Err(Error::NotFound(Kind::Task));
         }
         Ok(found)
     }
@@ -448,7 +449,11 @@ impl Tracker {
             Err(e) if is_foreign_key_violation(&e) => e,
             other => return other,
         };
-        let read = self.db.read().await?;
+        // On the primary, which refused the write: a replica may not have
+        // caught up with a row just added or deleted.
+        let read = (self.db)
+            .session(SessionOptions::read_only().on_primary())
+            .await?;
         if let Some(parent) = input.parent_id
             && tasks::Entity::find_by_id(parent)
                 .one(&read)

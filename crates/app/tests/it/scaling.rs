@@ -145,6 +145,33 @@ async fn get_routes_are_served_by_the_replica_and_writes_never_are() {
         assert!(Instant::now() < deadline, "writes did not resume");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // A write refused for a missing row is explained from the primary: the
+    // replica, behind, lacks the parent just created, which exists.
+    blocking(&replica, |r| {
+        r.psql("tracker", "SELECT pg_wal_replay_pause()").map(drop)
+    })
+    .await;
+    let parent: Value = (client.post(format!("{}/tasks/", app.base)))
+        .json(&json!({"title": "parent", "status": "todo"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let refused = (client.post(format!("{}/tasks/", app.base)))
+        .json(&json!({"title": "child", "status": "todo", "parent_id": parent["id"], "assignee_id": 999_999}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 422);
+    let detail = refused.json::<Value>().await.unwrap()["detail"].clone();
+    assert_eq!(detail[0]["loc"], json!(["body", "assignee_id"]), "{detail}");
+    blocking(&replica, |r| {
+        r.psql("tracker", "SELECT pg_wal_replay_resume()").map(drop)
+    })
+    .await;
     app.terminate();
     assert_eq!(app.wait(Duration::from_secs(10)).await.0, Some(0));
     drop(replica);
@@ -212,6 +239,8 @@ async fn the_app_and_its_migrations_work_through_pgbouncer() {
     let vars = vec![
         ("DATABASE_URL", os(bouncer.url("tracker"))),
         ("DB_TRANSACTION_POOLER", os("true")),
+        // Every route works with one connection: none holds two at once.
+        ("DB_MAX_CONNECTIONS", os("1")),
     ];
     let dir = tempfile::tempdir().unwrap();
     let migrators: Vec<_> = (0..6)
@@ -283,6 +312,21 @@ async fn the_app_and_its_migrations_work_through_pgbouncer() {
         .collect();
     for request in requests {
         assert_eq!(request.await.unwrap(), 200);
+    }
+    let task: Value = (client.post(format!("{}/tasks/", app.base)))
+        .json(&json!({"title": "leaf", "status": "todo"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for (id, status) in [(task["id"].as_i64().unwrap(), 200), (999_999, 404)] {
+        let subtree = (client.get(format!("{}/tasks/{id}/subtree/", app.base)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(subtree.status(), status, "subtree of {id}");
     }
     report(&format!(
         "pgbouncer (transaction pooling, port {}): 6 concurrent migrators applied each migration once; 64 concurrent create+get pairs all 200",
