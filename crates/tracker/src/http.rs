@@ -243,8 +243,9 @@ async fn update_employee(
     Path(id): Path,
     JsonObject(body): JsonObject,
 ) -> ApiResult<EmployeeOut> {
-    let id = employee_id(&id)?;
+    // The body first, as FastAPI checks it before the handler looks the row up.
     let input = input::employee(&body)?;
+    let id = employee_id(&id)?;
     Ok(Json(tracker.update_employee(id, input).await?.into()))
 }
 
@@ -333,8 +334,8 @@ async fn update_task(
     Path(id): Path,
     JsonObject(body): JsonObject,
 ) -> ApiResult<TaskOut> {
-    let id = task_id(&id)?;
     let input = input::task(&body)?;
+    let id = task_id(&id)?;
     Ok(Json(tracker.update_task(id, input).await?.into()))
 }
 

@@ -384,6 +384,10 @@ impl Tracker {
                     if let Some(parent) = input.parent_id
                         && is_ancestor_or_self(&tx, id, parent).await?
                     {
+                        // Its own parent: only once it is known to exist.
+                        if parent == id && tasks::Entity::find_by_id(id).one(&tx).await?.is_none() {
+                            return Err(Error::NotFound(Kind::Task));
+                        }
                         let message = if parent == id {
                             "a task cannot be its own parent".to_owned()
                         } else {

@@ -29,6 +29,20 @@ fn cases() -> Vec<Case> {
         ("GET", "/tasks/abc/", None, 422, loc(&["path", "task_id"])),
         ("GET", "/tasks/%FF/", None, 422, loc(&["path", "task_id"])),
         (
+            "PUT",
+            "/employees/-1/",
+            body(json!({"full_name": 5})),
+            422,
+            loc(&["body", "full_name"]),
+        ),
+        (
+            "PUT",
+            "/tasks/999/",
+            task_with("parent_id", json!(999)),
+            404,
+            json!("Task not found"),
+        ),
+        (
             "GET",
             "/employees/1.5/",
             None,
