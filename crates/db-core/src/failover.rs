@@ -16,8 +16,8 @@
 //! are next checked out. A wait for a pooled connection that ends without
 //! one starts a search too (the chosen host may take no connections), but
 //! is no failover by itself: a busy pool keeps its connections unless the
-//! search moves it to another host. At startup the hosts are tried in order instead
-//! (shuffled with `load_balance_hosts=random`), as libpq does.
+//! search moves it to another host. At startup the hosts are tried in
+//! order instead (shuffled with `load_balance_hosts=random`), as libpq does.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};

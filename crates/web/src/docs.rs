@@ -124,7 +124,7 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
 /// States what reading a body answers in `doc`, for every operation that
 /// takes one (unless it describes its own): 413 over the limit, 400 for a
 /// body that could not be read.
-pub(crate) fn state_body_limit(doc: &mut openapi::OpenApi) {
+pub(crate) fn state_body_answers(doc: &mut openapi::OpenApi) {
     let answer = |description: String, example: Option<serde_json::Value>| {
         let content = ContentBuilder::new().schema(Some(Ref::from_schema_name("HTTPError")));
         let response = ResponseBuilder::new()

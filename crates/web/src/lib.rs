@@ -117,7 +117,7 @@ impl App {
             router = router.merge(routes.router);
             doc.merge(routes.doc);
         }
-        docs::state_body_limit(&mut doc);
+        docs::state_body_answers(&mut doc);
         let metrics = match exposure {
             Exposure::Off => None,
             Exposure::Api(m) => {
