@@ -30,6 +30,16 @@ struct Replicated {
     task: String,
 }
 
+/// `POST /tasks/` of `task` to the app at `base`.
+async fn post_task(client: &reqwest::Client, base: &str, task: Value) -> reqwest::Response {
+    client
+        .post(format!("{base}/tasks/"))
+        .json(&task)
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn replicated(password: &'static str, extra: &[(&'static str, OsString)]) -> Replicated {
     let (primary, replica) = tokio::task::spawn_blocking(move || {
         let primary = PrivatePostgres::start(password).expect("primary");
@@ -152,19 +162,14 @@ async fn get_routes_are_served_by_the_replica_and_writes_never_are() {
         r.psql("tracker", "SELECT pg_wal_replay_pause()").map(drop)
     })
     .await;
-    let parent: Value = (client.post(format!("{}/tasks/", app.base)))
-        .json(&json!({"title": "parent", "status": "todo"}))
-        .send()
+    let parent = json!({"title": "parent", "status": "todo"});
+    let parent: Value = post_task(&client, &app.base, parent)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
-    let refused = (client.post(format!("{}/tasks/", app.base)))
-        .json(&json!({"title": "child", "status": "todo", "parent_id": parent["id"], "assignee_id": 999_999}))
-        .send()
-        .await
-        .unwrap();
+    let child = json!({"title": "child", "status": "todo", "parent_id": parent["id"], "assignee_id": 999_999});
+    let refused = post_task(&client, &app.base, child).await;
     assert_eq!(refused.status(), 422);
     let detail = refused.json::<Value>().await.unwrap()["detail"].clone();
     assert_eq!(detail[0]["loc"], json!(["body", "assignee_id"]), "{detail}");
@@ -313,11 +318,9 @@ async fn the_app_and_its_migrations_work_through_pgbouncer() {
     for request in requests {
         assert_eq!(request.await.unwrap(), 200);
     }
-    let task: Value = (client.post(format!("{}/tasks/", app.base)))
-        .json(&json!({"title": "leaf", "status": "todo"}))
-        .send()
+    let leaf = json!({"title": "leaf", "status": "todo"});
+    let task: Value = post_task(&client, &app.base, leaf)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();

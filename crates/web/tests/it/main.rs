@@ -105,6 +105,22 @@ async fn call(method: Method, url: String, body: Option<&str>) -> (StatusCode, V
     )
 }
 
+/// An unknown path at `base` is the JSON 404, another method on
+/// `/metrics` the JSON 405.
+async fn assert_json_fallbacks(base: &str) {
+    assert_eq!(
+        call(Method::GET, format!("{base}/nowhere"), None).await,
+        (StatusCode::NOT_FOUND, json!({"detail": "Not Found"}))
+    );
+    assert_eq!(
+        call(Method::POST, format!("{base}/metrics"), None).await,
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            json!({"detail": "Method Not Allowed"})
+        )
+    );
+}
+
 #[tokio::test]
 async fn a_service_route_gets_the_shared_layers_errors_and_document() {
     let (base, _stop) = serve().await;
@@ -158,17 +174,7 @@ async fn a_service_route_gets_the_shared_layers_errors_and_document() {
             json!({"detail": "Method Not Allowed"})
         )
     );
-    assert_eq!(
-        call(Method::GET, format!("{base}/nowhere"), None).await,
-        (StatusCode::NOT_FOUND, json!({"detail": "Not Found"}))
-    );
-    assert_eq!(
-        call(Method::POST, format!("{base}/metrics"), None).await,
-        (
-            StatusCode::METHOD_NOT_ALLOWED,
-            json!({"detail": "Method Not Allowed"})
-        )
-    );
+    assert_json_fallbacks(&base).await;
     let preflight = Client::new()
         .request(Method::OPTIONS, hello())
         .header("origin", "https://elsewhere.example")
@@ -254,17 +260,7 @@ async fn the_metrics_listener_answers_json_errors() {
     let (status, text) = call(Method::GET, format!("{base}/metrics"), None).await;
     assert_eq!(status, StatusCode::OK);
     assert!(text.as_str().unwrap().contains("db_pool"), "{text}");
-    assert_eq!(
-        call(Method::GET, format!("{base}/nowhere"), None).await,
-        (StatusCode::NOT_FOUND, json!({"detail": "Not Found"}))
-    );
-    assert_eq!(
-        call(Method::POST, format!("{base}/metrics"), None).await,
-        (
-            StatusCode::METHOD_NOT_ALLOWED,
-            json!({"detail": "Method Not Allowed"})
-        )
-    );
+    assert_json_fallbacks(&base).await;
 }
 
 #[tokio::test]
