@@ -20,7 +20,7 @@
 //! | [`replace_foreign_key`] | the old one dropped and the new one added `NOT VALID` at once, then `VALIDATE` | drop, then add | not possible in place |
 //! | [`add_check`] | `NOT VALID`, then `VALIDATE` | `ADD CONSTRAINT` | not possible in place |
 //! | [`set_not_null`] | a validated check, then `SET NOT NULL` (no scan) | `MODIFY` in place | not possible in place |
-//! | [`Backfill`] | batches, each a transaction of its own, paced | the same | the same |
+//! | [`Backfill`] | batches, each a transaction of its own, paced | the same | batches in the migration's one transaction (the runner's lock), without pauses |
 //! | [`execute`] | one statement in a transaction of its own, retried | the statement | the statement |
 //!
 //! On PostgreSQL they run in a migration that opts out of the runner's
@@ -921,7 +921,10 @@ fn mysql_not_null(definition: &str) -> Option<String> {
 /// Rows are taken in the order of an integer key (`id` unless
 /// [`Backfill::key`] names another), from where the last batch ended, so a
 /// run that was interrupted starts again from the beginning but finds
-/// nothing left to do where [`Backfill::only`] excludes filled rows.
+/// nothing left to do where [`Backfill::only`] excludes filled rows. Inside
+/// a transaction (on SQLite the runner's, which is its lock), the batches
+/// are part of it and run without pauses, which would only hold its locks
+/// longer.
 ///
 /// ```no_run
 /// # async fn example(manager: &migration::SchemaManager<'_>) -> Result<(), migration::DbErr> {
@@ -985,6 +988,10 @@ impl Backfill {
         let conn = manager.get_connection();
         let backend = manager.get_database_backend();
         let postgres = postgres_outside_transaction(manager, "a backfill")?;
+        let in_transaction = matches!(
+            conn,
+            DatabaseExecutor::Transaction(_) | DatabaseExecutor::OwnedTransaction(_)
+        );
         let (table, key) = (quote(backend, &self.table), quote(backend, &self.key));
         let only = self.only.as_deref().unwrap_or("1 = 1");
         let (mut after, mut rows, mut batches) = (None::<i64>, 0, 0);
@@ -1035,7 +1042,9 @@ impl Backfill {
             };
             batches += 1;
             after = Some(last);
-            tokio::time::sleep(self.pause.unwrap_or(batch.elapsed())).await;
+            if !in_transaction {
+                tokio::time::sleep(self.pause.unwrap_or(batch.elapsed())).await;
+            }
         }
         tracing::info!(
             "backfilled {rows} rows of {} in {batches} batches ({})",

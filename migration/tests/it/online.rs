@@ -657,3 +657,30 @@ async fn block_counts_are_gone_after_up_on_old_and_fresh_databases() {
     migrate(&fresh.settings, &["up"]).await;
     no_block_counts(&fresh).await;
 }
+
+/// Inside a transaction (SQLite's migrations run in the runner's, which is
+/// its lock) a backfill's batches are part of it: they run without the
+/// pauses, which would only hold the lock longer.
+#[tokio::test]
+async fn a_backfill_in_a_transaction_does_not_pause() {
+    let t = TestDb::new(Backend::Sqlite).await;
+    migrate(&t.settings, &["up"]).await;
+    seed_tasks(&t, 3).await;
+    let session = t.db.begin().await.unwrap();
+    let manager = SchemaManager::new(session.executor());
+    let started = std::time::Instant::now();
+    let rows = Backfill::new("tasks", "title = 'filled'")
+        .batch_size(1)
+        .pause(Duration::from_secs(10))
+        .run(&manager)
+        .await
+        .unwrap();
+    assert_eq!(rows, 3);
+    // Three pauses would take 30 s.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    session.commit().await.unwrap();
+}
