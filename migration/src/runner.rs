@@ -734,6 +734,10 @@ async fn run_migration<M: MigratorTrait>(
         migration.down(&manager).await?;
     }
     record::<M>(conn, name, up).await?;
+    if !up {
+        // Reverted: if it was adopted, what it makes next is this project's.
+        crate::adopt::forget(conn, &[name.to_owned()]).await?;
+    }
     tracing::info!(
         "{} migration {name} in {}",
         if up { "applied" } else { "reverted" },

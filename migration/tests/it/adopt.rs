@@ -345,3 +345,66 @@ async fn a_foreign_key_that_could_not_be_replaced_is_added_by_the_next_run() {
         ]
     );
 }
+
+/// A migration that always fails on PostgreSQL (and passes where adoption
+/// learns what the migrations create, an in-memory SQLite database).
+struct Failing;
+
+impl MigrationName for Failing {
+    fn name(&self) -> &str {
+        "m20990102_000001_failing"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Failing {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        match manager.get_database_backend() {
+            sea_orm::DbBackend::Postgres => Err(DbErr::Migration("it always fails".to_owned())),
+            _ => Ok(()),
+        }
+    }
+
+    async fn down(&self, _manager: &SchemaManager) -> Result<(), DbErr> {
+        Ok(())
+    }
+}
+
+/// The project's migrations and [`Failing`].
+struct WithFailing;
+
+#[async_trait::async_trait]
+impl MigratorTrait for WithFailing {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        let mut all = migration::Migrator::migrations();
+        all.push(Box::new(Failing));
+        all
+    }
+}
+
+/// An adopted migration that is reverted stops being "adopted" at once, not
+/// when the whole command succeeds: after a `refresh --force` whose `up`
+/// fails later, its tables are this project's own, and reverting them needs
+/// no `--force`.
+#[test_support::needs(postgres)]
+#[tokio::test]
+async fn a_reverted_adopted_migration_is_forgotten_when_the_command_fails_later() {
+    let t = TestDb::new(test_support::Backend::Postgres).await;
+    original_app::create(&t.db).await;
+    migrate_with::<WithFailing>(&t.settings, &["up"])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        int(&t.db, "SELECT count(*) FROM seaql_migrations_adopted").await,
+        1
+    );
+    migrate_with::<WithFailing>(&t.settings, &["refresh", "--force"])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        int(&t.db, "SELECT count(*) FROM seaql_migrations_adopted").await,
+        0
+    );
+    let n = names().len().to_string();
+    migrate(&t.settings, &["down", "-n", &n]).await;
+}
