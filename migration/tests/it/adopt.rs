@@ -11,7 +11,7 @@ use sea_orm::ConnectionTrait;
 use sea_orm_migration::prelude::*;
 use test_support::{TestDb, original_app};
 
-use crate::support::{int, lines, migrate, migrate_with, names, strings, tables};
+use crate::support::{int, lines, migrate, migrate_with, names, strings, tables, then};
 
 const FIRST: &str = "m20261124_000001_create_employees_and_tasks";
 const SECOND: &str = "m20261125_000001_converge_adopted_schema";
@@ -271,17 +271,7 @@ impl MigrationTrait for Projects {
     }
 }
 
-/// The project's migrations and [`Projects`].
-struct WithProjects;
-
-#[async_trait::async_trait]
-impl MigratorTrait for WithProjects {
-    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        let mut all = migration::Migrator::migrations();
-        all.push(Box::new(Projects));
-        all
-    }
-}
+then!(WithProjects, Projects);
 
 test_support::backend_tests! {
     /// Tables left by a migration of ours that stopped midway are not another
@@ -370,17 +360,7 @@ impl MigrationTrait for Failing {
     }
 }
 
-/// The project's migrations and [`Failing`].
-struct WithFailing;
-
-#[async_trait::async_trait]
-impl MigratorTrait for WithFailing {
-    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        let mut all = migration::Migrator::migrations();
-        all.push(Box::new(Failing));
-        all
-    }
-}
+then!(WithFailing, Failing);
 
 /// An adopted migration that is reverted stops being "adopted" at once, not
 /// when the whole command succeeds: after a `refresh --force` whose `up`

@@ -5,7 +5,9 @@ use sea_orm::ConnectionTrait;
 use sea_orm_migration::prelude::*;
 use test_support::{Backend, TestDb};
 
-use crate::support::{assert_tables_include, lines, migrate, migrate_with, names, strings, tables};
+use crate::support::{
+    assert_tables_include, lines, migrate, migrate_with, names, strings, tables, then,
+};
 
 test_support::backend_tests! {
     async fn status_reports_without_creating_anything(t: TestDb) {
@@ -41,11 +43,6 @@ test_support::backend_tests! {
         assert!(tables(&t.db).await.is_empty());
     }
 }
-
-/// The project's migrations, then one that creates a table and fails on
-/// the database it is applied to (not on the in-memory one that adoption
-/// learns the schema from).
-struct FailingMigrator;
 
 struct FailsHalfWay;
 
@@ -87,14 +84,10 @@ impl MigrationTrait for FailsHalfWay {
     }
 }
 
-#[async_trait::async_trait]
-impl MigratorTrait for FailingMigrator {
-    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        let mut all = migration::Migrator::migrations();
-        all.push(Box::new(FailsHalfWay));
-        all
-    }
-}
+// The project's migrations, then one that creates a table and fails on
+// the database it is applied to (not on the in-memory one that adoption
+// learns the schema from).
+then!(FailingMigrator, FailsHalfWay);
 
 #[test_support::needs(postgres)]
 #[tokio::test]

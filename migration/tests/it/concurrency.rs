@@ -8,7 +8,7 @@ use db_core::Settings;
 use sea_orm_migration::prelude::*;
 use test_support::TestDb;
 
-use crate::support::{migrate_with, names, strings};
+use crate::support::{migrate_with, names, strings, then};
 
 /// Starts `n` `migration up` processes at once against the database of
 /// `settings`; every process must succeed and each migration must be
@@ -40,8 +40,6 @@ fn concurrent_up(settings: &Settings, n: usize) {
     assert_eq!(applied, migration::Migrator::migrations().len());
 }
 
-/// The project's migrations, then one that takes its time.
-struct SlowMigrator;
 struct Slow;
 
 static SLOW_STARTED: AtomicBool = AtomicBool::new(false);
@@ -61,14 +59,8 @@ impl MigrationTrait for Slow {
     }
 }
 
-#[async_trait::async_trait]
-impl MigratorTrait for SlowMigrator {
-    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        let mut all = migration::Migrator::migrations();
-        all.push(Box::new(Slow));
-        all
-    }
-}
+// The project's migrations, then one that takes its time.
+then!(SlowMigrator, Slow);
 
 test_support::backend_tests! {
     async fn eight_concurrent_migrators_apply_each_migration_once(t: TestDb) {

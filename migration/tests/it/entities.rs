@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use sea_orm_migration::prelude::*;
 use test_support::{Backend, TestDb, original_app};
 
+use crate::support::then;
+
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -27,8 +29,6 @@ fn justfile_flags() -> Vec<String> {
         .collect()
 }
 
-/// The project's migrations plus one that adds `tasks.priority`.
-struct DriftMigrator;
 struct AddPriority;
 
 impl MigrationName for AddPriority {
@@ -51,14 +51,8 @@ impl MigrationTrait for AddPriority {
     }
 }
 
-#[async_trait::async_trait]
-impl MigratorTrait for DriftMigrator {
-    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        let mut all = migration::Migrator::migrations();
-        all.push(Box::new(AddPriority));
-        all
-    }
-}
+// The project's migrations plus one that adds `tasks.priority`.
+then!(DriftMigrator, AddPriority);
 
 /// Runs the check of the committed entities for migrator `M` against
 /// `source`; returns the outcome and the report (the diff, if any).

@@ -8,23 +8,7 @@ use sea_orm::{ConnectionTrait, DbBackend};
 use sea_orm_migration::prelude::*;
 use test_support::{Backend, TestDb};
 
-use crate::support::{exec, int, lines, migrate, migrate_with, names, strings};
-
-/// The project's migrations, then `M`.
-macro_rules! then {
-    ($migrator:ident, $($migration:expr),+) => {
-        struct $migrator;
-
-        #[async_trait::async_trait]
-        impl MigratorTrait for $migrator {
-            fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-                let mut all = migration::Migrator::migrations();
-                $(all.push(Box::new($migration));)+
-                all
-            }
-        }
-    };
-}
+use crate::support::{exec, int, lines, migrate, migrate_with, names, strings, then};
 
 /// A task priority, filled for existing rows and then required, with an
 /// index, a check and a foreign key to a reviewer: every block, in a

@@ -118,3 +118,20 @@ pub fn names() -> Vec<String> {
 pub fn lines(verb: &str, names: &[String]) -> String {
     names.iter().map(|n| format!("{verb} {n}\n")).collect()
 }
+
+/// Declares `$migrator`: the project's migrations, then `$migration`s.
+macro_rules! then {
+    ($migrator:ident, $($migration:expr),+) => {
+        struct $migrator;
+
+        #[async_trait::async_trait]
+        impl sea_orm_migration::MigratorTrait for $migrator {
+            fn migrations() -> Vec<Box<dyn sea_orm_migration::MigrationTrait>> {
+                let mut all = migration::Migrator::migrations();
+                $(all.push(Box::new($migration));)+
+                all
+            }
+        }
+    };
+}
+pub(crate) use then;
