@@ -287,18 +287,16 @@ pub(crate) async fn adopted_names(conn: &impl ConnectionTrait) -> Result<Vec<Str
         .collect::<Result<_, _>>()?)
 }
 
-/// Forgets that `names` were adopted (after they were reverted).
-pub(crate) async fn forget(conn: &impl ConnectionTrait, names: &[String]) -> Result<(), Error> {
-    if names.is_empty() || !inspect::tables(conn).await?.contains_key(ADOPTED_TABLE) {
+/// Forgets that migration `name` was adopted (as it is reverted).
+pub(crate) async fn forget(manager: &SchemaManager<'_>, name: &str) -> Result<(), Error> {
+    if !manager.has_table(ADOPTED_TABLE).await? {
         return Ok(());
     }
-    conn.execute(
-        &Query::delete()
-            .from_table(ADOPTED_TABLE)
-            .and_where(Expr::col("version").is_in(names.iter().map(String::as_str)))
-            .to_owned(),
-    )
-    .await?;
+    let forget = Query::delete()
+        .from_table(ADOPTED_TABLE)
+        .and_where(Expr::col("version").eq(name))
+        .to_owned();
+    manager.get_connection().execute(&forget).await?;
     Ok(())
 }
 

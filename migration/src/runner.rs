@@ -541,12 +541,8 @@ impl Runner<'_> {
             command,
             MigrateCommand::Fresh { .. } | MigrateCommand::Refresh { .. }
         );
-        let reverted: Vec<String> = before
-            .iter()
-            .filter(|n| !after.contains(n) || matches!(command, MigrateCommand::Refresh { .. }))
-            .cloned()
-            .collect();
-        crate::adopt::forget(&*step, &reverted).await?;
+        // A reverted migration was forgotten as adopted when it was
+        // reverted (`run_migration`); `fresh` drops the record's table.
         step.finish().await?;
         Ok(Report {
             reverted: before
@@ -736,7 +732,7 @@ async fn run_migration<M: MigratorTrait>(
     record::<M>(conn, name, up).await?;
     if !up {
         // Reverted: if it was adopted, what it makes next is this project's.
-        crate::adopt::forget(conn, &[name.to_owned()]).await?;
+        crate::adopt::forget(&manager, name).await?;
     }
     tracing::info!(
         "{} migration {name} in {}",
