@@ -72,12 +72,26 @@ struct ServeArgs {
     /// the pools close and the process exits (a duration with a unit).
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "8s", value_parser = duration)]
     shutdown_grace: Duration,
+    /// How long a client may take to send a request's head (an idle
+    /// connection: to start its next request), then its connection is
+    /// closed; and each part of a body, then the answer is 408. 30s by
+    /// default.
+    #[arg(long, env = "READ_TIMEOUT", value_parser = nonzero_duration)]
+    read_timeout: Option<Duration>,
 }
 
 /// A duration argument, with a message that says what is expected.
 fn duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text)
         .map_err(|_| "expected a duration with a unit, like 8s or 500ms".to_owned())
+}
+
+/// A duration argument greater than zero.
+fn nonzero_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err("expected a duration greater than zero with a unit, like 30s".to_owned()),
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -188,6 +202,7 @@ async fn serve(settings: &Settings, args: ServeArgs, dropped: DroppedLines) -> a
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("listening on {addr}"))?;
+    let read_timeout = args.read_timeout.unwrap_or(web::READ_TIMEOUT);
     let exposure = match (metrics, args.metrics_addr) {
         (None, _) => web::Exposure::Off,
         (Some(m), None) => web::Exposure::Api(m),
@@ -203,6 +218,7 @@ async fn serve(settings: &Settings, args: ServeArgs, dropped: DroppedLines) -> a
                 metrics_listener,
                 m,
                 db.clone(),
+                read_timeout,
                 std::future::pending(),
             ));
             web::Exposure::Separate(m)
@@ -224,7 +240,7 @@ async fn serve(settings: &Settings, args: ServeArgs, dropped: DroppedLines) -> a
         tracing::info!("shutting down: finishing requests in flight");
         let _ = stopping_tx.send(());
     };
-    let server = app(&db).serve(listener, exposure, shutdown);
+    let server = (app(&db).read_timeout(read_timeout)).serve(listener, exposure, shutdown);
     // Every wait of a request on the database is bounded (by the acquire
     // and operation timeouts), so requests in flight end within the grace
     // period whatever state the servers are in; one still running after it

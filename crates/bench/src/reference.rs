@@ -121,7 +121,7 @@ where
         .with_state(state)
 }
 
-/// Serves `app` on `addr` with `axum::serve`, as `tracker serve` does,
+/// Serves `app` on `addr` with `axum::serve`, as an axum application does,
 /// after printing `listening on ADDR` on standard output; stops on SIGINT
 /// or SIGTERM.
 pub async fn serve(addr: SocketAddr, app: Router) -> std::io::Result<()> {

@@ -140,6 +140,10 @@ pub(crate) fn state_body_answers(doc: &mut openapi::OpenApi) {
         "The body could not be read: it ended before its announced length".to_owned(),
         None,
     );
+    let timed_out = answer(
+        "The client stopped sending the body for longer than the server waits".to_owned(),
+        None,
+    );
     for item in doc.paths.paths.values_mut() {
         let methods = [
             &mut item.get,
@@ -156,7 +160,11 @@ pub(crate) fn state_body_answers(doc: &mut openapi::OpenApi) {
         for operation in operations.chain(item.additional_operations.values_mut()) {
             if operation.request_body.is_some() {
                 let responses = &mut operation.responses.responses;
-                for (status, answer) in [("400", &unreadable), ("413", &too_large)] {
+                for (status, answer) in [
+                    ("400", &unreadable),
+                    ("408", &timed_out),
+                    ("413", &too_large),
+                ] {
                     responses
                         .entry(status.to_owned())
                         .or_insert_with(|| answer.clone());

@@ -62,6 +62,8 @@ pub enum ApiError {
     /// 400 with a message: the request could not be read (a body cut off
     /// before its announced length).
     BadRequest(String),
+    /// 408: the client stopped sending the body (see `App::read_timeout`).
+    TimedOut,
     /// 405 on a known path.
     MethodNotAllowed,
     /// 503: the database is unreachable or has no free connection.
@@ -172,6 +174,7 @@ impl IntoResponse for ApiError {
                 message(StatusCode::PAYLOAD_TOO_LARGE, too_large_detail(limit))
             }
             ApiError::BadRequest(detail) => message(StatusCode::BAD_REQUEST, detail),
+            ApiError::TimedOut => message(StatusCode::REQUEST_TIMEOUT, TIMED_OUT),
             ApiError::MethodNotAllowed => {
                 message(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
             }
@@ -198,6 +201,9 @@ impl IntoResponse for ApiError {
 pub(crate) fn too_large_detail(limit: usize) -> String {
     format!("Request body too large (limit {limit} bytes)")
 }
+
+/// The detail of a 408 for a body that stopped coming.
+const TIMED_OUT: &str = "Request Timeout: the body stopped coming";
 
 /// The detail of a 503 for a write whose outcome is unknown.
 const OUTCOME_UNKNOWN: &str = "Database unavailable: the write may or may not have been saved; read it back before retrying it";

@@ -9,6 +9,8 @@
 //! [`Fields::string`] refuses NUL characters, which `pattern = "^[^\\x00]*$"`
 //! ([`NO_NUL`]) states.
 
+use std::error::Error;
+
 use axum::body::Bytes;
 use axum::extract::path::ErrorKind;
 use axum::extract::rejection::PathRejection;
@@ -17,6 +19,7 @@ use axum::http::request::Parts;
 use chrono::NaiveDate;
 use http_body_util::LengthLimitError;
 use serde_json::{Map, Value};
+use tower_http::timeout::TimeoutError;
 
 use crate::error::{ApiError, FieldError};
 
@@ -59,10 +62,19 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
             .is_none_or(|value| is_json(value.as_bytes()));
         let bytes: Bytes = axum::body::to_bytes(req.into_body(), BODY_LIMIT)
             .await
-            .map_err(|e| match e.into_inner().is::<LengthLimitError>() {
-                true => ApiError::TooLarge(BODY_LIMIT),
-                // The client broke off or garbled the body (FastAPI's 400).
-                false => ApiError::BadRequest("There was an error parsing the body".to_owned()),
+            .map_err(|e| {
+                let e = e.into_inner();
+                // The body's own errors come wrapped, each in the next's source.
+                let mut chain =
+                    std::iter::successors(Some(&*e as &(dyn Error + 'static)), |&e| e.source());
+                if e.is::<LengthLimitError>() {
+                    ApiError::TooLarge(BODY_LIMIT)
+                } else if chain.any(|e| e.is::<TimeoutError>()) {
+                    ApiError::TimedOut
+                } else {
+                    // The client broke off or garbled the body (FastAPI's 400).
+                    ApiError::BadRequest("There was an error parsing the body".to_owned())
+                }
             })?;
         if !json {
             return Err(not_an_object(&Value::from(String::from_utf8_lossy(&bytes))));

@@ -11,7 +11,8 @@
 //!   route template ([`metrics`]).
 //! - Around the whole router, [`App::serve`] adds trailing-slash
 //!   normalisation (`/tasks` and `/tasks/` are one route), CORS open to any
-//!   origin, and one log line per request.
+//!   origin, and one log line per request; and it bounds how long a client
+//!   may take to send a request ([`App::read_timeout`]).
 //! - The application's routes are described by one OpenAPI 3.1 document
 //!   titled for it, at `/openapi.json`, rendered at `/docs` (Swagger UI) and
 //!   `/redoc`; `/health` and `/ready` (the database answers a ping) are
@@ -35,6 +36,7 @@ pub mod input;
 mod layer;
 pub mod metrics;
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::time::Duration;
 
@@ -42,13 +44,18 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{Method, Request};
 use axum::response::Response;
-use axum::{Json, Router, ServiceExt};
+use axum::{Json, Router};
 use db_core::Db;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::cors::{Any, CorsLayer};
 use tower_http::normalize_path::NormalizePathLayer;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use utoipa::openapi::InfoBuilder;
 use utoipa::{OpenApi as _, ToSchema};
 use utoipa_axum::routes;
@@ -61,6 +68,10 @@ pub use metrics::{InstallError, Metrics};
 const CONVENTIONS: &str =
     "Paths answer with and without the trailing slash. Every error is JSON with a `detail`.";
 
+/// How long a client may take to send a request's head, or a part of its
+/// body, unless [`App::read_timeout`] says otherwise.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// An application: its services' routes, the probes, and one document.
 #[derive(Debug)]
 pub struct App {
@@ -69,6 +80,7 @@ pub struct App {
     version: String,
     description: String,
     db: Db,
+    read_timeout: Duration,
 }
 
 impl App {
@@ -81,7 +93,18 @@ impl App {
             version: version.to_owned(),
             description: String::new(),
             db,
+            read_timeout: READ_TIMEOUT,
         }
+    }
+
+    /// How long a client may take to send a request's head, which is also
+    /// how long an idle connection waits for its next request (then the
+    /// connection is closed), and to send each part of a body (then the
+    /// answer is a 408); [`READ_TIMEOUT`] by default. So a client that
+    /// stops sending does not hold its connection for good.
+    pub fn read_timeout(mut self, timeout: Duration) -> App {
+        self.read_timeout = timeout;
+        self
     }
 
     /// What the application does, for its document (Markdown).
@@ -140,7 +163,7 @@ impl App {
         self,
         listener: TcpListener,
         exposure: Exposure,
-        shutdown: impl Future<Output = ()> + Send + 'static,
+        shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
         if let Exposure::Api(m) | Exposure::Separate(m) = &exposure {
             m.spawn_upkeep();
@@ -154,6 +177,7 @@ impl App {
             // headers (any is allowed), so no `Vary` header: building it
             // cost an allocation on every request.
             .vary([]);
+        let read_timeout = self.read_timeout;
         // Around the whole router, once: `Router::layer` would wrap each route
         // in each of these, a boxed service more to clone on every request.
         let app = ServiceBuilder::new()
@@ -162,13 +186,69 @@ impl App {
             .layer(cors)
             .map_response(|r: Response<_>| r.map(Body::new))
             .layer(layer::AccessLogLayer)
+            .layer(RequestBodyTimeoutLayer::new(read_timeout))
             .service(self.router(&exposure));
-        axum::serve(
-            listener,
-            ServiceExt::<Request<Body>>::into_make_service(app),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await
+        run(listener, app, read_timeout, shutdown).await
+    }
+}
+
+/// Serves `service` on `listener` over HTTP/1.1 until `shutdown` completes,
+/// then stops accepting and waits for each connection to finish the request
+/// it is answering. A client that takes longer than `read_timeout` to send
+/// a request's head (or, idle, to start the next) has its connection
+/// closed: `axum::serve` sets no such bound.
+async fn run<S>(
+    listener: TcpListener,
+    service: S,
+    read_timeout: Duration,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()>
+where
+    S: tower::Service<Request<Incoming>, Response = Response, Error = Infallible>,
+    S: Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(read_timeout);
+    let connections = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let service = TowerToHyperService::new(service.clone());
+        let connection = connections.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            // A connection's end (reset, timed out, cut off) is the
+            // client's business: each request was logged as it ended.
+            let _ = connection.await;
+        });
+    }
+    drop(listener);
+    connections.shutdown().await;
+    Ok(())
+}
+
+/// Waits after a failed `accept`: not for a connection the client dropped
+/// before it was accepted, a second for anything else (such as running out
+/// of file descriptors), which is logged, so that a failure that lasts does
+/// not spin.
+async fn accept_failed(e: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if !matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        tracing::error!("accepting a connection: {e}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
@@ -199,16 +279,17 @@ fn metrics_route(m: Metrics, db: Db) -> Router {
 }
 
 /// Serves only `/metrics` on `listener` (a listener apart from the
-/// application's, which need not be public) until `shutdown` completes.
+/// application's, which need not be public) until `shutdown` completes,
+/// with the same bound on reading a request as [`App::read_timeout`].
 pub async fn serve_metrics(
     listener: TcpListener,
     metrics: Metrics,
     db: Db,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    read_timeout: Duration,
+    shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    axum::serve(listener, with_fallbacks(metrics_route(metrics, db)))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let router = with_fallbacks(metrics_route(metrics, db)).with_state(());
+    run(listener, router, read_timeout, shutdown).await
 }
 
 /// `router` answering an unknown path with 404 and a known one with another

@@ -164,6 +164,94 @@ fn a_bad_shutdown_grace_exits_2_naming_it() {
     }
 }
 
+/// What the server at `base` sends on a new connection that sends
+/// `request` and then nothing, until it closes the connection, and when it
+/// closed it; `None` if it is still open 10 s later.
+async fn answer_to_a_stalled(base: &str, request: &str) -> (String, Option<Duration>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let sent = Instant::now();
+    let mut answer = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .ok()
+        .map(|read| {
+            read.unwrap();
+            sent.elapsed()
+        });
+    (String::from_utf8_lossy(&answer).into_owned(), closed)
+}
+
+/// A client that stops sending holds its connection for at most
+/// `READ_TIMEOUT`: a connection with a request's head cut off, or idle,
+/// is closed (there is no request to answer); a body that stops
+/// coming is answered 408 as JSON, and nothing is written. Meanwhile other
+/// clients are served.
+#[tokio::test]
+async fn a_client_that_stops_sending_is_let_go_after_the_read_timeout() {
+    let dir = sqlite_dir();
+    let addr = format!("127.0.0.1:{}", free_port().unwrap());
+    let vars = [("READ_TIMEOUT", OsString::from("1s"))];
+    let mut server = start(dir.path(), &["serve", "--addr", &addr], &vars).await;
+    let base = server.base.clone();
+    let head = "GET /health HTTP/1.1\r\nHost: x\r\n";
+    let idle = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+    let body = "POST /employees/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                Content-Length: 40\r\n\r\n{\"full_name\": \"Ann\"";
+    let (cut, idle, stalled, served) = tokio::join!(
+        answer_to_a_stalled(&base, head),
+        answer_to_a_stalled(&base, idle),
+        answer_to_a_stalled(&base, body),
+        async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            reqwest::get(format!("{base}/employees/")).await.unwrap()
+        }
+    );
+    assert_eq!(served.status(), 200);
+    assert_eq!(served.text().await.unwrap(), "[]");
+    let within = |closed: Option<Duration>| {
+        closed.is_some_and(|d| d >= Duration::from_millis(900) && d < Duration::from_secs(5))
+    };
+    assert_eq!(cut.0, "", "{cut:?}");
+    assert!(within(cut.1), "{cut:?}");
+    assert!(idle.0.starts_with("HTTP/1.1 200 "), "{idle:?}");
+    assert!(within(idle.1), "{idle:?}");
+    assert!(stalled.0.starts_with("HTTP/1.1 408 "), "{stalled:?}");
+    assert!(
+        stalled
+            .0
+            .ends_with(r#"{"detail":"Request Timeout: the body stopped coming"}"#),
+        "{stalled:?}"
+    );
+    assert!(within(stalled.1), "{stalled:?}");
+    let employees = reqwest::get(format!("{base}/employees/")).await.unwrap();
+    assert_eq!(employees.text().await.unwrap(), "[]");
+    server.terminate();
+    assert_eq!(server.wait(Duration::from_secs(10)).await.0, Some(0));
+}
+
+/// A `READ_TIMEOUT` of zero stops `serve` before it starts, naming it.
+#[test]
+fn a_zero_read_timeout_exits_2_naming_it() {
+    let dir = sqlite_dir();
+    let output = crate::cli::tracker(
+        dir.path(),
+        &["serve"],
+        &[("READ_TIMEOUT", OsString::from("0s"))],
+    );
+    let (_, stderr) = crate::cli::text(&output);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with(
+            "error: invalid value '0s' for '--read-timeout <READ_TIMEOUT>': \
+             expected a duration greater than zero with a unit, like 30s"
+        ),
+        "{stderr}"
+    );
+}
+
 fn sqlite_dir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }

@@ -254,9 +254,15 @@ async fn the_metrics_listener_answers_json_errors() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (_stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(web::serve_metrics(listener, metrics(), db().await, async {
-        stopped.await.ok();
-    }));
+    tokio::spawn(web::serve_metrics(
+        listener,
+        metrics(),
+        db().await,
+        web::READ_TIMEOUT,
+        async {
+            stopped.await.ok();
+        },
+    ));
     let (status, text) = call(Method::GET, format!("{base}/metrics"), None).await;
     assert_eq!(status, StatusCode::OK);
     assert!(text.as_str().unwrap().contains("db_pool"), "{text}");
