@@ -30,8 +30,14 @@ pub enum Error {
     /// A migration failed: rolled back on PostgreSQL when it ran in a
     /// transaction (those before it stay applied), and on SQLite with the
     /// whole command.
-    #[error("migration failed: {0}")]
-    Migration(#[source] DbErr),
+    #[error("migration {name} failed: {source}")]
+    Migration {
+        /// The migration's name.
+        name: String,
+        /// What its statement (or its lock wait) ended with.
+        #[source]
+        source: DbErr,
+    },
     /// Writing a new migration file failed.
     #[error("generating a migration: {0}")]
     Generate(String),
@@ -67,14 +73,23 @@ impl Error {
     pub fn is_config(&self) -> bool {
         matches!(self, Error::Db(e) if e.is_config())
     }
+
+    /// A statement's error as the failure of migration `name`; one of the
+    /// connection, the lock or the settings as it is.
+    fn of_migration(self, name: &str) -> Error {
+        match self {
+            Error::Db(db_core::Error::Db(source)) => Error::Migration {
+                name: name.to_owned(),
+                source,
+            },
+            other => other,
+        }
+    }
 }
 
 impl From<DbErr> for Error {
     fn from(e: DbErr) -> Self {
-        match db_core::Error::from(e) {
-            db_core::Error::Db(e) => Error::Migration(e),
-            other => Error::Db(other),
-        }
+        Error::Db(e.into())
     }
 }
 
@@ -581,7 +596,8 @@ impl Runner<'_> {
             .filter(|(_, s)| s.status() == MigrationStatus::Pending)
             .take(num.map_or(usize::MAX, |n| n as usize));
         for (migration, _) in pending {
-            self.apply::<M>(migration.as_ref(), true).await?;
+            (self.apply::<M>(migration.as_ref(), true).await)
+                .map_err(|e| e.of_migration(migration.name()))?;
         }
         Ok(())
     }
@@ -602,7 +618,8 @@ impl Runner<'_> {
             .rev()
             .take(num.map_or(usize::MAX, |n| n as usize));
         for (migration, _) in reverting {
-            self.apply::<M>(migration.as_ref(), false).await?;
+            (self.apply::<M>(migration.as_ref(), false).await)
+                .map_err(|e| e.of_migration(migration.name()))?;
         }
         Ok(())
     }
@@ -610,7 +627,9 @@ impl Runner<'_> {
     /// Runs one migration up or down and records it. In a transaction when
     /// it wants one (SeaORM's rule: by default on PostgreSQL only), retried
     /// as a whole after a lock timeout; otherwise statement by statement,
-    /// where the building blocks of [`online`] bound and retry each.
+    /// where the building blocks of [`online`] bound and retry each. Its
+    /// log lines (each retry's too) are in a span that names it.
+    #[tracing::instrument(name = "migration", skip_all, fields(name = migration.name()))]
     async fn apply<M: MigratorTrait>(
         &self,
         migration: &dyn MigrationTrait,
@@ -637,35 +656,31 @@ impl Runner<'_> {
                 crate::online::millis(self.lock_timeout)
             )
         });
-        online::retrying(
-            &format!("migration {name}"),
-            Bound::Statement,
-            |seen| async move {
-                crate::sql::transaction_begins();
-                let session = db.begin().await?;
-                let work = async {
-                    // What the session has already, said in the transaction
-                    // too, so that the SQL printed for review shows it.
-                    if let Some(set) = &set_lock_timeout {
-                        session.execute_unprepared(set).await?;
-                    }
-                    seen.watch(&session, run_migration::<M>(&session, migration, up))
-                        .await
-                };
-                // Rolled back here, not when dropped: a dropped transaction's
-                // connection is closed, and the runner's one connection
-                // carries what the runner set on its session.
-                match work.await {
-                    Ok(()) => session.commit().await?,
-                    Err(e) => {
-                        // The error that ended the work is the one to report.
-                        let _ = session.rollback().await;
-                        return Err(e);
-                    }
+        online::retrying("its transaction", Bound::Statement, |seen| async move {
+            crate::sql::transaction_begins();
+            let session = db.begin().await?;
+            let work = async {
+                // What the session has already, said in the transaction
+                // too, so that the SQL printed for review shows it.
+                if let Some(set) = &set_lock_timeout {
+                    session.execute_unprepared(set).await?;
                 }
-                Ok::<_, Error>(())
-            },
-        )
+                seen.watch(&session, run_migration::<M>(&session, migration, up))
+                    .await
+            };
+            // Rolled back here, not when dropped: a dropped transaction's
+            // connection is closed, and the runner's one connection
+            // carries what the runner set on its session.
+            match work.await {
+                Ok(()) => session.commit().await?,
+                Err(e) => {
+                    // The error that ended the work is the one to report.
+                    let _ = session.rollback().await;
+                    return Err(e);
+                }
+            }
+            Ok::<_, Error>(())
+        })
         .await
     }
 }
@@ -770,7 +785,9 @@ async fn record<M: MigratorTrait>(conn: &Session, name: &str, up: bool) -> Resul
 impl LockNotAvailable for Error {
     fn lock_not_available(&self) -> bool {
         match self {
-            Error::Migration(e) | Error::Db(db_core::Error::Db(e)) => e.lock_not_available(),
+            Error::Migration { source: e, .. } | Error::Db(db_core::Error::Db(e)) => {
+                e.lock_not_available()
+            }
             _ => false,
         }
     }

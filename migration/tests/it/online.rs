@@ -243,7 +243,7 @@ async fn a_concurrent_build_in_a_transaction_is_refused_with_the_fix() {
         .unwrap_err();
     assert_eq!(
         err.to_string(),
-        "migration failed: Migration Error: a concurrent index build runs outside a transaction on PostgreSQL: make the migration's use_transaction() return Some(false)"
+        "migration m20990101_000002_index_in_transaction failed: Migration Error: a concurrent index build runs outside a transaction on PostgreSQL: make the migration's use_transaction() return Some(false)"
     );
 }
 
@@ -492,7 +492,7 @@ async fn a_blocked_migration_retries_then_names_the_blocker() {
     let slowest = writes.await.unwrap();
     assert!(
         err.starts_with(&format!(
-            "migration failed: Migration Error: migration {}: gave up after ",
+            "migration {} failed: Migration Error: its transaction: gave up after ",
             AddColumn.name()
         )),
         "{err}"
