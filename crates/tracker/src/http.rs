@@ -243,9 +243,9 @@ async fn update_employee(
     Path(id): Path,
     JsonObject(body): JsonObject,
 ) -> ApiResult<EmployeeOut> {
-    // The body first, as FastAPI checks it before the handler looks the row up.
-    let input = input::employee(&body)?;
-    let id = employee_id(&id)?;
+    // The id's and the body's problems together, as FastAPI lists them; an
+    // id that no row can have is a 404 only for a valid body.
+    let (id, input) = web::input::both(employee_id(&id), input::employee(&body))?;
     Ok(Json(tracker.update_employee(id, input).await?.into()))
 }
 
@@ -334,8 +334,7 @@ async fn update_task(
     Path(id): Path,
     JsonObject(body): JsonObject,
 ) -> ApiResult<TaskOut> {
-    let input = input::task(&body)?;
-    let id = task_id(&id)?;
+    let (id, input) = web::input::both(task_id(&id), input::task(&body))?;
     Ok(Json(tracker.update_task(id, input).await?.into()))
 }
 

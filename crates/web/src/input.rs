@@ -348,6 +348,21 @@ impl<S: Send + Sync> FromRequestParts<S> for PathParam {
     }
 }
 
+/// Two checks of one request as one result: when either found 422
+/// problems, those of both, `a`'s first (FastAPI lists a path's and a
+/// body's problems together); else `a`'s error, then `b`'s.
+pub fn both<A, B>(a: Result<A, ApiError>, b: Result<B, ApiError>) -> Result<(A, B), ApiError> {
+    match (a, b) {
+        (Ok(a), Ok(b)) => Ok((a, b)),
+        (Err(ApiError::Validation(mut first)), Err(ApiError::Validation(second))) => {
+            first.extend(second);
+            Err(ApiError::Validation(first))
+        }
+        (Err(e @ ApiError::Validation(_)), _) | (_, Err(e @ ApiError::Validation(_))) => Err(e),
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    }
+}
+
 /// An id from the path: 422 if it is not an integer, 404 if it is one that
 /// no row can have (ids are 1 to 2^31-1), however large.
 pub fn path_id(raw: &str, name: &str, not_found: &str) -> Result<i32, ApiError> {

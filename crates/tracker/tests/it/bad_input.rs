@@ -27,6 +27,35 @@ fn cases() -> Vec<Case> {
     let long = "x".repeat(256);
     vec![
         ("GET", "/tasks/abc/", None, 422, loc(&["path", "task_id"])),
+        // A bad id and a bad body: both named, as FastAPI does.
+        (
+            "PUT",
+            "/tasks/abc/",
+            body(json!({"status": "todo"})),
+            422,
+            loc(&["path", "task_id"]),
+        ),
+        (
+            "PUT",
+            "/tasks/abc/",
+            body(json!({"status": "todo"})),
+            422,
+            loc(&["body", "title"]),
+        ),
+        (
+            "PUT",
+            "/employees/x/",
+            body(json!({"full_name": 5})),
+            422,
+            loc(&["body", "full_name"]),
+        ),
+        (
+            "PUT",
+            "/employees/x/",
+            body(json!({"full_name": 5})),
+            422,
+            loc(&["path", "employee_id"]),
+        ),
         ("GET", "/tasks/%FF/", None, 422, loc(&["path", "task_id"])),
         (
             "PUT",
