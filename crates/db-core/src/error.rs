@@ -349,7 +349,7 @@ impl Error {
     /// Whether `err` is PostgreSQL's refusal to write in a read-only
     /// transaction or on a standby (SQLSTATE 25006).
     pub(crate) fn read_only(err: &DbErr) -> bool {
-        database_error(err).and_then(|d| d.code()).as_deref() == Some("25006")
+        database_error(err).and_then(|d| d.code()).as_deref() == Some(READ_ONLY)
     }
 
     /// Whether `err` says that a table, column or function does not exist
@@ -362,6 +362,10 @@ impl Error {
             .is_some_and(|code| matches!(&*code, "42P01" | "42703" | "42883" | "42S02" | "42S22"))
     }
 }
+
+/// PostgreSQL's `read_only_sql_transaction`: a write in a read-only
+/// transaction, or on a standby.
+const READ_ONLY: &str = "25006";
 
 /// A connection-level failure, as [`Error`] reports it.
 enum Failure {
@@ -393,7 +397,7 @@ fn connection_failure(err: &DbErr) -> Option<Failure> {
             }
             // read_only_sql_transaction: "cannot execute ... in a read-only
             // transaction", also during recovery: the primary became a standby.
-            sqlx::Error::Database(d) if d.code().as_deref() == Some("25006") => {
+            sqlx::Error::Database(d) if d.code().as_deref() == Some(READ_ONLY) => {
                 Some(Failure::Unavailable("the server is read-only"))
             }
             _ => None,
