@@ -122,8 +122,8 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
 }
 
 /// States what reading a body answers in `doc`, for every operation that
-/// takes one (unless it describes its own): 413 over the limit, 400 for a
-/// body that could not be read.
+/// takes one (unless it describes its own): 413 over the limit, 408 for a
+/// body that stopped coming, 400 for one that could not be read.
 pub(crate) fn state_body_answers(doc: &mut openapi::OpenApi) {
     let answer = |description: String, example: Option<serde_json::Value>| {
         let content = ContentBuilder::new().schema(Some(Ref::from_schema_name("HTTPError")));

@@ -1,5 +1,5 @@
 //! Reading requests: extractors whose rejections are the `{"detail": …}`
-//! 422, 413 and 400 answers, and [`Fields`], which reads a JSON object's fields
+//! 422, 413, 408 and 400 answers, and [`Fields`], which reads a JSON object's fields
 //! the way pydantic v2 does in lax mode (FastAPI's validation): integers may
 //! come as JSON numbers or as strings of digits (`<select>` values), dates as
 //! `YYYY-MM-DD` strings (`<input type=date>`). Every problem of a body is

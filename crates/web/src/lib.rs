@@ -69,8 +69,12 @@ const CONVENTIONS: &str =
     "Paths answer with and without the trailing slash. Every error is JSON with a `detail`.";
 
 /// How long a client may take to send a request's head, or a part of its
-/// body, unless [`App::read_timeout`] says otherwise.
-pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// body, and how long an idle connection is kept, unless
+/// [`App::read_timeout`] says otherwise: above the 60 s for which load
+/// balancers and proxies commonly keep an idle connection to the
+/// application (AWS ALB, ingress-nginx), so that they never send a request
+/// on one that the application is closing.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(75);
 
 /// An application: its services' routes, the probes, and one document.
 #[derive(Debug)]
@@ -100,8 +104,10 @@ impl App {
     /// How long a client may take to send a request's head, which is also
     /// how long an idle connection waits for its next request (then the
     /// connection is closed), and to send each part of a body (then the
-    /// answer is a 408); [`READ_TIMEOUT`] by default. So a client that
-    /// stops sending does not hold its connection for good.
+    /// answer is a 408); [`READ_TIMEOUT`] by default, zero for no bound.
+    /// So a client that stops sending does not hold its connection for
+    /// good. Behind a proxy that keeps idle connections open, keep it above
+    /// the proxy's idle timeout.
     pub fn read_timeout(mut self, timeout: Duration) -> App {
         self.read_timeout = timeout;
         self
@@ -186,7 +192,9 @@ impl App {
             .layer(cors)
             .map_response(|r: Response<_>| r.map(Body::new))
             .layer(layer::AccessLogLayer)
-            .layer(RequestBodyTimeoutLayer::new(read_timeout))
+            .option_layer(
+                (!read_timeout.is_zero()).then(|| RequestBodyTimeoutLayer::new(read_timeout)),
+            )
             .service(self.router(&exposure));
         run(listener, app, read_timeout, shutdown).await
     }
@@ -194,9 +202,9 @@ impl App {
 
 /// Serves `service` on `listener` over HTTP/1.1 until `shutdown` completes,
 /// then stops accepting and waits for each connection to finish the request
-/// it is answering. A client that takes longer than `read_timeout` to send
-/// a request's head (or, idle, to start the next) has its connection
-/// closed: `axum::serve` sets no such bound.
+/// it is answering. A client that takes longer than `read_timeout` (unless
+/// zero) to send a request's head, or, idle, to start the next, has its
+/// connection closed: `axum::serve` sets no such bound.
 async fn run<S>(
     listener: TcpListener,
     service: S,
@@ -208,21 +216,39 @@ where
     S: Clone + Send + 'static,
     S::Future: Send + 'static,
 {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(read_timeout);
+        .header_read_timeout(Some(read_timeout).filter(|t| !t.is_zero()));
     let connections = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    accept_failed(e).await;
-                    continue;
-                }
-            },
+        let accepted = tokio::select! {
+            biased;
             () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            // The client dropped it before it was accepted.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ConnectionAborted | ConnectionRefused | ConnectionReset
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => {
+                // Such as running out of file descriptors: logged, and tried
+                // again a second later, so that a failure that lasts does
+                // not spin.
+                tracing::error!("accepting a connection: {e}");
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
         };
         let service = TowerToHyperService::new(service.clone());
         let connection = connections.watch(http.serve_connection(TokioIo::new(stream), service));
@@ -235,21 +261,6 @@ where
     drop(listener);
     connections.shutdown().await;
     Ok(())
-}
-
-/// Waits after a failed `accept`: not for a connection the client dropped
-/// before it was accepted, a second for anything else (such as running out
-/// of file descriptors), which is logged, so that a failure that lasts does
-/// not spin.
-async fn accept_failed(e: std::io::Error) {
-    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
-    if !matches!(
-        e.kind(),
-        ConnectionAborted | ConnectionRefused | ConnectionReset
-    ) {
-        tracing::error!("accepting a connection: {e}");
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
 }
 
 /// Whether requests are measured, and where `/metrics` is served.
@@ -280,7 +291,8 @@ fn metrics_route(m: Metrics, db: Db) -> Router {
 
 /// Serves only `/metrics` on `listener` (a listener apart from the
 /// application's, which need not be public) until `shutdown` completes,
-/// with the same bound on reading a request as [`App::read_timeout`].
+/// with the bound of [`App::read_timeout`] on reading a request's head (it
+/// reads no body).
 pub async fn serve_metrics(
     listener: TcpListener,
     metrics: Metrics,

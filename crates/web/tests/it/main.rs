@@ -412,3 +412,33 @@ async fn a_conflict_left_after_the_retries_is_a_503() {
     let answer = ApiError::from(conflict).into_response();
     assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
+
+/// A read timeout of zero is no bound, not one that every pause of a
+/// client misses: a head and a body that come 200 ms apart are answered.
+#[tokio::test]
+async fn a_zero_read_timeout_is_no_bound() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = App::new("Greeter", "0.1.0", db().await)
+        .service(greetings())
+        .read_timeout(std::time::Duration::ZERO);
+    let (_stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(app.serve(listener, Exposure::Off, async {
+        stopped.await.ok();
+    }));
+    let body = r#"{"name": "Ann"}"#;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let pause = std::time::Duration::from_millis(200);
+    let head = "POST /hello/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(pause).await;
+    let length = format!("Content-Length: {}\r\n\r\n", body.len());
+    stream.write_all(length.as_bytes()).await.unwrap();
+    tokio::time::sleep(pause).await;
+    stream.write_all(body.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert!(answer.ends_with("\"hello Ann\""), "{answer}");
+}
