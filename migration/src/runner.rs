@@ -34,9 +34,10 @@ pub enum Error {
     Migration {
         /// The migration's name.
         name: String,
-        /// What its statement (or its lock wait) ended with.
+        /// What it ended with: one of its statements, its lock wait, or
+        /// the connection.
         #[source]
-        source: DbErr,
+        source: Box<Error>,
     },
     /// Writing a new migration file failed.
     #[error("generating a migration: {0}")]
@@ -71,18 +72,18 @@ pub enum Error {
 impl Error {
     /// True for configuration errors (exit code 2).
     pub fn is_config(&self) -> bool {
-        matches!(self, Error::Db(e) if e.is_config())
+        match self {
+            Error::Db(e) => e.is_config(),
+            Error::Migration { source, .. } => source.is_config(),
+            _ => false,
+        }
     }
 
-    /// A statement's error as the failure of migration `name`; one of the
-    /// connection, the lock or the settings as it is.
+    /// This error as what migration `name` ended with.
     fn of_migration(self, name: &str) -> Error {
-        match self {
-            Error::Db(db_core::Error::Db(source)) => Error::Migration {
-                name: name.to_owned(),
-                source,
-            },
-            other => other,
+        Error::Migration {
+            name: name.to_owned(),
+            source: Box::new(self),
         }
     }
 }
@@ -629,7 +630,7 @@ impl Runner<'_> {
     /// as a whole after a lock timeout; otherwise statement by statement,
     /// where the building blocks of [`online`] bound and retry each. Its
     /// log lines (each retry's too) are in a span that names it.
-    #[tracing::instrument(name = "migration", skip_all, fields(name = migration.name()))]
+    #[tracing::instrument(name = "migration", skip_all, fields(migration = migration.name()))]
     async fn apply<M: MigratorTrait>(
         &self,
         migration: &dyn MigrationTrait,
@@ -785,9 +786,8 @@ async fn record<M: MigratorTrait>(conn: &Session, name: &str, up: bool) -> Resul
 impl LockNotAvailable for Error {
     fn lock_not_available(&self) -> bool {
         match self {
-            Error::Migration { source: e, .. } | Error::Db(db_core::Error::Db(e)) => {
-                e.lock_not_available()
-            }
+            Error::Migration { source, .. } => source.lock_not_available(),
+            Error::Db(db_core::Error::Db(e)) => e.lock_not_available(),
             _ => false,
         }
     }

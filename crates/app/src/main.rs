@@ -74,8 +74,8 @@ struct ServeArgs {
     shutdown_grace: Duration,
     /// How long a client may take to send a request's head (an idle
     /// connection: to start its next request), then its connection is
-    /// closed; and each part of a body, then the answer is 408. 30s by
-    /// default.
+    /// closed; and each part of a body, then the answer is 408. 75s by
+    /// default: keep it above the idle timeout of a proxy in front.
     #[arg(long, env = "READ_TIMEOUT", value_parser = nonzero_duration)]
     read_timeout: Option<Duration>,
 }
