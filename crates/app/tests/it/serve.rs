@@ -141,26 +141,33 @@ impl Running {
     }
 }
 
-/// A bad `SHUTDOWN_GRACE` stops `serve` (with or without the subcommand)
-/// before it starts, with exit code 2 and a line that names it.
+/// A bad `SHUTDOWN_GRACE` or `READ_TIMEOUT` stops `serve` (with or without
+/// the subcommand) before it starts, with exit code 2 and a line that names
+/// it.
 #[test]
-fn a_bad_shutdown_grace_exits_2_naming_it() {
+fn a_bad_serve_variable_exits_2_naming_it() {
     let dir = sqlite_dir();
-    for args in [&["serve"][..], &[]] {
-        let output = crate::cli::tracker(
-            dir.path(),
-            args,
-            &[("SHUTDOWN_GRACE", OsString::from("soon"))],
-        );
-        let (_, stderr) = crate::cli::text(&output);
-        assert_eq!(output.status.code(), Some(2), "{stderr}");
-        assert!(
-            stderr.starts_with(
-                "error: invalid value 'soon' for '--shutdown-grace <SHUTDOWN_GRACE>': \
-                 expected a duration with a unit, like 8s or 500ms"
-            ),
-            "{stderr}"
-        );
+    let cases = [
+        (
+            "SHUTDOWN_GRACE",
+            "soon",
+            "error: invalid value 'soon' for '--shutdown-grace <SHUTDOWN_GRACE>': \
+             expected a duration with a unit, like 8s or 500ms",
+        ),
+        (
+            "READ_TIMEOUT",
+            "0s",
+            "error: invalid value '0s' for '--read-timeout <READ_TIMEOUT>': \
+             expected a duration greater than zero with a unit, like 30s",
+        ),
+    ];
+    for (var, value, expected) in cases {
+        for args in [&["serve"][..], &[]] {
+            let output = crate::cli::tracker(dir.path(), args, &[(var, OsString::from(value))]);
+            let (_, stderr) = crate::cli::text(&output);
+            assert_eq!(output.status.code(), Some(2), "{var}: {stderr}");
+            assert!(stderr.starts_with(expected), "{stderr}");
+        }
     }
 }
 
@@ -230,26 +237,6 @@ async fn a_client_that_stops_sending_is_let_go_after_the_read_timeout() {
     assert_eq!(employees.text().await.unwrap(), "[]");
     server.terminate();
     assert_eq!(server.wait(Duration::from_secs(10)).await.0, Some(0));
-}
-
-/// A `READ_TIMEOUT` of zero stops `serve` before it starts, naming it.
-#[test]
-fn a_zero_read_timeout_exits_2_naming_it() {
-    let dir = sqlite_dir();
-    let output = crate::cli::tracker(
-        dir.path(),
-        &["serve"],
-        &[("READ_TIMEOUT", OsString::from("0s"))],
-    );
-    let (_, stderr) = crate::cli::text(&output);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.starts_with(
-            "error: invalid value '0s' for '--read-timeout <READ_TIMEOUT>': \
-             expected a duration greater than zero with a unit, like 30s"
-        ),
-        "{stderr}"
-    );
 }
 
 fn sqlite_dir() -> tempfile::TempDir {
