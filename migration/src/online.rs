@@ -918,6 +918,9 @@ fn mysql_not_null(definition: &str) -> Option<String> {
 /// (so no lock is held for long and nothing waits for the whole table),
 /// paced so that the application keeps most of the server: after each batch
 /// it pauses for as long as the batch took, or as [`Backfill::pause`] says.
+/// Batches are small (200 rows unless [`Backfill::batch_size`] says), since
+/// each one's write-ahead log is flushed by the commits that follow it: the
+/// application's writes wait for a large batch's log as if it were theirs.
 /// Rows are taken in the order of an integer key (`id` unless
 /// [`Backfill::key`] names another), from where the last batch ended, so a
 /// run that was interrupted starts again from the beginning but finds
@@ -931,7 +934,6 @@ fn mysql_not_null(definition: &str) -> Option<String> {
 /// use migration::online::Backfill;
 /// let rows = Backfill::new("tasks", "priority = CASE WHEN status = 'done' THEN 0 ELSE 1 END")
 ///     .only("priority IS NULL")
-///     .batch_size(5_000)
 ///     .run(manager)
 ///     .await?;
 /// # Ok(()) }
@@ -954,7 +956,7 @@ impl Backfill {
             set: assignments.to_owned(),
             only: None,
             key: "id".to_owned(),
-            batch_size: 1_000,
+            batch_size: 200,
             pause: None,
         }
     }
@@ -971,7 +973,9 @@ impl Backfill {
         self
     }
 
-    /// Rows per batch (default 1,000, at least 1).
+    /// Rows per batch (default 200, at least 1). Larger batches finish
+    /// sooner and delay the application's commits more (docs/migrations.md
+    /// has figures).
     pub fn batch_size(mut self, rows: u64) -> Self {
         self.batch_size = Ord::max(rows, 1);
         self
