@@ -117,8 +117,8 @@ impl Stretch {
 /// work takes a share of them (an index build or a validation one core, a
 /// backfill half of one), and each DDL statement its table's lock for a
 /// moment. On a quiet machine (2 vCPU) the p99 of (b), mostly a backfill,
-/// grew 1.3 to 1.4 times in five runs (1.8 to 2.5 times with batches of
-/// 1,000 rows); that of the adoption 1.7 to 2.7 times in eight: it takes
+/// grew 1.3 to 1.6 times in six runs (1.8 to 2.5 times with batches of
+/// 1,000 rows); that of the adoption 1.7 to 2.7 times in nine: it takes
 /// 2 s, and its slowest statements come in bursts, about eight moments when
 /// the 8 writers were held up together for 5 to 12 ms, 2% of its 3,100
 /// statements (docs/reliability.md says where that time goes). The machine's own stalls (another VM's turn on the CPU, a
