@@ -918,9 +918,10 @@ fn mysql_not_null(definition: &str) -> Option<String> {
 /// (so no lock is held for long and nothing waits for the whole table),
 /// paced so that the application keeps most of the server: after each batch
 /// it pauses for as long as the batch took, or as [`Backfill::pause`] says.
-/// Batches are small (200 rows unless [`Backfill::batch_size`] says), since
-/// each one's write-ahead log is flushed by the commits that follow it: the
-/// application's writes wait for a large batch's log as if it were theirs.
+/// Batches are small (200 rows unless [`Backfill::batch_size`] says): an
+/// application's commit made while a batch runs flushes the batch's
+/// write-ahead log written so far, so it waits for a large batch's log as
+/// if it were its own.
 /// Rows are taken in the order of an integer key (`id` unless
 /// [`Backfill::key`] names another), from where the last batch ended, so a
 /// run that was interrupted starts again from the beginning but finds
@@ -974,7 +975,7 @@ impl Backfill {
     }
 
     /// Rows per batch (default 200, at least 1). Larger batches finish
-    /// sooner and delay the application's commits more (docs/migrations.md
+    /// sooner and delay the application's commits more (docs/reliability.md
     /// has figures).
     pub fn batch_size(mut self, rows: u64) -> Self {
         self.batch_size = Ord::max(rows, 1);

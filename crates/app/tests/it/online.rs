@@ -121,12 +121,12 @@ impl Stretch {
 /// 1,000 rows); that of the adoption 1.7 to 2.7 times in nine: it takes
 /// 2 s, and its slowest statements come in bursts, about eight moments when
 /// the 8 writers were held up together for 5 to 12 ms, 2% of its 3,100
-/// statements (docs/reliability.md says where that time goes). The machine's own stalls (another VM's turn on the CPU, a
-/// slow fsync) delay every client alike, the untouched one too, and one of
-/// 200 ms in a 30 s stretch lifts a p99 to about 100 ms; a lock on `tasks`
-/// delays only the clients that use it. A lock wait behind a long
-/// transaction, what this test is about, is hundreds of milliseconds or
-/// more.
+/// statements (docs/reliability.md says where that time goes). The
+/// machine's own stalls (another VM's turn on the CPU, a slow fsync) delay
+/// every client alike, the untouched one too, and one of 200 ms in a 30 s
+/// stretch lifts a p99 to about 100 ms; a lock on `tasks` delays only the
+/// clients that use it. A lock wait behind a long transaction, what this
+/// test is about, is hundreds of milliseconds or more.
 fn quiet_enough(before: Duration, during: Duration, untouched: Duration) -> bool {
     during <= (before * 2).max(before.max(untouched) + Duration::from_millis(25))
 }
