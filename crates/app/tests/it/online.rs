@@ -121,12 +121,14 @@ impl Stretch {
 /// 1,000 rows); that of the adoption 1.7 to 2.7 times in nine: it takes
 /// 2 s, and its slowest statements come in bursts, about eight moments when
 /// the 8 writers were held up together for 5 to 12 ms, 2% of its 3,100
-/// statements (docs/reliability.md says where that time goes). The
-/// machine's own stalls (another VM's turn on the CPU, a slow fsync) delay
-/// every client alike, the untouched one too, and one of 200 ms in a 30 s
-/// stretch lifts a p99 to about 100 ms; a lock on `tasks` delays only the
-/// clients that use it. A lock wait behind a long transaction, what this
-/// test is about, is hundreds of milliseconds or more.
+/// statements; in a run watched from the server, the largest was the fsync
+/// of a new index's file at the end of its build, which every commit's WAL
+/// flush waited for (docs/reliability.md has the figures). The machine's own stalls of the
+/// CPU (another VM's turn) delay every client alike, the untouched one too,
+/// and one of 200 ms in a 30 s stretch lifts a p99 to about 100 ms; a lock
+/// on `tasks` delays only the clients that use it. A lock wait behind a
+/// long transaction, what this test is about, is hundreds of milliseconds
+/// or more.
 fn quiet_enough(before: Duration, during: Duration, untouched: Duration) -> bool {
     during <= (before * 2).max(before.max(untouched) + Duration::from_millis(25))
 }
@@ -242,8 +244,8 @@ fn http_clients(base: &str, tasks: i64, stop: Arc<AtomicBool>) -> Clients {
 
 /// One HTTP client beside [`http_clients`] that touches no table: `GET
 /// /ready` (a ping through the same pool) at the same pace. The machine's
-/// own stalls of the CPU delay it as much as the others (those of the disk:
-/// [`untouched_sql_client`]); a lock on `tasks` does not.
+/// own stalls of the CPU delay it as much as the others; a lock on `tasks`
+/// does not, nor a slow disk.
 fn untouched_http_client(base: &str, stop: Arc<AtomicBool>) -> Clients {
     drive_with(base, 1, Some(HTTP_PACE), stop, |client, base, _, _| {
         (None, client.get(format!("{base}/ready")))
@@ -251,10 +253,11 @@ fn untouched_http_client(base: &str, stop: Arc<AtomicBool>) -> Clients {
 }
 
 /// One SQL client beside the others that touches no table: `SELECT
-/// txid_current()`, which commits and so waits for its WAL flush as a write
-/// does, on `db` at [`SQL_PACE`]. The machine's own stalls (CPU, disk)
-/// delay it as much as the others; a lock on `tasks` does not, as long as
-/// `db` is a pool that the others do not wait for.
+/// txid_current()` on `db` at [`SQL_PACE`]. The machine's own stalls of the
+/// CPU delay it as much as the others; a lock on `tasks` does not, as long
+/// as `db` is a pool that the others do not wait for, nor a slow disk: its
+/// transaction writes nothing before its commit, so PostgreSQL does not wait
+/// for the commit's WAL flush.
 fn untouched_sql_client(db: &Db, stop: Arc<AtomicBool>) -> Clients {
     sql_clients(db, 1, stop, |_, _| "SELECT txid_current()".to_owned())
 }
