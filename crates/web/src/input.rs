@@ -253,31 +253,33 @@ fn parse_date(s: &str) -> Option<NaiveDate> {
     NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()
 }
 
-/// pydantic's lax integer: `Ok(None)` for null.
+/// pydantic's lax integer: `Ok(None)` for null. A float without a fraction
+/// is that integer (`1e16` too) if it fits in 64 bits.
 fn lax_int(value: &Value) -> Result<Option<i64>, (&'static str, &'static str)> {
     const PARSING: (&str, &str) = (
         "int_parsing",
         "Input should be a valid integer, unable to parse string as an integer",
     );
+    // Every f64 in this range converts to an i64 exactly.
+    const FITS: std::ops::Range<f64> = i64::MIN as f64..i64::MAX as f64;
     match value {
         Value::Null => Ok(None),
-        Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                Ok(Some(i))
-            } else if let Some(f) = n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15) {
-                Ok(Some(f as i64))
-            } else if n.is_f64() {
-                Err((
-                    "int_from_float",
-                    "Input should be a valid integer, got a number with a fractional part",
-                ))
-            } else {
-                Err((
-                    "int_range",
-                    "Input should be an integer that fits in 64 bits",
-                ))
-            }
-        }
+        Value::Number(n) => match (n.as_i64(), n.as_f64().filter(|_| n.is_f64())) {
+            (Some(i), _) => Ok(Some(i)),
+            (None, Some(f)) if f.fract() != 0.0 => Err((
+                "int_from_float",
+                "Input should be a valid integer, got a number with a fractional part",
+            )),
+            (None, Some(f)) if FITS.contains(&f) => Ok(Some(f as i64)),
+            (None, Some(_)) => Err((
+                "int_parsing_size",
+                "Unable to parse input string as an integer, exceeded maximum size",
+            )),
+            (None, None) => Err((
+                "int_range",
+                "Input should be an integer that fits in 64 bits",
+            )),
+        },
         Value::String(s) => parse_int_text(s).map(Some).ok_or(PARSING),
         _ => Err(("int_type", "Input should be a valid integer")),
     }

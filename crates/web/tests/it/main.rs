@@ -442,3 +442,33 @@ async fn a_zero_read_timeout_is_no_bound() {
     assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
     assert!(answer.ends_with("\"hello Ann\""), "{answer}");
 }
+
+/// A number given for an id is read as FastAPI's pydantic reads it: a float
+/// without a fraction is that integer, so `1e16` is out of an id's range
+/// (not "a number with a fractional part"); a fraction is refused as one,
+/// and a float beyond 64 bits as too large.
+#[test]
+fn a_float_id_without_a_fraction_is_its_integer() {
+    let read = |value: Value| {
+        let body = json!({ "id": value });
+        let mut f = Fields::new(body.as_object().unwrap());
+        let id = f.id("id");
+        match f.finish(id) {
+            Ok(id) => Ok(id),
+            Err(ApiError::Validation(errors)) => Err((errors[0].kind, errors[0].msg.clone())),
+            Err(other) => panic!("not a validation error: {other:?}"),
+        }
+    };
+    assert_eq!(read(json!(2.0)), Ok(Some(2)));
+    assert_eq!(read(json!(1e9)), Ok(Some(1_000_000_000)));
+    assert_eq!(read(json!(-3e2)), Ok(Some(-300)));
+    let range = "Input should be an id between -2147483648 and 2147483647";
+    assert_eq!(read(json!(1e16)), Err(("int_range", range.to_owned())));
+    assert_eq!(read(json!(9.2e18)), Err(("int_range", range.to_owned())));
+    assert_eq!(read(json!(1.5)).unwrap_err().0, "int_from_float");
+    let size = "Unable to parse input string as an integer, exceeded maximum size";
+    for too_large in [json!(9.3e18), json!(-1e19), json!(1e300)] {
+        assert_eq!(read(too_large), Err(("int_parsing_size", size.to_owned())));
+    }
+    assert_eq!(read(Value::Null), Ok(None));
+}
