@@ -241,11 +241,12 @@ async fn get_employee(State(tracker): State<Tracker>, Path(id): Path) -> ApiResu
 async fn update_employee(
     State(tracker): State<Tracker>,
     Path(id): Path,
-    JsonObject(body): JsonObject,
+    body: Result<JsonObject, ApiError>,
 ) -> ApiResult<EmployeeOut> {
     // The id's and the body's problems together, as FastAPI lists them; an
     // id that no row can have is a 404 only for a valid body.
-    let (id, input) = web::input::both(employee_id(&id), input::employee(&body))?;
+    let input = body.and_then(|JsonObject(body)| input::employee(&body));
+    let (id, input) = web::input::both(employee_id(&id), input)?;
     Ok(Json(tracker.update_employee(id, input).await?.into()))
 }
 
@@ -332,9 +333,10 @@ async fn get_task(State(tracker): State<Tracker>, Path(id): Path) -> ApiResult<T
 async fn update_task(
     State(tracker): State<Tracker>,
     Path(id): Path,
-    JsonObject(body): JsonObject,
+    body: Result<JsonObject, ApiError>,
 ) -> ApiResult<TaskOut> {
-    let (id, input) = web::input::both(task_id(&id), input::task(&body))?;
+    let input = body.and_then(|JsonObject(body)| input::task(&body));
+    let (id, input) = web::input::both(task_id(&id), input)?;
     Ok(Json(tracker.update_task(id, input).await?.into()))
 }
 

@@ -31,10 +31,12 @@ pub const NO_NUL: &str = "^[^\\x00]*$";
 /// Largest request body accepted.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
-/// A JSON object body, read with a size limit. As in FastAPI, the body is
-/// read as JSON when the request has no `Content-Type` or a JSON one
-/// (`application/json`, `application/…+json`); with another, it is not an
-/// object (422 at `body`).
+/// A JSON object body, read with a size limit. As in FastAPI, an empty body
+/// is a missing one, and the body is read as JSON when the request has no
+/// `Content-Type` or a JSON one (`application/json`, `application/…+json`);
+/// with another, it is not an object (422 at `body`). A handler that also
+/// checks a path takes `Result<JsonObject, ApiError>`, so that a bad path
+/// and a bad body are named together ([`both`]).
 #[derive(Debug)]
 pub struct JsonObject(pub Map<String, Value>);
 
@@ -76,6 +78,14 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
                     ApiError::BadRequest("There was an error parsing the body".to_owned())
                 }
             })?;
+        if bytes.is_empty() {
+            return Err(ApiError::Validation(vec![FieldError::new(
+                "missing",
+                &["body"],
+                "Field required",
+                None,
+            )]));
+        }
         if !json {
             return Err(not_an_object(&Value::from(String::from_utf8_lossy(&bytes))));
         }

@@ -6,7 +6,9 @@ use test_support::TestDb;
 
 use crate::support::{Server, migrate};
 
-/// `(method, path, body, expected status, a `loc` or `detail` the answer must name)`.
+/// `(method, path, body, expected status, what the answer must name)`: a
+/// `loc`, some fields of one error (`{"loc": …, "type": …}`), or the
+/// `detail`.
 type Case = (&'static str, &'static str, Option<Vec<u8>>, u16, Value);
 
 fn body(value: Value) -> Option<Vec<u8>> {
@@ -55,6 +57,42 @@ fn cases() -> Vec<Case> {
             body(json!({"full_name": 5})),
             422,
             loc(&["path", "employee_id"]),
+        ),
+        // A body that is no object, or none at all: named with a bad id too.
+        (
+            "PUT",
+            "/tasks/abc/",
+            body(json!([1])),
+            422,
+            loc(&["path", "task_id"]),
+        ),
+        (
+            "PUT",
+            "/tasks/abc/",
+            body(json!([1])),
+            422,
+            json!({"loc": ["body"], "type": "model_attributes_type"}),
+        ),
+        (
+            "PUT",
+            "/employees/x/",
+            Some(Vec::new()),
+            422,
+            loc(&["path", "employee_id"]),
+        ),
+        (
+            "PUT",
+            "/employees/x/",
+            Some(Vec::new()),
+            422,
+            json!({"loc": ["body"], "type": "missing", "msg": "Field required"}),
+        ),
+        (
+            "POST",
+            "/tasks/",
+            Some(Vec::new()),
+            422,
+            json!({"loc": ["body"], "type": "missing", "msg": "Field required"}),
         ),
         ("GET", "/tasks/%FF/", None, 422, loc(&["path", "task_id"])),
         (
@@ -382,7 +420,10 @@ test_support::backend_tests! {
             let (status, answer) = s.call(method, path, body.as_deref()).await;
             let detail = &answer["detail"];
             let named = match detail {
-                Value::Array(errors) => errors.iter().any(|e| e["loc"] == names),
+                Value::Array(errors) => errors.iter().any(|e| match &names {
+                    Value::Object(wanted) => wanted.iter().all(|(key, value)| e[key] == *value),
+                    loc => e["loc"] == *loc,
+                }),
                 other => *other == names,
             };
             if status != expected || !named {
