@@ -245,8 +245,7 @@ async fn update_employee(
 ) -> ApiResult<EmployeeOut> {
     // The id's and the body's problems together, as FastAPI lists them; an
     // id that no row can have is a 404 only for a valid body.
-    let input = body.and_then(|JsonObject(body)| input::employee(&body));
-    let (id, input) = web::input::both(employee_id(&id), input)?;
+    let (id, input) = web::input::path_and_body(employee_id(&id), body, input::employee)?;
     Ok(Json(tracker.update_employee(id, input).await?.into()))
 }
 
@@ -335,8 +334,7 @@ async fn update_task(
     Path(id): Path,
     body: Result<JsonObject, ApiError>,
 ) -> ApiResult<TaskOut> {
-    let input = body.and_then(|JsonObject(body)| input::task(&body));
-    let (id, input) = web::input::both(task_id(&id), input)?;
+    let (id, input) = web::input::path_and_body(task_id(&id), body, input::task)?;
     Ok(Json(tracker.update_task(id, input).await?.into()))
 }
 

@@ -35,8 +35,8 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 /// is a missing one, and the body is read as JSON when the request has no
 /// `Content-Type` or a JSON one (`application/json`, `application/…+json`);
 /// with another, it is not an object (422 at `body`). A handler that also
-/// checks a path takes `Result<JsonObject, ApiError>`, so that a bad path
-/// and a bad body are named together ([`both`]).
+/// checks a path takes `Result<JsonObject, ApiError>` and answers with
+/// [`path_and_body`], so that a bad path and a bad body are named together.
 #[derive(Debug)]
 pub struct JsonObject(pub Map<String, Value>);
 
@@ -264,32 +264,36 @@ fn parse_date(s: &str) -> Option<NaiveDate> {
 }
 
 /// pydantic's lax integer: `Ok(None)` for null. A float without a fraction
-/// is that integer (`1e16` too) if it fits in 64 bits.
+/// is that integer (`1e16` too) if it is strictly between -2^63 and 2^63,
+/// where pydantic takes it.
 fn lax_int(value: &Value) -> Result<Option<i64>, (&'static str, &'static str)> {
     const PARSING: (&str, &str) = (
         "int_parsing",
         "Input should be a valid integer, unable to parse string as an integer",
     );
-    // Every f64 in this range converts to an i64 exactly.
-    const FITS: std::ops::Range<f64> = i64::MIN as f64..i64::MAX as f64;
     match value {
         Value::Null => Ok(None),
-        Value::Number(n) => match (n.as_i64(), n.as_f64().filter(|_| n.is_f64())) {
-            (Some(i), _) => Ok(Some(i)),
-            (None, Some(f)) if f.fract() != 0.0 => Err((
-                "int_from_float",
-                "Input should be a valid integer, got a number with a fractional part",
-            )),
-            (None, Some(f)) if FITS.contains(&f) => Ok(Some(f as i64)),
-            (None, Some(_)) => Err((
-                "int_parsing_size",
-                "Unable to parse input string as an integer, exceeded maximum size",
-            )),
-            (None, None) => Err((
-                "int_range",
-                "Input should be an integer that fits in 64 bits",
-            )),
-        },
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or_default();
+            if f.fract() != 0.0 {
+                Err((
+                    "int_from_float",
+                    "Input should be a valid integer, got a number with a fractional part",
+                ))
+            } else if f > i64::MIN as f64 && f < i64::MAX as f64 {
+                // Without a fraction and in range: converted exactly.
+                Ok(Some(f as i64))
+            } else {
+                Err((
+                    "int_parsing_size",
+                    "Unable to parse input string as an integer, exceeded maximum size",
+                ))
+            }
+        }
+        Value::Number(n) => n.as_i64().map(Some).ok_or((
+            "int_range",
+            "Input should be an integer that fits in 64 bits",
+        )),
         Value::String(s) => parse_int_text(s).map(Some).ok_or(PARSING),
         _ => Err(("int_type", "Input should be a valid integer")),
     }
@@ -360,11 +364,25 @@ impl<S: Send + Sync> FromRequestParts<S> for PathParam {
     }
 }
 
-/// Two checks of one request as one result: when either found 422
-/// problems, those of both, `a`'s first (FastAPI lists a path's and a
-/// body's problems together); else `a`'s error, then `b`'s.
-pub fn both<A, B>(a: Result<A, ApiError>, b: Result<B, ApiError>) -> Result<(A, B), ApiError> {
-    match (a, b) {
+/// A path's check and a body's, answered as FastAPI answers them: a body
+/// that could not be read or is not JSON (413, 408, 400, `json_invalid`)
+/// alone; else, when either found 422 problems (a body missing, not an
+/// object, or with bad fields), those of both, the path's first; else the
+/// path's error (such as a 404 for an id that no row can have), then the
+/// body's. `read` checks the fields of the body.
+pub fn path_and_body<A, B>(
+    path: Result<A, ApiError>,
+    body: Result<JsonObject, ApiError>,
+    read: impl FnOnce(&Map<String, Value>) -> Result<B, ApiError>,
+) -> Result<(A, B), ApiError> {
+    let body = match body {
+        Ok(JsonObject(body)) => read(&body),
+        Err(ApiError::Validation(errors)) if errors.iter().all(|e| e.kind != "json_invalid") => {
+            Err(ApiError::Validation(errors))
+        }
+        Err(unread) => return Err(unread),
+    };
+    match (path, body) {
         (Ok(a), Ok(b)) => Ok((a, b)),
         (Err(ApiError::Validation(mut first)), Err(ApiError::Validation(second))) => {
             first.extend(second);

@@ -7,8 +7,8 @@ use test_support::TestDb;
 use crate::support::{Server, migrate};
 
 /// `(method, path, body, expected status, what the answer must name)`: a
-/// `loc`, some fields of one error (`{"loc": …, "type": …}`), or the
-/// `detail`.
+/// `loc`, some fields of one error (`{"loc": …, "type": …}`), a list of
+/// such fields that is every error, in order, or the `detail`.
 type Case = (&'static str, &'static str, Option<Vec<u8>>, u16, Value);
 
 fn body(value: Value) -> Option<Vec<u8>> {
@@ -93,6 +93,22 @@ fn cases() -> Vec<Case> {
             Some(Vec::new()),
             422,
             json!({"loc": ["body"], "type": "missing", "msg": "Field required"}),
+        ),
+        // A body that cannot be read or is not JSON is answered alone, as
+        // FastAPI reads it before the path.
+        (
+            "PUT",
+            "/tasks/abc/",
+            Some(b"{".to_vec()),
+            422,
+            json!([{"loc": ["body"], "type": "json_invalid"}]),
+        ),
+        (
+            "PUT",
+            "/tasks/0/",
+            Some(vec![b' '; 100 * 1024]),
+            413,
+            json!("Request body too large (limit 65536 bytes)"),
         ),
         ("GET", "/tasks/%FF/", None, 422, loc(&["path", "task_id"])),
         (
@@ -223,7 +239,13 @@ fn cases() -> Vec<Case> {
             422,
             loc(&["body"]),
         ),
-        ("POST", "/employees/", None, 422, loc(&["body"])),
+        (
+            "POST",
+            "/employees/",
+            None,
+            422,
+            json!({"loc": ["body"], "type": "missing"}),
+        ),
         (
             "POST",
             "/employees/",
@@ -419,12 +441,16 @@ test_support::backend_tests! {
         for (method, path, body, expected, names) in cases {
             let (status, answer) = s.call(method, path, body.as_deref()).await;
             let detail = &answer["detail"];
-            let named = match detail {
-                Value::Array(errors) => errors.iter().any(|e| match &names {
-                    Value::Object(wanted) => wanted.iter().all(|(key, value)| e[key] == *value),
-                    loc => e["loc"] == *loc,
-                }),
-                other => *other == names,
+            let is = |error: &Value, wanted: &Value| match wanted {
+                Value::Object(fields) => fields.iter().all(|(key, value)| error[key] == *value),
+                loc => error["loc"] == *loc,
+            };
+            let named = match (detail, &names) {
+                (Value::Array(errors), Value::Array(all)) if all.iter().all(Value::is_object) => {
+                    errors.len() == all.len() && errors.iter().zip(all).all(|(e, w)| is(e, w))
+                }
+                (Value::Array(errors), wanted) => errors.iter().any(|e| is(e, wanted)),
+                (other, wanted) => other == wanted,
             };
             if status != expected || !named {
                 failures.push(format!("{method} {path}: expected {expected} naming {names}, got {status} {answer}"));

@@ -446,7 +446,7 @@ async fn a_zero_read_timeout_is_no_bound() {
 /// A number given for an id is read as FastAPI's pydantic reads it: a float
 /// without a fraction is that integer, so `1e16` is out of an id's range
 /// (not "a number with a fractional part"); a fraction is refused as one,
-/// and a float beyond 64 bits as too large.
+/// and a float from 2^63 away as too large.
 #[test]
 fn a_float_id_without_a_fraction_is_its_integer() {
     let read = |value: Value| {
@@ -467,8 +467,12 @@ fn a_float_id_without_a_fraction_is_its_integer() {
     assert_eq!(read(json!(9.2e18)), Err(("int_range", range.to_owned())));
     assert_eq!(read(json!(1.5)).unwrap_err().0, "int_from_float");
     let size = "Unable to parse input string as an integer, exceeded maximum size";
-    for too_large in [json!(9.3e18), json!(-1e19), json!(1e300)] {
+    for too_large in [json!(9.3e18), json!(-9.223372036854775808e18), json!(1e300)] {
         assert_eq!(read(too_large), Err(("int_parsing_size", size.to_owned())));
     }
+    // A whole number beyond 64 bits, written without a fraction or exponent.
+    let wide = "Input should be an integer that fits in 64 bits";
+    let above_i64 = json!(9_223_372_036_854_775_808_u64);
+    assert_eq!(read(above_i64), Err(("int_range", wide.to_owned())));
     assert_eq!(read(Value::Null), Ok(None));
 }
