@@ -118,17 +118,17 @@ impl Stretch {
 /// backfill half of one), and each DDL statement its table's lock for a
 /// moment. On a quiet machine (2 vCPU) the p99 of (b), mostly a backfill,
 /// grew 1.3 to 1.6 times in six runs (1.8 to 2.5 times with batches of
-/// 1,000 rows); that of the adoption 1.7 to 2.7 times in nine: it takes
-/// 2 s, and its slowest statements come in bursts, about eight moments when
-/// the 8 writers were held up together for 5 to 12 ms, 2% of its 3,100
-/// statements; in a run watched from the server, the largest was the fsync
-/// of a new index's file at the end of its build, which every commit's WAL
-/// flush waited for (docs/reliability.md has the figures). The machine's own stalls of the
-/// CPU (another VM's turn) delay every client alike, the untouched one too,
-/// and one of 200 ms in a 30 s stretch lifts a p99 to about 100 ms; a lock
-/// on `tasks` delays only the clients that use it. A lock wait behind a
-/// long transaction, what this test is about, is hundreds of milliseconds
-/// or more.
+/// 1,000 rows); that of the adoption 1.7 to 2.7 times in nine, and 2.0 to
+/// 6.0 times in four more: it takes 2 s, and its slowest statements come
+/// in bursts, moments when the 8 writers were held up together for 5 to
+/// 35 ms; in a run watched from the server, the largest was the fsync of a
+/// new index's file at the end of its build, which every commit's WAL
+/// flush waited for (docs/reliability.md has the figures). The machine's
+/// own stalls of the CPU (another VM's turn) delay every client alike, the
+/// untouched one too, and two of 200 ms in a 30 s stretch lift a p99 to
+/// about 100 ms; a lock on `tasks` delays only the clients that use it. A
+/// lock wait behind a long transaction, what this test is about, is
+/// hundreds of milliseconds or more.
 fn quiet_enough(before: Duration, during: Duration, untouched: Duration) -> bool {
     during <= (before * 2).max(before.max(untouched) + Duration::from_millis(25))
 }
@@ -253,11 +253,12 @@ fn untouched_http_client(base: &str, stop: Arc<AtomicBool>) -> Clients {
 }
 
 /// One SQL client beside the others that touches no table: `SELECT
-/// txid_current()` on `db` at [`SQL_PACE`]. The machine's own stalls of the
-/// CPU delay it as much as the others; a lock on `tasks` does not, as long
-/// as `db` is a pool that the others do not wait for, nor a slow disk: its
-/// transaction writes nothing before its commit, so PostgreSQL does not wait
-/// for the commit's WAL flush.
+/// txid_current()` on `db` at [`SQL_PACE`], which takes a transaction id
+/// and commits, as a write does. The machine's own stalls of the CPU delay
+/// it as much as the others. Neither a lock on `tasks` (as long as `db` is
+/// a pool that the others do not wait for) nor a slow disk delays it: its
+/// transaction writes nothing before its commit, so PostgreSQL does not
+/// wait for the commit's WAL flush.
 fn untouched_sql_client(db: &Db, stop: Arc<AtomicBool>) -> Clients {
     sql_clients(db, 1, stop, |_, _| "SELECT txid_current()".to_owned())
 }
