@@ -446,7 +446,7 @@ async fn a_zero_read_timeout_is_no_bound() {
 /// A number given for an id is read as FastAPI's pydantic reads it: a float
 /// without a fraction is that integer, so `1e16` is out of an id's range
 /// (not "a number with a fractional part"); a fraction is refused as one,
-/// and a float from 2^63 away as too large.
+/// and a float at or beyond 2^63 either way as too large.
 #[test]
 fn a_float_id_without_a_fraction_is_its_integer() {
     let read = |value: Value| {
