@@ -35,28 +35,16 @@ const URL: &str = "a postgres://, mysql:// or sqlite: URL";
 /// 32-bit count of milliseconds (24 days and 20 hours).
 const LONGEST: Duration = Duration::from_millis(i32::MAX as u64);
 
-/// `d` if it is at most [`LONGEST`].
-fn at_most_longest<E: serde::de::Error>(d: Duration) -> Result<Duration, E> {
-    match d > LONGEST {
-        true => Err(E::custom("too long")),
-        false => Ok(d),
-    }
-}
-
 /// A duration with a unit (`500ms`, `2m`) greater than zero.
 mod nonzero {
     use super::*;
     pub(super) use humantime_serde::serialize;
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let d = at_most_longest(humantime_serde::deserialize(d)?)?;
-        if d.is_zero() {
-            return Err(D::Error::custom("zero"));
-        }
-        Ok(d)
+        or_off::deserialize(d)?.ok_or(D::Error::custom("zero"))
     }
 }
 
-/// A duration with a unit (`500ms`, `2m`); `off` or zero is `None`.
+/// A duration with a unit (`500ms`, `2m`) up to [`LONGEST`]; `off` or zero is `None`.
 mod or_off {
     use super::*;
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(
@@ -64,10 +52,10 @@ mod or_off {
     ) -> Result<Option<Duration>, D::Error> {
         match String::deserialize(d)?.as_str() {
             "off" => Ok(None),
-            text => humantime::parse_duration(text)
-                .map_err(D::Error::custom)
-                .and_then(at_most_longest)
-                .map(|d| Some(d).filter(|d| !d.is_zero())),
+            text => match humantime::parse_duration(text).map_err(D::Error::custom)? {
+                d if d > LONGEST => Err(D::Error::custom("too long")),
+                d => Ok(Some(d).filter(|d| !d.is_zero())),
+            },
         }
     }
     pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
@@ -78,15 +66,9 @@ mod or_off {
     }
 }
 
-/// A log level by name (`off` to `trace`, in any case), shown in lower case.
-mod level {
-    use super::*;
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<LevelFilter, D::Error> {
-        DisplayFromStr::deserialize_as(d)
-    }
-    pub(super) fn serialize<S: Serializer>(level: &LevelFilter, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&level.as_str().to_lowercase())
-    }
+/// A log level shown in lower case (`describe`); it is read by name in any case.
+fn lower_case<S: Serializer>(level: &LevelFilter, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&level.as_str().to_lowercase())
 }
 
 /// A path shown as text (`describe`), lossily if it is not UTF-8.
@@ -259,7 +241,10 @@ pub struct Options {
     #[schemars(with = "String", extend("default" = "5s", "example" = "30s", "expects" = NONZERO, "applies" = "sqlite"))]
     pub sqlite_busy_timeout: Duration,
     /// Level at which every statement is logged (`off`, `error`, `warn`, `info`, `debug`, `trace`).
-    #[serde(with = "level")]
+    #[serde(
+        deserialize_with = "DisplayFromStr::deserialize_as",
+        serialize_with = "lower_case"
+    )]
     #[schemars(with = "String", extend("default" = "debug", "example" = "info", "expects" = "off, error, warn, info, debug or trace"))]
     pub log_statements: LevelFilter,
     /// Statements slower than this are logged at `warn`.
@@ -419,25 +404,19 @@ impl Settings {
         let migration_url = (connection.migration_url.as_deref())
             .map(|u| DatabaseUrl::parse(u.trim(), origin))
             .transpose()?;
-        warnings.extend(
-            all.iter()
-                .filter(|s| !s.applies_to(backend))
-                .filter_map(|s| {
-                    let origin = given.given(&s.key)?;
-                    Some(match s.applies.as_str() {
-                        "server" => format!("{origin} does not apply to SQLite and is ignored"),
-                        only => format!(
-                            "{origin} applies to {} only and is ignored for {}",
-                            if only == "postgres" {
-                                "PostgreSQL"
-                            } else {
-                                "SQLite"
-                            },
-                            backend_name(backend)
-                        ),
-                    })
-                }),
-        );
+        let name = backend_name(backend);
+        for s in all.iter().filter(|s| !s.applies_to(backend)) {
+            let Some(origin) = given.given(&s.key) else {
+                continue;
+            };
+            warnings.push(match s.applies.as_str() {
+                "server" => format!("{origin} does not apply to SQLite and is ignored"),
+                "postgres" => {
+                    format!("{origin} applies to PostgreSQL only and is ignored for {name}")
+                }
+                _ => format!("{origin} applies to SQLite only and is ignored for {name}"),
+            });
+        }
         let s = Settings {
             url,
             replicas,
@@ -489,13 +468,10 @@ impl Settings {
                     value => (s.key, value.to_string()),
                 }),
         );
-        let redacted =
-            |url: Option<&DatabaseUrl>| url.map_or("(none)".to_owned(), DatabaseUrl::redacted);
-        rows.push((
-            "migration_url".to_owned(),
-            redacted(self.migration_url.as_ref()),
-        ));
-        rows.extend((self.replicas.iter()).map(|r| ("replica".to_owned(), redacted(Some(r)))));
+        let migration =
+            (self.migration_url.as_ref()).map_or("(none)".to_owned(), DatabaseUrl::redacted);
+        rows.push(("migration_url".to_owned(), migration));
+        rows.extend((self.replicas.iter()).map(|r| ("replica".to_owned(), r.redacted())));
         rows
     }
 }

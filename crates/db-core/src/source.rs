@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use config::{Config, ConfigError, File, FileFormat, Map, Source as _, Value, ValueKind};
+use config::{ConfigError, File, FileFormat, Map, Source as _, Value, ValueKind};
 use schemars::JsonSchema;
 use sea_orm::DbBackend;
 use serde::de::DeserializeOwned;
@@ -66,42 +66,29 @@ impl SettingInfo {
         let Some(Json::Object(fields)) = schema.get("properties") else {
             return Vec::new();
         };
-        let number = |field: &Json, name: &str| field.get(name).and_then(Json::as_f64);
-        let text = |field: &Json, name: &str| {
-            field
-                .get(name)
-                .and_then(Json::as_str)
-                .unwrap_or_default()
-                .to_owned()
-        };
         (fields.iter())
-            .map(|(key, field)| SettingInfo {
-                var: Some(text(field, "var"))
-                    .filter(|v| !v.is_empty())
-                    .unwrap_or_else(|| format!("{prefix}{}", key.to_uppercase())),
-                default: text(field, "default"),
-                example: text(field, "example"),
-                help: text(field, "description")
-                    .split_whitespace()
-                    .collect::<Vec<_>>()
-                    .join(" "),
-                expects: match field.get("expects") {
-                    Some(_) => text(field, "expects"),
-                    None => "a valid value".to_owned(),
-                },
-                applies: text(field, "applies"),
-                unset: Some(text(field, "unset"))
-                    .filter(|u| !u.is_empty())
-                    .unwrap_or_else(|| "(none)".to_owned()),
-                range: (field.get("minimum").or(field.get("maximum"))).map(|_| {
-                    let min = number(field, "minimum").unwrap_or(f64::MIN);
-                    (min, number(field, "maximum").unwrap_or(f64::MAX))
-                }),
-                integer: match field.get("type") {
-                    Some(Json::Array(types)) => types.iter().any(|t| t == "integer"),
-                    kind => kind.is_some_and(|t| t == "integer"),
-                },
-                key: key.clone(),
+            .map(|(key, field)| {
+                let text = |name: &str| field[name].as_str();
+                let (min, max) = (field["minimum"].as_f64(), field["maximum"].as_f64());
+                SettingInfo {
+                    var: text("var")
+                        .map_or_else(|| prefix.to_owned() + &key.to_uppercase(), Into::into),
+                    default: text("default").unwrap_or_default().to_owned(),
+                    example: text("example").unwrap_or_default().to_owned(),
+                    help: (text("description").unwrap_or_default().split_whitespace())
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    expects: text("expects").unwrap_or("a valid value").to_owned(),
+                    applies: text("applies").unwrap_or_default().to_owned(),
+                    unset: text("unset").unwrap_or("(none)").to_owned(),
+                    range: (min.or(max))
+                        .map(|_| (min.unwrap_or(f64::MIN), max.unwrap_or(f64::MAX))),
+                    integer: match &field["type"] {
+                        Json::Array(types) => types.iter().any(|t| t == "integer"),
+                        kind => kind == "integer",
+                    },
+                    key: key.clone(),
+                }
             })
             .collect()
     }
@@ -235,16 +222,13 @@ impl Source {
         name: &str,
         all: &[SettingInfo],
     ) -> Result<(T, Given)> {
-        let mut layers = Config::builder();
-        for s in all.iter().filter(|s| !s.default.is_empty()) {
-            layers = layers
-                .set_default(&s.key, s.default.as_str())
-                .map_err(config_error)?;
-        }
-        for (key, value) in self.defaults.iter().filter(|_| name.is_empty()) {
-            layers = layers
-                .set_default(key, value.as_str())
-                .map_err(config_error)?;
+        // The layers, each key's value from the top one that has it.
+        let mut layers = Map::new();
+        let builtin = (all.iter())
+            .filter(|s| !s.default.is_empty())
+            .map(|s| (&s.key, &s.default));
+        for (key, value) in builtin.chain(self.defaults.iter().filter(|_| name.is_empty())) {
+            layers.insert(key.clone(), Value::from(value.as_str()));
         }
         let mut given = Given(
             BTreeMap::new(),
@@ -279,7 +263,7 @@ impl Source {
                 given
                     .0
                     .insert(key.clone(), (format!("{shown}: {key}"), value.to_string()));
-                layers = layers.set_override(&key, value).map_err(config_error)?;
+                layers.insert(key, value);
             }
         }
         // The variables are the top layer: `DB_PORT` overrides the key `port`.
@@ -288,21 +272,17 @@ impl Source {
                 bail!("{}: not valid UTF-8", s.var);
             }
             if let Some(value) = self.vars.get(&s.var) {
-                layers = layers
-                    .set_override(&s.key, value.as_str())
-                    .map_err(config_error)?;
+                layers.insert(s.key.clone(), Value::from(value.as_str()));
                 given
                     .0
                     .insert(s.key.clone(), (s.var.clone(), value.clone()));
             }
         }
-        let empty = |s: &&SettingInfo| {
-            given
-                .0
-                .get(&s.key)
-                .is_some_and(|(_, v)| v.trim().is_empty())
-        };
-        if let Some(s) = all.iter().filter(|s| !s.expects.is_empty()).find(empty) {
+        let raw = |s: &SettingInfo| given.0.get(&s.key).map(|(_, v)| v.trim());
+        if let Some(s) = all
+            .iter()
+            .find(|s| !s.expects.is_empty() && raw(s) == Some(""))
+        {
             bail!(
                 "{} is empty: unset it or give {}",
                 given.origin(&s.key),
@@ -310,11 +290,11 @@ impl Source {
             );
         }
         // `config` would read `yes` as 1, `off` as 0 and `2.6` as 3.
-        let whole = |s: &&SettingInfo| {
-            let given = given.0.get(&s.key);
-            s.integer && given.is_some_and(|(_, v)| v.trim().parse::<i64>().is_err())
-        };
-        if let Some(s) = all.iter().find(whole) {
+        let not_whole = |v: &str| v.parse::<i64>().is_err();
+        if let Some(s) = all
+            .iter()
+            .find(|s| s.integer && raw(s).is_some_and(not_whole))
+        {
             return Err(given.invalid(all, &s.key));
         }
         let invalid = |e| match e {
@@ -323,18 +303,18 @@ impl Source {
             }
             e => Error::Config(format!("settings: {e}")),
         };
-        let values = layers.build().map_err(invalid)?;
         // Only numbers have a range: text such as a password may read as one (`inf`).
+        let number = |s: &SettingInfo| layers.get(&s.key).cloned().map(Value::into_float);
         if let Some(s) = all.iter().find(|s| {
             s.range.is_some_and(|(min, max)| {
-                values
-                    .get_float(&s.key)
-                    .is_ok_and(|n| !(min..=max).contains(&n))
+                number(s).is_some_and(|n| n.is_ok_and(|n| !(min..=max).contains(&n)))
             })
         }) {
             return Err(given.invalid(all, &s.key));
         }
-        let value = values.try_deserialize::<T>().map_err(invalid)?;
+        let value = Value::from(layers)
+            .try_deserialize::<T>()
+            .map_err(invalid)?;
         Ok((value, given))
     }
 
@@ -410,11 +390,6 @@ pub(crate) fn quoted(origin: &str, raw: &str) -> String {
         true => format!("{origin} (not shown: it has an @, as credentials do)"),
         false => format!("{origin}=\"{raw}\""),
     }
-}
-
-/// A layer that `config` refused, as our error.
-fn config_error(e: ConfigError) -> Error {
-    Error::Config(e.to_string())
 }
 
 /// A file error without the file's text, which may contain a password.
