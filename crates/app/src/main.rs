@@ -74,10 +74,11 @@ struct ServeArgs {
     shutdown_grace: Duration,
     /// How long a client may take to send a request's head (an idle
     /// connection: to start its next request), then its connection is
-    /// closed; and each part of a body, then the answer is 408. 75s by
-    /// default: keep it above the idle timeout of a proxy in front.
-    #[arg(long, env = "READ_TIMEOUT", value_parser = nonzero_duration)]
-    read_timeout: Option<Duration>,
+    /// closed; and each part of a body, then the answer is 408. Keep it
+    /// above the idle timeout of a proxy in front.
+    #[arg(long, env = "READ_TIMEOUT", value_parser = nonzero_duration,
+          default_value_t = web::READ_TIMEOUT.into())]
+    read_timeout: humantime::Duration,
 }
 
 /// A duration argument, with a message that says what is expected.
@@ -87,9 +88,9 @@ fn duration(text: &str) -> Result<Duration, String> {
 }
 
 /// A duration argument greater than zero.
-fn nonzero_duration(text: &str) -> Result<Duration, String> {
+fn nonzero_duration(text: &str) -> Result<humantime::Duration, String> {
     match humantime::parse_duration(text) {
-        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(d) if !d.is_zero() => Ok(d.into()),
         _ => Err("expected a duration greater than zero with a unit, like 30s".to_owned()),
     }
 }
@@ -202,7 +203,7 @@ async fn serve(settings: &Settings, args: ServeArgs, dropped: DroppedLines) -> a
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("listening on {addr}"))?;
-    let read_timeout = args.read_timeout.unwrap_or(web::READ_TIMEOUT);
+    let read_timeout = Duration::from(args.read_timeout);
     let exposure = match (metrics, args.metrics_addr) {
         (None, _) => web::Exposure::Off,
         (Some(m), None) => web::Exposure::Api(m),
