@@ -921,7 +921,12 @@ fn mysql_not_null(definition: &str) -> Option<String> {
 /// Batches are small (200 rows unless [`Backfill::batch_size`] says): an
 /// application's commit made while a batch runs flushes the batch's
 /// write-ahead log written so far, so it waits for a large batch's log as
-/// if it were its own.
+/// if it were its own, and a write to a row of the batch waits for all of
+/// it. So they are also short: after a batch that took longer than
+/// [`Backfill::batch_time`] (100 ms unless it says), the next has as many
+/// rows as fit in that time at the same rate (wide rows, a busy server),
+/// down to one; quicker batches grow back, at most doubling, up to
+/// `batch_size`.
 /// Rows are taken in the order of an integer key (`id` unless
 /// [`Backfill::key`] names another), from where the last batch ended, so a
 /// run that was interrupted starts again from the beginning but finds
@@ -946,6 +951,7 @@ pub struct Backfill {
     only: Option<String>,
     key: String,
     batch_size: u64,
+    batch_time: Duration,
     pause: Option<Duration>,
 }
 
@@ -958,6 +964,7 @@ impl Backfill {
             only: None,
             key: "id".to_owned(),
             batch_size: 200,
+            batch_time: Duration::from_millis(100),
             pause: None,
         }
     }
@@ -974,11 +981,19 @@ impl Backfill {
         self
     }
 
-    /// Rows per batch (default 200, at least 1). Larger batches finish
-    /// sooner and delay the application's commits more (docs/reliability.md
-    /// has figures).
+    /// Rows per batch (default 200, at least 1): the first batch's, and
+    /// the most a batch has. Larger batches finish sooner and delay the
+    /// application's commits more (docs/reliability.md has figures).
     pub fn batch_size(mut self, rows: u64) -> Self {
         self.batch_size = Ord::max(rows, 1);
+        self
+    }
+
+    /// How long a batch may take (default 100 ms) before the next one is
+    /// made smaller: the longest that the application's writes to its rows
+    /// should wait.
+    pub fn batch_time(mut self, time: Duration) -> Self {
+        self.batch_time = time;
         self
     }
 
@@ -1000,6 +1015,7 @@ impl Backfill {
         let (table, key) = (quote(backend, &self.table), quote(backend, &self.key));
         let only = self.only.as_deref().unwrap_or("1 = 1");
         let (mut after, mut rows, mut batches) = (None::<i64>, 0, 0);
+        let (mut size, mut smallest) = (self.batch_size, self.batch_size);
         let started = Instant::now();
         loop {
             // The batch's time includes finding where it ends.
@@ -1022,7 +1038,7 @@ impl Backfill {
             };
             let last = match upper(format!(
                 "SELECT {key} FROM {table} WHERE {from}({only}) ORDER BY {key} LIMIT 1 OFFSET {}",
-                self.batch_size - 1
+                size - 1
             ))
             .await?
             {
@@ -1048,11 +1064,21 @@ impl Backfill {
             batches += 1;
             after = Some(last);
             if !in_transaction {
-                tokio::time::sleep(self.pause.unwrap_or(batch.elapsed())).await;
+                let took = batch.elapsed();
+                size = next_batch(size, took, self.batch_time, self.batch_size);
+                smallest = Ord::min(smallest, size);
+                tokio::time::sleep(self.pause.unwrap_or(took)).await;
             }
         }
+        let sized = match smallest < self.batch_size {
+            true => format!(
+                ", down to {smallest} rows to stay within {}",
+                short(self.batch_time)
+            ),
+            false => String::new(),
+        };
         tracing::info!(
-            "backfilled {rows} rows of {} in {batches} batches ({})",
+            "backfilled {rows} rows of {} in {batches} batches ({}{sized})",
             self.table,
             short(started.elapsed())
         );
@@ -1060,11 +1086,47 @@ impl Backfill {
     }
 }
 
+/// The rows of the batch after one of `rows` that took `took`: as many as
+/// fit in `time` at that rate, at most twice `rows` and at most `most`, at
+/// least one.
+fn next_batch(rows: u64, took: Duration, time: Duration, most: u64) -> u64 {
+    let fit = u128::from(rows) * time.as_nanos() / took.as_nanos().max(1);
+    let most = Ord::min(rows.saturating_mul(2), most);
+    // At most `most`, so it fits in 64 bits.
+    fit.clamp(1, u128::from(Ord::max(most, 1))) as u64
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
-    use super::{Bound, mysql_column, mysql_not_null, pauses};
+    use super::{Bound, mysql_column, mysql_not_null, next_batch, pauses};
+
+    #[test]
+    fn batches_shrink_to_their_time_and_grow_back_at_most_doubling() {
+        let ms = Duration::from_millis;
+        let cases = [
+            // Four times too slow: a quarter of the rows.
+            ((200, ms(400)), 50),
+            // Far too slow: one row, never none.
+            ((200, Duration::from_secs(3_600)), 1),
+            ((1, ms(500)), 1),
+            // Quick: twice as many, and never more than the batch size.
+            ((50, ms(1)), 100),
+            ((150, ms(1)), 200),
+            ((200, ms(1)), 200),
+            // On time: the same.
+            ((120, ms(100)), 120),
+            ((200, Duration::ZERO), 200),
+        ];
+        for ((rows, took), expected) in cases {
+            assert_eq!(
+                next_batch(rows, took, ms(100), 200),
+                expected,
+                "{rows} rows in {took:?}"
+            );
+        }
+    }
 
     #[test]
     fn pauses_double_and_never_undercut_a_statements_lock_wait() {

@@ -668,3 +668,27 @@ async fn a_backfill_in_a_transaction_does_not_pause() {
     );
     session.commit().await.unwrap();
 }
+
+test_support::backend_tests! {
+    /// A batch that takes longer than the backfill's batch time makes the
+    /// next one smaller, down to one row; a batch never has more rows than
+    /// the batch size. Each row records how many rows were filled before
+    /// its batch, so the distinct values are the batches.
+    async fn a_backfill_sizes_its_batches_to_its_batch_time(t: TestDb) {
+        let session = t.db.autocommit();
+        session.execute_unprepared("CREATE TABLE fill (id INTEGER PRIMARY KEY, filled_before INTEGER)").await.unwrap();
+        let ids: Vec<String> = (1..=12).map(|id| format!("({id})")).collect();
+        session.execute_unprepared(&format!("INSERT INTO fill (id) VALUES {}", ids.join(", "))).await.unwrap();
+        let manager = SchemaManager::new(session.executor());
+        // A derived table, which MySQL reads before it updates the table.
+        let set = "filled_before = (SELECT n FROM (SELECT count(*) AS n FROM fill WHERE filled_before IS NOT NULL) AS filled)";
+        // Within an hour: batches of 5, 5 and 2 rows; within a nanosecond: 5, then one at a time.
+        for (time, batches) in [(Duration::from_secs(3_600), 3), (Duration::from_nanos(1), 8)] {
+            exec(&t.db, "UPDATE fill SET filled_before = NULL").await;
+            let backfill = Backfill::new("fill", set).batch_size(5).batch_time(time).pause(Duration::ZERO);
+            assert_eq!(backfill.run(&manager).await.unwrap(), 12);
+            assert_eq!(int(&t.db, "SELECT count(DISTINCT filled_before) FROM fill").await, batches, "batch time {time:?}");
+            assert_eq!(int(&t.db, "SELECT count(*) FROM fill WHERE filled_before = 0").await, 5);
+        }
+    }
+}
