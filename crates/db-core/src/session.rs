@@ -22,7 +22,11 @@ pub enum Access {
     ReadWrite,
     /// Reads only. Without an isolation level each statement runs on its own
     /// (no `BEGIN`/`COMMIT` round trips); with one, in a read-only transaction.
-    /// Read-only sessions use the read pool.
+    /// Read-only sessions use the read pool. A statement that starts as a
+    /// write (`INSERT`, `UPDATE`, `DELETE`, `MERGE`, `REPLACE` or a schema
+    /// change) is refused before it is sent, wherever the session runs: on
+    /// the primary nothing else would stop it, and on a replica its refusal
+    /// looks like a failover (503).
     ReadOnly,
 }
 
@@ -108,6 +112,27 @@ enum Conn {
     Direct(Pool),
     /// Reads on the replicas, falling back to the primary.
     Routed(Arc<Replicas>, Pool),
+}
+
+/// The first words of the statements that a read-only session refuses.
+const WRITES: [&str; 9] = [
+    "INSERT", "UPDATE", "DELETE", "MERGE", "REPLACE", "CREATE", "ALTER", "DROP", "TRUNCATE",
+];
+
+/// The first word of `sql`, after blanks and comments, if it starts a write.
+fn write_keyword(mut sql: &str) -> Option<&'static str> {
+    loop {
+        sql = sql.trim_start();
+        if let Some(rest) = sql.strip_prefix("--") {
+            sql = rest.split_once('\n').map_or("", |(_, rest)| rest);
+        } else if let Some(rest) = sql.strip_prefix("/*") {
+            sql = rest.split_once("*/").map_or("", |(_, rest)| rest);
+        } else {
+            break;
+        }
+    }
+    let word = sql.split(|c: char| !c.is_ascii_alphabetic()).next()?;
+    WRITES.into_iter().find(|w| w.eq_ignore_ascii_case(word))
 }
 
 /// One unit of work. Use it wherever SeaORM takes a connection
@@ -219,6 +244,17 @@ impl Session {
         }
     }
 
+    /// An error for `sql` if it writes and this session is read-only.
+    fn refuse_writes(&self, sql: &str) -> Result<(), DbErr> {
+        let write = (self.access == Access::ReadOnly).then(|| write_keyword(sql));
+        match write.flatten() {
+            Some(write) => Err(DbErr::Custom(format!(
+                "{write} through a read-only session: writes need a read-write one"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Runs a statement without a transaction on the pool `c`; a read-write
     /// session's statement is a whole write.
     async fn on_pool<T>(
@@ -243,6 +279,7 @@ impl ConnectionTrait for Session {
     }
 
     async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
+        self.refuse_writes(&stmt.sql)?;
         match &self.conn {
             Conn::Tx(tx, limit) => answered(*limit, tx.execute_raw(stmt)).await,
             Conn::Direct(c) => self.on_pool(c, c.execute_raw(stmt)).await,
@@ -258,6 +295,7 @@ impl ConnectionTrait for Session {
     }
 
     async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
+        self.refuse_writes(sql)?;
         match &self.conn {
             Conn::Tx(tx, limit) => answered(*limit, tx.execute_unprepared(sql)).await,
             Conn::Direct(c) => self.on_pool(c, c.execute_unprepared(sql)).await,
@@ -270,6 +308,7 @@ impl ConnectionTrait for Session {
     }
 
     async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
+        self.refuse_writes(&stmt.sql)?;
         match &self.conn {
             Conn::Tx(tx, limit) => answered(*limit, tx.query_one_raw(stmt)).await,
             Conn::Direct(c) => self.on_pool(c, c.query_one(stmt)).await,
@@ -285,6 +324,7 @@ impl ConnectionTrait for Session {
     }
 
     async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        self.refuse_writes(&stmt.sql)?;
         match &self.conn {
             Conn::Tx(tx, limit) => answered(*limit, tx.query_all_raw(stmt)).await,
             Conn::Direct(c) => self.on_pool(c, c.query_all(stmt)).await,

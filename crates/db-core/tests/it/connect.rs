@@ -119,9 +119,8 @@ async fn sqlite_runs_in_wal_mode_with_foreign_keys() {
             .unwrap()
             .unwrap();
     assert_eq!(row.try_get_by_index::<i32>(0).unwrap(), 1);
-    // The read pool cannot write.
-    let read = t.db.read().await.unwrap();
-    let err = read
+    // The read pool cannot write (a read session would not send this).
+    let err = (t.db.reader())
         .execute_unprepared("CREATE TABLE nope (x INTEGER)")
         .await
         .unwrap_err();

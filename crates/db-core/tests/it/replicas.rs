@@ -136,12 +136,18 @@ async fn reads_go_to_the_replica_writes_to_the_primary_and_reads_survive_its_los
         .unwrap();
     on_replica.close().await.unwrap();
 
-    // A write sent through a read session is the replica's to refuse: it
+    // A write sent through a read session is refused before it is sent;
+    // one that does not start as a write is the replica's to refuse: it
     // fails, runs nowhere else, and the replica stays up.
-    let refused = (db.read().await.unwrap())
-        .execute_unprepared("INSERT INTO t VALUES (3)")
-        .await
-        .unwrap_err();
+    let read = db.read().await.unwrap();
+    let refused = read.execute_unprepared("INSERT INTO t VALUES (3)").await;
+    let refused = refused.unwrap_err().to_string();
+    assert!(
+        refused.contains("INSERT through a read-only session"),
+        "{refused}"
+    );
+    let hidden = "WITH added AS (INSERT INTO t VALUES (3) RETURNING 1) SELECT * FROM added";
+    let refused = read.execute_unprepared(hidden).await.unwrap_err();
     assert!(
         refused.to_string().contains("read-only transaction"),
         "{refused}"

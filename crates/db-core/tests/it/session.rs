@@ -58,6 +58,28 @@ async fn count(db: &Db) -> i64 {
 }
 
 test_support::backend_tests! {
+    /// A read-only session refuses a write before sending it, wherever it
+    /// runs (each statement on its own, on the primary, in a read-only
+    /// transaction), with one line that says so; its reads go on.
+    async fn read_only_sessions_refuse_writes_before_sending_them(t: TestDb) {
+        create_items(&t.db).await;
+        let read_only = SessionOptions::read_only();
+        for options in [read_only, read_only.on_primary(), read_only.isolation(IsolationLevel::RepeatableRead)] {
+            let session = t.db.session(options).await.unwrap();
+            let refused = insert(&session, 1, "a").await.unwrap_err().to_string();
+            assert!(refused.contains("INSERT through a read-only session: writes need a read-write one"), "{options:?}: {refused}");
+            for write in ["  -- a note\n/* another */ update items SET label = 'b'", "DELETE FROM items", "DROP TABLE items"] {
+                let refused = session.execute_unprepared(write).await.unwrap_err().to_string();
+                assert!(refused.contains("through a read-only session"), "{options:?} {write}: {refused}");
+            }
+            let read = Statement::from_string(t.db.backend(), "SELECT label AS updated FROM items");
+            assert!(session.query_all_raw(read).await.unwrap().is_empty());
+            session.commit().await.unwrap();
+        }
+        // Nothing was written, and the table is still there.
+        assert_eq!(count(&t.db).await, 0);
+    }
+
     async fn committed_work_is_kept(t: TestDb) {
         create_items(&t.db).await;
         let session = t.db.begin().await.unwrap();
