@@ -199,7 +199,8 @@ impl Session {
 
     /// A SeaORM executor on this session's transaction, or on its pool when
     /// it has none (the primary's, for a read-only session on replicas), for
-    /// APIs that take one, such as a migrator's `up`.
+    /// APIs that take one, such as a migrator's `up`. What is sent through it
+    /// bypasses a read-only session's refusal of writes.
     pub fn executor(&self) -> DatabaseExecutor<'_> {
         match &self.conn {
             Conn::Tx(tx, _) => DatabaseExecutor::Transaction(tx),
