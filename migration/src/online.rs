@@ -922,11 +922,11 @@ fn mysql_not_null(definition: &str) -> Option<String> {
 /// application's commit made while a batch runs flushes the batch's
 /// write-ahead log written so far, so it waits for a large batch's log as
 /// if it were its own, and a write to a row of the batch waits for all of
-/// it. So they are also short: after a batch that took longer than
-/// [`Backfill::batch_time`] (100 ms unless it says), the next has as many
-/// rows as fit in that time at the same rate (wide rows, a busy server),
-/// down to one; quicker batches grow back, at most doubling, up to
-/// `batch_size`.
+/// it. So they are also short: outside a transaction, after a batch that
+/// took longer than [`Backfill::batch_time`] (100 ms unless it says), the
+/// next has as many rows as fit in that time at the same rate (wide rows, a
+/// busy server), down to one; quicker batches grow back, at most doubling,
+/// up to `batch_size`.
 /// Rows are taken in the order of an integer key (`id` unless
 /// [`Backfill::key`] names another), from where the last batch ended, so a
 /// run that was interrupted starts again from the beginning but finds
@@ -991,7 +991,8 @@ impl Backfill {
 
     /// How long a batch may take (default 100 ms) before the next one is
     /// made smaller: the longest that the application's writes to its rows
-    /// should wait.
+    /// should wait. Zero means one row at a time after the first batch.
+    /// Inside a transaction batches keep `batch_size`.
     pub fn batch_time(mut self, time: Duration) -> Self {
         self.batch_time = time;
         self
@@ -1062,11 +1063,11 @@ impl Backfill {
                 conn.execute_unprepared(&update).await?.rows_affected()
             };
             batches += 1;
+            smallest = Ord::min(smallest, size);
             after = Some(last);
             if !in_transaction {
                 let took = batch.elapsed();
                 size = next_batch(size, took, self.batch_time, self.batch_size);
-                smallest = Ord::min(smallest, size);
                 tokio::time::sleep(self.pause.unwrap_or(took)).await;
             }
         }
@@ -1090,10 +1091,11 @@ impl Backfill {
 /// fit in `time` at that rate, at most twice `rows` and at most `most`, at
 /// least one.
 fn next_batch(rows: u64, took: Duration, time: Duration, most: u64) -> u64 {
-    let fit = u128::from(rows) * time.as_nanos() / took.as_nanos().max(1);
-    let most = Ord::min(rows.saturating_mul(2), most);
+    let fit = u128::from(rows).saturating_mul(time.as_nanos()) / took.as_nanos().max(1);
+    // At least one, so that the clamp's bounds are in order for any input.
+    let most = Ord::max(Ord::min(rows.saturating_mul(2), most), 1);
     // At most `most`, so it fits in 64 bits.
-    fit.clamp(1, u128::from(Ord::max(most, 1))) as u64
+    fit.clamp(1, u128::from(most)) as u64
 }
 
 #[cfg(test)]
@@ -1126,6 +1128,12 @@ mod tests {
                 "{rows} rows in {took:?}"
             );
         }
+        // No overflow, and never an empty batch.
+        assert_eq!(
+            next_batch(u64::MAX, ms(1), Duration::MAX, u64::MAX),
+            u64::MAX
+        );
+        assert_eq!(next_batch(0, ms(1), ms(100), 0), 1);
     }
 
     #[test]

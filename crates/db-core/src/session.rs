@@ -24,9 +24,11 @@ pub enum Access {
     /// (no `BEGIN`/`COMMIT` round trips); with one, in a read-only transaction.
     /// Read-only sessions use the read pool. A statement that starts as a
     /// write (`INSERT`, `UPDATE`, `DELETE`, `MERGE`, `REPLACE` or a schema
-    /// change) is refused before it is sent, wherever the session runs: on
-    /// the primary nothing else would stop it, and on a replica its refusal
-    /// looks like a failover (503).
+    /// change, temporary tables included) is refused before it is sent,
+    /// wherever the session runs: on PostgreSQL's or MySQL's primary without
+    /// a transaction nothing else would stop it, and the server's own
+    /// refusal (PostgreSQL's 25006, from a replica or a read-only
+    /// transaction) looks like a failover (503).
     ReadOnly,
 }
 
@@ -119,11 +121,12 @@ const WRITES: [&str; 9] = [
     "INSERT", "UPDATE", "DELETE", "MERGE", "REPLACE", "CREATE", "ALTER", "DROP", "TRUNCATE",
 ];
 
-/// The first word of `sql`, after blanks and comments, if it starts a write.
+/// The first word of `sql`, after blanks and comments (`--`, `#`, and `/* */`
+/// unnested), if it starts a write.
 fn write_keyword(mut sql: &str) -> Option<&'static str> {
     loop {
         sql = sql.trim_start();
-        if let Some(rest) = sql.strip_prefix("--") {
+        if let Some(rest) = sql.strip_prefix("--").or_else(|| sql.strip_prefix('#')) {
             sql = rest.split_once('\n').map_or("", |(_, rest)| rest);
         } else if let Some(rest) = sql.strip_prefix("/*") {
             sql = rest.split_once("*/").map_or("", |(_, rest)| rest);
@@ -337,6 +340,34 @@ impl ConnectionTrait for Session {
                     })
                     .await
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::write_keyword;
+
+    #[test]
+    fn writes_are_known_by_their_first_word_after_comments() {
+        let cases = [
+            ("INSERT INTO t VALUES (1)", Some("INSERT")),
+            ("  update t SET x = 1", Some("UPDATE")),
+            (
+                "-- why\n/* how */ # MySQL's own\nDelete FROM t",
+                Some("DELETE"),
+            ),
+            ("CREATE TEMPORARY TABLE t (x INT)", Some("CREATE")),
+            ("SELECT 1", None),
+            ("INSERTED", None),
+            ("(SELECT 1)", None),
+            ("WITH t AS (SELECT 1) SELECT * FROM t", None),
+            ("/* never closed INSERT", None),
+            ("-- only a comment", None),
+            ("", None),
+        ];
+        for (sql, write) in cases {
+            assert_eq!(write_keyword(sql), write, "{sql}");
         }
     }
 }

@@ -40,7 +40,7 @@ mod nonzero {
     use super::*;
     pub(super) use humantime_serde::serialize;
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        or_off::deserialize(d)?.ok_or(D::Error::custom("zero"))
+        or_off::deserialize(d)?.ok_or_else(|| D::Error::custom("zero"))
     }
 }
 

@@ -68,7 +68,7 @@ impl SettingInfo {
         };
         (fields.iter())
             .map(|(key, field)| {
-                let text = |name: &str| field[name].as_str();
+                let text = |name: &str| field[name].as_str().filter(|t| !t.is_empty());
                 let (min, max) = (field["minimum"].as_f64(), field["maximum"].as_f64());
                 SettingInfo {
                     var: text("var")
@@ -78,7 +78,10 @@ impl SettingInfo {
                     help: (text("description").unwrap_or_default().split_whitespace())
                         .collect::<Vec<_>>()
                         .join(" "),
-                    expects: text("expects").unwrap_or("a valid value").to_owned(),
+                    // Given as empty: the value may be empty (a password).
+                    expects: (field.get("expects"))
+                        .map_or("a valid value", |e| e.as_str().unwrap_or_default())
+                        .to_owned(),
                     applies: text("applies").unwrap_or_default().to_owned(),
                     unset: text("unset").unwrap_or("(none)").to_owned(),
                     range: (min.or(max))
