@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 
 use sea_orm::sqlx::mysql::MySqlConnection;
 use sea_orm::sqlx::postgres::PgConnection;
-use sea_orm::sqlx::{self, Connection};
+use sea_orm::sqlx::sqlite::SqlitePoolOptions;
+use sea_orm::sqlx::{self, ConnectOptions, Connection};
 use sea_orm::{
-    ConnectionTrait, DbBackend, DbErr, SqliteTransactionMode, Statement, TransactionOptions,
-    TransactionTrait,
+    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, SqliteTransactionMode, Statement,
+    TransactionOptions, TransactionTrait,
 };
 
 use crate::bound::no_answer;
@@ -49,12 +50,13 @@ impl Lock {
     /// then off while it runs and checked before the commit (SQLite's own
     /// procedure for schema changes: without it, dropping a referenced table
     /// fails and rebuilding one cascades); elsewhere this changes nothing.
-    /// SQLite turns them off on the handle's one writer connection just
-    /// before the work's transaction and on just after it, so run schema
-    /// changes on a handle that nothing else writes through meanwhile, as
-    /// the migrator's own handle is: a transaction of another task that
-    /// took the connection between would run without foreign keys, and so
-    /// would later ones if the work's future is dropped mid-way.
+    /// The work's transaction runs on a connection of its own, opened with
+    /// foreign keys off and closed with the work, also when its future is
+    /// dropped: the handle's pooled connections, and so the writes of other
+    /// tasks meanwhile, keep them on. (An in-memory database lives in its
+    /// handle's one connection: there they are turned off on it for the work
+    /// and on again after, so nothing else should write through that handle
+    /// meanwhile, and a future dropped mid-way leaves them off.)
     pub fn schema_change(mut self) -> Self {
         self.schema_change = true;
         self
@@ -249,7 +251,8 @@ impl Db {
     ///   the work runs; the work runs on the pool without a transaction
     ///   (MySQL commits DDL implicitly, so there would be nothing to roll back).
     /// - SQLite: the lock is an exclusive transaction on the writer
-    ///   connection, and the work runs in it as on PostgreSQL.
+    ///   connection (for a schema change, on one of its own: see
+    ///   [`Lock::schema_change`]), and the work runs in it as on PostgreSQL.
     ///
     /// ```no_run
     /// # async fn example(db: db_core::Db) -> Result<(), db_core::Error> {
@@ -451,10 +454,16 @@ impl Db {
         lock: &Lock,
         work: impl FnOnce(Session) -> Fut,
     ) -> Result<T, E> {
-        // Only possible outside a transaction. The writer pool has one
-        // connection, so the pragma applies to the one the transaction runs on.
-        let writer = self.conn();
-        if lock.schema_change {
+        let own = lock
+            .schema_change
+            .then(|| schema_connection(self.conn()))
+            .flatten();
+        // An in-memory database has one connection: the pragma, only
+        // possible outside a transaction, applies to the one the
+        // transaction runs on, since the writer pool has no other.
+        let toggled = lock.schema_change && own.is_none();
+        let writer = own.as_ref().unwrap_or(self.conn());
+        if toggled {
             writer
                 .execute_unprepared("PRAGMA foreign_keys = OFF")
                 .await
@@ -489,14 +498,38 @@ impl Db {
             Ok(value)
         }
         .await;
-        if lock.schema_change {
+        if toggled {
             writer
                 .execute_unprepared("PRAGMA foreign_keys = ON")
                 .await
                 .map_err(Error::from)?;
         }
+        if let Some(own) = own
+            && let Err(e) = own.close().await
+        {
+            tracing::debug!("closing the schema change's connection: {e}");
+        }
         result
     }
+}
+
+/// A connection of its own to the database of SQLite's `writer`, with
+/// foreign keys off, for a schema change; `None` for an in-memory
+/// database, which lives in the writer's one connection (another would not
+/// see a private one, and would make a shared one's readers fail at once
+/// instead of waiting). It opens when the work's transaction begins, where
+/// a locked database is waited for.
+fn schema_connection(writer: &DatabaseConnection) -> Option<DatabaseConnection> {
+    let options = writer.get_sqlite_connection_pool().connect_options();
+    let url = options.to_url_lossy();
+    if url.query_pairs().any(|(k, v)| k == "mode" && v == "memory") {
+        return None;
+    }
+    let options = options.as_ref().clone().foreign_keys(false);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_lazy_with(options);
+    Some(DatabaseConnection::from(pool))
 }
 
 /// Fails with the first table that has rows violating a foreign key.

@@ -206,14 +206,38 @@ async fn sqlite_schema_changes_rebuild_referenced_tables_and_check_foreign_keys(
     assert_eq!(count(&t.db, "parents").await, 1);
 
     // Foreign keys are on again afterwards.
-    let session = t.db.begin().await.unwrap();
+    assert_refused_dangling(&t.db, "after the schema change").await;
+
+    // A schema change given up while it waits for another writer (its
+    // future dropped) leaves them on for the handle's other work too.
+    let other = other_process(&t).await;
+    let writing = other.begin().await.unwrap();
+    writing
+        .execute_unprepared("INSERT INTO parents (id) VALUES (2)")
+        .await
+        .unwrap();
+    let given_up = tokio::time::timeout(
+        Duration::from_millis(500),
+        t.db.with_lock(&lock, |_session| async { Ok::<_, Error>(()) }),
+    )
+    .await;
+    assert!(given_up.is_err(), "the schema change did not wait");
+    writing.rollback().await.unwrap();
+    assert_refused_dangling(&t.db, "after a schema change was given up").await;
+}
+
+/// A row of `children` whose parent does not exist is refused by its
+/// foreign key, `when`.
+async fn assert_refused_dangling(db: &Db, when: &str) {
+    let session = db.begin().await.unwrap();
     let dangling = session
         .execute_unprepared("INSERT INTO children (id, parent_id) VALUES (2, 99)")
-        .await;
-    assert!(
-        dangling.is_err(),
-        "foreign keys are off after the schema change"
-    );
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+    let refused = dangling.as_ref().is_err_and(|e| e.contains("FOREIGN KEY"));
+    assert!(refused, "a dangling row {when}: {dangling:?}");
+    session.rollback().await.unwrap();
 }
 
 /// Through a transaction pooler a held lock is a transaction left open and
