@@ -588,6 +588,8 @@ async fn adopt(
 #[test_support::needs(postgres, chaos)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_schema_changes_under_live_traffic() {
+    // The migrator's log says how its backfill sized the batches.
+    test_support::capture_logs();
     let tasks = task_count();
     let filled = Instant::now();
     let t = original_database(tasks).await;
@@ -662,6 +664,13 @@ async fn chaos_schema_changes_under_live_traffic() {
         "online (b) index, NOT NULL column with a default and a backfill of {tasks} rows, foreign key, through tracker serve: {:.2}s; before: {before}; during: {during}; untouched meanwhile (the slower of GET /ready and the untouched writer): {untouched}",
         took.as_secs_f64()
     ));
+    let logged = test_support::logged();
+    for line in logged
+        .lines()
+        .filter_map(|l| l.find("backfilled").map(|at| &l[at..]))
+    {
+        report(&format!("online (b) {line}"));
+    }
     report(&format!(
         "online (c) a 20 s holder of ACCESS SHARE on tasks, then ADD COLUMN waiting {} at a time: applied {:.1}s after it started ({:.1}s after the holder ended); meanwhile: {behind}",
         humantime::format_duration(LOCK_WAIT),
