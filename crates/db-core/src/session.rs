@@ -121,21 +121,42 @@ const WRITES: [&str; 9] = [
     "INSERT", "UPDATE", "DELETE", "MERGE", "REPLACE", "CREATE", "ALTER", "DROP", "TRUNCATE",
 ];
 
-/// The first word of `sql`, after blanks and comments (`--`, `#`, and `/* */`
-/// unnested), if it starts a write.
-fn write_keyword(mut sql: &str) -> Option<&'static str> {
+/// The first word of `sql` on `backend`, after blanks and comments (`--`,
+/// `#`, and `/* */`, which nest on PostgreSQL), if it starts a write. MySQL
+/// runs what is inside `/*! */` (and `/*!50000 */`), so there that is read.
+fn write_keyword(mut sql: &str, backend: DbBackend) -> Option<&'static str> {
     loop {
         sql = sql.trim_start();
         if let Some(rest) = sql.strip_prefix("--").or_else(|| sql.strip_prefix('#')) {
             sql = rest.split_once('\n').map_or("", |(_, rest)| rest);
+        } else if let Some(rest) = (sql.strip_prefix("/*!")).filter(|_| backend == DbBackend::MySql)
+        {
+            sql = rest.trim_start_matches(|c: char| c.is_ascii_digit());
         } else if let Some(rest) = sql.strip_prefix("/*") {
-            sql = rest.split_once("*/").map_or("", |(_, rest)| rest);
+            sql = after_comment(rest, backend == DbBackend::Postgres);
         } else {
             break;
         }
     }
     let word = sql.split(|c: char| !c.is_ascii_alphabetic()).next()?;
     WRITES.into_iter().find(|w| w.eq_ignore_ascii_case(word))
+}
+
+/// What follows the block comment whose text starts `rest`; nothing if it
+/// is never closed.
+fn after_comment(mut rest: &str, nests: bool) -> &str {
+    let mut depth = 1;
+    while depth > 0 {
+        let open = rest.find("/*").filter(|_| nests);
+        let Some(close) = rest.find("*/") else {
+            return "";
+        };
+        match open.filter(|open| *open < close) {
+            Some(open) => (depth, rest) = (depth + 1, &rest[open + 2..]),
+            None => (depth, rest) = (depth - 1, &rest[close + 2..]),
+        }
+    }
+    rest
 }
 
 /// One unit of work. Use it wherever SeaORM takes a connection
@@ -250,7 +271,8 @@ impl Session {
 
     /// An error for `sql` if it writes and this session is read-only.
     fn refuse_writes(&self, sql: &str) -> Result<(), DbErr> {
-        let write = (self.access == Access::ReadOnly).then(|| write_keyword(sql));
+        let write = (self.access == Access::ReadOnly)
+            .then(|| write_keyword(sql, self.get_database_backend()));
         match write.flatten() {
             Some(write) => Err(DbErr::Custom(format!(
                 "{write} through a read-only session: writes need a read-write one"
@@ -346,28 +368,64 @@ impl ConnectionTrait for Session {
 
 #[cfg(test)]
 mod tests {
+    use sea_orm::DatabaseBackend::{self as DbBackend, MySql, Postgres, Sqlite};
+
     use super::write_keyword;
 
     #[test]
     fn writes_are_known_by_their_first_word_after_comments() {
-        let cases = [
-            ("INSERT INTO t VALUES (1)", Some("INSERT")),
-            ("  update t SET x = 1", Some("UPDATE")),
+        let cases: [(&str, &[DbBackend], Option<&str>); 15] = [
+            (
+                "INSERT INTO t VALUES (1)",
+                &[Sqlite, Postgres, MySql],
+                Some("INSERT"),
+            ),
+            (
+                "  update t SET x = 1",
+                &[Sqlite, Postgres, MySql],
+                Some("UPDATE"),
+            ),
             (
                 "-- why\n/* how */ # MySQL's own\nDelete FROM t",
+                &[Sqlite, Postgres, MySql],
                 Some("DELETE"),
             ),
-            ("CREATE TEMPORARY TABLE t (x INT)", Some("CREATE")),
-            ("SELECT 1", None),
-            ("INSERTED", None),
-            ("(SELECT 1)", None),
-            ("WITH t AS (SELECT 1) SELECT * FROM t", None),
-            ("/* never closed INSERT", None),
-            ("-- only a comment", None),
-            ("", None),
+            (
+                "CREATE TEMPORARY TABLE t (x INT)",
+                &[Sqlite, Postgres, MySql],
+                Some("CREATE"),
+            ),
+            ("SELECT 1", &[Sqlite, Postgres, MySql], None),
+            ("INSERTED", &[Sqlite, Postgres, MySql], None),
+            ("(SELECT 1)", &[Sqlite, Postgres, MySql], None),
+            (
+                "WITH t AS (SELECT 1) SELECT * FROM t",
+                &[Sqlite, Postgres, MySql],
+                None,
+            ),
+            ("/* never closed INSERT", &[Sqlite, Postgres, MySql], None),
+            ("-- only a comment", &[Sqlite, Postgres, MySql], None),
+            ("", &[Sqlite, Postgres, MySql], None),
+            // PostgreSQL's comments nest; the others end at the first `*/`.
+            ("/* a /* b */ */ DELETE FROM t", &[Postgres], Some("DELETE")),
+            ("/* a /* b */ INSERT */ SELECT 1", &[Postgres], None),
+            (
+                "/* a /* b */ INSERT */ SELECT 1",
+                &[Sqlite, MySql],
+                Some("INSERT"),
+            ),
+            // MySQL runs what its executable comments hold.
+            (
+                "/*!50000 INSERT */ INTO t VALUES (1)",
+                &[MySql],
+                Some("INSERT"),
+            ),
         ];
-        for (sql, write) in cases {
-            assert_eq!(write_keyword(sql), write, "{sql}");
+        for (sql, backends, write) in cases {
+            for backend in backends {
+                assert_eq!(write_keyword(sql, *backend), write, "{sql} on {backend:?}");
+            }
         }
+        assert_eq!(write_keyword("/*! INSERT */ SELECT 1", Postgres), None);
     }
 }
