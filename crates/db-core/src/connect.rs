@@ -57,6 +57,9 @@ pub(crate) struct Pools {
     pub replicas: Arc<Replicas>,
     /// Statements run through any of the pools.
     pub statements: Arc<AtomicU64>,
+    /// A SQLite database in memory, which lives in the writer's one
+    /// connection.
+    pub in_memory: bool,
 }
 
 /// One SeaORM pool, with its metrics while they are recorded, the host
@@ -842,6 +845,7 @@ pub(crate) async fn open(s: &Settings, label: &'static str) -> Result<Pools> {
         read,
         replicas: Replicas::open(s, &statements)?,
         statements,
+        in_memory: s.url.backend() == DbBackend::Sqlite && sqlite_in_memory(s.url.expose()),
     })
 }
 

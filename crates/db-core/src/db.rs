@@ -496,6 +496,12 @@ impl Db {
         self.inner.pools.write.metrics()
     }
 
+    /// Whether this is a SQLite database in memory, which lives in the
+    /// writer's one connection.
+    pub(crate) fn in_memory(&self) -> bool {
+        self.inner.pools.in_memory
+    }
+
     /// Backend, server version and ping round trip.
     pub async fn health(&self) -> Result<Health> {
         let sql = match self.inner.backend {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use sea_orm::sqlx::mysql::MySqlConnection;
 use sea_orm::sqlx::postgres::PgConnection;
 use sea_orm::sqlx::sqlite::SqlitePoolOptions;
-use sea_orm::sqlx::{self, ConnectOptions, Connection};
+use sea_orm::sqlx::{self, Connection};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DbBackend, DbErr, SqliteTransactionMode, Statement,
     TransactionOptions, TransactionTrait,
@@ -53,10 +53,13 @@ impl Lock {
     /// The work's transaction runs on a connection of its own, opened with
     /// foreign keys off and closed with the work, also when its future is
     /// dropped: the handle's pooled connections, and so the writes of other
-    /// tasks meanwhile, keep them on. (An in-memory database lives in its
-    /// handle's one connection: there they are turned off on it for the work
-    /// and on again after, so nothing else should write through that handle
-    /// meanwhile, and a future dropped mid-way leaves them off.)
+    /// tasks meanwhile, keep them on. Those writes wait for the work's
+    /// exclusive transaction on the database's lock, at most
+    /// `DB_SQLITE_BUSY_TIMEOUT` each, rather than in the pool's queue. (An
+    /// in-memory database lives in its handle's one connection: there they
+    /// are turned off on it for the work and on again after, so nothing else
+    /// should write through that handle meanwhile, and a future dropped
+    /// mid-way leaves them off.)
     pub fn schema_change(mut self) -> Self {
         self.schema_change = true;
         self
@@ -454,15 +457,14 @@ impl Db {
         lock: &Lock,
         work: impl FnOnce(Session) -> Fut,
     ) -> Result<T, E> {
-        let own = lock
-            .schema_change
-            .then(|| schema_connection(self.conn()))
-            .flatten();
+        let own = (lock.schema_change && !self.in_memory()).then(|| schema_connection(self.conn()));
         // An in-memory database has one connection: the pragma, only
         // possible outside a transaction, applies to the one the
         // transaction runs on, since the writer pool has no other.
         let toggled = lock.schema_change && own.is_none();
         let writer = own.as_ref().unwrap_or(self.conn());
+        // The writer pool's metrics count its own connections only.
+        let metrics = self.metrics().filter(|_| own.is_none());
         if toggled {
             writer
                 .execute_unprepared("PRAGMA foreign_keys = OFF")
@@ -481,7 +483,7 @@ impl Db {
             );
             let mut waiting = Waiting::new(&what, lock.timeout);
             let tx = loop {
-                match acquiring(self.metrics(), writer.begin_with_options(options)).await {
+                match acquiring(metrics, writer.begin_with_options(options)).await {
                     Ok(tx) => break tx,
                     Err(e) if sqlite_busy(&e) => waiting.pause().await?,
                     Err(e) => return Err(Error::from(e).into()),
@@ -504,32 +506,21 @@ impl Db {
                 .await
                 .map_err(Error::from)?;
         }
-        if let Some(own) = own
-            && let Err(e) = own.close().await
-        {
-            tracing::debug!("closing the schema change's connection: {e}");
-        }
         result
     }
 }
 
-/// A connection of its own to the database of SQLite's `writer`, with
-/// foreign keys off, for a schema change; `None` for an in-memory
-/// database, which lives in the writer's one connection (another would not
-/// see a private one, and would make a shared one's readers fail at once
-/// instead of waiting). It opens when the work's transaction begins, where
-/// a locked database is waited for.
-fn schema_connection(writer: &DatabaseConnection) -> Option<DatabaseConnection> {
+/// A connection of its own to the file database of SQLite's `writer`, with
+/// foreign keys off, for a schema change. It opens when the work's
+/// transaction begins, where a locked database is waited for, and closes
+/// when it is dropped, with the work.
+fn schema_connection(writer: &DatabaseConnection) -> DatabaseConnection {
     let options = writer.get_sqlite_connection_pool().connect_options();
-    let url = options.to_url_lossy();
-    if url.query_pairs().any(|(k, v)| k == "mode" && v == "memory") {
-        return None;
-    }
     let options = options.as_ref().clone().foreign_keys(false);
     let pool = SqlitePoolOptions::new()
         .max_connections(1)
         .connect_lazy_with(options);
-    Some(DatabaseConnection::from(pool))
+    DatabaseConnection::from(pool)
 }
 
 /// Fails with the first table that has rows violating a foreign key.
