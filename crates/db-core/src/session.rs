@@ -123,15 +123,22 @@ const WRITES: [&str; 9] = [
 
 /// The first word of `sql` on `backend`, after blanks and comments (`--`,
 /// `#`, and `/* */`, which nest on PostgreSQL), if it starts a write. MySQL
-/// runs what is inside `/*! */` (and `/*!50000 */`), so there that is read.
+/// and MariaDB run what is inside `/*! */`, `/*!50000 */` and `/*M! */`, so
+/// there that is read as if the comment's marks were blanks.
 fn write_keyword(mut sql: &str, backend: DbBackend) -> Option<&'static str> {
+    let mysql = backend == DbBackend::MySql;
     loop {
         sql = sql.trim_start();
         if let Some(rest) = sql.strip_prefix("--").or_else(|| sql.strip_prefix('#')) {
-            sql = rest.split_once('\n').map_or("", |(_, rest)| rest);
-        } else if let Some(rest) = (sql.strip_prefix("/*!")).filter(|_| backend == DbBackend::MySql)
+            // PostgreSQL also ends a line at a carriage return.
+            sql = rest.split_once(['\n', '\r']).map_or("", |(_, rest)| rest);
+        } else if let Some(rest) =
+            (sql.strip_prefix("/*!").or_else(|| sql.strip_prefix("/*M!"))).filter(|_| mysql)
         {
             sql = rest.trim_start_matches(|c: char| c.is_ascii_digit());
+        } else if let Some(rest) = sql.strip_prefix("*/").filter(|_| mysql) {
+            // The end of an executable comment.
+            sql = rest;
         } else if let Some(rest) = sql.strip_prefix("/*") {
             sql = after_comment(rest, backend == DbBackend::Postgres);
         } else {
@@ -374,58 +381,50 @@ mod tests {
 
     #[test]
     fn writes_are_known_by_their_first_word_after_comments() {
-        let cases: [(&str, &[DbBackend], Option<&str>); 15] = [
+        const ALL: &[DbBackend] = &[Sqlite, Postgres, MySql];
+        let cases: &[(&str, &[DbBackend], Option<&str>)] = &[
+            ("INSERT INTO t VALUES (1)", ALL, Some("INSERT")),
+            ("  update t SET x = 1", ALL, Some("UPDATE")),
             (
-                "INSERT INTO t VALUES (1)",
-                &[Sqlite, Postgres, MySql],
-                Some("INSERT"),
-            ),
-            (
-                "  update t SET x = 1",
-                &[Sqlite, Postgres, MySql],
-                Some("UPDATE"),
-            ),
-            (
-                "-- why\n/* how */ # MySQL's own\nDelete FROM t",
-                &[Sqlite, Postgres, MySql],
+                "-- why\n/* how */ # MySQL's\nDelete FROM t",
+                ALL,
                 Some("DELETE"),
             ),
-            (
-                "CREATE TEMPORARY TABLE t (x INT)",
-                &[Sqlite, Postgres, MySql],
-                Some("CREATE"),
-            ),
-            ("SELECT 1", &[Sqlite, Postgres, MySql], None),
-            ("INSERTED", &[Sqlite, Postgres, MySql], None),
-            ("(SELECT 1)", &[Sqlite, Postgres, MySql], None),
-            (
-                "WITH t AS (SELECT 1) SELECT * FROM t",
-                &[Sqlite, Postgres, MySql],
-                None,
-            ),
-            ("/* never closed INSERT", &[Sqlite, Postgres, MySql], None),
-            ("-- only a comment", &[Sqlite, Postgres, MySql], None),
-            ("", &[Sqlite, Postgres, MySql], None),
+            ("CREATE TEMPORARY TABLE t (x INT)", ALL, Some("CREATE")),
+            ("SELECT 1", ALL, None),
+            ("INSERTED", ALL, None),
+            ("(SELECT 1)", ALL, None),
+            ("WITH t AS (SELECT 1) SELECT * FROM t", ALL, None),
+            ("/* never closed INSERT", ALL, None),
+            ("-- only a comment", ALL, None),
+            ("", ALL, None),
             // PostgreSQL's comments nest; the others end at the first `*/`.
             ("/* a /* b */ */ DELETE FROM t", &[Postgres], Some("DELETE")),
             ("/* a /* b */ INSERT */ SELECT 1", &[Postgres], None),
+            ("/* a /* b /* c */ */ INSERT */ SELECT 1", &[Postgres], None),
             (
                 "/* a /* b */ INSERT */ SELECT 1",
                 &[Sqlite, MySql],
                 Some("INSERT"),
             ),
-            // MySQL runs what its executable comments hold.
+            // MySQL and MariaDB run what their executable comments hold.
             (
                 "/*!50000 INSERT */ INTO t VALUES (1)",
                 &[MySql],
                 Some("INSERT"),
             ),
+            ("/*! INSERT */ INTO t VALUES (1)", &[MySql], Some("INSERT")),
+            ("/*M!100000 DROP */ TABLE t", &[MySql], Some("DROP")),
+            ("/*!50000 */ DELETE FROM t", &[MySql], Some("DELETE")),
+            ("/*!*/ /* a */ DELETE FROM t", &[MySql], Some("DELETE")),
+            ("/*! INSERT */ SELECT 1", &[Sqlite, Postgres], None),
+            // PostgreSQL ends a line comment at a carriage return too.
+            ("-- a\rDELETE FROM t", &[Postgres], Some("DELETE")),
         ];
         for (sql, backends, write) in cases {
-            for backend in backends {
-                assert_eq!(write_keyword(sql, *backend), write, "{sql} on {backend:?}");
+            for backend in *backends {
+                assert_eq!(write_keyword(sql, *backend), *write, "{sql} on {backend:?}");
             }
         }
-        assert_eq!(write_keyword("/*! INSERT */ SELECT 1", Postgres), None);
     }
 }
