@@ -265,8 +265,8 @@ fn parse_date(s: &str) -> Option<NaiveDate> {
 
 /// pydantic's lax integer: `Ok(None)` for null. A float without a fraction
 /// is that integer (`1e16` too) if it is strictly between -2^63 and 2^63,
-/// where pydantic takes it.
-fn lax_int(value: &Value) -> Result<Option<i64>, (&'static str, &'static str)> {
+/// where pydantic takes it; a JSON integer is read whole, up to 2^64 - 1.
+fn lax_int(value: &Value) -> Result<Option<i128>, (&'static str, &'static str)> {
     const PARSING: (&str, &str) = (
         "int_parsing",
         "Input should be a valid integer, unable to parse string as an integer",
@@ -282,7 +282,7 @@ fn lax_int(value: &Value) -> Result<Option<i64>, (&'static str, &'static str)> {
                 ))
             } else if f > i64::MIN as f64 && f < i64::MAX as f64 {
                 // Without a fraction and in range: converted exactly.
-                Ok(Some(f as i64))
+                Ok(Some(i128::from(f as i64)))
             } else {
                 Err((
                     "int_parsing_size",
@@ -290,11 +290,11 @@ fn lax_int(value: &Value) -> Result<Option<i64>, (&'static str, &'static str)> {
                 ))
             }
         }
-        Value::Number(n) => n.as_i64().map(Some).ok_or((
-            "int_range",
-            "Input should be an integer that fits in 64 bits",
-        )),
-        Value::String(s) => parse_int_text(s).map(Some).ok_or(PARSING),
+        // Not a float: an i64, or a u64 beyond it.
+        Value::Number(n) => Ok(n.as_i64().map(i128::from).or(n.as_u64().map(i128::from))),
+        Value::String(s) => parse_int_text(s)
+            .map(|n| Some(i128::from(n)))
+            .ok_or(PARSING),
         _ => Err(("int_type", "Input should be a valid integer")),
     }
 }

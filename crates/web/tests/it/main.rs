@@ -470,9 +470,10 @@ fn a_float_id_without_a_fraction_is_its_integer() {
     for too_large in [json!(9.3e18), json!(i64::MIN as f64), json!(1e300)] {
         assert_eq!(read(too_large), Err(("int_parsing_size", size.to_owned())));
     }
-    // A whole number beyond 64 bits, written without a fraction or exponent.
-    let wide = "Input should be an integer that fits in 64 bits";
+    // A whole number beyond 2^63, written without a fraction or exponent,
+    // is out of an id's range as any other.
     let above_i64 = json!(9_223_372_036_854_775_808_u64);
-    assert_eq!(read(above_i64), Err(("int_range", wide.to_owned())));
+    assert_eq!(read(above_i64), Err(("int_range", range.to_owned())));
+    assert_eq!(read(json!(u64::MAX)), Err(("int_range", range.to_owned())));
     assert_eq!(read(Value::Null), Ok(None));
 }
