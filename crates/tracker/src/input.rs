@@ -6,7 +6,7 @@
 use chrono::NaiveDate;
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
-use web::input::{Fields, integer_text};
+use web::input::{Fields, parse_int_text};
 use web::{ApiError, FieldError};
 
 use crate::service::{EmployeeInput, Page, TaskInput};
@@ -49,16 +49,7 @@ pub(crate) fn page(query: Option<&str>) -> Result<Page, ApiError> {
             _ => continue,
         };
         let loc = ["query", &*key];
-        // Any integer, however large, is one: past the range it is out of range.
-        let n = integer_text(&value).map(|t| {
-            let saturated = if t.starts_with('-') {
-                i128::MIN
-            } else {
-                i128::MAX
-            };
-            t.parse::<i128>().unwrap_or(saturated)
-        });
-        match n {
+        match parse_int_text(&value) {
             None => errors.push(FieldError::new(
                 "int_parsing",
                 &loc,

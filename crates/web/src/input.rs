@@ -265,7 +265,7 @@ fn parse_date(s: &str) -> Option<NaiveDate> {
 
 /// pydantic's lax integer: `Ok(None)` for null. A float without a fraction
 /// is that integer (`1e16` too) if it is strictly between -2^63 and 2^63,
-/// where pydantic takes it; a JSON integer is read whole, up to 2^64 - 1.
+/// where pydantic takes it; a JSON integer or one as text is read whole.
 fn lax_int(value: &Value) -> Result<Option<i128>, (&'static str, &'static str)> {
     const PARSING: (&str, &str) = (
         "int_parsing",
@@ -292,17 +292,22 @@ fn lax_int(value: &Value) -> Result<Option<i128>, (&'static str, &'static str)> 
         }
         // Not a float: an i64, or a u64 beyond it.
         Value::Number(n) => Ok(n.as_i64().map(i128::from).or(n.as_u64().map(i128::from))),
-        Value::String(s) => parse_int_text(s)
-            .map(|n| Some(i128::from(n)))
-            .ok_or(PARSING),
+        Value::String(s) => parse_int_text(s).map(Some).ok_or(PARSING),
         _ => Err(("int_type", "Input should be a valid integer")),
     }
 }
 
 /// An optionally signed run of ASCII digits, surrounding spaces allowed, as
-/// a query or path parameter is read.
-pub fn parse_int_text(s: &str) -> Option<i64> {
-    integer_text(s)?.parse().ok()
+/// a query or path parameter is read: any integer, however large, since
+/// past a range it is out of range (beyond `i128` it saturates).
+pub fn parse_int_text(s: &str) -> Option<i128> {
+    let t = integer_text(s)?;
+    let saturated = if t.starts_with('-') {
+        i128::MIN
+    } else {
+        i128::MAX
+    };
+    Some(t.parse().unwrap_or(saturated))
 }
 
 /// `s` without its surrounding spaces if it is an integer as

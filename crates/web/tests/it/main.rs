@@ -446,7 +446,8 @@ async fn a_zero_read_timeout_is_no_bound() {
 /// A number given for an id is read as FastAPI's pydantic reads it: a float
 /// without a fraction is that integer, so `1e16` is out of an id's range
 /// (not "a number with a fractional part"); a fraction is refused as one,
-/// and a float at or beyond 2^63 either way as too large.
+/// and a float at or beyond 2^63 either way as too large. A whole number
+/// beyond 2^63, as a number or as text, is out of range as any other.
 #[test]
 fn a_float_id_without_a_fraction_is_its_integer() {
     let read = |value: Value| {
@@ -475,5 +476,13 @@ fn a_float_id_without_a_fraction_is_its_integer() {
     let above_i64 = json!(9_223_372_036_854_775_808_u64);
     assert_eq!(read(above_i64), Err(("int_range", range.to_owned())));
     assert_eq!(read(json!(u64::MAX)), Err(("int_range", range.to_owned())));
+    // So is one given as text, however long.
+    for text in [
+        "9223372036854775808",
+        &"9".repeat(50),
+        &format!("-{}", "9".repeat(50)),
+    ] {
+        assert_eq!(read(json!(text)), Err(("int_range", range.to_owned())));
+    }
     assert_eq!(read(Value::Null), Ok(None));
 }
