@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
+use sea_orm::sea_query::{PostgresQueryBuilder, QueryBuilder as _};
 use sea_orm::{
     AccessMode, ConnectionTrait, DatabaseConnection, DbBackend, SqliteTransactionMode, Statement,
     TransactionOptions, TransactionTrait,
@@ -59,21 +60,23 @@ pub struct Health {
     pub round_trip: Duration,
 }
 
-/// What every transaction through a transaction pooler sets after
-/// `DEALLOCATE ALL` (which drops the prepared statements other clients left
-/// on the shared server connection: sqlx names its statements the same way
-/// on every connection): the per-connection settings, for this transaction.
+/// What every transaction through a transaction pooler runs after its
+/// `SET TRANSACTION`: `DEALLOCATE ALL`, which drops the prepared statements
+/// other clients left on the shared server connection (sqlx names its
+/// statements the same way on every connection), then the per-connection
+/// settings, for this transaction. `search_path` goes through `set_config`,
+/// which reads the value as the startup option of an unpooled connection
+/// does (an unquoted name in lower case).
 fn pooler_setup(settings: &Settings) -> String {
-    let mut sql = String::new();
+    let mut sql = "DEALLOCATE ALL".to_owned();
     for (name, millis) in settings.session_parameters() {
         sql.push_str(&format!("; SET LOCAL {name} = '{millis}ms'"));
     }
     if let Some(schema) = &settings.schema {
-        let schemas: Vec<String> = schema
-            .split(',')
-            .map(|s| crate::admin::quote_ident(DbBackend::Postgres, s.trim()))
-            .collect();
-        sql.push_str(&format!("; SET LOCAL search_path = {}", schemas.join(", ")));
+        let value = PostgresQueryBuilder.value_to_string(&schema.as_str().into());
+        sql.push_str(&format!(
+            "; SELECT set_config('search_path', {value}, true)"
+        ));
     }
     sql
 }
@@ -266,7 +269,7 @@ impl Db {
             .filter(|_| self.inner.backend != DbBackend::Sqlite);
         // Through a transaction pooler, SeaORM's own `SET TRANSACTION` would
         // be a prepared statement run before the server connection is clean:
-        // the setup sends it as plain text after `DEALLOCATE ALL` instead.
+        // it goes as plain text with the pooler's setup instead.
         let tx_options = match &self.inner.pooler_setup {
             Some(_) => TransactionOptions::default(),
             None => TransactionOptions {
@@ -291,12 +294,14 @@ impl Db {
         };
         let session = Session::transaction(tx, options.access, pool.operation_timeout());
         if let Some(setup) = &self.inner.pooler_setup {
-            let mut sql = "DEALLOCATE ALL".to_owned();
+            // First: PostgreSQL takes an isolation level only before any
+            // other statement of the transaction (`DEALLOCATE` counts).
+            let mut sql = String::new();
             if let Some(level) = isolation_level {
-                sql.push_str(&format!("; SET TRANSACTION ISOLATION LEVEL {level}"));
+                sql.push_str(&format!("SET TRANSACTION ISOLATION LEVEL {level}; "));
             }
             if access_mode == Some(AccessMode::ReadOnly) {
-                sql.push_str("; SET TRANSACTION READ ONLY");
+                sql.push_str("SET TRANSACTION READ ONLY; ");
             }
             sql.push_str(setup);
             session.execute_unprepared(&sql).await?;

@@ -335,3 +335,71 @@ async fn deadlocks_are_retried_on_postgres() {
 async fn deadlocks_are_retried_on_mysql() {
     deadlocks_are_retried(TestDb::new(test_support::Backend::MySql).await).await;
 }
+
+/// The transaction state a session of `options` is in, read through it:
+/// isolation level, read-only, and the schemas it resolves names in.
+async fn state(db: &Db, options: SessionOptions) -> (String, String, String) {
+    let session = db.session(options).await.unwrap();
+    let sql = "SELECT current_setting('transaction_isolation'), \
+        current_setting('transaction_read_only'), current_schemas(false)::text";
+    let row = (session.query_one_raw(Statement::from_string(DbBackend::Postgres, sql)))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = |i| row.try_get_by_index::<String>(i).unwrap();
+    let state = (text(0), text(1), text(2));
+    session.rollback().await.unwrap();
+    state
+}
+
+/// Through a transaction pooler, every session is a transaction set up by
+/// plain statements: it still gets the isolation level and access mode it
+/// asks for, and `DB_SCHEMA` means what it means on a direct connection.
+#[test_support::needs(postgres, pgbouncer)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_through_a_pooler_get_their_isolation_access_and_schema() {
+    let (server, bouncer) = tokio::task::spawn_blocking(|| {
+        let server = test_support::PrivatePostgres::start("bouncer-pw").expect("postgres");
+        server.psql("postgres", "CREATE DATABASE app").unwrap();
+        server.psql("app", "CREATE SCHEMA ledger").unwrap();
+        let bouncer = test_support::PgBouncer::start(&server, "app").expect("pgbouncer");
+        (server, bouncer)
+    })
+    .await
+    .unwrap();
+    let at = |url: &str, pooled: bool| {
+        let mut s = db_core::Settings::new(db_core::url::DatabaseUrl::parse(url, "url").unwrap());
+        s.transaction_pooler = pooled;
+        // Unquoted, as a startup option reads it: the schema `ledger`.
+        s.schema = Some("Ledger, public".to_owned());
+        s
+    };
+    let serializable = SessionOptions::read_write().isolation(IsolationLevel::Serializable);
+    let repeatable = SessionOptions::read_only().isolation(IsolationLevel::RepeatableRead);
+    let cases = [
+        (serializable, ["serializable", "off"]),
+        (repeatable, ["repeatable read", "on"]),
+        (SessionOptions::read_write(), ["read committed", "off"]),
+    ];
+    // Without a pooler a plain read-only session is no transaction; with
+    // one it is, and a read-only one.
+    let pooled_only = [(SessionOptions::read_only(), ["read committed", "on"])];
+    for (url, pooled) in [(server.url("app"), false), (bouncer.url("app"), true)] {
+        let db = Db::connect(&at(&url, pooled)).await.unwrap();
+        let extra = if pooled { &pooled_only[..] } else { &[] };
+        for (options, [isolation, read_only]) in cases.iter().chain(extra) {
+            let (got_isolation, got_read_only, schemas) = state(&db, *options).await;
+            assert_eq!(
+                [
+                    got_isolation.as_str(),
+                    got_read_only.as_str(),
+                    schemas.as_str()
+                ],
+                [*isolation, *read_only, "{ledger,public}"],
+                "{options:?}, pooled: {pooled}"
+            );
+        }
+        db.close().await;
+    }
+    drop((bouncer, server));
+}
