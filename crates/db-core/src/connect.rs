@@ -869,8 +869,11 @@ async fn open_sqlite(
         }
     };
     if sqlite_in_memory(url) {
-        // Each connection to `:memory:` is a database of its own: one connection.
+        // Each connection to `:memory:` is a database of its own: one
+        // connection, never closed for being idle or old, which would empty it.
         let pool = pool_options::<sqlx::Sqlite>(s, 1, metrics, None)
+            .idle_timeout(None)
+            .max_lifetime(None)
             .connect_with(o)
             .await
             .map_err(reject)?;

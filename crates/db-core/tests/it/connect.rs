@@ -63,9 +63,14 @@ async fn ipv6_hosts_are_dialled_as_addresses_not_names() {
     assert!(message.contains("connection refused"), "{message}");
 }
 
+/// An in-memory database lives in its one connection: it outlasts the
+/// idle timeout and the maximum lifetime, which would close that connection.
 #[tokio::test]
-async fn an_in_memory_sqlite_database_works() {
-    let db = Db::connect(&settings("sqlite::memory:")).await.unwrap();
+async fn an_in_memory_sqlite_database_works_and_outlasts_the_pools_timeouts() {
+    let mut s = settings("sqlite::memory:");
+    s.idle_timeout = Some(Duration::from_millis(100));
+    s.max_lifetime = Some(Duration::from_millis(200));
+    let db = Db::connect(&s).await.unwrap();
     db.session(SessionOptions::single_statement())
         .await
         .unwrap()
@@ -78,6 +83,8 @@ async fn an_in_memory_sqlite_database_works() {
         .await
         .unwrap();
     session.commit().await.unwrap();
+    // Several rounds of the pool's upkeep, which runs every 100 ms here.
+    tokio::time::sleep(Duration::from_millis(800)).await;
     let read = db.read().await.unwrap();
     let rows = read
         .query_all_raw(Statement::from_string(DbBackend::Sqlite, "SELECT x FROM t"))
