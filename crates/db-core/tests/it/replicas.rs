@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use db_core::{Db, Session, Settings, url::DatabaseUrl};
-use sea_orm::{ConnectionTrait, DbBackend, Statement, TryGetable};
+use db_core::{Db, Session, SessionOptions, Settings, url::DatabaseUrl};
+use sea_orm::{ConnectionTrait, DbBackend, IsolationLevel, Statement, TryGetable};
 use test_support::{PrivatePostgres, StopMode};
 
 use crate::metrics;
@@ -154,6 +154,34 @@ async fn reads_go_to_the_replica_writes_to_the_primary_and_reads_survive_its_los
     );
     assert!(db.replica_status().await[0].up);
     assert_eq!(count(&db.begin().await.unwrap()).await, 2);
+
+    // A replica with no free connection is busy, not down: a read that
+    // finds its pool taken for DB_ACQUIRE_TIMEOUT (at most 1 s on a
+    // replica) runs on the primary, and the replica keeps its pool and
+    // its place in the turn.
+    let mut one = settings.clone();
+    one.max_connections = 1;
+    let busy = Db::connect(&one).await.unwrap();
+    let held = busy
+        .session(SessionOptions::read_only().isolation(IsolationLevel::RepeatableRead))
+        .await
+        .unwrap();
+    assert!(
+        in_recovery(&held).await,
+        "the held session is not on the replica"
+    );
+    let read = busy.read().await.unwrap();
+    assert!(
+        !in_recovery(&read).await,
+        "a read waited for the busy replica"
+    );
+    assert!(
+        busy.replica_status().await[0].up,
+        "a busy replica was marked down"
+    );
+    held.rollback().await.unwrap();
+    assert!(in_recovery(&busy.read().await.unwrap()).await);
+    busy.close().await;
 
     // The replica goes away: every read still succeeds, on the primary. The
     // read that found it gone moved on, counted as a failover retry.
