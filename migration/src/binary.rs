@@ -27,6 +27,13 @@ pub fn source() -> Result<db_core::Source, db_core::Error> {
         .default_value("application_name", APPLICATION_NAME))
 }
 
+/// The settings of a binary that reads only the database's (`migration`,
+/// the benchmarks): the tables of the configuration files are sections of
+/// the application, which reads and checks them.
+pub fn database_settings() -> Result<db_core::Settings, db_core::Error> {
+    db_core::Settings::load(&source()?.sections_elsewhere())
+}
+
 /// The log filter binaries use when `RUST_LOG` is not set: `info`, without
 /// PostgreSQL's notices and the migrator's step-by-step lines.
 pub const DEFAULT_LOG_FILTER: &str = "info,sqlx::postgres::notice=warn,sea_orm_migration=warn";

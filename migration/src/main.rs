@@ -6,7 +6,6 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use db_core::Settings;
 use migration::cli::{MigrateArgs, MigrateCommand};
 
 #[derive(Debug, Parser)]
@@ -37,7 +36,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let MigrateCommand::Generate { name } = &cli.args.command {
         return Ok(migration::generate(name)?);
     }
-    let settings = Settings::load(&migration::binary::source()?)?;
+    let settings = migration::binary::database_settings()?;
     migration::run(&settings, &cli.args, &mut std::io::stdout().lock()).await?;
     Ok(())
 }

@@ -11,7 +11,6 @@ use std::process::ExitCode;
 use bench::workload::OPS;
 use bench::{Options, STACKS};
 use clap::Parser;
-use db_core::Settings;
 
 // The same allocator as the `tracker` binary, for every stack alike.
 #[global_allocator]
@@ -75,7 +74,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.metrics {
         web::Metrics::install()?.spawn_upkeep();
     }
-    let settings = Settings::load(&migration::binary::source()?)?;
+    let settings = migration::binary::database_settings()?;
     let options = Options {
         scale: cli.scale,
         ops: cli.ops,

@@ -120,6 +120,8 @@ pub struct Source {
     defaults: BTreeMap<String, String>,
     /// The sections the binary reads, besides the database's top level.
     sections: BTreeSet<&'static str>,
+    /// Every table is a section that another binary reads.
+    sections_elsewhere: bool,
 }
 
 impl fmt::Debug for Source {
@@ -164,6 +166,15 @@ impl Source {
     /// table in the configuration files is not an unknown key.
     pub fn declare<T: Section>(mut self) -> Self {
         self.sections.insert(T::NAME);
+        self
+    }
+
+    /// Declares that the binary reads no section (a migrator, a benchmark):
+    /// a table of the configuration files belongs to a binary that reads
+    /// and checks it, and is not an unknown key here. Keys outside a table
+    /// are still checked.
+    pub fn sections_elsewhere(mut self) -> Self {
+        self.sections_elsewhere = true;
         self
     }
 
@@ -247,7 +258,7 @@ impl Source {
             }
             for (key, value) in values {
                 let section = matches!(value.kind, ValueKind::Table(_)) && name.is_empty();
-                if section && self.sections.contains(key.as_str()) {
+                if section && (self.sections_elsewhere || self.sections.contains(key.as_str())) {
                     continue;
                 }
                 if !all.iter().any(|s| s.key == key) {

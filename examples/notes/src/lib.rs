@@ -1,6 +1,6 @@
 //! Notes: a service of its own on the foundation, the worked example of
 //! `docs/your-service.md`. It has a table ([`migration`]), its entity
-//! ([`entity`], as `sea-orm-cli generate entity` writes it), a setting
+//! ([`entity::notes`], as `sea-orm-cli generate entity` writes it), a setting
 //! ([`NotesSettings`], the `[notes]` table of `config/*.toml` and the
 //! `NOTES_` variables), the operations ([`Notes`]) and two routes
 //! ([`routes()`]: `POST /notes/` and `GET /notes/`). The `notes` binary
@@ -11,8 +11,11 @@
 //! leaves the project's schema alone.
 #![warn(missing_docs)]
 
-#[allow(missing_docs)]
-pub mod entity;
+/// The entity where the project's `entity` crate has it: `entity::notes`.
+pub mod entity {
+    #[allow(missing_docs)]
+    pub mod notes;
+}
 pub mod migration;
 
 use std::sync::Arc;
@@ -46,7 +49,7 @@ impl Section for NotesSettings {
 }
 
 /// A note as stored.
-pub type Note = entity::Model;
+pub type Note = entity::notes::Model;
 
 /// The notes operations, on a db-core [`Db`].
 #[derive(Debug, Clone)]
@@ -68,7 +71,7 @@ impl Notes {
     pub async fn create(&self, title: String, body: String) -> db_core::Result<Note> {
         self.db
             .transaction(SessionOptions::read_write(), |tx| {
-                let row = entity::ActiveModel {
+                let row = entity::notes::ActiveModel {
                     title: Set(title.clone()),
                     body: Set(body.clone()),
                     ..Default::default()
@@ -81,11 +84,11 @@ impl Notes {
     /// Up to `limit` notes by id, after the id `after` if given.
     pub async fn list(&self, after: Option<i32>, limit: u64) -> db_core::Result<Vec<Note>> {
         let read = self.db.read().await?;
-        let mut notes = entity::Entity::find()
-            .order_by_asc(entity::Column::Id)
+        let mut notes = entity::notes::Entity::find()
+            .order_by_asc(entity::notes::Column::Id)
             .limit(limit);
         if let Some(after) = after {
-            notes = notes.filter(entity::Column::Id.gt(after));
+            notes = notes.filter(entity::notes::Column::Id.gt(after));
         }
         Ok(notes.all(&read).await?)
     }

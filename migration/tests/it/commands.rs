@@ -133,3 +133,45 @@ async fn a_failed_migration_leaves_nothing_behind_on_sqlite() {
     migrate(&t.settings, &["up"]).await;
     assert_tables_include(&t.db, &["employees", "seaql_migrations", "tasks"]).await;
 }
+
+/// The `migration` binary reads only the database's settings: a section of
+/// the application in `config/default.toml` (`[notes]`) is the application's
+/// to check, while an unknown key outside a table stops it with exit code 2.
+#[test]
+fn the_binary_leaves_the_applications_sections_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("config")).unwrap();
+    let config = dir.path().join("config/default.toml");
+    let status = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_migration"))
+            .arg("status")
+            .current_dir(dir.path())
+            .env_clear()
+            .output()
+            .unwrap()
+    };
+    std::fs::write(
+        &config,
+        "max_connections = 4\n[notes]\nmax_title_length = 80\n",
+    )
+    .unwrap();
+    let output = status();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("pending"),
+        "{stderr}"
+    );
+    std::fs::write(
+        &config,
+        "colour = \"red\"\n[notes]\nmax_title_length = 80\n",
+    )
+    .unwrap();
+    let output = status();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        "error: config/default.toml: unknown key `colour` (see the configuration table in README.md)"
+    );
+}

@@ -20,7 +20,6 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use bench::reference::{SELECT_TASK, TaskJson, not_found, router, task_answer};
 use clap::Parser;
-use db_core::Settings;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -104,7 +103,7 @@ async fn task(State(pg): State<Arc<Pg>>, Path(id): Path<String>) -> Response {
 }
 
 async fn serve(cli: Cli) -> anyhow::Result<()> {
-    let settings = Settings::load(&migration::binary::source()?)?;
+    let settings = migration::binary::database_settings()?;
     let pg = Arc::new(Pg::connect(settings.url.expose()).await?);
     let app = router(task, pg);
     let listener = TcpListener::bind(cli.addr)

@@ -17,7 +17,6 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use bench::reference::{TaskJson, not_found, router, serve, task_answer};
 use clap::Parser;
-use db_core::Settings;
 use entity::tasks;
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, EntityTrait};
 
@@ -46,7 +45,7 @@ async fn task(State(db): State<DatabaseConnection>, Path(id): Path<String>) -> R
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let settings = Settings::load(&migration::binary::source()?)?;
+    let settings = migration::binary::database_settings()?;
     let mut options = ConnectOptions::new(settings.url.expose());
     options.sqlx_logging(false);
     let db = Database::connect(options)

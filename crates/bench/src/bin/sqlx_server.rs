@@ -17,7 +17,6 @@ use axum::response::Response;
 use bench::reference::{SELECT_TASK, TaskJson, not_found, router, serve, task_answer};
 use chrono::NaiveDate;
 use clap::Parser;
-use db_core::Settings;
 use sea_orm::sqlx::{self, PgPool};
 
 #[global_allocator]
@@ -63,7 +62,7 @@ async fn task(State(pool): State<PgPool>, Path(id): Path<String>) -> Response {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let settings = Settings::load(&migration::binary::source()?)?;
+    let settings = migration::binary::database_settings()?;
     let pool = PgPool::connect(settings.url.expose())
         .await
         .context("connecting to the database")?;

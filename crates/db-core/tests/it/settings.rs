@@ -524,6 +524,15 @@ fn a_section_of_a_services_own_is_layered_like_the_database_settings() {
     );
     let declared = source.clone().declare::<Notes>();
     assert_eq!(load(&declared).max_connections, 4);
+    // A binary that reads no section (a migrator) leaves every table to the
+    // binary that reads it; a key outside a table is still its to check.
+    let elsewhere = source.clone().sections_elsewhere();
+    assert_eq!(load(&elsewhere).max_connections, 4);
+    std::fs::write(&path, "prot = 5432\n[notes]\nmax_title_length = 80\n").unwrap();
+    assert_eq!(
+        error(&elsewhere),
+        format!("{shown}: unknown key `prot` (see the configuration table in README.md)")
+    );
 }
 
 #[test]

@@ -240,7 +240,7 @@ fn the_guide_quotes_the_example_verbatim() {
     let example = [
         include_str!("../../src/lib.rs"),
         include_str!("../../src/migration.rs"),
-        include_str!("../../src/entity.rs"),
+        include_str!("../../src/entity/notes.rs"),
         include_str!("../../src/main.rs"),
         include_str!("main.rs"),
     ]
