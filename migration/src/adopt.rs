@@ -10,13 +10,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use db_core::{Db, Settings, url::DatabaseUrl};
+use db_core::{Db, Session, Settings, url::DatabaseUrl};
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::{MigrationStatus, MigratorTrait, SchemaManager};
+use sea_orm_migration::{MigratorTrait, SchemaManager};
 
 use crate::inspect::{self, Table as Inspected};
-use crate::runner::Error;
+use crate::runner::{Error, Recorded};
 
 /// Records which migrations were adopted or baselined rather than run, so
 /// that reverting them can refuse to drop tables they did not create.
@@ -132,21 +132,18 @@ fn differences(name: &str, expected: &Inspected, live: &Inspected) -> Vec<String
 /// another tool's: its own run stopped midway (a migration outside a
 /// transaction, or MySQL's DDL), and running it again is what finishes it,
 /// or says what is in the way (`migrate baseline` records one by hand).
-pub(crate) async fn adopt<M: MigratorTrait, C: ConnectionTrait>(
-    conn: &C,
+pub(crate) async fn adopt<M: MigratorTrait>(
+    conn: &Session,
     target: &str,
 ) -> Result<Vec<String>, Error> {
-    let statuses = M::get_migration_with_status_read_only(conn).await?;
-    if statuses
-        .iter()
-        .any(|m| m.status() == MigrationStatus::Applied)
-    {
+    if !Recorded::read::<M>(conn).await?.is_empty() {
         return Ok(Vec::new());
     }
+    let migrations = M::migrations();
     let live = inspect::tables(conn).await?;
     let created = reference::<M>().await?;
     let mut adopted: Vec<(String, Vec<String>)> = Vec::new();
-    for (migration, creates) in statuses.iter().zip(&created) {
+    for (migration, creates) in migrations.iter().zip(&created) {
         if creates.is_empty() || !creates.keys().any(|t| live.contains_key(t)) {
             break;
         }
@@ -185,15 +182,16 @@ pub(crate) async fn adopt<M: MigratorTrait, C: ConnectionTrait>(
 /// one whose tables all exist) as applied without running them. Refuses
 /// when none of their tables exist: then there is nothing to adopt and
 /// `migrate up` is the command.
-pub(crate) async fn baseline<M: MigratorTrait, C: ConnectionTrait>(
-    conn: &C,
+pub(crate) async fn baseline<M: MigratorTrait>(
+    conn: &Session,
     to: Option<&str>,
 ) -> Result<Vec<String>, Error> {
-    let statuses = M::get_migration_with_status_read_only(conn).await?;
+    let recorded = Recorded::read::<M>(conn).await?;
+    let migrations = M::migrations();
     let created = reference::<M>().await?;
     let live = inspect::tables(conn).await?;
     let last = match to {
-        Some(name) => statuses
+        Some(name) => migrations
             .iter()
             .position(|m| m.name() == name)
             .ok_or_else(|| {
@@ -215,13 +213,13 @@ pub(crate) async fn baseline<M: MigratorTrait, C: ConnectionTrait>(
     if !tables.iter().any(|t| live.contains_key(*t)) {
         return Err(Error::Refused(format!(
             "the database has none of the tables of the migrations up to {} ({}): nothing to baseline; run `migrate up`",
-            statuses[last].name(),
+            migrations[last].name(),
             tables.into_iter().cloned().collect::<Vec<_>>().join(", ")
         )));
     }
     let mut names = Vec::new();
-    for migration in &statuses[..=last] {
-        if migration.status() == MigrationStatus::Pending {
+    for migration in &migrations[..=last] {
+        if !recorded.contains(migration.name()) {
             record::<M, _>(conn, migration.name()).await?;
             names.push(migration.name().to_owned());
         }

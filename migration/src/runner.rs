@@ -12,8 +12,8 @@ use db_core::{
     lock::HeldLock,
 };
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, DynIden};
+use sea_orm_migration::MigratorTrait;
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::{MigrationStatus, MigratorTrait};
 use tokio::sync::Mutex;
 
 use crate::Migrator;
@@ -144,14 +144,101 @@ pub(crate) fn for_migrations(settings: &Settings) -> Settings {
 }
 
 /// Names of the migrations not applied yet, read without creating anything.
+/// Applied migrations that this binary does not have (a newer release
+/// applied them, and this one runs beside it or after a rollback) are no
+/// error: they are logged at `warn`.
 pub async fn pending(db: &Db) -> Result<Vec<String>, Error> {
     // On the primary: a replica may not have replayed the latest migration yet.
     let read = db.session(SessionOptions::read_only().on_primary()).await?;
-    Ok(Migrator::get_pending_migrations_read_only(&read)
-        .await?
+    let recorded = Recorded::read::<Migrator>(&read).await?;
+    let newer = recorded.unknown::<Migrator>();
+    if !newer.is_empty() {
+        tracing::warn!(
+            "{} has applied migrations that this binary does not have, from a newer release: {}",
+            db.target(),
+            newer.join(", ")
+        );
+    }
+    Ok(recorded
+        .pending::<Migrator>()
         .iter()
         .map(|m| m.name().to_owned())
         .collect())
+}
+
+/// The migrations recorded as applied in a migrator's table, read without
+/// creating anything. Unlike SeaORM's own status, a recorded migration that
+/// the migrator does not have is no error: a newer release applied it, and
+/// an older binary still runs (during a rolling deploy, after a rollback).
+pub(crate) struct Recorded(BTreeSet<String>);
+
+impl Recorded {
+    /// The record of `M` (empty before its table exists).
+    pub(crate) async fn read<M: MigratorTrait>(conn: &Session) -> Result<Self, Error> {
+        let table = M::migration_table_name();
+        if !SchemaManager::new(conn.executor())
+            .has_table(table.to_string())
+            .await?
+        {
+            return Ok(Recorded(BTreeSet::new()));
+        }
+        let select = Query::select().column("version").from(table).to_owned();
+        let rows = conn.query_all(&select).await?;
+        let names = rows.iter().map(|r| r.try_get_by_index::<String>(0));
+        Ok(Recorded(names.collect::<Result<_, _>>()?))
+    }
+
+    /// Whether nothing is recorded.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `name` is recorded as applied.
+    pub(crate) fn contains(&self, name: &str) -> bool {
+        self.0.contains(name)
+    }
+
+    /// `M`'s migrations that are not recorded, in `M`'s order.
+    pub(crate) fn pending<M: MigratorTrait>(&self) -> Vec<Box<dyn MigrationTrait>> {
+        let mut all = M::migrations();
+        all.retain(|m| !self.contains(m.name()));
+        all
+    }
+
+    /// The recorded migrations that `M` does not have.
+    pub(crate) fn unknown<M: MigratorTrait>(&self) -> Vec<String> {
+        let known: BTreeSet<String> = M::migrations()
+            .iter()
+            .map(|m| m.name().to_owned())
+            .collect();
+        self.0
+            .iter()
+            .filter(|n| !known.contains(*n))
+            .cloned()
+            .collect()
+    }
+
+    /// Everything recorded: `M`'s applied migrations in its order, then
+    /// those it does not have.
+    fn names<M: MigratorTrait>(&self) -> Vec<String> {
+        let known = M::migrations().into_iter().map(|m| m.name().to_owned());
+        let mut names: Vec<String> = known.filter(|n| self.contains(n)).collect();
+        names.extend(self.unknown::<M>());
+        names
+    }
+
+    /// `N applied, M pending`, saying how many of the applied this binary
+    /// does not have.
+    fn summary<M: MigratorTrait>(&self) -> String {
+        let (pending, newer) = (self.pending::<M>().len(), self.unknown::<M>().len());
+        match newer {
+            0 => format!("{} applied, {pending} pending", self.0.len()),
+            _ => format!(
+                "{} applied ({newer} not in this binary), {pending} pending",
+                self.0.len()
+            ),
+        }
+    }
 }
 
 /// Writes a new, empty migration into this crate's sources and registers it
@@ -220,14 +307,18 @@ async fn print_sql<M: MigratorTrait>(
     } else {
         let db = connect(settings).await?;
         let read = db.read().await;
-        let applied = match read {
-            Ok(read) => M::get_applied_migrations_read_only(&read)
-                .await
-                .map_err(Error::from),
+        let recorded = match read {
+            Ok(read) => Recorded::read::<M>(&read).await,
             Err(e) => Err(e.into()),
         };
         db.close().await;
-        let applied: BTreeSet<String> = applied?.iter().map(|m| m.name().to_owned()).collect();
+        let recorded = recorded?;
+        let newer = recorded.unknown::<M>();
+        let applied: BTreeSet<String> = recorded
+            .names::<M>()
+            .into_iter()
+            .filter(|n| !newer.contains(n))
+            .collect();
         // The scratch database gets the oldest ones: they must be the applied.
         let names: Vec<String> = M::migrations()
             .iter()
@@ -376,19 +467,23 @@ async fn report<M: MigratorTrait>(
     if let MigrateCommand::Status = args.command {
         // Read-only: never creates the migration table.
         let read = db.read().await?;
-        let all = M::get_migration_with_status_read_only(&read).await?;
-        let pending = all
-            .iter()
-            .filter(|m| m.status() == MigrationStatus::Pending)
-            .count();
-        for migration in &all {
-            let status = match migration.status() {
-                MigrationStatus::Applied => "applied",
-                MigrationStatus::Pending => "pending",
+        let recorded = Recorded::read::<M>(&read).await?;
+        for migration in M::migrations() {
+            let name = migration.name();
+            let status = if recorded.contains(name) {
+                "applied"
+            } else {
+                "pending"
             };
-            writeln!(out, "{status:<8} {}", migration.name())?;
+            writeln!(out, "{status:<8} {name}")?;
         }
-        writeln!(out, "{} applied, {pending} pending", all.len() - pending)?;
+        for name in recorded.unknown::<M>() {
+            writeln!(
+                out,
+                "applied  {name} (not in this binary: a newer release's)"
+            )?;
+        }
+        writeln!(out, "{}", recorded.summary::<M>())?;
         return Ok(());
     }
     let report = execute::<M>(db, settings, &args.command, args.lock_timeout).await?;
@@ -405,9 +500,7 @@ async fn report<M: MigratorTrait>(
         writeln!(out, "applied  {name}")?;
     }
     let read = db.read().await?;
-    let applied = M::get_applied_migrations_read_only(&read).await?.len();
-    let pending = M::get_pending_migrations_read_only(&read).await?.len();
-    writeln!(out, "{applied} applied, {pending} pending")?;
+    writeln!(out, "{}", Recorded::read::<M>(&read).await?.summary::<M>())?;
     Ok(())
 }
 
@@ -517,14 +610,14 @@ impl Runner<'_> {
         match command {
             MigrateCommand::Up { num } => {
                 let step = self.step().await?;
-                adopted = crate::adopt::adopt::<M, _>(&*step, target).await?;
+                adopted = crate::adopt::adopt::<M>(&step, target).await?;
                 step.finish().await?;
                 let left = num.map(|n| n.saturating_sub(adopted.len() as u32));
                 self.up::<M>(left).await?;
             }
             MigrateCommand::Baseline { to } => {
                 let step = self.step().await?;
-                adopted = crate::adopt::baseline::<M, _>(&*step, to.as_deref()).await?;
+                adopted = crate::adopt::baseline::<M>(&step, to.as_deref()).await?;
                 step.finish().await?;
             }
             MigrateCommand::Down { num, .. } => self.down::<M>(Some(*num)).await?,
@@ -589,14 +682,21 @@ impl Runner<'_> {
     async fn up<M: MigratorTrait>(&self, num: Option<u32>) -> Result<(), Error> {
         let step = self.step().await?;
         M::install(&*step).await?;
-        let status = M::get_migration_with_status(&*step).await?;
+        let recorded = Recorded::read::<M>(&step).await?;
         step.finish().await?;
-        let pending = M::migrations()
+        let (pending, newer) = (recorded.pending::<M>(), recorded.unknown::<M>());
+        if !pending.is_empty() && !newer.is_empty() {
+            let pending: Vec<&str> = pending.iter().map(|m| m.name()).collect();
+            return Err(Error::Refused(format!(
+                "the database has migrations that this binary does not have ({}), and this binary's {} are not applied: apply them with a release that has them all",
+                newer.join(", "),
+                pending.join(", ")
+            )));
+        }
+        let pending = pending
             .into_iter()
-            .zip(status)
-            .filter(|(_, s)| s.status() == MigrationStatus::Pending)
             .take(num.map_or(usize::MAX, |n| n as usize));
-        for (migration, _) in pending {
+        for migration in pending {
             (self.apply::<M>(migration.as_ref(), true).await)
                 .map_err(|e| e.of_migration(migration.name()))?;
         }
@@ -607,18 +707,22 @@ impl Runner<'_> {
     async fn down<M: MigratorTrait>(&self, num: Option<u32>) -> Result<(), Error> {
         let step = self.step().await?;
         M::install(&*step).await?;
-        let status = M::get_migration_with_status(&*step).await?;
+        let recorded = Recorded::read::<M>(&step).await?;
         step.finish().await?;
-        let applied: Vec<_> = M::migrations()
-            .into_iter()
-            .zip(status)
-            .filter(|(_, s)| s.status() == MigrationStatus::Applied)
-            .collect();
+        let newer = recorded.unknown::<M>();
+        if !newer.is_empty() {
+            return Err(Error::Refused(format!(
+                "the database has migrations that this binary does not have ({}), applied after its own: revert them first with the release that has them",
+                newer.join(", ")
+            )));
+        }
+        let mut applied = M::migrations();
+        applied.retain(|m| recorded.contains(m.name()));
         let reverting = applied
             .into_iter()
             .rev()
             .take(num.map_or(usize::MAX, |n| n as usize));
-        for (migration, _) in reverting {
+        for migration in reverting {
             (self.apply::<M>(migration.as_ref(), false).await)
                 .map_err(|e| e.of_migration(migration.name()))?;
         }
@@ -815,11 +919,7 @@ async fn refuse_reverting_adopted(
 }
 
 async fn applied_names<M: MigratorTrait>(conn: &Session) -> Result<Vec<String>, Error> {
-    Ok(M::get_applied_migrations_read_only(conn)
-        .await?
-        .iter()
-        .map(|m| m.name().to_owned())
-        .collect())
+    Ok(Recorded::read::<M>(conn).await?.names::<M>())
 }
 
 /// The migration lock's name: one per database, on every backend.

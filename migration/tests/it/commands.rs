@@ -42,6 +42,43 @@ test_support::backend_tests! {
         assert_eq!(migrate(&t.settings, &["reset"]).await, none);
         assert!(tables(&t.db).await.is_empty());
     }
+
+    /// A newer release applied a migration that this binary does not have
+    /// (a rolling deploy, or a rollback): this binary still starts, reports
+    /// it, and applies nothing, but neither reverts below it nor applies
+    /// its own pending ones on top of it.
+    async fn a_database_ahead_of_the_binary_is_served_not_refused(t: TestDb) {
+        let (all, n) = (names(), names().len());
+        migrate(&t.settings, &["up"]).await;
+        let newer = "m20991231_000001_from_a_newer_release";
+        crate::support::exec(&t.db, &format!(
+            "INSERT INTO seaql_migrations (version, applied_at) VALUES ('{newer}', 0)"
+        )).await;
+        let summary = format!("{} applied (1 not in this binary), 0 pending\n", n + 1);
+        assert_eq!(
+            migrate(&t.settings, &["status"]).await,
+            format!(
+                "{}applied  {newer} (not in this binary: a newer release's)\n{summary}",
+                lines("applied ", &all)
+            )
+        );
+        assert_eq!(migrate(&t.settings, &["up"]).await, summary);
+        assert!(migration::pending(&t.db).await.unwrap().is_empty());
+
+        let down = migrate_with::<migration::Migrator>(&t.settings, &["down"]).await;
+        let refused = down.unwrap_err().to_string();
+        assert!(refused.contains(&format!("does not have ({newer}), applied after its own")), "{refused}");
+
+        let last = &all[n - 1];
+        crate::support::exec(&t.db, &format!("DELETE FROM seaql_migrations WHERE version = '{last}'")).await;
+        assert_eq!(migration::pending(&t.db).await.unwrap(), [last.clone()]);
+        let up = migrate_with::<migration::Migrator>(&t.settings, &["up"]).await;
+        let refused = up.unwrap_err().to_string();
+        assert!(
+            refused.contains(&format!("does not have ({newer}), and this binary's {last} are not applied")),
+            "{refused}"
+        );
+    }
 }
 
 struct FailsHalfWay;
