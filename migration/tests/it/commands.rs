@@ -71,7 +71,7 @@ test_support::backend_tests! {
 
         let last = &all[n - 1];
         crate::support::exec(&t.db, &format!("DELETE FROM seaql_migrations WHERE version = '{last}'")).await;
-        assert_eq!(migration::pending(&t.db).await.unwrap(), [last.clone()]);
+        assert_eq!(migration::pending(&t.db).await.unwrap(), [last.as_str()]);
         let up = migrate_with::<migration::Migrator>(&t.settings, &["up"]).await;
         let refused = up.unwrap_err().to_string();
         assert!(
