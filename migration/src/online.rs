@@ -6,10 +6,11 @@
 //! key checked against every row), or it waits for its lock behind a long
 //! transaction while every later query on the table queues behind it. The
 //! runner bounds the second everywhere on PostgreSQL: each statement waits
-//! at most `DB_MIGRATION_LOCK_TIMEOUT` for its lock, then the statement (or
-//! a transactional migration as a whole) is tried again after a jittered
-//! pause, until `DB_MIGRATION_DEADLINE`; giving up names the sessions in
-//! the way. The blocks below avoid the first, and each is safe to run again
+//! at most `DB_MIGRATION_LOCK_TIMEOUT` for its lock, then a statement of
+//! the blocks below (or a transactional migration as a whole) is tried
+//! again after a jittered pause, until `DB_MIGRATION_DEADLINE`; giving up
+//! names the sessions in the way. A plain statement in a migration without
+//! a transaction is not tried again: run it through [`execute`]. The blocks below avoid the first, and each is safe to run again
 //! after it was interrupted:
 //!
 //! | block | PostgreSQL | MySQL / MariaDB | SQLite |
