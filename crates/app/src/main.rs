@@ -235,33 +235,21 @@ async fn serve(settings: &Settings, args: ServeArgs, dropped: DroppedLines) -> a
         listener.local_addr()?,
         db.target()
     );
-    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel();
     let shutdown = async move {
         signal.await;
         tracing::info!("shutting down: finishing requests in flight");
-        let _ = stopping_tx.send(());
     };
-    let server = (app(&db).read_timeout(read_timeout)).serve(listener, exposure, shutdown);
     // Every wait of a request on the database is bounded (by the acquire
     // and operation timeouts), so requests in flight end within the grace
     // period whatever state the servers are in; one still running after it
-    // is abandoned, and `Db::close` waits a bounded time too. So the
-    // process exits with code 0 shortly after the grace period at most.
-    let grace = args.shutdown_grace;
-    let drain_deadline = async {
-        if stopping_rx.await.is_ok() {
-            tokio::time::sleep(grace).await;
-        } else {
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::select! {
-        result = server => result.context("serving")?,
-        () = drain_deadline => tracing::warn!(
-            "requests still running after {} (SHUTDOWN_GRACE); stopping anyway",
-            humantime::format_duration(grace)
-        ),
-    }
+    // (say, an answer that its client stopped reading) is abandoned, and
+    // `Db::close` waits a bounded time too. So the process exits with code
+    // 0 shortly after the grace period at most.
+    (app(&db).read_timeout(read_timeout))
+        .shutdown_grace(args.shutdown_grace)
+        .serve(listener, exposure, shutdown)
+        .await
+        .context("serving")?;
     db.close().await;
     tracing::info!("stopped");
     Ok(())

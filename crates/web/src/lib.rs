@@ -76,6 +76,10 @@ const CONVENTIONS: &str =
 /// on one that the application is closing.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(75);
 
+/// How long [`App::serve`] lets the requests in flight finish after its
+/// `shutdown` completed, by default ([`App::shutdown_grace`]).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
+
 /// An application: its services' routes, the probes, and one document.
 #[derive(Debug)]
 pub struct App {
@@ -85,6 +89,7 @@ pub struct App {
     description: String,
     db: Db,
     read_timeout: Duration,
+    shutdown_grace: Duration,
 }
 
 impl App {
@@ -98,7 +103,17 @@ impl App {
             description: String::new(),
             db,
             read_timeout: READ_TIMEOUT,
+            shutdown_grace: SHUTDOWN_GRACE,
         }
+    }
+
+    /// How long [`App::serve`] lets the requests in flight finish, once
+    /// told to stop, before it returns anyway ([`SHUTDOWN_GRACE`] by
+    /// default). The database bounds each request's waits on it; this bounds
+    /// the rest, such as an answer that a client stopped reading.
+    pub fn shutdown_grace(mut self, grace: Duration) -> App {
+        self.shutdown_grace = grace;
+        self
     }
 
     /// How long a client may take to send a request's head, which is also
@@ -164,7 +179,8 @@ impl App {
     }
 
     /// Serves the application on `listener` until `shutdown` completes, then
-    /// stops accepting, lets in-flight requests finish, and returns.
+    /// stops accepting, lets in-flight requests finish for up to
+    /// [`App::shutdown_grace`], and returns.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -183,7 +199,7 @@ impl App {
             // headers (any is allowed), so no `Vary` header: building it
             // cost an allocation on every request.
             .vary([]);
-        let read_timeout = self.read_timeout;
+        let (read_timeout, grace) = (self.read_timeout, self.shutdown_grace);
         // Around the whole router, once: `Router::layer` would wrap each route
         // in each of these, a boxed service more to clone on every request.
         let app = ServiceBuilder::new()
@@ -196,19 +212,21 @@ impl App {
                 (!read_timeout.is_zero()).then(|| RequestBodyTimeoutLayer::new(read_timeout)),
             )
             .service(self.router(&exposure));
-        run(listener, app, read_timeout, shutdown).await
+        run(listener, app, read_timeout, grace, shutdown).await
     }
 }
 
 /// Serves `service` on `listener` over HTTP/1.1 until `shutdown` completes,
-/// then stops accepting and waits for each connection to finish the request
-/// it is answering. A client that takes longer than `read_timeout` (unless
-/// zero) to send a request's head, or, idle, to start the next, has its
-/// connection closed: `axum::serve` sets no such bound.
+/// then stops accepting and waits, for up to `grace`, for each connection
+/// to finish the request it is answering. A client that takes longer than
+/// `read_timeout` (unless zero) to send a request's head, or, idle, to
+/// start the next, has its connection closed: `axum::serve` sets no such
+/// bound.
 async fn run<S>(
     listener: TcpListener,
     service: S,
     read_timeout: Duration,
+    grace: Duration,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()>
 where
@@ -259,7 +277,14 @@ where
         });
     }
     drop(listener);
-    connections.shutdown().await;
+    if tokio::time::timeout(grace, connections.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "requests still running after {grace:?} (the shutdown grace); stopping anyway"
+        );
+    }
     Ok(())
 }
 
@@ -290,9 +315,9 @@ fn metrics_route(m: Metrics, db: Db) -> Router {
 }
 
 /// Serves only `/metrics` on `listener` (a listener apart from the
-/// application's, which need not be public) until `shutdown` completes,
-/// with the bound of [`App::read_timeout`] on reading a request's head (it
-/// reads no body).
+/// application's, which need not be public) until `shutdown` completes
+/// (then for up to [`SHUTDOWN_GRACE`] more), with the bound of
+/// [`App::read_timeout`] on reading a request's head (it reads no body).
 pub async fn serve_metrics(
     listener: TcpListener,
     metrics: Metrics,
@@ -301,7 +326,7 @@ pub async fn serve_metrics(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let router = with_fallbacks(metrics_route(metrics, db)).with_state(());
-    run(listener, router, read_timeout, shutdown).await
+    run(listener, router, read_timeout, SHUTDOWN_GRACE, shutdown).await
 }
 
 /// `router` answering an unknown path with 404 and a known one with another

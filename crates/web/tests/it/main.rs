@@ -486,3 +486,40 @@ fn a_float_id_without_a_fraction_is_its_integer() {
     }
     assert_eq!(read(Value::Null), Ok(None));
 }
+
+/// More than the sockets of both ends take in: writing it waits for the client.
+#[utoipa::path(get, path = "/big/", responses((status = 200)))]
+async fn big() -> Vec<u8> {
+    vec![b'x'; 64 << 20]
+}
+
+/// An answer that its client stopped reading does not hold the server up
+/// once it is told to stop: after the shutdown grace, `serve` returns.
+#[tokio::test]
+async fn serve_returns_after_the_grace_though_a_client_stopped_reading() {
+    use tokio::io::AsyncWriteExt;
+    let routes = Routes::new().routes(routes!(big)).with_state(());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = App::new("Greeter", "0.1.0", db().await)
+        .service(routes)
+        .shutdown_grace(Duration::from_millis(200));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.serve(listener, Exposure::Off, async {
+        stopped.await.ok();
+    }));
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // The answer is being written, and the client reads none of it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.send(()).unwrap();
+    let returned = tokio::time::timeout(Duration::from_secs(20), server).await;
+    assert!(
+        matches!(returned, Ok(Ok(Ok(())))),
+        "serve did not return: {returned:?}"
+    );
+    drop(stream);
+}
