@@ -397,6 +397,27 @@ impl Db {
                         // end it.
                         let forever = "SET LOCAL idle_in_transaction_session_timeout = 0";
                         within(lock.timeout, sqlx::raw_sql(forever).execute(&mut conn)).await?;
+                    } else if taken {
+                        // So does the session that holds the lock, idle
+                        // while the work runs: PostgreSQL 14's
+                        // idle_session_timeout must not end it. Older
+                        // servers do not know the setting, nor end idle
+                        // sessions.
+                        let set = async {
+                            match sqlx::raw_sql("SET idle_session_timeout = 0")
+                                .execute(&mut conn)
+                                .await
+                            {
+                                // undefined_object: an unknown setting.
+                                Err(sqlx::Error::Database(e))
+                                    if e.code().as_deref() == Some("42704") =>
+                                {
+                                    Ok(())
+                                }
+                                done => done.map(drop),
+                            }
+                        };
+                        within(lock.timeout, set).await?;
                     }
                     if taken {
                         break;
@@ -418,6 +439,11 @@ impl Db {
                     acquire_sqlx(self.metrics(), self.conn().get_mysql_connection_pool())
                         .await?
                         .detach();
+                // The session that holds the lock is idle while the work
+                // runs: the server's wait_timeout (8 hours by default, often
+                // set lower) must not end it, and the lock with it.
+                let forever = "SET SESSION wait_timeout = 31536000";
+                within(lock.timeout, sqlx::raw_sql(forever).execute(&mut conn)).await?;
                 let what = format!("the {} lock (GET_LOCK on {})", lock.name, self.target());
                 let mut waiting = Waiting::new(&what, lock.timeout);
                 loop {

@@ -274,3 +274,27 @@ async fn a_lock_held_through_a_pooler_outlasts_the_servers_idle_timeout() {
     db.close().await;
     drop((bouncer, server));
 }
+
+/// A session-level lock is a session left idle while the work runs: a
+/// server-side idle-session timeout (here the database's, PostgreSQL 14 and
+/// later) does not end it, and the lock with it.
+#[test_support::needs(postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_lock_outlasts_the_servers_idle_session_timeout() {
+    let t = TestDb::new(test_support::Backend::Postgres).await;
+    let idle = format!(
+        "ALTER DATABASE \"{}\" SET idle_session_timeout = '300ms'",
+        t.name()
+    );
+    (t.db.autocommit().execute_unprepared(&idle).await).unwrap();
+    // A handle whose connections start with the database's setting.
+    let db = Db::connect(&t.settings).await.unwrap();
+    let mut held = db
+        .hold(&Lock::new("idle", Duration::from_secs(1)))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    held.check().await.unwrap();
+    held.release().await;
+    db.close().await;
+}
