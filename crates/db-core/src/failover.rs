@@ -522,12 +522,21 @@ pub async fn host_status(s: &Settings) -> Vec<HostStatus> {
         };
         for (host, options) in hosts {
             let role = match connect(&one, &options, &host).await {
+                // The question waits no longer than the connection did: a
+                // server that took the login (a pooler's) may never answer.
                 Ok(mut conn) => {
-                    let role = role(&mut conn).await;
+                    let role = tokio::time::timeout(one.connect_timeout, role(&mut conn)).await;
                     let _ = conn.close().await;
-                    role.unwrap_or_else(|e| {
-                        Role::Unreachable(scrub(&e.to_string(), url.password().as_deref()))
-                    })
+                    match role {
+                        Ok(Ok(role)) => role,
+                        Ok(Err(e)) => {
+                            Role::Unreachable(scrub(&e.to_string(), url.password().as_deref()))
+                        }
+                        Err(_) => Role::Unreachable(format!(
+                            "no answer within {} (DB_CONNECT_TIMEOUT)",
+                            humantime::format_duration(one.connect_timeout)
+                        )),
+                    }
                 }
                 Err(skipped) => Role::Unreachable(skipped.reason),
             };

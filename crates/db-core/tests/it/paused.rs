@@ -368,3 +368,40 @@ async fn reads_fall_back_to_the_primary_while_a_replica_is_paused() {
     }
     db.close().await;
 }
+
+/// `failover::host_status` (what `db check` shows) asks each host its role:
+/// a server that took the login (PgBouncer, which logs clients in itself)
+/// and then never answers (the PostgreSQL behind it paused) is reported as
+/// not answering within `DB_CONNECT_TIMEOUT`, not waited for.
+#[test_support::needs(postgres, pgbouncer)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_status_does_not_wait_for_a_server_that_took_the_login_and_stopped() {
+    use db_core::failover::{Role, host_status};
+    let server = start_server().await;
+    let bouncer = {
+        let server = server.clone();
+        tokio::task::spawn_blocking(move || {
+            server.psql("postgres", "CREATE DATABASE app").unwrap();
+            test_support::PgBouncer::start(&server, "app").expect("pgbouncer")
+        })
+        .await
+        .unwrap()
+    };
+    let url = DatabaseUrl::parse(&bouncer.url("app"), "DATABASE_URL").unwrap();
+    let mut s = Settings::new(url);
+    s.connect_timeout = Duration::from_secs(1);
+    s.transaction_pooler = true;
+    // Answered once: PgBouncer keeps the server connection and, for the
+    // next login, the server's parameters.
+    let status = host_status(&s).await;
+    assert!(matches!(status[0].role, Role::Primary), "{status:?}");
+    server.pause().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), host_status(&s)).await;
+    server.resume().unwrap();
+    let status = status.expect("host_status waited for the paused server");
+    assert!(
+        matches!(&status[0].role, Role::Unreachable(why) if why.starts_with("no answer within 1s")),
+        "{status:?}"
+    );
+    drop(bouncer);
+}
