@@ -138,16 +138,30 @@ fn sqlstate(e: &DbErr) -> Option<String> {
     }
 }
 
-/// An error that may be PostgreSQL's `lock_not_available` (55P03): a
-/// statement gave up waiting for a lock.
+/// How an attempt ended that a later one may get past: nothing of it stays.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum LockWait {
+    /// PostgreSQL's `lock_not_available` (55P03): a statement gave up
+    /// waiting for a lock.
+    TimedOut,
+    /// PostgreSQL's `deadlock_detected` (40P01): the server aborted the
+    /// transaction to end a cycle of lock waits.
+    Deadlock,
+}
+
+/// An error that may be a [`LockWait`].
 pub(crate) trait LockNotAvailable: From<DbErr> {
-    /// Whether this is one.
-    fn lock_not_available(&self) -> bool;
+    /// Which one this is, if it is one.
+    fn lock_wait(&self) -> Option<LockWait>;
 }
 
 impl LockNotAvailable for DbErr {
-    fn lock_not_available(&self) -> bool {
-        sqlstate(self).as_deref() == Some("55P03")
+    fn lock_wait(&self) -> Option<LockWait> {
+        match sqlstate(self).as_deref() {
+            Some("55P03") => Some(LockWait::TimedOut),
+            Some("40P01") => Some(LockWait::Deadlock),
+            _ => None,
+        }
     }
 }
 
@@ -230,9 +244,12 @@ pub(crate) async fn retrying<T, E: LockNotAvailable, F: Future<Output = Result<T
     let seen = Seen::default();
     let mut attempts = 1u32;
     loop {
-        let error = match attempt(seen.clone()).await {
-            Err(e) if e.lock_not_available() => e,
-            other => return other,
+        let (error, wait) = match attempt(seen.clone()).await {
+            Err(e) => match e.lock_wait() {
+                Some(wait) => (e, wait),
+                None => return Err(e),
+            },
+            done => return done,
         };
         let (setting, timeout) = bound.setting(&policy);
         let pause = rand::rng().random_range(pauses(bound, timeout, attempts));
@@ -246,9 +263,12 @@ pub(crate) async fn retrying<T, E: LockNotAvailable, F: Future<Output = Result<T
                 short(policy.deadline),
             ))));
         }
+        let why = match wait {
+            LockWait::TimedOut => format!("no lock within {setting}={}", short(timeout)),
+            LockWait::Deadlock => "a deadlock, which the server ended by aborting it".to_owned(),
+        };
         tracing::warn!(
-            "{what}: no lock within {setting}={} (attempt {attempts}); in the way: {}; trying again in {}",
-            short(timeout),
+            "{what}: {why} (attempt {attempts}); in the way: {}; trying again in {}",
             Blocking(&seen.0.lock().expect("never poisoned")),
             short(pause),
         );

@@ -18,7 +18,7 @@ use tokio::sync::Mutex;
 
 use crate::Migrator;
 use crate::cli::{MigrateArgs, MigrateCommand};
-use crate::online::{self, Bound, LockNotAvailable, Policy};
+use crate::online::{self, Bound, LockNotAvailable, LockWait, Policy};
 
 /// What can go wrong while migrating.
 #[derive(Debug, thiserror::Error)]
@@ -888,11 +888,11 @@ async fn record<M: MigratorTrait>(conn: &Session, name: &str, up: bool) -> Resul
 }
 
 impl LockNotAvailable for Error {
-    fn lock_not_available(&self) -> bool {
+    fn lock_wait(&self) -> Option<LockWait> {
         match self {
-            Error::Migration { source, .. } => source.lock_not_available(),
-            Error::Db(db_core::Error::Db(e)) => e.lock_not_available(),
-            _ => false,
+            Error::Migration { source, .. } => source.lock_wait(),
+            Error::Db(db_core::Error::Db(e)) => e.lock_wait(),
+            _ => None,
         }
     }
 }

@@ -692,3 +692,76 @@ test_support::backend_tests! {
         }
     }
 }
+
+/// Takes `employees`, then `tasks`: the order that deadlocks with a
+/// session that takes them the other way round.
+struct LocksBoth;
+
+impl MigrationName for LocksBoth {
+    fn name(&self) -> &str {
+        "m20990101_000007_locks_both"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for LocksBoth {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let conn = manager.get_connection();
+        conn.execute_unprepared("LOCK TABLE employees IN ACCESS EXCLUSIVE MODE")
+            .await?;
+        conn.execute_unprepared("LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
+            .await?;
+        Ok(())
+    }
+}
+
+then!(LocksBothMigrator, LocksBoth);
+
+/// A migration in a transaction that PostgreSQL aborts to end a deadlock
+/// (it waited first, so its check finds the cycle) is rolled back and
+/// tried again, as after a lock timeout, and then applies.
+#[test_support::needs(postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_migration_aborted_by_a_deadlock_is_tried_again() {
+    let mut t = TestDb::new(Backend::Postgres).await;
+    migrate(&t.settings, &["up"]).await;
+    // Longer than the server's deadlock_timeout (1 s): the deadlock, not
+    // the lock timeout, ends the first attempt.
+    t.settings.migration_lock_timeout = Duration::from_secs(3);
+    // The other session takes `tasks`; the migration takes `employees`
+    // and waits for `tasks`; then the other session asks for `employees`.
+    let other = t.db.begin().await.unwrap();
+    (other
+        .execute_unprepared("LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
+        .await)
+        .unwrap();
+    let migrating = {
+        let settings = t.settings.clone();
+        tokio::spawn(async move { migrate_with::<LocksBothMigrator>(&settings, &["up"]).await })
+    };
+    let waiting = "SELECT count(*) FROM pg_locks \
+        WHERE relation = 'tasks'::regclass AND NOT granted";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while int(&t.db, waiting).await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the migration never waited for tasks"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Both wait now; the migration's deadlock check (after the server's
+    // deadlock_timeout, 1 s) comes first and aborts it.
+    let taken = other
+        .execute_unprepared("LOCK TABLE employees IN ACCESS EXCLUSIVE MODE")
+        .await;
+    assert!(
+        taken.is_ok(),
+        "the other session was aborted instead: {taken:?}"
+    );
+    other.commit().await.unwrap();
+    let report = migrating.await.unwrap().unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        report.contains(&format!("applied  {}", LocksBoth.name())),
+        "{report}"
+    );
+}
