@@ -21,7 +21,7 @@
 //! | [`replace_foreign_key`] | the old one dropped and the new one added `NOT VALID` at once, then `VALIDATE` | drop, then add | not possible in place |
 //! | [`add_check`] | `NOT VALID`, then `VALIDATE` | `ADD CONSTRAINT` | not possible in place |
 //! | [`set_not_null`] | a validated check, then `SET NOT NULL` (no scan) | `MODIFY` in place | not possible in place |
-//! | [`Backfill`] | batches, each a transaction of its own, paced | the same | batches in the migration's one transaction (the runner's lock), without pauses |
+//! | [`Backfill`] | the rows there when it starts, in batches, each a transaction of its own, paced | the same | batches in the migration's one transaction (the runner's lock), without pauses |
 //! | [`execute`] | one statement in a transaction of its own, retried | the statement | the statement |
 //!
 //! On PostgreSQL they run in a migration that opts out of the runner's
@@ -977,7 +977,8 @@ pub struct Backfill {
 }
 
 impl Backfill {
-    /// Sets `assignments` (what follows `SET` in an `UPDATE`) on every row of `table`.
+    /// Sets `assignments` (what follows `SET` in an `UPDATE`) on every row of
+    /// `table` that is there when it starts (up to the largest key then).
     pub fn new(table: &str, assignments: &str) -> Self {
         Backfill {
             table: table.to_owned(),
@@ -1039,24 +1040,30 @@ impl Backfill {
         let (mut after, mut rows, mut batches) = (None::<i64>, 0, 0);
         let (mut size, mut smallest) = (self.batch_size, self.batch_size);
         let started = Instant::now();
-        loop {
+        let upper = async |sql: String| -> Result<Option<i64>, DbErr> {
+            let Some(row) = conn
+                .query_one_raw(Statement::from_string(backend, sql))
+                .await?
+            else {
+                return Ok(None);
+            };
+            // The key's own integer type: 32 or 64 bits.
+            Ok(match row.try_get_by_index::<Option<i64>>(0) {
+                Ok(key) => key,
+                Err(_) => row.try_get_by_index::<Option<i32>>(0)?.map(i64::from),
+            })
+        };
+        // The rows there when it starts: rows added later are the
+        // application's to fill (it writes the column, or the column has a
+        // default by then), and following them would not end while rows
+        // keep coming.
+        let end = upper(format!("SELECT MAX({key}) FROM {table} WHERE ({only})")).await?;
+        while let Some(end) = end {
             // The batch's time includes finding where it ends.
             let batch = Instant::now();
-            let from = after
-                .map(|after| format!("{key} > {after} AND "))
-                .unwrap_or_default();
-            let upper = async |sql: String| -> Result<Option<i64>, DbErr> {
-                let Some(row) = conn
-                    .query_one_raw(Statement::from_string(backend, sql))
-                    .await?
-                else {
-                    return Ok(None);
-                };
-                // The key's own integer type: 32 or 64 bits.
-                Ok(match row.try_get_by_index::<Option<i64>>(0) {
-                    Ok(key) => key,
-                    Err(_) => row.try_get_by_index::<Option<i32>>(0)?.map(i64::from),
-                })
+            let from = match after {
+                Some(after) => format!("{key} > {after} AND {key} <= {end} AND "),
+                None => format!("{key} <= {end} AND "),
             };
             let last = match upper(format!(
                 "SELECT {key} FROM {table} WHERE {from}({only}) ORDER BY {key} LIMIT 1 OFFSET {}",

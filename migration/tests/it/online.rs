@@ -669,6 +669,54 @@ async fn a_backfill_in_a_transaction_does_not_pause() {
     session.commit().await.unwrap();
 }
 
+/// A backfill fills the rows there when it starts and ends, though rows
+/// keep coming: those are the application's to fill. (One that followed
+/// them ran for as long as the inserts did.)
+#[test_support::needs(postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_ends_while_rows_keep_coming() {
+    let t = TestDb::new(Backend::Postgres).await;
+    let session = t.db.autocommit();
+    let create = "CREATE TABLE fill (id BIGSERIAL PRIMARY KEY, filled BOOLEAN)";
+    session.execute_unprepared(create).await.unwrap();
+    let seed = "INSERT INTO fill (filled) SELECT NULL FROM generate_series(1, 1000)";
+    session.execute_unprepared(seed).await.unwrap();
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let inserts = {
+        let db = t.db.clone();
+        tokio::spawn(async move {
+            let until = Instant::now() + Duration::from_secs(30);
+            while stopped.try_recv().is_err() && Instant::now() < until {
+                (db.autocommit()
+                    .execute_unprepared("INSERT INTO fill (filled) VALUES (NULL)"))
+                .await
+                .unwrap();
+            }
+            Instant::now() < until
+        })
+    };
+    let manager = SchemaManager::new(session.executor());
+    let rows = Backfill::new("fill", "filled = true")
+        .run(&manager)
+        .await
+        .unwrap();
+    // Gone when the inserts ran their 30 s.
+    let _ = stop.send(());
+    assert!(
+        inserts.await.unwrap(),
+        "the backfill ran as long as the inserts did"
+    );
+    assert!(rows >= 1000, "{rows} rows filled");
+    assert_eq!(
+        int(
+            &t.db,
+            "SELECT count(*) FROM fill WHERE id <= 1000 AND filled IS NULL"
+        )
+        .await,
+        0
+    );
+}
+
 test_support::backend_tests! {
     /// A batch that takes longer than the backfill's batch time makes the
     /// next one smaller, down to one row; a batch never has more rows than
