@@ -44,7 +44,7 @@ pub enum Error {
 
     /// The server rejected the credentials. Retrying cannot help.
     #[error(
-        "{target}: authentication failed for user \"{user}\" (check DB_USER and DB_PASS, or DATABASE_URL)"
+        "{target}: authentication failed for user \"{user}\" (check DB_USER and DB_PASS, or DATABASE_URL; for migrations, DB_MIGRATION_URL when it is set)"
     )]
     Auth {
         /// Where we tried to connect.
@@ -55,7 +55,7 @@ pub enum Error {
 
     /// The server answered, but the configured database does not exist.
     #[error(
-        "{target}: database \"{database}\" does not exist (create it, or check DB_NAME or DATABASE_URL)"
+        "{target}: database \"{database}\" does not exist (create it, or check DB_NAME or DATABASE_URL; for migrations, DB_MIGRATION_URL when it is set)"
     )]
     UnknownDatabase {
         /// Where we tried to connect.
@@ -400,6 +400,9 @@ fn connection_failure(err: &DbErr) -> Option<Failure> {
             sqlx::Error::Database(d) if d.code().as_deref() == Some(READ_ONLY) => {
                 Some(Failure::Unavailable("the server is read-only"))
             }
+            // The server refused a new connection of the pool (a password
+            // rotated, a database renamed): no request's fault.
+            _ if matches!(err, DbErr::Conn(_)) => Some(Failure::Unavailable("cannot connect")),
             _ => None,
         },
         DbErr::Conn(_) => Some(Failure::Unavailable("cannot connect")),

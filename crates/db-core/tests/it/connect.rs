@@ -276,7 +276,7 @@ async fn an_unknown_database_fails_at_once_and_says_so() {
     let err = Db::connect(&s).await.unwrap_err();
     assert!(matches!(err, Error::UnknownDatabase { .. }), "{err:?}");
     assert!(err.to_string().ends_with(
-        "database \"tracker_no_such_database\" does not exist (create it, or check DB_NAME or DATABASE_URL)"
+        "database \"tracker_no_such_database\" does not exist (create it, or check DB_NAME or DATABASE_URL; for migrations, DB_MIGRATION_URL when it is set)"
     ));
     assert!(
         start.elapsed() < Duration::from_secs(20),
@@ -327,11 +327,41 @@ async fn hostile_passwords_reach_a_password_checking_server() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Auth { .. }), "{err:?}");
-    assert!(!err.to_string().contains("wrong-password"));
+    let message = err.to_string();
+    assert!(!message.contains("wrong-password"));
+    assert!(
+        message.ends_with("(check DB_USER and DB_PASS, or DATABASE_URL; for migrations, DB_MIGRATION_URL when it is set)"),
+        "{message}"
+    );
     assert!(
         start.elapsed() < Duration::from_secs(20),
         "it retried bad credentials"
     );
+
+    // A password changed under a running application: the pool's next
+    // connection is refused, which the request did not cause (a 503, not
+    // a 500), and the error does not show the password.
+    let mut settings = Settings::load(
+        &source
+            .var("DB_USER", "app user")
+            .var("DB_PASS", role_password),
+    )
+    .unwrap();
+    settings.min_connections = 0;
+    let db = Db::connect(&settings).await.unwrap();
+    let rotate = "ALTER ROLE \"app user\" PASSWORD 'rotated-pw'; \
+        SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'app user'";
+    server.psql("postgres", rotate).unwrap();
+    let refused = db
+        .read()
+        .await
+        .unwrap()
+        .query_one_raw(Statement::from_string(DbBackend::Postgres, "SELECT 1"))
+        .await;
+    let err = Error::from(refused.unwrap_err());
+    assert!(err.is_unavailable(), "{err:?}");
+    assert!(!format!("{err} {err:?}").contains(role_password));
+    db.close().await;
 }
 
 /// A server that comes up inside the connect deadline is waited for.
