@@ -163,9 +163,15 @@ impl HeldLock {
     /// for none, and on other backends. Fails as unavailable when the server
     /// gives no answer within the lock's timeout (at least a second).
     pub async fn blockers(&mut self, pid: i32) -> Result<Vec<Blocker>> {
-        let Held::Postgres { conn, .. } = &mut self.conn else {
+        let Held::Postgres { conn, pooled, .. } = &mut self.conn else {
             return Ok(Vec::new());
         };
+        if *pooled {
+            // The lock's transaction stays open, and a transaction keeps
+            // what it first read of the server's activity: read it afresh.
+            let clear = sqlx::raw_sql("SELECT pg_stat_clear_snapshot()").execute(&mut *conn);
+            within(self.timeout, clear).await?;
+        }
         /// pid, application_name, state, and the transaction's age in seconds.
         type Row = (i32, Option<String>, Option<String>, Option<f64>);
         let query = sqlx::query_as(

@@ -298,3 +298,80 @@ async fn a_held_lock_outlasts_the_servers_idle_session_timeout() {
     held.release().await;
     db.close().await;
 }
+
+/// The pid of the server process behind `session`.
+async fn backend_pid(session: &db_core::Session) -> i32 {
+    let sql = Statement::from_string(DbBackend::Postgres, "SELECT pg_backend_pid()");
+    let row = session.query_one_raw(sql).await.unwrap().unwrap();
+    row.try_get_by_index(0).unwrap()
+}
+
+/// Through a transaction pooler the lock is an open transaction, which
+/// would keep what it first read of the server's activity: the sessions in
+/// a migration's way are read afresh each time, so one that connected
+/// after the first look is named too.
+#[test_support::needs(postgres, pgbouncer)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_held_through_a_pooler_sees_the_sessions_in_the_way_now() {
+    let (server, bouncer) = tokio::task::spawn_blocking(|| {
+        let server = PrivatePostgres::start("bouncer-pw").expect("postgres");
+        server.psql("postgres", "CREATE DATABASE app").unwrap();
+        let bouncer = PgBouncer::start(&server, "app").expect("pgbouncer");
+        (server, bouncer)
+    })
+    .await
+    .unwrap();
+    let mut pooled = Settings::new(DatabaseUrl::parse(&bouncer.url("app"), "url").unwrap());
+    pooled.transaction_pooler = true;
+    let db = Db::connect(&pooled).await.unwrap();
+    let mut held = db
+        .hold(&Lock::new("pooled", Duration::from_secs(1)))
+        .await
+        .unwrap();
+    let mut direct = Settings::new(DatabaseUrl::parse(&server.url("app"), "url").unwrap());
+    // The waiter waits for as long as the test makes it.
+    direct.operation_timeout = None;
+    let direct = Db::connect(&direct).await.unwrap();
+    let tables = "CREATE TABLE a (x INTEGER); CREATE TABLE b (x INTEGER)";
+    direct
+        .autocommit()
+        .execute_unprepared(tables)
+        .await
+        .unwrap();
+    let first = direct.begin().await.unwrap();
+    first.execute_unprepared("LOCK TABLE a").await.unwrap();
+    let waiter = direct.begin().await.unwrap();
+    let pid = backend_pid(&waiter).await;
+    let waits = tokio::spawn(async move {
+        waiter.execute_unprepared("LOCK TABLE a").await.unwrap();
+        waiter.execute_unprepared("LOCK TABLE b").await.unwrap();
+        waiter.rollback().await.unwrap();
+    });
+    let in_the_way = async |held: &mut db_core::lock::HeldLock, want: i32| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let blockers = held.blockers(pid).await.unwrap();
+            if blockers.iter().any(|b| b.pid == want) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pid {want} never seen in the way: {blockers:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    in_the_way(&mut held, backend_pid(&first).await).await;
+    // A session that connects now, after that first look, and takes `b`;
+    // the waiter gets `a` and waits for `b`.
+    let second = direct.begin().await.unwrap();
+    second.execute_unprepared("LOCK TABLE b").await.unwrap();
+    first.rollback().await.unwrap();
+    in_the_way(&mut held, backend_pid(&second).await).await;
+    second.rollback().await.unwrap();
+    waits.await.unwrap();
+    held.release().await;
+    direct.close().await;
+    db.close().await;
+    drop((bouncer, server));
+}
