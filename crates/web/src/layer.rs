@@ -15,9 +15,11 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::{Method, Uri};
+use axum::http::{Method, Uri, header};
 use axum::response::{IntoResponse, Response};
 use futures::FutureExt as _;
+use futures::future::Either;
+use tower_http::cors::{Cors, CorsLayer};
 use tracing::Instrument as _;
 use tracing::instrument::Instrumented;
 
@@ -192,5 +194,55 @@ where
             );
         }
         Poll::Ready(output)
+    }
+}
+
+/// Puts [`Preflights`] around a service, with `cors`'s rules.
+#[derive(Clone, Debug)]
+pub(crate) struct PreflightsLayer(pub(crate) CorsLayer);
+
+impl<S: Clone> tower::Layer<S> for PreflightsLayer {
+    type Service = Preflights<S>;
+
+    fn layer(&self, inner: S) -> Preflights<S> {
+        Preflights {
+            cors: self.0.layer(inner.clone()),
+            inner,
+        }
+    }
+}
+
+/// CORS, with only a preflight (an `OPTIONS` request that names the
+/// method it asks for in `Access-Control-Request-Method`) answered as one:
+/// tower-http's CORS answers every `OPTIONS` request so, where any other
+/// goes on to the router here (a 405 naming the methods the path takes,
+/// or a 404), as FastAPI's CORS middleware lets it.
+#[derive(Clone, Debug)]
+pub(crate) struct Preflights<S> {
+    cors: Cors<S>,
+    inner: S,
+}
+
+impl<S, B, R> tower::Service<Request<B>> for Preflights<S>
+where
+    S: tower::Service<Request<B>, Response = axum::http::Response<R>> + Clone,
+    R: Default,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Either<<Cors<S> as tower::Service<Request<B>>>::Future, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        std::task::ready!(self.cors.poll_ready(cx))?;
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let preflight = request.method() != Method::OPTIONS
+            || (request.headers()).contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+        match preflight {
+            true => Either::Left(self.cors.call(request)),
+            false => Either::Right(self.inner.call(request)),
+        }
     }
 }

@@ -11,8 +11,10 @@
 //!   route template ([`metrics`]).
 //! - Around the whole router, [`App::serve`] adds trailing-slash
 //!   normalisation (`/tasks` and `/tasks/` are one route), CORS open to any
-//!   origin, and one log line per request; and it bounds how long a client
-//!   may take to send a request ([`App::read_timeout`]).
+//!   origin (a preflight answered, any other `OPTIONS` routed, a 405 or
+//!   404), and one log line per request; and it bounds how long a client
+//!   may take to send a request ([`App::read_timeout`]) and how long a
+//!   stop waits for the requests in flight ([`App::shutdown_grace`]).
 //! - The application's routes are described by one OpenAPI 3.1 document
 //!   titled for it, at `/openapi.json`, rendered at `/docs` (Swagger UI) and
 //!   `/redoc`; `/health` and `/ready` (the database answers a ping) are
@@ -205,9 +207,10 @@ impl App {
         let app = ServiceBuilder::new()
             // Normalising the path must happen before routing.
             .layer(NormalizePathLayer::trim_trailing_slash())
-            .layer(cors)
-            .map_response(|r: Response<_>| r.map(Body::new))
+            // Around CORS, which answers preflights itself: they are logged too.
             .layer(layer::AccessLogLayer)
+            .layer(layer::PreflightsLayer(cors))
+            .map_response(|r: Response<_>| r.map(Body::new))
             .option_layer(
                 (!read_timeout.is_zero()).then(|| RequestBodyTimeoutLayer::new(read_timeout)),
             )

@@ -523,3 +523,50 @@ async fn serve_returns_after_the_grace_though_a_client_stopped_reading() {
     );
     drop(stream);
 }
+
+/// Cross-origin requests are allowed from anywhere. A preflight (`OPTIONS`
+/// naming the method it asks for) is answered with what is allowed, and
+/// logged like any request; any other `OPTIONS` is routed, as FastAPI's
+/// CORS middleware lets it: a 405 on a path that takes other methods, a
+/// 404 on an unknown one.
+#[tokio::test]
+async fn preflights_are_answered_and_logged_other_options_are_routed() {
+    let (base, _stop) = serve().await;
+    let client = Client::new();
+    let preflight = client
+        .request(Method::OPTIONS, format!("{base}/hello/"))
+        .header("origin", "https://elsewhere.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), StatusCode::OK);
+    let allowed = |name: &str| preflight.headers()[name].to_str().unwrap().to_owned();
+    assert_eq!(allowed("access-control-allow-origin"), "*");
+    assert!(allowed("access-control-allow-methods").contains("POST"));
+    let posted = client
+        .post(format!("{base}/hello/"))
+        .header("origin", "https://elsewhere.example")
+        .header("content-type", "application/json")
+        .body(r#"{"name": "Ann"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.headers()["access-control-allow-origin"], "*");
+    assert_eq!(
+        call(Method::OPTIONS, format!("{base}/hello/"), None).await,
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            json!({"detail": "Method Not Allowed"})
+        )
+    );
+    assert_eq!(
+        call(Method::OPTIONS, format!("{base}/nowhere/"), None).await,
+        (StatusCode::NOT_FOUND, json!({"detail": "Not Found"}))
+    );
+    let log = test_support::logged();
+    assert!(
+        log.contains("finished processing request method=OPTIONS uri=/hello status=200"),
+        "{log}"
+    );
+}
