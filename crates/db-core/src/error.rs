@@ -329,6 +329,10 @@ impl From<DbErr> for Error {
                 reason,
                 source: Some(err),
             },
+            Some(Failure::Refused) => Error::Unavailable {
+                reason: REFUSED,
+                source: Some(err),
+            },
             None => Error::Db(err),
         }
     }
@@ -338,7 +342,10 @@ impl Error {
     /// Whether `err` means the server could not be reached, went away, or
     /// had no free connection: the statement itself was not at fault.
     pub(crate) fn unreachable(err: &DbErr) -> bool {
-        connection_failure(err).is_some()
+        matches!(
+            connection_failure(err),
+            Some(Failure::PoolTimeout | Failure::Unavailable(_))
+        )
     }
 
     /// Whether `err` is a wait for a pooled connection that ended without one.
@@ -371,7 +378,14 @@ const READ_ONLY: &str = "25006";
 enum Failure {
     PoolTimeout,
     Unavailable(&'static str),
+    /// The server refused a new connection of the pool (a password
+    /// rotated, a database renamed): unavailable to the request, which did
+    /// not cause it, but no failover, and trying again does not help.
+    Refused,
 }
+
+/// What [`Error::Unavailable`] says of a [`Failure::Refused`].
+const REFUSED: &str = "the server refused a new connection";
 
 /// The connection-level failure behind `err`, if that is what it is.
 fn connection_failure(err: &DbErr) -> Option<Failure> {
@@ -400,9 +414,7 @@ fn connection_failure(err: &DbErr) -> Option<Failure> {
             sqlx::Error::Database(d) if d.code().as_deref() == Some(READ_ONLY) => {
                 Some(Failure::Unavailable("the server is read-only"))
             }
-            // The server refused a new connection of the pool (a password
-            // rotated, a database renamed): no request's fault.
-            _ if matches!(err, DbErr::Conn(_)) => Some(Failure::Unavailable("cannot connect")),
+            _ if matches!(err, DbErr::Conn(_)) => Some(Failure::Refused),
             _ => None,
         },
         DbErr::Conn(_) => Some(Failure::Unavailable("cannot connect")),
@@ -471,7 +483,8 @@ impl Retryable for Error {
         // Never `OutcomeUnknown`: running a write that may have been saved
         // again could save it twice.
         match self {
-            Error::Unavailable { .. } | Error::PoolTimeout => Some(RetryReason::Failover),
+            Error::Unavailable { reason, .. } if *reason != REFUSED => Some(RetryReason::Failover),
+            Error::PoolTimeout => Some(RetryReason::Failover),
             _ => self.db_err().and_then(RetryReason::of),
         }
     }

@@ -340,7 +340,7 @@ async fn hostile_passwords_reach_a_password_checking_server() {
 
     // A password changed under a running application: the pool's next
     // connection is refused, which the request did not cause (a 503, not
-    // a 500), and the error does not show the password.
+    // a 500) and which is no failover; the error does not show the password.
     let mut settings = Settings::load(
         &source
             .var("DB_USER", "app user")
@@ -360,6 +360,13 @@ async fn hostile_passwords_reach_a_password_checking_server() {
         .await;
     let err = Error::from(refused.unwrap_err());
     assert!(err.is_unavailable(), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("the server refused a new connection"),
+        "{err}"
+    );
+    // No failover: trying again would meet the same refusal.
+    assert_eq!(db_core::error::Retryable::retry_reason(&err), None);
     assert!(!format!("{err} {err:?}").contains(role_password));
     db.close().await;
 }
