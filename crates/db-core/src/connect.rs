@@ -79,6 +79,11 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
+    /// Whether every connection the pool may have is open.
+    pub(crate) fn is_full(&self) -> bool {
+        crate::metrics::pool_state(&self.conn).is_some_and(|(size, _, max)| size >= max)
+    }
+
     /// `conn` with `metrics`, sampled for as long as the pool lives, and at
     /// least `min` connections open while its server answers.
     fn new(conn: DatabaseConnection, metrics: Option<&Arc<PoolMetrics>>, min: u32) -> Self {

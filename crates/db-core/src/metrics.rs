@@ -257,7 +257,7 @@ impl PoolMetrics {
 }
 
 /// Size, idle connections and maximum size of the sqlx pool behind `conn`.
-fn pool_state(conn: &DatabaseConnection) -> Option<(u32, usize, u32)> {
+pub(crate) fn pool_state(conn: &DatabaseConnection) -> Option<(u32, usize, u32)> {
     fn of<DB: sea_orm::sqlx::Database>(p: &sea_orm::sqlx::Pool<DB>) -> (u32, usize, u32) {
         (p.size(), p.num_idle(), p.options().get_max_connections())
     }

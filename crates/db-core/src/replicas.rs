@@ -1,9 +1,9 @@
 //! Read replicas: read-only sessions go to them round-robin; one that fails
 //! or gives no answer within `DB_OPERATION_TIMEOUT` is skipped (the
 //! statement runs again on the next one, then on the primary) until a
-//! background probe finds it answering again; one with no free connection
-//! within `DB_ACQUIRE_TIMEOUT` (at most a second) is skipped for that
-//! statement only. Each replica has a probe task
+//! background probe finds it answering again; one whose connections are
+//! all open and taken for `DB_ACQUIRE_TIMEOUT` (at most a second) is busy,
+//! and skipped for that statement only. Each replica has a probe task
 //! of its own, so a replica that does not answer holds up no other. On a
 //! host list, a read that the primary's failover interrupts runs again once
 //! a host fits, within `DB_FAILOVER_TIMEOUT`.
@@ -236,9 +236,10 @@ impl Replicas {
                 // A replica is read-only: `work` writes, which is its own
                 // error, not the replica's.
                 Err(e) if Error::read_only(&e) => return Err(e),
-                // No free connection in time: busy, not down. The read moves
-                // on; the replica keeps its pool and its turn.
-                Err(e) if Error::pool_timeout(&e) => {}
+                // No free connection in time from a full pool: busy, not
+                // down. The read moves on; the replica keeps its pool and its
+                // turn. (One that could not open a connection is down.)
+                Err(e) if Error::pool_timeout(&e) && pool.is_full() => {}
                 Err(e) if Error::unreachable(&e) => {
                     replica.mark_down(&e.to_string());
                     metrics::retried(Some(RetryReason::Failover));

@@ -182,6 +182,21 @@ async fn reads_go_to_the_replica_writes_to_the_primary_and_reads_survive_its_los
     held.rollback().await.unwrap();
     assert!(in_recovery(&busy.read().await.unwrap()).await);
     busy.close().await;
+    // One that gives no connection at all (nothing listens there) is down,
+    // though its pool says no more than that none came in time.
+    let mut gone = settings.clone();
+    let nowhere = format!(
+        "postgres://postgres:pw@127.0.0.1:{}/postgres",
+        test_support::free_port().unwrap()
+    );
+    gone.replicas = vec![DatabaseUrl::parse(&nowhere, "DB_REPLICA_URLS").unwrap()];
+    let gone = Db::connect(&gone).await.unwrap();
+    assert!(!in_recovery(&gone.read().await.unwrap()).await);
+    assert!(
+        !gone.replica_status().await[0].up,
+        "a replica that takes no connection is up"
+    );
+    gone.close().await;
 
     // The replica goes away: every read still succeeds, on the primary. The
     // read that found it gone moved on, counted as a failover retry.
