@@ -8,10 +8,12 @@
 //! runner bounds the second everywhere on PostgreSQL: each statement waits
 //! at most `DB_MIGRATION_LOCK_TIMEOUT` for its lock, then a statement of
 //! the blocks below (or a transactional migration as a whole) is tried
-//! again after a jittered pause, until `DB_MIGRATION_DEADLINE`; giving up
-//! names the sessions in the way. A plain statement in a migration without
-//! a transaction is not tried again: run it through [`execute`]. The blocks below avoid the first, and each is safe to run again
-//! after it was interrupted:
+//! again after a jittered pause, as after a deadlock that the server ended
+//! by aborting it, until `DB_MIGRATION_DEADLINE`; giving up names the
+//! sessions in the way. A plain statement in a migration without a
+//! transaction is not tried again: run it through [`execute`]. The blocks
+//! below avoid the first, and each is safe to run again after it was
+//! interrupted:
 //!
 //! | block | PostgreSQL | MySQL / MariaDB | SQLite |
 //! | --- | --- | --- | --- |
@@ -228,7 +230,8 @@ impl Bound {
     }
 }
 
-/// Runs `attempt` until it ends other than by a lock timeout; after one,
+/// Runs `attempt` until it ends other than by a lock timeout or a deadlock
+/// ([`LockWait`]); after one,
 /// pauses for a time drawn from [`pauses`] (so that the queries that
 /// queued behind a statement drain, and its table is blocked at most half
 /// the time) and tries again, until `DB_MIGRATION_DEADLINE`, then gives up

@@ -313,26 +313,18 @@ async fn print_sql<M: MigratorTrait>(
         };
         db.close().await;
         let recorded = recorded?;
-        let newer = recorded.unknown::<M>();
-        let applied: BTreeSet<String> = recorded
-            .names::<M>()
-            .into_iter()
-            .filter(|n| !newer.contains(n))
-            .collect();
         // The scratch database gets the oldest ones: they must be the applied.
         let names: Vec<String> = M::migrations()
             .iter()
             .map(|m| m.name().to_owned())
             .collect();
-        if let Some(pending) = names[..applied.len().min(names.len())]
-            .iter()
-            .find(|name| !applied.contains(*name))
-        {
+        let applied = names.iter().filter(|n| recorded.contains(n)).count();
+        if let Some(pending) = names[..applied].iter().find(|n| !recorded.contains(n)) {
             return Err(Error::Refused(format!(
                 "{pending} is pending, but a newer migration is applied: `migrate sql` prints the SQL of the migrations after the applied ones, so it cannot show this database's; `migrate sql --all` prints every migration's"
             )));
         }
-        applied.len() as u32
+        applied as u32
     };
     let recorded = scratch(settings, "sql", |mut scratch| async move {
         // The recorder takes the driver's reports of statements at any level, but not none.

@@ -779,10 +779,14 @@ async fn a_migration_aborted_by_a_deadlock_is_tried_again() {
     // The other session takes `tasks`; the migration takes `employees`
     // and waits for `tasks`; then the other session asks for `employees`.
     let other = t.db.begin().await.unwrap();
-    (other
-        .execute_unprepared("LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
-        .await)
-        .unwrap();
+    // Only the migration's deadlock check may fire, however late this
+    // session comes to wait.
+    for sql in [
+        "SET LOCAL deadlock_timeout = '1min'",
+        "LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE",
+    ] {
+        other.execute_unprepared(sql).await.unwrap();
+    }
     let migrating = {
         let settings = t.settings.clone();
         tokio::spawn(async move { migrate_with::<LocksBothMigrator>(&settings, &["up"]).await })
@@ -798,7 +802,7 @@ async fn a_migration_aborted_by_a_deadlock_is_tried_again() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // Both wait now; the migration's deadlock check (after the server's
-    // deadlock_timeout, 1 s) comes first and aborts it.
+    // deadlock_timeout, 1 s) finds the cycle and aborts it.
     let taken = other
         .execute_unprepared("LOCK TABLE employees IN ACCESS EXCLUSIVE MODE")
         .await;
