@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::{Method, Uri, header};
+use axum::http::{HeaderValue, Method, Uri, header};
 use axum::response::{IntoResponse, Response};
 use futures::FutureExt as _;
 use futures::future::Either;
@@ -212,11 +212,12 @@ impl<S: Clone> tower::Layer<S> for PreflightsLayer {
     }
 }
 
-/// CORS, with only a preflight (an `OPTIONS` request that names the
-/// method it asks for in `Access-Control-Request-Method`) answered as one:
-/// tower-http's CORS answers every `OPTIONS` request so, where any other
-/// goes on to the router here (a 405 naming the methods the path takes,
-/// or a 404), as FastAPI's CORS middleware lets it.
+/// CORS, with only a preflight (an `OPTIONS` request from an `Origin` that
+/// names the method it asks for in `Access-Control-Request-Method`)
+/// answered as one: tower-http's CORS answers every `OPTIONS` request so,
+/// where any other goes on to the router here (a 405 naming the methods the
+/// path takes, or a 404), allowed to any origin like every other answer, as
+/// FastAPI's CORS middleware does.
 #[derive(Clone, Debug)]
 pub(crate) struct Preflights<S> {
     cors: Cors<S>,
@@ -230,7 +231,7 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = Either<<Cors<S> as tower::Service<Request<B>>>::Future, S::Future>;
+    type Future = Either<<Cors<S> as tower::Service<Request<B>>>::Future, Routed<S::Future>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         std::task::ready!(self.cors.poll_ready(cx))?;
@@ -238,11 +239,46 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let preflight = request.method() != Method::OPTIONS
-            || (request.headers()).contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
-        match preflight {
-            true => Either::Left(self.cors.call(request)),
-            false => Either::Right(self.inner.call(request)),
+        if request.method() != Method::OPTIONS {
+            return Either::Left(self.cors.call(request));
         }
+        let headers = request.headers();
+        let origin = headers.contains_key(header::ORIGIN);
+        match origin && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD) {
+            true => Either::Left(self.cors.call(request)),
+            false => Either::Right(Routed {
+                inner: self.inner.call(request),
+                origin,
+            }),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A routed `OPTIONS` request's answer; to a request from an `Origin`,
+    /// allowed to any origin (the application's CORS rules).
+    pub(crate) struct Routed<F> {
+        #[pin]
+        inner: F,
+        origin: bool,
+    }
+}
+
+impl<F, R, E> Future for Routed<F>
+where
+    F: Future<Output = Result<axum::http::Response<R>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let mut output = std::task::ready!(this.inner.poll(cx));
+        if let (Ok(response), true) = (&mut output, *this.origin) {
+            let any = HeaderValue::from_static("*");
+            response
+                .headers_mut()
+                .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, any);
+        }
+        Poll::Ready(output)
     }
 }

@@ -54,6 +54,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use serde::Serialize;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tower_http::cors::{Any, CorsLayer};
 use tower_http::normalize_path::NormalizePathLayer;
@@ -221,7 +222,7 @@ impl App {
 
 /// Serves `service` on `listener` over HTTP/1.1 until `shutdown` completes,
 /// then stops accepting and waits, for up to `grace`, for each connection
-/// to finish the request it is answering. A client that takes longer than
+/// to finish the request it is answering; then closes those still open. A client that takes longer than
 /// `read_timeout` (unless zero) to send a request's head, or, idle, to
 /// start the next, has its connection closed: `axum::serve` sets no such
 /// bound.
@@ -242,6 +243,8 @@ where
     http.timer(TokioTimer::new())
         .header_read_timeout(Some(read_timeout).filter(|t| !t.is_zero()));
     let connections = GracefulShutdown::new();
+    // Cancelled when the grace is over: the connections still open close.
+    let over = CancellationToken::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -273,10 +276,14 @@ where
         };
         let service = TowerToHyperService::new(service.clone());
         let connection = connections.watch(http.serve_connection(TokioIo::new(stream), service));
+        let over = over.clone().cancelled_owned();
         tokio::spawn(async move {
             // A connection's end (reset, timed out, cut off) is the
             // client's business: each request was logged as it ended.
-            let _ = connection.await;
+            tokio::select! {
+                _ = connection => {}
+                () = over => {}
+            }
         });
     }
     drop(listener);
@@ -287,6 +294,7 @@ where
         tracing::warn!(
             "requests still running after {grace:?} (the shutdown grace); stopping anyway"
         );
+        over.cancel();
     }
     Ok(())
 }
