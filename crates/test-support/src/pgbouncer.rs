@@ -74,6 +74,25 @@ impl PgBouncer {
         Ok(bouncer)
     }
 
+    /// A private PostgreSQL (superuser password `password`) with the
+    /// database `database`, and a PgBouncer pooling it per transaction;
+    /// started off the async runtime's threads. Panics when either cannot
+    /// start.
+    pub async fn with_private_server(password: &str, database: &str) -> (PrivatePostgres, Self) {
+        let (password, database) = (password.to_owned(), database.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let server = PrivatePostgres::start(&password).expect("starting a private PostgreSQL");
+            let create = format!("CREATE DATABASE \"{database}\"");
+            server
+                .psql("postgres", &create)
+                .expect("creating its database");
+            let bouncer = PgBouncer::start(&server, &database).expect("starting PgBouncer");
+            (server, bouncer)
+        })
+        .await
+        .expect("starting a private PostgreSQL behind PgBouncer")
+    }
+
     /// Its port.
     pub fn port(&self) -> u16 {
         self.port

@@ -233,14 +233,7 @@ async fn sigterm_after_the_replica_stopped_exits_0_within_10_s() {
 #[test_support::needs(postgres, pgbouncer)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_app_and_its_migrations_work_through_pgbouncer() {
-    let (server, bouncer) = tokio::task::spawn_blocking(|| {
-        let server = PrivatePostgres::start("bouncer-pw").expect("postgres");
-        server.psql("postgres", "CREATE DATABASE tracker").unwrap();
-        let bouncer = PgBouncer::start(&server, "tracker").expect("pgbouncer");
-        (server, bouncer)
-    })
-    .await
-    .unwrap();
+    let (server, bouncer) = PgBouncer::with_private_server("bouncer-pw", "tracker").await;
     let vars = vec![
         ("DATABASE_URL", os(bouncer.url("tracker"))),
         ("DB_TRANSACTION_POOLER", os("true")),
@@ -331,8 +324,24 @@ async fn the_app_and_its_migrations_work_through_pgbouncer() {
             .unwrap();
         assert_eq!(subtree.status(), status, "subtree of {id}");
     }
+    // A move is a serializable transaction: its isolation level is set
+    // through the pooler too.
+    let root = post_task(
+        &client,
+        &app.base,
+        json!({"title": "root", "status": "todo"}),
+    )
+    .await;
+    let root: Value = root.json().await.unwrap();
+    let moved = json!({"title": "leaf", "status": "todo", "parent_id": root["id"]});
+    let id = task["id"].as_i64().unwrap();
+    let answer = (client.put(format!("{}/tasks/{id}/", app.base)).json(&moved))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200, "{}", answer.text().await.unwrap());
     report(&format!(
-        "pgbouncer (transaction pooling, port {}): 6 concurrent migrators applied each migration once; 64 concurrent create+get pairs all 200",
+        "pgbouncer (transaction pooling, port {}): 6 concurrent migrators applied each migration once; 64 concurrent create+get pairs all 200; a task moved (serializable) 200",
         bouncer.port()
     ));
     app.terminate();

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use db_core::{Db, Error, Lock, Settings, url::DatabaseUrl};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
-use test_support::{PgBouncer, PrivatePostgres, TestDb};
+use test_support::{PgBouncer, TestDb};
 use tokio::sync::oneshot;
 
 /// A second handle on the test's database, as another process would have.
@@ -246,16 +246,9 @@ async fn assert_refused_dangling(db: &Db, when: &str) {
 #[test_support::needs(postgres, pgbouncer)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_held_through_a_pooler_outlasts_the_servers_idle_timeout() {
-    let (server, bouncer) = tokio::task::spawn_blocking(|| {
-        let server = PrivatePostgres::start("bouncer-pw").expect("postgres");
-        server.psql("postgres", "CREATE DATABASE app").unwrap();
-        let idle = "ALTER DATABASE app SET idle_in_transaction_session_timeout = '300ms'";
-        server.psql("postgres", idle).unwrap();
-        let bouncer = PgBouncer::start(&server, "app").expect("pgbouncer");
-        (server, bouncer)
-    })
-    .await
-    .unwrap();
+    let (server, bouncer) = PgBouncer::with_private_server("bouncer-pw", "app").await;
+    let idle = "ALTER DATABASE app SET idle_in_transaction_session_timeout = '300ms'";
+    server.psql("postgres", idle).unwrap();
     let mut settings =
         Settings::new(DatabaseUrl::parse(&bouncer.url("app"), "DATABASE_URL").unwrap());
     settings.transaction_pooler = true;
@@ -313,14 +306,7 @@ async fn backend_pid(session: &db_core::Session) -> i32 {
 #[test_support::needs(postgres, pgbouncer)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_held_through_a_pooler_sees_the_sessions_in_the_way_now() {
-    let (server, bouncer) = tokio::task::spawn_blocking(|| {
-        let server = PrivatePostgres::start("bouncer-pw").expect("postgres");
-        server.psql("postgres", "CREATE DATABASE app").unwrap();
-        let bouncer = PgBouncer::start(&server, "app").expect("pgbouncer");
-        (server, bouncer)
-    })
-    .await
-    .unwrap();
+    let (server, bouncer) = PgBouncer::with_private_server("bouncer-pw", "app").await;
     let mut pooled = Settings::new(DatabaseUrl::parse(&bouncer.url("app"), "url").unwrap());
     pooled.transaction_pooler = true;
     let db = Db::connect(&pooled).await.unwrap();

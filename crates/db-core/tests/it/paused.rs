@@ -377,16 +377,7 @@ async fn reads_fall_back_to_the_primary_while_a_replica_is_paused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_status_does_not_wait_for_a_server_that_took_the_login_and_stopped() {
     use db_core::failover::{Role, host_status};
-    let server = start_server().await;
-    let bouncer = {
-        let server = server.clone();
-        tokio::task::spawn_blocking(move || {
-            server.psql("postgres", "CREATE DATABASE app").unwrap();
-            test_support::PgBouncer::start(&server, "app").expect("pgbouncer")
-        })
-        .await
-        .unwrap()
-    };
+    let (server, bouncer) = test_support::PgBouncer::with_private_server("paused-pw", "app").await;
     let url = DatabaseUrl::parse(&bouncer.url("app"), "DATABASE_URL").unwrap();
     let mut s = Settings::new(url);
     s.connect_timeout = Duration::from_secs(1);

@@ -358,15 +358,8 @@ async fn state(db: &Db, options: SessionOptions) -> (String, String, String) {
 #[test_support::needs(postgres, pgbouncer)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_through_a_pooler_get_their_isolation_access_and_schema() {
-    let (server, bouncer) = tokio::task::spawn_blocking(|| {
-        let server = test_support::PrivatePostgres::start("bouncer-pw").expect("postgres");
-        server.psql("postgres", "CREATE DATABASE app").unwrap();
-        server.psql("app", "CREATE SCHEMA ledger").unwrap();
-        let bouncer = test_support::PgBouncer::start(&server, "app").expect("pgbouncer");
-        (server, bouncer)
-    })
-    .await
-    .unwrap();
+    let (server, bouncer) = test_support::PgBouncer::with_private_server("bouncer-pw", "app").await;
+    server.psql("app", "CREATE SCHEMA ledger").unwrap();
     let at = |url: &str, pooled: bool| {
         let mut s = db_core::Settings::new(db_core::url::DatabaseUrl::parse(url, "url").unwrap());
         s.transaction_pooler = pooled;
