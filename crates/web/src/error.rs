@@ -27,7 +27,8 @@ pub struct FieldError {
     pub loc: Vec<Value>,
     /// What is wrong, for people.
     pub msg: String,
-    /// The value that was given, when there was one.
+    /// The value that was given, when there was one (`null` for a body
+    /// that is missing, as FastAPI has it).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Value>, nullable = false)]
     pub input: Option<Value>,

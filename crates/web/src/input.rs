@@ -78,13 +78,19 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
                     ApiError::BadRequest("There was an error parsing the body".to_owned())
                 }
             })?;
-        if bytes.is_empty() {
-            return Err(ApiError::Validation(vec![FieldError::new(
+        // No body, or JSON `null`, is a body missing (FastAPI reads both as
+        // None, and says so with `"input": null`).
+        let missing = || {
+            let input = Some(&Value::Null);
+            ApiError::Validation(vec![FieldError::new(
                 "missing",
                 &["body"],
                 "Field required",
-                None,
-            )]));
+                input,
+            )])
+        };
+        if bytes.is_empty() {
+            return Err(missing());
         }
         if !json {
             return Err(not_an_object(&Value::from(String::from_utf8_lossy(&bytes))));
@@ -99,6 +105,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
         })?;
         match value {
             Value::Object(map) => Ok(JsonObject(map)),
+            Value::Null => Err(missing()),
             other => Err(not_an_object(&other)),
         }
     }

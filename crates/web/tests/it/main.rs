@@ -530,6 +530,23 @@ async fn serve_returns_after_the_grace_though_a_client_stopped_reading() {
     assert!(received.len() < 64 << 20, "{} bytes", received.len());
 }
 
+/// No body and a JSON `null` are a body missing, as FastAPI says it: with
+/// `"input": null`.
+#[tokio::test]
+async fn no_body_and_null_are_a_missing_body() {
+    let (base, _stop) = serve().await;
+    let missing = json!({"detail": [
+        {"type": "missing", "loc": ["body"], "msg": "Field required", "input": null}
+    ]});
+    for body in ["", "null"] {
+        assert_eq!(
+            call(Method::POST, format!("{base}/hello/"), Some(body)).await,
+            (StatusCode::UNPROCESSABLE_ENTITY, missing.clone()),
+            "{body:?}"
+        );
+    }
+}
+
 /// Cross-origin requests are allowed from anywhere. A preflight (`OPTIONS`
 /// from an origin, naming the method it asks for) is answered with what is
 /// allowed, and
