@@ -82,9 +82,11 @@ pub enum Error {
     PoolTimeout,
 
     /// The connection to the server broke while in use, the server gave no
-    /// answer within `DB_OPERATION_TIMEOUT`, or it is going away. `reason`
-    /// says which; `source` is the driver's error (which never holds the
-    /// password: it comes from a connection already made).
+    /// answer within `DB_OPERATION_TIMEOUT`, it is going away, or it refused
+    /// a new connection of the pool (a password rotated: no failover, and
+    /// trying again does not help). `reason` says which; `source` is the
+    /// driver's error (which never holds the password: it comes from a
+    /// connection already made, or from the server's refusal).
     #[error("database unavailable: {reason}")]
     Unavailable {
         /// What happened, e.g. `the connection broke`.
@@ -346,6 +348,11 @@ impl Error {
             connection_failure(err),
             Some(Failure::PoolTimeout | Failure::Unavailable(_))
         )
+    }
+
+    /// Whether `err` is the server's refusal of a new connection.
+    pub(crate) fn refused(err: &DbErr) -> bool {
+        matches!(connection_failure(err), Some(Failure::Refused))
     }
 
     /// Whether `err` is a wait for a pooled connection that ended without one.

@@ -1,9 +1,10 @@
 //! Read replicas: read-only sessions go to them round-robin; one that fails
-//! or gives no answer within `DB_OPERATION_TIMEOUT` is skipped (the
-//! statement runs again on the next one, then on the primary) until a
-//! background probe finds it answering again; one whose connections are
-//! all open and taken for `DB_ACQUIRE_TIMEOUT` (at most a second) is busy,
-//! and skipped for that statement only. Each replica has a probe task
+//! (gone, refusing new connections) or gives no answer within
+//! `DB_OPERATION_TIMEOUT` is skipped (the statement runs again on the next
+//! one, then on the primary) until a background probe finds it answering
+//! again; one that has answered but whose pool is full and taken for
+//! `DB_ACQUIRE_TIMEOUT` (at most a second) is busy, and skipped for that
+//! statement only. Each replica has a probe task
 //! of its own, so a replica that does not answer holds up no other. On a
 //! host list, a read that the primary's failover interrupts runs again once
 //! a host fits, within `DB_FAILOVER_TIMEOUT`.
@@ -33,6 +34,8 @@ pub(crate) struct Replica {
     target: String,
     pool: RwLock<ServerPool>,
     up: AtomicBool,
+    /// A statement got an answer through the current pool: it connects.
+    answered: AtomicBool,
     statements: Arc<AtomicU64>,
     metrics: Option<Arc<PoolMetrics>>,
 }
@@ -51,6 +54,7 @@ impl Replica {
             settings,
             pool: RwLock::new(pool),
             up: AtomicBool::new(true),
+            answered: AtomicBool::new(false),
             statements,
             metrics,
         };
@@ -144,6 +148,7 @@ impl Replica {
         if closed {
             return;
         }
+        self.answered.store(false, Ordering::Relaxed);
         if let Some(failover) = self.pool().failover() {
             failover.search();
         }
@@ -236,11 +241,16 @@ impl Replicas {
                 // A replica is read-only: `work` writes, which is its own
                 // error, not the replica's.
                 Err(e) if Error::read_only(&e) => return Err(e),
-                // No free connection in time from a full pool: busy, not
-                // down. The read moves on; the replica keeps its pool and its
-                // turn. (One that could not open a connection is down.)
-                Err(e) if Error::pool_timeout(&e) && pool.is_full() => {}
-                Err(e) if Error::unreachable(&e) => {
+                // No free connection in time from a full pool that has
+                // connected: busy, not down. The read moves on; the replica
+                // keeps its pool and its turn.
+                Err(e)
+                    if Error::pool_timeout(&e)
+                        && pool.is_full()
+                        && replica.answered.load(Ordering::Relaxed) => {}
+                // Gone, silent, or refusing new connections (its password,
+                // its connection limit): down until the probe gets in.
+                Err(e) if Error::unreachable(&e) || Error::refused(&e) => {
                     replica.mark_down(&e.to_string());
                     metrics::retried(Some(RetryReason::Failover));
                 }
@@ -248,7 +258,10 @@ impl Replicas {
                     metrics::retried(Some(RetryReason::ReplicaBehind));
                     break;
                 }
-                done => return done,
+                done => {
+                    replica.answered.store(true, Ordering::Relaxed);
+                    return done;
+                }
             }
         }
         // On a host list the primary may be moving: a read runs again there

@@ -184,19 +184,29 @@ async fn reads_go_to_the_replica_writes_to_the_primary_and_reads_survive_its_los
     busy.close().await;
     // One that gives no connection at all (nothing listens there) is down,
     // though its pool says no more than that none came in time.
-    let mut gone = settings.clone();
+    // So is one that refuses the login (here: a wrong password).
     let nowhere = format!(
         "postgres://postgres:pw@127.0.0.1:{}/postgres",
         test_support::free_port().unwrap()
     );
-    gone.replicas = vec![DatabaseUrl::parse(&nowhere, "DB_REPLICA_URLS").unwrap()];
-    let gone = Db::connect(&gone).await.unwrap();
-    assert!(!in_recovery(&gone.read().await.unwrap()).await);
-    assert!(
-        !gone.replica_status().await[0].up,
-        "a replica that takes no connection is up"
+    let refusing = format!(
+        "postgres://postgres:wrong-pw@127.0.0.1:{}/postgres",
+        replica.port()
     );
-    gone.close().await;
+    for (what, url) in [
+        ("takes no connection", nowhere),
+        ("refuses the login", refusing),
+    ] {
+        let mut gone = settings.clone();
+        gone.replicas = vec![DatabaseUrl::parse(&url, "DB_REPLICA_URLS").unwrap()];
+        let gone = Db::connect(&gone).await.unwrap();
+        assert!(!in_recovery(&gone.read().await.unwrap()).await, "{what}");
+        assert!(
+            !gone.replica_status().await[0].up,
+            "a replica that {what} is up"
+        );
+        gone.close().await;
+    }
 
     // The replica goes away: every read still succeeds, on the primary. The
     // read that found it gone moved on, counted as a failover retry.
