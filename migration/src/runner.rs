@@ -595,7 +595,20 @@ impl Runner<'_> {
     async fn command<M: MigratorTrait>(&self, command: &MigrateCommand) -> Result<Report, Error> {
         let target = self.db.target();
         let step = self.step().await?;
-        let before = applied_names::<M>(&step).await?;
+        let recorded = Recorded::read::<M>(&step).await?;
+        let newer = recorded.unknown::<M>();
+        let before = recorded.names::<M>();
+        if !newer.is_empty()
+            && !matches!(
+                command,
+                MigrateCommand::Up { .. } | MigrateCommand::Baseline { .. }
+            )
+        {
+            return Err(Error::Refused(format!(
+                "the database has migrations that this binary does not have ({}), applied after its own: revert them first with the release that has them",
+                newer.join(", ")
+            )));
+        }
         refuse_reverting_adopted(&*step, &reverting(command, &before)).await?;
         step.finish().await?;
         let mut adopted = Vec::new();
@@ -701,13 +714,6 @@ impl Runner<'_> {
         M::install(&*step).await?;
         let recorded = Recorded::read::<M>(&step).await?;
         step.finish().await?;
-        let newer = recorded.unknown::<M>();
-        if !newer.is_empty() {
-            return Err(Error::Refused(format!(
-                "the database has migrations that this binary does not have ({}), applied after its own: revert them first with the release that has them",
-                newer.join(", ")
-            )));
-        }
         let mut applied = M::migrations();
         applied.retain(|m| recorded.contains(m.name()));
         let reverting = applied

@@ -183,7 +183,8 @@ impl App {
 
     /// Serves the application on `listener` until `shutdown` completes, then
     /// stops accepting, lets in-flight requests finish for up to
-    /// [`App::shutdown_grace`], and returns.
+    /// [`App::shutdown_grace`], closes the connections still open, and
+    /// returns.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -222,10 +223,10 @@ impl App {
 
 /// Serves `service` on `listener` over HTTP/1.1 until `shutdown` completes,
 /// then stops accepting and waits, for up to `grace`, for each connection
-/// to finish the request it is answering; then closes those still open. A client that takes longer than
-/// `read_timeout` (unless zero) to send a request's head, or, idle, to
-/// start the next, has its connection closed: `axum::serve` sets no such
-/// bound.
+/// to finish the request it is answering; then closes those still open. A
+/// client that takes longer than `read_timeout` (unless zero) to send a
+/// request's head, or, idle, to start the next, has its connection closed:
+/// `axum::serve` sets no such bound.
 async fn run<S>(
     listener: TcpListener,
     service: S,

@@ -65,9 +65,12 @@ test_support::backend_tests! {
         assert_eq!(migrate(&t.settings, &["up"]).await, summary);
         assert!(migration::pending(&t.db).await.unwrap().is_empty());
 
-        let down = migrate_with::<migration::Migrator>(&t.settings, &["down"]).await;
-        let refused = down.unwrap_err().to_string();
-        assert!(refused.contains(&format!("does not have ({newer}), applied after its own")), "{refused}");
+        for command in ["down", "fresh", "refresh", "reset"] {
+            let reverting = migrate_with::<migration::Migrator>(&t.settings, &[command]).await;
+            let refused = reverting.unwrap_err().to_string();
+            assert!(refused.contains(&format!("does not have ({newer}), applied after its own")), "{command}: {refused}");
+        }
+        assert_tables_include(&t.db, &["employees", "tasks"]).await;
 
         let last = &all[n - 1];
         crate::support::exec(&t.db, &format!("DELETE FROM seaql_migrations WHERE version = '{last}'")).await;

@@ -780,7 +780,8 @@ async fn a_migration_aborted_by_a_deadlock_is_tried_again() {
     // and waits for `tasks`; then the other session asks for `employees`.
     let other = t.db.begin().await.unwrap();
     // Only the migration's deadlock check may fire, however late this
-    // session comes to wait.
+    // session comes to wait (a superuser's setting: the test server's user
+    // is one).
     for sql in [
         "SET LOCAL deadlock_timeout = '1min'",
         "LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE",
@@ -816,4 +817,11 @@ async fn a_migration_aborted_by_a_deadlock_is_tried_again() {
         report.contains(&format!("applied  {}", LocksBoth.name())),
         "{report}"
     );
+    // A deadlock it was, not the lock timeout: the server counted one.
+    let deadlocks = "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while int(&t.db, deadlocks).await == 0 {
+        assert!(Instant::now() < deadline, "the server counted no deadlock");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
