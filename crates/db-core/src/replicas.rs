@@ -4,10 +4,10 @@
 //! one, then on the primary) until a background probe finds it answering
 //! again; one that has answered but whose pool is full and taken for
 //! `DB_ACQUIRE_TIMEOUT` (at most a second) is busy, and skipped for that
-//! statement only. Each replica has a probe task
-//! of its own, so a replica that does not answer holds up no other. On a
-//! host list, a read that the primary's failover interrupts runs again once
-//! a host fits, within `DB_FAILOVER_TIMEOUT`.
+//! statement only. Each replica has a probe task of its own, so a replica
+//! that does not answer holds up no other. On a host list, a read that the
+//! primary's failover interrupts runs again once a host fits, within
+//! `DB_FAILOVER_TIMEOUT`.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
