@@ -438,6 +438,13 @@ async fn with_session_lock_timeout(
     reset.map(drop)
 }
 
+/// `name` as PostgreSQL keeps it in its catalog: at most 63 bytes, cut
+/// between characters (a statement that names it cuts it alike).
+fn stored_name(name: &str) -> &str {
+    let cut = (0..=name.len().min(63)).rfind(|&i| name.is_char_boundary(i));
+    &name[..cut.unwrap_or(0)]
+}
+
 fn index_name(index: &IndexCreateStatement) -> Result<String, DbErr> {
     index
         .get_index_spec()
@@ -467,7 +474,7 @@ async fn drop_invalid_index(
                 "SELECT count(*) FROM pg_stat_progress_create_index p \
                  JOIN pg_class c ON c.oid = p.index_relid \
                  WHERE c.relname = $1 AND pg_table_is_visible(c.oid) AND p.pid <> pg_backend_pid()",
-                [name.into()],
+                [stored_name(name).into()],
             ))
             .await?
             .map(|row| row.try_get_by_index::<i64>(0))
@@ -497,7 +504,7 @@ async fn drop_invalid_index(
              JOIN pg_index i ON i.indexrelid = c.oid \
              JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.relname = $1 AND NOT i.indisvalid AND pg_table_is_visible(c.oid)",
-            [name.into()],
+            [stored_name(name).into()],
         ))
         .await?;
     let Some(row) = leftover else {
@@ -639,7 +646,7 @@ async fn constraint(
         DbBackend::Postgres => Statement::from_sql_and_values(
             backend,
             "SELECT convalidated FROM pg_constraint WHERE conname = $1 AND conrelid = to_regclass($2)",
-            [name.into(), quote(backend, table).into()],
+            [stored_name(name).into(), quote(backend, table).into()],
         ),
         _ => Statement::from_sql_and_values(
             backend,
@@ -820,21 +827,19 @@ pub async fn set_not_null(
             if row.try_get_by_index::<bool>(0)? {
                 return Ok(());
             }
-            // At most 63 bytes, as PostgreSQL keeps of a name, cut between characters.
-            let mut check = format!("{table}_{column}_not_null");
-            let cut = (0..=check.len().min(63)).rfind(|&i| check.is_char_boundary(i));
-            check.truncate(cut.unwrap_or(0));
+            let check = format!("{table}_{column}_not_null");
+            let check = stored_name(&check);
             add_check(
                 manager,
                 table,
-                &check,
+                check,
                 &format!("{} IS NOT NULL", quote(backend, column)),
             )
             .await?;
             let (table, column, check) = (
                 quote(backend, table),
                 quote(backend, column),
-                quote(backend, &check),
+                quote(backend, check),
             );
             let statements = [
                 format!("ALTER TABLE {table} ALTER COLUMN {column} SET NOT NULL"),
@@ -1043,24 +1048,28 @@ impl Backfill {
         let (mut after, mut rows, mut batches) = (None::<i64>, 0, 0);
         let (mut size, mut smallest) = (self.batch_size, self.batch_size);
         let started = Instant::now();
-        let upper = async |sql: String| -> Result<Option<i64>, DbErr> {
-            let Some(row) = conn
+        // A key of any integer type (`smallint`, MySQL's `UNSIGNED`) is read
+        // as a 64-bit signed one.
+        let int64 = match backend {
+            DbBackend::MySql => "SIGNED",
+            _ => "BIGINT",
+        };
+        let upper = async |value: &str, rest: String| -> Result<Option<i64>, DbErr> {
+            let sql = format!("SELECT CAST({value} AS {int64}) FROM {table} WHERE {rest}");
+            match conn
                 .query_one_raw(Statement::from_string(backend, sql))
                 .await?
-            else {
-                return Ok(None);
-            };
-            // The key's own integer type: 32 or 64 bits.
-            Ok(match row.try_get_by_index::<Option<i64>>(0) {
-                Ok(key) => key,
-                Err(_) => row.try_get_by_index::<Option<i32>>(0)?.map(i64::from),
-            })
+            {
+                Some(row) => row.try_get_by_index::<Option<i64>>(0),
+                None => Ok(None),
+            }
         };
         // The rows there when it starts: rows added later are the
         // application's to fill (it writes the column, or the column has a
         // default by then), and following them would not end while rows
         // keep coming.
-        let end = upper(format!("SELECT MAX({key}) FROM {table} WHERE ({only})")).await?;
+        let most = format!("MAX({key})");
+        let end = upper(&most, format!("({only})")).await?;
         while let Some(end) = end {
             // The batch's time includes finding where it ends.
             let batch = Instant::now();
@@ -1068,18 +1077,14 @@ impl Backfill {
                 Some(after) => format!("{key} > {after} AND {key} <= {end} AND "),
                 None => format!("{key} <= {end} AND "),
             };
-            let last = match upper(format!(
-                "SELECT {key} FROM {table} WHERE {from}({only}) ORDER BY {key} LIMIT 1 OFFSET {}",
-                size - 1
-            ))
+            let last = match upper(
+                &key,
+                format!("{from}({only}) ORDER BY {key} LIMIT 1 OFFSET {}", size - 1),
+            )
             .await?
             {
                 Some(last) => last,
-                None => match upper(format!(
-                    "SELECT MAX({key}) FROM {table} WHERE {from}({only})"
-                ))
-                .await?
-                {
+                None => match upper(&most, format!("{from}({only})")).await? {
                     Some(last) => last,
                     None => break,
                 },

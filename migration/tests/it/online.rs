@@ -312,6 +312,65 @@ async fn an_invalid_index_left_by_an_interrupted_build_is_replaced() {
     build_status_index(&t).await;
 }
 
+/// Names longer than the 63 bytes of a name that PostgreSQL keeps.
+const LONG_INDEX: &str = "idx_tasks_status_with_a_name_longer_than_postgresql_keeps_of_names";
+const LONG_CHECK: &str = "chk_tasks_title_with_a_name_longer_than_postgresql_keeps_of_names";
+
+/// An index and a check with [`LONG_INDEX`] and [`LONG_CHECK`].
+struct LongNames;
+
+impl MigrationName for LongNames {
+    fn name(&self) -> &str {
+        "m20990101_000004_long_names"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for LongNames {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let index = Index::create()
+            .name(LONG_INDEX)
+            .table("tasks")
+            .col("status")
+            .to_owned();
+        online::create_index(manager, index).await?;
+        online::add_check(manager, "tasks", LONG_CHECK, "title <> ''").await
+    }
+
+    fn use_transaction(&self) -> Option<bool> {
+        Some(false)
+    }
+}
+
+then!(LongNamesMigrator, LongNames);
+
+/// What an interrupted run left under names that PostgreSQL cut to 63
+/// bytes (an INVALID index, a check not yet validated) is found again: the
+/// index is rebuilt and the check validated.
+#[test_support::needs(postgres)]
+#[tokio::test]
+async fn what_an_interrupted_run_left_under_long_names_is_completed() {
+    let t = TestDb::new(Backend::Postgres).await;
+    migrate(&t.settings, &["up"]).await;
+    seed_tasks(&t, 4).await;
+    let session = t.db.autocommit();
+    let build = format!("CREATE UNIQUE INDEX CONCURRENTLY {LONG_INDEX} ON tasks (status)");
+    assert!(session.execute_unprepared(&build).await.is_err());
+    let check =
+        format!("ALTER TABLE tasks ADD CONSTRAINT {LONG_CHECK} CHECK (title <> '') NOT VALID");
+    session.execute_unprepared(&check).await.unwrap();
+    migrate_with::<LongNamesMigrator>(&t.settings, &["up"])
+        .await
+        .unwrap();
+    let [index, check] = [LONG_INDEX, LONG_CHECK].map(|name| name[..63].to_owned());
+    let valid =
+        format!("SELECT indisvalid::text FROM pg_index WHERE indexrelid = '{index}'::regclass");
+    assert_eq!(strings(&t.db, &valid).await, ["true"]);
+    let validated =
+        format!("SELECT convalidated::text FROM pg_constraint WHERE conname = '{check}'");
+    assert_eq!(strings(&t.db, &validated).await, ["true"]);
+}
+
 /// An index build behind a transaction that wrote to `tasks` and stays
 /// open gives up at the deadline. Its INVALID index would wait for the same
 /// transaction to go: the error comes at once and says that the index is
@@ -823,5 +882,36 @@ async fn a_migration_aborted_by_a_deadlock_is_tried_again() {
     while int(&t.db, deadlocks).await == 0 {
         assert!(Instant::now() < deadline, "the server counted no deadlock");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A backfill over a table whose key is an integer of another type than a
+/// signed 32- or 64-bit one (PostgreSQL's `smallint`, MySQL's `UNSIGNED`)
+/// fills every row.
+#[test_support::needs(postgres, mysql)]
+#[tokio::test]
+async fn a_backfill_reads_keys_of_any_integer_type() {
+    for (backend, key) in [
+        (Backend::Postgres, "smallint"),
+        (Backend::MySql, "INT UNSIGNED"),
+    ] {
+        let t = TestDb::new(backend).await;
+        let session = t.db.autocommit();
+        let create = format!("CREATE TABLE counters (id {key} PRIMARY KEY, n INTEGER)");
+        session.execute_unprepared(&create).await.unwrap();
+        session
+            .execute_unprepared("INSERT INTO counters (id) VALUES (1), (2), (3), (4), (5)")
+            .await
+            .unwrap();
+        let manager = SchemaManager::new(session.executor());
+        let rows = Backfill::new("counters", "n = 7")
+            .batch_size(2)
+            .pause(Duration::ZERO)
+            .run(&manager)
+            .await
+            .unwrap();
+        assert_eq!(rows, 5, "{backend:?}");
+        let filled = int(&t.db, "SELECT count(*) FROM counters WHERE n = 7").await;
+        assert_eq!(filled, 5, "{backend:?}");
     }
 }
