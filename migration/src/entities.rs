@@ -154,7 +154,8 @@ fn check_cli_version() -> Result<(), Error> {
 }
 
 /// Runs the generator. The URL goes in through the environment, not the
-/// command line, where other users could read the password.
+/// command line, where other users could read the password; what it prints
+/// when it fails (the URL, for one it cannot use) is shown without it.
 fn run_cli(settings: &Settings, out: &Path, flags: &[String]) -> Result<(), Error> {
     let (variable, url) = settings.url.child_env();
     let output = Command::new("sea-orm-cli")
@@ -162,11 +163,15 @@ fn run_cli(settings: &Settings, out: &Path, flags: &[String]) -> Result<(), Erro
         .arg(out)
         .args(flags)
         .env(variable, url)
+        // Its message, not a backtrace, if it panics.
+        .env("RUST_BACKTRACE", "0")
         .output()?;
     if !output.status.success() {
         return Err(Error::Entities(format!(
             "sea-orm-cli failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
+            settings
+                .url
+                .scrub(String::from_utf8_lossy(&output.stderr).trim())
         )));
     }
     Ok(())

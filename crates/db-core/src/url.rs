@@ -723,6 +723,13 @@ impl DatabaseUrl {
         ("DATABASE_URL", OsString::from(self.expose()))
     }
 
+    /// `text` with this URL's password (as given and percent-encoded)
+    /// replaced by `***`: for what another program that was handed the URL
+    /// ([`child_env`](Self::child_env)) printed.
+    pub fn scrub(&self, text: &str) -> String {
+        crate::error::scrub(text, self.password().as_deref())
+    }
+
     /// The decoded password, if the URL has one.
     pub(crate) fn password(&self) -> Option<String> {
         let url = url::Url::parse(self.driver_url()).ok()?;

@@ -97,3 +97,19 @@ async fn the_entities_match_an_adopted_database() {
     let (result, report) = check::<migration::Migrator>(&t.settings, migration::Source::Live).await;
     assert!(result.is_ok(), "{report}{result:?}");
 }
+
+/// What sea-orm-cli prints when it fails is shown without the password: it
+/// prints the URL when the URL names no database. (No server is reached;
+/// sea-orm-cli is installed where the PostgreSQL suites run.)
+#[test_support::needs(postgres)]
+#[tokio::test]
+async fn a_failing_generator_does_not_show_the_password() {
+    let url = "postgres://app:Sup3r-s3cret@127.0.0.1:5432";
+    let settings = db_core::Settings::new(db_core::url::DatabaseUrl::parse(url, "test").unwrap());
+    let (result, _) = check::<migration::Migrator>(&settings, migration::Source::Live).await;
+    let err = result.unwrap_err().to_string();
+    assert!(err.starts_with("entities: sea-orm-cli failed: "), "{err}");
+    assert!(!err.contains("stack backtrace"), "{err}");
+    assert!(err.contains("app:***@127.0.0.1"), "{err}");
+    assert!(!err.contains("Sup3r-s3cret"), "{err}");
+}
