@@ -37,39 +37,43 @@ pub(crate) fn task(body: &Map<String, Value>) -> Result<TaskInput, ApiError> {
     f.finish(input)
 }
 
-/// `skip`, `limit` and `after_id` from the query string (defaults 0, 100 and none).
+/// `skip`, `limit` and `after_id` from the query string (defaults 0, 100 and
+/// none). A parameter given more than once is read from its last value, as
+/// FastAPI reads it.
 pub(crate) fn page(query: Option<&str>) -> Result<Page, ApiError> {
     let mut page = Page::default();
     let mut errors = Vec::new();
-    for (key, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-        let max = match &*key {
-            "skip" => i64::MAX as u64,
-            "limit" => MAX_LIMIT,
-            "after_id" => i32::MAX as u64,
-            _ => continue,
+    let pairs: Vec<_> = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()).collect();
+    for (key, max) in [
+        ("skip", i64::MAX as u64),
+        ("limit", MAX_LIMIT),
+        ("after_id", i32::MAX as u64),
+    ] {
+        let Some((_, value)) = pairs.iter().rev().find(|(k, _)| k == key) else {
+            continue;
         };
-        let loc = ["query", &*key];
-        match parse_int_text(&value) {
+        let loc = ["query", key];
+        match parse_int_text(value) {
             None => errors.push(FieldError::new(
                 "int_parsing",
                 &loc,
                 "Input should be a valid integer, unable to parse string as an integer",
-                Some(&Value::from(&*value)),
+                Some(&Value::from(&**value)),
             )),
             Some(n) if n < 0 => errors.push(FieldError::new(
                 "greater_than_equal",
                 &loc,
                 "Input should be greater than or equal to 0",
-                Some(&Value::from(&*value)),
+                Some(&Value::from(&**value)),
             )),
             Some(n) if n > i128::from(max) => errors.push(FieldError::new(
                 "less_than_equal",
                 &loc,
                 format!("Input should be less than or equal to {max}"),
-                Some(&Value::from(&*value)),
+                Some(&Value::from(&**value)),
             )),
             // In range: `after_id` is at most `i32::MAX`.
-            Some(n) => match &*key {
+            Some(n) => match key {
                 "skip" => page.skip = n as u64,
                 "limit" => page.limit = n as u64,
                 _ => page.after_id = Some(n as i32),

@@ -25,6 +25,8 @@ test_support::backend_tests! {
         assert_eq!(s.get("/employees").await, (200, json!([&ann, &bob])));
         assert_eq!(s.get("/employees/?skip=1&limit=1").await, (200, json!([&bob])));
         assert_eq!(s.get("/employees/?limit=0").await, (200, json!([])));
+        // A parameter given twice is read from its last value, as FastAPI reads it.
+        assert_eq!(s.get("/employees/?limit=x&skip=-1&limit=1&skip=1").await, (200, json!([&bob])));
         assert_eq!(s.get("/employees/1/").await, (200, ann.clone()));
         assert_eq!(s.get("/employees/1").await, (200, ann.clone()));
         let ann = json!({"full_name": "Ann Lee", "position": "lead", "id": 1});
