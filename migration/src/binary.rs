@@ -34,12 +34,24 @@ pub fn database_settings() -> Result<db_core::Settings, db_core::Error> {
     db_core::Settings::load(&source()?.sections_elsewhere())
 }
 
+/// The command line, parsed as `C::parse` does (on bad arguments clap's
+/// message, exit code 2), after filling in the process environment's unset
+/// variables from `./.env`: so that what reads the environment itself
+/// (`RUST_LOG`, and arguments with a variable such as `METRICS`) sees
+/// `.env` as the settings do. Call it first in `main`.
+pub fn args<C: clap::Parser>() -> C {
+    // A `.env` that cannot be read or parsed is reported by `source`.
+    let _ = dotenvy::from_path(".env");
+    C::parse()
+}
+
 /// The log filter binaries use when `RUST_LOG` is not set: `info`, without
 /// PostgreSQL's notices and the migrator's step-by-step lines.
 pub const DEFAULT_LOG_FILTER: &str = "info,sqlx::postgres::notice=warn,sea_orm_migration=warn";
 
 /// Logs to standard error: human-readable (colours on a terminal) or JSON
-/// lines. `RUST_LOG` wins over `filter`.
+/// lines. `RUST_LOG` wins over `filter`; one that is not a filter exits
+/// with code 2 and a line that says so, as a bad argument does.
 ///
 /// The thread that logs formats its line and appends it to a buffer in
 /// memory; a thread of its own writes the buffer out, every line gathered
@@ -49,9 +61,13 @@ pub const DEFAULT_LOG_FILTER: &str = "info,sqlx::postgres::notice=warn,sea_orm_m
 /// returned [`Logs`] until the program ends: dropping it, or [`Logs::fail`],
 /// writes out every line logged before.
 pub fn init_logging(json: bool, filter: &str) -> Logs {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(text) if !text.trim().is_empty() => tracing_subscriber::EnvFilter::try_new(&text)
+            .unwrap_or_else(|e| usage_error(&format!("RUST_LOG=\"{text}\": {e}"))),
+        Err(std::env::VarError::NotUnicode(_)) => usage_error("RUST_LOG: not valid UTF-8"),
+        _ => tracing_subscriber::EnvFilter::new(filter),
+    };
     let (buffer, writer) = log_buffer::start(std::io::stderr());
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
@@ -62,6 +78,12 @@ pub fn init_logging(json: bool, filter: &str) -> Logs {
         builder.event_format(text::Text::default()).init();
     }
     Logs { writer, buffer }
+}
+
+/// Prints `error: {message}` and exits with code 2, before logging starts.
+fn usage_error(message: &str) -> ! {
+    let _ = writeln!(std::io::stderr(), "error: {message}");
+    std::process::exit(2)
 }
 
 /// The log writer of [`init_logging`]. Dropping it writes out the lines

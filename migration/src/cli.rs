@@ -103,7 +103,19 @@ pub enum MigrateCommand {
     },
     /// Write a new migration file into migration/src and register it.
     Generate {
-        /// A name like `add_task_priority` (letters, digits, `_`).
+        /// A name like `add_task_priority` (lower-case letters, digits, `_`).
+        #[arg(value_parser = migration_name)]
         name: String,
     },
+}
+
+/// A new migration's name: it becomes part of a module name.
+fn migration_name(text: &str) -> Result<String, String> {
+    let valid = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_';
+    match !text.is_empty() && text.chars().all(valid) {
+        true => Ok(text.to_owned()),
+        false => {
+            Err("expected lower-case letters, digits and _, like add_task_priority".to_owned())
+        }
+    }
 }

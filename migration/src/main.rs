@@ -20,7 +20,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = migration::binary::args();
     let logs = migration::binary::init_logging(false, migration::binary::DEFAULT_LOG_FILTER);
     let result = tokio::runtime::Runtime::new()
         .map_err(|e| anyhow::Error::new(e).context("starting the async runtime"))

@@ -61,6 +61,10 @@ struct ServeArgs {
     /// Always done on SQLite.
     #[arg(long)]
     migrate: bool,
+    /// When migrating: how long to wait for the migration lock while another
+    /// process holds it (another instance migrating), then exit 1.
+    #[arg(long, value_parser = duration, default_value_t = LOCK_TIMEOUT.into())]
+    lock_timeout: humantime::Duration,
     /// Record Prometheus metrics (`on`, the default, or `off`).
     #[arg(long, env = "METRICS", value_enum, default_value_t = Switch::On)]
     metrics: Switch,
@@ -70,8 +74,9 @@ struct ServeArgs {
     metrics_addr: Option<SocketAddr>,
     /// On SIGTERM or SIGINT, how long requests in flight may run on before
     /// the pools close and the process exits (a duration with a unit).
-    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "8s", value_parser = duration)]
-    shutdown_grace: Duration,
+    #[arg(long, env = "SHUTDOWN_GRACE", value_parser = duration,
+          default_value_t = web::SHUTDOWN_GRACE.into())]
+    shutdown_grace: humantime::Duration,
     /// How long a client may take to send a request's head (an idle
     /// connection: to start its next request), then its connection is
     /// closed; and each part of a body, then the answer is 408. Keep it
@@ -81,17 +86,25 @@ struct ServeArgs {
     read_timeout: humantime::Duration,
 }
 
+/// The longest duration an argument takes, as for the `DB_*` settings: 24
+/// days (a timer far beyond it would overflow the clock).
+const LONGEST: Duration = Duration::from_millis(i32::MAX as u64);
+
 /// A duration argument, with a message that says what is expected.
-fn duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text)
-        .map_err(|_| "expected a duration with a unit, like 8s or 500ms".to_owned())
+fn duration(text: &str) -> Result<humantime::Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d <= LONGEST => Ok(d.into()),
+        _ => Err("expected a duration with a unit, like 8s or 500ms, up to 24 days".to_owned()),
+    }
 }
 
 /// A duration argument greater than zero.
 fn nonzero_duration(text: &str) -> Result<humantime::Duration, String> {
-    match humantime::parse_duration(text) {
-        Ok(d) if !d.is_zero() => Ok(d.into()),
-        _ => Err("expected a duration greater than zero with a unit, like 30s".to_owned()),
+    match duration(text) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(
+            "expected a duration greater than zero with a unit, like 30s, up to 24 days".to_owned(),
+        ),
     }
 }
 
@@ -111,7 +124,7 @@ enum DbCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = migration::binary::args();
     let logs = migration::binary::init_logging(cli.log_json, migration::binary::DEFAULT_LOG_FILTER);
     let dropped = logs.dropped_lines();
     // The closure owns the runtime: when it returns, the runtime and its
@@ -162,14 +175,20 @@ fn serve_defaults() -> ServeArgs {
         .unwrap_or_else(|e| e.exit())
 }
 
-/// How long startup waits for another process's migration lock.
-const MIGRATION_LOCK_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long startup waits for another process's migration lock, unless
+/// `serve --lock-timeout` says otherwise.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Connects, first applying pending migrations on SQLite or when asked; on a
-/// server database with pending migrations and no `--migrate`, refuses.
-async fn prepare_database(settings: &Settings, migrate: bool) -> anyhow::Result<Db> {
+/// Connects, first applying pending migrations on SQLite or when asked,
+/// waiting at most `lock_timeout` for the migration lock; on a server
+/// database with pending migrations and no `--migrate`, refuses.
+async fn prepare_database(
+    settings: &Settings,
+    migrate: bool,
+    lock_timeout: Duration,
+) -> anyhow::Result<Db> {
     if migrate || settings.url.backend() == DbBackend::Sqlite {
-        for name in migration::up(settings, MIGRATION_LOCK_TIMEOUT).await? {
+        for name in migration::up(settings, lock_timeout).await? {
             tracing::info!("applied migration {name}");
         }
     }
@@ -199,7 +218,7 @@ async fn serve(settings: &Settings, args: ServeArgs, dropped: DroppedLines) -> a
         }
         Switch::Off => None,
     };
-    let db = prepare_database(settings, args.migrate).await?;
+    let db = prepare_database(settings, args.migrate, args.lock_timeout.into()).await?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("listening on {addr}"))?;
@@ -246,7 +265,7 @@ async fn serve(settings: &Settings, args: ServeArgs, dropped: DroppedLines) -> a
     // `Db::close` waits a bounded time too. So the process exits with code
     // 0 shortly after the grace period at most.
     (app(&db).read_timeout(read_timeout))
-        .shutdown_grace(args.shutdown_grace)
+        .shutdown_grace(args.shutdown_grace.into())
         .serve(listener, exposure, shutdown)
         .await
         .context("serving")?;
@@ -292,7 +311,7 @@ fn shutdown_signal() -> impl Future<Output = ()> {
 }
 
 async fn seed(settings: &Settings) -> anyhow::Result<()> {
-    let db = prepare_database(settings, false).await?;
+    let db = prepare_database(settings, false, LOCK_TIMEOUT).await?;
     let (employees, tasks) = tracker::seed(&tracker::Tracker::new(db.clone())).await?;
     let mut out = std::io::stdout().lock();
     if employees == 0 {

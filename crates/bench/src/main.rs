@@ -47,7 +47,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = migration::binary::args();
     // Statement logs would dominate the timings: sqlx and SeaORM speak at warn
     // only, unless RUST_LOG says otherwise.
     let filter = format!(

@@ -24,7 +24,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = migration::binary::args();
     let logs = migration::binary::init_logging(false, migration::binary::DEFAULT_LOG_FILTER);
     let result = tokio::runtime::Runtime::new()
         .context("starting the async runtime")

@@ -102,3 +102,19 @@ fn migrate_with_bad_configuration_exits_2() {
         "error: DB_PORT=\"x\": expected a port number 1-65535\n"
     );
 }
+
+/// A new migration's name becomes part of a module name: anything else is
+/// refused before a file is written, with exit code 2.
+#[test]
+fn generate_refuses_a_name_that_is_not_a_module_name() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["", "a/b", "x.y", "Add-Priority"] {
+        let output = tracker(dir.path(), &["migrate", "generate", name], &[]);
+        let (_, stderr) = text(&output);
+        assert_eq!(output.status.code(), Some(2), "{name:?}: {stderr}");
+        let expected = format!(
+            "error: invalid value '{name}' for '<NAME>': expected lower-case letters, digits and _, like add_task_priority"
+        );
+        assert!(stderr.starts_with(&expected), "{stderr}");
+    }
+}

@@ -141,24 +141,36 @@ impl Running {
     }
 }
 
-/// A bad `SHUTDOWN_GRACE` or `READ_TIMEOUT` stops `serve` (with or without
-/// the subcommand) before it starts, with exit code 2 and a line that names
-/// it.
+/// A bad `SHUTDOWN_GRACE`, `READ_TIMEOUT` or `RUST_LOG` stops `serve` (with
+/// or without the subcommand) before it starts, with exit code 2 and a line
+/// that names it, whether it is set in the environment or in `.env`.
 #[test]
 fn a_bad_serve_variable_exits_2_naming_it() {
     let dir = sqlite_dir();
     let cases = [
         (
+            "RUST_LOG",
+            "sqlx=verbose",
+            "error: RUST_LOG=\"sqlx=verbose\": ",
+        ),
+        (
             "SHUTDOWN_GRACE",
             "soon",
             "error: invalid value 'soon' for '--shutdown-grace <SHUTDOWN_GRACE>': \
-             expected a duration with a unit, like 8s or 500ms",
+             expected a duration with a unit, like 8s or 500ms, up to 24 days",
         ),
         (
             "READ_TIMEOUT",
             "0s",
             "error: invalid value '0s' for '--read-timeout <READ_TIMEOUT>': \
-             expected a duration greater than zero with a unit, like 30s",
+             expected a duration greater than zero with a unit, like 30s, up to 24 days",
+        ),
+        // Far longer, a connection's read timer would overflow the clock.
+        (
+            "READ_TIMEOUT",
+            "300000000000y",
+            "error: invalid value '300000000000y' for '--read-timeout <READ_TIMEOUT>': \
+             expected a duration greater than zero with a unit, like 30s, up to 24 days",
         ),
     ];
     for (var, value, expected) in cases {
@@ -168,6 +180,12 @@ fn a_bad_serve_variable_exits_2_naming_it() {
             assert_eq!(output.status.code(), Some(2), "{var}: {stderr}");
             assert!(stderr.starts_with(expected), "{stderr}");
         }
+        std::fs::write(dir.path().join(".env"), format!("{var}={value}\n")).unwrap();
+        let output = crate::cli::tracker(dir.path(), &["serve"], &[]);
+        let (_, stderr) = crate::cli::text(&output);
+        assert_eq!(output.status.code(), Some(2), ".env {var}: {stderr}");
+        assert!(stderr.starts_with(expected), ".env: {stderr}");
+        std::fs::remove_file(dir.path().join(".env")).unwrap();
     }
 }
 
@@ -383,6 +401,42 @@ async fn pending_migrations_on_a_server_need_migrate() {
     assert_eq!(tasks.status(), 200);
     server.terminate();
     assert_eq!(server.wait(Duration::from_secs(10)).await.0, Some(0));
+}
+
+/// `serve --migrate` waits for the migration lock that another process
+/// holds at most `--lock-timeout`, then exits 1 saying what it waited for.
+#[test_support::needs(postgres)]
+#[tokio::test]
+async fn serve_migrate_waits_for_another_migrator_at_most_its_lock_timeout() {
+    let t = TestDb::new(Backend::Postgres).await;
+    let lock = db_core::Lock::new("migration", Duration::from_secs(5));
+    let held = t.db.hold(&lock).await.unwrap();
+    let dir = sqlite_dir();
+    let addr = format!("127.0.0.1:{}", free_port().unwrap());
+    let output = Command::new(env!("CARGO_BIN_EXE_tracker"))
+        .args([
+            "serve",
+            "--addr",
+            &addr,
+            "--migrate",
+            "--lock-timeout",
+            "1s",
+        ])
+        .current_dir(dir.path())
+        .env_clear()
+        .envs([t.settings.url.child_env()])
+        .output()
+        .await
+        .unwrap();
+    held.release().await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.contains("timed out after 1s"), "{stderr}");
+    assert!(
+        last.contains("waiting for the migration lock ("),
+        "{stderr}"
+    );
 }
 
 /// SIGTERM while clients keep writing: the process exits 0 within 10 s, no
