@@ -212,7 +212,8 @@ pub struct Options {
     #[schemars(with = "String", extend("default" = "1m", "example" = "10m", "expects" = NONZERO, "applies" = "postgres"))]
     pub migration_deadline: Duration,
     /// PostgreSQL `lock_timeout` of `CREATE INDEX CONCURRENTLY` in migrations, which waits
-    /// for every transaction older than itself (writes go on meanwhile).
+    /// for every transaction older than itself (writes go on meanwhile). A build that
+    /// times out is tried again only within `DB_MIGRATION_DEADLINE` (with the defaults: not).
     #[serde(with = "nonzero")]
     #[schemars(with = "String", extend("default" = "10m", "example" = "1h", "expects" = NONZERO, "applies" = "postgres"))]
     pub migration_index_timeout: Duration,
@@ -263,9 +264,10 @@ impl Connection {
     /// The first field, if any, whose value parses but is not valid.
     fn invalid(&self) -> Option<&'static str> {
         // Each of a list: a name or an IP address (a colon only in an IPv6
-        // one: a port goes in DB_PORT), or a socket directory.
+        // one: a port goes in DB_PORT), or a socket directory; without what
+        // a URL's host cannot hold.
         let host = |h: &str| {
-            !h.contains(|c: char| c.is_whitespace() || "@?#".contains(c))
+            !h.contains(|c: char| c.is_whitespace() || c.is_control() || "@?#<>[]\\^|%".contains(c))
                 && (h.starts_with('/') || !h.contains('/'))
                 && h.split(',').all(|h| {
                     let h = h.trim();

@@ -80,6 +80,11 @@ const CASES: &[Case] = &[
         expected: "DB_HOST=\"db:6432\": expected a host name, an IP address or a socket directory (a port goes in DB_PORT)",
     },
     Case {
+        vars: &[("DB_HOST", "db|1"), ("DB_NAME", "t"), ("DB_USER", "u")],
+        files: &[],
+        expected: "DB_HOST=\"db|1\": expected a host name, an IP address or a socket directory (a port goes in DB_PORT)",
+    },
+    Case {
         vars: &[
             ("DB_HOST", "h1,h2:6432"),
             ("DB_NAME", "t"),
