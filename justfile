@@ -1,6 +1,6 @@
 # Task Tracker workspace recipes: thin wrappers over cargo and the migration
-# CLI. Every recipe reads the same configuration as the app (environment,
-# .env, config/*.toml). `just --list` shows them.
+# CLI. Those that run the app or the migrations read the same configuration as
+# the app (environment, .env, config/*.toml). `just --list` shows them.
 
 # sea-orm-cli flags for entity/src/generated, chosen once: the compact format
 # (relations as an enum, `Linked` impls for the task tree in entity/src/links.rs),
@@ -86,7 +86,7 @@ chaos:
     cargo test --workspace -- chaos --ignored --test-threads=1
     PROPTEST_CASES=100000 cargo test -p db-core -- properties any_parts
 
-# High availability on a real Patroni cluster (Debian's patroni and etcd-server): the cluster test, then the failover and switchover chaos test under `tracker serve`; prints the figures.
+# High availability on a real Patroni cluster (Debian's patroni and etcd-server): the cluster test, then the failover and switchover and the paused-leader chaos tests under `tracker serve`; prints the figures.
 ha-test:
     TEST_PATRONI=1 cargo test -p app --test it -- ha:: --include-ignored --test-threads=1
 

@@ -1,4 +1,4 @@
-//! The tracker benchmark: the workload of `shared/bench/WORKLOAD.md`, run by
+//! The tracker benchmark: the workload of `docs/bench-workload.md`, run by
 //! several stacks against the configured database so their figures can be
 //! set side by side.
 //!

@@ -1,4 +1,4 @@
-//! The workload of `shared/bench/WORKLOAD.md`: the data set, the operation
+//! The workload of `docs/bench-workload.md`: the data set, the operation
 //! counts at a scale, and what a correct answer looks like.
 
 use chrono::{Days, NaiveDate};

@@ -20,7 +20,7 @@ async fn serve(t: &TestDb, dir: &std::path::Path, metrics_addr: Option<&str>) ->
         args.extend(["--metrics-addr", m]);
     }
     let vars = [
-        ("DATABASE_URL", OsString::from(t.settings.url.expose())),
+        t.settings.url.child_env(),
         ("DB_MAX_CONNECTIONS", "2".into()),
         ("DB_ACQUIRE_TIMEOUT", "200ms".into()),
         // The requests that hold the connections wait 1.5 s for a lock: only

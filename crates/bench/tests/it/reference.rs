@@ -6,7 +6,6 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
 use chrono::NaiveDate;
-use migration::{Migrator, MigratorTrait};
 use test_support::{Backend, TestDb};
 use tokio::sync::oneshot;
 use tracker::{EmployeeInput, TaskInput, Tracker};
@@ -77,7 +76,9 @@ async fn answer(client: &reqwest::Client, url: &str) -> (u16, Option<String>, Ve
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reference_servers_answer_with_the_trackers_exact_bytes() {
     let t = TestDb::new(Backend::Postgres).await;
-    Migrator::up(t.db.conn(), None).await.unwrap();
+    migration::up(&t.settings, std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
     let tracker = Tracker::new(t.db.clone());
     let employee = tracker
         .create_employee(EmployeeInput {
