@@ -212,6 +212,23 @@ impl Seen {
     }
 }
 
+/// Fails when the migration lock's connection is gone (the server ended
+/// it, the network broke): another migrator may hold the lock by now, and
+/// this one must not go on beside it. Without a lock of its own (SQLite,
+/// whose exclusive transaction is the lock, or outside the runner) it passes.
+async fn still_locked() -> Result<(), DbErr> {
+    let Some(lock) = context().lock else {
+        return Ok(());
+    };
+    let checked = lock.lock().await.check().await;
+    checked.map_err(|e| {
+        DbErr::Migration(format!(
+            "the migration lock was lost, so the migration stops: {}",
+            db_core::error::Report(&e)
+        ))
+    })
+}
+
 /// Which setting bounds an attempt's lock wait.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Bound {
@@ -276,6 +293,7 @@ pub(crate) async fn retrying<T, E: LockNotAvailable, F: Future<Output = Result<T
             short(pause),
         );
         tokio::time::sleep(pause).await;
+        still_locked().await.map_err(E::from)?;
         attempts += 1;
     }
 }
@@ -1071,6 +1089,9 @@ impl Backfill {
         let most = format!("MAX({key})");
         let end = upper(&most, format!("({only})")).await?;
         while let Some(end) = end {
+            if batches > 0 {
+                still_locked().await?;
+            }
             // The batch's time includes finding where it ends.
             let batch = Instant::now();
             let from = match after {

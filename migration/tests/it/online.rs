@@ -915,3 +915,77 @@ async fn a_backfill_reads_keys_of_any_integer_type() {
         assert_eq!(filled, 5, "{backend:?}");
     }
 }
+
+/// A column filled one row at a time, slowly: a backfill long enough to
+/// lose the migration lock in the middle of.
+struct SlowFill;
+
+impl MigrationName for SlowFill {
+    fn name(&self) -> &str {
+        "m20990101_000005_slow_fill"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for SlowFill {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        online::execute(
+            manager,
+            "ALTER TABLE tasks ADD COLUMN IF NOT EXISTS rank integer",
+        )
+        .await?;
+        Backfill::new("tasks", "rank = 1")
+            .batch_size(1)
+            .pause(Duration::from_millis(100))
+            .run(manager)
+            .await
+            .map(drop)
+    }
+
+    fn use_transaction(&self) -> Option<bool> {
+        Some(false)
+    }
+}
+
+then!(SlowFillMigrator, SlowFill);
+
+/// When the migration lock's session ends in the middle of a backfill (an
+/// operator's `pg_terminate_backend`, a proxy's idle cut), the backfill
+/// stops at its next batch instead of going on beside whichever migrator
+/// takes the lock next.
+#[test_support::needs(postgres)]
+#[tokio::test]
+async fn a_backfill_stops_when_the_migration_lock_is_lost() {
+    let t = TestDb::new(Backend::Postgres).await;
+    migrate(&t.settings, &["up"]).await;
+    seed_tasks(&t, 40).await;
+    let migrator = {
+        let settings = t.settings.clone();
+        tokio::spawn(async move { migrate_with::<SlowFillMigrator>(&settings, &["up"]).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let has_rank = "SELECT count(*) FROM information_schema.columns \
+                    WHERE table_name = 'tasks' AND column_name = 'rank'";
+    let filled = "SELECT count(*) FROM tasks WHERE rank IS NOT NULL";
+    while int(&t.db, has_rank).await == 0 || int(&t.db, filled).await < 3 {
+        assert!(Instant::now() < deadline, "the backfill never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ended = strings(
+        &t.db,
+        "SELECT pg_terminate_backend(pid)::text FROM pg_locks \
+         WHERE locktype = 'advisory' AND granted \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .await;
+    assert_eq!(ended, ["true"]);
+    let err = migrator.await.unwrap().unwrap_err().to_string();
+    assert!(
+        err.contains("the migration lock was lost, so the migration stops"),
+        "{err}"
+    );
+    assert!(
+        int(&t.db, filled).await < 40,
+        "the backfill went on to the end"
+    );
+}
