@@ -1023,7 +1023,8 @@ impl Backfill {
         self
     }
 
-    /// The integer column batches follow (default `id`); it should be indexed.
+    /// The integer column batches follow (default `id`); it should be indexed,
+    /// and hold no NULL: rows whose key is NULL are not filled.
     pub fn key(mut self, column: &str) -> Self {
         self.key = column.to_owned();
         self
@@ -1072,14 +1073,29 @@ impl Backfill {
             DbBackend::MySql => "SIGNED",
             _ => "BIGINT",
         };
+        // On PostgreSQL a read that waits for its lock (behind a `VACUUM
+        // FULL`, someone's `ALTER TABLE`) is tried again, as the updates are.
+        let pooled = context().pooled;
         let upper = async |value: &str, rest: String| -> Result<Option<i64>, DbErr> {
             let sql = format!("SELECT CAST({value} AS {int64}) FROM {table} WHERE {rest}");
-            match conn
-                .query_one_raw(Statement::from_string(backend, sql))
+            let read = async || match conn
+                .query_one_raw(Statement::from_string(backend, sql.clone()))
                 .await?
             {
                 Some(row) => row.try_get_by_index::<Option<i64>>(0),
                 None => Ok(None),
+            };
+            match postgres {
+                true => {
+                    retrying(&sql, Bound::Statement, |seen| async move {
+                        match pooled {
+                            true => read().await,
+                            false => seen.watch(conn, read()).await,
+                        }
+                    })
+                    .await
+                }
+                false => read().await,
             }
         };
         // The rows there when it starts: rows added later are the

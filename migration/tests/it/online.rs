@@ -922,7 +922,7 @@ struct SlowFill;
 
 impl MigrationName for SlowFill {
     fn name(&self) -> &str {
-        "m20990101_000005_slow_fill"
+        "m20990101_000006_slow_fill"
     }
 }
 
@@ -988,4 +988,58 @@ async fn a_backfill_stops_when_the_migration_lock_is_lost() {
         int(&t.db, filled).await < 40,
         "the backfill went on to the end"
     );
+}
+
+/// A backfill of `tasks.rank`, a column that is there already.
+struct FillRank;
+
+impl MigrationName for FillRank {
+    fn name(&self) -> &str {
+        "m20990101_000007_fill_rank"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for FillRank {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        Backfill::new("tasks", "rank = 2")
+            .pause(Duration::ZERO)
+            .run(manager)
+            .await
+            .map(drop)
+    }
+
+    fn use_transaction(&self) -> Option<bool> {
+        Some(false)
+    }
+}
+
+then!(FillRankMigrator, FillRank);
+
+/// A backfill whose reads wait for their lock longer than the lock timeout
+/// (behind a `VACUUM FULL`, a manual `LOCK TABLE`) tries them again, as it
+/// does its updates, and fills every row once the lock is free.
+#[test_support::needs(postgres)]
+#[tokio::test]
+async fn a_backfill_whose_reads_wait_for_a_lock_tries_them_again() {
+    let mut t = TestDb::new(Backend::Postgres).await;
+    migrate(&t.settings, &["up"]).await;
+    seed_tasks(&t, 5).await;
+    exec(&t.db, "ALTER TABLE tasks ADD COLUMN rank integer").await;
+    t.settings.migration_lock_timeout = Duration::from_millis(200);
+    let holder = t.db.begin().await.unwrap();
+    holder
+        .execute_unprepared("LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let migrator = {
+        let settings = t.settings.clone();
+        tokio::spawn(async move { migrate_with::<FillRankMigrator>(&settings, &["up"]).await })
+    };
+    // Several of the reads' lock timeouts.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    holder.commit().await.unwrap();
+    migrator.await.unwrap().unwrap();
+    let filled = int(&t.db, "SELECT count(*) FROM tasks WHERE rank = 2").await;
+    assert_eq!(filled, 5);
 }
