@@ -5,8 +5,9 @@
 //! blocks writes for as long as it works (a plain `CREATE INDEX`, a foreign
 //! key checked against every row), or it waits for its lock behind a long
 //! transaction while every later query on the table queues behind it. The
-//! runner bounds the second everywhere on PostgreSQL: each statement waits
-//! at most `DB_MIGRATION_LOCK_TIMEOUT` for its lock, then a statement of
+//! runner bounds the second on PostgreSQL and MySQL: each statement waits
+//! at most `DB_MIGRATION_LOCK_TIMEOUT` for its lock (on MySQL in whole
+//! seconds, and with no session named in the way), then a statement of
 //! the blocks below (or a transactional migration as a whole) is tried
 //! again after a jittered pause, as after a deadlock that the server ended
 //! by aborting it, until `DB_MIGRATION_DEADLINE`; giving up names the
@@ -24,7 +25,7 @@
 //! | [`add_check`] | `NOT VALID`, then `VALIDATE` | `ADD CONSTRAINT` | not possible in place |
 //! | [`set_not_null`] | a validated check, then `SET NOT NULL` (no scan) | `MODIFY` in place | not possible in place |
 //! | [`Backfill`] | the rows there when it starts, in batches, each a transaction of its own, paced | the same | batches in the migration's one transaction (the runner's lock), without pauses |
-//! | [`execute`] | one statement in a transaction of its own, retried | the statement | the statement |
+//! | [`execute`] | one statement in a transaction of its own, retried | the statement, retried | the statement |
 //!
 //! On PostgreSQL they run in a migration that opts out of the runner's
 //! transaction (a `CONCURRENTLY` statement cannot run in one, and a check
@@ -143,11 +144,11 @@ fn sqlstate(e: &DbErr) -> Option<String> {
 /// How an attempt ended that a later one may get past: nothing of it stays.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum LockWait {
-    /// PostgreSQL's `lock_not_available` (55P03): a statement gave up
-    /// waiting for a lock.
+    /// PostgreSQL's `lock_not_available` (55P03), MySQL's 1205: a statement
+    /// gave up waiting for a lock.
     TimedOut,
-    /// PostgreSQL's `deadlock_detected` (40P01): the server aborted the
-    /// transaction to end a cycle of lock waits.
+    /// PostgreSQL's `deadlock_detected` (40P01), MySQL's 1213: the server
+    /// aborted the transaction to end a cycle of lock waits.
     Deadlock,
 }
 
@@ -159,9 +160,9 @@ pub(crate) trait LockNotAvailable: From<DbErr> {
 
 impl LockNotAvailable for DbErr {
     fn lock_wait(&self) -> Option<LockWait> {
-        match sqlstate(self).as_deref() {
-            Some("55P03") => Some(LockWait::TimedOut),
-            Some("40P01") => Some(LockWait::Deadlock),
+        match (sqlstate(self).as_deref(), mysql_error(self)) {
+            (Some("55P03"), _) | (_, Some(1205)) => Some(LockWait::TimedOut),
+            (Some("40P01"), _) | (_, Some(1213)) => Some(LockWait::Deadlock),
             _ => None,
         }
     }
@@ -421,12 +422,14 @@ pub async fn execute(manager: &SchemaManager<'_>, sql: &str) -> Result<(), DbErr
         conn,
         DatabaseExecutor::Transaction(_) | DatabaseExecutor::OwnedTransaction(_)
     );
-    if manager.get_database_backend() == DbBackend::Postgres && !in_transaction {
-        short_transaction(conn, sql, &[sql.to_owned()]).await?;
-    } else {
-        conn.execute_unprepared(sql).await?;
+    match manager.get_database_backend() {
+        _ if in_transaction => conn.execute_unprepared(sql).await.map(drop),
+        DbBackend::Postgres => short_transaction(conn, sql, &[sql.to_owned()])
+            .await
+            .map(drop),
+        DbBackend::MySql => mysql_retrying(conn, sql).await.map(drop),
+        _ => conn.execute_unprepared(sql).await.map(drop),
     }
-    Ok(())
 }
 
 /// PostgreSQL, outside a transaction: runs `sql` with `lock_timeout` set to
@@ -540,12 +543,28 @@ async fn drop_invalid_index(
     Ok(true)
 }
 
-/// MySQL error numbers that mean the change is there already.
-fn mysql_error_is(e: &DbErr, codes: &[&str]) -> bool {
-    sqlstate(e).is_some() && {
-        let text = e.to_string();
-        codes.iter().any(|code| text.contains(code))
+/// The MySQL error number of a database error.
+fn mysql_error(e: &DbErr) -> Option<u16> {
+    match e {
+        DbErr::Exec(RuntimeErr::SqlxError(e))
+        | DbErr::Query(RuntimeErr::SqlxError(e))
+        | DbErr::Conn(RuntimeErr::SqlxError(e)) => e
+            .as_database_error()?
+            .try_downcast_ref::<sea_orm::SqlxMySqlError>()
+            .map(sea_orm::SqlxMySqlError::number),
+        _ => None,
     }
+}
+
+/// MySQL: runs the statement `sql` outside a transaction; one that waits
+/// longer than the session's `lock_wait_timeout` for its lock (the runner
+/// sets `DB_MIGRATION_LOCK_TIMEOUT`) did nothing, and is tried again until
+/// `DB_MIGRATION_DEADLINE`.
+async fn mysql_retrying(conn: &DatabaseExecutor<'_>, sql: &str) -> Result<u64, DbErr> {
+    retrying(sql, Bound::Statement, |_| async move {
+        Ok(conn.execute_unprepared(sql).await?.rows_affected())
+    })
+    .await
 }
 
 /// Creates an index without blocking writes, and without doing anything
@@ -607,9 +626,9 @@ pub async fn create_index(
                 "{} ALGORITHM=INPLACE LOCK=NONE",
                 DbBackend::MySql.build(&index).sql
             );
-            match conn.execute_unprepared(&sql).await {
-                // 1061: duplicate key name.
-                Err(e) if mysql_error_is(&e, &["1061"]) => Ok(()),
+            match mysql_retrying(conn, &sql).await {
+                // Duplicate key name.
+                Err(e) if mysql_error(&e) == Some(1061) => Ok(()),
                 other => other.map(drop),
             }
         }
@@ -640,9 +659,9 @@ pub async fn drop_index(manager: &SchemaManager<'_>, name: &str, table: &str) ->
                 quote(backend, table),
                 quote(backend, name)
             );
-            match conn.execute_unprepared(&sql).await {
-                // 1091: no such index.
-                Err(e) if mysql_error_is(&e, &["1091"]) => Ok(()),
+            match mysql_retrying(conn, &sql).await {
+                // No such index.
+                Err(e) if mysql_error(&e) == Some(1091) => Ok(()),
                 other => other.map(drop),
             }
         }
@@ -706,7 +725,7 @@ async fn add_constraint(
     let state = constraint(conn, table, name).await?;
     if !postgres {
         if state.is_none() {
-            conn.execute_unprepared(&add).await?;
+            mysql_retrying(conn, &add).await?;
         }
         return Ok(());
     }
@@ -880,12 +899,11 @@ pub async fn set_not_null(
             let Some(not_null) = mysql_not_null(&definition) else {
                 return Ok(());
             };
-            conn.execute_unprepared(&format!(
+            let modify = format!(
                 "ALTER TABLE {} MODIFY COLUMN {not_null}, ALGORITHM=INPLACE, LOCK=NONE",
                 quote(backend, table)
-            ))
-            .await
-            .map(drop)
+            );
+            mysql_retrying(conn, &modify).await.map(drop)
         }
         _ => Err(DbErr::Migration(format!(
             "SQLite cannot make the existing column {table}.{column} NOT NULL: rebuild the table (docs/migrations.md)"
@@ -1057,7 +1075,7 @@ impl Backfill {
     pub async fn run(&self, manager: &SchemaManager<'_>) -> Result<u64, DbErr> {
         let conn = manager.get_connection();
         let backend = manager.get_database_backend();
-        let postgres = postgres_outside_transaction(manager, "a backfill")?;
+        postgres_outside_transaction(manager, "a backfill")?;
         let in_transaction = matches!(
             conn,
             DatabaseExecutor::Transaction(_) | DatabaseExecutor::OwnedTransaction(_)
@@ -1073,8 +1091,9 @@ impl Backfill {
             DbBackend::MySql => "SIGNED",
             _ => "BIGINT",
         };
-        // On PostgreSQL a read that waits for its lock (behind a `VACUUM
-        // FULL`, someone's `ALTER TABLE`) is tried again, as the updates are.
+        // Outside a transaction a read that waits for its lock (behind a
+        // `VACUUM FULL`, someone's `ALTER TABLE`) is tried again, as the
+        // updates are.
         let pooled = context().pooled;
         let upper = async |value: &str, rest: String| -> Result<Option<i64>, DbErr> {
             let sql = format!("SELECT CAST({value} AS {int64}) FROM {table} WHERE {rest}");
@@ -1085,8 +1104,8 @@ impl Backfill {
                 Some(row) => row.try_get_by_index::<Option<i64>>(0),
                 None => Ok(None),
             };
-            match postgres {
-                true => {
+            match in_transaction {
+                false => {
                     retrying(&sql, Bound::Statement, |seen| async move {
                         match pooled {
                             true => read().await,
@@ -1095,7 +1114,7 @@ impl Backfill {
                     })
                     .await
                 }
-                false => read().await,
+                true => read().await,
             }
         };
         // The rows there when it starts: rows added later are the
@@ -1130,10 +1149,13 @@ impl Backfill {
                 "UPDATE {table} SET {} WHERE {from}{key} <= {last} AND ({only})",
                 self.set
             );
-            rows += if postgres {
-                short_transaction(conn, &update, std::slice::from_ref(&update)).await?
-            } else {
-                conn.execute_unprepared(&update).await?.rows_affected()
+            rows += match backend {
+                _ if in_transaction => conn.execute_unprepared(&update).await?.rows_affected(),
+                DbBackend::Postgres => {
+                    short_transaction(conn, &update, std::slice::from_ref(&update)).await?
+                }
+                DbBackend::MySql => mysql_retrying(conn, &update).await?,
+                _ => conn.execute_unprepared(&update).await?.rows_affected(),
             };
             batches += 1;
             smallest = Ord::min(smallest, size);

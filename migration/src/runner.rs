@@ -530,6 +530,17 @@ async fn execute<M: MigratorTrait>(
     }
     let held = Arc::new(Mutex::new(db.hold(&lock).await?));
     context.lock = Some(held.clone());
+    if db.backend() == DbBackend::MySql {
+        // A statement waits at most DB_MIGRATION_LOCK_TIMEOUT (in whole
+        // seconds, at least one) for its table's metadata lock, as on
+        // PostgreSQL: behind a long transaction, a schema change that waits
+        // holds up every query on its table (MySQL's own bound is a year).
+        // The session is the runner's one connection.
+        let timeout = policy.lock_timeout;
+        let seconds = timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0);
+        let set = format!("SET SESSION lock_wait_timeout = {}", Ord::max(seconds, 1));
+        db.autocommit().execute_unprepared(&set).await?;
+    }
     if db.backend() == DbBackend::Postgres && !context.pooled {
         // The server checks every second that this migrator is still there
         // while a statement runs, and cancels it when it is not: a migrator

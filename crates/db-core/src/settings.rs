@@ -200,16 +200,17 @@ pub struct Options {
     #[serde(with = "or_off")]
     #[schemars(with = "String", extend("default" = "off", "example" = "1m", "expects" = OR_OFF, "applies" = "postgres"))]
     pub tcp_keepalive: Option<Duration>,
-    /// PostgreSQL `lock_timeout` of every migration statement: a schema change that waits
-    /// longer for its lock (behind a long transaction) stops, so that the queries queued
-    /// behind it go on, and is tried again until `DB_MIGRATION_DEADLINE`.
+    /// PostgreSQL `lock_timeout` (MySQL `lock_wait_timeout`, in whole seconds) of every
+    /// migration statement: a schema change that waits longer for its lock (behind a long
+    /// transaction) stops, so that the queries queued behind it go on, and is tried again
+    /// until `DB_MIGRATION_DEADLINE`.
     #[serde(with = "nonzero")]
-    #[schemars(with = "String", extend("default" = "1s", "example" = "3s", "expects" = NONZERO, "applies" = "postgres"))]
+    #[schemars(with = "String", extend("default" = "1s", "example" = "3s", "expects" = NONZERO, "applies" = "server"))]
     pub migration_lock_timeout: Duration,
     /// How long a migration stopped by `DB_MIGRATION_LOCK_TIMEOUT` is tried again, with
     /// jittered backoff, before it gives up naming the sessions in its way.
     #[serde(with = "nonzero")]
-    #[schemars(with = "String", extend("default" = "1m", "example" = "10m", "expects" = NONZERO, "applies" = "postgres"))]
+    #[schemars(with = "String", extend("default" = "1m", "example" = "10m", "expects" = NONZERO, "applies" = "server"))]
     pub migration_deadline: Duration,
     /// PostgreSQL `lock_timeout` of `CREATE INDEX CONCURRENTLY` in migrations, which waits
     /// for every transaction older than itself (writes go on meanwhile). A build that

@@ -1043,3 +1043,66 @@ async fn a_backfill_whose_reads_wait_for_a_lock_tries_them_again() {
     let filled = int(&t.db, "SELECT count(*) FROM tasks WHERE rank = 2").await;
     assert_eq!(filled, 5);
 }
+
+/// A column added with [`online::execute`].
+struct OnlineAddColumn;
+
+impl MigrationName for OnlineAddColumn {
+    fn name(&self) -> &str {
+        "m20990101_000008_online_add_column"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for OnlineAddColumn {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        online::execute(
+            manager,
+            "ALTER TABLE tasks ADD COLUMN estimate INTEGER NOT NULL DEFAULT 0",
+        )
+        .await
+    }
+}
+
+then!(OnlineAddColumnMigrator, OnlineAddColumn);
+
+/// On MySQL too a schema change behind a long transaction waits at most
+/// `DB_MIGRATION_LOCK_TIMEOUT` for its metadata lock (every query on the
+/// table queues behind it while it waits), is tried again, gives up at
+/// `DB_MIGRATION_DEADLINE` saying so, and goes through once the
+/// transaction ends.
+#[test_support::needs(mysql)]
+#[tokio::test]
+async fn on_mysql_a_blocked_schema_change_waits_briefly_and_is_tried_again() {
+    let mut t = TestDb::new(Backend::MySql).await;
+    migrate(&t.settings, &["up"]).await;
+    t.settings.migration_lock_timeout = Duration::from_secs(1);
+    t.settings.migration_deadline = Duration::from_secs(3);
+    let reader = long_reader(&t).await;
+    let up = migrate_with::<OnlineAddColumnMigrator>(&t.settings, &["up"]);
+    let err = tokio::time::timeout(Duration::from_secs(60), up)
+        .await
+        .expect("the schema change waited for its lock for good")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("gave up after"), "{err}");
+    assert!(
+        err.contains("each waiting DB_MIGRATION_LOCK_TIMEOUT=1s"),
+        "{err}"
+    );
+
+    t.settings.migration_deadline = Duration::from_secs(60);
+    let migrator = {
+        let settings = t.settings.clone();
+        tokio::spawn(
+            async move { migrate_with::<OnlineAddColumnMigrator>(&settings, &["up"]).await },
+        )
+    };
+    // Longer than a lock wait: the change has been tried and refused once.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    reader.commit().await.unwrap();
+    migrator.await.unwrap().unwrap();
+    let estimate = "SELECT count(*) FROM information_schema.columns \
+                    WHERE table_schema = DATABASE() AND table_name = 'tasks' AND column_name = 'estimate'";
+    assert_eq!(int(&t.db, estimate).await, 1);
+}
