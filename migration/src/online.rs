@@ -1096,7 +1096,9 @@ impl Backfill {
         // updates are.
         let pooled = context().pooled;
         let upper = async |value: &str, rest: String| -> Result<Option<i64>, DbErr> {
-            let sql = format!("SELECT CAST({value} AS {int64}) FROM {table} WHERE {rest}");
+            // Named apart from the key: `ORDER BY key` must sort by the
+            // column (its index), not by this cast.
+            let sql = format!("SELECT CAST({value} AS {int64}) AS bound FROM {table} WHERE {rest}");
             let read = async || match conn
                 .query_one_raw(Statement::from_string(backend, sql.clone()))
                 .await?
