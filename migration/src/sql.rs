@@ -7,7 +7,7 @@
 //! guessed. The driver reports every statement it sends as a `sqlx::query`
 //! tracing event, except the `BEGIN` it sends with the next statement;
 //! while the migrations run, a subscriber of this module's own takes those
-//! events, and the marks ([`migration_starts`], [`transaction_begins`])
+//! events, and the marks (`migration_starts`, `transaction_begins`)
 //! that the runner and the building blocks make where a migration or a
 //! transaction starts. Reads (`SELECT`, `SHOW`) and the runner's
 //! bookkeeping (`seaql_migrations*`) are left out.

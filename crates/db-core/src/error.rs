@@ -109,12 +109,19 @@ pub enum Error {
     },
 
     /// A named lock could not be taken in time.
-    #[error("timed out after {} waiting for {what}", humantime::format_duration(*.waited))]
+    #[error(
+        "timed out after {} waiting for {what}{}",
+        humantime::format_duration(*.waited),
+        .holder.as_ref().map_or(String::new(), |h| format!(", held by {h}"))
+    )]
     LockTimeout {
         /// What the lock protects, e.g. `the migration lock`.
         what: String,
         /// How long we waited.
         waited: Duration,
+        /// The session that held it then, if it could be seen: for a lock
+        /// of [`Db::hold`](crate::Db::hold) on PostgreSQL.
+        holder: Option<crate::lock::Blocker>,
     },
 
     /// Work under a [`Lock`](crate::Lock) declared as a schema change left

@@ -118,6 +118,46 @@ pub struct Blocker {
     pub transaction_age: Option<Duration>,
 }
 
+/// The sessions of `pg_stat_activity` as [`SessionRow`]s.
+const SESSIONS: &str = "SELECT pid, application_name, state, \
+                        extract(epoch FROM clock_timestamp() - xact_start)::float8 \
+                        FROM pg_stat_activity";
+
+/// pid, application_name, state, and the transaction's age in seconds.
+type SessionRow = (i32, Option<String>, Option<String>, Option<f64>);
+
+impl From<SessionRow> for Blocker {
+    fn from((pid, application_name, state, age): SessionRow) -> Self {
+        Blocker {
+            pid,
+            application_name: application_name.unwrap_or_default(),
+            state: state.unwrap_or_else(|| "unknown".to_owned()),
+            transaction_age: age.map(|s| Duration::from_secs_f64(s.max(0.0))),
+        }
+    }
+}
+
+/// The session that holds the advisory lock `key` in this database, for
+/// the message of a lock not taken in time; `None` when it cannot be seen
+/// (it went meanwhile, or the role may not read the catalog).
+async fn postgres_holder(conn: &mut PgConnection, key: i64, timeout: Duration) -> Option<Blocker> {
+    // A bigint key is held as two 32-bit halves, classid and objid.
+    let query = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{SESSIONS} WHERE pid = (SELECT pid FROM pg_locks WHERE locktype = 'advisory' \
+         AND granted AND objsubid = 1 \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         AND classid::bigint = ($1 >> 32) & 4294967295 AND objid::bigint = $1 & 4294967295 \
+         LIMIT 1)"
+    )));
+    let row: Option<SessionRow> = within(
+        timeout,
+        query.bind(key).persistent(false).fetch_optional(conn),
+    )
+    .await
+    .ok()?;
+    row.map(Blocker::from)
+}
+
 impl fmt::Display for Blocker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -172,28 +212,15 @@ impl HeldLock {
             let clear = sqlx::raw_sql("SELECT pg_stat_clear_snapshot()").execute(&mut *conn);
             within(self.timeout, clear).await?;
         }
-        /// pid, application_name, state, and the transaction's age in seconds.
-        type Row = (i32, Option<String>, Option<String>, Option<f64>);
-        let query = sqlx::query_as(
-            "SELECT pid, application_name, state, \
-                    extract(epoch FROM clock_timestamp() - xact_start)::float8 \
-             FROM pg_stat_activity WHERE pid = ANY(pg_blocking_pids($1)) \
-             ORDER BY xact_start NULLS LAST",
-        );
-        let rows: Vec<Row> = within(
+        let query = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "{SESSIONS} WHERE pid = ANY(pg_blocking_pids($1)) ORDER BY xact_start NULLS LAST"
+        )));
+        let rows: Vec<SessionRow> = within(
             self.timeout,
             query.bind(pid).persistent(false).fetch_all(conn),
         )
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(pid, application_name, state, age)| Blocker {
-                pid,
-                application_name: application_name.unwrap_or_default(),
-                state: state.unwrap_or_else(|| "unknown".to_owned()),
-                transaction_age: age.map(|s| Duration::from_secs_f64(s.max(0.0))),
-            })
-            .collect())
+        Ok(rows.into_iter().map(Blocker::from).collect())
     }
 
     /// Releases the lock and closes its connection. When the release fails,
@@ -431,7 +458,17 @@ impl Db {
                     if pooled {
                         within(lock.timeout, sqlx::raw_sql("ROLLBACK").execute(&mut conn)).await?;
                     }
-                    waiting.pause().await?;
+                    match waiting.pause().await {
+                        Err(Error::LockTimeout { what, waited, .. }) => {
+                            let holder = postgres_holder(&mut conn, key, lock.timeout).await;
+                            return Err(Error::LockTimeout {
+                                what,
+                                waited,
+                                holder,
+                            });
+                        }
+                        waited => waited?,
+                    }
                 }
                 waiting.done();
                 HeldLock {
@@ -629,6 +666,7 @@ impl Waiting {
             return Err(Error::LockTimeout {
                 what: self.what.clone(),
                 waited: self.start.elapsed(),
+                holder: None,
             });
         }
         if !self.announced {

@@ -105,6 +105,10 @@ test_support::backend_tests! {
             message.contains("waiting for the migration lock ("),
             "{backend:?}: {message}"
         );
+        // On PostgreSQL it names the session that holds it.
+        if backend == test_support::Backend::Postgres {
+            assert!(message.contains("), held by pid "), "{message}");
+        }
         holder.await.unwrap().expect("the lock holder finishes");
     }
 }
