@@ -730,15 +730,18 @@ impl DatabaseUrl {
         crate::error::scrub(text, self.password().as_deref())
     }
 
-    /// The decoded password, if the URL has one.
+    /// The decoded password, if the URL has one: after the user name, or
+    /// as the `password` parameter.
     pub(crate) fn password(&self) -> Option<String> {
         let url = url::Url::parse(self.driver_url()).ok()?;
-        let password = url.password()?;
-        Some(
-            percent_decode_str(password)
-                .decode_utf8_lossy()
-                .into_owned(),
-        )
+        if let Some(password) = url.password() {
+            return Some(
+                percent_decode_str(password)
+                    .decode_utf8_lossy()
+                    .into_owned(),
+            );
+        }
+        (url.query_pairs()).find_map(|(key, value)| (key == "password").then(|| value.into_owned()))
     }
 
     /// The URL with the password replaced by `***`.
