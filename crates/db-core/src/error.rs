@@ -251,6 +251,64 @@ impl Error {
             _ => None,
         }
     }
+
+    /// The value that the database refused to store, when that is what
+    /// this error is: text with a character that its column's character
+    /// set lacks (an emoji for a MySQL table in `latin1` or `utf8mb3`,
+    /// or for a PostgreSQL database in `LATIN1`), text too long for its
+    /// column, a number out of its column's range, or a date that MySQL
+    /// does not take. The input was at fault, not the server: an HTTP
+    /// service answers 422.
+    pub fn refused_value(&self) -> Option<RefusedValue> {
+        let d = database_error(self.db_err()?)?;
+        if let Some(m) = d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+            let reason = match m.number() {
+                1366 => RefusedValue::CHARACTERS,
+                1292 => RefusedValue::INVALID,
+                1406 => RefusedValue::TOO_LONG,
+                1264 => RefusedValue::OUT_OF_RANGE,
+                _ => return None,
+            };
+            // `… for column 'title' at row 1`, or `` `db`.`tasks`.`title` ``.
+            let column = (m.message().split_once(" for column ").map(|(_, rest)| rest))
+                .and_then(|rest| rest.split(" at row").next()?.rsplit('.').next())
+                .map(|name| name.trim_matches(['`', '\'', '"']).to_owned());
+            return Some(RefusedValue { column, reason });
+        }
+        let reason = match d.code()?.as_ref() {
+            "22P05" | "22021" => RefusedValue::CHARACTERS,
+            "22001" => RefusedValue::TOO_LONG,
+            "22003" => RefusedValue::OUT_OF_RANGE,
+            _ => return None,
+        };
+        let column = (d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>())
+            .and_then(|p| p.column())
+            .map(str::to_owned);
+        Some(RefusedValue { column, reason })
+    }
+}
+
+/// A value that the database refused to store ([`Error::refused_value`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RefusedValue {
+    /// Its column, when the server names it (MySQL does; PostgreSQL, for
+    /// these errors, does not).
+    pub column: Option<String>,
+    /// Why, for people: one of the constants of this type.
+    pub reason: &'static str,
+}
+
+impl RefusedValue {
+    /// Text with a character that the column's character set lacks.
+    pub const CHARACTERS: &str = "holds a character that the database cannot store";
+    /// Text longer than its column holds.
+    pub const TOO_LONG: &str = "is too long for its database column";
+    /// A number outside its column's range.
+    pub const OUT_OF_RANGE: &str = "is out of range for its database column";
+    /// A value its column's type does not take (MySQL: a date it does not
+    /// know, such as February 29th of year 0).
+    pub const INVALID: &str = "is not valid for its database column";
 }
 
 impl Error {

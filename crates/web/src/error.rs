@@ -58,6 +58,9 @@ pub enum ApiError {
     NotFound(String),
     /// 422 with the list of problems.
     Validation(Vec<FieldError>),
+    /// 422: the database refused a value of the input (see
+    /// [`db_core::Error::refused_value`]); the cause goes to the log.
+    Refused(Vec<FieldError>, Cause),
     /// 413: the body is over the limit.
     TooLarge(usize),
     /// 400 with a message: the request could not be read (a body cut off
@@ -94,15 +97,17 @@ impl Cause {
     }
 }
 
-/// Logs the cause of a 5xx answer to `method` `uri`: a warning for an
-/// unavailable database, an error otherwise. Handlers only build answers;
-/// every answer passes here (see `layer.rs`).
+/// Logs the cause of an answer to `method` `uri` that has one: a warning
+/// for an unavailable database or a value it refused, an error otherwise.
+/// Handlers only build answers; every answer passes here (see `layer.rs`).
 pub(crate) fn log_failure(response: &Response, method: &Method, uri: &Uri) {
     if let Some(Cause(error)) = response.extensions().get::<Cause>() {
         // The whole chain: a database error's cause is its source.
         let error = db_core::error::Report(&**error);
         if response.status() == StatusCode::SERVICE_UNAVAILABLE {
             tracing::warn!(%method, %uri, %error, "database unavailable");
+        } else if response.status().is_client_error() {
+            tracing::warn!(%method, %uri, %error, "the database refused a value");
         } else {
             tracing::error!(%method, %uri, %error, "request failed");
         }
@@ -113,10 +118,19 @@ impl From<db_core::Error> for ApiError {
     /// 503 when the database is unreachable or never confirmed a write, or
     /// when the transaction kept conflicting with concurrent ones (a
     /// serialization failure or deadlock left after the retries: the
-    /// request was valid, and may succeed again); 500 otherwise. The error
-    /// itself goes to the log.
+    /// request was valid, and may succeed again); 422 naming the body's
+    /// field (its column) when the database refused a value; 500 otherwise.
+    /// The error itself goes to the log.
     fn from(e: db_core::Error) -> Self {
-        if e.is_outcome_unknown() {
+        if let Some(refused) = e.refused_value() {
+            let column = refused.column.as_deref();
+            let loc: Vec<&str> = ["body"].into_iter().chain(column).collect();
+            let msg = format!("Value error, the value {}", refused.reason);
+            ApiError::Refused(
+                vec![FieldError::new("value_error", &loc, msg, None)],
+                Cause::new(e),
+            )
+        } else if e.is_outcome_unknown() {
             ApiError::OutcomeUnknown(Cause::new(e))
         } else if e.is_unavailable() || e.is_retryable() {
             ApiError::Unavailable(Cause::new(e))
@@ -171,6 +185,9 @@ impl IntoResponse for ApiError {
                 Json(ValidationErrors { detail }),
             )
                 .into_response(),
+            ApiError::Refused(detail, cause) => {
+                with_cause(ApiError::Validation(detail).into_response(), Some(cause))
+            }
             ApiError::TooLarge(limit) => {
                 message(StatusCode::PAYLOAD_TOO_LARGE, too_large_detail(limit))
             }

@@ -16,7 +16,7 @@ use axum::extract::path::ErrorKind;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
-use chrono::NaiveDate;
+use chrono::{Datelike as _, NaiveDate};
 use http_body_util::LengthLimitError;
 use serde_json::{Map, Value};
 use tower_http::timeout::TimeoutError;
@@ -267,7 +267,11 @@ fn parse_date(s: &str) -> Option<NaiveDate> {
     if !shaped {
         return None;
     }
-    NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()
+    // Year 0 is no date for Python, nor a leap year for MySQL (which
+    // refuses its February 29th).
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .filter(|date| date.year() >= 1)
 }
 
 /// pydantic's lax integer: `Ok(None)` for null. A float without a fraction
