@@ -222,12 +222,15 @@ async fn still_locked() -> Result<(), DbErr> {
         return Ok(());
     };
     let checked = lock.lock().await.check().await;
-    checked.map_err(|e| {
-        DbErr::Migration(format!(
-            "the migration lock was lost, so the migration stops: {}",
-            db_core::error::Report(&e)
-        ))
-    })
+    checked.map_err(lock_lost)
+}
+
+/// What a migration stops with when its lock's [`HeldLock::check`] failed.
+pub(crate) fn lock_lost(e: db_core::Error) -> DbErr {
+    DbErr::Migration(format!(
+        "the migration lock was lost, so the migration stops: {}",
+        db_core::error::Report(&e)
+    ))
 }
 
 /// Which setting bounds an attempt's lock wait.

@@ -39,6 +39,11 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
+    /// The migration lock's connection failed while the command ran (it
+    /// is gone, or its server gave no answer within the lock's timeout):
+    /// the command stopped where it was.
+    #[error(transparent)]
+    LockLost(DbErr),
     /// Writing a new migration file failed.
     #[error("generating a migration: {0}")]
     Generate(String),
@@ -569,11 +574,40 @@ async fn execute<M: MigratorTrait>(
         session: None,
         lock_timeout: policy.lock_timeout,
     };
-    let result = online::scope(context, runner.command::<M>(command)).await;
-    if let Ok(held) = Arc::try_unwrap(held) {
-        held.into_inner().release().await;
+    let result = online::scope(context, while_held(&held, runner.command::<M>(command))).await;
+    match (Arc::try_unwrap(held), &result) {
+        // A lock whose connection failed is let go with it.
+        (Ok(held), Err(Error::LockLost(_))) => drop(held),
+        (Ok(held), _) => held.into_inner().release().await,
+        (Err(_), _) => {}
     }
     result
+}
+
+/// How often [`while_held`] checks the lock.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Runs `work`, checking every [`HEARTBEAT`] that the lock is still held:
+/// when its connection is gone, or its server gives no answer within the
+/// lock's timeout (a paused server, a host that vanished), the work stops
+/// where it is, also while it waits on a statement that the migrator's own
+/// connection bounds by nothing (a long index build may take hours).
+async fn while_held<T>(
+    held: &Mutex<HeldLock>,
+    work: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    let heartbeat = async {
+        loop {
+            tokio::time::sleep(HEARTBEAT).await;
+            if let Err(e) = held.lock().await.check().await {
+                return Error::LockLost(online::lock_lost(e));
+            }
+        }
+    };
+    tokio::select! {
+        result = work => result,
+        lost = heartbeat => Err(lost),
+    }
 }
 
 /// No migrations, with `M`'s migration table: `fresh` without the `up`

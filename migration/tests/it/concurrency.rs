@@ -199,3 +199,130 @@ async fn chaos_a_killed_migrator_leaves_a_state_the_next_one_completes() {
     assert_eq!(recorded, names());
     test_support::report("SIGKILL mid-migration: the next `migration up` applied it and exited 0");
 }
+
+/// A migration whose one statement takes half a minute.
+struct Sleepy;
+
+impl MigrationName for Sleepy {
+    fn name(&self) -> &str {
+        "m20990101_000010_sleepy"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Sleepy {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let sleep = match manager.get_database_backend() {
+            sea_orm::DbBackend::MySql => "SELECT SLEEP(30)",
+            sea_orm::DbBackend::Postgres => "SELECT pg_sleep(30)",
+            // The reference schema of adoption, on SQLite, learns nothing from it.
+            _ => return Ok(()),
+        };
+        manager.get_connection().execute_unprepared(sleep).await?;
+        Ok(())
+    }
+}
+
+then!(SleepyMigrator, Sleepy);
+
+/// Waits until the server of `db` runs the sleepy migration's statement.
+async fn sleeping(db: &db_core::Db) {
+    let sql = match db.backend() {
+        sea_orm::DbBackend::MySql => {
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO = 'SELECT SLEEP(30)'"
+        }
+        _ => {
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = 'SELECT pg_sleep(30)'"
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while crate::support::int(db, sql).await == 0 {
+        assert!(Instant::now() < deadline, "the migration never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The lock's session ended (an operator's kill, a proxy's idle cut) while
+/// one long statement runs: the migration stops within seconds instead of
+/// going on beside the next migrator, and is not recorded.
+#[test_support::needs(postgres, mysql)]
+#[tokio::test]
+async fn a_migration_whose_lock_is_lost_mid_statement_stops() {
+    for backend in [
+        test_support::Backend::Postgres,
+        test_support::Backend::MySql,
+    ] {
+        let t = TestDb::new(backend).await;
+        let migrator = {
+            let settings = t.settings.clone();
+            tokio::spawn(async move { migrate_with::<SleepyMigrator>(&settings, &["up"]).await })
+        };
+        sleeping(&t.db).await;
+        match backend {
+            test_support::Backend::MySql => {
+                let lock = "SELECT IS_USED_LOCK(CONCAT('migration', ':', SHA1(DATABASE())))";
+                let id = crate::support::int(&t.db, lock).await;
+                crate::support::exec(&t.db, &format!("KILL {id}")).await;
+            }
+            _ => {
+                let ended = strings(
+                    &t.db,
+                    "SELECT pg_terminate_backend(pid)::text FROM pg_locks \
+                     WHERE locktype = 'advisory' AND granted AND database = \
+                     (SELECT oid FROM pg_database WHERE datname = current_database())",
+                )
+                .await;
+                assert_eq!(ended, ["true"]);
+            }
+        }
+        let ended = tokio::time::timeout(Duration::from_secs(20), migrator).await;
+        let err = ended.expect("the migration went on").unwrap().unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("the migration lock was lost, so the migration stops"),
+            "{backend:?}: {err}"
+        );
+        let recorded = strings(&t.db, "SELECT version FROM seaql_migrations").await;
+        assert!(
+            !recorded.iter().any(|v| v == "m20990101_000010_sleepy"),
+            "{recorded:?}"
+        );
+    }
+}
+
+/// The server paused (`SIGSTOP`: its sockets stay open) while one long
+/// statement runs: the migrator stops once the lock's connection gives no
+/// answer within the lock's timeout, instead of waiting for the server.
+#[test_support::needs(postgres)]
+#[tokio::test]
+async fn a_migration_on_a_paused_server_stops_after_the_lock_timeout() {
+    let server = tokio::task::spawn_blocking(|| {
+        test_support::PrivatePostgres::start("pw").expect("starting a private PostgreSQL")
+    })
+    .await
+    .unwrap();
+    let url = db_core::url::DatabaseUrl::parse(&server.url("postgres"), "test").unwrap();
+    let settings = Settings::new(url);
+    let db = db_core::Db::connect(&settings).await.unwrap();
+    let migrator = {
+        let settings = settings.clone();
+        tokio::spawn(async move {
+            migrate_with::<SleepyMigrator>(&settings, &["--lock-timeout", "2s", "up"]).await
+        })
+    };
+    sleeping(&db).await;
+    server.pause().unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(20), migrator).await;
+    server.resume().unwrap();
+    let err = ended
+        .expect("the migration waited for the paused server")
+        .unwrap()
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("the migration lock was lost, so the migration stops"),
+        "{message}"
+    );
+    assert!(message.contains("gives no answer"), "{message}");
+    assert!(!message.contains("pw@"), "{message}");
+}
