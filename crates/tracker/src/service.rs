@@ -416,9 +416,19 @@ impl Tracker {
     }
 
     /// Deletes a task and returns it; its subtasks are deleted with it.
+    /// Outside PostgreSQL the subtasks are deleted first, as read; on
+    /// MySQL, serializable reads lock them, so that a subtree moved under
+    /// the task meanwhile is either seen or waits, and never left to the
+    /// cascade (whose depth InnoDB bounds).
     pub async fn delete_task(&self, id: i32) -> Result<Task> {
+        let options = match self.db.backend() {
+            DbBackend::MySql => {
+                SessionOptions::read_write().isolation(IsolationLevel::Serializable)
+            }
+            _ => SessionOptions::read_write(),
+        };
         self.db
-            .transaction(SessionOptions::read_write(), |tx| async move {
+            .transaction(options, |tx| async move {
                 let task = tasks::Entity::find_by_id(id)
                     .one(&tx)
                     .await?

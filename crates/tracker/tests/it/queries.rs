@@ -162,3 +162,50 @@ test_support::backend_tests! {
         assert_eq!(tracker.list_employees(page).await.unwrap(), employees[2..4]);
     }
 }
+
+/// On MySQL, a delete that races a move of a deep chain under the task
+/// (here: the move is made and not yet committed when the delete starts)
+/// deletes the chain with it: InnoDB's cascade, which reads the rows as
+/// they are now and stops at 15 levels, finds nothing left to do.
+#[test_support::needs(mysql)]
+#[tokio::test]
+async fn on_mysql_a_delete_racing_a_move_under_it_deletes_the_moved_chain() {
+    let t = TestDb::new(test_support::Backend::MySql).await;
+    migrate(&t).await;
+    let tracker = Tracker::new(t.db.clone());
+    // Task 1, and a chain of 20 from task 2 (not under task 1).
+    let rows: Vec<String> = (1..=21)
+        .map(|i| match i {
+            1 | 2 => format!("({i}, 't{i}', 'todo', NULL)"),
+            i => format!("({i}, 't{i}', 'todo', {})", i - 1),
+        })
+        .collect();
+    let insert = format!(
+        "INSERT INTO tasks (id, title, status, parent_id) VALUES {}",
+        rows.join(", ")
+    );
+    t.db.autocommit().execute_unprepared(&insert).await.unwrap();
+    let mover = t.db.begin().await.unwrap();
+    mover
+        .execute_unprepared("UPDATE tasks SET parent_id = 1 WHERE id = 2")
+        .await
+        .unwrap();
+    let delete = tokio::spawn({
+        let tracker = tracker.clone();
+        async move { tracker.delete_task(1).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    mover.commit().await.unwrap();
+    let deleted = delete.await.unwrap();
+    assert_eq!(
+        deleted.map(|task| task.title).map_err(|e| e.to_string()),
+        Ok("t1".to_owned())
+    );
+    assert!(
+        tracker
+            .list_tasks(Page::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
