@@ -16,7 +16,9 @@ fn default_entities_dir() -> PathBuf {
 /// `migrate` arguments.
 #[derive(Debug, clap::Args)]
 pub struct MigrateArgs {
-    /// How long to wait for the migration lock when another process holds it.
+    /// How long to wait for the migration lock when another process holds it;
+    /// also how long the lock's connection may go without an answer (at
+    /// least 1s) before the command stops.
     #[arg(long, global = true, default_value = "5m", value_parser = humantime::parse_duration)]
     pub lock_timeout: Duration,
 

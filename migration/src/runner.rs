@@ -568,6 +568,22 @@ async fn execute<M: MigratorTrait>(
             }
         }
     }
+    // The server's id of the runner's one connection, to cancel what it
+    // runs when the lock is lost; not through a transaction pooler, where
+    // the next transaction may run on another server connection.
+    let own_id = match (db.backend(), context.pooled) {
+        (_, true) => None,
+        (DbBackend::MySql, _) => Some("SELECT CAST(CONNECTION_ID() AS SIGNED)"),
+        _ => Some("SELECT pg_backend_pid()::bigint"),
+    };
+    let own_id: Option<i64> = match own_id {
+        Some(sql) => (db.autocommit())
+            .query_one_raw(sea_orm::Statement::from_string(db.backend(), sql))
+            .await?
+            .map(|row| row.try_get_by_index(0))
+            .transpose()?,
+        None => None,
+    };
     let runner = Runner {
         db,
         lock: Some(&held),
@@ -575,13 +591,43 @@ async fn execute<M: MigratorTrait>(
         lock_timeout: policy.lock_timeout,
     };
     let result = online::scope(context, while_held(&held, runner.command::<M>(command))).await;
-    match (Arc::try_unwrap(held), &result) {
-        // A lock whose connection failed is let go with it.
-        (Ok(held), Err(Error::LockLost(_))) => drop(held),
-        (Ok(held), _) => held.into_inner().release().await,
-        (Err(_), _) => {}
+    if let (Err(Error::LockLost(_)), Some(id)) = (&result, own_id) {
+        cancel(settings, id).await;
+    }
+    if let Ok(held) = Arc::try_unwrap(held) {
+        held.into_inner().release().await;
     }
     result
+}
+
+/// How long [`cancel`] tries.
+const CANCEL_WITHIN: Duration = Duration::from_secs(2);
+
+/// Asks the server, on a connection of its own, to cancel what the
+/// runner's connection `id` still runs after the lock was lost: a
+/// statement whose client went away runs on to its end on MySQL, and on
+/// PostgreSQL before 14 (which has no `client_connection_check_interval`).
+/// A server that does not answer within [`CANCEL_WITHIN`] is left alone.
+async fn cancel(settings: &Settings, id: i64) {
+    let mut settings = for_migrations(settings);
+    settings.max_connections = 1;
+    settings.min_connections = 0;
+    settings.connect_deadline = None;
+    let sql = match settings.url.backend() {
+        DbBackend::MySql => format!("KILL QUERY {id}"),
+        _ => format!("SELECT pg_cancel_backend({id})"),
+    };
+    let attempt = async {
+        let db = Db::connect(&settings).await?;
+        let done = db.autocommit().execute_unprepared(&sql).await;
+        db.close().await;
+        done.map_err(Error::from)
+    };
+    match tokio::time::timeout(CANCEL_WITHIN, attempt).await {
+        Ok(Ok(_)) => tracing::info!("cancelled the migration's statement ({sql})"),
+        Ok(Err(e)) => tracing::warn!("could not cancel the migration's statement ({sql}): {e}"),
+        Err(_) => tracing::warn!("could not cancel the migration's statement ({sql}): no answer"),
+    }
 }
 
 /// How often [`while_held`] checks the lock.

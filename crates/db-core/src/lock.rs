@@ -78,6 +78,10 @@ pub struct HeldLock {
     /// The lock's timeout, which also bounds each of its statements.
     timeout: Duration,
     conn: Held,
+    /// A statement on the connection ended without its answer (it failed,
+    /// got none in time, or was cancelled mid-way): the connection is not
+    /// used again, and the lock goes with it.
+    unsettled: bool,
 }
 
 /// The lock's connection. Its statements are unnamed (`persistent(false)`):
@@ -182,6 +186,7 @@ impl HeldLock {
     /// Fails when the lock's connection is gone (the server ended it, the
     /// network broke): the lock is then no longer held; and when the server
     /// gives no answer within the lock's timeout (at least a second).
+    /// Once a statement on the connection failed, this fails at once.
     pub async fn check(&mut self) -> Result<()> {
         let ping = async {
             match &mut self.conn {
@@ -189,13 +194,16 @@ impl HeldLock {
                 Held::MySql { conn, .. } => conn.ping().await,
             }
         };
-        within(self.timeout, ping).await.map_err(|e| match e {
-            Error::Unavailable { source, .. } => Error::Unavailable {
-                reason: "the connection that held the lock is gone or gives no answer",
-                source,
-            },
-            e => e,
-        })
+        let timeout = self.timeout;
+        settled(&mut self.unsettled, within(timeout, ping))
+            .await
+            .map_err(|e| match e {
+                Error::Unavailable { source, .. } => Error::Unavailable {
+                    reason: GONE,
+                    source,
+                },
+                e => e,
+            })
     }
 
     /// PostgreSQL: the sessions that the server process `pid` waits for
@@ -206,29 +214,35 @@ impl HeldLock {
         let Held::Postgres { conn, pooled, .. } = &mut self.conn else {
             return Ok(Vec::new());
         };
-        if *pooled {
-            // The lock's transaction stays open, and a transaction keeps
-            // what it first read of the server's activity: read it afresh.
-            let clear = sqlx::raw_sql("SELECT pg_stat_clear_snapshot()").execute(&mut *conn);
-            within(self.timeout, clear).await?;
-        }
-        let query = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "{SESSIONS} WHERE pid = ANY(pg_blocking_pids($1)) ORDER BY xact_start NULLS LAST"
-        )));
-        let rows: Vec<SessionRow> = within(
-            self.timeout,
-            query.bind(pid).persistent(false).fetch_all(conn),
-        )
-        .await?;
-        Ok(rows.into_iter().map(Blocker::from).collect())
+        let (timeout, pooled) = (self.timeout, *pooled);
+        let read = async {
+            if pooled {
+                // The lock's transaction stays open, and a transaction keeps
+                // what it first read of the server's activity: read it afresh.
+                let clear = sqlx::raw_sql("SELECT pg_stat_clear_snapshot()").execute(&mut *conn);
+                within(timeout, clear).await?;
+            }
+            let query = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "{SESSIONS} WHERE pid = ANY(pg_blocking_pids($1)) ORDER BY xact_start NULLS LAST"
+            )));
+            let rows: Vec<SessionRow> =
+                within(timeout, query.bind(pid).persistent(false).fetch_all(conn)).await?;
+            Ok(rows.into_iter().map(Blocker::from).collect())
+        };
+        settled(&mut self.unsettled, read).await
     }
 
     /// Releases the lock and closes its connection. When the release fails,
-    /// or the server gives no answer within the lock's timeout, the
+    /// or the server gives no answer within the lock's timeout, or an
+    /// earlier statement on the connection ended without its answer, the
     /// connection is dropped instead, and the server releases the lock when
     /// it sees the connection closed.
     pub async fn release(self) {
         let timeout = self.timeout;
+        if self.unsettled {
+            // Closed without a word: it may still owe an answer, or be gone.
+            return;
+        }
         let released = match self.conn {
             Held::Postgres {
                 mut conn,
@@ -475,6 +489,7 @@ impl Db {
                     what,
                     timeout: lock.timeout,
                     conn: Held::Postgres { conn, key, pooled },
+                    unsettled: false,
                 }
             }
             DbBackend::MySql => {
@@ -509,6 +524,7 @@ impl Db {
                         conn,
                         name: lock.name.clone(),
                     },
+                    unsettled: false,
                 }
             }
             _ => {
@@ -624,6 +640,25 @@ fn sqlite_busy(e: &DbErr) -> bool {
         .and_then(|d| d.code())
         .and_then(|code| code.parse::<u32>().ok())
         .is_some_and(|code| matches!(code & 0xff, 5 | 6))
+}
+
+/// What a check of a lock whose connection failed says.
+const GONE: &str = "the connection that held the lock is gone or gives no answer";
+
+/// `statement` on the connection whose state `unsettled` is: it fails at
+/// once when an earlier one ended without its answer; it leaves the flag
+/// set unless it ends with one, also when it is cancelled mid-way.
+async fn settled<T>(unsettled: &mut bool, statement: impl Future<Output = Result<T>>) -> Result<T> {
+    if *unsettled {
+        return Err(Error::Unavailable {
+            reason: GONE,
+            source: None,
+        });
+    }
+    *unsettled = true;
+    let result = statement.await;
+    *unsettled = result.is_err();
+    result
 }
 
 /// `statement` on a lock's own connection, which has no

@@ -200,7 +200,9 @@ async fn chaos_a_killed_migrator_leaves_a_state_the_next_one_completes() {
     test_support::report("SIGKILL mid-migration: the next `migration up` applied it and exited 0");
 }
 
-/// A migration whose one statement takes half a minute.
+/// A migration whose one statement takes long: on PostgreSQL half a
+/// minute's sleep; on MySQL an update of a row that the test holds locked,
+/// which (unlike `SLEEP`) the server goes on with when its client leaves.
 struct Sleepy;
 
 impl MigrationName for Sleepy {
@@ -213,7 +215,7 @@ impl MigrationName for Sleepy {
 impl MigrationTrait for Sleepy {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let sleep = match manager.get_database_backend() {
-            sea_orm::DbBackend::MySql => "SELECT SLEEP(30)",
+            sea_orm::DbBackend::MySql => MYSQL_WAIT,
             sea_orm::DbBackend::Postgres => "SELECT pg_sleep(30)",
             // The reference schema of adoption, on SQLite, learns nothing from it.
             _ => return Ok(()),
@@ -225,21 +227,29 @@ impl MigrationTrait for Sleepy {
 
 then!(SleepyMigrator, Sleepy);
 
+/// The sleepy migration's statement on MySQL.
+const MYSQL_WAIT: &str = "UPDATE held SET n = n + 1 WHERE id = 1";
+
 /// Waits until the server of `db` runs the sleepy migration's statement.
 async fn sleeping(db: &db_core::Db) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while running(db).await == 0 {
+        assert!(Instant::now() < deadline, "the migration never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// How many sessions of the server of `db` run the sleepy migration's statement.
+async fn running(db: &db_core::Db) -> i64 {
     let sql = match db.backend() {
-        sea_orm::DbBackend::MySql => {
-            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO = 'SELECT SLEEP(30)'"
-        }
+        sea_orm::DbBackend::MySql => &format!(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO = '{MYSQL_WAIT}'"
+        ),
         _ => {
             "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = 'SELECT pg_sleep(30)'"
         }
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while crate::support::int(db, sql).await == 0 {
-        assert!(Instant::now() < deadline, "the migration never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::support::int(db, sql).await
 }
 
 /// The lock's session ended (an operator's kill, a proxy's idle cut) while
@@ -253,6 +263,19 @@ async fn a_migration_whose_lock_is_lost_mid_statement_stops() {
         test_support::Backend::MySql,
     ] {
         let t = TestDb::new(backend).await;
+        let holder = match backend {
+            test_support::Backend::MySql => {
+                crate::support::exec(&t.db, "CREATE TABLE held (id INT PRIMARY KEY, n INT)").await;
+                crate::support::exec(&t.db, "INSERT INTO held VALUES (1, 0)").await;
+                let holder = t.db.begin().await.unwrap();
+                let lock = "SELECT n FROM held WHERE id = 1 FOR UPDATE";
+                sea_orm::ConnectionTrait::execute_unprepared(&holder, lock)
+                    .await
+                    .unwrap();
+                Some(holder)
+            }
+            _ => None,
+        };
         let migrator = {
             let settings = t.settings.clone();
             tokio::spawn(async move { migrate_with::<SleepyMigrator>(&settings, &["up"]).await })
@@ -276,12 +299,25 @@ async fn a_migration_whose_lock_is_lost_mid_statement_stops() {
             }
         }
         let ended = tokio::time::timeout(Duration::from_secs(20), migrator).await;
+        // Nor does its statement run on: the server cancelled it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut runs_on = running(&t.db).await > 0;
+        while runs_on && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            runs_on = running(&t.db).await > 0;
+        }
+        // Let go of the row before any assertion: a test database is
+        // dropped only once nothing holds a lock in it.
+        if let Some(holder) = holder {
+            holder.rollback().await.unwrap();
+        }
         let err = ended.expect("the migration went on").unwrap().unwrap_err();
         assert!(
             err.to_string()
                 .contains("the migration lock was lost, so the migration stops"),
             "{backend:?}: {err}"
         );
+        assert!(!runs_on, "{backend:?}: the statement runs on");
         let recorded = strings(&t.db, "SELECT version FROM seaql_migrations").await;
         assert!(
             !recorded.iter().any(|v| v == "m20990101_000010_sleepy"),
@@ -292,7 +328,9 @@ async fn a_migration_whose_lock_is_lost_mid_statement_stops() {
 
 /// The server paused (`SIGSTOP`: its sockets stay open) while one long
 /// statement runs: the migrator stops once the lock's connection gives no
-/// answer within the lock's timeout, instead of waiting for the server.
+/// answer within the lock's timeout (5 s here), instead of waiting for the
+/// server; and not after a second one (as when one check of the lock waits
+/// behind another, or the lock's release waits for an answer too).
 #[test_support::needs(postgres)]
 #[tokio::test]
 async fn a_migration_on_a_paused_server_stops_after_the_lock_timeout() {
@@ -307,12 +345,14 @@ async fn a_migration_on_a_paused_server_stops_after_the_lock_timeout() {
     let migrator = {
         let settings = settings.clone();
         tokio::spawn(async move {
-            migrate_with::<SleepyMigrator>(&settings, &["--lock-timeout", "2s", "up"]).await
+            migrate_with::<SleepyMigrator>(&settings, &["--lock-timeout", "5s", "up"]).await
         })
     };
     sleeping(&db).await;
     server.pause().unwrap();
-    let ended = tokio::time::timeout(Duration::from_secs(20), migrator).await;
+    // The lock's 5 s, a heartbeat's 1 s, the cancel's 2 s, the pool's
+    // close (1 s), and room to spare; waiting twice took 17 s.
+    let ended = tokio::time::timeout(Duration::from_secs(12), migrator).await;
     server.resume().unwrap();
     let err = ended
         .expect("the migration waited for the paused server")
