@@ -411,7 +411,7 @@ fn with_logging<O: ConnectOptions>(options: O, s: &Settings) -> O {
 fn config_error(s: &Settings, e: &sqlx::Error) -> Error {
     Error::Config(format!(
         "database URL: {}",
-        scrub(&e.to_string(), s.url.password().as_deref())
+        scrub(&e.to_string(), &s.url.secrets())
     ))
 }
 
@@ -753,8 +753,8 @@ pub(crate) fn transient_reason(
     user: &str,
     database: &str,
 ) -> Result<String> {
-    let password = s.url.password();
-    let text = |t: &str| scrub(t, password.as_deref());
+    let secrets = s.url.secrets();
+    let text = |t: &str| scrub(t, &secrets);
     match e {
         // Certificate and handshake problems surface as invalid data; they do
         // not go away by waiting. Everything else on the wire (refused, reset,

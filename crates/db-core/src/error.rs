@@ -562,12 +562,14 @@ impl Retryable for Error {
     }
 }
 
-/// Replaces every occurrence of `secret` (and of its percent-encoded form) in
-/// `text` with `***`. Used on driver messages before they are stored.
-pub(crate) fn scrub(text: &str, secret: Option<&str>) -> String {
-    let Some(secret) = secret.filter(|s| !s.is_empty()) else {
-        return text.to_owned();
-    };
-    let encoded = crate::url::encode(secret);
-    text.replace(secret, "***").replace(&encoded, "***")
+/// Replaces every occurrence of each of `secrets` (and of its
+/// percent-encoded form) in `text` with `***`, the longest first. Used on
+/// driver messages before they are stored.
+pub(crate) fn scrub(text: &str, secrets: &[String]) -> String {
+    let mut all: Vec<String> = (secrets.iter().filter(|s| !s.is_empty()))
+        .flat_map(|s| [s.clone(), crate::url::encode(s)])
+        .collect();
+    all.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    all.iter()
+        .fold(text.to_owned(), |text, secret| text.replace(secret, "***"))
 }

@@ -124,10 +124,7 @@ async fn probe(
             answered: true,
             ..Skipped::soft(why.to_owned())
         }),
-        Ok(Err(e)) => Err(Skipped::soft(scrub(
-            &e.to_string(),
-            s.url.password().as_deref(),
-        ))),
+        Ok(Err(e)) => Err(Skipped::soft(scrub(&e.to_string(), &s.url.secrets()))),
         Err(_) => Err(Skipped::soft("timed out".to_owned())),
     }
 }
@@ -529,9 +526,7 @@ pub async fn host_status(s: &Settings) -> Vec<HostStatus> {
                     let _ = conn.close().await;
                     match role {
                         Ok(Ok(role)) => role,
-                        Ok(Err(e)) => {
-                            Role::Unreachable(scrub(&e.to_string(), url.password().as_deref()))
-                        }
+                        Ok(Err(e)) => Role::Unreachable(scrub(&e.to_string(), &url.secrets())),
                         Err(_) => Role::Unreachable(format!(
                             "no answer within {} (DB_CONNECT_TIMEOUT)",
                             humantime::format_duration(one.connect_timeout)

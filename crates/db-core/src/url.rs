@@ -501,7 +501,7 @@ impl DatabaseUrl {
             _ => SqliteConnectOptions::from_str(url).map(drop),
         };
         if let Err(e) = checked {
-            let reason = scrub(&e.to_string(), this.password().as_deref());
+            let reason = scrub(&e.to_string(), &this.secrets());
             let reason = reason
                 .strip_prefix("error with configuration: ")
                 .unwrap_or(&reason);
@@ -727,21 +727,34 @@ impl DatabaseUrl {
     /// replaced by `***`: for what another program that was handed the URL
     /// ([`child_env`](Self::child_env)) printed.
     pub fn scrub(&self, text: &str) -> String {
-        crate::error::scrub(text, self.password().as_deref())
+        crate::error::scrub(text, &self.secrets())
     }
 
-    /// The decoded password, if the URL has one: after the user name, or
-    /// as the `password` parameter.
-    pub(crate) fn password(&self) -> Option<String> {
-        let url = url::Url::parse(self.driver_url()).ok()?;
+    /// The password in each form that text may show it in: after the user
+    /// name, and as the `password` parameter (which sqlx takes over the
+    /// first when both are given), each as written and decoded.
+    pub(crate) fn secrets(&self) -> Vec<String> {
+        let Ok(url) = url::Url::parse(self.driver_url()) else {
+            return Vec::new();
+        };
+        let mut found = Vec::new();
         if let Some(password) = url.password() {
-            return Some(
+            found.push(password.to_owned());
+            found.push(
                 percent_decode_str(password)
                     .decode_utf8_lossy()
                     .into_owned(),
             );
         }
-        (url.query_pairs()).find_map(|(key, value)| (key == "password").then(|| value.into_owned()))
+        let query = url.query().unwrap_or_default();
+        found.extend(
+            (query.split('&')).filter_map(|p| p.strip_prefix("password=").map(str::to_owned)),
+        );
+        found.extend(
+            (url.query_pairs())
+                .filter_map(|(key, value)| (key == "password").then(|| value.into_owned())),
+        );
+        found
     }
 
     /// The URL with the password replaced by `***`.
