@@ -6,8 +6,9 @@
 //!   `#[utoipa::path]`; the application adds them with [`App::service`].
 //! - Every route answers errors as JSON `{"detail": …}` ([`ApiError`]; the
 //!   extractors in [`input`] reject bad input the same way), and passes one
-//!   layer that answers a handler's panic with a 500, logs a 5xx answer's
-//!   cause and, with metrics on, counts and times the request under its
+//!   layer that answers a handler's panic with a 500, logs the cause of a
+//!   5xx answer (and of a 422 for a value the database refused) and, with
+//!   metrics on, counts and times the request under its
 //!   route template ([`metrics`]).
 //! - Around the whole router, [`App::serve`] adds trailing-slash
 //!   normalisation (`/tasks` and `/tasks/` are one route), CORS open to any
