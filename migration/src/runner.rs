@@ -568,21 +568,11 @@ async fn execute<M: MigratorTrait>(
             }
         }
     }
-    // The server's id of the runner's one connection, to cancel what it
-    // runs when the lock is lost; not through a transaction pooler, where
-    // the next transaction may run on another server connection.
-    let own_id = match (db.backend(), context.pooled) {
-        (_, true) => None,
-        (DbBackend::MySql, _) => Some("SELECT CAST(CONNECTION_ID() AS SIGNED)"),
-        _ => Some("SELECT pg_backend_pid()::bigint"),
-    };
-    let own_id: Option<i64> = match own_id {
-        Some(sql) => (db.autocommit())
-            .query_one_raw(sea_orm::Statement::from_string(db.backend(), sql))
-            .await?
-            .map(|row| row.try_get_by_index(0))
-            .transpose()?,
-        None => None,
+    // Not through a transaction pooler, where the next transaction may run
+    // on another server connection.
+    let own = match context.pooled {
+        true => None,
+        false => Some(OwnSession::of(&db.autocommit()).await?),
     };
     let runner = Runner {
         db,
@@ -591,8 +581,8 @@ async fn execute<M: MigratorTrait>(
         lock_timeout: policy.lock_timeout,
     };
     let result = online::scope(context, while_held(&held, runner.command::<M>(command))).await;
-    if let (Err(Error::LockLost(_)), Some(id)) = (&result, own_id) {
-        cancel(settings, id).await;
+    if let (Err(Error::LockLost(_)), Some(own)) = (&result, own) {
+        own.cancel(settings).await;
     }
     if let Ok(held) = Arc::try_unwrap(held) {
         held.into_inner().release().await;
@@ -600,34 +590,108 @@ async fn execute<M: MigratorTrait>(
     result
 }
 
-/// How long [`cancel`] tries.
+/// How long [`OwnSession::cancel`] tries.
 const CANCEL_WITHIN: Duration = Duration::from_secs(2);
 
-/// Asks the server, on a connection of its own, to cancel what the
-/// runner's connection `id` still runs after the lock was lost: a
-/// statement whose client went away runs on to its end on MySQL, and on
-/// PostgreSQL before 14 (which has no `client_connection_check_interval`).
-/// A server that does not answer within [`CANCEL_WITHIN`] is left alone.
-async fn cancel(settings: &Settings, id: i64) {
-    let mut settings = for_migrations(settings);
-    settings.max_connections = 1;
-    settings.min_connections = 0;
-    settings.connect_deadline = None;
-    let sql = match settings.url.backend() {
-        DbBackend::MySql => format!("KILL QUERY {id}"),
-        _ => format!("SELECT pg_cancel_backend({id})"),
-    };
-    let attempt = async {
-        let db = Db::connect(&settings).await?;
-        let done = db.autocommit().execute_unprepared(&sql).await;
-        db.close().await;
-        done.map_err(Error::from)
-    };
-    match tokio::time::timeout(CANCEL_WITHIN, attempt).await {
-        Ok(Ok(_)) => tracing::info!("cancelled the migration's statement ({sql})"),
-        Ok(Err(e)) => tracing::warn!("could not cancel the migration's statement ({sql}): {e}"),
-        Err(_) => tracing::warn!("could not cancel the migration's statement ({sql}): no answer"),
+/// The runner's one connection as its server knows it, so that a later
+/// session that got the same id is never taken for it.
+enum OwnSession {
+    /// A PostgreSQL process id, and when its session started.
+    Postgres(i64, String),
+    /// A MySQL connection id, and when the server started (ids start again
+    /// at 1 after a restart), in seconds since the epoch.
+    MySql(i64, i64),
+}
+
+impl OwnSession {
+    /// The session of `conn`.
+    async fn of(conn: &impl ConnectionTrait) -> Result<OwnSession, DbErr> {
+        let backend = conn.get_database_backend();
+        let sql = match backend {
+            DbBackend::MySql => "SELECT CAST(CONNECTION_ID() AS SIGNED)",
+            _ => {
+                "SELECT pid::bigint, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+            }
+        };
+        let row = conn
+            .query_one_raw(sea_orm::Statement::from_string(backend, sql))
+            .await?;
+        let row = row.ok_or_else(|| DbErr::Migration(format!("no row from {sql}")))?;
+        Ok(match backend {
+            DbBackend::MySql => {
+                OwnSession::MySql(row.try_get_by_index(0)?, mysql_started(conn).await?)
+            }
+            _ => OwnSession::Postgres(row.try_get_by_index(0)?, row.try_get_by_index(1)?),
+        })
     }
+
+    /// Asks the server, on a connection of its own, to cancel what this
+    /// session still runs after the lock was lost: a statement whose
+    /// client went away runs on to its end on MySQL, and on PostgreSQL
+    /// before 14 (which has no `client_connection_check_interval`). A
+    /// server that does not answer within [`CANCEL_WITHIN`] is left alone.
+    async fn cancel(self, settings: &Settings) {
+        let mut settings = for_migrations(settings);
+        settings.max_connections = 1;
+        settings.min_connections = 0;
+        settings.connect_deadline = None;
+        let attempt = async {
+            let db = Db::connect(&settings).await?;
+            let conn = db.autocommit();
+            let done = match &self {
+                // Ids are not reused while the server runs; the two reads
+                // of its start may differ by a tick.
+                OwnSession::MySql(id, started) => match mysql_started(&conn).await {
+                    Ok(now) if (now - started).abs() <= 2 => conn
+                        .execute_unprepared(&format!("KILL QUERY {id}"))
+                        .await
+                        .map(drop),
+                    Ok(_) => Err(DbErr::Migration("the server restarted".to_owned())),
+                    Err(e) => Err(e),
+                },
+                OwnSession::Postgres(pid, since) => conn
+                    .execute_raw(sea_orm::Statement::from_sql_and_values(
+                        DbBackend::Postgres,
+                        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity \
+                         WHERE pid = $1 AND backend_start::text = $2",
+                        [(*pid).into(), since.clone().into()],
+                    ))
+                    .await
+                    .map(drop),
+            };
+            db.close().await;
+            done.map_err(Error::from)
+        };
+        let id = match self {
+            OwnSession::MySql(id, _) | OwnSession::Postgres(id, _) => id,
+        };
+        match tokio::time::timeout(CANCEL_WITHIN, attempt).await {
+            Ok(Ok(())) => tracing::info!("cancelled what the migration's session {id} ran"),
+            Ok(Err(e)) => {
+                tracing::warn!("could not cancel what the migration's session {id} ran: {e}");
+            }
+            Err(_) => {
+                tracing::warn!("could not cancel what the migration's session {id} ran: no answer");
+            }
+        }
+    }
+}
+
+/// When the MySQL server of `conn` started, in seconds since the epoch.
+async fn mysql_started(conn: &impl ConnectionTrait) -> Result<i64, DbErr> {
+    let read =
+        |sql: &str| conn.query_one_raw(sea_orm::Statement::from_string(DbBackend::MySql, sql));
+    let missing = || DbErr::Migration("no uptime".to_owned());
+    let uptime: String = read("SHOW GLOBAL STATUS LIKE 'Uptime'")
+        .await?
+        .ok_or_else(missing)?
+        .try_get_by_index(1)?;
+    let uptime: i64 = uptime.parse().map_err(|_| missing())?;
+    let now: i64 = read("SELECT CAST(UNIX_TIMESTAMP() AS SIGNED)")
+        .await?
+        .ok_or_else(missing)?
+        .try_get_by_index(0)?;
+    Ok(now - uptime)
 }
 
 /// How often [`while_held`] checks the lock.
