@@ -569,10 +569,12 @@ async fn execute<M: MigratorTrait>(
         }
     }
     // Not through a transaction pooler, where the next transaction may run
-    // on another server connection.
+    // on another server connection. Without it, nothing is cancelled.
     let own = match context.pooled {
         true => None,
-        false => Some(OwnSession::of(&db.autocommit()).await?),
+        false => (OwnSession::of(&db.autocommit()).await)
+            .inspect_err(|e| tracing::debug!("the migration's session is not known: {e}"))
+            .ok(),
     };
     let runner = Runner {
         db,
@@ -653,7 +655,7 @@ impl OwnSession {
                     .execute_raw(sea_orm::Statement::from_sql_and_values(
                         DbBackend::Postgres,
                         "SELECT pg_cancel_backend(pid) FROM pg_stat_activity \
-                         WHERE pid = $1 AND backend_start::text = $2",
+                         WHERE pid = $1 AND backend_start = $2::timestamptz",
                         [(*pid).into(), since.clone().into()],
                     ))
                     .await
