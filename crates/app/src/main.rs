@@ -62,7 +62,9 @@ struct ServeArgs {
     #[arg(long)]
     migrate: bool,
     /// When migrating: how long to wait for the migration lock while another
-    /// process holds it (another instance migrating), then exit 1.
+    /// process holds it (another instance migrating), then exit 1; also how
+    /// long the lock's connection may go without an answer (at least 1s)
+    /// before migrating stops.
     #[arg(long, value_parser = duration, default_value_t = LOCK_TIMEOUT.into())]
     lock_timeout: humantime::Duration,
     /// Record Prometheus metrics (`on`, the default, or `off`).
